@@ -1,0 +1,50 @@
+//! The agent's error type. Each variant names what failed (program, map,
+//! path) so the one line an SRE sees is enough to act on.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("not root (euid {euid}): loading eBPF probes needs root (CAP_BPF, CAP_PERFMON)")]
+    NotRoot { euid: u32 },
+    #[error("BPF refused by the kernel: {what}: {reason}")]
+    BpfRefused { what: String, reason: String },
+    #[error("probes were not built into this agent: run `cargo xtask build-ebpf`, then rebuild")]
+    ProbesMissing,
+    #[error(transparent)]
+    Btf(#[from] crate::btf::BtfError),
+    #[error("probe map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("pid {pid} is beyond the tracked-pid map ({max} entries): raise it with kernel.pid_max at agent start")]
+    PidOutOfRange { pid: u32, max: u32 },
+    #[error("all {max} stream slots are in use")]
+    NoFreeSlot { max: u32 },
+    #[error("starting {program:?}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Proc {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    /// Exit code for the binary: 2 for "cannot run here" (privilege, BPF,
+    /// missing probes), 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::NotRoot { .. } | AgentError::BpfRefused { .. } | AgentError::ProbesMissing => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;

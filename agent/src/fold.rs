@@ -1,0 +1,166 @@
+//! Folding the probes' running totals into windows.
+//!
+//! The kernel keeps totals since a slot was claimed; a window is the
+//! difference between two readings, so a slow reader never loses counts,
+//! it only gets a longer window.
+
+use backstop_common::features::feature as f;
+use backstop_common::window::{Stream, Window};
+use backstop_common::{HIST_BUCKETS, counter as c, hist, hist_bucket_floor};
+
+use crate::host::{HostSample, cpu_util};
+use crate::probes::Totals;
+use crate::syscall_class;
+
+pub struct Folder {
+    stream: Stream,
+    prev: Box<Totals>,
+    prev_host: HostSample,
+    prev_ns: u64,
+    seq: u64,
+}
+
+impl Folder {
+    /// Start from a reading taken when the stream began.
+    pub fn new(stream: Stream, start: Box<Totals>, host: HostSample, start_ns: u64) -> Self {
+        Folder {
+            stream,
+            prev: start,
+            prev_host: host,
+            prev_ns: start_ns,
+            seq: 0,
+        }
+    }
+
+    /// Windows folded so far.
+    pub fn windows(&self) -> u64 {
+        self.seq
+    }
+
+    /// The window from the previous reading to this one.
+    pub fn fold(&mut self, now: Box<Totals>, host: HostSample, end_ns: u64) -> Window {
+        let mut w = Window::new(self.stream, self.seq, self.prev_ns, end_ns);
+        let d = |i: usize| now.c[i].saturating_sub(self.prev.c[i]) as f64;
+        let v = &mut w.features;
+        v[f::SYSCALLS_TOTAL] = d(c::SYSCALLS_TOTAL);
+        for (nr, (n, p)) in now.syscalls.iter().zip(self.prev.syscalls.iter()).enumerate() {
+            let delta = n.saturating_sub(*p);
+            if delta != 0 {
+                v[syscall_class::class(nr).feature()] += delta as f64;
+            }
+        }
+        v[f::SYSCALL_ERRORS_TOTAL] = d(c::SYSCALL_ERRORS_TOTAL);
+        v[f::SYSCALL_ERRORS_ENOENT] = d(c::ERR_ENOENT);
+        v[f::SYSCALL_ERRORS_EACCES] = d(c::ERR_EACCES);
+        v[f::SYSCALL_ERRORS_ENOSPC] = d(c::ERR_ENOSPC);
+        v[f::SYSCALL_ERRORS_ENOMEM] = d(c::ERR_ENOMEM);
+        v[f::SYSCALL_ERRORS_EIO] = d(c::ERR_EIO);
+        v[f::SYSCALL_ERRORS_NET] = d(c::ERR_NET);
+        v[f::SYSCALL_ERRORS_OTHER] = d(c::ERR_OTHER);
+        let lat = hist_delta(&now.hist[hist::SYSCALL_LATENCY], &self.prev.hist[hist::SYSCALL_LATENCY]);
+        v[f::SYSCALL_LATENCY_P50_US] = quantile_us(&lat, 0.50);
+        v[f::SYSCALL_LATENCY_P99_US] = quantile_us(&lat, 0.99);
+        v[f::BLOCK_READ_BYTES] = d(c::BLOCK_READ_BYTES);
+        v[f::BLOCK_WRITE_BYTES] = d(c::BLOCK_WRITE_BYTES);
+        v[f::BLOCK_OPS] = d(c::BLOCK_READ_OPS) + d(c::BLOCK_WRITE_OPS);
+        v[f::BLOCK_ERRORS] = d(c::BLOCK_ERRORS);
+        let blk = hist_delta(&now.hist[hist::BLOCK_LATENCY], &self.prev.hist[hist::BLOCK_LATENCY]);
+        v[f::BLOCK_LATENCY_P99_US] = quantile_us(&blk, 0.99);
+        v[f::PAGE_DIRTIED_BYTES] = d(c::PAGE_DIRTIED_BYTES);
+        v[f::SCHED_ON_CPU_NS] = d(c::SCHED_ON_CPU_NS);
+        let runq = hist_delta(&now.hist[hist::RUNQ_DELAY], &self.prev.hist[hist::RUNQ_DELAY]);
+        v[f::SCHED_RUNQ_DELAY_P99_US] = quantile_us(&runq, 0.99);
+        v[f::SCHED_CTX_SWITCHES] = d(c::SCHED_CTX_SWITCHES);
+        v[f::SCHED_INVOLUNTARY_SWITCHES] = d(c::SCHED_INVOLUNTARY);
+        v[f::PROC_FORKS] = d(c::PROC_FORKS);
+        v[f::PROC_THREADS] = d(c::PROC_THREADS);
+        v[f::PROC_EXECS] = d(c::PROC_EXECS);
+        v[f::PROC_EXITS] = d(c::PROC_EXITS);
+        v[f::PROC_EXITS_NONZERO] = d(c::PROC_EXITS_NONZERO);
+        v[f::PROC_SIGNAL_DEATHS] = d(c::PROC_SIGNAL_DEATHS);
+        v[f::PROC_OOM_KILLS] = d(c::PROC_OOM_KILLS);
+        v[f::NET_TCP_RETRANSMITS] = d(c::NET_TCP_RETRANSMITS);
+        v[f::NET_CONNECT_ATTEMPTS] = d(c::NET_CONNECT_ATTEMPTS);
+        v[f::NET_CONNECT_FAILURES] = d(c::NET_CONNECT_FAILURES);
+        let conn = hist_delta(&now.hist[hist::CONNECT_LATENCY], &self.prev.hist[hist::CONNECT_LATENCY]);
+        v[f::NET_CONNECT_LATENCY_P99_US] = quantile_us(&conn, 0.99);
+        v[f::NET_TX_BYTES] = d(c::NET_TX_BYTES);
+        v[f::NET_RX_BYTES] = d(c::NET_RX_BYTES);
+        v[f::HOST_CPU_UTIL] = cpu_util(&self.prev_host, &host);
+        v[f::HOST_MEM_AVAILABLE_BYTES] = host.mem_available_bytes as f64;
+        v[f::HOST_LOAD1] = host.load1;
+        v[f::HOST_DISK_FREE_BYTES] = host.disk_free_bytes as f64;
+        w.lost_events = now.c[c::LOST_EVENTS].saturating_sub(self.prev.c[c::LOST_EVENTS]);
+        self.prev = now;
+        self.prev_host = host;
+        self.prev_ns = end_ns;
+        self.seq += 1;
+        w
+    }
+}
+
+fn hist_delta(now: &[u64; HIST_BUCKETS], prev: &[u64; HIST_BUCKETS]) -> [u64; HIST_BUCKETS] {
+    let mut out = [0; HIST_BUCKETS];
+    for (o, (n, p)) in out.iter_mut().zip(now.iter().zip(prev.iter())) {
+        *o = n.saturating_sub(*p);
+    }
+    out
+}
+
+/// The q-quantile in microseconds, as the floor of the bucket holding it
+/// (at most 25% low; 0 when the window saw nothing).
+pub fn quantile_us(h: &[u64; HIST_BUCKETS], q: f64) -> f64 {
+    let total: u64 = h.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = ((q * total as f64).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, n) in h.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return hist_bucket_floor(i) as f64 / 1000.0;
+        }
+    }
+    hist_bucket_floor(HIST_BUCKETS - 1) as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_common::hist_bucket;
+
+    #[test]
+    fn quantiles_from_buckets() {
+        let mut h = [0u64; HIST_BUCKETS];
+        h[hist_bucket(1_000)] += 98; // 1 us
+        h[hist_bucket(2_000_000)] += 2; // 2 ms
+        assert_eq!(quantile_us(&h, 0.5), hist_bucket_floor(hist_bucket(1_000)) as f64 / 1000.0);
+        let p99 = quantile_us(&h, 0.99);
+        assert!((1500.0..=2000.0).contains(&p99), "p99 {p99}");
+        assert_eq!(quantile_us(&[0; HIST_BUCKETS], 0.99), 0.0);
+    }
+
+    #[test]
+    fn folds_deltas_and_classes() {
+        let mut start = Totals::zero();
+        start.c[c::SYSCALLS_TOTAL] = 100;
+        start.syscalls[libc::SYS_openat as usize] = 40;
+        let mut now = start.clone();
+        now.c[c::SYSCALLS_TOTAL] = 130;
+        now.c[c::ERR_ENOENT] = 7;
+        now.c[c::LOST_EVENTS] = 2;
+        now.syscalls[libc::SYS_openat as usize] = 60;
+        now.syscalls[libc::SYS_connect as usize] = 10;
+        let host = HostSample { cpu_busy: 5, cpu_total: 10, mem_available_bytes: 1 << 30, load1: 0.5, disk_free_bytes: 99 };
+        let mut folder = Folder::new(Stream::Live, start, HostSample::default(), 1_000);
+        let w = folder.fold(now, host, 2_000);
+        assert_eq!((w.seq, w.start_ns, w.end_ns, w.lost_events), (0, 1_000, 2_000, 2));
+        assert_eq!(w.features[f::SYSCALLS_TOTAL], 30.0);
+        assert_eq!(w.features[f::SYSCALLS_FILE], 20.0);
+        assert_eq!(w.features[f::SYSCALLS_NET], 10.0);
+        assert_eq!(w.features[f::SYSCALL_ERRORS_ENOENT], 7.0);
+        assert_eq!(w.features[f::HOST_CPU_UTIL], 0.5);
+        assert_eq!(folder.windows(), 1);
+    }
+}

@@ -1,0 +1,141 @@
+//! Host counters from /proc: what the whole machine is doing while an
+//! install runs (a slow install on a saturated host is not the install's
+//! fault, and the model needs to tell the two apart).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{AgentError, Result};
+
+/// A reading of the host; CPU is cumulative, the rest are levels.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostSample {
+    pub cpu_busy: u64,
+    pub cpu_total: u64,
+    pub mem_available_bytes: u64,
+    pub load1: f64,
+    pub disk_free_bytes: u64,
+}
+
+/// Reads host counters; `scope` is the path whose filesystem's free space
+/// is reported.
+pub struct HostSampler {
+    proc: PathBuf,
+    scope: PathBuf,
+}
+
+impl HostSampler {
+    pub fn new(scope: &Path) -> Self {
+        HostSampler {
+            proc: PathBuf::from("/proc"),
+            scope: scope.to_path_buf(),
+        }
+    }
+
+    pub fn sample(&self) -> Result<HostSample> {
+        let stat = self.read("stat")?;
+        let (cpu_busy, cpu_total) = parse_cpu(&stat).ok_or_else(|| bad(self.proc.join("stat")))?;
+        let meminfo = self.read("meminfo")?;
+        let mem_available_bytes = parse_meminfo(&meminfo, "MemAvailable")
+            .ok_or_else(|| bad(self.proc.join("meminfo")))?;
+        let loadavg = self.read("loadavg")?;
+        let load1 = loadavg
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(self.proc.join("loadavg")))?;
+        Ok(HostSample {
+            cpu_busy,
+            cpu_total,
+            mem_available_bytes,
+            load1,
+            disk_free_bytes: disk_free(&self.scope)?,
+        })
+    }
+
+    fn read(&self, name: &str) -> Result<String> {
+        let path = self.proc.join(name);
+        std::fs::read_to_string(&path).map_err(|source| AgentError::Proc { path, source })
+    }
+}
+
+fn bad(path: PathBuf) -> AgentError {
+    AgentError::Proc {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "unexpected format"),
+    }
+}
+
+/// Busy fraction of all CPUs between two samples.
+pub fn cpu_util(prev: &HostSample, now: &HostSample) -> f64 {
+    let total = now.cpu_total.saturating_sub(prev.cpu_total);
+    if total == 0 {
+        return 0.0;
+    }
+    now.cpu_busy.saturating_sub(prev.cpu_busy) as f64 / total as f64
+}
+
+/// (busy, total) jiffies from the aggregate `cpu` line. Idle and iowait are
+/// not busy; guest time is already inside user and nice.
+fn parse_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 5 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    let idle = v[3] + v[4];
+    Some((total - idle, total))
+}
+
+fn parse_meminfo(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        let kb: u64 = rest.split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+pub fn disk_free(path: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| AgentError::Proc {
+        path: path.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has a NUL byte"),
+    })?;
+    // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(AgentError::Proc {
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_formats() {
+        let stat = "cpu  100 5 50 800 20 1 2 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(parse_cpu(stat), Some((161, 981)));
+        let mem = "MemTotal:       24000000 kB\nMemAvailable:   1000 kB\n";
+        assert_eq!(parse_meminfo(mem, "MemAvailable"), Some(1_024_000));
+        assert_eq!(parse_meminfo(mem, "MemFree"), None);
+        let a = HostSample { cpu_busy: 10, cpu_total: 100, ..Default::default() };
+        let b = HostSample { cpu_busy: 60, cpu_total: 200, ..Default::default() };
+        assert_eq!(cpu_util(&a, &b), 0.5);
+    }
+
+    #[test]
+    fn samples_this_host() {
+        let s = HostSampler::new(Path::new("/")).sample().unwrap();
+        assert!(s.cpu_total > 0 && s.mem_available_bytes > 0 && s.disk_free_bytes > 0, "{s:?}");
+    }
+}

@@ -1,0 +1,14 @@
+//! backstop's host agent as a library: load the probes, track process
+//! trees, fold what they count into feature windows. The `backstop-agent`
+//! binary only parses flags and calls in here.
+
+pub mod btf;
+pub mod error;
+pub mod fold;
+pub mod host;
+pub mod probes;
+pub mod syscall_class;
+pub mod tree;
+pub mod watch;
+
+pub use error::{AgentError, Result};

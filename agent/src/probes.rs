@@ -1,0 +1,409 @@
+//! Loading the probes into this kernel and reading what they count.
+//!
+//! Nothing is pinned: every program, link and map lives only as long as the
+//! file descriptors this process holds, so the kernel frees all of it when
+//! the agent exits, however it exits (SIGKILL included).
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{RawTracePoint, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use backstop_common::{
+    HIST_BUCKETS, KernelOffsets, MAX_SLOTS, MAX_SYSCALLS, ProcEvent, SlotCounters, SyscallCounts,
+    counter, hist,
+};
+
+use crate::btf;
+use crate::error::{AgentError, Result};
+
+/// The probe object, embedded at build time (see build.rs).
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/backstop-probes.o"));
+
+/// Raw tracepoints: hot paths, no perf record built per event.
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[
+    ("bs_sys_enter", "sys_enter"),
+    ("bs_sys_exit", "sys_exit"),
+    ("bs_sched_switch", "sched_switch"),
+    ("bs_sched_wakeup", "sched_wakeup"),
+    ("bs_sched_wakeup_new", "sched_wakeup_new"),
+    ("bs_writeback_dirty_folio", "writeback_dirty_folio"),
+];
+
+/// Classic tracepoints: (program, category, event).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("bs_task_newtask", "task", "task_newtask"),
+    ("bs_sched_process_exec", "sched", "sched_process_exec"),
+    ("bs_sched_process_exit", "sched", "sched_process_exit"),
+    ("bs_oom_mark_victim", "oom", "mark_victim"),
+    ("bs_block_bio_queue", "block", "block_bio_queue"),
+    ("bs_block_rq_complete", "block", "block_rq_complete"),
+    ("bs_inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("bs_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+    ("bs_sock_send_length", "sock", "sock_send_length"),
+    ("bs_sock_recv_length", "sock", "sock_recv_length"),
+];
+
+/// Names of every program the agent loads (kernel names are cut to 15
+/// bytes); used by leak checks.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    RAW_TRACEPOINTS
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(TRACEPOINTS.iter().map(|(p, _, _)| *p))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOptions {
+    /// Forward the probes' aya-log diagnostics to the agent's log.
+    pub probe_log: bool,
+}
+
+/// One slot's running totals, summed over CPUs.
+#[derive(Clone)]
+pub struct Totals {
+    pub c: [u64; counter::COUNT],
+    pub hist: [[u64; HIST_BUCKETS]; hist::COUNT],
+    pub syscalls: [u64; MAX_SYSCALLS as usize],
+}
+
+impl Totals {
+    pub fn zero() -> Box<Self> {
+        Box::new(Totals {
+            c: [0; counter::COUNT],
+            hist: [[0; HIST_BUCKETS]; hist::COUNT],
+            syscalls: [0; MAX_SYSCALLS as usize],
+        })
+    }
+}
+
+pub struct Probes {
+    tracked: Array<MapData, u32>,
+    tracked_len: u32,
+    counters: PerCpuArray<MapData, SlotCounters>,
+    syscalls: PerCpuArray<MapData, SyscallCounts>,
+    events: RingBuf<MapData>,
+    slots: [bool; MAX_SLOTS as usize],
+    pub offsets: KernelOffsets,
+    pub warnings: Vec<String>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log_facade::Log>>,
+    // Programs and their links; dropped (detached) last.
+    _ebpf: Ebpf,
+}
+
+// aya-log hands records to the `log` crate.
+use log as log_facade;
+
+impl Probes {
+    /// Check privileges, read kernel layouts, load and attach every probe.
+    pub fn load(opts: &ProbeOptions) -> Result<Self> {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            return Err(AgentError::NotRoot { euid });
+        }
+        if PROBES_OBJECT.is_empty() {
+            return Err(AgentError::ProbesMissing);
+        }
+        raise_memlock();
+        let btf = btf::Btf::from_sys_fs()?;
+        let (mut offsets, mut warnings) = btf::kernel_offsets(&btf)?;
+        offsets.tp_exit_group_dead = tracepoint_field_offset("sched", "sched_process_exit", "group_dead")
+            .unwrap_or(u32::MAX);
+        let pid_max = read_pid_max()?;
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("TRACKED", pid_max);
+        if !opts.probe_log {
+            // aya-log statements compile to a level check first: level 0
+            // turns every one of them into a no-op.
+            loader.override_global("AYA_LOG_LEVEL", &0u8, false);
+        }
+        let mut ebpf = loader.load(PROBES_OBJECT).map_err(|e| refused("loading the probe object", e))?;
+
+        let logger = if opts.probe_log {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    warnings.push(format!("probe log unavailable: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut block_devs: HashMap<MapData, u32, u32> = take(&mut ebpf, "BLOCK_DEVS")?;
+        for (dev, disk) in block_devices(Path::new("/sys/class/block")) {
+            block_devs
+                .insert(dev, disk, 0)
+                .map_err(|e| map_err("BLOCK_DEVS", e))?;
+        }
+        let tracked: Array<MapData, u32> = take(&mut ebpf, "TRACKED")?;
+        let counters = take(&mut ebpf, "COUNTERS")?;
+        let syscalls = take(&mut ebpf, "SYSCALL_COUNTS")?;
+        let events = take(&mut ebpf, "EVENTS")?;
+
+        for (prog, tp) in RAW_TRACEPOINTS {
+            let p: &mut RawTracePoint = program(&mut ebpf, prog)?;
+            p.load().map_err(|e| refused(&format!("loading program {prog}"), e))?;
+            p.attach(tp)
+                .map_err(|e| refused(&format!("attaching {prog} to raw tracepoint {tp}"), e))?;
+        }
+        for (prog, category, name) in TRACEPOINTS {
+            let p: &mut TracePoint = program(&mut ebpf, prog)?;
+            p.load().map_err(|e| refused(&format!("loading program {prog}"), e))?;
+            p.attach(category, name).map_err(|e| {
+                refused(&format!("attaching {prog} to tracepoint {category}/{name}"), e)
+            })?;
+        }
+        Ok(Probes {
+            tracked_len: tracked.len(),
+            tracked,
+            counters,
+            syscalls,
+            events,
+            slots: [false; MAX_SLOTS as usize],
+            offsets,
+            warnings,
+            logger,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Claim a free stream slot (1..MAX_SLOTS). Its counters keep running
+    /// totals, so readers start from [`Probes::totals`] at claim time.
+    pub fn claim_slot(&mut self) -> Result<u32> {
+        let free = (1..MAX_SLOTS as usize)
+            .find(|&s| !self.slots[s])
+            .ok_or(AgentError::NoFreeSlot { max: MAX_SLOTS - 1 })?;
+        self.slots[free] = true;
+        Ok(free as u32)
+    }
+
+    /// Track `pid` (and from then on everything it forks) as `slot`.
+    pub fn track(&mut self, pid: u32, slot: u32) -> Result<()> {
+        if pid >= self.tracked_len {
+            return Err(AgentError::PidOutOfRange {
+                pid,
+                max: self.tracked_len,
+            });
+        }
+        self.tracked
+            .set(pid, slot, 0)
+            .map_err(|e| map_err("TRACKED", e))
+    }
+
+    /// Running totals of a slot, summed over CPUs.
+    pub fn totals(&self, slot: u32) -> Result<Box<Totals>> {
+        let mut t = Totals::zero();
+        let per_cpu = self
+            .counters
+            .get(&slot, 0)
+            .map_err(|e| map_err("COUNTERS", e))?;
+        for cpu in per_cpu.iter() {
+            for (acc, v) in t.c.iter_mut().zip(cpu.c.iter()) {
+                *acc += v;
+            }
+            for (acc_h, h) in t.hist.iter_mut().zip(cpu.hist.iter()) {
+                for (acc, v) in acc_h.iter_mut().zip(h.iter()) {
+                    *acc += v;
+                }
+            }
+        }
+        let per_cpu = self
+            .syscalls
+            .get(&slot, 0)
+            .map_err(|e| map_err("SYSCALL_COUNTS", e))?;
+        for cpu in per_cpu.iter() {
+            for (acc, v) in t.syscalls.iter_mut().zip(cpu.n.iter()) {
+                *acc += v;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Hand every queued lifecycle record to `f`.
+    pub fn drain_events(&mut self, mut f: impl FnMut(ProcEvent)) {
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<ProcEvent>() {
+                // SAFETY: the probes write whole ProcEvents (repr(C), Pod);
+                // read_unaligned copes with the ring buffer's 8-byte alignment.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ProcEvent) };
+                f(ev);
+            }
+        }
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// The ring buffer's fd, to wait on for new records.
+    pub fn events_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+}
+
+fn raise_memlock() {
+    // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to
+    // the memory cgroup, where this is harmless.
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an initialised rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+fn refused(what: &str, e: impl std::fmt::Display + std::error::Error) -> AgentError {
+    // The interesting part (EPERM, the verifier's complaint) is usually at
+    // the end of the source chain.
+    let mut reason = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        src = s.source();
+    }
+    AgentError::BpfRefused {
+        what: what.to_string(),
+        reason: first_line(&reason),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+fn map_err(map: &'static str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T::Error: std::fmt::Display,
+{
+    let map = ebpf.take_map(name).ok_or(AgentError::Map {
+        map: name,
+        reason: "not in the probe object".into(),
+    })?;
+    T::try_from(map).map_err(|e| map_err(name, e))
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+    <&'a mut T as TryFrom<&'a mut aya::programs::Program>>::Error: std::fmt::Display,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| AgentError::BpfRefused {
+        what: format!("program {name}"),
+        reason: "not in the probe object (stale build? run `cargo xtask build-ebpf`)".into(),
+    })?;
+    <&mut T>::try_from(p).map_err(|e| AgentError::BpfRefused {
+        what: format!("program {name}"),
+        reason: e.to_string(),
+    })
+}
+
+fn read_pid_max() -> Result<u32> {
+    let path = Path::new("/proc/sys/kernel/pid_max");
+    let s = std::fs::read_to_string(path).map_err(|source| AgentError::Proc {
+        path: path.into(),
+        source,
+    })?;
+    s.trim().parse::<u32>().map_err(|e| AgentError::Proc {
+        path: path.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// Offset of a field in a tracepoint's record, from its tracefs format file.
+fn tracepoint_field_offset(category: &str, event: &str, field: &str) -> Option<u32> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|base| std::fs::read_to_string(format!("{base}/events/{category}/{event}/format")).ok())
+        .and_then(|fmt| parse_field_offset(&fmt, field))
+}
+
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl.split_whitespace().last()?.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        rest.split(';')
+            .find_map(|kv| kv.trim().strip_prefix("offset:"))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// Kernel dev_t (MAJOR << 20 | MINOR) of every leaf block device and its
+/// partitions, each paired with its whole disk's dev_t. Devices stacked on
+/// others (dm, md) have `slaves/` and are left out.
+pub fn block_devices(class_dir: &Path) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(class_dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Some(dev) = read_dev(&dir.join("dev")) else {
+            continue;
+        };
+        let disk_dir = if dir.join("partition").exists() {
+            match std::fs::canonicalize(&dir).ok().and_then(|p| p.parent().map(|p| p.to_path_buf())) {
+                Some(p) => p,
+                None => continue,
+            }
+        } else {
+            dir.clone()
+        };
+        let stacked = std::fs::read_dir(disk_dir.join("slaves"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if stacked {
+            continue;
+        }
+        if let Some(disk) = read_dev(&disk_dir.join("dev")) {
+            out.push((dev, disk));
+        }
+    }
+    out
+}
+
+fn read_dev(path: &Path) -> Option<u32> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let (maj, min) = s.trim().split_once(':')?;
+    Some((maj.parse::<u32>().ok()? << 20) | min.parse::<u32>().ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tracefs_format() {
+        let fmt = "name: sched_process_exit\nID: 1\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n";
+        assert_eq!(parse_field_offset(fmt, "group_dead"), Some(32));
+        assert_eq!(parse_field_offset(fmt, "comm"), Some(8));
+        assert_eq!(parse_field_offset(fmt, "nope"), None);
+    }
+
+    #[test]
+    fn finds_this_hosts_disks() {
+        let devs = block_devices(Path::new("/sys/class/block"));
+        // Every entry maps to a whole disk that maps to itself.
+        for (dev, disk) in &devs {
+            assert!(devs.iter().any(|(d, w)| d == disk && w == disk), "{dev:#x} -> {disk:#x} has no disk entry");
+        }
+    }
+}

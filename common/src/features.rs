@@ -1,0 +1,116 @@
+//! The feature schema: the names of a window's values and their order.
+//!
+//! This is the one place they are defined. The agent fills windows in this
+//! order, the wire carries them in this order, and a model records the
+//! schema it was trained on and refuses any other. Adding, removing or
+//! reordering a name is a new schema version.
+
+/// Bumped on any change to [`FEATURES`].
+pub const SCHEMA_VERSION: &str = "backstop.features.v1";
+
+/// What one feature measures, for `--help`, the README and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureDef {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! features {
+    ($( $ident:ident = $name:literal, $unit:literal, $help:literal; )*) => {
+        /// Feature indices, usable as `window.features[feature::SYSCALLS_TOTAL]`.
+        #[allow(non_upper_case_globals)]
+        pub mod feature {
+            features!(@idx 0usize; $($ident)*);
+        }
+        pub const FEATURES: &[FeatureDef] = &[
+            $( FeatureDef { name: $name, unit: $unit, help: $help }, )*
+        ];
+    };
+    (@idx $n:expr; $first:ident $($rest:ident)*) => {
+        pub const $first: usize = $n;
+        features!(@idx $n + 1usize; $($rest)*);
+    };
+    (@idx $n:expr;) => {};
+}
+
+features! {
+    SYSCALLS_TOTAL = "syscalls_total", "count", "syscalls entered by the tree";
+    SYSCALLS_FILE = "syscalls_file", "count", "file and filesystem syscalls (open, read, write, stat, ...)";
+    SYSCALLS_NET = "syscalls_net", "count", "socket syscalls";
+    SYSCALLS_PROC = "syscalls_proc", "count", "process syscalls (clone, execve, wait, kill, ...)";
+    SYSCALLS_MEM = "syscalls_mem", "count", "memory syscalls (mmap, brk, mprotect, ...)";
+    SYSCALLS_SYNC = "syscalls_sync", "count", "waiting and synchronisation (futex, poll, epoll, nanosleep, ...)";
+    SYSCALLS_OTHER = "syscalls_other", "count", "every other syscall";
+    SYSCALL_ERRORS_TOTAL = "syscall_errors_total", "count", "syscalls that returned an error";
+    SYSCALL_ERRORS_ENOENT = "syscall_errors_enoent", "count", "errors ENOENT";
+    SYSCALL_ERRORS_EACCES = "syscall_errors_eacces", "count", "errors EACCES or EPERM";
+    SYSCALL_ERRORS_ENOSPC = "syscall_errors_enospc", "count", "errors ENOSPC or EDQUOT";
+    SYSCALL_ERRORS_ENOMEM = "syscall_errors_enomem", "count", "errors ENOMEM or EAGAIN";
+    SYSCALL_ERRORS_EIO = "syscall_errors_eio", "count", "errors EIO";
+    SYSCALL_ERRORS_NET = "syscall_errors_net", "count", "network errors (refused, reset, unreachable, timed out, address in use)";
+    SYSCALL_ERRORS_OTHER = "syscall_errors_other", "count", "every other errno";
+    SYSCALL_LATENCY_P50_US = "syscall_latency_p50_us", "us", "median syscall duration (histogram bucket floor, <=25% low)";
+    SYSCALL_LATENCY_P99_US = "syscall_latency_p99_us", "us", "99th percentile syscall duration";
+    BLOCK_READ_BYTES = "block_read_bytes", "bytes", "bytes of read bios the tree submitted itself (direct I/O, reads, readahead)";
+    BLOCK_WRITE_BYTES = "block_write_bytes", "bytes", "bytes of write bios the tree submitted itself (direct I/O, fsync/sync writeback)";
+    BLOCK_OPS = "block_ops", "count", "read and write bios the tree submitted";
+    BLOCK_ERRORS = "block_errors", "count", "the tree's block requests that completed with an error";
+    BLOCK_LATENCY_P99_US = "block_latency_p99_us", "us", "99th percentile from bio submission to request completion";
+    PAGE_DIRTIED_BYTES = "page_dirtied_bytes", "bytes", "page-cache bytes the tree dirtied: buffered writes, flushed later by kernel threads";
+    SCHED_ON_CPU_NS = "sched_on_cpu_ns", "ns", "CPU time of the tree's threads (credited when a thread leaves the CPU)";
+    SCHED_RUNQ_DELAY_P99_US = "sched_runq_delay_p99_us", "us", "99th percentile wait from runnable to running";
+    SCHED_CTX_SWITCHES = "sched_ctx_switches", "count", "times a thread of the tree left the CPU";
+    SCHED_INVOLUNTARY_SWITCHES = "sched_involuntary_switches", "count", "of those, times it was preempted while runnable";
+    PROC_FORKS = "proc_forks", "count", "new processes (fork, vfork, clone without CLONE_THREAD)";
+    PROC_THREADS = "proc_threads", "count", "new threads";
+    PROC_EXECS = "proc_execs", "count", "successful execve";
+    PROC_EXITS = "proc_exits", "count", "processes that exited (last thread gone)";
+    PROC_EXITS_NONZERO = "proc_exits_nonzero", "count", "processes that exited with a non-zero code";
+    PROC_SIGNAL_DEATHS = "proc_signal_deaths", "count", "processes killed by a signal";
+    PROC_OOM_KILLS = "proc_oom_kills", "count", "processes chosen by the OOM killer (global or cgroup)";
+    NET_TCP_RETRANSMITS = "net_tcp_retransmits", "count", "TCP segments retransmitted on the tree's sockets";
+    NET_CONNECT_ATTEMPTS = "net_connect_attempts", "count", "TCP connects started (SYN sent)";
+    NET_CONNECT_FAILURES = "net_connect_failures", "count", "TCP connects that never reached ESTABLISHED";
+    NET_CONNECT_LATENCY_P99_US = "net_connect_latency_p99_us", "us", "99th percentile SYN-to-ESTABLISHED time";
+    NET_TX_BYTES = "net_tx_bytes", "bytes", "bytes sent on sockets (any family)";
+    NET_RX_BYTES = "net_rx_bytes", "bytes", "bytes received on sockets (any family)";
+    HOST_CPU_UTIL = "host_cpu_util", "ratio", "whole-host CPU busy fraction over the window (0..1)";
+    HOST_MEM_AVAILABLE_BYTES = "host_mem_available_bytes", "bytes", "MemAvailable at the window's end";
+    HOST_LOAD1 = "host_load1", "load", "1-minute load average at the window's end";
+    HOST_DISK_FREE_BYTES = "host_disk_free_bytes", "bytes", "bytes free to unprivileged users on the scope's filesystem";
+}
+
+/// Position of a feature by name.
+pub fn index_of(name: &str) -> Option<usize> {
+    FEATURES.iter().position(|f| f.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_indices_match() {
+        for (i, f) in FEATURES.iter().enumerate() {
+            assert_eq!(index_of(f.name), Some(i), "{} is defined twice", f.name);
+        }
+        assert_eq!(FEATURES[feature::HOST_DISK_FREE_BYTES].name, "host_disk_free_bytes");
+        assert_eq!(feature::HOST_DISK_FREE_BYTES, FEATURES.len() - 1);
+    }
+
+    #[test]
+    fn issue_required_names_exist() {
+        for name in [
+            "syscalls_total", "syscall_errors_total", "syscall_errors_enoent",
+            "syscall_errors_eacces", "syscall_errors_enospc", "syscall_errors_enomem",
+            "block_read_bytes", "block_write_bytes", "block_ops", "block_latency_p99_us",
+            "sched_on_cpu_ns", "sched_runq_delay_p99_us", "sched_ctx_switches", "proc_forks",
+            "proc_execs", "proc_exits", "proc_exits_nonzero", "proc_signal_deaths",
+            "proc_oom_kills", "net_tcp_retransmits", "net_connect_failures", "host_cpu_util",
+            "host_mem_available_bytes",
+        ] {
+            assert!(index_of(name).is_some(), "feature {name} is missing from the schema");
+        }
+    }
+}

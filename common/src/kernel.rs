@@ -1,0 +1,295 @@
+//! Kernel <-> user layouts: the per-stream counters the probes aggregate in
+//! per-CPU maps, the lifecycle records on the ring buffer, and the
+//! histogram bucketing both halves must agree on.
+
+/// Stream slots. Slot 0 means "not tracked"; a tracked process tree carries
+/// one of `1..MAX_SLOTS`, inherited across fork.
+pub const MAX_SLOTS: u32 = 16;
+
+/// Syscall numbers counted individually per slot (x86_64 has < 470).
+pub const MAX_SYSCALLS: u32 = 512;
+
+/// Log-linear histogram: four sub-buckets per power of two, so a bucket is
+/// at most 25% wide. Values (nanoseconds) of 2^40 and above share the last.
+pub const HIST_BUCKETS: usize = 160;
+
+/// Histograms kept per slot, indexed by these.
+pub mod hist {
+    pub const SYSCALL_LATENCY: usize = 0;
+    pub const BLOCK_LATENCY: usize = 1;
+    pub const RUNQ_DELAY: usize = 2;
+    pub const CONNECT_LATENCY: usize = 3;
+    pub const COUNT: usize = 4;
+}
+
+/// Indices into [`SlotCounters::c`]. Every counter is a running total since
+/// the slot was claimed; user space takes differences per window.
+pub mod counter {
+    pub const SYSCALLS_TOTAL: usize = 0;
+    pub const SYSCALL_ERRORS_TOTAL: usize = 1;
+    pub const ERR_ENOENT: usize = 2;
+    /// EACCES and EPERM.
+    pub const ERR_EACCES: usize = 3;
+    /// ENOSPC and EDQUOT.
+    pub const ERR_ENOSPC: usize = 4;
+    /// ENOMEM and EAGAIN.
+    pub const ERR_ENOMEM: usize = 5;
+    pub const ERR_EIO: usize = 6;
+    /// Connection refused/reset/aborted, unreachable, timed out, address in use.
+    pub const ERR_NET: usize = 7;
+    pub const ERR_OTHER: usize = 8;
+    /// Bytes of bios submitted from the tree's own context (direct I/O,
+    /// reads and readahead, writeback the tree forced with fsync/sync).
+    pub const BLOCK_READ_BYTES: usize = 9;
+    pub const BLOCK_WRITE_BYTES: usize = 10;
+    pub const BLOCK_READ_OPS: usize = 11;
+    pub const BLOCK_WRITE_OPS: usize = 12;
+    pub const BLOCK_ERRORS: usize = 13;
+    /// Bytes of page-cache folios the tree turned from clean to dirty: the
+    /// buffered writes the kernel flushes later from its own threads.
+    pub const PAGE_DIRTIED_BYTES: usize = 14;
+    pub const SCHED_ON_CPU_NS: usize = 15;
+    pub const SCHED_CTX_SWITCHES: usize = 16;
+    pub const SCHED_INVOLUNTARY: usize = 17;
+    pub const PROC_FORKS: usize = 18;
+    pub const PROC_THREADS: usize = 19;
+    pub const PROC_EXECS: usize = 20;
+    pub const PROC_EXITS: usize = 21;
+    pub const PROC_EXITS_NONZERO: usize = 22;
+    pub const PROC_SIGNAL_DEATHS: usize = 23;
+    pub const PROC_OOM_KILLS: usize = 24;
+    pub const NET_TCP_RETRANSMITS: usize = 25;
+    pub const NET_CONNECT_ATTEMPTS: usize = 26;
+    pub const NET_CONNECT_FAILURES: usize = 27;
+    pub const NET_TX_BYTES: usize = 28;
+    pub const NET_RX_BYTES: usize = 29;
+    /// Events the probes could not record (full map, full ring buffer).
+    pub const LOST_EVENTS: usize = 30;
+    pub const COUNT: usize = 32;
+}
+
+/// One slot's counters on one CPU. The agent sums the per-CPU copies.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SlotCounters {
+    pub c: [u64; counter::COUNT],
+    pub hist: [[u64; HIST_BUCKETS]; hist::COUNT],
+}
+
+impl SlotCounters {
+    pub const ZERO: SlotCounters = SlotCounters {
+        c: [0; counter::COUNT],
+        hist: [[0; HIST_BUCKETS]; hist::COUNT],
+    };
+}
+
+/// Syscalls entered by one slot, per syscall number, on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallCounts {
+    pub n: [u64; MAX_SYSCALLS as usize],
+}
+
+/// Per-thread state of a tracked thread (keyed by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct ThreadState {
+    /// When the current syscall entered; 0 when none is in flight.
+    pub syscall_start_ns: u64,
+    /// When the thread last went on CPU; 0 when off CPU.
+    pub on_cpu_since_ns: u64,
+    /// When the thread became runnable; 0 when not waiting for a CPU.
+    pub runnable_since_ns: u64,
+}
+
+/// In-flight bio, keyed by [`BioKey`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BioStart {
+    pub start_ns: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BioKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub sector: u64,
+}
+
+/// A TCP socket some tracked process connected or sent on.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockOwner {
+    pub connect_start_ns: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+pub const EVENT_EXEC: u32 = 1;
+pub const EVENT_EXIT: u32 = 2;
+pub const EVENT_OOM_KILL: u32 = 3;
+
+pub const FILENAME_LEN: usize = 128;
+
+/// A lifecycle record on the ring buffer (exec, exit, OOM kill). Counts do
+/// not depend on these: they are aggregated in the kernel; the records carry
+/// the detail (who, which file, which exit code) for the evidence log.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub slot: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    /// For exits: the kernel's wait status (`code << 8`, or the signal).
+    pub exit_code: i32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// Kernel layout facts the probes cannot know at compile time (no CO-RE in
+/// Rust eBPF): the agent reads them from /sys/kernel/btf/vmlinux at load and
+/// writes them into the programs' globals.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_exit_code: u32,
+    pub folio_flags: u32,
+    /// Offset of the folio's page count; `u32::MAX` when the kernel has none
+    /// (then large folios count as one page).
+    pub folio_nr_pages: u32,
+    pub pg_head_bit: u32,
+    pub page_size: u32,
+    /// Offset of `group_dead` in the sched_process_exit tracepoint record;
+    /// `u32::MAX` on kernels without it (then a leader's exit ends the group).
+    pub tp_exit_group_dead: u32,
+}
+
+/// Map a nanosecond value to its histogram bucket. Written without loops or
+/// `leading_zeros` so the eBPF verifier and LLVM's BPF backend accept it.
+#[inline(always)]
+pub fn hist_bucket(v: u64) -> usize {
+    if v < 4 {
+        return v as usize;
+    }
+    let mut msb = 0u64;
+    let mut x = v;
+    if x >= 1 << 32 {
+        x >>= 32;
+        msb += 32;
+    }
+    if x >= 1 << 16 {
+        x >>= 16;
+        msb += 16;
+    }
+    if x >= 1 << 8 {
+        x >>= 8;
+        msb += 8;
+    }
+    if x >= 1 << 4 {
+        x >>= 4;
+        msb += 4;
+    }
+    if x >= 1 << 2 {
+        x >>= 2;
+        msb += 2;
+    }
+    if x >= 1 << 1 {
+        msb += 1;
+    }
+    let sub = (v >> (msb - 2)) & 3;
+    let idx = (4 * (msb - 1) + sub) as usize;
+    if idx >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        idx
+    }
+}
+
+/// The smallest value that lands in bucket `idx` (inverse of [`hist_bucket`]).
+pub fn hist_bucket_floor(idx: usize) -> u64 {
+    if idx < 4 {
+        return idx as u64;
+    }
+    let msb = (idx / 4 + 1) as u32;
+    let sub = (idx % 4) as u64;
+    (4 + sub) << (msb - 2)
+}
+
+/// Errno classes for failed syscalls, shared so the kernel's choice and the
+/// feature names cannot disagree.
+#[inline(always)]
+pub fn errno_counter(errno: i64) -> usize {
+    match errno {
+        2 => counter::ERR_ENOENT,
+        1 | 13 => counter::ERR_EACCES,
+        28 | 122 => counter::ERR_ENOSPC,
+        11 | 12 => counter::ERR_ENOMEM,
+        5 => counter::ERR_EIO,
+        // EADDRINUSE, ENETDOWN, ENETUNREACH, ECONNABORTED, ECONNRESET,
+        // ETIMEDOUT, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH
+        98 | 100 | 101 | 103 | 104 | 110 | 111 | 112 | 113 => counter::ERR_NET,
+        _ => counter::ERR_OTHER,
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, and have no padding bytes
+    // (explicit `_pad` fields fill what alignment would leave).
+    unsafe impl aya::Pod for super::SlotCounters {}
+    unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::SyscallCounts {}
+    unsafe impl aya::Pod for super::BioStart {}
+    unsafe impl aya::Pod for super::BioKey {}
+    unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_invert() {
+        let mut last = 0;
+        for v in (0..100_000u64).chain([1 << 20, 1 << 30, (1 << 40) - 1]) {
+            let b = hist_bucket(v);
+            assert!(b >= last, "bucket went down at {v}");
+            last = b;
+            assert!(hist_bucket_floor(b) <= v, "floor of bucket {b} above {v}");
+            if b + 1 < HIST_BUCKETS {
+                assert!(hist_bucket_floor(b + 1) > v, "{v} belongs in a later bucket than {b}");
+            }
+        }
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn errno_classes() {
+        assert_eq!(errno_counter(2), counter::ERR_ENOENT);
+        assert_eq!(errno_counter(1), counter::ERR_EACCES);
+        assert_eq!(errno_counter(122), counter::ERR_ENOSPC);
+        assert_eq!(errno_counter(111), counter::ERR_NET);
+        assert_eq!(errno_counter(9), counter::ERR_OTHER);
+    }
+
+    #[test]
+    fn counters_fit_their_indices() {
+        assert!(counter::LOST_EVENTS < counter::COUNT);
+        // No implicit padding: size is exactly the sum of the fields.
+        assert_eq!(
+            core::mem::size_of::<SlotCounters>(),
+            8 * (counter::COUNT + HIST_BUCKETS * hist::COUNT)
+        );
+        assert_eq!(core::mem::size_of::<ProcEvent>(), 40 + 16 + FILENAME_LEN);
+    }
+}

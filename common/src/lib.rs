@@ -1,0 +1,16 @@
+//! The types that cross a boundary: kernel <-> user (always, `no_std`) and,
+//! behind the `std` feature, agent <-> controller (feature schema, windows).
+//!
+//! The kernel half is boring on purpose: `#[repr(C)]`, `Copy`, no implicit
+//! padding, no `bool`. The eBPF programs and the agent both compile against
+//! these definitions, so a layout change cannot drift between the two.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod kernel;
+
+#[cfg(feature = "std")]
+pub mod features;
+#[cfg(feature = "std")]
+pub mod window;
+
+pub use kernel::*;

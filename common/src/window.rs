@@ -1,0 +1,105 @@
+//! A window: the feature vector of one stream over one interval.
+//!
+//! Values are `f64` rather than the `f32` a model consumes: byte counters
+//! pass 2^24 within a second of real I/O and must stay exact on the wire and
+//! in the store. The model narrows at its own boundary.
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::{FEATURES, SCHEMA_VERSION};
+
+/// Which install a window describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Live,
+    Shadow,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Live => "live",
+            Stream::Shadow => "shadow",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub schema: String,
+    pub stream: Stream,
+    pub seq: u64,
+    /// CLOCK_MONOTONIC (the probes' clock, bpf_ktime_get_ns).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Events the probes could not record in this window (never hidden).
+    pub lost_events: u64,
+    /// In [`FEATURES`] order.
+    pub features: Vec<f64>,
+}
+
+impl Window {
+    pub fn new(stream: Stream, seq: u64, start_ns: u64, end_ns: u64) -> Self {
+        Window {
+            schema: SCHEMA_VERSION.to_string(),
+            stream,
+            seq,
+            start_ns,
+            end_ns,
+            lost_events: 0,
+            features: vec![0.0; FEATURES.len()],
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<f64> {
+        crate::features::index_of(name).and_then(|i| self.features.get(i).copied())
+    }
+
+    /// `{"seq":..,"stream":..,"start_ns":..,"end_ns":..,"lost_events":..,"features":{name:value}}`:
+    /// the line format of `backstop-agent watch --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let features: serde_json::Map<String, serde_json::Value> = FEATURES
+            .iter()
+            .zip(&self.features)
+            .map(|(f, v)| (f.name.to_string(), json_number(*v)))
+            .collect();
+        serde_json::json!({
+            "seq": self.seq,
+            "stream": self.stream.as_str(),
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "lost_events": self.lost_events,
+            "features": features,
+        })
+    }
+}
+
+/// Integers print as integers (exact counters stay greppable), others as floats.
+fn json_number(v: f64) -> serde_json::Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        serde_json::Value::from(v as i64)
+    } else {
+        serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_every_feature_by_name() {
+        let mut w = Window::new(Stream::Live, 3, 10, 20);
+        w.features[crate::features::feature::BLOCK_WRITE_BYTES] = 8_388_608.0;
+        w.features[crate::features::feature::HOST_CPU_UTIL] = 0.25;
+        let j = w.to_json();
+        assert_eq!(j["seq"], 3);
+        assert_eq!(j["stream"], "live");
+        assert_eq!(j["features"]["block_write_bytes"], 8_388_608);
+        assert_eq!(j["features"]["host_cpu_util"], 0.25);
+        assert_eq!(j["features"].as_object().unwrap().len(), FEATURES.len());
+    }
+}

@@ -1,0 +1,95 @@
+//! `cargo xtask`: the one front door for humans and CI.
+//!
+//! Everything a fresh machine lacks is installed here, idempotently, so that
+//! `.ci/run` on a clean clone needs nothing done by hand. Toolchain facts
+//! (LLVM version, library file names) are derived from `rustc -vV` and the
+//! toolchain's own `lib/`, never written down.
+
+mod bench;
+mod ebpf;
+mod fixtures;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "backstop's build, test, demo and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks: Debian packages, rust-src for the
+    /// nightly, bpf-linker built against the nightly's own LLVM. Idempotent.
+    Setup,
+    /// Build the eBPF probes (bpfel-unknown-none, with BTF). `cargo build`
+    /// of the agent then embeds the object.
+    BuildEbpf,
+    /// setup, build-ebpf, lints, then the whole test suite (what CI runs).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run `backstop-agent` with the probes loaded.
+    /// Example: `cargo xtask run -- watch --json -- dd if=/dev/zero of=/var/tmp/x bs=1M count=8 oflag=direct`
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The main job, end to end on this machine: watch a real `dpkg -i` of a
+    /// real package into a throw-away Debian root and print its windows.
+    Demo,
+    /// Benchmarks; each prints ratios measured side by side in one run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => {
+            setup::run()?;
+            ebpf::build()
+        }
+        Task::Test { args } => test(&args),
+        Task::Run { args } => run(&args),
+        Task::Demo => fixtures::demo(),
+        Task::Bench { which } => bench::run(which),
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::run()?;
+    ebpf::build()?;
+    fixtures::prepare()?;
+    util::step("cargo fmt --check", util::cargo(&["fmt", "--all", "--", "--check"]))?;
+    util::step(
+        "cargo clippy",
+        util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    let mut cmd = util::cargo(&["test", "--workspace"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    util::step("cargo test --workspace", cmd)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup::run()?;
+    ebpf::build()?;
+    util::step(
+        "cargo build",
+        util::cargo(&["build", "--release", "-p", "backstop-agent"]),
+    )?;
+    let mut cmd = std::process::Command::new(util::target_dir().join("release/backstop-agent"));
+    cmd.args(args);
+    util::step("backstop-agent", cmd)
+}
