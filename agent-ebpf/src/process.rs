@@ -112,7 +112,16 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
     if slot == 0 {
         return 0;
     }
-    // The tid may be reused by an unrelated task: forget it now.
+    // The tid may be reused by an unrelated task: forget it now. Its last
+    // stretch on the CPU ends after this point, when it is no longer
+    // tracked, so credit it here.
+    if let Some(t) = THREADS.get_ptr(&tid) {
+        // SAFETY: map value pointer.
+        let since = unsafe { (*t).on_cpu_since_ns };
+        if since != 0 {
+            add(slot, counter::SCHED_ON_CPU_NS, now().saturating_sub(since));
+        }
+    }
     set_slot(tid, 0);
     let _ = THREADS.remove(&tid);
     let tgid = current_tgid();

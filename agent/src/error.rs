@@ -38,10 +38,14 @@ pub enum AgentError {
 
 impl AgentError {
     /// Exit code for the binary: 2 for "cannot run here" (privilege, BPF,
-    /// missing probes), 1 for everything else.
+    /// missing probes), 127/126 for a command that cannot be started, 1 for
+    /// everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             AgentError::NotRoot { .. } | AgentError::BpfRefused { .. } | AgentError::ProbesMissing => 2,
+            // As a shell reports a command it could not run.
+            AgentError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
+            AgentError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => 126,
             _ => 1,
         }
     }

@@ -17,17 +17,29 @@ pub struct Folder {
     prev: Box<Totals>,
     prev_host: HostSample,
     prev_ns: u64,
+    /// On-CPU time of threads still running at the previous reading.
+    prev_running_ns: u64,
     seq: u64,
+}
+
+/// One reading of a slot: the kernel's totals plus what the counters cannot
+/// show yet (threads on a CPU right now).
+pub struct Reading {
+    pub totals: Box<Totals>,
+    pub running_on_cpu_ns: u64,
+    pub host: HostSample,
+    pub at_ns: u64,
 }
 
 impl Folder {
     /// Start from a reading taken when the stream began.
-    pub fn new(stream: Stream, start: Box<Totals>, host: HostSample, start_ns: u64) -> Self {
+    pub fn new(stream: Stream, start: Reading) -> Self {
         Folder {
             stream,
-            prev: start,
-            prev_host: host,
-            prev_ns: start_ns,
+            prev: start.totals,
+            prev_host: start.host,
+            prev_ns: start.at_ns,
+            prev_running_ns: start.running_on_cpu_ns,
             seq: 0,
         }
     }
@@ -38,7 +50,8 @@ impl Folder {
     }
 
     /// The window from the previous reading to this one.
-    pub fn fold(&mut self, now: Box<Totals>, host: HostSample, end_ns: u64) -> Window {
+    pub fn fold(&mut self, reading: Reading) -> Window {
+        let Reading { totals: now, running_on_cpu_ns, host, at_ns: end_ns } = reading;
         let mut w = Window::new(self.stream, self.seq, self.prev_ns, end_ns);
         let d = |i: usize| now.c[i].saturating_sub(self.prev.c[i]) as f64;
         let v = &mut w.features;
@@ -67,7 +80,9 @@ impl Folder {
         let blk = hist_delta(&now.hist[hist::BLOCK_LATENCY], &self.prev.hist[hist::BLOCK_LATENCY]);
         v[f::BLOCK_LATENCY_P99_US] = quantile_us(&blk, 0.99);
         v[f::PAGE_DIRTIED_BYTES] = d(c::PAGE_DIRTIED_BYTES);
-        v[f::SCHED_ON_CPU_NS] = d(c::SCHED_ON_CPU_NS);
+        v[f::SCHED_ON_CPU_NS] = (d(c::SCHED_ON_CPU_NS) + running_on_cpu_ns as f64
+            - self.prev_running_ns as f64)
+            .max(0.0);
         let runq = hist_delta(&now.hist[hist::RUNQ_DELAY], &self.prev.hist[hist::RUNQ_DELAY]);
         v[f::SCHED_RUNQ_DELAY_P99_US] = quantile_us(&runq, 0.99);
         v[f::SCHED_CTX_SWITCHES] = d(c::SCHED_CTX_SWITCHES);
@@ -94,6 +109,7 @@ impl Folder {
         self.prev = now;
         self.prev_host = host;
         self.prev_ns = end_ns;
+        self.prev_running_ns = running_on_cpu_ns;
         self.seq += 1;
         w
     }
@@ -153,14 +169,21 @@ mod tests {
         now.syscalls[libc::SYS_openat as usize] = 60;
         now.syscalls[libc::SYS_connect as usize] = 10;
         let host = HostSample { cpu_busy: 5, cpu_total: 10, mem_available_bytes: 1 << 30, load1: 0.5, disk_free_bytes: 99 };
-        let mut folder = Folder::new(Stream::Live, start, HostSample::default(), 1_000);
-        let w = folder.fold(now, host, 2_000);
+        let at = |totals, running_on_cpu_ns, host, at_ns| Reading { totals, running_on_cpu_ns, host, at_ns };
+        let mut folder = Folder::new(Stream::Live, at(start, 0, HostSample::default(), 1_000));
+        now.c[c::SCHED_ON_CPU_NS] = 300;
+        let w = folder.fold(at(now.clone(), 50, host, 2_000));
         assert_eq!((w.seq, w.start_ns, w.end_ns, w.lost_events), (0, 1_000, 2_000, 2));
         assert_eq!(w.features[f::SYSCALLS_TOTAL], 30.0);
         assert_eq!(w.features[f::SYSCALLS_FILE], 20.0);
         assert_eq!(w.features[f::SYSCALLS_NET], 10.0);
         assert_eq!(w.features[f::SYSCALL_ERRORS_ENOENT], 7.0);
         assert_eq!(w.features[f::HOST_CPU_UTIL], 0.5);
-        assert_eq!(folder.windows(), 1);
+        assert_eq!(w.features[f::SCHED_ON_CPU_NS], 350.0, "credited time plus time still running");
+        // The running thread leaves the CPU: the next window gets only the rest.
+        now.c[c::SCHED_ON_CPU_NS] = 380;
+        let w = folder.fold(at(now, 0, host, 3_000));
+        assert_eq!(w.features[f::SCHED_ON_CPU_NS], 30.0);
+        assert_eq!(folder.windows(), 2);
     }
 }

@@ -12,7 +12,7 @@ use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use backstop_common::{
     HIST_BUCKETS, KernelOffsets, MAX_SLOTS, MAX_SYSCALLS, ProcEvent, SlotCounters, SyscallCounts,
-    counter, hist,
+    ThreadState, counter, hist,
 };
 
 use crate::btf;
@@ -85,6 +85,7 @@ pub struct Probes {
     counters: PerCpuArray<MapData, SlotCounters>,
     syscalls: PerCpuArray<MapData, SyscallCounts>,
     events: RingBuf<MapData>,
+    threads: HashMap<MapData, u32, ThreadState>,
     slots: [bool; MAX_SLOTS as usize],
     pub offsets: KernelOffsets,
     pub warnings: Vec<String>,
@@ -147,6 +148,7 @@ impl Probes {
         let counters = take(&mut ebpf, "COUNTERS")?;
         let syscalls = take(&mut ebpf, "SYSCALL_COUNTS")?;
         let events = take(&mut ebpf, "EVENTS")?;
+        let threads = take(&mut ebpf, "THREADS")?;
 
         for (prog, tp) in RAW_TRACEPOINTS {
             let p: &mut RawTracePoint = program(&mut ebpf, prog)?;
@@ -167,6 +169,7 @@ impl Probes {
             counters,
             syscalls,
             events,
+            threads,
             slots: [false; MAX_SLOTS as usize],
             offsets,
             warnings,
@@ -225,6 +228,23 @@ impl Probes {
             }
         }
         Ok(t)
+    }
+
+    /// CPU time the slot's threads have run without yet leaving the CPU, as
+    /// of `now_ns` (the kernel credits on-CPU time at switch-out). Adding
+    /// it to a window, and taking it out of the next, keeps a long-running
+    /// thread's time in the windows where it was spent.
+    pub fn running_on_cpu_ns(&self, slot: u32, now_ns: u64) -> u64 {
+        let mut pending = 0;
+        for (tid, state) in self.threads.iter().flatten() {
+            if state.on_cpu_since_ns != 0
+                && state.on_cpu_since_ns <= now_ns
+                && self.tracked.get(&tid, 0).is_ok_and(|s| s == slot)
+            {
+                pending += now_ns - state.on_cpu_since_ns;
+            }
+        }
+        pending
     }
 
     /// Hand every queued lifecycle record to `f`.

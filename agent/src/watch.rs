@@ -15,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::{AgentError, Result};
-use crate::fold::Folder;
+use crate::fold::{Folder, Reading};
 use crate::host::HostSampler;
 use crate::probes::{ProbeOptions, Probes};
 use crate::tree::{self, Stdout};
@@ -63,7 +63,16 @@ pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) 
     }
     let slot = probes.claim_slot()?;
     let sampler = HostSampler::new(&opts.scope);
-    let mut folder = Folder::new(Stream::Live, probes.totals(slot)?, sampler.sample()?, monotonic_ns());
+    let read = |probes: &Probes| -> Result<Reading> {
+        let at_ns = monotonic_ns();
+        Ok(Reading {
+            totals: probes.totals(slot)?,
+            running_on_cpu_ns: probes.running_on_cpu_ns(slot, at_ns),
+            host: sampler.sample()?,
+            at_ns,
+        })
+    };
+    let mut folder = Folder::new(Stream::Live, read(&probes)?);
     let mut printer = Printer { json: opts.json, header_done: false };
 
     let stdout = if opts.json { Stdout::Stderr } else { Stdout::Inherit };
@@ -93,7 +102,7 @@ pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) 
         tokio::select! {
             st = tracked.child.wait() => break st.map_err(|source| AgentError::Io { context: "waiting for the command".into(), source })?,
             _ = ticker.tick() => {
-                let w = folder.fold(probes.totals(slot)?, sampler.sample()?, monotonic_ns());
+                let w = folder.fold(read(&probes)?);
                 lost += w.lost_events;
                 printer.window(out, &w)?;
             }
@@ -119,7 +128,7 @@ pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) 
     let mut err = Ok(());
     probes.drain_events(|ev| if events && err.is_ok() { err = printer.event(out, &ev) });
     err?;
-    let w = folder.fold(probes.totals(slot)?, sampler.sample()?, monotonic_ns());
+    let w = folder.fold(read(&probes)?);
     lost += w.lost_events;
     printer.window(out, &w)?;
     let exit_code = status

@@ -1,1 +1,116 @@
-fn main() {}
+//! `backstop-workload`: workloads whose every syscall is known, so tests can
+//! assert exact counts and benchmarks can time a loop without timing the
+//! process around it.
+//!
+//! Loop timings go to stderr as `elapsed_ns=N`; stdout stays empty.
+
+use std::ffi::CString;
+use std::time::Instant;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: backstop-workload missing N | stat N | forks N | fail-child CODE | signal-child SIG | spin MS | time -- CMD [ARGS...]"
+    );
+    std::process::exit(64)
+}
+
+fn num(arg: Option<&String>) -> u64 {
+    arg.and_then(|a| a.parse().ok()).unwrap_or_else(|| usage())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n = || num(args.get(1));
+    let start = Instant::now();
+    let code = match args.first().map(String::as_str) {
+        // N opens of a path that does not exist: N syscalls, N ENOENT.
+        Some("missing") => {
+            let path = CString::new("/nonexistent-backstop-workload/missing").unwrap();
+            for _ in 0..n() {
+                // SAFETY: valid NUL-terminated path.
+                let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+                assert!(fd < 0, "the missing path exists");
+            }
+            0
+        }
+        // N stat calls on "/": the syscall-heavy loop of the overhead bench.
+        Some("stat") => {
+            let path = CString::new("/").unwrap();
+            // SAFETY: zeroed stat is a valid out-parameter.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            for _ in 0..n() {
+                // SAFETY: valid path and out-pointer.
+                unsafe { libc::stat(path.as_ptr(), &mut st) };
+            }
+            0
+        }
+        // N children that exit at once, each reaped before the next.
+        Some("forks") => {
+            for _ in 0..n() {
+                wait_child(fork_then(|| 0));
+            }
+            0
+        }
+        Some("fail-child") => {
+            let c = n() as i32;
+            wait_child(fork_then(move || c));
+            0
+        }
+        Some("signal-child") => {
+            let sig = n() as i32;
+            wait_child(fork_then(move || {
+                // SAFETY: signalling ourselves.
+                unsafe { libc::kill(libc::getpid(), sig) };
+                0
+            }));
+            0
+        }
+        Some("spin") => {
+            let until = std::time::Duration::from_millis(n());
+            let mut x = 0u64;
+            while start.elapsed() < until {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            0
+        }
+        Some("time") => {
+            let cmd = args.get(2..).filter(|c| args.get(1).map(String::as_str) == Some("--") && !c.is_empty());
+            let cmd = cmd.unwrap_or_else(|| usage());
+            let status = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .status()
+                .unwrap_or_else(|e| {
+                    eprintln!("backstop-workload: starting {}: {e}", cmd[0]);
+                    std::process::exit(127)
+                });
+            eprintln!("elapsed_ns={}", start.elapsed().as_nanos());
+            std::process::exit(status.code().unwrap_or(128))
+        }
+        _ => usage(),
+    };
+    eprintln!("elapsed_ns={}", start.elapsed().as_nanos());
+    std::process::exit(code)
+}
+
+/// fork(); the child runs `f` and `_exit`s with its result.
+fn fork_then(f: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: single-threaded program; the child only calls async-signal-safe
+    // functions before _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        eprintln!("backstop-workload: fork: {}", std::io::Error::last_os_error());
+        std::process::exit(71);
+    }
+    if pid == 0 {
+        let code = f();
+        // SAFETY: leaving the child without running atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+fn wait_child(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}

@@ -1,0 +1,123 @@
+//! Shared helpers for the end-to-end tests: where the binaries are, running
+//! the agent, and the loud skip rule (skip when root or BPF is missing,
+//! except under CI, where a skip is a failure).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::Value;
+
+/// target/<profile>/, found from this test executable (target/<profile>/deps/..).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(|d| d.parent()).expect("test binary lives in target/<profile>/deps").to_path_buf()
+}
+
+pub fn agent() -> PathBuf {
+    let p = bin_dir().join("backstop-agent");
+    assert!(p.exists(), "{} is missing: build the workspace first (cargo xtask test does)", p.display());
+    p
+}
+
+pub fn workload() -> PathBuf {
+    let p = bin_dir().join("backstop-workload");
+    assert!(p.exists(), "{} is missing: build the workspace first", p.display());
+    p
+}
+
+/// eBPF tests run one at a time: the leak checks look at every program
+/// loaded in the kernel, and timing-sensitive workloads share two CPUs.
+static EBPF: Mutex<()> = Mutex::new(());
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Ok(guard) when this test can load probes; otherwise a loud skip, which
+/// under CI (CI=true) is a failure.
+pub fn ebpf_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let guard = EBPF.lock().unwrap_or_else(|e| e.into_inner());
+    let reason = if !is_root() {
+        Some("not root".to_string())
+    } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("kernel has no BTF".to_string())
+    } else {
+        None
+    };
+    match reason {
+        None => Some(guard),
+        Some(r) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "{test}: cannot run eBPF tests here ({r}), and under CI a skip is a failure");
+            eprintln!("\n*** SKIPPED {test}: needs root and eBPF ({r}) ***\n");
+            None
+        }
+    }
+}
+
+/// `backstop-agent watch --json [extra] -- cmd`, with the parsed lines.
+pub struct Watched {
+    pub output: Output,
+    pub windows: Vec<Value>,
+    pub summary: Value,
+}
+
+impl Watched {
+    /// Sum of a feature over every window.
+    pub fn total(&self, name: &str) -> f64 {
+        self.windows
+            .iter()
+            .map(|w| {
+                w["features"][name]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("window has no numeric feature {name}: {w}"))
+            })
+            .sum()
+    }
+
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+}
+
+pub fn watch(extra: &[&str], cmd: &[&str]) -> Watched {
+    let output = Command::new(agent())
+        .arg("watch")
+        .arg("--json")
+        .args(extra)
+        .arg("--")
+        .args(cmd)
+        .output()
+        .expect("starting backstop-agent");
+    parse(output)
+}
+
+pub fn parse(output: Output) -> Watched {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut windows = Vec::new();
+    let mut summary = Value::Null;
+    for line in stdout.lines() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
+        if v.get("summary").is_some() {
+            summary = v["summary"].clone();
+        } else if v.get("features").is_some() {
+            windows.push(v);
+        }
+    }
+    assert!(
+        !summary.is_null(),
+        "no summary line; status {:?}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Watched { output, windows, summary }
+}

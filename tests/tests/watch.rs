@@ -1,0 +1,216 @@
+//! `backstop-agent watch` against real workloads, as root, with the probes
+//! loaded into this kernel.
+//!
+//! Exactness is shown by difference: the same program run with N and with 0
+//! iterations differs by exactly N events, whatever its start-up costs. Each
+//! exactness test runs an untracked copy of the same workload at the same
+//! time, which must not show up.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{ebpf_or_skip, watch, workload};
+
+/// Start an untracked workload that runs until killed.
+fn untracked(args: &[&str]) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("while :; do {} >/dev/null 2>&1; done", args.join(" ")))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting the untracked workload")
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wl() -> String {
+    workload().display().to_string()
+}
+
+#[test]
+fn missing_files_counted_exactly_and_untracked_excluded() {
+    let Some(_g) = ebpf_or_skip("missing_files_counted_exactly_and_untracked_excluded") else { return };
+    let _noise = KillOnDrop(untracked(&[&wl(), "missing", "20000"]));
+    let base = watch(&[], &[&wl(), "missing", "0"]);
+    let run = watch(&[], &[&wl(), "missing", "1000"]);
+    assert_eq!((base.code(), run.code()), (0, 0), "stderr: {}{}", base.stderr(), run.stderr());
+    for (feature, want) in [
+        ("syscall_errors_enoent", 1000.0),
+        ("syscall_errors_total", 1000.0),
+        ("syscalls_total", 1000.0),
+        ("syscalls_file", 1000.0),
+        ("syscall_errors_eacces", 0.0),
+        ("proc_forks", 0.0),
+    ] {
+        assert_eq!(
+            run.total(feature) - base.total(feature),
+            want,
+            "{feature}: run {} - baseline {} should be {want} (an untracked loop of the same workload ran beside it)",
+            run.total(feature),
+            base.total(feature)
+        );
+    }
+    assert_eq!(run.summary["lost_events"], 0);
+}
+
+#[test]
+fn fork_storm_counted_exactly() {
+    let Some(_g) = ebpf_or_skip("fork_storm_counted_exactly") else { return };
+    let _noise = KillOnDrop(untracked(&[&wl(), "forks", "200"]));
+    let base = watch(&[], &[&wl(), "forks", "0"]);
+    let run = watch(&["--window-ms", "100"], &[&wl(), "forks", "2000"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    for (feature, want) in [("proc_forks", 2000.0), ("proc_exits", 2000.0), ("proc_exits_nonzero", 0.0), ("proc_signal_deaths", 0.0), ("proc_execs", 0.0)] {
+        assert_eq!(run.total(feature) - base.total(feature), want, "{feature}");
+    }
+    assert_eq!(run.summary["lost_events"], 0, "a fork storm of 2000 lost events");
+}
+
+#[test]
+fn failing_and_killed_children() {
+    let Some(_g) = ebpf_or_skip("failing_and_killed_children") else { return };
+    let ok = watch(&[], &[&wl(), "fail-child", "0"]);
+    let failed = watch(&[], &[&wl(), "fail-child", "7"]);
+    let killed = watch(&[], &[&wl(), "signal-child", "9"]);
+    assert_eq!(ok.total("proc_exits_nonzero"), 0.0);
+    assert_eq!(failed.total("proc_exits_nonzero"), 1.0, "child exiting 7");
+    assert_eq!(failed.total("proc_signal_deaths"), 0.0);
+    assert_eq!(killed.total("proc_signal_deaths"), 1.0, "child killed by SIGKILL");
+    assert_eq!(killed.total("proc_exits_nonzero"), 0.0);
+    for w in [&ok, &failed, &killed] {
+        assert_eq!(w.total("proc_forks"), 1.0);
+        assert_eq!(w.total("proc_exits"), 2.0, "the workload and its child");
+    }
+}
+
+#[test]
+fn exit_code_is_the_commands() {
+    let Some(_g) = ebpf_or_skip("exit_code_is_the_commands") else { return };
+    let w = watch(&[], &["sh", "-c", "exit 5"]);
+    assert_eq!(w.code(), 5);
+    assert_eq!(w.summary["exit_code"], 5);
+    assert_eq!(w.total("proc_exits_nonzero"), 1.0);
+    let w = watch(&[], &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(w.code(), 128 + 9, "killed by SIGKILL");
+    assert_eq!(w.total("proc_signal_deaths"), 1.0);
+}
+
+/// A directory on a real block device (not tmpfs/overlay), or None.
+fn block_backed_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::path::PathBuf::from(std::env::var("BACKSTOP_TEST_BLOCK_DIR").unwrap_or_else(|_| "/var/tmp".into()));
+    let dev = std::fs::metadata(&dir).ok()?.dev();
+    // Device-less filesystems (tmpfs, overlay, proc) have major 0.
+    (libc::major(dev) != 0).then_some(dir)
+}
+
+#[test]
+fn direct_and_buffered_writes_attributed() {
+    let Some(_g) = ebpf_or_skip("direct_and_buffered_writes_attributed") else { return };
+    let Some(dir) = block_backed_dir() else {
+        assert!(std::env::var("CI").is_err(), "no block-backed directory for the I/O test under CI");
+        eprintln!("*** SKIPPED direct_and_buffered_writes_attributed: /var/tmp is not on a block device (set BACKSTOP_TEST_BLOCK_DIR) ***");
+        return;
+    };
+    let tracked = dir.join(format!("backstop-test-direct-{}", std::process::id()));
+    let noise_file = dir.join(format!("backstop-test-noise-{}", std::process::id()));
+    let buffered = dir.join(format!("backstop-test-buffered-{}", std::process::id()));
+    let _noise = KillOnDrop(untracked(&[
+        "dd",
+        "if=/dev/zero",
+        &format!("of={}", noise_file.display()),
+        "bs=1M",
+        "count=4",
+        "oflag=direct",
+    ]));
+    let of = format!("of={}", tracked.display());
+    let w = watch(&[], &["dd", "if=/dev/zero", &of, "bs=1M", "count=8", "oflag=direct"]);
+    assert_eq!(w.code(), 0, "{}", w.stderr());
+    assert_eq!(
+        w.total("block_write_bytes"),
+        8.0 * 1024.0 * 1024.0,
+        "O_DIRECT write of 8 MiB, with an untracked O_DIRECT writer beside it"
+    );
+    assert!(w.total("block_ops") >= 1.0);
+    assert!(w.total("block_latency_p99_us") > 0.0, "block latency was measured");
+
+    let of = format!("of={}", buffered.display());
+    let w = watch(&[], &["dd", "if=/dev/zero", &of, "bs=1M", "count=8"]);
+    assert_eq!(w.code(), 0, "{}", w.stderr());
+    assert_eq!(
+        w.total("page_dirtied_bytes"),
+        8.0 * 1024.0 * 1024.0,
+        "buffered write of 8 MiB into a new file dirties exactly 8 MiB of page cache"
+    );
+    assert_eq!(w.total("block_write_bytes"), 0.0, "buffered writes reach the disk from the flusher, not the tree");
+    for f in [&tracked, &noise_file, &buffered] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn json_lines_are_consecutive_windows() {
+    let Some(_g) = ebpf_or_skip("json_lines_are_consecutive_windows") else { return };
+    let w = watch(&["--window-ms", "200"], &[&wl(), "spin", "900"]);
+    assert_eq!(w.code(), 0);
+    assert!(w.windows.len() >= 4, "900 ms at 200 ms windows gave {} windows", w.windows.len());
+    assert_eq!(w.summary["windows"], w.windows.len());
+    assert_eq!(w.summary["schema"], "backstop.features.v1");
+    for (i, win) in w.windows.iter().enumerate() {
+        assert_eq!(win["seq"], i, "seq numbers run 0..");
+        assert_eq!(win["stream"], "live");
+        assert!(win["end_ns"].as_u64() > win["start_ns"].as_u64());
+        if i > 0 {
+            assert_eq!(win["start_ns"], w.windows[i - 1]["end_ns"], "windows tile time without gaps");
+        }
+        assert!(win["lost_events"].is_u64());
+    }
+    let on_cpu = w.total("sched_on_cpu_ns");
+    assert!(
+        (0.6e9..1.3e9).contains(&on_cpu),
+        "a 900 ms busy loop should be ~0.9 s on CPU, got {on_cpu} ns"
+    );
+    assert!(w.total("sched_ctx_switches") >= 1.0);
+}
+
+#[test]
+fn command_output_goes_to_stderr_with_json() {
+    let Some(_g) = ebpf_or_skip("command_output_goes_to_stderr_with_json") else { return };
+    let w = watch(&[], &["echo", "hello-from-the-command"]);
+    assert!(w.stderr().contains("hello-from-the-command"), "stderr: {}", w.stderr());
+    assert!(!String::from_utf8_lossy(&w.output.stdout).contains("hello-from-the-command"));
+}
+
+#[test]
+fn missing_binary_is_a_clear_error() {
+    let Some(_g) = ebpf_or_skip("missing_binary_is_a_clear_error") else { return };
+    let out = Command::new(support::agent())
+        .args(["watch", "--json", "--", "/nonexistent/backstop-no-such-binary"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(127), "stderr: {stderr}");
+    assert!(stderr.contains("/nonexistent/backstop-no-such-binary"), "names the path: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(out.stdout.is_empty(), "no windows for a command that never ran");
+}
+
+/// Wait until `pred` holds or the timeout passes.
+fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if pred() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pred()
+}
