@@ -18,7 +18,7 @@ pub fn bs_block_bio_queue(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: offsets from the tracepoint's format file.
     let dev: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
-    let Some(disk) = BLOCK_DEVS.get_ptr(&dev) else {
+    let Some(disk) = BLOCK_DEVS.get_ptr(dev) else {
         return 0; // stacked device: its lower device's bio counts instead
     };
     // SAFETY: map value pointer.
@@ -40,9 +40,17 @@ pub fn bs_block_bio_queue(ctx: TracePointContext) -> u32 {
         }
         _ => return 0,
     }
-    let key = BioKey { dev: disk, _pad: 0, sector };
-    let start = BioStart { start_ns: now(), slot, _pad: 0 };
-    let _ = BIO_INFLIGHT.insert(&key, &start, 0);
+    let key = BioKey {
+        dev: disk,
+        _pad: 0,
+        sector,
+    };
+    let start = BioStart {
+        start_ns: now(),
+        slot,
+        _pad: 0,
+    };
+    let _ = BIO_INFLIGHT.insert(key, start, 0);
     0
 }
 
@@ -52,17 +60,25 @@ pub fn bs_block_rq_complete(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint's format file.
     let dev: u32 = unsafe { ctx.read_at(8) }.unwrap_or(0);
     let sector: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
-    let key = BioKey { dev, _pad: 0, sector };
-    let Some(start) = BIO_INFLIGHT.get_ptr(&key) else {
+    let key = BioKey {
+        dev,
+        _pad: 0,
+        sector,
+    };
+    let Some(start) = BIO_INFLIGHT.get_ptr(key) else {
         return 0;
     };
     // SAFETY: map value pointer.
     let start = unsafe { *start };
     let error: i32 = unsafe { ctx.read_at(28) }.unwrap_or(0);
-    record(start.slot, hist::BLOCK_LATENCY, now().saturating_sub(start.start_ns));
+    record(
+        start.slot,
+        hist::BLOCK_LATENCY,
+        now().saturating_sub(start.start_ns),
+    );
     if error != 0 {
         add(start.slot, counter::BLOCK_ERRORS, 1);
     }
-    let _ = BIO_INFLIGHT.remove(&key);
+    let _ = BIO_INFLIGHT.remove(key);
     0
 }

@@ -28,8 +28,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use backstop_common::{
-    BioKey, BioStart, KernelOffsets, MAX_SLOTS, SlotCounters, SockOwner, SyscallCounts, ThreadState,
-    counter, hist_bucket,
+    BioKey, BioStart, KernelOffsets, MAX_SLOTS, SlotCounters, SockOwner, SyscallCounts,
+    ThreadState, counter, hist_bucket,
 };
 
 /// Stream slot per tid (0: not tracked). Indexed by tid; the agent sizes it
@@ -152,15 +152,15 @@ fn record(slot: u32, hist: usize, ns: u64) {
 /// a tree is registered by the agent, which cannot create it).
 #[inline(always)]
 fn thread_state(slot: u32, tid: u32) -> Option<&'static mut ThreadState> {
-    if THREADS.get_ptr_mut(&tid).is_none()
-        && THREADS.insert(&tid, &ThreadState::default(), 0).is_err()
+    if THREADS.get_ptr_mut(tid).is_none()
+        && THREADS.insert(tid, ThreadState::default(), 0).is_err()
     {
         lost(slot);
         return None;
     }
     // SAFETY: the entry exists (just checked or inserted); hash map values
     // stay valid while the program runs.
-    THREADS.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+    THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
 }
 
 /// Read a kernel value at `base + off`; `None` when the offset is unknown

@@ -33,24 +33,32 @@ pub fn bs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
             return 0;
         }
         add(slot, counter::NET_CONNECT_ATTEMPTS, 1);
-        let owner = SockOwner { connect_start_ns: now(), slot, _pad: 0 };
-        if SOCKS.insert(&sk, &owner, 0).is_err() {
+        let owner = SockOwner {
+            connect_start_ns: now(),
+            slot,
+            _pad: 0,
+        };
+        if SOCKS.insert(sk, owner, 0).is_err() {
             lost(slot);
         }
         return 0;
     }
-    if let Some(o) = SOCKS.get_ptr_mut(&sk) {
+    if let Some(o) = SOCKS.get_ptr_mut(sk) {
         // SAFETY: map value pointer.
         let o = unsafe { &mut *o };
         if old == TCP_SYN_SENT {
             if new == TCP_ESTABLISHED {
-                record(o.slot, hist::CONNECT_LATENCY, now().saturating_sub(o.connect_start_ns));
+                record(
+                    o.slot,
+                    hist::CONNECT_LATENCY,
+                    now().saturating_sub(o.connect_start_ns),
+                );
             } else {
                 add(o.slot, counter::NET_CONNECT_FAILURES, 1);
             }
         }
         if new == TCP_CLOSE {
-            let _ = SOCKS.remove(&sk);
+            let _ = SOCKS.remove(sk);
         }
     }
     0
@@ -61,7 +69,7 @@ pub fn bs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
 pub fn bs_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from the tracepoint's format file.
     let sk: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
-    if let Some(o) = SOCKS.get_ptr(&sk) {
+    if let Some(o) = SOCKS.get_ptr(sk) {
         // SAFETY: map value pointer.
         let slot = unsafe { (*o).slot };
         add(slot, counter::NET_TCP_RETRANSMITS, 1);
@@ -86,9 +94,13 @@ fn length(ctx: &TracePointContext, idx: usize) -> u32 {
     if protocol == IPPROTO_TCP {
         // Remember accepted sockets too, so their retransmits count.
         let sk: u64 = unsafe { ctx.read_at(8) }.unwrap_or(0);
-        if SOCKS.get_ptr(&sk).is_none() {
-            let owner = SockOwner { connect_start_ns: 0, slot, _pad: 0 };
-            if SOCKS.insert(&sk, &owner, 0).is_err() {
+        if SOCKS.get_ptr(sk).is_none() {
+            let owner = SockOwner {
+                connect_start_ns: 0,
+                slot,
+                _pad: 0,
+            };
+            if SOCKS.insert(sk, owner, 0).is_err() {
                 lost(slot);
             }
         }

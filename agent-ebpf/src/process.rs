@@ -29,7 +29,11 @@ pub fn bs_task_newtask(ctx: TracePointContext) -> u32 {
     let flags: u64 = unsafe { ctx.read_at(32) }.unwrap_or(0);
     if child <= 0 || !set_slot(child as u32, slot) {
         lost(slot);
-        aya_log_ebpf::warn!(&ctx, "backstop: pid {} is beyond the tracked-pid map; its tree is lost", child);
+        aya_log_ebpf::warn!(
+            &ctx,
+            "backstop: pid {} is beyond the tracked-pid map; its tree is lost",
+            child
+        );
         return 0;
     }
     if flags & CLONE_THREAD != 0 {
@@ -41,7 +45,13 @@ pub fn bs_task_newtask(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn emit(slot: u32, kind: u32, pid: u32, tgid: u32, exit_code: i32) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<ProcEvent>> {
+fn emit(
+    slot: u32,
+    kind: u32,
+    pid: u32,
+    tgid: u32,
+    exit_code: i32,
+) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<ProcEvent>> {
     match EVENTS.reserve::<ProcEvent>(0) {
         Some(mut e) => {
             let ev = e.as_mut_ptr();
@@ -115,7 +125,7 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
     // The tid may be reused by an unrelated task: forget it now. Its last
     // stretch on the CPU ends after this point, when it is no longer
     // tracked, so credit it here.
-    if let Some(t) = THREADS.get_ptr(&tid) {
+    if let Some(t) = THREADS.get_ptr(tid) {
         // SAFETY: map value pointer.
         let since = unsafe { (*t).on_cpu_since_ns };
         if since != 0 {
@@ -123,7 +133,7 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
         }
     }
     set_slot(tid, 0);
-    let _ = THREADS.remove(&tid);
+    let _ = THREADS.remove(tid);
     let tgid = current_tgid();
     let off = OFFSETS.load();
     let group_dead = if off.tp_exit_group_dead == u32::MAX {

@@ -37,7 +37,11 @@ pub fn bs_sched_switch(ctx: RawTracePointContext) -> i32 {
         }
         if let Some(s) = thread_state(prev_slot, prev_pid) {
             if s.on_cpu_since_ns != 0 {
-                add(prev_slot, counter::SCHED_ON_CPU_NS, t.saturating_sub(s.on_cpu_since_ns));
+                add(
+                    prev_slot,
+                    counter::SCHED_ON_CPU_NS,
+                    t.saturating_sub(s.on_cpu_since_ns),
+                );
                 s.on_cpu_since_ns = 0;
             }
             // Still runnable (preempted or yielding): it waits for a CPU now.
@@ -51,7 +55,11 @@ pub fn bs_sched_switch(ctx: RawTracePointContext) -> i32 {
     {
         s.on_cpu_since_ns = t;
         if s.runnable_since_ns != 0 {
-            record(next_slot, hist::RUNQ_DELAY, t.saturating_sub(s.runnable_since_ns));
+            record(
+                next_slot,
+                hist::RUNQ_DELAY,
+                t.saturating_sub(s.runnable_since_ns),
+            );
             s.runnable_since_ns = 0;
         }
     }

@@ -3,7 +3,9 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use backstop_common::{MAX_SYSCALLS, counter, errno_counter, hist};
 
-use crate::{SYSCALL_COUNTS, add, counters, current_tid, now, record, slot_of, thread_state, THREADS};
+use crate::{
+    SYSCALL_COUNTS, THREADS, add, counters, current_tid, now, record, slot_of, thread_state,
+};
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn bs_sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -45,7 +47,7 @@ pub fn bs_sys_exit(ctx: RawTracePointContext) -> i32 {
         add(slot, errno_counter(-ret), 1);
     }
     // SAFETY: hash map value pointer, valid for this run.
-    if let Some(t) = THREADS.get_ptr_mut(&tid).map(|p| unsafe { &mut *p }) {
+    if let Some(t) = THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p }) {
         let start = t.syscall_start_ns;
         if start != 0 {
             record(slot, hist::SYSCALL_LATENCY, now().saturating_sub(start));

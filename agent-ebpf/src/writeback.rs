@@ -27,6 +27,10 @@ pub fn bs_writeback_dirty_folio(ctx: RawTracePointContext) -> i32 {
             pages = if n == 0 { 1 } else { n as u64 };
         }
     }
-    add(slot, counter::PAGE_DIRTIED_BYTES, pages * off.page_size as u64);
+    add(
+        slot,
+        counter::PAGE_DIRTIED_BYTES,
+        pages * off.page_size as u64,
+    );
     0
 }

@@ -154,7 +154,8 @@ impl Btf {
     }
 
     fn get(&self, id: u32) -> Option<Type> {
-        id.checked_sub(1).and_then(|i| self.types.get(i as usize).copied())
+        id.checked_sub(1)
+            .and_then(|i| self.types.get(i as usize).copied())
     }
 
     /// Follow typedefs and qualifiers to the underlying type.
@@ -173,7 +174,12 @@ impl Btf {
 
     fn size_of(&self, id: u32) -> u32 {
         match self.resolve(id) {
-            Some((_, t)) if matches!(t.kind, KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64) => {
+            Some((_, t))
+                if matches!(
+                    t.kind,
+                    KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64
+                ) =>
+            {
                 t.size_or_type
             }
             Some((_, t)) if t.kind == 2 => 8, // pointer
@@ -201,7 +207,11 @@ impl Btf {
             let name_off = self.u32_at(at);
             let ty = self.u32_at(at + 4);
             let raw_off = self.u32_at(at + 8);
-            let bits = if t.kind_flag { raw_off & 0x00ff_ffff } else { raw_off };
+            let bits = if t.kind_flag {
+                raw_off & 0x00ff_ffff
+            } else {
+                raw_off
+            };
             let bitfield = t.kind_flag && raw_off >> 24 != 0;
             let name = self.name(name_off);
             if name == member {
@@ -225,9 +235,10 @@ impl Btf {
         let t = self.find_struct(strukt).ok_or_else(|| BtfError::Missing {
             what: format!("struct {strukt}"),
         })?;
-        self.find_member(t, member, 0).ok_or_else(|| BtfError::Missing {
-            what: format!("member {strukt}.{member}"),
-        })
+        self.find_member(t, member, 0)
+            .ok_or_else(|| BtfError::Missing {
+                what: format!("member {strukt}.{member}"),
+            })
     }
 
     pub fn enum_value(&self, name: &str) -> Result<i64, BtfError> {
@@ -367,8 +378,14 @@ mod tests {
     #[test]
     fn finds_members_through_anonymous_unions() {
         let btf = Btf::parse(blob()).unwrap();
-        assert_eq!(btf.member("outer", "a").unwrap(), Member { offset: 0, size: 4 });
-        assert_eq!(btf.member("outer", "c").unwrap(), Member { offset: 8, size: 8 });
+        assert_eq!(
+            btf.member("outer", "a").unwrap(),
+            Member { offset: 0, size: 4 }
+        );
+        assert_eq!(
+            btf.member("outer", "c").unwrap(),
+            Member { offset: 8, size: 8 }
+        );
         assert!(btf.member("outer", "zz").is_err());
         assert_eq!(btf.enum_value("X").unwrap(), 7);
     }
@@ -385,10 +402,16 @@ mod tests {
     fn reads_this_kernel() {
         let Ok(btf) = Btf::from_sys_fs() else {
             eprintln!("SKIP reads_this_kernel: /sys/kernel/btf/vmlinux is not readable here");
-            assert!(std::env::var("CI").is_err(), "kernel BTF must be readable under CI");
+            assert!(
+                std::env::var("CI").is_err(),
+                "kernel BTF must be readable under CI"
+            );
             return;
         };
         let (off, _) = kernel_offsets(&btf).unwrap();
-        assert!(off.task_pid > 0 && off.task_tgid == off.task_pid + 4, "{off:?}");
+        assert!(
+            off.task_pid > 0 && off.task_tgid == off.task_pid + 4,
+            "{off:?}"
+        );
     }
 }

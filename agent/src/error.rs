@@ -15,7 +15,9 @@ pub enum AgentError {
     Btf(#[from] crate::btf::BtfError),
     #[error("probe map {map}: {reason}")]
     Map { map: &'static str, reason: String },
-    #[error("pid {pid} is beyond the tracked-pid map ({max} entries): raise it with kernel.pid_max at agent start")]
+    #[error(
+        "pid {pid} is beyond the tracked-pid map ({max} entries): raise it with kernel.pid_max at agent start"
+    )]
     PidOutOfRange { pid: u32, max: u32 },
     #[error("all {max} stream slots are in use")]
     NoFreeSlot { max: u32 },
@@ -42,10 +44,18 @@ impl AgentError {
     /// everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AgentError::NotRoot { .. } | AgentError::BpfRefused { .. } | AgentError::ProbesMissing => 2,
+            AgentError::NotRoot { .. }
+            | AgentError::BpfRefused { .. }
+            | AgentError::ProbesMissing => 2,
             // As a shell reports a command it could not run.
-            AgentError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
-            AgentError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => 126,
+            AgentError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                127
+            }
+            AgentError::Spawn { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                126
+            }
             _ => 1,
         }
     }

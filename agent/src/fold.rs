@@ -51,12 +51,22 @@ impl Folder {
 
     /// The window from the previous reading to this one.
     pub fn fold(&mut self, reading: Reading) -> Window {
-        let Reading { totals: now, running_on_cpu_ns, host, at_ns: end_ns } = reading;
+        let Reading {
+            totals: now,
+            running_on_cpu_ns,
+            host,
+            at_ns: end_ns,
+        } = reading;
         let mut w = Window::new(self.stream, self.seq, self.prev_ns, end_ns);
         let d = |i: usize| now.c[i].saturating_sub(self.prev.c[i]) as f64;
         let v = &mut w.features;
         v[f::SYSCALLS_TOTAL] = d(c::SYSCALLS_TOTAL);
-        for (nr, (n, p)) in now.syscalls.iter().zip(self.prev.syscalls.iter()).enumerate() {
+        for (nr, (n, p)) in now
+            .syscalls
+            .iter()
+            .zip(self.prev.syscalls.iter())
+            .enumerate()
+        {
             let delta = n.saturating_sub(*p);
             if delta != 0 {
                 v[syscall_class::class(nr).feature()] += delta as f64;
@@ -70,20 +80,29 @@ impl Folder {
         v[f::SYSCALL_ERRORS_EIO] = d(c::ERR_EIO);
         v[f::SYSCALL_ERRORS_NET] = d(c::ERR_NET);
         v[f::SYSCALL_ERRORS_OTHER] = d(c::ERR_OTHER);
-        let lat = hist_delta(&now.hist[hist::SYSCALL_LATENCY], &self.prev.hist[hist::SYSCALL_LATENCY]);
+        let lat = hist_delta(
+            &now.hist[hist::SYSCALL_LATENCY],
+            &self.prev.hist[hist::SYSCALL_LATENCY],
+        );
         v[f::SYSCALL_LATENCY_P50_US] = quantile_us(&lat, 0.50);
         v[f::SYSCALL_LATENCY_P99_US] = quantile_us(&lat, 0.99);
         v[f::BLOCK_READ_BYTES] = d(c::BLOCK_READ_BYTES);
         v[f::BLOCK_WRITE_BYTES] = d(c::BLOCK_WRITE_BYTES);
         v[f::BLOCK_OPS] = d(c::BLOCK_READ_OPS) + d(c::BLOCK_WRITE_OPS);
         v[f::BLOCK_ERRORS] = d(c::BLOCK_ERRORS);
-        let blk = hist_delta(&now.hist[hist::BLOCK_LATENCY], &self.prev.hist[hist::BLOCK_LATENCY]);
+        let blk = hist_delta(
+            &now.hist[hist::BLOCK_LATENCY],
+            &self.prev.hist[hist::BLOCK_LATENCY],
+        );
         v[f::BLOCK_LATENCY_P99_US] = quantile_us(&blk, 0.99);
         v[f::PAGE_DIRTIED_BYTES] = d(c::PAGE_DIRTIED_BYTES);
         v[f::SCHED_ON_CPU_NS] = (d(c::SCHED_ON_CPU_NS) + running_on_cpu_ns as f64
             - self.prev_running_ns as f64)
             .max(0.0);
-        let runq = hist_delta(&now.hist[hist::RUNQ_DELAY], &self.prev.hist[hist::RUNQ_DELAY]);
+        let runq = hist_delta(
+            &now.hist[hist::RUNQ_DELAY],
+            &self.prev.hist[hist::RUNQ_DELAY],
+        );
         v[f::SCHED_RUNQ_DELAY_P99_US] = quantile_us(&runq, 0.99);
         v[f::SCHED_CTX_SWITCHES] = d(c::SCHED_CTX_SWITCHES);
         v[f::SCHED_INVOLUNTARY_SWITCHES] = d(c::SCHED_INVOLUNTARY);
@@ -97,7 +116,10 @@ impl Folder {
         v[f::NET_TCP_RETRANSMITS] = d(c::NET_TCP_RETRANSMITS);
         v[f::NET_CONNECT_ATTEMPTS] = d(c::NET_CONNECT_ATTEMPTS);
         v[f::NET_CONNECT_FAILURES] = d(c::NET_CONNECT_FAILURES);
-        let conn = hist_delta(&now.hist[hist::CONNECT_LATENCY], &self.prev.hist[hist::CONNECT_LATENCY]);
+        let conn = hist_delta(
+            &now.hist[hist::CONNECT_LATENCY],
+            &self.prev.hist[hist::CONNECT_LATENCY],
+        );
         v[f::NET_CONNECT_LATENCY_P99_US] = quantile_us(&conn, 0.99);
         v[f::NET_TX_BYTES] = d(c::NET_TX_BYTES);
         v[f::NET_RX_BYTES] = d(c::NET_RX_BYTES);
@@ -151,7 +173,10 @@ mod tests {
         let mut h = [0u64; HIST_BUCKETS];
         h[hist_bucket(1_000)] += 98; // 1 us
         h[hist_bucket(2_000_000)] += 2; // 2 ms
-        assert_eq!(quantile_us(&h, 0.5), hist_bucket_floor(hist_bucket(1_000)) as f64 / 1000.0);
+        assert_eq!(
+            quantile_us(&h, 0.5),
+            hist_bucket_floor(hist_bucket(1_000)) as f64 / 1000.0
+        );
         let p99 = quantile_us(&h, 0.99);
         assert!((1500.0..=2000.0).contains(&p99), "p99 {p99}");
         assert_eq!(quantile_us(&[0; HIST_BUCKETS], 0.99), 0.0);
@@ -168,18 +193,36 @@ mod tests {
         now.c[c::LOST_EVENTS] = 2;
         now.syscalls[libc::SYS_openat as usize] = 60;
         now.syscalls[libc::SYS_connect as usize] = 10;
-        let host = HostSample { cpu_busy: 5, cpu_total: 10, mem_available_bytes: 1 << 30, load1: 0.5, disk_free_bytes: 99 };
-        let at = |totals, running_on_cpu_ns, host, at_ns| Reading { totals, running_on_cpu_ns, host, at_ns };
+        let host = HostSample {
+            cpu_busy: 5,
+            cpu_total: 10,
+            mem_available_bytes: 1 << 30,
+            load1: 0.5,
+            disk_free_bytes: 99,
+        };
+        let at = |totals, running_on_cpu_ns, host, at_ns| Reading {
+            totals,
+            running_on_cpu_ns,
+            host,
+            at_ns,
+        };
         let mut folder = Folder::new(Stream::Live, at(start, 0, HostSample::default(), 1_000));
         now.c[c::SCHED_ON_CPU_NS] = 300;
         let w = folder.fold(at(now.clone(), 50, host, 2_000));
-        assert_eq!((w.seq, w.start_ns, w.end_ns, w.lost_events), (0, 1_000, 2_000, 2));
+        assert_eq!(
+            (w.seq, w.start_ns, w.end_ns, w.lost_events),
+            (0, 1_000, 2_000, 2)
+        );
         assert_eq!(w.features[f::SYSCALLS_TOTAL], 30.0);
         assert_eq!(w.features[f::SYSCALLS_FILE], 20.0);
         assert_eq!(w.features[f::SYSCALLS_NET], 10.0);
         assert_eq!(w.features[f::SYSCALL_ERRORS_ENOENT], 7.0);
         assert_eq!(w.features[f::HOST_CPU_UTIL], 0.5);
-        assert_eq!(w.features[f::SCHED_ON_CPU_NS], 350.0, "credited time plus time still running");
+        assert_eq!(
+            w.features[f::SCHED_ON_CPU_NS],
+            350.0,
+            "credited time plus time still running"
+        );
         // The running thread leaves the CPU: the next window gets only the rest.
         now.c[c::SCHED_ON_CPU_NS] = 380;
         let w = folder.fold(at(now, 0, host, 3_000));

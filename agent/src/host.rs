@@ -128,14 +128,25 @@ mod tests {
         let mem = "MemTotal:       24000000 kB\nMemAvailable:   1000 kB\n";
         assert_eq!(parse_meminfo(mem, "MemAvailable"), Some(1_024_000));
         assert_eq!(parse_meminfo(mem, "MemFree"), None);
-        let a = HostSample { cpu_busy: 10, cpu_total: 100, ..Default::default() };
-        let b = HostSample { cpu_busy: 60, cpu_total: 200, ..Default::default() };
+        let a = HostSample {
+            cpu_busy: 10,
+            cpu_total: 100,
+            ..Default::default()
+        };
+        let b = HostSample {
+            cpu_busy: 60,
+            cpu_total: 200,
+            ..Default::default()
+        };
         assert_eq!(cpu_util(&a, &b), 0.5);
     }
 
     #[test]
     fn samples_this_host() {
         let s = HostSampler::new(Path::new("/")).sample().unwrap();
-        assert!(s.cpu_total > 0 && s.mem_available_bytes > 0 && s.disk_free_bytes > 0, "{s:?}");
+        assert!(
+            s.cpu_total > 0 && s.mem_available_bytes > 0 && s.disk_free_bytes > 0,
+            "{s:?}"
+        );
     }
 }

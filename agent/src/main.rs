@@ -81,7 +81,15 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async {
         match cli.command {
-            Command::Watch { window_ms, json, events, scope, probe_log, kill_grace_secs, cmd } => {
+            Command::Watch {
+                window_ms,
+                json,
+                events,
+                scope,
+                probe_log,
+                kill_grace_secs,
+                cmd,
+            } => {
                 let opts = WatchOptions {
                     window: Duration::from_millis(window_ms),
                     json,

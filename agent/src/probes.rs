@@ -111,8 +111,9 @@ impl Probes {
         raise_memlock();
         let btf = btf::Btf::from_sys_fs()?;
         let (mut offsets, mut warnings) = btf::kernel_offsets(&btf)?;
-        offsets.tp_exit_group_dead = tracepoint_field_offset("sched", "sched_process_exit", "group_dead")
-            .unwrap_or(u32::MAX);
+        offsets.tp_exit_group_dead =
+            tracepoint_field_offset("sched", "sched_process_exit", "group_dead")
+                .unwrap_or(u32::MAX);
         let pid_max = read_pid_max()?;
 
         let mut loader = EbpfLoader::new();
@@ -124,7 +125,9 @@ impl Probes {
             // turns every one of them into a no-op.
             loader.override_global("AYA_LOG_LEVEL", &0u8, false);
         }
-        let mut ebpf = loader.load(PROBES_OBJECT).map_err(|e| refused("loading the probe object", e))?;
+        let mut ebpf = loader
+            .load(PROBES_OBJECT)
+            .map_err(|e| refused("loading the probe object", e))?;
 
         let logger = if opts.probe_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -152,15 +155,20 @@ impl Probes {
 
         for (prog, tp) in RAW_TRACEPOINTS {
             let p: &mut RawTracePoint = program(&mut ebpf, prog)?;
-            p.load().map_err(|e| refused(&format!("loading program {prog}"), e))?;
+            p.load()
+                .map_err(|e| refused(&format!("loading program {prog}"), e))?;
             p.attach(tp)
                 .map_err(|e| refused(&format!("attaching {prog} to raw tracepoint {tp}"), e))?;
         }
         for (prog, category, name) in TRACEPOINTS {
             let p: &mut TracePoint = program(&mut ebpf, prog)?;
-            p.load().map_err(|e| refused(&format!("loading program {prog}"), e))?;
+            p.load()
+                .map_err(|e| refused(&format!("loading program {prog}"), e))?;
             p.attach(category, name).map_err(|e| {
-                refused(&format!("attaching {prog} to tracepoint {category}/{name}"), e)
+                refused(
+                    &format!("attaching {prog} to tracepoint {category}/{name}"),
+                    e,
+                )
             })?;
         }
         Ok(Probes {
@@ -279,7 +287,7 @@ fn raise_memlock() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }
 
-fn refused(what: &str, e: impl std::fmt::Display + std::error::Error) -> AgentError {
+fn refused(what: &str, e: impl std::error::Error) -> AgentError {
     // The interesting part (EPERM, the verifier's complaint) is usually at
     // the end of the source chain.
     let mut reason = e.to_string();
@@ -322,10 +330,12 @@ where
     &'a mut T: TryFrom<&'a mut aya::programs::Program>,
     <&'a mut T as TryFrom<&'a mut aya::programs::Program>>::Error: std::fmt::Display,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| AgentError::BpfRefused {
-        what: format!("program {name}"),
-        reason: "not in the probe object (stale build? run `cargo xtask build-ebpf`)".into(),
-    })?;
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| AgentError::BpfRefused {
+            what: format!("program {name}"),
+            reason: "not in the probe object (stale build? run `cargo xtask build-ebpf`)".into(),
+        })?;
     <&mut T>::try_from(p).map_err(|e| AgentError::BpfRefused {
         what: format!("program {name}"),
         reason: e.to_string(),
@@ -348,7 +358,9 @@ fn read_pid_max() -> Result<u32> {
 fn tracepoint_field_offset(category: &str, event: &str, field: &str) -> Option<u32> {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
-        .find_map(|base| std::fs::read_to_string(format!("{base}/events/{category}/{event}/format")).ok())
+        .find_map(|base| {
+            std::fs::read_to_string(format!("{base}/events/{category}/{event}/format")).ok()
+        })
         .and_then(|fmt| parse_field_offset(&fmt, field))
 }
 
@@ -380,7 +392,10 @@ pub fn block_devices(class_dir: &Path) -> Vec<(u32, u32)> {
             continue;
         };
         let disk_dir = if dir.join("partition").exists() {
-            match std::fs::canonicalize(&dir).ok().and_then(|p| p.parent().map(|p| p.to_path_buf())) {
+            match std::fs::canonicalize(&dir)
+                .ok()
+                .and_then(|p| p.parent().map(|p| p.to_path_buf()))
+            {
                 Some(p) => p,
                 None => continue,
             }
@@ -423,7 +438,10 @@ mod tests {
         let devs = block_devices(Path::new("/sys/class/block"));
         // Every entry maps to a whole disk that maps to itself.
         for (dev, disk) in &devs {
-            assert!(devs.iter().any(|(d, w)| d == disk && w == disk), "{dev:#x} -> {disk:#x} has no disk entry");
+            assert!(
+                devs.iter().any(|(d, w)| d == disk && w == disk),
+                "{dev:#x} -> {disk:#x} has no disk entry"
+            );
         }
     }
 }

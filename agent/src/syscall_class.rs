@@ -32,9 +32,20 @@ pub fn class(nr: usize) -> Class {
     match nr {
         // read write open close stat fstat lstat; lseek; ioctl pread pwrite readv writev access pipe
         0..=6 | 8 | 16..=22 => Class::File,
-        32 | 33 | 40 | 72..=95 | 132 | 133 | 137 | 138 | 161 | 162 | 165 | 166 | 187 | 188..=199 => {
-            Class::File
-        }
+        32
+        | 33
+        | 40
+        | 72..=95
+        | 132
+        | 133
+        | 137
+        | 138
+        | 161
+        | 162
+        | 165
+        | 166
+        | 187
+        | 188..=199 => Class::File,
         217 | 221 | 235 | 257..=269 | 275..=277 | 280 | 285 | 292 | 293 | 295 | 296 | 306 | 316 => {
             Class::File
         }

@@ -42,7 +42,10 @@ pub struct Summary {
 
 /// Nanoseconds on CLOCK_MONOTONIC, the clock bpf_ktime_get_ns uses.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -73,19 +76,31 @@ pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) 
         })
     };
     let mut folder = Folder::new(Stream::Live, read(&probes)?);
-    let mut printer = Printer { json: opts.json, header_done: false };
+    let mut printer = Printer {
+        json: opts.json,
+        header_done: false,
+    };
 
-    let stdout = if opts.json { Stdout::Stderr } else { Stdout::Inherit };
+    let stdout = if opts.json {
+        Stdout::Stderr
+    } else {
+        Stdout::Inherit
+    };
     let mut tracked = tree::spawn_tracked(argv, stdout, |pid| probes.track(pid, slot))?;
     let pid = tracked.pid;
     tracing::debug!(pid, slot, "tracking");
 
-    let ring_err = |source| AgentError::Io { context: "watching the probes' ring buffer".into(), source };
+    let ring_err = |source| AgentError::Io {
+        context: "watching the probes' ring buffer".into(),
+        source,
+    };
     let ring_fd = probes.events_fd().try_clone_to_owned().map_err(ring_err)?;
     // SAFETY: we own this duplicate; it stays open for the AsyncFd's life.
-    let events_fd = unsafe { AsyncFd::register_with_interest(ring_fd, tokio::io::Interest::READABLE) }
-        .map_err(|e| ring_err(e.into()))?;
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + opts.window, opts.window);
+    let events_fd =
+        unsafe { AsyncFd::register_with_interest(ring_fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| ring_err(e.into()))?;
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + opts.window, opts.window);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigint = signal(SignalKind::interrupt()).map_err(sig_err)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(sig_err)?;
@@ -126,7 +141,11 @@ pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) 
     };
     let events = opts.events;
     let mut err = Ok(());
-    probes.drain_events(|ev| if events && err.is_ok() { err = printer.event(out, &ev) });
+    probes.drain_events(|ev| {
+        if events && err.is_ok() {
+            err = printer.event(out, &ev)
+        }
+    });
     err?;
     let w = folder.fold(read(&probes)?);
     lost += w.lost_events;
@@ -134,19 +153,30 @@ pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) 
     let exit_code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    let summary = Summary { exit_code, windows: folder.windows(), lost_events: lost };
+    let summary = Summary {
+        exit_code,
+        windows: folder.windows(),
+        lost_events: lost,
+    };
     printer.summary(out, &summary)?;
     Ok(summary)
 }
 
 fn sig_err(source: std::io::Error) -> AgentError {
-    AgentError::Io { context: "installing signal handlers".into(), source }
+    AgentError::Io {
+        context: "installing signal handlers".into(),
+        source,
+    }
 }
 
 /// Pass a signal on to the command and start its grace period; a second
 /// signal while one is pending kills it at once.
 fn forward(pid: u32, sig: i32, deadline: &mut Option<tokio::time::Instant>, grace: Duration) {
-    let sig = if deadline.is_some() { libc::SIGKILL } else { sig };
+    let sig = if deadline.is_some() {
+        libc::SIGKILL
+    } else {
+        sig
+    };
     tracing::info!(pid, sig, "forwarding signal to the command");
     signal_child(pid, sig);
     deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
@@ -258,7 +288,10 @@ impl Printer {
 }
 
 fn write_err(source: std::io::Error) -> AgentError {
-    AgentError::Io { context: "writing windows to stdout".into(), source }
+    AgentError::Io {
+        context: "writing windows to stdout".into(),
+        source,
+    }
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -274,5 +307,9 @@ fn human_bytes(v: f64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{v}B") } else { format!("{v:.1}{}", UNITS[i]) }
+    if i == 0 {
+        format!("{v}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
 }

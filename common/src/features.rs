@@ -95,22 +95,44 @@ mod tests {
         for (i, f) in FEATURES.iter().enumerate() {
             assert_eq!(index_of(f.name), Some(i), "{} is defined twice", f.name);
         }
-        assert_eq!(FEATURES[feature::HOST_DISK_FREE_BYTES].name, "host_disk_free_bytes");
+        assert_eq!(
+            FEATURES[feature::HOST_DISK_FREE_BYTES].name,
+            "host_disk_free_bytes"
+        );
         assert_eq!(feature::HOST_DISK_FREE_BYTES, FEATURES.len() - 1);
     }
 
     #[test]
     fn issue_required_names_exist() {
         for name in [
-            "syscalls_total", "syscall_errors_total", "syscall_errors_enoent",
-            "syscall_errors_eacces", "syscall_errors_enospc", "syscall_errors_enomem",
-            "block_read_bytes", "block_write_bytes", "block_ops", "block_latency_p99_us",
-            "sched_on_cpu_ns", "sched_runq_delay_p99_us", "sched_ctx_switches", "proc_forks",
-            "proc_execs", "proc_exits", "proc_exits_nonzero", "proc_signal_deaths",
-            "proc_oom_kills", "net_tcp_retransmits", "net_connect_failures", "host_cpu_util",
+            "syscalls_total",
+            "syscall_errors_total",
+            "syscall_errors_enoent",
+            "syscall_errors_eacces",
+            "syscall_errors_enospc",
+            "syscall_errors_enomem",
+            "block_read_bytes",
+            "block_write_bytes",
+            "block_ops",
+            "block_latency_p99_us",
+            "sched_on_cpu_ns",
+            "sched_runq_delay_p99_us",
+            "sched_ctx_switches",
+            "proc_forks",
+            "proc_execs",
+            "proc_exits",
+            "proc_exits_nonzero",
+            "proc_signal_deaths",
+            "proc_oom_kills",
+            "net_tcp_retransmits",
+            "net_connect_failures",
+            "host_cpu_util",
             "host_mem_available_bytes",
         ] {
-            assert!(index_of(name).is_some(), "feature {name} is missing from the schema");
+            assert!(
+                index_of(name).is_some(),
+                "feature {name} is missing from the schema"
+            );
         }
     }
 }

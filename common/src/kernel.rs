@@ -68,6 +68,8 @@ pub mod counter {
     pub const COUNT: usize = 32;
 }
 
+const _: () = assert!(counter::LOST_EVENTS < counter::COUNT, "counter index out of range");
+
 /// One slot's counters on one CPU. The agent sums the per-CPU copies.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -267,7 +269,10 @@ mod tests {
             last = b;
             assert!(hist_bucket_floor(b) <= v, "floor of bucket {b} above {v}");
             if b + 1 < HIST_BUCKETS {
-                assert!(hist_bucket_floor(b + 1) > v, "{v} belongs in a later bucket than {b}");
+                assert!(
+                    hist_bucket_floor(b + 1) > v,
+                    "{v} belongs in a later bucket than {b}"
+                );
             }
         }
         assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
@@ -284,7 +289,6 @@ mod tests {
 
     #[test]
     fn counters_fit_their_indices() {
-        assert!(counter::LOST_EVENTS < counter::COUNT);
         // No implicit padding: size is exactly the sum of the fields.
         assert_eq!(
             core::mem::size_of::<SlotCounters>(),

@@ -74,7 +74,9 @@ fn main() {
             0
         }
         Some("time") => {
-            let cmd = args.get(2..).filter(|c| args.get(1).map(String::as_str) == Some("--") && !c.is_empty());
+            let cmd = args
+                .get(2..)
+                .filter(|c| args.get(1).map(String::as_str) == Some("--") && !c.is_empty());
             let cmd = cmd.unwrap_or_else(|| usage());
             let status = std::process::Command::new(&cmd[0])
                 .args(&cmd[1..])
@@ -98,7 +100,10 @@ fn fork_then(f: impl FnOnce() -> i32) -> libc::pid_t {
     // functions before _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        eprintln!("backstop-workload: fork: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "backstop-workload: fork: {}",
+            std::io::Error::last_os_error()
+        );
         std::process::exit(71);
     }
     if pid == 0 {

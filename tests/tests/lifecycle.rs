@@ -18,7 +18,20 @@ fn ours_in_kernel() -> Vec<String> {
     let maps = aya::maps::loaded_maps()
         .filter_map(Result::ok)
         .filter_map(|m| m.name_as_str().map(str::to_string))
-        .filter(|n| ["TRACKED", "COUNTERS", "SYSCALL_COUNTS", "THREADS", "BIO_INFLIGHT", "BLOCK_DEVS", "SOCKS", "EVENTS"].iter().any(|ours| ours.starts_with(n.as_str()) && n.len() >= 5));
+        .filter(|n| {
+            [
+                "TRACKED",
+                "COUNTERS",
+                "SYSCALL_COUNTS",
+                "THREADS",
+                "BIO_INFLIGHT",
+                "BLOCK_DEVS",
+                "SOCKS",
+                "EVENTS",
+            ]
+            .iter()
+            .any(|ours| ours.starts_with(n.as_str()) && n.len() >= 5)
+        });
     progs.chain(maps).collect()
 }
 
@@ -35,7 +48,10 @@ fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
 
 fn stop_with(signal: i32) {
     let before = ours_in_kernel();
-    assert!(before.is_empty(), "probe objects already loaded before the test: {before:?}");
+    assert!(
+        before.is_empty(),
+        "probe objects already loaded before the test: {before:?}"
+    );
     let mut child = Command::new(agent())
         .args(["watch", "--json", "--", "sleep", "30"])
         .stdout(Stdio::piped())
@@ -43,7 +59,9 @@ fn stop_with(signal: i32) {
         .spawn()
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || ours_in_kernel().iter().any(|n| n == "bs_sys_enter")),
+        eventually(Duration::from_secs(10), || ours_in_kernel()
+            .iter()
+            .any(|n| n == "bs_sys_enter")),
         "the agent never loaded its probes (so this test could not see a leak)"
     );
     // SAFETY: signalling our own child.
@@ -53,13 +71,19 @@ fn stop_with(signal: i32) {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "agent did not stop after signal {signal}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "agent did not stop after signal {signal}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if signal == libc::SIGKILL {
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
         // The command outlives a SIGKILLed agent, as under strace or time.
         let _ = Command::new("pkill").args(["-f", "^sleep 30$"]).status();
     } else {
@@ -67,7 +91,10 @@ fn stop_with(signal: i32) {
         // reports that as the command's exit, after a final window.
         assert_eq!(status.code(), Some(128 + signal), "stderr: {stderr}");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.lines().last().unwrap_or("").contains("\"summary\""), "summary printed: {stdout}");
+        assert!(
+            stdout.lines().last().unwrap_or("").contains("\"summary\""),
+            "summary printed: {stdout}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     assert!(
@@ -75,13 +102,22 @@ fn stop_with(signal: i32) {
         "left in the kernel after signal {signal}: {:?}",
         ours_in_kernel()
     );
-    let pinned: Vec<_> = std::fs::read_dir("/sys/fs/bpf").map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
-    assert!(pinned.iter().all(|n| !n.to_string_lossy().contains("backstop")), "pinned objects: {pinned:?}");
+    let pinned: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        pinned
+            .iter()
+            .all(|n| !n.to_string_lossy().contains("backstop")),
+        "pinned objects: {pinned:?}"
+    );
 }
 
 #[test]
 fn nothing_left_after_sigterm_sigint_or_sigkill() {
-    let Some(_g) = ebpf_or_skip("nothing_left_after_sigterm_sigint_or_sigkill") else { return };
+    let Some(_g) = ebpf_or_skip("nothing_left_after_sigterm_sigint_or_sigkill") else {
+        return;
+    };
     stop_with(libc::SIGTERM);
     stop_with(libc::SIGINT);
     stop_with(libc::SIGKILL);
@@ -92,7 +128,10 @@ fn assert_one_line_exit_2(out: &std::process::Output, expect: &str) {
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line, got: {stderr}");
     assert!(stderr.contains(expect), "should say {expect:?}: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
 }
 
@@ -100,11 +139,16 @@ fn assert_one_line_exit_2(out: &std::process::Output, expect: &str) {
 fn not_root_is_exit_2_with_one_line() {
     if !support::is_root() {
         // Already unprivileged: the plain run is the test.
-        let out = Command::new(agent()).args(["watch", "--", "true"]).output().unwrap();
+        let out = Command::new(agent())
+            .args(["watch", "--", "true"])
+            .output()
+            .unwrap();
         assert_one_line_exit_2(&out, "not root");
         return;
     }
-    let Some(_g) = ebpf_or_skip("not_root_is_exit_2_with_one_line") else { return };
+    let Some(_g) = ebpf_or_skip("not_root_is_exit_2_with_one_line") else {
+        return;
+    };
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(agent())
@@ -116,7 +160,9 @@ fn not_root_is_exit_2_with_one_line() {
 
 #[test]
 fn bpf_refused_is_exit_2_with_one_line() {
-    let Some(_g) = ebpf_or_skip("bpf_refused_is_exit_2_with_one_line") else { return };
+    let Some(_g) = ebpf_or_skip("bpf_refused_is_exit_2_with_one_line") else {
+        return;
+    };
     // Root without capabilities: euid 0, but the kernel refuses bpf(2).
     let out = Command::new("setpriv")
         .args(["--bounding-set=-all", "--inh-caps=-all"])

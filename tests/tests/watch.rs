@@ -9,7 +9,6 @@
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use support::{ebpf_or_skip, watch, workload};
 
@@ -17,7 +16,10 @@ use support::{ebpf_or_skip, watch, workload};
 fn untracked(args: &[&str]) -> Child {
     Command::new("sh")
         .arg("-c")
-        .arg(format!("while :; do {} >/dev/null 2>&1; done", args.join(" ")))
+        .arg(format!(
+            "while :; do {} >/dev/null 2>&1; done",
+            args.join(" ")
+        ))
         .stdin(Stdio::null())
         .spawn()
         .expect("starting the untracked workload")
@@ -37,11 +39,19 @@ fn wl() -> String {
 
 #[test]
 fn missing_files_counted_exactly_and_untracked_excluded() {
-    let Some(_g) = ebpf_or_skip("missing_files_counted_exactly_and_untracked_excluded") else { return };
+    let Some(_g) = ebpf_or_skip("missing_files_counted_exactly_and_untracked_excluded") else {
+        return;
+    };
     let _noise = KillOnDrop(untracked(&[&wl(), "missing", "20000"]));
     let base = watch(&[], &[&wl(), "missing", "0"]);
     let run = watch(&[], &[&wl(), "missing", "1000"]);
-    assert_eq!((base.code(), run.code()), (0, 0), "stderr: {}{}", base.stderr(), run.stderr());
+    assert_eq!(
+        (base.code(), run.code()),
+        (0, 0),
+        "stderr: {}{}",
+        base.stderr(),
+        run.stderr()
+    );
     for (feature, want) in [
         ("syscall_errors_enoent", 1000.0),
         ("syscall_errors_total", 1000.0),
@@ -63,27 +73,44 @@ fn missing_files_counted_exactly_and_untracked_excluded() {
 
 #[test]
 fn fork_storm_counted_exactly() {
-    let Some(_g) = ebpf_or_skip("fork_storm_counted_exactly") else { return };
+    let Some(_g) = ebpf_or_skip("fork_storm_counted_exactly") else {
+        return;
+    };
     let _noise = KillOnDrop(untracked(&[&wl(), "forks", "200"]));
     let base = watch(&[], &[&wl(), "forks", "0"]);
     let run = watch(&["--window-ms", "100"], &[&wl(), "forks", "2000"]);
     assert_eq!(run.code(), 0, "{}", run.stderr());
-    for (feature, want) in [("proc_forks", 2000.0), ("proc_exits", 2000.0), ("proc_exits_nonzero", 0.0), ("proc_signal_deaths", 0.0), ("proc_execs", 0.0)] {
+    for (feature, want) in [
+        ("proc_forks", 2000.0),
+        ("proc_exits", 2000.0),
+        ("proc_exits_nonzero", 0.0),
+        ("proc_signal_deaths", 0.0),
+        ("proc_execs", 0.0),
+    ] {
         assert_eq!(run.total(feature) - base.total(feature), want, "{feature}");
     }
-    assert_eq!(run.summary["lost_events"], 0, "a fork storm of 2000 lost events");
+    assert_eq!(
+        run.summary["lost_events"], 0,
+        "a fork storm of 2000 lost events"
+    );
 }
 
 #[test]
 fn failing_and_killed_children() {
-    let Some(_g) = ebpf_or_skip("failing_and_killed_children") else { return };
+    let Some(_g) = ebpf_or_skip("failing_and_killed_children") else {
+        return;
+    };
     let ok = watch(&[], &[&wl(), "fail-child", "0"]);
     let failed = watch(&[], &[&wl(), "fail-child", "7"]);
     let killed = watch(&[], &[&wl(), "signal-child", "9"]);
     assert_eq!(ok.total("proc_exits_nonzero"), 0.0);
     assert_eq!(failed.total("proc_exits_nonzero"), 1.0, "child exiting 7");
     assert_eq!(failed.total("proc_signal_deaths"), 0.0);
-    assert_eq!(killed.total("proc_signal_deaths"), 1.0, "child killed by SIGKILL");
+    assert_eq!(
+        killed.total("proc_signal_deaths"),
+        1.0,
+        "child killed by SIGKILL"
+    );
     assert_eq!(killed.total("proc_exits_nonzero"), 0.0);
     for w in [&ok, &failed, &killed] {
         assert_eq!(w.total("proc_forks"), 1.0);
@@ -93,7 +120,9 @@ fn failing_and_killed_children() {
 
 #[test]
 fn exit_code_is_the_commands() {
-    let Some(_g) = ebpf_or_skip("exit_code_is_the_commands") else { return };
+    let Some(_g) = ebpf_or_skip("exit_code_is_the_commands") else {
+        return;
+    };
     let w = watch(&[], &["sh", "-c", "exit 5"]);
     assert_eq!(w.code(), 5);
     assert_eq!(w.summary["exit_code"], 5);
@@ -106,7 +135,9 @@ fn exit_code_is_the_commands() {
 /// A directory on a real block device (not tmpfs/overlay), or None.
 fn block_backed_dir() -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let dir = std::path::PathBuf::from(std::env::var("BACKSTOP_TEST_BLOCK_DIR").unwrap_or_else(|_| "/var/tmp".into()));
+    let dir = std::path::PathBuf::from(
+        std::env::var("BACKSTOP_TEST_BLOCK_DIR").unwrap_or_else(|_| "/var/tmp".into()),
+    );
     let dev = std::fs::metadata(&dir).ok()?.dev();
     // Device-less filesystems (tmpfs, overlay, proc) have major 0.
     (libc::major(dev) != 0).then_some(dir)
@@ -114,10 +145,17 @@ fn block_backed_dir() -> Option<std::path::PathBuf> {
 
 #[test]
 fn direct_and_buffered_writes_attributed() {
-    let Some(_g) = ebpf_or_skip("direct_and_buffered_writes_attributed") else { return };
+    let Some(_g) = ebpf_or_skip("direct_and_buffered_writes_attributed") else {
+        return;
+    };
     let Some(dir) = block_backed_dir() else {
-        assert!(std::env::var("CI").is_err(), "no block-backed directory for the I/O test under CI");
-        eprintln!("*** SKIPPED direct_and_buffered_writes_attributed: /var/tmp is not on a block device (set BACKSTOP_TEST_BLOCK_DIR) ***");
+        assert!(
+            std::env::var("CI").is_err(),
+            "no block-backed directory for the I/O test under CI"
+        );
+        eprintln!(
+            "*** SKIPPED direct_and_buffered_writes_attributed: /var/tmp is not on a block device (set BACKSTOP_TEST_BLOCK_DIR) ***"
+        );
         return;
     };
     let tracked = dir.join(format!("backstop-test-direct-{}", std::process::id()));
@@ -132,7 +170,17 @@ fn direct_and_buffered_writes_attributed() {
         "oflag=direct",
     ]));
     let of = format!("of={}", tracked.display());
-    let w = watch(&[], &["dd", "if=/dev/zero", &of, "bs=1M", "count=8", "oflag=direct"]);
+    let w = watch(
+        &[],
+        &[
+            "dd",
+            "if=/dev/zero",
+            &of,
+            "bs=1M",
+            "count=8",
+            "oflag=direct",
+        ],
+    );
     assert_eq!(w.code(), 0, "{}", w.stderr());
     assert_eq!(
         w.total("block_write_bytes"),
@@ -140,7 +188,10 @@ fn direct_and_buffered_writes_attributed() {
         "O_DIRECT write of 8 MiB, with an untracked O_DIRECT writer beside it"
     );
     assert!(w.total("block_ops") >= 1.0);
-    assert!(w.total("block_latency_p99_us") > 0.0, "block latency was measured");
+    assert!(
+        w.total("block_latency_p99_us") > 0.0,
+        "block latency was measured"
+    );
 
     let of = format!("of={}", buffered.display());
     let w = watch(&[], &["dd", "if=/dev/zero", &of, "bs=1M", "count=8"]);
@@ -150,7 +201,11 @@ fn direct_and_buffered_writes_attributed() {
         8.0 * 1024.0 * 1024.0,
         "buffered write of 8 MiB into a new file dirties exactly 8 MiB of page cache"
     );
-    assert_eq!(w.total("block_write_bytes"), 0.0, "buffered writes reach the disk from the flusher, not the tree");
+    assert_eq!(
+        w.total("block_write_bytes"),
+        0.0,
+        "buffered writes reach the disk from the flusher, not the tree"
+    );
     for f in [&tracked, &noise_file, &buffered] {
         let _ = std::fs::remove_file(f);
     }
@@ -158,10 +213,16 @@ fn direct_and_buffered_writes_attributed() {
 
 #[test]
 fn json_lines_are_consecutive_windows() {
-    let Some(_g) = ebpf_or_skip("json_lines_are_consecutive_windows") else { return };
+    let Some(_g) = ebpf_or_skip("json_lines_are_consecutive_windows") else {
+        return;
+    };
     let w = watch(&["--window-ms", "200"], &[&wl(), "spin", "900"]);
     assert_eq!(w.code(), 0);
-    assert!(w.windows.len() >= 4, "900 ms at 200 ms windows gave {} windows", w.windows.len());
+    assert!(
+        w.windows.len() >= 4,
+        "900 ms at 200 ms windows gave {} windows",
+        w.windows.len()
+    );
     assert_eq!(w.summary["windows"], w.windows.len());
     assert_eq!(w.summary["schema"], "backstop.features.v1");
     for (i, win) in w.windows.iter().enumerate() {
@@ -169,7 +230,11 @@ fn json_lines_are_consecutive_windows() {
         assert_eq!(win["stream"], "live");
         assert!(win["end_ns"].as_u64() > win["start_ns"].as_u64());
         if i > 0 {
-            assert_eq!(win["start_ns"], w.windows[i - 1]["end_ns"], "windows tile time without gaps");
+            assert_eq!(
+                win["start_ns"],
+                w.windows[i - 1]["end_ns"],
+                "windows tile time without gaps"
+            );
         }
         assert!(win["lost_events"].is_u64());
     }
@@ -183,34 +248,41 @@ fn json_lines_are_consecutive_windows() {
 
 #[test]
 fn command_output_goes_to_stderr_with_json() {
-    let Some(_g) = ebpf_or_skip("command_output_goes_to_stderr_with_json") else { return };
+    let Some(_g) = ebpf_or_skip("command_output_goes_to_stderr_with_json") else {
+        return;
+    };
     let w = watch(&[], &["echo", "hello-from-the-command"]);
-    assert!(w.stderr().contains("hello-from-the-command"), "stderr: {}", w.stderr());
+    assert!(
+        w.stderr().contains("hello-from-the-command"),
+        "stderr: {}",
+        w.stderr()
+    );
     assert!(!String::from_utf8_lossy(&w.output.stdout).contains("hello-from-the-command"));
 }
 
 #[test]
 fn missing_binary_is_a_clear_error() {
-    let Some(_g) = ebpf_or_skip("missing_binary_is_a_clear_error") else { return };
+    let Some(_g) = ebpf_or_skip("missing_binary_is_a_clear_error") else {
+        return;
+    };
     let out = Command::new(support::agent())
-        .args(["watch", "--json", "--", "/nonexistent/backstop-no-such-binary"])
+        .args([
+            "watch",
+            "--json",
+            "--",
+            "/nonexistent/backstop-no-such-binary",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(127), "stderr: {stderr}");
-    assert!(stderr.contains("/nonexistent/backstop-no-such-binary"), "names the path: {stderr}");
+    assert!(
+        stderr.contains("/nonexistent/backstop-no-such-binary"),
+        "names the path: {stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(out.stdout.is_empty(), "no windows for a command that never ran");
-}
-
-/// Wait until `pred` holds or the timeout passes.
-fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if pred() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    pred()
+    assert!(
+        out.stdout.is_empty(),
+        "no windows for a command that never ran"
+    );
 }

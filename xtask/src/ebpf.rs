@@ -14,8 +14,12 @@ pub fn build() -> Result<()> {
     cmd.current_dir(&dir);
     util::step("build-ebpf (nightly, bpfel-unknown-none, BTF)", cmd)?;
     let obj = dir.join("target/bpfel-unknown-none/release/backstop-probes");
-    let meta = std::fs::metadata(&obj)
-        .with_context(|| format!("the probe object {} is missing after the build", obj.display()))?;
+    let meta = std::fs::metadata(&obj).with_context(|| {
+        format!(
+            "the probe object {} is missing after the build",
+            obj.display()
+        )
+    })?;
     eprintln!("build-ebpf: {} ({} bytes)", obj.display(), meta.len());
     Ok(())
 }

@@ -15,7 +15,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "backstop's build, test, demo and benchmark tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "backstop's build, test, demo and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -70,10 +73,20 @@ fn test(args: &[String]) -> Result<()> {
     setup::run()?;
     ebpf::build()?;
     fixtures::prepare()?;
-    util::step("cargo fmt --check", util::cargo(&["fmt", "--all", "--", "--check"]))?;
+    util::step(
+        "cargo fmt --check",
+        util::cargo(&["fmt", "--all", "--", "--check"]),
+    )?;
     util::step(
         "cargo clippy",
-        util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        util::cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     let mut cmd = util::cargo(&["test", "--workspace"]);
     if !args.is_empty() {

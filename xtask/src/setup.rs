@@ -13,7 +13,13 @@ use crate::util;
 /// Debian packages the build, tests and benchmarks use.
 /// debootstrap + rsync: rootfs fixtures and the rollback benchmark;
 /// libseccomp-dev: youki's seccomp; dpkg-dev: repacking .debs.
-const DEBIAN_PACKAGES: &[&str] = &["debootstrap", "rsync", "libseccomp-dev", "pkg-config", "dpkg-dev"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "debootstrap",
+    "rsync",
+    "libseccomp-dev",
+    "pkg-config",
+    "dpkg-dev",
+];
 
 pub fn run() -> Result<()> {
     debian_packages()?;
@@ -69,7 +75,8 @@ struct Nightly {
 }
 
 fn nightly() -> Result<Nightly> {
-    let version = util::output(Command::new("rustc").args(["+nightly", "-vV"])).context("reading `rustc +nightly -vV` (is a nightly toolchain installed?)")?;
+    let version = util::output(Command::new("rustc").args(["+nightly", "-vV"]))
+        .context("reading `rustc +nightly -vV` (is a nightly toolchain installed?)")?;
     let llvm = version
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -92,7 +99,11 @@ fn nightly() -> Result<Nightly> {
                 && is_elf(p)
         })
         .with_context(|| format!("no {prefix}* shared object in {}", lib.display()))?;
-    Ok(Nightly { sysroot, llvm_major, libllvm })
+    Ok(Nightly {
+        sysroot,
+        llvm_major,
+        libllvm,
+    })
 }
 
 fn is_elf(path: &Path) -> bool {
@@ -122,7 +133,10 @@ fn bpf_linker() -> Result<()> {
         // bpf-linker must share the nightly's LLVM: bitcode from a newer
         // LLVM does not load into an older one.
         if v.contains(&format!("LLVM {}", n.llvm_major)) || bpf_linker_llvm_matches(&n) {
-            eprintln!("setup: bpf-linker ok ({})", v.lines().next().unwrap_or("").trim());
+            eprintln!(
+                "setup: bpf-linker ok ({})",
+                v.lines().next().unwrap_or("").trim()
+            );
             return Ok(());
         }
         eprintln!("setup: bpf-linker present but built for another LLVM; rebuilding");
@@ -130,7 +144,10 @@ fn bpf_linker() -> Result<()> {
     let prefix = util::cache_dir().join(format!("llvm-{}", n.llvm_major));
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    let name = n.libllvm.file_name().context("libLLVM path has no file name")?;
+    let name = n
+        .libllvm
+        .file_name()
+        .context("libLLVM path has no file name")?;
     for link in [lib.join("libLLVM.so"), lib.join(name)] {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&n.libllvm, &link)
@@ -151,7 +168,10 @@ fn bpf_linker() -> Result<()> {
         cmd.env_remove(var);
     }
     util::step(
-        &format!("cargo install bpf-linker (LLVM {} from the nightly's own lib/)", n.llvm_major),
+        &format!(
+            "cargo install bpf-linker (LLVM {} from the nightly's own lib/)",
+            n.llvm_major
+        ),
         cmd,
     )?;
     write_linker_stamp(&n)
@@ -160,7 +180,9 @@ fn bpf_linker() -> Result<()> {
 /// bpf-linker's --version does not name its LLVM; remember what we built it
 /// against next to the prefix instead.
 fn stamp_path(n: &Nightly) -> PathBuf {
-    util::cache_dir().join(format!("llvm-{}", n.llvm_major)).join("bpf-linker.stamp")
+    util::cache_dir()
+        .join(format!("llvm-{}", n.llvm_major))
+        .join("bpf-linker.stamp")
 }
 
 fn write_linker_stamp(n: &Nightly) -> Result<()> {
@@ -175,8 +197,7 @@ fn bpf_linker_llvm_matches(n: &Nightly) -> bool {
     if std::fs::read_to_string(stamp_path(n)).is_ok_and(|s| s == n.libllvm.display().to_string()) {
         return true;
     }
-    let Ok(path) = util::output(Command::new("sh").args(["-c", "command -v bpf-linker"]))
-    else {
+    let Ok(path) = util::output(Command::new("sh").args(["-c", "command -v bpf-linker"])) else {
         return false;
     };
     let Ok(ldd) = util::output(Command::new("ldd").arg(path.trim())) else {

@@ -29,7 +29,13 @@ pub fn cache_dir() -> PathBuf {
 pub fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.args(args).current_dir(root());
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTDOC", "CARGO"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTDOC",
+        "CARGO",
+    ] {
         cmd.env_remove(var);
     }
     cmd

@@ -13,18 +13,29 @@ use serde_json::Value;
 /// target/<profile>/, found from this test executable (target/<profile>/deps/..).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(|d| d.parent()).expect("test binary lives in target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
 }
 
 pub fn agent() -> PathBuf {
     let p = bin_dir().join("backstop-agent");
-    assert!(p.exists(), "{} is missing: build the workspace first (cargo xtask test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo xtask test does)",
+        p.display()
+    );
     p
 }
 
 pub fn workload() -> PathBuf {
     let p = bin_dir().join("backstop-workload");
-    assert!(p.exists(), "{} is missing: build the workspace first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first",
+        p.display()
+    );
     p
 }
 
@@ -52,7 +63,10 @@ pub fn ebpf_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
         None => Some(guard),
         Some(r) => {
             let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "{test}: cannot run eBPF tests here ({r}), and under CI a skip is a failure");
+            assert!(
+                !ci,
+                "{test}: cannot run eBPF tests here ({r}), and under CI a skip is a failure"
+            );
             eprintln!("\n*** SKIPPED {test}: needs root and eBPF ({r}) ***\n");
             None
         }
@@ -105,8 +119,12 @@ pub fn parse(output: Output) -> Watched {
     let mut windows = Vec::new();
     let mut summary = Value::Null;
     for line in stdout.lines() {
-        let v: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!(
+                "stdout line is not JSON ({e}): {line}\nstderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
         if v.get("summary").is_some() {
             summary = v["summary"].clone();
         } else if v.get("features").is_some() {
@@ -119,5 +137,9 @@ pub fn parse(output: Output) -> Watched {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    Watched { output, windows, summary }
+    Watched {
+        output,
+        windows,
+        summary,
+    }
 }
