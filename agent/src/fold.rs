@@ -19,6 +19,7 @@ pub struct Folder {
     prev_ns: u64,
     /// On-CPU time of threads still running at the previous reading.
     prev_running_ns: u64,
+    prev_misses: u64,
     seq: u64,
 }
 
@@ -29,6 +30,8 @@ pub struct Reading {
     pub running_on_cpu_ns: u64,
     pub host: HostSample,
     pub at_ns: u64,
+    /// The kernel's count of skipped program runs, host-wide, since load.
+    pub recursion_misses: u64,
 }
 
 impl Folder {
@@ -40,6 +43,7 @@ impl Folder {
             prev_host: start.host,
             prev_ns: start.at_ns,
             prev_running_ns: start.running_on_cpu_ns,
+            prev_misses: start.recursion_misses,
             seq: 0,
         }
     }
@@ -56,6 +60,7 @@ impl Folder {
             running_on_cpu_ns,
             host,
             at_ns: end_ns,
+            recursion_misses,
         } = reading;
         let mut w = Window::new(self.stream, self.seq, self.prev_ns, end_ns);
         let d = |i: usize| now.c[i].saturating_sub(self.prev.c[i]) as f64;
@@ -127,7 +132,9 @@ impl Folder {
         v[f::HOST_MEM_AVAILABLE_BYTES] = host.mem_available_bytes as f64;
         v[f::HOST_LOAD1] = host.load1;
         v[f::HOST_DISK_FREE_BYTES] = host.disk_free_bytes as f64;
-        w.lost_events = now.c[c::LOST_EVENTS].saturating_sub(self.prev.c[c::LOST_EVENTS]);
+        w.lost_events = now.c[c::LOST_EVENTS].saturating_sub(self.prev.c[c::LOST_EVENTS])
+            + recursion_misses.saturating_sub(self.prev_misses);
+        self.prev_misses = recursion_misses;
         self.prev = now;
         self.prev_host = host;
         self.prev_ns = end_ns;
@@ -200,18 +207,20 @@ mod tests {
             load1: 0.5,
             disk_free_bytes: 99,
         };
-        let at = |totals, running_on_cpu_ns, host, at_ns| Reading {
+        let at = |totals, running_on_cpu_ns, host, at_ns, recursion_misses| Reading {
             totals,
             running_on_cpu_ns,
             host,
             at_ns,
+            recursion_misses,
         };
-        let mut folder = Folder::new(Stream::Live, at(start, 0, HostSample::default(), 1_000));
+        let mut folder = Folder::new(Stream::Live, at(start, 0, HostSample::default(), 1_000, 10));
         now.c[c::SCHED_ON_CPU_NS] = 300;
-        let w = folder.fold(at(now.clone(), 50, host, 2_000));
+        // Two lost in the slot, three runs skipped by the kernel.
+        let w = folder.fold(at(now.clone(), 50, host, 2_000, 13));
         assert_eq!(
             (w.seq, w.start_ns, w.end_ns, w.lost_events),
-            (0, 1_000, 2_000, 2)
+            (0, 1_000, 2_000, 5)
         );
         assert_eq!(w.features[f::SYSCALLS_TOTAL], 30.0);
         assert_eq!(w.features[f::SYSCALLS_FILE], 20.0);
@@ -225,7 +234,8 @@ mod tests {
         );
         // The running thread leaves the CPU: the next window gets only the rest.
         now.c[c::SCHED_ON_CPU_NS] = 380;
-        let w = folder.fold(at(now, 0, host, 3_000));
+        let w = folder.fold(at(now, 0, host, 3_000, 13));
+        assert_eq!(w.lost_events, 0);
         assert_eq!(w.features[f::SCHED_ON_CPU_NS], 30.0);
         assert_eq!(folder.windows(), 2);
     }

@@ -4,7 +4,7 @@
 //! file descriptors this process holds, so the kernel frees all of it when
 //! the agent exits, however it exits (SIGKILL included).
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
@@ -86,6 +86,8 @@ pub struct Probes {
     syscalls: PerCpuArray<MapData, SyscallCounts>,
     events: RingBuf<MapData>,
     threads: HashMap<MapData, u32, ThreadState>,
+    /// Our programs, for reading the kernel's count of runs it skipped.
+    prog_fds: Vec<OwnedFd>,
     slots: [bool; MAX_SLOTS as usize],
     pub offsets: KernelOffsets,
     pub warnings: Vec<String>,
@@ -153,12 +155,14 @@ impl Probes {
         let events = take(&mut ebpf, "EVENTS")?;
         let threads = take(&mut ebpf, "THREADS")?;
 
+        let mut prog_fds = Vec::new();
         for (prog, tp) in RAW_TRACEPOINTS {
             let p: &mut RawTracePoint = program(&mut ebpf, prog)?;
             p.load()
                 .map_err(|e| refused(&format!("loading program {prog}"), e))?;
             p.attach(tp)
                 .map_err(|e| refused(&format!("attaching {prog} to raw tracepoint {tp}"), e))?;
+            prog_fds.push(dup_prog_fd(p.fd(), prog)?);
         }
         for (prog, category, name) in TRACEPOINTS {
             let p: &mut TracePoint = program(&mut ebpf, prog)?;
@@ -170,6 +174,7 @@ impl Probes {
                     e,
                 )
             })?;
+            prog_fds.push(dup_prog_fd(p.fd(), prog)?);
         }
         Ok(Probes {
             tracked_len: tracked.len(),
@@ -178,6 +183,7 @@ impl Probes {
             syscalls,
             events,
             threads,
+            prog_fds,
             slots: [false; MAX_SLOTS as usize],
             offsets,
             warnings,
@@ -255,6 +261,19 @@ impl Probes {
         pending
     }
 
+    /// Runs of our programs the kernel skipped since load. A tracepoint
+    /// program does not run while another tracing program is running on the
+    /// same CPU (an interrupt's block completion during a syscall hook, say);
+    /// the kernel counts each skip per program. Which tree a skipped event
+    /// belonged to is unknowable, so callers report these as lost for every
+    /// stream rather than hide them.
+    pub fn recursion_misses(&self) -> u64 {
+        self.prog_fds
+            .iter()
+            .map(|fd| prog_recursion_misses(fd.as_fd()))
+            .sum()
+    }
+
     /// Hand every queued lifecycle record to `f`.
     pub fn drain_events(&mut self, mut f: impl FnMut(ProcEvent)) {
         while let Some(item) = self.events.next() {
@@ -274,6 +293,49 @@ impl Probes {
     pub fn events_fd(&self) -> BorrowedFd<'_> {
         self.events.as_fd()
     }
+}
+
+fn dup_prog_fd(
+    fd: std::result::Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+    prog: &str,
+) -> Result<OwnedFd> {
+    fd.map_err(|e| refused(&format!("program {prog}"), e))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| AgentError::Io {
+            context: format!("duplicating the fd of {prog}"),
+            source,
+        })
+}
+
+fn prog_recursion_misses(fd: BorrowedFd<'_>) -> u64 {
+    use aya_obj::generated::bpf_prog_info;
+    /// The `info` member of `union bpf_attr` (BPF_OBJ_GET_INFO_BY_FD).
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: all-zero is a valid bpf_prog_info (plain integers and pointers).
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
+        info: &mut info as *mut bpf_prog_info as u64,
+    };
+    // SAFETY: attr and info outlive the call; the kernel accepts an attr
+    // shorter than union bpf_attr and writes at most info_len bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if r == 0 { info.recursion_misses } else { 0 }
 }
 
 fn raise_memlock() {

@@ -73,6 +73,7 @@ pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) 
             running_on_cpu_ns: probes.running_on_cpu_ns(slot, at_ns),
             host: sampler.sample()?,
             at_ns,
+            recursion_misses: probes.recursion_misses(),
         })
     };
     let mut folder = Folder::new(Stream::Live, read(&probes)?);

@@ -68,7 +68,10 @@ pub mod counter {
     pub const COUNT: usize = 32;
 }
 
-const _: () = assert!(counter::LOST_EVENTS < counter::COUNT, "counter index out of range");
+const _: () = assert!(
+    counter::LOST_EVENTS < counter::COUNT,
+    "counter index out of range"
+);
 
 /// One slot's counters on one CPU. The agent sums the per-CPU copies.
 #[repr(C)]
