@@ -9,7 +9,7 @@ use std::time::Instant;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: backstop-workload missing N | stat N | forks N | fail-child CODE | signal-child SIG | spin MS | time -- CMD [ARGS...]"
+        "usage: backstop-workload missing N | stat N | forks N | fail-child CODE | signal-child SIG | tcp-send BYTES | connect-refused | spin MS | time -- CMD [ARGS...]"
     );
     std::process::exit(64)
 }
@@ -63,6 +63,43 @@ fn main() {
                 unsafe { libc::kill(libc::getpid(), sig) };
                 0
             }));
+            0
+        }
+        // A TCP connection over loopback to ourselves, N bytes sent and
+        // received: one connect, one accept, one reader thread.
+        Some("tcp-send") => {
+            use std::io::{Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().unwrap();
+            let n = n() as usize;
+            let reader = std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().expect("accept");
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 65536];
+                while got < n {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => got += k,
+                    }
+                }
+                got
+            });
+            let mut client = std::net::TcpStream::connect(addr).expect("connect");
+            client.write_all(&vec![7u8; n]).expect("send");
+            let got = reader.join().unwrap();
+            assert_eq!(got, n, "received {got} of {n} bytes");
+            0
+        }
+        // One connect to a loopback port nobody listens on.
+        Some("connect-refused") => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let err =
+                std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("the port was closed");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
             0
         }
         Some("spin") => {

@@ -212,6 +212,36 @@ fn direct_and_buffered_writes_attributed() {
 }
 
 #[test]
+fn tcp_bytes_and_connects_counted_exactly() {
+    let Some(_g) = ebpf_or_skip("tcp_bytes_and_connects_counted_exactly") else {
+        return;
+    };
+    let _noise = KillOnDrop(untracked(&[&wl(), "tcp-send", "50000"]));
+    let base = watch(&[], &[&wl(), "tcp-send", "0"]);
+    let run = watch(&[], &[&wl(), "tcp-send", "300000"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    for (feature, want) in [("net_tx_bytes", 300000.0), ("net_rx_bytes", 300000.0)] {
+        assert_eq!(run.total(feature) - base.total(feature), want, "{feature}");
+    }
+    assert_eq!(run.total("net_connect_attempts"), 1.0);
+    assert_eq!(run.total("net_connect_failures"), 0.0);
+    assert!(
+        run.total("net_connect_latency_p99_us") > 0.0,
+        "connect latency measured"
+    );
+
+    let refused = watch(&[], &[&wl(), "connect-refused"]);
+    assert_eq!(refused.code(), 0, "{}", refused.stderr());
+    assert_eq!(refused.total("net_connect_attempts"), 1.0);
+    assert_eq!(refused.total("net_connect_failures"), 1.0, "RST to a SYN");
+    assert_eq!(
+        refused.total("syscall_errors_net"),
+        1.0,
+        "connect() returned ECONNREFUSED"
+    );
+}
+
+#[test]
 fn json_lines_are_consecutive_windows() {
     let Some(_g) = ebpf_or_skip("json_lines_are_consecutive_windows") else {
         return;
