@@ -297,6 +297,6 @@ mod tests {
             core::mem::size_of::<SlotCounters>(),
             8 * (counter::COUNT + HIST_BUCKETS * hist::COUNT)
         );
-        assert_eq!(core::mem::size_of::<ProcEvent>(), 40 + 16 + FILENAME_LEN);
+        assert_eq!(core::mem::size_of::<ProcEvent>(), 32 + 16 + FILENAME_LEN);
     }
 }

@@ -88,7 +88,22 @@ fn test(args: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
-    let mut cmd = util::cargo(&["test", "--workspace"]);
+    for (what, args) in [
+        (
+            "cargo fmt --check (agent-ebpf)",
+            &["fmt", "--", "--check"][..],
+        ),
+        (
+            "cargo clippy (agent-ebpf)",
+            &["clippy", "--release", "--", "-D", "warnings"][..],
+        ),
+    ] {
+        let mut cmd = util::cargo(args);
+        cmd.current_dir(util::root().join("agent-ebpf"));
+        util::step(what, cmd)?;
+    }
+    // --no-fail-fast: one red crate must not hide the others' results.
+    let mut cmd = util::cargo(&["test", "--workspace", "--no-fail-fast"]);
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
