@@ -152,8 +152,7 @@ fn record(slot: u32, hist: usize, ns: u64) {
 /// a tree is registered by the agent, which cannot create it).
 #[inline(always)]
 fn thread_state(slot: u32, tid: u32) -> Option<&'static mut ThreadState> {
-    if THREADS.get_ptr_mut(tid).is_none()
-        && THREADS.insert(tid, ThreadState::default(), 0).is_err()
+    if THREADS.get_ptr_mut(tid).is_none() && THREADS.insert(tid, ThreadState::default(), 0).is_err()
     {
         lost(slot);
         return None;

@@ -12,5 +12,7 @@ pub mod kernel;
 pub mod features;
 #[cfg(feature = "std")]
 pub mod window;
+#[cfg(feature = "std")]
+pub mod wire;
 
 pub use kernel::*;

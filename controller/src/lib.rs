@@ -1,5 +1,6 @@
-//! backstop's controller as a library. Today it knows the feature schema;
-//! the daemon (storage, wire, model, decisions) grows here, with the
-//! `backstop` binary staying a flag parser over it.
+//! backstop's controller as a library: the PKI, the store, the daemon that
+//! agents connect to, and the local control channel the CLI uses. The
+//! `backstop` binary only parses flags and calls in here.
 
+pub mod pki;
 pub mod schema;

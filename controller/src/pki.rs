@@ -1,0 +1,302 @@
+//! The controller's small PKI: one CA per fleet, a server certificate for
+//! the controller, and a client certificate per agent, whose common name is
+//! the agent's host name. Mutual TLS then answers both "is this our
+//! controller" and "which host is this" without passwords.
+//!
+//! Layout under the data directory:
+//! `pki/ca.pem`, `pki/ca.key`, `pki/server.pem`, `pki/server.key`, and
+//! `pki/agents/<host>.bundle` (CA cert + agent cert + agent key, one PEM file
+//! to copy to the host). Keys and bundles are mode 0600.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{dir} already holds a CA (pki/ca.pem); refusing to overwrite it")]
+    Exists { dir: PathBuf },
+    #[error("{dir} has no CA: run `backstop init --data {dir}` first")]
+    NoCa { dir: PathBuf },
+    #[error("host name {0:?} is not valid: use letters, digits, '-', '.' and '_' (1-253 characters)")]
+    BadHost(String),
+    #[error("{what}: {source}")]
+    Cert {
+        what: String,
+        source: rcgen::Error,
+    },
+    #[error("{path}: {reason}")]
+    Bundle { path: PathBuf, reason: String },
+}
+
+/// Names the controller's certificate is valid for, besides any given.
+pub const SERVER_NAME: &str = "backstop-controller";
+
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(data: &Path) -> Self {
+        Pki {
+            dir: data.join("pki"),
+        }
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    pub fn agent_bundle(&self, host: &str) -> PathBuf {
+        self.dir.join("agents").join(format!("{host}.bundle"))
+    }
+}
+
+pub fn valid_host(host: &str) -> Result<(), PkiError> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::BadHost(host.to_string()))
+    }
+}
+
+fn cert_err(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
+    move |source| PkiError::Cert {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Write a file with the given mode, creating it exclusively (never
+/// following or replacing what is there).
+fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(contents.as_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "backstop");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// What `backstop init` made.
+#[derive(Debug)]
+pub struct Initialised {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub agent_bundle: PathBuf,
+}
+
+/// Create the CA, the controller's certificate (for `SERVER_NAME`,
+/// localhost, loopback and `extra_names`) and a first agent bundle.
+pub fn init(data: &Path, first_host: &str, extra_names: &[String]) -> Result<Initialised, PkiError> {
+    valid_host(first_host)?;
+    let pki = Pki::new(data);
+    if pki.ca_cert().exists() {
+        return Err(PkiError::Exists {
+            dir: data.to_path_buf(),
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate().map_err(cert_err("generating the CA key"))?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = dn("backstop CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = now - Duration::hours(1);
+    ca.not_after = now + Duration::days(3650);
+    let ca_cert = ca.self_signed(&ca_key).map_err(cert_err("signing the CA"))?;
+
+    let server_key = KeyPair::generate().map_err(cert_err("generating the server key"))?;
+    let mut names = vec![SERVER_NAME.to_string(), "localhost".to_string()];
+    names.extend(extra_names.iter().cloned());
+    let mut server = CertificateParams::new(names.clone()).map_err(cert_err("server names"))?;
+    server.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+    server.distinguished_name = dn(SERVER_NAME);
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.not_before = now - Duration::hours(1);
+    server.not_after = now + Duration::days(825);
+    let server_cert = server
+        .signed_by(&server_key, &ca_cert, &ca_key)
+        .map_err(cert_err("signing the server certificate"))?;
+
+    write_new(&pki.ca_key(), &ca_key.serialize_pem(), 0o600)?;
+    write_new(&pki.ca_cert(), &ca_cert.pem(), 0o644)?;
+    write_new(&pki.server_key(), &server_key.serialize_pem(), 0o600)?;
+    write_new(&pki.server_cert(), &server_cert.pem(), 0o644)?;
+    let agent_bundle = pki.agent_bundle(first_host);
+    enroll_with(&ca_cert, &ca_key, first_host, &agent_bundle, now, now + Duration::days(825))?;
+    Ok(Initialised {
+        ca: pki.ca_cert(),
+        server_cert: pki.server_cert(),
+        agent_bundle,
+    })
+}
+
+/// The CA as a signer, read back from the data directory.
+pub fn load_ca(data: &Path) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+    let pki = Pki::new(data);
+    if !pki.ca_cert().exists() {
+        return Err(PkiError::NoCa {
+            dir: data.to_path_buf(),
+        });
+    }
+    let cert_pem = std::fs::read_to_string(pki.ca_cert()).map_err(io_err(&pki.ca_cert()))?;
+    let key_pem = std::fs::read_to_string(pki.ca_key()).map_err(io_err(&pki.ca_key()))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(cert_err("reading the CA key"))?;
+    let params =
+        CertificateParams::from_ca_cert_pem(&cert_pem).map_err(cert_err("reading the CA cert"))?;
+    // Re-signing the same parameters with the same key gives a certificate
+    // with the CA's name and key: all a signer needs.
+    let cert = params.self_signed(&key).map_err(cert_err("loading the CA"))?;
+    Ok((cert, key))
+}
+
+/// `backstop enroll`: a bundle for one more host.
+pub fn enroll(data: &Path, host: &str, out: &Path, valid_days: i64) -> Result<(), PkiError> {
+    valid_host(host)?;
+    let (ca_cert, ca_key) = load_ca(data)?;
+    let now = OffsetDateTime::now_utc();
+    enroll_with(&ca_cert, &ca_key, host, out, now, now + Duration::days(valid_days))
+}
+
+/// Sign an agent certificate valid from `not_before` to `not_after` and
+/// write the bundle. Public so tests can make expired certificates.
+pub fn enroll_with(
+    ca_cert: &rcgen::Certificate,
+    ca_key: &KeyPair,
+    host: &str,
+    out: &Path,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<(), PkiError> {
+    let key = KeyPair::generate().map_err(cert_err("generating the agent key"))?;
+    let mut params =
+        CertificateParams::new(vec![host.to_string()]).map_err(cert_err("agent host name"))?;
+    params.distinguished_name = dn(host);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before - Duration::hours(1);
+    params.not_after = not_after;
+    let cert = params
+        .signed_by(&key, ca_cert, ca_key)
+        .map_err(cert_err("signing the agent certificate"))?;
+    let bundle = format!("{}{}{}", ca_cert.pem(), cert.pem(), key.serialize_pem());
+    write_new(out, &bundle, 0o600)
+}
+
+/// The three parts of an agent bundle, as DER.
+pub struct Bundle {
+    pub ca: rustls::pki_types::CertificateDer<'static>,
+    pub cert: rustls::pki_types::CertificateDer<'static>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+/// Read PEM certificates (in order) and the one private key from a file.
+pub fn read_pem(path: &Path) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, Option<rustls::pki_types::PrivateKeyDer<'static>>), PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bad = |reason: String| PkiError::Bundle {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("bad certificate PEM: {e}")))?;
+    let key = match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(k) => Some(k),
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => None,
+        Err(e) => return Err(bad(format!("bad private key PEM: {e}"))),
+    };
+    Ok((certs, key))
+}
+
+pub fn read_bundle(path: &Path) -> Result<Bundle, PkiError> {
+    let (certs, key) = read_pem(path)?;
+    let bad = |reason: &str| PkiError::Bundle {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let [ca, cert]: [_; 2] = certs
+        .try_into()
+        .map_err(|_| bad("expected two certificates (CA, then agent)"))?;
+    let key = key.ok_or_else(|| bad("no private key"))?;
+    Ok(Bundle { ca, cert, key })
+}
+
+/// The host name an agent certificate was issued for (its common name).
+pub fn host_of(cert: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn init_then_enroll() {
+        let dir = std::env::temp_dir().join(format!("backstop-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let made = init(&dir, "web-1", &[]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&Pki::new(&dir).ca_key()), 0o600);
+        assert_eq!(mode(&Pki::new(&dir).server_key()), 0o600);
+        assert_eq!(mode(&made.agent_bundle), 0o600);
+        let b = read_bundle(&made.agent_bundle).unwrap();
+        assert_eq!(host_of(&b.cert).as_deref(), Some("web-1"));
+        assert!(matches!(init(&dir, "web-1", &[]), Err(PkiError::Exists { .. })));
+        let out = dir.join("web-2.bundle");
+        enroll(&dir, "web-2", &out, 30).unwrap();
+        assert_eq!(host_of(&read_bundle(&out).unwrap().cert).as_deref(), Some("web-2"));
+        assert!(matches!(enroll(&dir, "bad host!", &dir.join("x"), 30), Err(PkiError::BadHost(_))));
+        assert!(enroll(&dir, "web-2", &out, 30).is_err(), "an existing bundle is never overwritten");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
