@@ -8,6 +8,7 @@ pub mod fold;
 pub mod host;
 pub mod probes;
 pub mod syscall_class;
+pub mod track;
 pub mod tree;
 pub mod watch;
 

@@ -89,6 +89,7 @@ pub struct Probes {
     /// Our programs, for reading the kernel's count of runs it skipped.
     prog_fds: Vec<OwnedFd>,
     slots: [bool; MAX_SLOTS as usize],
+    last_slot: usize,
     pub offsets: KernelOffsets,
     pub warnings: Vec<String>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log_facade::Log>>,
@@ -185,6 +186,7 @@ impl Probes {
             threads,
             prog_fds,
             slots: [false; MAX_SLOTS as usize],
+            last_slot: 0,
             offsets,
             warnings,
             logger,
@@ -194,12 +196,24 @@ impl Probes {
 
     /// Claim a free stream slot (1..MAX_SLOTS). Its counters keep running
     /// totals, so readers start from [`Probes::totals`] at claim time.
+    /// Slots are handed out round-robin: a tree's orphans (daemons it left
+    /// running) keep counting into its slot, so a slot is reused as late as
+    /// possible.
     pub fn claim_slot(&mut self) -> Result<u32> {
-        let free = (1..MAX_SLOTS as usize)
+        let n = MAX_SLOTS as usize - 1;
+        let free = (0..n)
+            .map(|i| 1 + (self.last_slot + i) % n)
             .find(|&s| !self.slots[s])
             .ok_or(AgentError::NoFreeSlot { max: MAX_SLOTS - 1 })?;
         self.slots[free] = true;
+        self.last_slot = free;
         Ok(free as u32)
+    }
+
+    pub fn release_slot(&mut self, slot: u32) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = false;
+        }
     }
 
     /// Track `pid` (and from then on everything it forks) as `slot`.

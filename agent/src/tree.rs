@@ -65,9 +65,22 @@ pub fn spawn_tracked(
     }
     let (w, r) = (pid_w.as_raw_fd(), ack_r.as_raw_fd());
     // SAFETY: between fork and exec only async-signal-safe calls are made:
-    // getpid, write, read. No allocation (the error is a raw os error).
+    // signal, getpid, write, read. No allocation (the error is a raw os
+    // error).
     unsafe {
         cmd.pre_exec(move || {
+            // A supervisor's command must be stoppable: dispositions
+            // inherited as "ignore" (a background job of a script ignores
+            // SIGINT) would swallow the signals we forward.
+            for sig in [
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGQUIT,
+                libc::SIGHUP,
+                libc::SIGPIPE,
+            ] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
             let pid = (libc::getpid() as u32).to_ne_bytes();
             if libc::write(w, pid.as_ptr().cast(), 4) != 4 {
                 return Err(std::io::Error::last_os_error());

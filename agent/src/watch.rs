@@ -4,21 +4,18 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop_common::features::{FEATURES, SCHEMA_VERSION};
 use backstop_common::window::{Stream, Window};
 use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, ProcEvent};
-use tokio::io::unix::AsyncFd;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::{AgentError, Result};
-use crate::fold::{Folder, Reading};
-use crate::host::HostSampler;
 use crate::probes::{ProbeOptions, Probes};
-use crate::tree::{self, Stdout};
+use crate::track::{SharedProbes, StopSignals, Summary, TrackOptions, WindowSink, track};
+use crate::tree::Stdout;
 
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
@@ -33,169 +30,47 @@ pub struct WatchOptions {
     pub kill_grace: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    pub exit_code: i32,
-    pub windows: u64,
-    pub lost_events: u64,
-}
-
-/// Nanoseconds on CLOCK_MONOTONIC, the clock bpf_ktime_get_ns uses.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Run `argv` tracked, writing windows to `out`. Returns when the command
-/// has exited (and the last, partial window is written).
+/// Load the probes, run `argv` tracked, and write its windows to `out`.
+/// Returns when the command has exited and the summary is written.
 pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) -> Result<Summary> {
-    if opts.window < Duration::from_millis(10) {
-        return Err(AgentError::Io {
-            context: "--window-ms must be at least 10".into(),
-            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        });
-    }
-    let mut probes = Probes::load(&opts.probes)?;
+    let mut signals = StopSignals::listen()?;
+    let probes = Probes::load(&opts.probes)?;
     for w in &probes.warnings {
         tracing::warn!("{w}");
     }
-    let slot = probes.claim_slot()?;
-    let sampler = HostSampler::new(&opts.scope);
-    let read = |probes: &Probes| -> Result<Reading> {
-        let at_ns = monotonic_ns();
-        Ok(Reading {
-            totals: probes.totals(slot)?,
-            running_on_cpu_ns: probes.running_on_cpu_ns(slot, at_ns),
-            host: sampler.sample()?,
-            at_ns,
-            recursion_misses: probes.recursion_misses(),
-        })
+    let probes: SharedProbes = Arc::new(Mutex::new(probes));
+    let track_opts = TrackOptions {
+        stream: Stream::Live,
+        window: opts.window,
+        scope: opts.scope.clone(),
+        stdout: if opts.json {
+            Stdout::Stderr
+        } else {
+            Stdout::Inherit
+        },
+        kill_grace: opts.kill_grace,
     };
-    let mut folder = Folder::new(Stream::Live, read(&probes)?);
     let mut printer = Printer {
         json: opts.json,
+        events: opts.events,
         header_done: false,
+        out,
     };
-
-    let stdout = if opts.json {
-        Stdout::Stderr
-    } else {
-        Stdout::Inherit
-    };
-    let mut tracked = tree::spawn_tracked(argv, stdout, |pid| probes.track(pid, slot))?;
-    let pid = tracked.pid;
-    tracing::debug!(pid, slot, "tracking");
-
-    let ring_err = |source| AgentError::Io {
-        context: "watching the probes' ring buffer".into(),
-        source,
-    };
-    let ring_fd = probes.events_fd().try_clone_to_owned().map_err(ring_err)?;
-    // SAFETY: we own this duplicate; it stays open for the AsyncFd's life.
-    let events_fd =
-        unsafe { AsyncFd::register_with_interest(ring_fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| ring_err(e.into()))?;
-    let mut ticker =
-        tokio::time::interval_at(tokio::time::Instant::now() + opts.window, opts.window);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sigint = signal(SignalKind::interrupt()).map_err(sig_err)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(sig_err)?;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let mut lost = 0u64;
-
-    let status = loop {
-        let kill_at = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            st = tracked.child.wait() => break st.map_err(|source| AgentError::Io { context: "waiting for the command".into(), source })?,
-            _ = ticker.tick() => {
-                let w = folder.fold(read(&probes)?);
-                lost += w.lost_events;
-                printer.window(out, &w)?;
-            }
-            guard = events_fd.readable() => {
-                if let Ok(mut g) = guard {
-                    g.clear_ready();
-                }
-                let events = opts.events;
-                let mut err = Ok(());
-                probes.drain_events(|ev| if events && err.is_ok() { err = printer.event(out, &ev) });
-                err?;
-            }
-            _ = sigint.recv() => forward(pid, libc::SIGINT, &mut deadline, opts.kill_grace),
-            _ = sigterm.recv() => forward(pid, libc::SIGTERM, &mut deadline, opts.kill_grace),
-            _ = kill_at => {
-                tracing::warn!(pid, "command still running after the grace period; sending SIGKILL");
-                signal_child(pid, libc::SIGKILL);
-                deadline = None;
-            }
-        }
-    };
-    let events = opts.events;
-    let mut err = Ok(());
-    probes.drain_events(|ev| {
-        if events && err.is_ok() {
-            err = printer.event(out, &ev)
-        }
-    });
-    err?;
-    let w = folder.fold(read(&probes)?);
-    lost += w.lost_events;
-    printer.window(out, &w)?;
-    let exit_code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    let summary = Summary {
-        exit_code,
-        windows: folder.windows(),
-        lost_events: lost,
-    };
-    printer.summary(out, &summary)?;
+    let summary = track(&probes, argv, &track_opts, Some(&mut signals), &mut printer).await?;
+    printer.summary(&summary)?;
     Ok(summary)
 }
 
-fn sig_err(source: std::io::Error) -> AgentError {
-    AgentError::Io {
-        context: "installing signal handlers".into(),
-        source,
-    }
-}
-
-/// Pass a signal on to the command and start its grace period; a second
-/// signal while one is pending kills it at once.
-fn forward(pid: u32, sig: i32, deadline: &mut Option<tokio::time::Instant>, grace: Duration) {
-    let sig = if deadline.is_some() {
-        libc::SIGKILL
-    } else {
-        sig
-    };
-    tracing::info!(pid, sig, "forwarding signal to the command");
-    signal_child(pid, sig);
-    deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
-}
-
-fn signal_child(pid: u32, sig: i32) {
-    // SAFETY: plain kill(2) to our own child; it is not reaped until the
-    // wait branch completes, so the pid cannot have been reused.
-    unsafe { libc::kill(pid as i32, sig) };
-}
-
-struct Printer {
+struct Printer<'a> {
     json: bool,
+    events: bool,
     header_done: bool,
+    out: &'a mut dyn Write,
 }
 
-impl Printer {
-    fn window(&mut self, out: &mut dyn Write, w: &Window) -> Result<()> {
+impl WindowSink for Printer<'_> {
+    fn window(&mut self, w: &Window) -> Result<()> {
+        let out = &mut *self.out;
         let res = if self.json {
             writeln!(out, "{}", w.to_json())
         } else {
@@ -234,7 +109,11 @@ impl Printer {
         res.and_then(|()| out.flush()).map_err(write_err)
     }
 
-    fn event(&mut self, out: &mut dyn Write, ev: &ProcEvent) -> Result<()> {
+    fn event(&mut self, ev: &ProcEvent) -> Result<()> {
+        if !self.events {
+            return Ok(());
+        }
+        let out = &mut *self.out;
         let kind = match ev.kind {
             EVENT_EXEC => "exec",
             EVENT_EXIT => "exit",
@@ -269,8 +148,11 @@ impl Printer {
         };
         res.map_err(write_err)
     }
+}
 
-    fn summary(&mut self, out: &mut dyn Write, s: &Summary) -> Result<()> {
+impl Printer<'_> {
+    fn summary(&mut self, s: &Summary) -> Result<()> {
+        let out = &mut *self.out;
         let res = if self.json {
             writeln!(
                 out,

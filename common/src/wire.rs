@@ -42,7 +42,10 @@ pub enum AgentMsg {
     },
     /// Windows of one deployment, in seq order. Redelivery after a
     /// reconnect is normal; the controller stores each (stream, seq) once.
-    Windows { deployment: String, windows: Vec<Window> },
+    Windows {
+        deployment: String,
+        windows: Vec<Window>,
+    },
     /// The deployment's command has exited; every window before this frame
     /// has been sent.
     Finished {
@@ -58,7 +61,9 @@ pub enum AgentMsg {
 /// Controller to agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ControllerMsg {
-    Welcome { protocol: u32 },
+    Welcome {
+        protocol: u32,
+    },
     /// Run `argv` as a tracked tree and stream its windows as `deployment`.
     Exec {
         deployment: String,

@@ -1,5 +1,9 @@
 //! `backstop`: flags in, library call, exit code out.
 
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -8,34 +12,158 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "backstop",
     version,
-    about = "backstop's controller and CLI",
-    long_about = "backstop's controller and CLI. Today: the feature schema the agent's windows \
-                  follow. The daemon (`backstop serve`) and deployments come next; see README.md."
+    about = "backstop's controller daemon and CLI",
+    long_about = "backstop's controller daemon and CLI.\n\n\
+        First time: `backstop init` makes the fleet's CA, the controller's certificate and a first \
+        agent bundle; `backstop serve` runs the daemon agents connect to; `backstop-agent run \
+        --controller ADDR --bundle FILE` on each host. Then `backstop exec --host H -- CMD` runs a \
+        command under the probes there and stores its windows."
 )]
 struct Cli {
+    /// Data directory: PKI, database, control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "BACKSTOP_DATA",
+        default_value = "/var/lib/backstop"
+    )]
+    data: PathBuf,
+    /// Log filter for diagnostics on stderr (e.g. info, debug).
+    #[arg(long, global = true, env = "BACKSTOP_LOG", default_value = "info")]
+    log: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create the CA, the controller's certificate and a first agent bundle in DATA/pki.
+    Init {
+        /// Host name of the first agent bundle (default: this host's name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Extra DNS names or IPs agents may use to reach the controller.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Make an agent bundle (CA cert, agent cert, key; mode 0600) for one more host.
+    Enroll {
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 825)]
+        valid_days: i64,
+    },
+    /// Run the controller daemon: QUIC with mutual TLS for agents, a Unix
+    /// socket (DATA/control.sock, 0600) for this CLI.
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:7870")]
+        listen: SocketAddr,
+        /// Database URL (default: sqlite://DATA/backstop.db).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Run CMD under the probes on HOST's agent; prints the deployment id
+    /// and exits with CMD's exit code.
+    Exec {
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 1000)]
+        window_ms: u32,
+        #[arg(long)]
+        json: bool,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Hosts that have connected: first/last seen, connected, kernel, OS.
+    Hosts {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Deployments, oldest first.
+    Deployments {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// The stored windows of one deployment.
+    Windows {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Print the feature schema: every window value's name, unit and meaning, in order.
     Schema {
-        /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
     },
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Schema { json } => {
-            if json {
-                println!("{}", backstop_controller::schema::to_json());
-            } else {
-                print!("{}", backstop_controller::schema::to_table());
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("backstop: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let data = cli.data;
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Init { host, names } => commands::init::run(&data, host, &names),
+            Command::Enroll {
+                host,
+                out,
+                valid_days,
+            } => commands::enroll::run(&data, &host, &out, valid_days),
+            Command::Serve { listen, database } => {
+                commands::serve::run(data, listen, database).await
+            }
+            Command::Exec {
+                host,
+                window_ms,
+                json,
+                cmd,
+            } => commands::exec::run(&data, &host, cmd, window_ms, json).await,
+            Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
+            Command::Deployments { json, database } => {
+                commands::read::deployments(&data, database, json).await
+            }
+            Command::Windows { id, json, database } => {
+                commands::read::windows(&data, database, &id, json).await
+            }
+            Command::Schema { json } => {
+                if json {
+                    println!("{}", backstop_controller::schema::to_json());
+                } else {
+                    print!("{}", backstop_controller::schema::to_table());
+                }
+                Ok(0)
             }
         }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            // One line: the context chain, without the exit-code marker.
+            let msg: Vec<String> = e
+                .chain()
+                .filter(|c| c.downcast_ref::<commands::Exit>().is_none())
+                .map(|c| c.to_string())
+                .collect();
+            eprintln!("backstop: {}", msg.join(": "));
+            ExitCode::from(e.downcast_ref::<commands::Exit>().map_or(1, |x| x.0) as u8)
+        }
     }
-    ExitCode::SUCCESS
 }

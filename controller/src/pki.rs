@@ -29,15 +29,12 @@ pub enum PkiError {
     Exists { dir: PathBuf },
     #[error("{dir} has no CA: run `backstop init --data {dir}` first")]
     NoCa { dir: PathBuf },
-    #[error("host name {0:?} is not valid: use letters, digits, '-', '.' and '_' (1-253 characters)")]
+    #[error(
+        "host name {0:?} is not valid: use letters, digits, '-', '.' and '_' (1-253 characters)"
+    )]
     BadHost(String),
     #[error("{what}: {source}")]
-    Cert {
-        what: String,
-        source: rcgen::Error,
-    },
-    #[error("{path}: {reason}")]
-    Bundle { path: PathBuf, reason: String },
+    Cert { what: String, source: rcgen::Error },
 }
 
 /// Names the controller's certificate is valid for, besides any given.
@@ -130,7 +127,11 @@ pub struct Initialised {
 
 /// Create the CA, the controller's certificate (for `SERVER_NAME`,
 /// localhost, loopback and `extra_names`) and a first agent bundle.
-pub fn init(data: &Path, first_host: &str, extra_names: &[String]) -> Result<Initialised, PkiError> {
+pub fn init(
+    data: &Path,
+    first_host: &str,
+    extra_names: &[String],
+) -> Result<Initialised, PkiError> {
     valid_host(first_host)?;
     let pki = Pki::new(data);
     if pki.ca_cert().exists() {
@@ -146,13 +147,17 @@ pub fn init(data: &Path, first_host: &str, extra_names: &[String]) -> Result<Ini
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now - Duration::hours(1);
     ca.not_after = now + Duration::days(3650);
-    let ca_cert = ca.self_signed(&ca_key).map_err(cert_err("signing the CA"))?;
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .map_err(cert_err("signing the CA"))?;
 
     let server_key = KeyPair::generate().map_err(cert_err("generating the server key"))?;
     let mut names = vec![SERVER_NAME.to_string(), "localhost".to_string()];
     names.extend(extra_names.iter().cloned());
     let mut server = CertificateParams::new(names.clone()).map_err(cert_err("server names"))?;
-    server.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
     server
         .subject_alt_names
         .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
@@ -169,7 +174,14 @@ pub fn init(data: &Path, first_host: &str, extra_names: &[String]) -> Result<Ini
     write_new(&pki.server_key(), &server_key.serialize_pem(), 0o600)?;
     write_new(&pki.server_cert(), &server_cert.pem(), 0o644)?;
     let agent_bundle = pki.agent_bundle(first_host);
-    enroll_with(&ca_cert, &ca_key, first_host, &agent_bundle, now, now + Duration::days(825))?;
+    enroll_with(
+        &ca_cert,
+        &ca_key,
+        first_host,
+        &agent_bundle,
+        now,
+        now + Duration::days(825),
+    )?;
     Ok(Initialised {
         ca: pki.ca_cert(),
         server_cert: pki.server_cert(),
@@ -192,7 +204,9 @@ pub fn load_ca(data: &Path) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
         CertificateParams::from_ca_cert_pem(&cert_pem).map_err(cert_err("reading the CA cert"))?;
     // Re-signing the same parameters with the same key gives a certificate
     // with the CA's name and key: all a signer needs.
-    let cert = params.self_signed(&key).map_err(cert_err("loading the CA"))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(cert_err("loading the CA"))?;
     Ok((cert, key))
 }
 
@@ -201,7 +215,14 @@ pub fn enroll(data: &Path, host: &str, out: &Path, valid_days: i64) -> Result<()
     valid_host(host)?;
     let (ca_cert, ca_key) = load_ca(data)?;
     let now = OffsetDateTime::now_utc();
-    enroll_with(&ca_cert, &ca_key, host, out, now, now + Duration::days(valid_days))
+    enroll_with(
+        &ca_cert,
+        &ca_key,
+        host,
+        out,
+        now,
+        now + Duration::days(valid_days),
+    )
 }
 
 /// Sign an agent certificate valid from `not_before` to `not_after` and
@@ -228,46 +249,6 @@ pub fn enroll_with(
     write_new(out, &bundle, 0o600)
 }
 
-/// The three parts of an agent bundle, as DER.
-pub struct Bundle {
-    pub ca: rustls::pki_types::CertificateDer<'static>,
-    pub cert: rustls::pki_types::CertificateDer<'static>,
-    pub key: rustls::pki_types::PrivateKeyDer<'static>,
-}
-
-/// Read PEM certificates (in order) and the one private key from a file.
-pub fn read_pem(path: &Path) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, Option<rustls::pki_types::PrivateKeyDer<'static>>), PkiError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let bad = |reason: String| PkiError::Bundle {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("bad certificate PEM: {e}")))?;
-    let key = match PrivateKeyDer::from_pem_slice(&bytes) {
-        Ok(k) => Some(k),
-        Err(rustls::pki_types::pem::Error::NoItemsFound) => None,
-        Err(e) => return Err(bad(format!("bad private key PEM: {e}"))),
-    };
-    Ok((certs, key))
-}
-
-pub fn read_bundle(path: &Path) -> Result<Bundle, PkiError> {
-    let (certs, key) = read_pem(path)?;
-    let bad = |reason: &str| PkiError::Bundle {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    let [ca, cert]: [_; 2] = certs
-        .try_into()
-        .map_err(|_| bad("expected two certificates (CA, then agent)"))?;
-    let key = key.ok_or_else(|| bad("no private key"))?;
-    Ok(Bundle { ca, cert, key })
-}
-
 /// The host name an agent certificate was issued for (its common name).
 pub fn host_of(cert: &[u8]) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
@@ -289,14 +270,26 @@ mod tests {
         assert_eq!(mode(&Pki::new(&dir).ca_key()), 0o600);
         assert_eq!(mode(&Pki::new(&dir).server_key()), 0o600);
         assert_eq!(mode(&made.agent_bundle), 0o600);
-        let b = read_bundle(&made.agent_bundle).unwrap();
+        let b = backstop_common::quic::read_bundle(&made.agent_bundle).unwrap();
         assert_eq!(host_of(&b.cert).as_deref(), Some("web-1"));
-        assert!(matches!(init(&dir, "web-1", &[]), Err(PkiError::Exists { .. })));
+        assert!(matches!(
+            init(&dir, "web-1", &[]),
+            Err(PkiError::Exists { .. })
+        ));
         let out = dir.join("web-2.bundle");
         enroll(&dir, "web-2", &out, 30).unwrap();
-        assert_eq!(host_of(&read_bundle(&out).unwrap().cert).as_deref(), Some("web-2"));
-        assert!(matches!(enroll(&dir, "bad host!", &dir.join("x"), 30), Err(PkiError::BadHost(_))));
-        assert!(enroll(&dir, "web-2", &out, 30).is_err(), "an existing bundle is never overwritten");
+        assert_eq!(
+            host_of(&backstop_common::quic::read_bundle(&out).unwrap().cert).as_deref(),
+            Some("web-2")
+        );
+        assert!(matches!(
+            enroll(&dir, "bad host!", &dir.join("x"), 30),
+            Err(PkiError::BadHost(_))
+        ));
+        assert!(
+            enroll(&dir, "web-2", &out, 30).is_err(),
+            "an existing bundle is never overwritten"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

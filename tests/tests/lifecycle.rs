@@ -46,14 +46,26 @@ fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     pred()
 }
 
+/// A duration no other process on the host will be sleeping for, so the
+/// orphan of a SIGKILLed agent can be found and stopped.
+const ORPHAN_SLEEP: &str = "30.4242";
+
+fn orphan_running() -> bool {
+    Command::new("pgrep")
+        .args(["-f", &format!("^sleep {ORPHAN_SLEEP}$")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 fn stop_with(signal: i32) {
-    let before = ours_in_kernel();
+    // The kernel frees a dead agent's objects shortly after it exits.
     assert!(
-        before.is_empty(),
-        "probe objects already loaded before the test: {before:?}"
+        eventually(Duration::from_secs(10), || ours_in_kernel().is_empty()),
+        "probe objects already loaded before the test: {:?}",
+        ours_in_kernel()
     );
     let mut child = Command::new(agent())
-        .args(["watch", "--json", "--", "sleep", "30"])
+        .args(["watch", "--json", "--", "sleep", ORPHAN_SLEEP])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -63,6 +75,11 @@ fn stop_with(signal: i32) {
             .iter()
             .any(|n| n == "bs_sys_enter")),
         "the agent never loaded its probes (so this test could not see a leak)"
+    );
+    // Stop it while it watches a running command, the case that matters.
+    assert!(
+        eventually(Duration::from_secs(10), orphan_running),
+        "the agent never started its command"
     );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, signal) };
@@ -77,6 +94,14 @@ fn stop_with(signal: i32) {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    if signal == libc::SIGKILL {
+        // The command outlives a SIGKILLed agent, as under strace or time;
+        // it holds the agent's stdout and stderr until it is gone.
+        assert!(orphan_running(), "the command outlives a SIGKILLed agent");
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("^sleep {ORPHAN_SLEEP}$")])
+            .status();
+    }
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if signal == libc::SIGKILL {
@@ -84,12 +109,14 @@ fn stop_with(signal: i32) {
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGKILL)
         );
-        // The command outlives a SIGKILLed agent, as under strace or time.
-        let _ = Command::new("pkill").args(["-f", "^sleep 30$"]).status();
     } else {
         // The signal went on to `sleep`, which died of it; the agent
         // reports that as the command's exit, after a final window.
         assert_eq!(status.code(), Some(128 + signal), "stderr: {stderr}");
+        assert!(
+            !orphan_running(),
+            "the command died of the forwarded signal"
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             stdout.lines().last().unwrap_or("").contains("\"summary\""),

@@ -1,0 +1,234 @@
+//! Running one command as a tracked tree and folding its windows: the
+//! building block of `watch` (windows to stdout), `run` (windows to the
+//! controller) and, later, shadows. Where windows go is a [`WindowSink`].
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use backstop_common::ProcEvent;
+use backstop_common::window::{Stream, Window};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::error::{AgentError, Result};
+use crate::fold::{Folder, Reading};
+use crate::host::HostSampler;
+use crate::probes::Probes;
+use crate::tree::{self, Stdout};
+
+/// The loaded probes, shared by every tracked tree of this agent; each
+/// tree has its own slot. Held only for map reads, never across an await.
+pub type SharedProbes = Arc<Mutex<Probes>>;
+
+pub fn lock(p: &SharedProbes) -> MutexGuard<'_, Probes> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a tracked tree's windows and lifecycle records go.
+pub trait WindowSink {
+    fn window(&mut self, w: &Window) -> Result<()>;
+    fn event(&mut self, _ev: &ProcEvent) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrackOptions {
+    pub stream: Stream,
+    pub window: Duration,
+    /// Whose filesystem `host_disk_free_bytes` reports.
+    pub scope: PathBuf,
+    pub stdout: Stdout,
+    /// After a forwarded signal, how long the command gets before SIGKILL.
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub exit_code: i32,
+    pub windows: u64,
+    pub lost_events: u64,
+}
+
+/// Nanoseconds on CLOCK_MONOTONIC, the clock bpf_ktime_get_ns uses.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// SIGINT and SIGTERM, listened for from the moment this is made: a signal
+/// that arrives while the probes load is kept and passed on to the command
+/// as soon as it runs.
+pub struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn listen() -> Result<Self> {
+        let sig_err = |source| AgentError::Io {
+            context: "installing signal handlers".into(),
+            source,
+        };
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt()).map_err(sig_err)?,
+            term: signal(SignalKind::terminate()).map_err(sig_err)?,
+        })
+    }
+}
+
+/// Run `argv` as a tracked tree until it exits, handing each window (the
+/// last one partial) to `sink`. With `signals`, our SIGINT/SIGTERM are
+/// passed on to the command (interactive `watch`).
+pub async fn track(
+    probes: &SharedProbes,
+    argv: &[OsString],
+    opts: &TrackOptions,
+    signals: Option<&mut StopSignals>,
+    sink: &mut dyn WindowSink,
+) -> Result<Summary> {
+    if opts.window < Duration::from_millis(10) {
+        return Err(AgentError::Io {
+            context: "the window must be at least 10 ms".into(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    }
+    let slot = lock(probes).claim_slot()?;
+    let result = track_in_slot(probes, slot, argv, opts, signals, sink).await;
+    lock(probes).release_slot(slot);
+    result
+}
+
+async fn track_in_slot(
+    probes: &SharedProbes,
+    slot: u32,
+    argv: &[OsString],
+    opts: &TrackOptions,
+    mut signals: Option<&mut StopSignals>,
+    sink: &mut dyn WindowSink,
+) -> Result<Summary> {
+    let sampler = HostSampler::new(&opts.scope);
+    let read = || -> Result<Reading> {
+        let p = lock(probes);
+        let at_ns = monotonic_ns();
+        Ok(Reading {
+            totals: p.totals(slot)?,
+            running_on_cpu_ns: p.running_on_cpu_ns(slot, at_ns),
+            host: sampler.sample()?,
+            at_ns,
+            recursion_misses: p.recursion_misses(),
+        })
+    };
+    let mut folder = Folder::new(opts.stream, read()?);
+    let mut tracked = tree::spawn_tracked(argv, opts.stdout, |pid| lock(probes).track(pid, slot))?;
+    let pid = tracked.pid;
+    tracing::debug!(pid, slot, "tracking");
+
+    let ring_err = |source| AgentError::Io {
+        context: "watching the probes' ring buffer".into(),
+        source,
+    };
+    let ring_fd = lock(probes)
+        .events_fd()
+        .try_clone_to_owned()
+        .map_err(ring_err)?;
+    // SAFETY: we own this duplicate; it stays open for the AsyncFd's life.
+    let events_fd =
+        unsafe { AsyncFd::register_with_interest(ring_fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| ring_err(e.into()))?;
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + opts.window, opts.window);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut lost = 0u64;
+    let drain = |sink: &mut dyn WindowSink| -> Result<()> {
+        let mut err = Ok(());
+        // Records of other slots belong to other trees; they are not ours
+        // to report.
+        lock(probes).drain_events(|ev| {
+            if ev.slot == slot && err.is_ok() {
+                err = sink.event(&ev);
+            }
+        });
+        err
+    };
+
+    let status = loop {
+        let kill_at = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            st = tracked.child.wait() => break st.map_err(|source| AgentError::Io { context: "waiting for the command".into(), source })?,
+            _ = ticker.tick() => {
+                let w = folder.fold(read()?);
+                lost += w.lost_events;
+                sink.window(&w)?;
+            }
+            guard = events_fd.readable() => {
+                if let Ok(mut g) = guard {
+                    g.clear_ready();
+                }
+                drain(sink)?;
+            }
+            Some(sig) = recv(&mut signals) => forward(pid, sig, &mut deadline, opts.kill_grace),
+            _ = kill_at => {
+                tracing::warn!(pid, "command still running after the grace period; sending SIGKILL");
+                signal_child(pid, libc::SIGKILL);
+                deadline = None;
+            }
+        }
+    };
+    drain(sink)?;
+    let w = folder.fold(read()?);
+    lost += w.lost_events;
+    sink.window(&w)?;
+    let exit_code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(Summary {
+        exit_code,
+        windows: folder.windows(),
+        lost_events: lost,
+    })
+}
+
+/// The next stop signal, or never when not listening.
+async fn recv(s: &mut Option<&mut StopSignals>) -> Option<i32> {
+    match s {
+        Some(s) => tokio::select! {
+            Some(()) = s.int.recv() => Some(libc::SIGINT),
+            Some(()) = s.term.recv() => Some(libc::SIGTERM),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Pass a signal on to the command and start its grace period; a second
+/// signal while one is pending kills it at once.
+fn forward(pid: u32, sig: i32, deadline: &mut Option<tokio::time::Instant>, grace: Duration) {
+    let sig = if deadline.is_some() {
+        libc::SIGKILL
+    } else {
+        sig
+    };
+    tracing::info!(pid, sig, "forwarding signal to the command");
+    signal_child(pid, sig);
+    deadline.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+}
+
+fn signal_child(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2) to our own child; it is not reaped until the
+    // wait branch completes, so the pid cannot have been reused.
+    unsafe { libc::kill(pid as i32, sig) };
+}

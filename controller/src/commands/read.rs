@@ -1,0 +1,110 @@
+//! hosts, deployments, windows: straight from the store (the daemon need
+//! not run).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use backstop_common::features::FEATURES;
+use backstop_controller::store::{Store, default_url};
+
+use super::Exit;
+
+async fn open(data: &Path, database: Option<String>) -> Result<Store> {
+    let url = database.unwrap_or_else(|| default_url(data));
+    Store::open(&url, false)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context(Exit(2)))
+}
+
+fn ago(ms: i64) -> String {
+    let s = (backstop_controller::store::now_ms() - ms) / 1000;
+    if s < 120 {
+        format!("{s}s ago")
+    } else if s < 7200 {
+        format!("{}m ago", s / 60)
+    } else {
+        format!("{}h ago", s / 3600)
+    }
+}
+
+pub async fn hosts(data: &Path, database: Option<String>, json: bool) -> Result<i32> {
+    let rows = open(data, database).await?.hosts().await?;
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<10} {:<12} {:<12} {:<24} os",
+        "host", "state", "first seen", "last seen", "kernel"
+    );
+    for h in rows {
+        println!(
+            "{:<24} {:<10} {:<12} {:<12} {:<24} {}",
+            h.name,
+            if h.connected { "connected" } else { "gone" },
+            ago(h.first_seen_ms),
+            ago(h.last_seen_ms),
+            h.kernel,
+            h.os
+        );
+    }
+    Ok(0)
+}
+
+pub async fn deployments(data: &Path, database: Option<String>, json: bool) -> Result<i32> {
+    let rows = open(data, database).await?.deployments().await?;
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<22} {:<16} {:<12} {:>5} {:>8} {:<10} command",
+        "id", "host", "state", "exit", "windows", "started"
+    );
+    for d in rows {
+        println!(
+            "{:<22} {:<16} {:<12} {:>5} {:>8} {:<10} {}",
+            d.id,
+            d.host,
+            d.state,
+            d.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            d.windows
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            ago(d.created_ms),
+            d.argv.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+pub async fn windows(data: &Path, database: Option<String>, id: &str, json: bool) -> Result<i32> {
+    let store = open(data, database).await?;
+    store.deployment(id).await.context("reading windows")?;
+    let windows = store.windows(id).await?;
+    if json {
+        let list: Vec<_> = windows.iter().map(|w| w.to_json()).collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(0);
+    }
+    for w in &windows {
+        let top: Vec<String> = FEATURES
+            .iter()
+            .zip(&w.features)
+            .filter(|(f, v)| **v != 0.0 && !f.name.starts_with("host_"))
+            .take(8)
+            .map(|(f, v)| format!("{}={v}", f.name))
+            .collect();
+        println!(
+            "{} {:>4} {:>8.3}s lost={} {}",
+            w.stream.as_str(),
+            w.seq,
+            (w.end_ns - w.start_ns) as f64 / 1e9,
+            w.lost_events,
+            top.join(" ")
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,126 @@
+//! The local control channel: a Unix socket in the data directory, mode
+//! 0600, so only root (or the data directory's owner) can drive the daemon.
+//! One JSON request per connection, answered with JSON lines. A Unix socket
+//! rather than QUIC: the CLI runs on the controller's host, and file
+//! permissions are the simplest authentication there is.
+//!
+//! Requests:
+//! - `{"op":"exec","host":H,"argv":[..],"window_ms":N}` answers
+//!   `{"deployment":ID}` at once, then `{"outcome":{...}}` when the command ends.
+//! - `{"op":"ping"}` answers `{"ok":true}`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::server::Daemon;
+
+pub fn socket_path(data: &Path) -> PathBuf {
+    data.join("control.sock")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Exec {
+        host: String,
+        argv: Vec<String>,
+        #[serde(default = "default_window_ms")]
+        window_ms: u32,
+    },
+    Ping,
+}
+
+fn default_window_ms() -> u32 {
+    1000
+}
+
+/// Bind the socket. A socket file left by a dead daemon is replaced; one
+/// that answers belongs to a live daemon and is an error.
+pub async fn bind(data: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(data);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "{} answers: another daemon uses this data directory",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn accept_loop(daemon: Arc<Daemon>, listener: UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(d, stream).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+async fn serve(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    let reply = |v: serde_json::Value| format!("{v}\n");
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            w.write_all(
+                reply(serde_json::json!({"error": format!("bad request: {e}")})).as_bytes(),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    match req {
+        Request::Ping => {
+            w.write_all(reply(serde_json::json!({"ok": true})).as_bytes())
+                .await?
+        }
+        Request::Exec {
+            host,
+            argv,
+            window_ms,
+        } => match daemon.exec(&host, argv, window_ms).await {
+            Err(e) => {
+                w.write_all(reply(serde_json::json!({"error": e.to_string()})).as_bytes())
+                    .await?
+            }
+            Ok((id, outcome)) => {
+                w.write_all(reply(serde_json::json!({"deployment": id})).as_bytes())
+                    .await?;
+                match outcome.await {
+                    Ok(o) => {
+                        w.write_all(reply(serde_json::json!({"outcome": o})).as_bytes())
+                            .await?
+                    }
+                    Err(_) => {
+                        w.write_all(
+                            reply(serde_json::json!({"error": "the daemon stopped before the deployment ended"}))
+                                .as_bytes(),
+                        )
+                        .await?
+                    }
+                }
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! The daemon's agent side: a QUIC endpoint with mutual TLS. Each agent
+//! holds one connection with one bidirectional stream of frames. A bad
+//! frame, an unknown protocol version or a refused certificate ends that
+//! connection, with the reason logged and sent as the close reason; every
+//! other connection goes on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use backstop_common::quic::{ReadError, read_frame, write_frame};
+use backstop_common::wire::{AgentMsg, ControllerMsg, PROTOCOL_VERSION, check_hello};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::store::Store;
+
+/// Close codes an agent sees.
+pub mod close {
+    pub const NORMAL: u32 = 0;
+    pub const PROTOCOL: u32 = 1;
+    pub const VERSION: u32 = 2;
+    pub const IDENTITY: u32 = 3;
+    pub const INTERNAL: u32 = 4;
+    pub const SHUTDOWN: u32 = 5;
+}
+
+/// How a deployment ended, as `backstop exec` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Finished {
+        exit_code: i32,
+        windows: u64,
+        lost_events: u64,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<ControllerMsg>,
+}
+
+/// Shared daemon state: the store, who is connected, who waits for what.
+pub struct Daemon {
+    pub store: Store,
+    sessions: Mutex<HashMap<String, Session>>,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
+    next_session: AtomicU64,
+    next_deployment: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("host {0} is not connected")]
+    NotConnected(String),
+    #[error("argv is empty")]
+    NoCommand,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Daemon {
+    pub fn new(store: Store) -> Arc<Self> {
+        Arc::new(Daemon {
+            store,
+            sessions: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            next_deployment: AtomicU64::new(1),
+        })
+    }
+
+    fn deployment_id(&self) -> String {
+        let n = self.next_deployment.fetch_add(1, Ordering::Relaxed);
+        format!("d{:x}-{n}", crate::store::now_ms())
+    }
+
+    /// Ask `host`'s agent to run `argv` as a tracked tree. Returns the new
+    /// deployment's id and a receiver for its outcome.
+    pub async fn exec(
+        &self,
+        host: &str,
+        argv: Vec<String>,
+        window_ms: u32,
+    ) -> Result<(String, oneshot::Receiver<Outcome>), ExecError> {
+        if argv.is_empty() {
+            return Err(ExecError::NoCommand);
+        }
+        let tx = {
+            let sessions = self.sessions.lock().await;
+            let s = sessions
+                .get(host)
+                .ok_or_else(|| ExecError::NotConnected(host.to_string()))?;
+            s.tx.clone()
+        };
+        let id = self.deployment_id();
+        self.store.new_deployment(&id, host, "exec", &argv).await?;
+        let (otx, orx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .await
+            .entry(id.clone())
+            .or_default()
+            .push(otx);
+        let msg = ControllerMsg::Exec {
+            deployment: id.clone(),
+            argv,
+            window_ms,
+        };
+        if tx.send(msg).await.is_err() {
+            return Err(ExecError::NotConnected(host.to_string()));
+        }
+        tracing::info!(deployment = %id, host, "exec sent");
+        Ok((id, orx))
+    }
+
+    async fn notify(&self, deployment: &str, outcome: Outcome) {
+        if let Some(ws) = self.waiters.lock().await.remove(deployment) {
+            for w in ws {
+                let _ = w.send(outcome.clone());
+            }
+        }
+    }
+}
+
+/// Accept connections until the endpoint closes.
+pub async fn accept_loop(daemon: Arc<Daemon>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let d = daemon.clone();
+        tokio::spawn(async move { serve_connection(d, incoming).await });
+    }
+}
+
+/// Why a connection ended, for the log and the close frame.
+struct Ended {
+    code: u32,
+    reason: String,
+}
+
+impl Ended {
+    fn new(code: u32, reason: impl Into<String>) -> Self {
+        Ended {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+async fn serve_connection(daemon: Arc<Daemon>, incoming: quinn::Incoming) {
+    let remote: SocketAddr = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%remote, "connection refused: {e}");
+            return;
+        }
+    };
+    let host = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().and_then(|c| crate::pki::host_of(c)));
+    let Some(host) = host else {
+        tracing::warn!(%remote, "connection refused: the client certificate names no host");
+        conn.close(close::IDENTITY.into(), b"certificate names no host");
+        return;
+    };
+    let ended = session(&daemon, &conn, &host).await;
+    if ended.code == close::NORMAL {
+        tracing::info!(%remote, host, "connection closed: {}", ended.reason);
+    } else {
+        tracing::warn!(%remote, host, code = ended.code, "connection closed: {}", ended.reason);
+    }
+    conn.close(ended.code.into(), ended.reason.as_bytes());
+}
+
+async fn session(daemon: &Arc<Daemon>, conn: &quinn::Connection, host: &str) -> Ended {
+    let (mut send, mut recv) =
+        match tokio::time::timeout(std::time::Duration::from_secs(10), conn.accept_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Ended::new(close::NORMAL, format!("before opening a stream: {e}"));
+            }
+            Err(_) => return Ended::new(close::PROTOCOL, "no stream opened within 10 s"),
+        };
+    let hello: AgentMsg = match read_frame(&mut recv).await {
+        Ok(m) => m,
+        Err(e) => return read_ended(e),
+    };
+    if let Err(e) = check_hello(&hello) {
+        let code = match e {
+            backstop_common::wire::FrameError::Version { .. } => close::VERSION,
+            _ => close::PROTOCOL,
+        };
+        return Ended::new(code, e.to_string());
+    }
+    let AgentMsg::Hello {
+        facts,
+        dropped_windows,
+        ..
+    } = hello
+    else {
+        unreachable!("check_hello accepts only Hello")
+    };
+    if let Err(e) = daemon
+        .store
+        .host_connected(host, &facts, dropped_windows)
+        .await
+    {
+        return Ended::new(close::INTERNAL, format!("storing the host: {e}"));
+    }
+    if let Err(e) = write_frame(
+        &mut send,
+        &ControllerMsg::Welcome {
+            protocol: PROTOCOL_VERSION,
+        },
+    )
+    .await
+    {
+        return Ended::new(close::NORMAL, format!("sending welcome: {e}"));
+    }
+    tracing::info!(host, kernel = %facts.kernel, "agent connected");
+
+    let (tx, mut rx) = mpsc::channel::<ControllerMsg>(256);
+    let id = daemon.next_session.fetch_add(1, Ordering::Relaxed);
+    daemon
+        .sessions
+        .lock()
+        .await
+        .insert(host.to_string(), Session { id, tx: tx.clone() });
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if write_frame(&mut send, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let ended = loop {
+        let msg: AgentMsg = match read_frame(&mut recv).await {
+            Ok(m) => m,
+            Err(e) => break read_ended(e),
+        };
+        if let Err(e) = handle(daemon, host, msg, &tx).await {
+            break e;
+        }
+        let _ = daemon.store.host_seen(host).await;
+    };
+    writer.abort();
+    {
+        let mut sessions = daemon.sessions.lock().await;
+        // A newer connection of the same host may have replaced this one.
+        if sessions.get(host).is_some_and(|s| s.id == id) {
+            sessions.remove(host);
+            drop(sessions);
+            if let Err(e) = daemon.store.host_disconnected(host).await {
+                tracing::error!(host, "marking the host disconnected: {e}");
+            }
+        }
+    }
+    ended
+}
+
+fn read_ended(e: ReadError) -> Ended {
+    match e {
+        ReadError::Finished => Ended::new(close::NORMAL, "agent finished its stream"),
+        ReadError::Connection(reason) => Ended::new(close::NORMAL, reason),
+        ReadError::Frame(f) => Ended::new(close::PROTOCOL, f.to_string()),
+    }
+}
+
+async fn handle(
+    daemon: &Arc<Daemon>,
+    host: &str,
+    msg: AgentMsg,
+    tx: &mpsc::Sender<ControllerMsg>,
+) -> Result<(), Ended> {
+    let store_err =
+        |e: crate::store::StoreError| Ended::new(close::INTERNAL, format!("store: {e}"));
+    match msg {
+        AgentMsg::Hello { .. } => return Err(Ended::new(close::PROTOCOL, "Hello sent twice")),
+        AgentMsg::Windows {
+            deployment,
+            windows,
+        } => {
+            let through = windows.iter().map(|w| w.seq).max();
+            let new = daemon
+                .store
+                .insert_windows(&deployment, &windows)
+                .await
+                .map_err(store_err)?;
+            tracing::debug!(
+                host,
+                deployment,
+                received = windows.len(),
+                new,
+                "windows stored"
+            );
+            let _ = tx
+                .send(ControllerMsg::Ack {
+                    deployment,
+                    through_seq: through,
+                    finished: false,
+                })
+                .await;
+        }
+        AgentMsg::Finished {
+            deployment,
+            exit_code,
+            windows,
+            lost_events,
+        } => {
+            daemon
+                .store
+                .finish_deployment(
+                    &deployment,
+                    "finished",
+                    Some(exit_code),
+                    Some(windows),
+                    Some(lost_events),
+                    None,
+                )
+                .await
+                .map_err(store_err)?;
+            tracing::info!(host, deployment, exit_code, windows, "deployment finished");
+            let _ = tx
+                .send(ControllerMsg::Ack {
+                    deployment: deployment.clone(),
+                    through_seq: None,
+                    finished: true,
+                })
+                .await;
+            daemon
+                .notify(
+                    &deployment,
+                    Outcome::Finished {
+                        exit_code,
+                        windows,
+                        lost_events,
+                    },
+                )
+                .await;
+        }
+        AgentMsg::Failed { deployment, reason } => {
+            daemon
+                .store
+                .finish_deployment(&deployment, "failed", None, None, None, Some(&reason))
+                .await
+                .map_err(store_err)?;
+            let _ = tx
+                .send(ControllerMsg::Ack {
+                    deployment: deployment.clone(),
+                    through_seq: None,
+                    finished: true,
+                })
+                .await;
+            daemon.notify(&deployment, Outcome::Failed { reason }).await;
+        }
+    }
+    Ok(())
+}
