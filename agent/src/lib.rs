@@ -7,6 +7,8 @@ pub mod error;
 pub mod fold;
 pub mod host;
 pub mod probes;
+pub mod run;
+pub mod spool;
 pub mod syscall_class;
 pub mod track;
 pub mod tree;

@@ -60,6 +60,31 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
+    /// Run as the host's agent: keep a connection to the controller, run
+    /// what it asks for under the probes, deliver every window.
+    ///
+    /// Windows go through an on-disk outbox (DATA/agent/outbox) first, so a
+    /// controller that is away or restarts loses nothing below
+    /// --outbox-max-bytes; above it the oldest are dropped and counted.
+    Run {
+        /// The controller's QUIC address (backstop serve --listen).
+        #[arg(long)]
+        controller: std::net::SocketAddr,
+        /// This host's bundle from `backstop init` or `backstop enroll`.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The name on the controller's certificate.
+        #[arg(long, default_value = "backstop-controller")]
+        server_name: String,
+        /// Data directory (the outbox lives under DATA/agent/).
+        #[arg(long, env = "BACKSTOP_DATA", default_value = "/var/lib/backstop")]
+        data: PathBuf,
+        #[arg(long, default_value_t = backstop_agent::spool::DEFAULT_MAX_BYTES)]
+        outbox_max_bytes: u64,
+        /// Forward the probes' own diagnostics (aya-log) to the log.
+        #[arg(long)]
+        probe_log: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -101,6 +126,42 @@ fn main() -> ExitCode {
                 let mut out = std::io::stdout();
                 match watch(&cmd, &opts, &mut out).await {
                     Ok(summary) => summary.exit_code,
+                    Err(e) => {
+                        eprintln!("backstop-agent: {e}");
+                        e.exit_code()
+                    }
+                }
+            }
+            Command::Run {
+                controller,
+                bundle,
+                server_name,
+                data,
+                outbox_max_bytes,
+                probe_log,
+            } => {
+                let opts = backstop_agent::run::RunOptions {
+                    controller,
+                    server_name,
+                    bundle,
+                    data,
+                    spool_max_bytes: outbox_max_bytes,
+                    probes: ProbeOptions { probe_log },
+                };
+                let shutdown = async {
+                    let mut term = match tokio::signal::unix::signal(
+                        tokio::signal::unix::SignalKind::terminate(),
+                    ) {
+                        Ok(t) => t,
+                        Err(_) => return std::future::pending().await,
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                };
+                match backstop_agent::run::run(opts, shutdown).await {
+                    Ok(()) => 0,
                     Err(e) => {
                         eprintln!("backstop-agent: {e}");
                         e.exit_code()

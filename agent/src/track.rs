@@ -28,7 +28,7 @@ pub fn lock(p: &SharedProbes) -> MutexGuard<'_, Probes> {
 }
 
 /// Where a tracked tree's windows and lifecycle records go.
-pub trait WindowSink {
+pub trait WindowSink: Send {
     fn window(&mut self, w: &Window) -> Result<()>;
     fn event(&mut self, _ev: &ProcEvent) -> Result<()> {
         Ok(())

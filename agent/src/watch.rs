@@ -32,7 +32,11 @@ pub struct WatchOptions {
 
 /// Load the probes, run `argv` tracked, and write its windows to `out`.
 /// Returns when the command has exited and the summary is written.
-pub async fn watch(argv: &[OsString], opts: &WatchOptions, out: &mut dyn Write) -> Result<Summary> {
+pub async fn watch(
+    argv: &[OsString],
+    opts: &WatchOptions,
+    out: &mut (dyn Write + Send),
+) -> Result<Summary> {
     let mut signals = StopSignals::listen()?;
     let probes = Probes::load(&opts.probes)?;
     for w in &probes.warnings {
@@ -65,7 +69,7 @@ struct Printer<'a> {
     json: bool,
     events: bool,
     header_done: bool,
-    out: &'a mut dyn Write,
+    out: &'a mut (dyn Write + Send),
 }
 
 impl WindowSink for Printer<'_> {
