@@ -1,0 +1,590 @@
+//! The controller daemon and the agent over real QUIC with mutual TLS on
+//! loopback: certificates refused, bad frames refused one connection at a
+//! time, and windows stored exactly once across a controller crash.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop_common::quic;
+use backstop_common::wire::{self, AgentMsg, HostFacts, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use serde_json::Value;
+use support::{agent, bin_dir, ebpf_or_skip, workload};
+
+fn backstop() -> PathBuf {
+    bin_dir().join("backstop")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("backstop-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if pred() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pred()
+}
+
+/// A process killed (SIGKILL) when dropped, with its stderr collected.
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Fleet {
+    data: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Fleet {
+    fn new(name: &str) -> Fleet {
+        let data = temp_dir(name);
+        let out = Command::new(backstop())
+            .args(["--data"])
+            .arg(&data)
+            .args(["init", "--host", "web-1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Fleet {
+            data,
+            addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        }
+    }
+
+    fn serve(&self) -> Proc {
+        let p = Proc::spawn(
+            Command::new(backstop())
+                .arg("--data")
+                .arg(&self.data)
+                .args(["--log", "info", "serve", "--listen", &self.addr.to_string()]),
+        );
+        assert!(
+            eventually(Duration::from_secs(20), || p.log().contains("listening on")),
+            "controller did not start: {}",
+            p.log()
+        );
+        p
+    }
+
+    fn agent(&self, bundle: &Path, data: &str) -> Proc {
+        Proc::spawn(
+            Command::new(agent())
+                .args([
+                    "--log",
+                    "info",
+                    "run",
+                    "--controller",
+                    &self.addr.to_string(),
+                    "--bundle",
+                ])
+                .arg(bundle)
+                .arg("--data")
+                .arg(self.data.join(data)),
+        )
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.data.join("pki/agents/web-1.bundle")
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(backstop())
+            .arg("--data")
+            .arg(&self.data)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn host_connected(&self, host: &str) -> Option<bool> {
+        self.json(&["hosts", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == host)
+            .map(|h| h["connected"].as_bool().unwrap())
+    }
+
+    fn deployment(&self, id: &str) -> Value {
+        self.json(&["deployments", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// `backstop exec`, returning (exit code, deployment id).
+    fn exec(&self, args: &[&str]) -> (i32, String) {
+        let mut full = vec!["exec", "--json", "--host", "web-1"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "exec printed {stdout:?} ({e}); stderr {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (
+            out.status.code().unwrap_or(-1),
+            v["deployment"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Stored windows of a deployment, checked to be seq 0..n without gaps
+    /// or duplicates.
+    fn windows(&self, id: &str) -> Vec<Value> {
+        let ws = self
+            .json(&["windows", id, "--json"])
+            .as_array()
+            .unwrap()
+            .clone();
+        let seqs: Vec<u64> = ws.iter().map(|w| w["seq"].as_u64().unwrap()).collect();
+        let want: Vec<u64> = (0..ws.len() as u64).collect();
+        assert_eq!(seqs, want, "windows of {id} are not seq 0..n exactly once");
+        ws
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn wait_connected(fleet: &Fleet, host: &str, agent: &Proc) {
+    assert!(
+        eventually(Duration::from_secs(20), || fleet.host_connected(host)
+            == Some(true)),
+        "{host} never connected; agent log:\n{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn exec_stores_every_window_once() {
+    let Some(_g) = ebpf_or_skip("exec_stores_every_window_once") else {
+        return;
+    };
+    let fleet = Fleet::new("exec");
+    let _serve = fleet.serve();
+    let agent = fleet.agent(&fleet.bundle(), "agent");
+    wait_connected(&fleet, "web-1", &agent);
+    let wl = workload().display().to_string();
+    let (code, id) = fleet.exec(&["--window-ms", "100", "--", &wl, "missing", "1000"]);
+    assert_eq!(code, 0);
+    let d = fleet.deployment(&id);
+    assert_eq!(d["state"], "finished");
+    assert_eq!(d["exit_code"], 0);
+    let ws = fleet.windows(&id);
+    assert_eq!(
+        ws.len() as i64,
+        d["windows"].as_i64().unwrap(),
+        "every window the agent made is stored"
+    );
+    let enoent: f64 = ws
+        .iter()
+        .map(|w| w["features"]["syscall_errors_enoent"].as_f64().unwrap())
+        .sum();
+    assert!(
+        enoent >= 1000.0,
+        "the workload's 1000 ENOENTs reached the store ({enoent})"
+    );
+
+    let (code, _) = fleet.exec(&["--", "sh", "-c", "exit 7"]);
+    assert_eq!(code, 7, "backstop exec exits with the command's code");
+    let host = fleet.json(&["hosts", "--json"])[0].clone();
+    assert!(
+        host["kernel"].as_str().unwrap().len() > 1 && host["os"].as_str().unwrap().len() > 1,
+        "{host}"
+    );
+}
+
+/// A raw QUIC connection to the controller, as a (mis)behaving agent.
+fn raw_connect(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    ca_pem: &Path,
+    identity: Option<&Path>,
+) -> Result<quinn::Connection, String> {
+    let (ca, _) = quic::read_pem(ca_pem).unwrap();
+    let ident = identity.map(|b| {
+        let b = quic::read_bundle(b).unwrap();
+        (b.cert, b.key)
+    });
+    let cfg = quic::client_config(ca.into_iter().next().unwrap(), ident).unwrap();
+    rt.block_on(async {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(cfg, addr, "backstop-controller")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        // With TLS 1.3 the server judges the client certificate after the
+        // client's handshake completes: a refusal shows on first use.
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = AgentMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            facts: HostFacts {
+                kernel: "k".into(),
+                os: "o".into(),
+                agent_version: "t".into(),
+            },
+            dropped_windows: 0,
+        };
+        quic::write_frame(&mut send, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        quic::read_frame::<wire::ControllerMsg>(&mut recv)
+            .await
+            .map_err(|e| format!("{e}; close: {:?}", conn.close_reason()))?;
+        Ok(conn)
+    })
+}
+
+#[test]
+fn certificates_from_elsewhere_are_refused() {
+    let Some(_g) = ebpf_or_skip("certificates_from_elsewhere_are_refused") else {
+        return;
+    };
+    let fleet = Fleet::new("certs");
+    let serve = fleet.serve();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = fleet.data.join("pki/ca.pem");
+
+    // Another fleet's CA.
+    let other = Fleet::new("certs-other");
+    let foreign = raw_connect(&rt, fleet.addr, &ca, Some(&other.bundle()));
+    assert!(foreign.is_err(), "a bundle from another CA was accepted");
+    // No certificate at all.
+    assert!(
+        raw_connect(&rt, fleet.addr, &ca, None).is_err(),
+        "a client without a certificate was accepted"
+    );
+    // An expired certificate from the right CA.
+    let (ca_cert, ca_key) = backstop_controller::pki::load_ca(&fleet.data).unwrap();
+    let expired = fleet.data.join("expired.bundle");
+    let now = time::OffsetDateTime::now_utc();
+    backstop_controller::pki::enroll_with(
+        &ca_cert,
+        &ca_key,
+        "web-9",
+        &expired,
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    )
+    .unwrap();
+    assert!(
+        raw_connect(&rt, fleet.addr, &ca, Some(&expired)).is_err(),
+        "an expired certificate was accepted"
+    );
+
+    assert!(
+        eventually(Duration::from_secs(5), || serve
+            .log()
+            .matches("connection refused")
+            .count()
+            >= 3),
+        "refusals logged: {}",
+        serve.log()
+    );
+    assert_eq!(
+        fleet.host_connected("web-9"),
+        None,
+        "the expired host never registered"
+    );
+    // The daemon goes on serving a good agent.
+    assert!(
+        raw_connect(&rt, fleet.addr, &ca, Some(&fleet.bundle())).is_ok(),
+        "the good agent was refused"
+    );
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let Some(_g) = ebpf_or_skip("bad_frames_close_only_their_connection") else {
+        return;
+    };
+    let fleet = Fleet::new("frames");
+    let serve = fleet.serve();
+    let agent = fleet.agent(&fleet.bundle(), "agent");
+    wait_connected(&fleet, "web-1", &agent);
+    let rude = fleet.data.join("rude.bundle");
+    let out = fleet.cli(&[
+        "enroll",
+        "--host",
+        "rude-1",
+        "--out",
+        rude.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ca, _) = quic::read_pem(&fleet.data.join("pki/ca.pem")).unwrap();
+    let b = quic::read_bundle(&rude).unwrap();
+    let cfg = quic::client_config(ca[0].clone(), Some((b.cert, b.key))).unwrap();
+
+    let mut garbage = vec![0u8; 300];
+    for (i, x) in garbage.iter_mut().enumerate() {
+        *x = (i * 37 % 251) as u8;
+    }
+    let mut undecodable = 16u32.to_le_bytes().to_vec();
+    undecodable.extend_from_slice(&[0xff; 16]);
+    let mut truncated = 100u32.to_le_bytes().to_vec();
+    truncated.extend_from_slice(&[0; 10]);
+    let old_version = wire::encode(&AgentMsg::Hello {
+        protocol: PROTOCOL_VERSION + 41,
+        facts: HostFacts {
+            kernel: String::new(),
+            os: String::new(),
+            agent_version: String::new(),
+        },
+        dropped_windows: 0,
+    });
+    // Garbage may fail as any kind of bad frame, depending on its first bytes.
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "garbage",
+            garbage,
+            &["over the", "does not decode", "inside a frame"],
+        ),
+        (
+            "over the limit",
+            (MAX_FRAME_BYTES + 1).to_le_bytes().to_vec(),
+            &["over the"],
+        ),
+        ("truncated", truncated, &["inside a frame"]),
+        ("undecodable", undecodable, &["does not decode"]),
+        ("unknown version", old_version, &["protocol"]),
+    ];
+    for (name, bytes, reason) in cases {
+        let closed = rt.block_on(async {
+            let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let conn = ep
+                .connect_with(cfg.clone(), fleet.addr, "backstop-controller")
+                .unwrap()
+                .await
+                .unwrap();
+            let (mut send, _recv) = conn.open_bi().await.unwrap();
+            send.write_all(&bytes).await.unwrap();
+            let _ = send.finish();
+            tokio::time::timeout(Duration::from_secs(10), conn.closed()).await
+        });
+        let closed = closed
+            .unwrap_or_else(|_| panic!("{name}: the controller did not close the connection"));
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                let text = String::from_utf8_lossy(&c.reason).to_string();
+                assert!(
+                    u64::from(c.error_code) != 0,
+                    "{name}: closed as if normal: {text}"
+                );
+                assert!(
+                    reason.iter().any(|r| text.contains(r)),
+                    "{name}: close reason {text:?} is none of {reason:?}"
+                );
+            }
+            other => panic!("{name}: closed by {other}"),
+        }
+    }
+    assert!(
+        serve.log().matches("connection closed").count() >= 5,
+        "reasons logged: {}",
+        serve.log()
+    );
+    // The well-behaved agent was never disturbed.
+    assert_eq!(fleet.host_connected("web-1"), Some(true));
+    let (code, _) = fleet.exec(&["--", "true"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn controller_killed_mid_exec_loses_and_duplicates_nothing() {
+    let Some(_g) = ebpf_or_skip("controller_killed_mid_exec_loses_and_duplicates_nothing") else {
+        return;
+    };
+    let fleet = Fleet::new("crash");
+    let mut serve = fleet.serve();
+    let agent = fleet.agent(&fleet.bundle(), "agent");
+    wait_connected(&fleet, "web-1", &agent);
+    let wl = workload().display().to_string();
+    // The CLI dies with the controller; the deployment does not.
+    let mut exec = Proc::spawn(
+        Command::new(backstop())
+            .arg("--data")
+            .arg(&fleet.data)
+            .args([
+                "exec",
+                "--host",
+                "web-1",
+                "--window-ms",
+                "100",
+                "--",
+                &wl,
+                "spin",
+                "4000",
+            ]),
+    );
+    let id = {
+        let mut id = None;
+        assert!(eventually(Duration::from_secs(10), || {
+            id = fleet
+                .json(&["deployments", "--json"])
+                .as_array()
+                .unwrap()
+                .first()
+                .map(|d| d["id"].as_str().unwrap().to_string());
+            id.is_some()
+        }));
+        id.unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || fleet.windows(&id).len() >= 5),
+        "windows flowed before the crash"
+    );
+    serve.kill9();
+    exec.kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _serve = fleet.serve();
+    assert!(
+        eventually(Duration::from_secs(30), || fleet.deployment(&id)["state"]
+            == "finished"),
+        "the deployment did not finish after the restart: {}\nagent log:\n{}",
+        fleet.deployment(&id),
+        agent.log()
+    );
+    let d = fleet.deployment(&id);
+    let ws = fleet.windows(&id);
+    assert_eq!(
+        ws.len() as i64,
+        d["windows"].as_i64().unwrap(),
+        "stored {} of {} windows",
+        ws.len(),
+        d["windows"]
+    );
+    assert!(ws.len() >= 35, "4 s at 100 ms windows");
+}
+
+#[test]
+fn agent_killed_is_disconnected_and_interrupted() {
+    let Some(_g) = ebpf_or_skip("agent_killed_is_disconnected_and_interrupted") else {
+        return;
+    };
+    let fleet = Fleet::new("agentdies");
+    let _serve = fleet.serve();
+    let mut agent = fleet.agent(&fleet.bundle(), "agent");
+    wait_connected(&fleet, "web-1", &agent);
+    let _exec = Proc::spawn(
+        Command::new(backstop())
+            .arg("--data")
+            .arg(&fleet.data)
+            .args(["exec", "--host", "web-1", "--", "sleep", "31.4159"]),
+    );
+    assert!(eventually(Duration::from_secs(10), || fleet
+        .json(&["deployments", "--json"])
+        .as_array()
+        .unwrap()
+        .len()
+        == 1));
+    let killed_at = Instant::now();
+    agent.kill9();
+    let _ = Command::new("pkill")
+        .args(["-f", "^sleep 31.4159$"])
+        .status();
+    assert!(
+        eventually(Duration::from_secs(10), || fleet.host_connected("web-1")
+            == Some(false)),
+        "host still connected 10 s after its agent was killed"
+    );
+    eprintln!("disconnect noticed after {:?}", killed_at.elapsed());
+    let d = &fleet.json(&["deployments", "--json"])[0];
+    assert_eq!(d["state"], "interrupted", "{d}");
+}
+
+#[test]
+fn unusable_database_is_exit_2() {
+    let fleet = Fleet::new("baddb");
+    std::fs::write(fleet.data.join("backstop.db"), vec![0x42; 4096]).unwrap();
+    let out = fleet.cli(&["serve", "--listen", &fleet.addr.to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("backstop.db"), "names the file: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = fleet.cli(&["hosts"]);
+    assert_eq!(out.status.code(), Some(2), "reading commands refuse it too");
+}
