@@ -8,29 +8,30 @@ use std::time::{Duration, Instant};
 
 use support::{agent, ebpf_or_skip};
 
-/// Names of the probe programs and maps the kernel holds right now (kernel
-/// names are cut to 15 bytes).
-fn ours_in_kernel() -> Vec<String> {
+/// Ids of the probe programs and maps the kernel holds right now (matched
+/// by name; kernel names are cut to 15 bytes). Ids, not names, so another
+/// agent on the host cannot be mistaken for this test's.
+fn ours_in_kernel() -> Vec<(String, u32)> {
+    const MAPS: [&str; 8] = [
+        "TRACKED",
+        "COUNTERS",
+        "SYSCALL_COUNTS",
+        "THREADS",
+        "BIO_INFLIGHT",
+        "BLOCK_DEVS",
+        "SOCKS",
+        "EVENTS",
+    ];
     let progs = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_string))
-        .filter(|n| n.starts_with("bs_"));
+        .filter_map(|p| Some((p.name_as_str()?.to_string(), p.id())))
+        .filter(|(n, _)| n.starts_with("bs_"));
     let maps = aya::maps::loaded_maps()
         .filter_map(Result::ok)
-        .filter_map(|m| m.name_as_str().map(str::to_string))
-        .filter(|n| {
-            [
-                "TRACKED",
-                "COUNTERS",
-                "SYSCALL_COUNTS",
-                "THREADS",
-                "BIO_INFLIGHT",
-                "BLOCK_DEVS",
-                "SOCKS",
-                "EVENTS",
-            ]
-            .iter()
-            .any(|ours| ours.starts_with(n.as_str()) && n.len() >= 5)
+        .filter_map(|m| Some((m.name_as_str()?.to_string(), m.id())))
+        .filter(|(n, _)| {
+            MAPS.iter()
+                .any(|ours| ours.starts_with(n.as_str()) && n.len() >= 5)
         });
     progs.chain(maps).collect()
 }
@@ -58,22 +59,23 @@ fn orphan_running() -> bool {
 }
 
 fn stop_with(signal: i32) {
-    // The kernel frees a dead agent's objects shortly after it exits.
-    assert!(
-        eventually(Duration::from_secs(10), || ours_in_kernel().is_empty()),
-        "probe objects already loaded before the test: {:?}",
-        ours_in_kernel()
-    );
+    let before = ours_in_kernel();
     let mut child = Command::new(agent())
         .args(["watch", "--json", "--", "sleep", ORPHAN_SLEEP])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut mine = Vec::new();
     assert!(
-        eventually(Duration::from_secs(10), || ours_in_kernel()
-            .iter()
-            .any(|n| n == "bs_sys_enter")),
+        eventually(Duration::from_secs(10), || {
+            mine = ours_in_kernel()
+                .into_iter()
+                .filter(|o| !before.contains(o))
+                .collect();
+            mine.iter().any(|(n, _)| n == "bs_sys_enter")
+                && mine.iter().any(|(n, _)| n == "TRACKED")
+        }),
         "the agent never loaded its probes (so this test could not see a leak)"
     );
     // Stop it while it watches a running command, the case that matters.
@@ -124,10 +126,17 @@ fn stop_with(signal: i32) {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    let left = || {
+        let now = ours_in_kernel();
+        mine.iter()
+            .filter(|o| now.contains(o))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     assert!(
-        eventually(Duration::from_secs(5), || ours_in_kernel().is_empty()),
+        eventually(Duration::from_secs(5), || left().is_empty()),
         "left in the kernel after signal {signal}: {:?}",
-        ours_in_kernel()
+        left()
     );
     let pinned: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
         .map(|d| d.flatten().map(|e| e.file_name()).collect())

@@ -462,7 +462,11 @@ fn bad_frames_close_only_their_connection() {
         }
     }
     assert!(
-        serve.log().matches("connection closed").count() >= 5,
+        eventually(Duration::from_secs(5), || serve
+            .log()
+            .matches("connection closed")
+            .count()
+            >= 5),
         "reasons logged: {}",
         serve.log()
     );

@@ -47,6 +47,12 @@ enum Task {
     /// The main job, end to end on this machine: watch a real `dpkg -i` of a
     /// real package into a throw-away Debian root and print its windows.
     Demo,
+    /// Fuzz the wire's frame decoder with cargo-fuzz (libFuzzer) for a
+    /// bounded time; installs cargo-fuzz if missing.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Benchmarks; each prints ratios measured side by side in one run.
     Bench {
         #[command(subcommand)]
@@ -65,6 +71,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Run { args } => run(&args),
         Task::Demo => fixtures::demo(),
+        Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench { which } => bench::run(which),
     }
 }
@@ -108,6 +115,25 @@ fn test(args: &[String]) -> Result<()> {
         cmd.arg("--").args(args);
     }
     util::step("cargo test --workspace", cmd)
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    setup::run()?;
+    if std::process::Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        util::step(
+            "cargo install cargo-fuzz",
+            util::cargo(&["install", "cargo-fuzz", "--locked"]),
+        )?;
+    }
+    let mut cmd = util::cargo(&["+nightly", "fuzz", "run", "frame", "--"]);
+    cmd.arg(format!("-max_total_time={seconds}"))
+        .current_dir(util::root());
+    util::step(&format!("cargo fuzz run frame ({seconds} s)"), cmd)
 }
 
 fn run(args: &[String]) -> Result<()> {
