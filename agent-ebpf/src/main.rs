@@ -81,6 +81,12 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     pg_head_bit: u32::MAX,
     page_size: 4096,
     tp_exit_group_dead: u32::MAX,
+    rq_sector: u32::MAX,
+    rq_q: u32::MAX,
+    q_disk: u32::MAX,
+    disk_major: u32::MAX,
+    disk_first_minor: u32::MAX,
+    sk_protocol: u32::MAX,
 });
 
 #[inline(always)]

@@ -5,27 +5,36 @@
 //! owner's, so sockets are remembered by address when a tracked task
 //! connects or sends on them.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use backstop_common::{SockOwner, counter, hist};
 
-use crate::{SOCKS, add, current_tid, lost, now, record, slot_of};
+use crate::{OFFSETS, SOCKS, add, current_tid, lost, now, read_kernel, record, slot_of};
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 
-/// sock:inet_sock_set_state. Record: skaddr@8, oldstate@16, newstate@20, protocol@30.
-#[tracepoint]
-pub fn bs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets from the tracepoint's format file.
-    let protocol: u16 = unsafe { ctx.read_at(30) }.unwrap_or(0);
-    if protocol != IPPROTO_TCP {
+/// inet_sock_set_state: TP_PROTO(const struct sock *sk, const int oldstate,
+/// const int newstate). Raw: state changes happen in softirq context (a
+/// SYN-ACK or RST arriving), where a classic tracepoint program would be
+/// skipped while another of ours runs on the CPU.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn bs_inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let sk_ptr: *const u8 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    let (old, new) = (old as i32, new as i32);
+    let off = OFFSETS.load();
+    if off.sk_protocol != u32::MAX
+        && read_kernel::<u16>(sk_ptr, off.sk_protocol).unwrap_or(0) != IPPROTO_TCP
+    {
         return 0;
     }
-    let sk: u64 = unsafe { ctx.read_at(8) }.unwrap_or(0);
-    let old: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
-    let new: i32 = unsafe { ctx.read_at(20) }.unwrap_or(0);
+    let sk = sk_ptr as u64;
     if new == TCP_SYN_SENT {
         // connect() runs in the caller's context.
         let slot = slot_of(current_tid());
@@ -64,11 +73,11 @@ pub fn bs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// tcp:tcp_retransmit_skb. Record: skaddr@16.
-#[tracepoint]
-pub fn bs_tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset from the tracepoint's format file.
-    let sk: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+/// tcp_retransmit_skb: TP_PROTO(const struct sock *sk, const struct sk_buff
+/// *skb, int err). Raw, for the same reason: retransmits fire from timers.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn bs_tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
     if let Some(o) = SOCKS.get_ptr(sk) {
         // SAFETY: map value pointer.
         let slot = unsafe { (*o).slot };

@@ -283,7 +283,20 @@ pub fn kernel_offsets(btf: &Btf) -> Result<(KernelOffsets, Vec<String>), BtfErro
         pg_head_bit: u32::MAX,
         page_size: page_size(),
         tp_exit_group_dead: u32::MAX,
+        rq_sector: btf.member("request", "__sector")?.offset,
+        rq_q: btf.member("request", "q")?.offset,
+        q_disk: btf.member("request_queue", "disk")?.offset,
+        disk_major: btf.member("gendisk", "major")?.offset,
+        disk_first_minor: btf.member("gendisk", "first_minor")?.offset,
+        sk_protocol: u32::MAX,
     };
+    match btf.member("sock", "sk_protocol") {
+        Ok(m) if m.size == 2 => off.sk_protocol = m.offset,
+        other => warnings.push(format!(
+            "sock.sk_protocol is not a u16 here ({:?}); every socket state change counts as TCP",
+            other.ok()
+        )),
+    }
     match (
         btf.member("folio", "flags"),
         btf.member("folio", "_nr_pages"),

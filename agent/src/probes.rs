@@ -22,7 +22,8 @@ use crate::error::{AgentError, Result};
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/backstop-probes.o"));
 
-/// Raw tracepoints: hot paths, no perf record built per event.
+/// Raw tracepoints: hot paths (no perf record built per event) and hooks
+/// that fire in interrupt context.
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[
     ("bs_sys_enter", "sys_enter"),
     ("bs_sys_exit", "sys_exit"),
@@ -30,6 +31,11 @@ const RAW_TRACEPOINTS: &[(&str, &str)] = &[
     ("bs_sched_wakeup", "sched_wakeup"),
     ("bs_sched_wakeup_new", "sched_wakeup_new"),
     ("bs_writeback_dirty_folio", "writeback_dirty_folio"),
+    // Interrupt context: raw, so they are never skipped for nesting inside
+    // one of our classic tracepoint programs.
+    ("bs_block_rq_complete", "block_rq_complete"),
+    ("bs_inet_sock_set_state", "inet_sock_set_state"),
+    ("bs_tcp_retransmit_skb", "tcp_retransmit_skb"),
 ];
 
 /// Classic tracepoints: (program, category, event).
@@ -39,9 +45,6 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("bs_sched_process_exit", "sched", "sched_process_exit"),
     ("bs_oom_mark_victim", "oom", "mark_victim"),
     ("bs_block_bio_queue", "block", "block_bio_queue"),
-    ("bs_block_rq_complete", "block", "block_rq_complete"),
-    ("bs_inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("bs_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
     ("bs_sock_send_length", "sock", "sock_send_length"),
     ("bs_sock_recv_length", "sock", "sock_recv_length"),
 ];
@@ -86,8 +89,9 @@ pub struct Probes {
     syscalls: PerCpuArray<MapData, SyscallCounts>,
     events: RingBuf<MapData>,
     threads: HashMap<MapData, u32, ThreadState>,
-    /// Our programs, for reading the kernel's count of runs it skipped.
-    prog_fds: Vec<OwnedFd>,
+    /// Our programs (name, fd), for reading the kernel's count of runs it
+    /// skipped.
+    prog_fds: Vec<(&'static str, OwnedFd)>,
     slots: [bool; MAX_SLOTS as usize],
     last_slot: usize,
     pub offsets: KernelOffsets,
@@ -163,7 +167,7 @@ impl Probes {
                 .map_err(|e| refused(&format!("loading program {prog}"), e))?;
             p.attach(tp)
                 .map_err(|e| refused(&format!("attaching {prog} to raw tracepoint {tp}"), e))?;
-            prog_fds.push(dup_prog_fd(p.fd(), prog)?);
+            prog_fds.push((*prog, dup_prog_fd(p.fd(), prog)?));
         }
         for (prog, category, name) in TRACEPOINTS {
             let p: &mut TracePoint = program(&mut ebpf, prog)?;
@@ -175,7 +179,7 @@ impl Probes {
                     e,
                 )
             })?;
-            prog_fds.push(dup_prog_fd(p.fd(), prog)?);
+            prog_fds.push((*prog, dup_prog_fd(p.fd(), prog)?));
         }
         Ok(Probes {
             tracked_len: tracked.len(),
@@ -282,10 +286,18 @@ impl Probes {
     /// belonged to is unknowable, so callers report these as lost for every
     /// stream rather than hide them.
     pub fn recursion_misses(&self) -> u64 {
+        self.recursion_misses_by_program()
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Skipped runs per program, for diagnosis.
+    pub fn recursion_misses_by_program(&self) -> Vec<(&'static str, u64)> {
         self.prog_fds
             .iter()
-            .map(|fd| prog_recursion_misses(fd.as_fd()))
-            .sum()
+            .map(|(name, fd)| (*name, prog_recursion_misses(fd.as_fd())))
+            .collect()
     }
 
     /// Hand every queued lifecycle record to `f`.

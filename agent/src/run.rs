@@ -55,14 +55,27 @@ impl Outbox {
 struct OutboxSink {
     outbox: Outbox,
     deployment: String,
+    /// Records wait for the next window, so a fork storm is one message.
+    events: Vec<backstop_common::wire::ProcEvent>,
 }
 
 impl WindowSink for OutboxSink {
     fn window(&mut self, w: &Window) -> Result<()> {
+        if !self.events.is_empty() {
+            self.outbox.push(&AgentMsg::Events {
+                deployment: self.deployment.clone(),
+                events: std::mem::take(&mut self.events),
+            })?;
+        }
         self.outbox.push(&AgentMsg::Windows {
             deployment: self.deployment.clone(),
             windows: vec![w.clone()],
         })
+    }
+
+    fn event(&mut self, ev: &backstop_common::ProcEvent) -> Result<()> {
+        self.events.push(crate::track::to_wire(ev));
+        Ok(())
     }
 }
 
@@ -275,6 +288,7 @@ fn start_deployment(
         let mut sink = OutboxSink {
             outbox: outbox.clone(),
             deployment: deployment.clone(),
+            events: Vec::new(),
         };
         let end = match track(&probes, &argv, &opts, None, &mut sink).await {
             Ok(s) => AgentMsg::Finished {

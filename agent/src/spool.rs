@@ -106,6 +106,8 @@ impl Spool {
             AgentMsg::Finished { deployment, .. } | AgentMsg::Failed { deployment, .. } => {
                 (deployment.clone(), None, true)
             }
+            // Acknowledged with the deployment's end.
+            AgentMsg::Events { deployment, .. } => (deployment.clone(), None, false),
             AgentMsg::Hello { .. } => return,
         };
         self.bytes += bytes;

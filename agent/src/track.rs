@@ -27,6 +27,31 @@ pub fn lock(p: &SharedProbes) -> MutexGuard<'_, Probes> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The kernel's lifecycle record in wire form: the one conversion point.
+pub fn to_wire(ev: &ProcEvent) -> backstop_common::wire::ProcEvent {
+    let cstr = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let kind = match ev.kind {
+        backstop_common::EVENT_EXEC => "exec",
+        backstop_common::EVENT_EXIT => "exit",
+        backstop_common::EVENT_OOM_KILL => "oom_kill",
+        _ => "unknown",
+    };
+    let exit = ev.kind == backstop_common::EVENT_EXIT;
+    backstop_common::wire::ProcEvent {
+        kind: kind.to_string(),
+        pid: ev.pid,
+        tgid: ev.tgid,
+        ts_ns: ev.ts_ns,
+        comm: cstr(&ev.comm),
+        filename: (ev.kind == backstop_common::EVENT_EXEC).then(|| cstr(&ev.filename)),
+        exit_code: exit.then_some((ev.exit_code >> 8) & 0xff),
+        signal: exit.then_some(ev.exit_code & 0x7f),
+    }
+}
+
 /// Where a tracked tree's windows and lifecycle records go.
 pub trait WindowSink: Send {
     fn window(&mut self, w: &Window) -> Result<()>;
@@ -190,6 +215,7 @@ async fn track_in_slot(
         }
     };
     drain(sink)?;
+    tracing::debug!(misses = ?lock(probes).recursion_misses_by_program(), "skipped program runs since load");
     let w = folder.fold(read()?);
     lost += w.lost_events;
     sink.window(&w)?;

@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backstop_common::ProcEvent;
 use backstop_common::features::{FEATURES, SCHEMA_VERSION};
 use backstop_common::window::{Stream, Window};
-use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, ProcEvent};
 
 use crate::error::{AgentError, Result};
 use crate::probes::{ProbeOptions, Probes};
-use crate::track::{SharedProbes, StopSignals, Summary, TrackOptions, WindowSink, track};
+use crate::track::{SharedProbes, StopSignals, Summary, TrackOptions, WindowSink, to_wire, track};
 use crate::tree::Stdout;
 
 #[derive(Debug, Clone)]
@@ -118,36 +118,26 @@ impl WindowSink for Printer<'_> {
             return Ok(());
         }
         let out = &mut *self.out;
-        let kind = match ev.kind {
-            EVENT_EXEC => "exec",
-            EVENT_EXIT => "exit",
-            EVENT_OOM_KILL => "oom_kill",
-            _ => "unknown",
-        };
-        let comm = cstr(&ev.comm);
-        let filename = cstr(&ev.filename);
+        let e = to_wire(ev);
         let res = if self.json {
-            let mut j = serde_json::json!({"kind": kind, "pid": ev.pid, "tgid": ev.tgid, "ts_ns": ev.ts_ns, "comm": comm});
-            if ev.kind == EVENT_EXEC {
-                j["filename"] = filename.into();
+            let mut j = serde_json::json!({"kind": e.kind, "pid": e.pid, "tgid": e.tgid, "ts_ns": e.ts_ns, "comm": e.comm});
+            if let Some(f) = &e.filename {
+                j["filename"] = f.clone().into();
             }
-            if ev.kind == EVENT_EXIT {
-                j["exit_code"] = ((ev.exit_code >> 8) & 0xff).into();
-                j["signal"] = (ev.exit_code & 0x7f).into();
+            if let (Some(code), Some(sig)) = (e.exit_code, e.signal) {
+                j["exit_code"] = code.into();
+                j["signal"] = sig.into();
             }
             writeln!(out, "{}", serde_json::json!({ "event": j }))
         } else {
-            match ev.kind {
-                EVENT_EXEC => writeln!(out, "  exec  pid {} {}", ev.pid, filename),
-                EVENT_EXIT => writeln!(
+            match (&e.filename, e.exit_code, e.signal) {
+                (Some(f), _, _) => writeln!(out, "  exec  pid {} {f}", e.pid),
+                (_, Some(code), Some(sig)) => writeln!(
                     out,
-                    "  exit  pid {} {} code {} signal {}",
-                    ev.pid,
-                    comm,
-                    (ev.exit_code >> 8) & 0xff,
-                    ev.exit_code & 0x7f
+                    "  exit  pid {} {} code {code} signal {sig}",
+                    e.pid, e.comm
                 ),
-                _ => writeln!(out, "  {kind} pid {} {}", ev.pid, comm),
+                _ => writeln!(out, "  {} pid {} {}", e.kind, e.pid, e.comm),
             }
         };
         res.map_err(write_err)
@@ -179,11 +169,6 @@ fn write_err(source: std::io::Error) -> AgentError {
         context: "writing windows to stdout".into(),
         source,
     }
-}
-
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 fn human_bytes(v: f64) -> String {

@@ -175,6 +175,17 @@ pub struct KernelOffsets {
     /// Offset of `group_dead` in the sched_process_exit tracepoint record;
     /// `u32::MAX` on kernels without it (then a leader's exit ends the group).
     pub tp_exit_group_dead: u32,
+    /// struct request: `__sector` (u64) and `q`; request_queue: `disk`;
+    /// gendisk: `major`, `first_minor` (ints). The raw block_rq_complete
+    /// hook rebuilds the tracepoint's dev_t from these.
+    pub rq_sector: u32,
+    pub rq_q: u32,
+    pub q_disk: u32,
+    pub disk_major: u32,
+    pub disk_first_minor: u32,
+    /// struct sock: `sk_protocol` (u16); `u32::MAX` when it is a bitfield
+    /// (old kernels), and then every socket state change counts as TCP.
+    pub sk_protocol: u32,
 }
 
 /// Map a nanosecond value to its histogram bucket. Written without loops or

@@ -56,6 +56,30 @@ pub enum AgentMsg {
     },
     /// The deployment's command could not be started.
     Failed { deployment: String, reason: String },
+    /// Lifecycle records of a deployment's tree (exec, exit, OOM kill),
+    /// sent before the window they fall in.
+    Events {
+        deployment: String,
+        events: Vec<ProcEvent>,
+    },
+}
+
+/// One lifecycle record of a tracked tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcEvent {
+    /// "exec", "exit" or "oom_kill".
+    pub kind: String,
+    pub pid: u32,
+    pub tgid: u32,
+    /// CLOCK_MONOTONIC nanoseconds, as windows.
+    pub ts_ns: u64,
+    pub comm: String,
+    /// The executed file (exec only).
+    pub filename: Option<String>,
+    /// Exit status (exit only).
+    pub exit_code: Option<i32>,
+    /// Killing signal, 0 for a normal exit (exit only).
+    pub signal: Option<i32>,
 }
 
 /// Controller to agent.

@@ -98,6 +98,14 @@ enum Command {
         #[arg(long)]
         database: Option<String>,
     },
+    /// The lifecycle records (exec, exit, OOM kill) of one deployment's tree.
+    Events {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Print the feature schema: every window value's name, unit and meaning, in order.
     Schema {
         #[arg(long)]
@@ -142,6 +150,9 @@ fn main() -> ExitCode {
             }
             Command::Windows { id, json, database } => {
                 commands::read::windows(&data, database, &id, json).await
+            }
+            Command::Events { id, json, database } => {
+                commands::read::events(&data, database, &id, json).await
             }
             Command::Schema { json } => {
                 if json {

@@ -347,6 +347,19 @@ async fn handle(
                 )
                 .await;
         }
+        AgentMsg::Events { deployment, events } => {
+            for e in &events {
+                let detail = serde_json::json!({
+                    "pid": e.pid, "tgid": e.tgid, "ts_ns": e.ts_ns, "comm": e.comm,
+                    "filename": e.filename, "exit_code": e.exit_code, "signal": e.signal,
+                });
+                daemon
+                    .store
+                    .add_event(&deployment, &e.kind, &detail)
+                    .await
+                    .map_err(store_err)?;
+            }
+        }
         AgentMsg::Failed { deployment, reason } => {
             daemon
                 .store

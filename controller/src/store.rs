@@ -70,7 +70,8 @@ CREATE TABLE events (
     deployment TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     kind TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    UNIQUE (deployment, kind, detail)
 );
 "#];
 
@@ -426,13 +427,35 @@ impl Store {
         Ok(out)
     }
 
+    pub async fn events(
+        &self,
+        deployment: &str,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT kind, detail FROM events WHERE deployment = ? ORDER BY rowid")
+                .bind(deployment)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get(1)?;
+                Ok((
+                    r.try_get(0)?,
+                    serde_json::from_str(&detail).unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     pub async fn add_event(
         &self,
         deployment: &str,
         kind: &str,
         detail: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO events (deployment, at_ms, kind, detail) VALUES (?, ?, ?, ?)")
+        // Redelivered records are ignored, as windows are.
+        sqlx::query("INSERT INTO events (deployment, at_ms, kind, detail) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
             .bind(deployment)
             .bind(now_ms())
             .bind(kind)

@@ -266,8 +266,23 @@ fn exec_stores_every_window_once() {
         "the workload's 1000 ENOENTs reached the store ({enoent})"
     );
 
-    let (code, _) = fleet.exec(&["--", "sh", "-c", "exit 7"]);
+    let (code, id) = fleet.exec(&["--", "sh", "-c", "exit 7"]);
     assert_eq!(code, 7, "backstop exec exits with the command's code");
+    let events = fleet.json(&["events", &id, "--json"]);
+    let events = events.as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "exec"
+                && e["filename"].as_str().is_some_and(|f| f.ends_with("/sh"))),
+        "the exec of sh is stored: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "exit" && e["exit_code"] == 7),
+        "the exit with code 7 is stored: {events:?}"
+    );
     let host = fleet.json(&["hosts", "--json"])[0].clone();
     assert!(
         host["kernel"].as_str().unwrap().len() > 1 && host["os"].as_str().unwrap().len() > 1,

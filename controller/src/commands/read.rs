@@ -108,3 +108,43 @@ pub async fn windows(data: &Path, database: Option<String>, id: &str, json: bool
     }
     Ok(0)
 }
+
+pub async fn events(data: &Path, database: Option<String>, id: &str, json: bool) -> Result<i32> {
+    let store = open(data, database).await?;
+    store.deployment(id).await.context("reading events")?;
+    let events = store.events(id).await?;
+    if json {
+        let list: Vec<_> = events
+            .iter()
+            .map(|(kind, detail)| {
+                let mut d = detail.clone();
+                d["kind"] = kind.clone().into();
+                d
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(0);
+    }
+    for (kind, d) in &events {
+        match kind.as_str() {
+            "exec" => println!(
+                "exec  pid {} {}",
+                d["pid"],
+                d["filename"].as_str().unwrap_or("")
+            ),
+            "exit" => println!(
+                "exit  pid {} {} code {} signal {}",
+                d["pid"],
+                d["comm"].as_str().unwrap_or(""),
+                d["exit_code"],
+                d["signal"]
+            ),
+            _ => println!(
+                "{kind} pid {} {}",
+                d["pid"],
+                d["comm"].as_str().unwrap_or("")
+            ),
+        }
+    }
+    Ok(0)
+}
