@@ -44,9 +44,17 @@ struct Session {
     tx: mpsc::Sender<ControllerMsg>,
 }
 
+/// Windows waiting for the writer, with where to send the result.
+type WriteRequest = (
+    String,
+    Vec<backstop_common::window::Window>,
+    oneshot::Sender<Result<u64, crate::store::StoreError>>,
+);
+
 /// Shared daemon state: the store, who is connected, who waits for what.
 pub struct Daemon {
     pub store: Store,
+    writes: mpsc::Sender<WriteRequest>,
     sessions: Mutex<HashMap<String, Session>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
     next_session: AtomicU64,
@@ -65,13 +73,34 @@ pub enum ExecError {
 
 impl Daemon {
     pub fn new(store: Store) -> Arc<Self> {
+        let (writes, queue) = mpsc::channel(4096);
+        tokio::spawn(writer(store.clone(), queue));
         Arc::new(Daemon {
             store,
+            writes,
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             next_deployment: AtomicU64::new(1),
         })
+    }
+
+    /// Store windows through the writer; resolves once they are committed.
+    async fn write_windows(
+        &self,
+        deployment: String,
+        windows: Vec<backstop_common::window::Window>,
+    ) -> Result<u64, crate::store::StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || crate::store::StoreError::Unusable {
+            url: "store".into(),
+            reason: "the writer stopped".into(),
+        };
+        self.writes
+            .send((deployment, windows, tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     fn deployment_id(&self) -> String {
@@ -122,6 +151,40 @@ impl Daemon {
         if let Some(ws) = self.waiters.lock().await.remove(deployment) {
             for w in ws {
                 let _ = w.send(outcome.clone());
+            }
+        }
+    }
+}
+
+/// The one writer of windows: whatever arrived while the last transaction
+/// committed goes into the next one (group commit), so a thousand agents
+/// cost a few commits a second, not ten thousand. Each sender learns its
+/// result only after the commit, and acknowledges to its agent then.
+async fn writer(store: Store, mut queue: mpsc::Receiver<WriteRequest>) {
+    const MAX_BATCH: usize = 2048;
+    let mut batch: Vec<WriteRequest> = Vec::new();
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let parts: Vec<(&str, &[backstop_common::window::Window])> = batch
+            .iter()
+            .map(|(d, ws, _)| (d.as_str(), ws.as_slice()))
+            .collect();
+        let result = store.insert_window_batches(&parts).await;
+        match result {
+            Ok(_) => {
+                for (_, ws, tx) in batch.drain(..) {
+                    // Redeliveries are fine: "new" is informational.
+                    let _ = tx.send(Ok(ws.len() as u64));
+                }
+            }
+            Err(e) => {
+                tracing::error!("storing windows: {e}");
+                let msg = e.to_string();
+                for (_, _, tx) in batch.drain(..) {
+                    let _ = tx.send(Err(crate::store::StoreError::Unusable {
+                        url: "store".into(),
+                        reason: msg.clone(),
+                    }));
+                }
             }
         }
     }
@@ -242,6 +305,7 @@ async fn session(daemon: &Arc<Daemon>, conn: &quinn::Connection, host: &str) -> 
         }
     });
 
+    let mut last_seen = tokio::time::Instant::now();
     let ended = loop {
         let msg: AgentMsg = match read_frame(&mut recv).await {
             Ok(m) => m,
@@ -250,7 +314,12 @@ async fn session(daemon: &Arc<Daemon>, conn: &quinn::Connection, host: &str) -> 
         if let Err(e) = handle(daemon, host, msg, &tx).await {
             break e;
         }
-        let _ = daemon.store.host_seen(host).await;
+        // last_seen is for humans: once every few seconds is enough, and a
+        // write per frame would cost a commit per window.
+        if last_seen.elapsed() >= std::time::Duration::from_secs(5) {
+            last_seen = tokio::time::Instant::now();
+            let _ = daemon.store.host_seen(host).await;
+        }
     };
     writer.abort();
     {
@@ -290,18 +359,12 @@ async fn handle(
             windows,
         } => {
             let through = windows.iter().map(|w| w.seq).max();
+            let count = windows.len();
             let new = daemon
-                .store
-                .insert_windows(&deployment, &windows)
+                .write_windows(deployment.clone(), windows)
                 .await
                 .map_err(store_err)?;
-            tracing::debug!(
-                host,
-                deployment,
-                received = windows.len(),
-                new,
-                "windows stored"
-            );
+            tracing::debug!(host, deployment, received = count, new, "windows stored");
             let _ = tx
                 .send(ControllerMsg::Ack {
                     deployment,

@@ -279,12 +279,22 @@ impl Store {
         deployment: &str,
         windows: &[Window],
     ) -> Result<u64, StoreError> {
+        self.insert_window_batches(&[(deployment, windows)]).await
+    }
+
+    /// Store several deployments' windows in one transaction: one commit
+    /// (one fsync of the WAL) for everything that arrived meanwhile.
+    pub async fn insert_window_batches(
+        &self,
+        batches: &[(&str, &[Window])],
+    ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let stored = now_ms();
         let mut new = 0;
-        for w in windows {
-            let features: Vec<u8> = w.features.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let r = sqlx::query(
+        for &(deployment, windows) in batches {
+            for w in windows {
+                let features: Vec<u8> = w.features.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let r = sqlx::query(
                 "INSERT INTO windows (deployment, stream, seq, start_ns, end_ns, lost_events, schema, features, stored_ms)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )
@@ -299,7 +309,8 @@ impl Store {
             .bind(stored)
             .execute(&mut *tx)
             .await?;
-            new += r.rows_affected();
+                new += r.rows_affected();
+            }
         }
         tx.commit().await?;
         Ok(new)
