@@ -87,6 +87,8 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     disk_major: u32::MAX,
     disk_first_minor: u32::MAX,
     sk_protocol: u32::MAX,
+    mapping_host: u32::MAX,
+    inode_mode: u32::MAX,
 });
 
 #[inline(always)]

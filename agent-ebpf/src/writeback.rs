@@ -10,6 +10,9 @@ use backstop_common::counter;
 
 use crate::{OFFSETS, add, current_tid, read_kernel, slot_of};
 
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+
 /// writeback_dirty_folio: TP_PROTO(struct folio *folio, struct address_space *mapping)
 #[raw_tracepoint(tracepoint = "writeback_dirty_folio")]
 pub fn bs_writeback_dirty_folio(ctx: RawTracePointContext) -> i32 {
@@ -18,7 +21,15 @@ pub fn bs_writeback_dirty_folio(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let folio: *const u8 = ctx.arg(0);
+    let mapping: *const u8 = ctx.arg(1);
     let off = OFFSETS.load();
+    // Regular files only: directories and the filesystem's own metadata
+    // (dirtied in the block device's page cache) are not the tree's data.
+    let host: u64 = read_kernel(mapping, off.mapping_host).unwrap_or(0);
+    let mode: u16 = read_kernel(host as *const u8, off.inode_mode).unwrap_or(0);
+    if mode & S_IFMT != S_IFREG {
+        return 0;
+    }
     let mut pages: u64 = 1;
     if off.pg_head_bit < 64 {
         let flags: u64 = read_kernel(folio, off.folio_flags).unwrap_or(0);

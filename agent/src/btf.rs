@@ -289,6 +289,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<(KernelOffsets, Vec<String>), BtfErro
         disk_major: btf.member("gendisk", "major")?.offset,
         disk_first_minor: btf.member("gendisk", "first_minor")?.offset,
         sk_protocol: u32::MAX,
+        mapping_host: btf.member("address_space", "host")?.offset,
+        inode_mode: btf.member("inode", "i_mode")?.offset,
     };
     match btf.member("sock", "sk_protocol") {
         Ok(m) if m.size == 2 => off.sk_protocol = m.offset,

@@ -57,7 +57,7 @@ features! {
     BLOCK_OPS = "block_ops", "count", "read and write bios the tree submitted";
     BLOCK_ERRORS = "block_errors", "count", "the tree's block requests that completed with an error";
     BLOCK_LATENCY_P99_US = "block_latency_p99_us", "us", "99th percentile from bio submission to request completion";
-    PAGE_DIRTIED_BYTES = "page_dirtied_bytes", "bytes", "page-cache bytes the tree dirtied: buffered writes, flushed later by kernel threads";
+    PAGE_DIRTIED_BYTES = "page_dirtied_bytes", "bytes", "regular-file page-cache bytes the tree dirtied: buffered writes, flushed later by kernel threads";
     SCHED_ON_CPU_NS = "sched_on_cpu_ns", "ns", "CPU time of the tree's threads (credited when a thread leaves the CPU)";
     SCHED_RUNQ_DELAY_P99_US = "sched_runq_delay_p99_us", "us", "99th percentile wait from runnable to running";
     SCHED_CTX_SWITCHES = "sched_ctx_switches", "count", "times a thread of the tree left the CPU";

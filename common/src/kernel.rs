@@ -186,6 +186,10 @@ pub struct KernelOffsets {
     /// struct sock: `sk_protocol` (u16); `u32::MAX` when it is a bitfield
     /// (old kernels), and then every socket state change counts as TCP.
     pub sk_protocol: u32,
+    /// address_space: `host`; inode: `i_mode` (u16). Only folios of
+    /// regular files count as buffered writes.
+    pub mapping_host: u32,
+    pub inode_mode: u32,
 }
 
 /// Map a nanosecond value to its histogram bucket. Written without loops or
