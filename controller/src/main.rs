@@ -168,13 +168,16 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             // One line: the context chain, without the exit-code marker.
+            // One line: the context chain. An exit-code marker is always
+            // the outermost context and carries no words of its own.
+            let exit = e.downcast_ref::<commands::Exit>().map(|x| x.0);
             let msg: Vec<String> = e
                 .chain()
-                .filter(|c| c.downcast_ref::<commands::Exit>().is_none())
+                .skip(usize::from(exit.is_some()))
                 .map(|c| c.to_string())
                 .collect();
             eprintln!("backstop: {}", msg.join(": "));
-            ExitCode::from(e.downcast_ref::<commands::Exit>().map_or(1, |x| x.0) as u8)
+            ExitCode::from(exit.unwrap_or(1).clamp(0, 255) as u8)
         }
     }
 }

@@ -51,10 +51,11 @@ pub async fn serve(
     let store = Store::open(&url, true)
         .await
         .map_err(|e| config(e.to_string()))?;
+    // The first write: an unwritable database fails here, before binding.
     store
         .all_disconnected()
         .await
-        .map_err(|e| config(e.to_string()))?;
+        .map_err(|e| config(format!("database {url} is not writable: {e}")))?;
 
     let pki = Pki::new(&cfg.data);
     let (ca, _) = read_pem(&pki.ca_cert()).map_err(|e| {

@@ -606,4 +606,31 @@ fn unusable_database_is_exit_2() {
 
     let out = fleet.cli(&["hosts"]);
     assert_eq!(out.status.code(), Some(2), "reading commands refuse it too");
+
+    // Unwritable: root ignores file modes, so make the file immutable.
+    let fleet = Fleet::new("rodb");
+    let db = fleet.data.join("backstop.db");
+    {
+        let serve = fleet.serve(); // creates and migrates the database
+        drop(serve);
+    }
+    if !Command::new("chattr")
+        .arg("+i")
+        .arg(&db)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(std::env::var("CI").is_err(), "chattr +i failed under CI");
+        eprintln!("*** SKIPPED the unwritable-database half: chattr +i is not supported here ***");
+        return;
+    }
+    let out = fleet.cli(&["serve", "--listen", &fleet.addr.to_string()]);
+    let _ = Command::new("chattr").arg("-i").arg(&db).status();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("backstop.db") && stderr.contains("not writable"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }

@@ -109,6 +109,12 @@ fn test(args: &[String]) -> Result<()> {
         cmd.current_dir(util::root().join("agent-ebpf"));
         util::step(what, cmd)?;
     }
+    // The end-to-end tests start the real binaries of other packages, which
+    // `cargo test` does not build for them.
+    util::step(
+        "cargo build --workspace --bins",
+        util::cargo(&["build", "--workspace", "--bins"]),
+    )?;
     // --no-fail-fast: one red crate must not hide the others' results.
     let mut cmd = util::cargo(&["test", "--workspace", "--no-fail-fast"]);
     if !args.is_empty() {
