@@ -379,36 +379,15 @@ async fn handle(
             windows,
             lost_events,
         } => {
-            daemon
-                .store
-                .finish_deployment(
-                    &deployment,
-                    "finished",
-                    Some(exit_code),
-                    Some(windows),
-                    Some(lost_events),
-                    None,
-                )
+            tracing::info!(host, deployment, exit_code, windows, "deployment finished");
+            let outcome = Outcome::Finished {
+                exit_code,
+                windows,
+                lost_events,
+            };
+            ended(daemon, tx, deployment, outcome)
                 .await
                 .map_err(store_err)?;
-            tracing::info!(host, deployment, exit_code, windows, "deployment finished");
-            let _ = tx
-                .send(ControllerMsg::Ack {
-                    deployment: deployment.clone(),
-                    through_seq: None,
-                    finished: true,
-                })
-                .await;
-            daemon
-                .notify(
-                    &deployment,
-                    Outcome::Finished {
-                        exit_code,
-                        windows,
-                        lost_events,
-                    },
-                )
-                .await;
         }
         AgentMsg::Events { deployment, events } => {
             for e in &events {
@@ -424,20 +403,48 @@ async fn handle(
             }
         }
         AgentMsg::Failed { deployment, reason } => {
-            daemon
-                .store
-                .finish_deployment(&deployment, "failed", None, None, None, Some(&reason))
+            tracing::warn!(host, deployment, reason, "deployment failed to start");
+            ended(daemon, tx, deployment, Outcome::Failed { reason })
                 .await
                 .map_err(store_err)?;
-            let _ = tx
-                .send(ControllerMsg::Ack {
-                    deployment: deployment.clone(),
-                    through_seq: None,
-                    finished: true,
-                })
-                .await;
-            daemon.notify(&deployment, Outcome::Failed { reason }).await;
         }
     }
+    Ok(())
+}
+
+/// A deployment ended: store how, let the agent forget it, and tell whoever
+/// waits for it.
+async fn ended(
+    daemon: &Arc<Daemon>,
+    tx: &mpsc::Sender<ControllerMsg>,
+    deployment: String,
+    outcome: Outcome,
+) -> Result<(), crate::store::StoreError> {
+    let (state, exit_code, windows, lost_events, reason) = match &outcome {
+        Outcome::Finished {
+            exit_code,
+            windows,
+            lost_events,
+        } => (
+            "finished",
+            Some(*exit_code),
+            Some(*windows),
+            Some(*lost_events),
+            None,
+        ),
+        Outcome::Failed { reason } => ("failed", None, None, None, Some(reason.as_str())),
+    };
+    daemon
+        .store
+        .finish_deployment(&deployment, state, exit_code, windows, lost_events, reason)
+        .await?;
+    let _ = tx
+        .send(ControllerMsg::Ack {
+            deployment: deployment.clone(),
+            through_seq: None,
+            finished: true,
+        })
+        .await;
+    daemon.notify(&deployment, outcome).await;
     Ok(())
 }

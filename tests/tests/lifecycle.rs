@@ -6,7 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{agent, ebpf_or_skip};
+use support::{agent, ebpf_or_skip, eventually};
 
 /// Ids of the probe programs and maps the kernel holds right now (matched
 /// by name; kernel names are cut to 15 bytes). Ids, not names, so another
@@ -34,17 +34,6 @@ fn ours_in_kernel() -> Vec<(String, u32)> {
                 .any(|ours| ours.starts_with(n.as_str()) && n.len() >= 5)
         });
     progs.chain(maps).collect()
-}
-
-fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if pred() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    pred()
 }
 
 /// A duration no other process on the host will be sleeping for, so the

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use backstop_common::quic;
 use backstop_common::wire::{self, AgentMsg, HostFacts, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use serde_json::Value;
-use support::{agent, bin_dir, ebpf_or_skip, workload};
+use support::{agent, bin_dir, ebpf_or_skip, eventually, workload};
 
 fn backstop() -> PathBuf {
     bin_dir().join("backstop")
@@ -33,17 +33,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if pred() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    pred()
 }
 
 /// A process killed (SIGKILL) when dropped, with its stderr collected.
