@@ -28,7 +28,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use backstop_common::{
-    BioKey, BioStart, KernelOffsets, MAX_SLOTS, SlotCounters, SockOwner, SyscallCounts,
+    BioKey, BioStart, CpuSyscall, KernelOffsets, MAX_SLOTS, SlotCounters, SockOwner, SyscallCounts,
     ThreadState, counter, hist_bucket,
 };
 
@@ -45,6 +45,10 @@ static COUNTERS: PerCpuArray<SlotCounters> = PerCpuArray::with_max_entries(MAX_S
 /// into classes.
 #[map]
 static SYSCALL_COUNTS: PerCpuArray<SyscallCounts> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+
+/// The syscall a tracked thread has in flight on each CPU (see CpuSyscall).
+#[map]
+static CPU_SYSCALL: PerCpuArray<CpuSyscall> = PerCpuArray::with_max_entries(1, 0);
 
 /// Timing state of tracked threads only.
 #[map]

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, ProcEvent, counter};
 
 use crate::{
-    EVENTS, OFFSETS, THREADS, add, current_tgid, current_tid, lost, now, read_kernel, set_slot,
-    slot_of,
+    CPU_SYSCALL, EVENTS, OFFSETS, THREADS, add, current_tgid, current_tid, lost, now, read_kernel,
+    set_slot, slot_of,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -134,6 +134,14 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     set_slot(tid, 0);
     let _ = THREADS.remove(tid);
+    // exit_group never returns: its syscall start is stale now.
+    if let Some(c) = CPU_SYSCALL.get_ptr_mut(0) {
+        // SAFETY: valid per-CPU map value for this run.
+        let c = unsafe { &mut *c };
+        if c.tid == tid {
+            c.tid = 0;
+        }
+    }
     let tgid = current_tgid();
     let off = OFFSETS.load();
     let group_dead = if off.tp_exit_group_dead == u32::MAX {

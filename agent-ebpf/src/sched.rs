@@ -7,7 +7,7 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use backstop_common::{counter, hist};
 
-use crate::{OFFSETS, add, now, read_kernel, record, slot_of, thread_state};
+use crate::{CPU_SYSCALL, OFFSETS, add, now, read_kernel, record, slot_of, thread_state};
 
 #[inline(always)]
 fn task_pid(task: *const u8) -> u32 {
@@ -36,6 +36,15 @@ pub fn bs_sched_switch(ctx: RawTracePointContext) -> i32 {
             add(prev_slot, counter::SCHED_INVOLUNTARY, 1);
         }
         if let Some(s) = thread_state(prev_slot, prev_pid) {
+            // A syscall in flight leaves the CPU with its thread.
+            if let Some(c) = CPU_SYSCALL.get_ptr_mut(0) {
+                // SAFETY: valid per-CPU map value for this run.
+                let c = unsafe { &mut *c };
+                if c.tid == prev_pid {
+                    s.syscall_start_ns = c.start_ns;
+                    c.tid = 0;
+                }
+            }
             if s.on_cpu_since_ns != 0 {
                 add(
                     prev_slot,

@@ -25,7 +25,8 @@ pub mod hist {
 /// Indices into [`SlotCounters::c`]. Every counter is a running total since
 /// the slot was claimed; user space takes differences per window.
 pub mod counter {
-    pub const SYSCALLS_TOTAL: usize = 0;
+    /// Unused: the total is the sum of the per-number counts.
+    pub const RESERVED_0: usize = 0;
     pub const SYSCALL_ERRORS_TOTAL: usize = 1;
     pub const ERR_ENOENT: usize = 2;
     /// EACCES and EPERM.
@@ -93,6 +94,18 @@ impl SlotCounters {
 #[derive(Clone, Copy)]
 pub struct SyscallCounts {
     pub n: [u64; MAX_SYSCALLS as usize],
+}
+
+/// The syscall in flight on one CPU, if a tracked thread entered it there.
+/// Most syscalls exit on the CPU they entered without a context switch, so
+/// their timing needs no per-thread hash lookup; when the thread leaves the
+/// CPU mid-syscall, the start moves to its [`ThreadState`].
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct CpuSyscall {
+    pub tid: u32,
+    pub _pad: u32,
+    pub start_ns: u64,
 }
 
 /// Per-thread state of a tracked thread (keyed by tid).
@@ -267,6 +280,7 @@ mod pod {
     unsafe impl aya::Pod for super::SlotCounters {}
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::SyscallCounts {}
+    unsafe impl aya::Pod for super::CpuSyscall {}
     unsafe impl aya::Pod for super::BioStart {}
     unsafe impl aya::Pod for super::BioKey {}
     unsafe impl aya::Pod for super::SockOwner {}
