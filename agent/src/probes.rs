@@ -22,11 +22,15 @@ use crate::error::{AgentError, Result};
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/backstop-probes.o"));
 
-/// Raw tracepoints: hot paths (no perf record built per event) and hooks
-/// that fire in interrupt context.
+/// The syscall hooks, attached only while some tree is tracked: once any
+/// raw_syscalls tracepoint is attached, every thread on the host takes the
+/// kernel's slower syscall path, tracked or not.
+const SYSCALL_HOOKS: [(&str, &str); 2] =
+    [("bs_sys_enter", "sys_enter"), ("bs_sys_exit", "sys_exit")];
+
+/// Raw tracepoints, always attached: hot paths (no perf record built per
+/// event) and hooks that fire in interrupt context.
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[
-    ("bs_sys_enter", "sys_enter"),
-    ("bs_sys_exit", "sys_exit"),
     ("bs_sched_switch", "sched_switch"),
     ("bs_sched_wakeup", "sched_wakeup"),
     ("bs_sched_wakeup_new", "sched_wakeup_new"),
@@ -52,8 +56,9 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 /// Names of every program the agent loads (kernel names are cut to 15
 /// bytes); used by leak checks.
 pub fn program_names() -> impl Iterator<Item = &'static str> {
-    RAW_TRACEPOINTS
+    SYSCALL_HOOKS
         .iter()
+        .chain(RAW_TRACEPOINTS.iter())
         .map(|(p, _)| *p)
         .chain(TRACEPOINTS.iter().map(|(p, _, _)| *p))
 }
@@ -94,6 +99,11 @@ pub struct Probes {
     prog_fds: Vec<(&'static str, OwnedFd)>,
     slots: [bool; MAX_SLOTS as usize],
     last_slot: usize,
+    /// Links of the syscall hooks while attached.
+    syscall_links: Vec<(
+        &'static str,
+        aya::programs::raw_trace_point::RawTracePointLinkId,
+    )>,
     pub offsets: KernelOffsets,
     pub warnings: Vec<String>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log_facade::Log>>,
@@ -161,6 +171,12 @@ impl Probes {
         let threads = take(&mut ebpf, "THREADS")?;
 
         let mut prog_fds = Vec::new();
+        for (prog, _) in SYSCALL_HOOKS {
+            let p: &mut RawTracePoint = program(&mut ebpf, prog)?;
+            p.load()
+                .map_err(|e| refused(&format!("loading program {prog}"), e))?;
+            prog_fds.push((prog, dup_prog_fd(p.fd(), prog)?));
+        }
         for (prog, tp) in RAW_TRACEPOINTS {
             let p: &mut RawTracePoint = program(&mut ebpf, prog)?;
             p.load()
@@ -191,6 +207,7 @@ impl Probes {
             prog_fds,
             slots: [false; MAX_SLOTS as usize],
             last_slot: 0,
+            syscall_links: Vec::new(),
             offsets,
             warnings,
             logger,
@@ -209,14 +226,48 @@ impl Probes {
             .map(|i| 1 + (self.last_slot + i) % n)
             .find(|&s| !self.slots[s])
             .ok_or(AgentError::NoFreeSlot { max: MAX_SLOTS - 1 })?;
+        if self.syscall_links.is_empty() {
+            self.attach_syscall_hooks()?;
+        }
         self.slots[free] = true;
         self.last_slot = free;
         Ok(free as u32)
     }
 
+    /// Give a slot back; with no slot left in use, the syscall hooks come
+    /// off and the host's syscalls cost what they cost without us.
     pub fn release_slot(&mut self, slot: u32) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
             *s = false;
+        }
+        if !self.slots.iter().any(|&s| s) {
+            self.detach_syscall_hooks();
+        }
+    }
+
+    /// Whether the syscall hooks are attached now.
+    pub fn syscall_hooks_attached(&self) -> bool {
+        !self.syscall_links.is_empty()
+    }
+
+    fn attach_syscall_hooks(&mut self) -> Result<()> {
+        for (prog, tp) in SYSCALL_HOOKS {
+            let p: &mut RawTracePoint = program(&mut self._ebpf, prog)?;
+            let link = p
+                .attach(tp)
+                .map_err(|e| refused(&format!("attaching {prog} to raw tracepoint {tp}"), e))?;
+            self.syscall_links.push((prog, link));
+        }
+        Ok(())
+    }
+
+    fn detach_syscall_hooks(&mut self) {
+        for (prog, link) in std::mem::take(&mut self.syscall_links) {
+            if let Ok(p) = program::<RawTracePoint>(&mut self._ebpf, prog)
+                && let Err(e) = p.detach(link)
+            {
+                tracing::warn!(prog, "detaching: {e}");
+            }
         }
     }
 

@@ -623,3 +623,42 @@ fn unusable_database_is_exit_2() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
+
+/// Links in the kernel that attach a program named `bs_sys_enter`.
+fn sys_enter_links() -> usize {
+    let progs: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some("bs_sys_enter"))
+        .map(|p| p.id())
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| progs.contains(&l.program_id()))
+        .count()
+}
+
+#[test]
+fn idle_agent_leaves_syscalls_alone() {
+    let Some(_g) = ebpf_or_skip("idle_agent_leaves_syscalls_alone") else {
+        return;
+    };
+    let fleet = Fleet::new("idle");
+    let _serve = fleet.serve();
+    let agent = fleet.agent(&fleet.bundle(), "agent");
+    wait_connected(&fleet, "web-1", &agent);
+    assert_eq!(sys_enter_links(), 0, "an idle agent hooks no syscalls");
+    let _exec = Proc::spawn(
+        Command::new(backstop())
+            .arg("--data")
+            .arg(&fleet.data)
+            .args(["exec", "--host", "web-1", "--", "sleep", "2"]),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || sys_enter_links() == 1),
+        "the syscall hook is attached while a tree is tracked"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || sys_enter_links() == 0),
+        "and detached when the deployment ends"
+    );
+}
