@@ -158,7 +158,14 @@ pub fn demo() -> Result<()> {
     crate::ebpf::build()?;
     util::step(
         "cargo build --release",
-        util::cargo(&["build", "--release", "-p", "backstop-agent"]),
+        util::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "backstop-agent",
+            "-p",
+            "backstop-controller",
+        ]),
     )?;
     let root = rootfs()?;
     let debs = debs()?;
@@ -199,6 +206,92 @@ pub fn demo() -> Result<()> {
         .args(["dpkg", "-i", "/tmp/broken.deb"]);
     let status = cmd.status().context("running backstop-agent")?;
     eprintln!("\nbackstop-agent exited {status} (the install's own exit code)");
-    eprintln!("\nThe same with --json gives one object per window for scripts; see README.md.");
+    drop(scratch);
+    fleet_demo(&root, &debs)
+}
+
+/// Part 3: the same install through the controller, as a fleet runs it.
+fn fleet_demo(root: &Path, debs: &Path) -> Result<()> {
+    let bin = util::target_dir().join("release");
+    let backstop = bin.join("backstop");
+    let data = util::cache_dir().join("demo-fleet");
+    let _ = std::fs::remove_dir_all(&data);
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(&backstop);
+        c.arg("--data").arg(&data).args(args);
+        c
+    };
+    eprintln!(
+        "\n== 3. through the controller: backstop init, serve, backstop-agent run, backstop exec\n"
+    );
+    util::output(&mut cli(&["init", "--host", "demo-host"]))?;
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let serve = Daemon(cli(&["--log", "warn", "serve", "--listen", &addr]).spawn()?);
+    let mut agent = Command::new(bin.join("backstop-agent"));
+    agent
+        .args(["--log", "warn", "run", "--controller", &addr, "--bundle"])
+        .arg(data.join("pki/agents/demo-host.bundle"))
+        .arg("--data")
+        .arg(data.join("agent"));
+    let agent = Daemon(agent.spawn()?);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let hosts = util::output(&mut cli(&["hosts", "--json"])).unwrap_or_default();
+        if hosts.contains("\"connected\":true") {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("demo: the agent did not connect within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    util::step("backstop hosts", cli(&["hosts"]))?;
+    let scratch = ScratchRoot::new(root, "demo-fleet")?;
+    let hello = deb_path(debs, "hello").context("hello.deb missing")?;
+    std::fs::copy(&hello, scratch.merged.join("tmp/hello.deb"))?;
+    let merged = scratch.merged.display().to_string();
+    let out = util::output(&mut cli(&[
+        "exec",
+        "--host",
+        "demo-host",
+        "--window-ms",
+        "100",
+        "--json",
+        "--",
+        "chroot",
+        &merged,
+        "dpkg",
+        "-i",
+        "/tmp/hello.deb",
+    ]))?;
+    eprintln!("backstop exec: {}", out.trim());
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    let id = v["deployment"]
+        .as_str()
+        .context("exec printed no deployment id")?
+        .to_string();
+    util::step("backstop deployments", cli(&["deployments"]))?;
+    util::step("backstop windows", cli(&["windows", &id]))?;
+    util::step("backstop events", cli(&["events", &id]))?;
+    drop(agent);
+    drop(serve);
+    eprintln!(
+        "\nThe store is {}; --json on any of these gives machine-readable output (see README.md).",
+        data.join("backstop.db").display()
+    );
     Ok(())
+}
+
+/// A background process stopped with SIGTERM (then waited for) on drop.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }
