@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop_common::quic::{self, ReadError, read_frame, write_frame};
+use backstop_common::quic::{self, ReadError, read_frame};
 use backstop_common::window::{Stream, Window};
 use backstop_common::wire::{AgentMsg, ControllerMsg, HostFacts, PROTOCOL_VERSION};
 use tokio::sync::Notify;
@@ -173,35 +173,21 @@ async fn session(
     outbox: &Outbox,
     probes: &SharedProbes,
 ) -> std::result::Result<(), SessionError> {
-    let conn = endpoint
-        .connect_with(client.clone(), opts.controller, &opts.server_name)
-        .map_err(|e| SessionError::Connect(e.to_string()))?
-        .await
-        .map_err(|e| SessionError::Connect(e.to_string()))?;
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| SessionError::Connect(e.to_string()))?;
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL_VERSION,
         facts: facts.clone(),
         dropped_windows: outbox.lock().dropped(),
     };
-    let closed = |e: &dyn std::fmt::Display| SessionError::Closed(e.to_string());
-    write_frame(&mut send, &hello)
-        .await
-        .map_err(|e| closed(&e))?;
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        read_frame::<ControllerMsg>(&mut recv),
+    let (conn, send, mut recv) = quic::open_session(
+        endpoint,
+        client.clone(),
+        opts.controller,
+        &opts.server_name,
+        &hello,
     )
     .await
-    {
-        Ok(Ok(ControllerMsg::Welcome { .. })) => {}
-        Ok(Ok(other)) => return Err(closed(&format!("expected Welcome, got {other:?}"))),
-        Ok(Err(e)) => return Err(closed(&read_reason(e, &conn))),
-        Err(_) => return Err(closed(&"no Welcome within 10 s")),
-    }
+    .map_err(|e| SessionError::Connect(e.to_string()))?;
+    let closed = |e: &dyn std::fmt::Display| SessionError::Closed(e.to_string());
     tracing::info!(controller = %opts.controller, pending = outbox.lock().len(), "connected");
 
     let sender = send_loop(outbox.clone(), send);
@@ -256,15 +242,7 @@ async fn send_loop(
 
 /// The controller's close reason, when it closed the connection on us.
 fn read_reason(e: ReadError, conn: &quinn::Connection) -> String {
-    match conn.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(c)) => format!(
-            "controller closed the connection (code {}): {}",
-            c.error_code,
-            String::from_utf8_lossy(&c.reason)
-        ),
-        Some(other) => other.to_string(),
-        None => e.to_string(),
-    }
+    quic::close_reason(conn).unwrap_or_else(|| e.to_string())
 }
 
 /// Run one deployment in the background; it outlives the connection.

@@ -191,3 +191,62 @@ pub async fn write_frame<T: serde::Serialize>(
 ) -> Result<(), quinn::WriteError> {
     send.write_all(&crate::wire::encode(msg)).await
 }
+
+/// Why an agent's opening of a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("connecting: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The agent's side of a session: connect, open the stream, say Hello and
+/// wait for Welcome. A refusal reports the controller's close reason when
+/// it gave one (TLS 1.3 judges the client certificate after the client's
+/// handshake, so a refused certificate shows up here, not at connect).
+pub async fn open_session(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    hello: &crate::wire::AgentMsg,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), HandshakeError> {
+    use crate::wire::ControllerMsg;
+    let connect = |e: &dyn std::fmt::Display| HandshakeError::Connect(e.to_string());
+    let conn = endpoint
+        .connect_with(config, addr, server_name)
+        .map_err(|e| connect(&e))?
+        .await
+        .map_err(|e| connect(&e))?;
+    let refused = |e: &dyn std::fmt::Display| {
+        HandshakeError::Refused(close_reason(&conn).unwrap_or_else(|| e.to_string()))
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| refused(&e))?;
+    write_frame(&mut send, hello)
+        .await
+        .map_err(|e| refused(&e))?;
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<ControllerMsg>(&mut recv),
+    )
+    .await
+    {
+        Ok(Ok(ControllerMsg::Welcome { .. })) => Ok((conn, send, recv)),
+        Ok(Ok(other)) => Err(refused(&format!("expected Welcome, got {other:?}"))),
+        Ok(Err(e)) => Err(refused(&e)),
+        Err(_) => Err(refused(&"no Welcome within 10 s")),
+    }
+}
+
+/// The peer's close reason, when it closed the connection with one.
+pub fn close_reason(conn: &quinn::Connection) -> Option<String> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(c) => Some(format!(
+            "closed by the peer (code {}): {}",
+            c.error_code,
+            String::from_utf8_lossy(&c.reason)
+        )),
+        other => Some(other.to_string()),
+    }
+}

@@ -169,12 +169,6 @@ async fn agent(
     deadline: Instant,
     stats: Arc<Mutex<Stats>>,
 ) -> Result<(), String> {
-    let conn = ep
-        .connect_with(cfg, addr, "backstop-controller")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL_VERSION,
         facts: HostFacts {
@@ -184,13 +178,10 @@ async fn agent(
         },
         dropped_windows: 0,
     };
-    quic::write_frame(&mut send, &hello)
-        .await
-        .map_err(|e| e.to_string())?;
-    match quic::read_frame::<ControllerMsg>(&mut recv).await {
-        Ok(ControllerMsg::Welcome { .. }) => {}
-        other => return Err(format!("expected Welcome, got {other:?}")),
-    }
+    let (conn, mut send, mut recv) =
+        quic::open_session(&ep, cfg, addr, "backstop-controller", &hello)
+            .await
+            .map_err(|e| e.to_string())?;
     let deployment = format!("load-{i}-{}", std::process::id());
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let reader = {

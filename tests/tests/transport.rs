@@ -294,14 +294,6 @@ fn raw_connect(
     let cfg = quic::client_config(ca.into_iter().next().unwrap(), ident).unwrap();
     rt.block_on(async {
         let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = ep
-            .connect_with(cfg, addr, "backstop-controller")
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        // With TLS 1.3 the server judges the client certificate after the
-        // client's handshake completes: a refusal shows on first use.
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let hello = AgentMsg::Hello {
             protocol: PROTOCOL_VERSION,
             facts: HostFacts {
@@ -311,12 +303,9 @@ fn raw_connect(
             },
             dropped_windows: 0,
         };
-        quic::write_frame(&mut send, &hello)
+        let (conn, _, _) = quic::open_session(&ep, cfg, addr, "backstop-controller", &hello)
             .await
             .map_err(|e| e.to_string())?;
-        quic::read_frame::<wire::ControllerMsg>(&mut recv)
-            .await
-            .map_err(|e| format!("{e}; close: {:?}", conn.close_reason()))?;
         Ok(conn)
     })
 }

@@ -66,20 +66,7 @@ struct Bins {
 }
 
 fn build() -> Result<Bins> {
-    crate::setup::run()?;
-    crate::ebpf::build()?;
-    util::step(
-        "cargo build --release (agent, workload)",
-        util::cargo(&[
-            "build",
-            "--release",
-            "-p",
-            "backstop-agent",
-            "-p",
-            "backstop-tests",
-        ]),
-    )?;
-    let dir = util::target_dir().join("release");
+    let dir = crate::ebpf::release(&["backstop-agent", "backstop-tests"])?;
     Ok(Bins {
         agent: dir.join("backstop-agent"),
         workload: dir.join("backstop-workload"),

@@ -23,3 +23,19 @@ pub fn build() -> Result<()> {
     eprintln!("build-ebpf: {} ({} bytes)", obj.display(), meta.len());
     Ok(())
 }
+
+/// Setup, the probes, then release builds of `packages` (the agent embeds
+/// the probes, so they come first). Returns target/release.
+pub fn release(packages: &[&str]) -> Result<std::path::PathBuf> {
+    crate::setup::run()?;
+    build()?;
+    let mut args = vec!["build", "--release"];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    util::step(
+        &format!("cargo build --release ({})", packages.join(", ")),
+        util::cargo(&args),
+    )?;
+    Ok(util::target_dir().join("release"))
+}

@@ -154,19 +154,7 @@ pub fn demo() -> Result<()> {
     if !util::is_root() {
         bail!("demo: needs root (eBPF probes, overlay mounts); run it with sudo");
     }
-    crate::setup::run()?;
-    crate::ebpf::build()?;
-    util::step(
-        "cargo build --release",
-        util::cargo(&[
-            "build",
-            "--release",
-            "-p",
-            "backstop-agent",
-            "-p",
-            "backstop-controller",
-        ]),
-    )?;
+    crate::ebpf::release(&["backstop-agent", "backstop-controller"])?;
     let root = rootfs()?;
     let debs = debs()?;
     let agent = util::target_dir().join("release/backstop-agent");

@@ -143,13 +143,8 @@ fn fuzz(seconds: u64) -> Result<()> {
 }
 
 fn run(args: &[String]) -> Result<()> {
-    setup::run()?;
-    ebpf::build()?;
-    util::step(
-        "cargo build",
-        util::cargo(&["build", "--release", "-p", "backstop-agent"]),
-    )?;
-    let mut cmd = std::process::Command::new(util::target_dir().join("release/backstop-agent"));
+    let bin = ebpf::release(&["backstop-agent"])?;
+    let mut cmd = std::process::Command::new(bin.join("backstop-agent"));
     cmd.args(args);
     util::step("backstop-agent", cmd)
 }
