@@ -8,6 +8,7 @@ pub mod fold;
 pub mod host;
 pub mod probes;
 pub mod run;
+pub mod snapshot;
 pub mod spool;
 pub mod syscall_class;
 pub mod track;

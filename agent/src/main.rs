@@ -63,6 +63,23 @@ enum Command {
     /// Run as the host's agent: keep a connection to the controller, run
     /// what it asks for under the probes, deliver every window.
     ///
+    /// Known-good state: content-addressed snapshots of a scope, and exact
+    /// restore (DATA/agent/snapshots).
+    Snapshot {
+        /// Data directory.
+        #[arg(
+            long,
+            env = "BACKSTOP_DATA",
+            default_value = "/var/lib/backstop",
+            global = true
+        )]
+        data: PathBuf,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
     /// Windows go through an on-disk outbox (DATA/agent/outbox) first, so a
     /// controller that is away or restarts loses nothing below
     /// --outbox-max-bytes; above it the oldest are dropped and counted.
@@ -85,6 +102,172 @@ enum Command {
         #[arg(long)]
         probe_log: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum SnapshotAction {
+    /// Snapshot the scope: every path under --scope (as seen inside --root),
+    /// minus --exclude globs. Prints the snapshot id. Refuses, before
+    /// copying anything, when the store lacks room for the worst case.
+    ///
+    /// Example: backstop-agent snapshot create --root / --scope /etc --scope /usr --exclude '/usr/share/doc/**'
+    Create {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<PathBuf>,
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
+    },
+    /// Put the scope back exactly as snapshot ID recorded it. Checks every
+    /// object first; an interrupted restore finishes when run again.
+    Restore {
+        id: String,
+        /// Compare the whole scope with the snapshot afterwards.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Snapshots, oldest first.
+    List,
+    /// One snapshot's root, scopes and entries.
+    Show { id: String },
+    /// What differs between snapshot ID and the tree now.
+    Diff { id: String },
+    /// Delete stored content no snapshot refers to.
+    Gc,
+}
+
+fn snapshot_cmd(data: &std::path::Path, json: bool, action: SnapshotAction) -> Result<i32, String> {
+    use backstop_agent::snapshot::{self, Scope, Store};
+    let store = Store::open(data).map_err(|e| e.to_string())?;
+    let print = |v: serde_json::Value, human: String| {
+        if json {
+            println!("{v}");
+        } else {
+            println!("{human}");
+        }
+    };
+    match action {
+        SnapshotAction::Create {
+            root,
+            scopes,
+            excludes,
+        } => {
+            let r = snapshot::create(
+                &store,
+                &Scope {
+                    root,
+                    paths: scopes,
+                    excludes,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            print(
+                serde_json::to_value(&r).unwrap_or_default(),
+                format!(
+                    "{}\t{} entries, {} bytes; hashed {} files ({} bytes)",
+                    r.id, r.entries, r.bytes, r.hashed_files, r.hashed_bytes
+                ),
+            );
+        }
+        SnapshotAction::Restore { id, verify } => {
+            let r = snapshot::restore(&store, &id, verify).map_err(|e| e.to_string())?;
+            print(
+                serde_json::to_value(&r).unwrap_or_default(),
+                format!(
+                    "restored {}: {} removed, {} files rewritten, {} recreated, {} metadata reset{}{}",
+                    r.id,
+                    r.removed,
+                    r.content_restored,
+                    r.recreated,
+                    r.metadata_reset,
+                    if r.resumed {
+                        " (finished an interrupted restore)"
+                    } else {
+                        ""
+                    },
+                    match r.verified {
+                        Some(true) => "; verified identical",
+                        Some(false) => "; VERIFY FOUND DIFFERENCES",
+                        None => "",
+                    }
+                ),
+            );
+            if r.verified == Some(false) {
+                return Ok(1);
+            }
+        }
+        SnapshotAction::List => {
+            let list = store.list().map_err(|e| e.to_string())?;
+            let rows: Vec<_> = list
+                .iter()
+                .map(|s| serde_json::json!({"id": s.id, "root": s.root, "created_ms": s.created_ms, "entries": s.entries.len(), "bytes": s.bytes(),
+                    "scopes": s.scopes.iter().map(|p| format!("/{}", String::from_utf8_lossy(p))).collect::<Vec<_>>()}))
+                .collect();
+            let human = list
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}\t{}\t{} entries\t{} bytes",
+                        s.id,
+                        s.root.display(),
+                        s.entries.len(),
+                        s.bytes()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(serde_json::Value::Array(rows), human);
+        }
+        SnapshotAction::Show { id } => {
+            let s = store.load(&id).map_err(|e| e.to_string())?;
+            let entries: Vec<_> = s
+                .entries
+                .iter()
+                .map(|e| serde_json::json!({"path": format!("/{}", String::from_utf8_lossy(&e.path)), "kind": format!("{:?}", e.kind),
+                    "mode": format!("{:o}", e.mode), "uid": e.uid, "gid": e.gid, "size": e.size, "hash": e.hash.map(hex::encode)}))
+                .collect();
+            let human = s
+                .entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{:>7o} {:>5}:{:<5} {:>10} /{}",
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        e.size,
+                        String::from_utf8_lossy(&e.path)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(
+                serde_json::json!({"id": s.id, "root": s.root, "entries": entries}),
+                human,
+            );
+        }
+        SnapshotAction::Diff { id } => {
+            let s = store.load(&id).map_err(|e| e.to_string())?;
+            let d = snapshot::diff(&s).map_err(|e| e.to_string())?;
+            let mut human = Vec::new();
+            human.extend(d.added.iter().map(|p| format!("+ {p}")));
+            human.extend(d.changed.iter().map(|p| format!("~ {p}")));
+            human.extend(d.removed.iter().map(|p| format!("- {p}")));
+            print(
+                serde_json::to_value(&d).unwrap_or_default(),
+                human.join("\n"),
+            );
+        }
+        SnapshotAction::Gc => {
+            let (n, bytes) = store.gc().map_err(|e| e.to_string())?;
+            print(
+                serde_json::json!({"objects_freed": n, "bytes_freed": bytes}),
+                format!("freed {n} objects, {bytes} bytes"),
+            );
+        }
+    }
+    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -132,6 +315,13 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Snapshot { data, json, action } => match snapshot_cmd(&data, json, action) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("backstop-agent: {e}");
+                    1
+                }
+            },
             Command::Run {
                 controller,
                 bundle,

@@ -1,0 +1,160 @@
+//! The system calls a snapshot needs that std does not offer, or offers
+//! only by following symlinks: lstat with nanoseconds, extended attributes,
+//! and setting owner, mode and times on the link itself.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn lstat(p: &Path) -> io::Result<libc::stat> {
+    let c = cpath(p)?;
+    // SAFETY: zeroed stat is a valid out-parameter; c is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::lstat(c.as_ptr(), &mut st) })?;
+    Ok(st)
+}
+
+/// Every extended attribute of the path itself (not a symlink's target),
+/// sorted by name. Includes security.capability and the POSIX ACLs
+/// (system.posix_acl_access / _default).
+pub fn xattrs(p: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = cpath(p)?;
+    // SAFETY: size query with a null buffer.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if len < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOTSUP) {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
+    }
+    let mut names = vec![0u8; len as usize];
+    // SAFETY: the buffer has the size the kernel asked for.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(len as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).expect("split on NUL");
+        // SAFETY: size query with a null buffer.
+        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if vlen < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; vlen as usize];
+        // SAFETY: the buffer has the size the kernel asked for.
+        let vlen = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if vlen < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(vlen as usize);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn set_xattr(p: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let c = cpath(p)?;
+    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid C strings and buffer.
+    check(unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+pub fn remove_xattr(p: &Path, name: &[u8]) -> io::Result<()> {
+    let c = cpath(p)?;
+    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid C strings.
+    check(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) })
+}
+
+pub fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cpath(p)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) })
+}
+
+pub fn chmod(p: &Path, mode: u32) -> io::Result<()> {
+    let c = cpath(p)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::chmod(c.as_ptr(), mode & 0o7777) })
+}
+
+/// Set atime and mtime of the path itself (symlinks included).
+pub fn set_mtime(p: &Path, sec: i64, nsec: i64) -> io::Result<()> {
+    let c = cpath(p)?;
+    let t = libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    let times = [t, t];
+    // SAFETY: valid C string and a two-element timespec array.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+pub fn mknod(p: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cpath(p)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::mknod(c.as_ptr(), mode, rdev as libc::dev_t) })
+}
+
+/// Share `src`'s blocks with `dst` where the filesystem can (FICLONE).
+pub fn reflink(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // FICLONE = _IOW(0x94, 9, int)
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: both descriptors are open files.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) })
+}
+
+pub fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+/// Bytes free to unprivileged users on the filesystem holding `p`.
+pub fn free_bytes(p: &Path) -> io::Result<u64> {
+    let c = cpath(p)?;
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}

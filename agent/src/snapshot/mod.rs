@@ -1,0 +1,644 @@
+//! Known-good state: content-addressed snapshots of a scope, and restore.
+//!
+//! A snapshot records every entry under the scope's paths (type, content
+//! hash, mode, owner, mtime, symlink target, device number, hardlink group,
+//! extended attributes, which carry file capabilities and POSIX ACLs). File
+//! content lives once in the object store under its SHA-256, whatever its
+//! path or snapshot; a second snapshot of a mostly unchanged scope hashes
+//! only files whose (dev, inode, size, mtime, ctime) changed.
+//!
+//! Layout under DATA/agent/snapshots: `objects/ab/cdef...` (content),
+//! `<id>.snap` (a postcard manifest), `restore-<id>.journal` (a restore in
+//! progress).
+
+mod fsops;
+mod restore;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use restore::{RestoreReport, restore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("scope {0} must be an absolute path inside the root")]
+    BadScope(String),
+    #[error("bad --exclude glob {glob}: {reason}")]
+    BadExclude { glob: String, reason: String },
+    #[error(
+        "not enough room for the snapshot in {store}: up to {need} bytes of new content, {free} free"
+    )]
+    NoRoom {
+        store: PathBuf,
+        need: u64,
+        free: u64,
+    },
+    #[error("no snapshot {0}")]
+    NotFound(String),
+    #[error("snapshot {id} is damaged: {reason}")]
+    Damaged { id: String, reason: String },
+    #[error("object {hash} (for {path}) is {problem}; nothing was restored")]
+    BadObject {
+        hash: String,
+        path: String,
+        problem: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, SnapshotError>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    CharDev,
+    BlockDev,
+    Socket,
+}
+
+/// One entry of a scope, as it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative to the root, as bytes (paths need not be UTF-8).
+    pub path: Vec<u8>,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub size: u64,
+    /// Content hash of a regular file.
+    pub hash: Option<[u8; 32]>,
+    /// Symlink target.
+    pub target: Option<Vec<u8>>,
+    pub rdev: u64,
+    /// Regular files with more than one link: entries with the same group
+    /// are one inode.
+    pub link_group: Option<u64>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Identity at snapshot time, to skip re-hashing unchanged files.
+    pub ident: (u64, u64, i64, i64),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub root: PathBuf,
+    /// Scope paths, relative to the root.
+    pub scopes: Vec<Vec<u8>>,
+    pub excludes: Vec<String>,
+    pub created_ms: u64,
+    pub entries: Vec<Entry>,
+}
+
+impl Snapshot {
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+}
+
+/// The snapshot store of an agent.
+pub struct Store {
+    pub dir: PathBuf,
+}
+
+const MAGIC: &[u8; 8] = b"BSSNAP01";
+
+impl Store {
+    pub fn open(data: &Path) -> Result<Self> {
+        let dir = data.join("agent").join("snapshots");
+        std::fs::create_dir_all(dir.join("objects")).map_err(io(&dir))?;
+        Ok(Store { dir })
+    }
+
+    pub fn object_path(&self, hash: &[u8; 32]) -> PathBuf {
+        let h = hex::encode(hash);
+        self.dir.join("objects").join(&h[..2]).join(&h[2..])
+    }
+
+    fn manifest_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.snap"))
+    }
+
+    /// Copy a file into the store (reflinked where the filesystem can),
+    /// hashing it on the way; returns its hash.
+    fn put(&self, src: &Path) -> Result<[u8; 32]> {
+        let tmp_dir = self.dir.join("objects").join("tmp");
+        std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+        let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), unique()));
+        let mut input = std::fs::File::open(src).map_err(io(src))?;
+        let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        if fsops::reflink(&input, &out).is_ok() {
+            loop {
+                let n = input.read(&mut buf).map_err(io(src))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        } else {
+            loop {
+                let n = input.read(&mut buf).map_err(io(src))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(io(&tmp))?;
+            }
+        }
+        out.sync_data().map_err(io(&tmp))?;
+        let hash: [u8; 32] = hasher.finalize().into();
+        let dst = self.object_path(&hash);
+        if dst.exists() {
+            let _ = std::fs::remove_file(&tmp);
+        } else {
+            let parent = dst.parent().expect("object paths have a parent");
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+            std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+        }
+        Ok(hash)
+    }
+
+    fn save(&self, snap: &Snapshot) -> Result<()> {
+        let path = self.manifest_path(&snap.id);
+        let tmp = path.with_extension("tmp");
+        let mut bytes = MAGIC.to_vec();
+        let body = postcard::to_allocvec(snap).expect("snapshots serialize");
+        bytes.extend_from_slice(&Sha256::digest(&body));
+        bytes.extend_from_slice(&body);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(io(&path))
+    }
+
+    pub fn load(&self, id: &str) -> Result<Snapshot> {
+        if id.is_empty() || id.contains('/') || id.contains("..") {
+            return Err(SnapshotError::NotFound(id.to_string()));
+        }
+        let path = self.manifest_path(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::NotFound(id.to_string()));
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let damaged = |reason: &str| SnapshotError::Damaged {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        if bytes.len() < 40 || &bytes[..8] != MAGIC {
+            return Err(damaged("not a snapshot manifest (bad header)"));
+        }
+        if Sha256::digest(&bytes[40..]).as_slice() != &bytes[8..40] {
+            return Err(damaged("manifest checksum mismatch (truncated or altered)"));
+        }
+        postcard::from_bytes(&bytes[40..]).map_err(|e| damaged(&e.to_string()))
+    }
+
+    /// Snapshots, oldest first.
+    pub fn list(&self) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".snap") {
+                out.push(self.load(id)?);
+            }
+        }
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(out)
+    }
+
+    /// Delete objects no snapshot refers to; returns (objects, bytes) freed.
+    pub fn gc(&self) -> Result<(u64, u64)> {
+        let live: HashSet<[u8; 32]> = self
+            .list()?
+            .iter()
+            .flat_map(|s| s.entries.iter().filter_map(|e| e.hash))
+            .collect();
+        let mut freed = (0, 0);
+        let objects = self.dir.join("objects");
+        for fan in std::fs::read_dir(&objects).map_err(io(&objects))?.flatten() {
+            let fan_name = fan.file_name().to_string_lossy().into_owned();
+            for obj in std::fs::read_dir(fan.path())
+                .map_err(io(&fan.path()))?
+                .flatten()
+            {
+                let full = format!("{fan_name}{}", obj.file_name().to_string_lossy());
+                let keep = hex::decode(&full)
+                    .ok()
+                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                    .is_some_and(|h| live.contains(&h));
+                if !keep {
+                    let size = obj.metadata().map(|m| m.len()).unwrap_or(0);
+                    if std::fs::remove_file(obj.path()).is_ok() {
+                        freed.0 += 1;
+                        freed.1 += size;
+                    }
+                }
+            }
+        }
+        Ok(freed)
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What to snapshot.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub root: PathBuf,
+    /// Absolute paths as seen inside the root (e.g. /etc).
+    pub paths: Vec<PathBuf>,
+    pub excludes: Vec<String>,
+}
+
+struct Excludes(globset::GlobSet);
+
+impl Excludes {
+    fn new(globs: &[String]) -> Result<Self> {
+        let mut b = globset::GlobSetBuilder::new();
+        for g in globs {
+            b.add(
+                globset::Glob::new(g).map_err(|e| SnapshotError::BadExclude {
+                    glob: g.clone(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        Ok(Excludes(b.build().map_err(|e| {
+            SnapshotError::BadExclude {
+                glob: globs.join(" "),
+                reason: e.to_string(),
+            }
+        })?))
+    }
+
+    /// `rel` is root-relative; globs are written as absolute paths in the root.
+    fn excluded(&self, rel: &[u8]) -> bool {
+        let mut abs = b"/".to_vec();
+        abs.extend_from_slice(rel);
+        self.0.is_match(fsops::os(&abs))
+    }
+}
+
+fn scope_rel(p: &Path) -> Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let s = p.as_os_str().as_bytes();
+    if !s.starts_with(b"/")
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(SnapshotError::BadScope(p.display().to_string()));
+    }
+    Ok(s.trim_start_matches_bytes(b'/')
+        .trim_end_matches_bytes(b'/')
+        .to_vec())
+}
+
+trait TrimBytes {
+    fn trim_start_matches_bytes(&self, b: u8) -> &[u8];
+    fn trim_end_matches_bytes(&self, b: u8) -> &[u8];
+}
+
+impl TrimBytes for [u8] {
+    fn trim_start_matches_bytes(&self, b: u8) -> &[u8] {
+        let n = self.iter().take_while(|&&c| c == b).count();
+        &self[n..]
+    }
+    fn trim_end_matches_bytes(&self, b: u8) -> &[u8] {
+        let n = self.iter().rev().take_while(|&&c| c == b).count();
+        &self[..self.len() - n]
+    }
+}
+
+pub fn join(root: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(fsops::os(rel))
+    }
+}
+
+fn kind_of(mode: u32) -> Kind {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFLNK => Kind::Symlink,
+        libc::S_IFIFO => Kind::Fifo,
+        libc::S_IFCHR => Kind::CharDev,
+        libc::S_IFBLK => Kind::BlockDev,
+        libc::S_IFSOCK => Kind::Socket,
+        _ => Kind::File,
+    }
+}
+
+/// Walk the scope: every entry's metadata (no content yet), parents before
+/// children, in a stable order.
+fn walk(scope: &Scope, excludes: &Excludes) -> Result<Vec<(Entry, libc::stat)>> {
+    let mut out = Vec::new();
+    let mut stack: Vec<Vec<u8>> = Vec::new();
+    for p in &scope.paths {
+        let rel = scope_rel(p)?;
+        stack.push(rel);
+    }
+    stack.reverse();
+    let mut seen_dirs = HashSet::new();
+    while let Some(rel) = stack.pop() {
+        if excludes.excluded(&rel) {
+            continue;
+        }
+        let full = join(&scope.root, &rel);
+        let st = match fsops::lstat(&full) {
+            Ok(st) => st,
+            // A scope path that does not exist yet is an empty scope; an
+            // entry that vanished during the walk is skipped.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&full)(e)),
+        };
+        let kind = kind_of(st.st_mode);
+        let entry = Entry {
+            path: rel.clone(),
+            kind,
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            size: if kind == Kind::File {
+                st.st_size as u64
+            } else {
+                0
+            },
+            hash: None,
+            target: if kind == Kind::Symlink {
+                Some(
+                    std::os::unix::ffi::OsStrExt::as_bytes(
+                        std::fs::read_link(&full).map_err(io(&full))?.as_os_str(),
+                    )
+                    .to_vec(),
+                )
+            } else {
+                None
+            },
+            rdev: st.st_rdev,
+            link_group: None,
+            xattrs: fsops::xattrs(&full).map_err(io(&full))?,
+            ident: (st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec),
+        };
+        if kind == Kind::Dir && seen_dirs.insert((st.st_dev, st.st_ino)) {
+            let mut children: Vec<Vec<u8>> = std::fs::read_dir(&full)
+                .map_err(io(&full))?
+                .map(|e| {
+                    e.map(|e| {
+                        let name =
+                            std::os::unix::ffi::OsStrExt::as_bytes(e.file_name().as_os_str())
+                                .to_vec();
+                        let mut child = rel.clone();
+                        if !child.is_empty() {
+                            child.push(b'/');
+                        }
+                        child.extend_from_slice(&name);
+                        child
+                    })
+                })
+                .collect::<std::io::Result<_>>()
+                .map_err(io(&full))?;
+            children.sort();
+            children.reverse();
+            stack.extend(children);
+        }
+        out.push((entry, st));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateReport {
+    pub id: String,
+    pub entries: usize,
+    pub bytes: u64,
+    /// Files whose content was read and hashed (the rest were unchanged
+    /// since an earlier snapshot).
+    pub hashed_files: usize,
+    pub hashed_bytes: u64,
+}
+
+/// What says a file is unchanged without reading it: (dev, inode, ctime,
+/// ctime ns, size, mtime). Any write changes ctime.
+type Identity = (u64, u64, i64, i64, u64, (i64, i64));
+
+/// Take a snapshot of `scope` into `store`.
+pub fn create(store: &Store, scope: &Scope) -> Result<CreateReport> {
+    let excludes = Excludes::new(&scope.excludes)?;
+    let root = std::fs::canonicalize(&scope.root).map_err(io(&scope.root))?;
+    let scope = Scope {
+        root,
+        ..scope.clone()
+    };
+    let walked = walk(&scope, &excludes)?;
+    // Content known from earlier snapshots, by identity.
+    let mut known: HashMap<Identity, [u8; 32]> = HashMap::new();
+    for s in store.list()? {
+        for e in s.entries {
+            if let Some(h) = e.hash {
+                known.insert(
+                    (e.ident.0, e.ident.1, e.ident.2, e.ident.3, e.size, e.mtime),
+                    h,
+                );
+            }
+        }
+    }
+    let key = |e: &Entry| (e.ident.0, e.ident.1, e.ident.2, e.ident.3, e.size, e.mtime);
+    // Refuse before copying anything if the worst case does not fit.
+    let need: u64 = walked
+        .iter()
+        .filter(|(e, _)| {
+            e.kind == Kind::File
+                && !known
+                    .get(&key(e))
+                    .is_some_and(|h| store.object_path(h).exists())
+        })
+        .map(|(e, _)| e.size)
+        .sum();
+    let free = fsops::free_bytes(&store.dir).map_err(io(&store.dir))?;
+    if need > free {
+        return Err(SnapshotError::NoRoom {
+            store: store.dir.clone(),
+            need,
+            free,
+        });
+    }
+    let mut entries = Vec::with_capacity(walked.len());
+    let mut groups: HashMap<(u64, u64), u64> = HashMap::new();
+    let (mut hashed_files, mut hashed_bytes) = (0, 0);
+    for (mut e, st) in walked {
+        if e.kind == Kind::File {
+            if st.st_nlink > 1 {
+                let g = groups.len() as u64 + 1;
+                e.link_group = Some(*groups.entry((st.st_dev, st.st_ino)).or_insert(g));
+            }
+            let hash = match known.get(&key(&e)) {
+                Some(h) if store.object_path(h).exists() => *h,
+                _ => {
+                    hashed_files += 1;
+                    hashed_bytes += e.size;
+                    let full = join(&scope.root, &e.path);
+                    let h = store.put(&full)?;
+                    known.insert(key(&e), h);
+                    h
+                }
+            };
+            e.hash = Some(hash);
+        }
+        entries.push(e);
+    }
+    let snap = Snapshot {
+        id: format!(
+            "s{:x}{:04x}",
+            now_ms(),
+            std::process::id() as u16 as u32 ^ unique() as u32
+        ),
+        root: scope.root.clone(),
+        scopes: scope
+            .paths
+            .iter()
+            .map(|p| scope_rel(p))
+            .collect::<Result<_>>()?,
+        excludes: scope.excludes.clone(),
+        created_ms: now_ms(),
+        entries,
+    };
+    store.save(&snap)?;
+    Ok(CreateReport {
+        id: snap.id.clone(),
+        entries: snap.entries.len(),
+        bytes: snap.bytes(),
+        hashed_files,
+        hashed_bytes,
+    })
+}
+
+/// How the tree differs from a snapshot, piuparts style.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Diff {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Whether the entry on disk now matches the recorded one (content hashed
+/// only when its identity changed).
+fn same(recorded: &Entry, now: &Entry, root: &Path) -> Result<bool> {
+    let meta_same = recorded.kind == now.kind
+        && recorded.mode == now.mode
+        && recorded.uid == now.uid
+        && recorded.gid == now.gid
+        && recorded.target == now.target
+        && recorded.xattrs == now.xattrs
+        && recorded.mtime == now.mtime
+        && (!matches!(recorded.kind, Kind::CharDev | Kind::BlockDev) || recorded.rdev == now.rdev)
+        && recorded.size == now.size;
+    if !meta_same {
+        return Ok(false);
+    }
+    if recorded.kind != Kind::File || recorded.ident == now.ident {
+        return Ok(true);
+    }
+    let full = join(root, &now.path);
+    Ok(hash_file(&full)? == recorded.hash.unwrap_or_default())
+}
+
+pub fn hash_file(p: &Path) -> Result<[u8; 32]> {
+    let mut f = std::fs::File::open(p).map_err(io(p))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(io(p))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+pub fn diff(snap: &Snapshot) -> Result<Diff> {
+    let scope = Scope {
+        root: snap.root.clone(),
+        paths: snap
+            .scopes
+            .iter()
+            .map(|s| Path::new("/").join(fsops::os(s)))
+            .collect(),
+        excludes: snap.excludes.clone(),
+    };
+    let excludes = Excludes::new(&snap.excludes)?;
+    let now: HashMap<Vec<u8>, Entry> = walk(&scope, &excludes)?
+        .into_iter()
+        .map(|(e, _)| (e.path.clone(), e))
+        .collect();
+    let before: HashMap<&[u8], &Entry> = snap
+        .entries
+        .iter()
+        .map(|e| (e.path.as_slice(), e))
+        .collect();
+    let show = |p: &[u8]| format!("/{}", String::from_utf8_lossy(p));
+    let mut d = Diff::default();
+    for e in &snap.entries {
+        match now.get(&e.path) {
+            None => d.removed.push(show(&e.path)),
+            Some(n) if !same(e, n, &snap.root)? => d.changed.push(show(&e.path)),
+            Some(_) => {}
+        }
+    }
+    let mut added: Vec<&Vec<u8>> = now
+        .keys()
+        .filter(|p| !before.contains_key(p.as_slice()))
+        .collect();
+    added.sort();
+    d.added = added.into_iter().map(|p| show(p)).collect();
+    Ok(d)
+}
