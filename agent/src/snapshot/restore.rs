@@ -96,10 +96,25 @@ fn verify_objects(store: &Store, snap: &Snapshot, needed: &HashSet<&[u8]>) -> Re
 /// Restore snapshot `id`.
 pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
     let snap = store.load(id)?;
+    let root = &snap.root;
+    let scope = Scope {
+        root: root.clone(),
+        paths: snap
+            .scopes
+            .iter()
+            .map(|s| Path::new("/").join(fsops::os(s)))
+            .collect(),
+        excludes: snap.excludes.clone(),
+    };
+    let excludes = Excludes::new(&snap.excludes)?;
+    // One walk of the scope as it is now serves the plan and every step.
+    let current = walk(&scope, &excludes)?;
+    let now_by_path: HashMap<&[u8], &(Entry, libc::stat)> =
+        current.iter().map(|c| (c.0.path.as_slice(), c)).collect();
     // Plan: which files need their content back. Unchanged files are known
     // by identity (or, after an earlier restore, by hash); only the objects
     // a restore reads need hashing before it starts.
-    let needed = files_needing_content(&snap)?;
+    let needed = files_needing_content(&snap, &now_by_path)?;
     verify_objects(store, &snap, &needed.iter().map(|p| p.as_slice()).collect())?;
     let journal = store.dir.join(format!("restore-{id}.journal"));
     let resumed = journal.exists();
@@ -114,25 +129,22 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
         done: 0,
         crash_after: crash_point(),
     };
-    let root = &snap.root;
-    let scope = Scope {
-        root: root.clone(),
-        paths: snap
-            .scopes
-            .iter()
-            .map(|s| Path::new("/").join(fsops::os(s)))
-            .collect(),
-        excludes: snap.excludes.clone(),
-    };
-    let excludes = Excludes::new(&snap.excludes)?;
     let wanted: HashMap<&[u8], &Entry> = snap
         .entries
         .iter()
         .map(|e| (e.path.as_slice(), e))
         .collect();
+    // Directories whose entries we add or remove: their mtime moves.
+    let mut touched_dirs: HashSet<Vec<u8>> = HashSet::new();
+    let mut touch = |path: &[u8]| {
+        let parent = path
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map_or(&path[..0], |i| &path[..i]);
+        touched_dirs.insert(parent.to_vec());
+    };
 
     // 3. Remove what the snapshot does not have (or has as another kind).
-    let current = walk(&scope, &excludes)?;
     for (e, _) in current.iter().rev() {
         let keep = wanted
             .get(e.path.as_slice())
@@ -147,6 +159,7 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
             match r {
                 Ok(()) => {
                     report.removed += 1;
+                    touch(&e.path);
                     changes.tick();
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -156,9 +169,44 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
     }
 
     // 4. Recreate, parents first (the snapshot is in walk order).
-    let mut group_first: HashMap<u64, PathBuf> = HashMap::new();
+    let mut group_first: HashMap<u64, (PathBuf, Option<(u64, u64)>)> = HashMap::new();
     for e in &snap.entries {
+        // The walk's view is still true for kept entries of the same kind;
+        // an entry it shows exactly as recorded needs no system call.
+        let was = now_by_path
+            .get(e.path.as_slice())
+            .filter(|c| c.0.kind == e.kind);
+        let inode = was.map(|c| (c.1.st_dev, c.1.st_ino));
+        let untouched = was.is_some_and(|c| metadata_equal(&c.0, e))
+            && (e.kind != Kind::File || !needed.contains(&e.path));
         let full = join(root, &e.path);
+        if e.kind == Kind::File
+            && let Some(g) = e.link_group
+        {
+            if let Some((first, first_inode)) = group_first.get(&g) {
+                if untouched && inode.is_some() && inode == *first_inode {
+                    continue;
+                }
+                let first_st = fsops::lstat(first).map_err(io(first))?;
+                let now = fsops::lstat(&full).ok();
+                let linked = now
+                    .is_some_and(|st| st.st_ino == first_st.st_ino && st.st_dev == first_st.st_dev);
+                if !linked {
+                    if now.is_some() {
+                        std::fs::remove_file(&full).map_err(io(&full))?;
+                    }
+                    std::fs::hard_link(first, &full).map_err(io(&full))?;
+                    report.recreated += 1;
+                    touch(&e.path);
+                    changes.tick();
+                }
+                continue;
+            }
+            group_first.insert(g, (full.clone(), if untouched { inode } else { None }));
+        }
+        if untouched {
+            continue;
+        }
         let now = match fsops::lstat(&full) {
             Ok(st) => Some(st),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
@@ -169,33 +217,17 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
                 if now.is_none() {
                     std::fs::create_dir(&full).map_err(io(&full))?;
                     report.recreated += 1;
+                    touch(&e.path);
                     changes.tick();
                 }
                 // Metadata in step 5.
                 continue;
             }
             Kind::File => {
-                if let Some(first) = e.link_group.and_then(|g| group_first.get(&g)) {
-                    let first_st = fsops::lstat(first).map_err(io(first))?;
-                    let linked = now.is_some_and(|st| {
-                        st.st_ino == first_st.st_ino && st.st_dev == first_st.st_dev
-                    });
-                    if !linked {
-                        if now.is_some() {
-                            std::fs::remove_file(&full).map_err(io(&full))?;
-                        }
-                        std::fs::hard_link(first, &full).map_err(io(&full))?;
-                        report.recreated += 1;
-                        changes.tick();
-                    }
-                    continue;
-                }
-                if let Some(g) = e.link_group {
-                    group_first.insert(g, full.clone());
-                }
                 if now.is_none() || needed.contains(&e.path) {
                     put_content(store, e, &full)?;
                     report.content_restored += 1;
+                    touch(&e.path);
                     changes.tick();
                     continue;
                 }
@@ -212,6 +244,7 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
                     }
                     std::os::unix::fs::symlink(fsops::os(&target), &full).map_err(io(&full))?;
                     report.recreated += 1;
+                    touch(&e.path);
                     changes.tick();
                 }
             }
@@ -225,6 +258,7 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
                     }
                     fsops::mknod(&full, e.mode, e.rdev).map_err(io(&full))?;
                     report.recreated += 1;
+                    touch(&e.path);
                     changes.tick();
                 }
             }
@@ -237,6 +271,12 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
 
     // 5. Directories last, deepest first.
     for e in snap.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
+        let was = now_by_path
+            .get(e.path.as_slice())
+            .filter(|c| c.0.kind == Kind::Dir);
+        if was.is_some_and(|c| metadata_equal(&c.0, e)) && !touched_dirs.contains(&e.path) {
+            continue;
+        }
         let full = join(root, &e.path);
         if set_metadata(e, &full)? {
             report.metadata_reset += 1;
@@ -251,6 +291,17 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
     Ok(report)
 }
 
+/// Owner, mode, mtime, xattrs, symlink target and device number as recorded.
+fn metadata_equal(now: &Entry, want: &Entry) -> bool {
+    now.mode == want.mode
+        && now.uid == want.uid
+        && now.gid == want.gid
+        && now.mtime == want.mtime
+        && now.xattrs == want.xattrs
+        && now.target == want.target
+        && (!matches!(want.kind, Kind::CharDev | Kind::BlockDev) || now.rdev == want.rdev)
+}
+
 /// Whether the file at `full` (as `st`) still has the entry's content.
 fn content_ok(e: &Entry, full: &Path, st: &libc::stat) -> Result<bool> {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 != e.size {
@@ -262,8 +313,11 @@ fn content_ok(e: &Entry, full: &Path, st: &libc::stat) -> Result<bool> {
 }
 
 /// Paths of the files (first of each hardlink group) whose content differs
-/// from the snapshot's or that are missing.
-fn files_needing_content(snap: &Snapshot) -> Result<HashSet<Vec<u8>>> {
+/// from the snapshot's or that are missing, judged from the walk's view.
+fn files_needing_content(
+    snap: &Snapshot,
+    now: &HashMap<&[u8], &(Entry, libc::stat)>,
+) -> Result<HashSet<Vec<u8>>> {
     let mut out = HashSet::new();
     let mut groups = HashSet::new();
     for e in snap.entries.iter().filter(|e| e.kind == Kind::File) {
@@ -273,10 +327,9 @@ fn files_needing_content(snap: &Snapshot) -> Result<HashSet<Vec<u8>>> {
             continue;
         }
         let full = join(&snap.root, &e.path);
-        let ok = match fsops::lstat(&full) {
-            Ok(st) => content_ok(e, &full, &st)?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
-            Err(err) => return Err(io(&full)(err)),
+        let ok = match now.get(e.path.as_slice()) {
+            Some((_, st)) => content_ok(e, &full, st)?,
+            None => false,
         };
         if !ok {
             out.insert(e.path.clone());
