@@ -113,6 +113,20 @@ impl Snapshot {
     pub fn bytes(&self) -> u64 {
         self.entries.iter().map(|e| e.size).sum()
     }
+
+    /// The snapshot's scope as it is on disk now, walked the same way.
+    fn walk_now(&self) -> Result<Vec<(Entry, libc::stat)>> {
+        let scope = Scope {
+            root: self.root.clone(),
+            paths: self
+                .scopes
+                .iter()
+                .map(|s| Path::new("/").join(fsops::os(s)))
+                .collect(),
+            excludes: self.excludes.clone(),
+        };
+        walk(&scope, &Excludes::new(&self.excludes)?)
+    }
 }
 
 /// The snapshot store of an agent.
@@ -606,17 +620,8 @@ pub fn hash_file(p: &Path) -> Result<[u8; 32]> {
 }
 
 pub fn diff(snap: &Snapshot) -> Result<Diff> {
-    let scope = Scope {
-        root: snap.root.clone(),
-        paths: snap
-            .scopes
-            .iter()
-            .map(|s| Path::new("/").join(fsops::os(s)))
-            .collect(),
-        excludes: snap.excludes.clone(),
-    };
-    let excludes = Excludes::new(&snap.excludes)?;
-    let now: HashMap<Vec<u8>, Entry> = walk(&scope, &excludes)?
+    let now: HashMap<Vec<u8>, Entry> = snap
+        .walk_now()?
         .into_iter()
         .map(|(e, _)| (e.path.clone(), e))
         .collect();

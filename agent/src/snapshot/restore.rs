@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{
-    Entry, Excludes, Kind, Result, Scope, Snapshot, SnapshotError, Store, diff, fsops, hash_file,
-    io, join, walk,
+    Entry, Kind, Result, Snapshot, SnapshotError, Store, diff, fsops, hash_file, io, join,
 };
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -97,18 +96,8 @@ fn verify_objects(store: &Store, snap: &Snapshot, needed: &HashSet<&[u8]>) -> Re
 pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
     let snap = store.load(id)?;
     let root = &snap.root;
-    let scope = Scope {
-        root: root.clone(),
-        paths: snap
-            .scopes
-            .iter()
-            .map(|s| Path::new("/").join(fsops::os(s)))
-            .collect(),
-        excludes: snap.excludes.clone(),
-    };
-    let excludes = Excludes::new(&snap.excludes)?;
     // One walk of the scope as it is now serves the plan and every step.
-    let current = walk(&scope, &excludes)?;
+    let current = snap.walk_now()?;
     let now_by_path: HashMap<&[u8], &(Entry, libc::stat)> =
         current.iter().map(|c| (c.0.path.as_slice(), c)).collect();
     // Plan: which files need their content back. Unchanged files are known
