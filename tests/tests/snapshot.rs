@@ -609,3 +609,48 @@ fn bad_input_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn no_room_is_refused_before_copying() {
+    let Some(root) = Root::new("noroom") else {
+        return;
+    };
+    // A data directory on a 4 MiB tmpfs: /usr does not fit.
+    std::fs::create_dir_all(&root.data).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&root.data)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mounting a small tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _umount = Unmount(root.data.clone());
+    let out = root.agent(&[
+        "create",
+        "--root",
+        root.dir.to_str().unwrap(),
+        "--scope",
+        "/usr",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not enough room"), "{stderr}");
+    let objects = root.data.join("agent/snapshots/objects");
+    let stored: Vec<_> = std::fs::read_dir(&objects).unwrap().flatten().collect();
+    assert!(
+        stored.is_empty(),
+        "nothing was copied before the refusal: {stored:?}"
+    );
+    let out = root.agent(&["list", "--json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "[]",
+        "no snapshot was recorded"
+    );
+}
