@@ -28,8 +28,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use backstop_common::{
-    BioKey, BioStart, CpuSyscall, KernelOffsets, MAX_SLOTS, SlotCounters, SockOwner, SyscallCounts,
-    ThreadState, counter, hist_bucket,
+    BioKey, BioStart, CpuSyscall, KernelOffsets, MAX_SLOTS, PENDING_EXEC, SlotCounters, SockOwner,
+    SyscallCounts, ThreadState, counter, hist_bucket,
 };
 
 /// Stream slot per tid (0: not tracked). Indexed by tid; the agent sizes it
@@ -114,6 +114,13 @@ fn now() -> u64 {
 /// The stream slot of a tid, 0 when untracked.
 #[inline(always)]
 fn slot_of(tid: u32) -> u32 {
+    let raw = raw_slot(tid);
+    if raw & PENDING_EXEC != 0 { 0 } else { raw }
+}
+
+/// The TRACKED entry as stored, pending bit included.
+#[inline(always)]
+fn raw_slot(tid: u32) -> u32 {
     TRACKED.get(tid).copied().unwrap_or(0)
 }
 

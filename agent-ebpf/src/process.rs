@@ -6,11 +6,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, ProcEvent, counter};
+use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, PENDING_EXEC, ProcEvent, counter};
 
 use crate::{
-    CPU_SYSCALL, EVENTS, OFFSETS, THREADS, add, current_tgid, current_tid, lost, now, read_kernel,
-    set_slot, slot_of,
+    CPU_SYSCALL, EVENTS, OFFSETS, THREADS, add, current_tgid, current_tid, lost, now, raw_slot,
+    read_kernel, set_slot, slot_of,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -81,7 +81,12 @@ fn emit(
 #[tracepoint]
 pub fn bs_sched_process_exec(ctx: TracePointContext) -> u32 {
     let tid = current_tid();
-    let mut slot = slot_of(tid);
+    let raw = raw_slot(tid);
+    let mut slot = raw & !PENDING_EXEC;
+    if raw & PENDING_EXEC != 0 {
+        // The registered command's first exec: counting starts here.
+        set_slot(tid, slot);
+    }
     // SAFETY: offsets from the tracepoint's format file.
     let old_pid: i32 = unsafe { ctx.read_at(16) }.unwrap_or(0);
     if slot == 0 && old_pid > 0 {
@@ -118,7 +123,13 @@ pub fn bs_sched_process_exec(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
     let tid = current_tid();
-    let slot = slot_of(tid);
+    let raw = raw_slot(tid);
+    if raw & PENDING_EXEC != 0 {
+        // Registered but never exec'd (the exec failed): forget it.
+        set_slot(tid, 0);
+        return 0;
+    }
+    let slot = raw;
     if slot == 0 {
         return 0;
     }

@@ -271,7 +271,8 @@ impl Probes {
         }
     }
 
-    /// Track `pid` (and from then on everything it forks) as `slot`.
+    /// Track `pid` (and from then on everything it forks) as `slot`,
+    /// counting from its first exec.
     pub fn track(&mut self, pid: u32, slot: u32) -> Result<()> {
         if pid >= self.tracked_len {
             return Err(AgentError::PidOutOfRange {
@@ -280,7 +281,7 @@ impl Probes {
             });
         }
         self.tracked
-            .set(pid, slot, 0)
+            .set(pid, slot | backstop_common::PENDING_EXEC, 0)
             .map_err(|e| map_err("TRACKED", e))
     }
 

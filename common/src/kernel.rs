@@ -6,6 +6,12 @@
 /// one of `1..MAX_SLOTS`, inherited across fork.
 pub const MAX_SLOTS: u32 = 16;
 
+/// Set in a TRACKED entry between registration and the first exec: the
+/// agent's own fork-to-exec steps (handing over the pid, waiting for the
+/// go-ahead) race with registration and must not count as the command's.
+/// The first exec clears it; from then on everything counts.
+pub const PENDING_EXEC: u32 = 1 << 31;
+
 /// Syscall numbers counted individually per slot (x86_64 has < 470).
 pub const MAX_SYSCALLS: u32 = 512;
 
