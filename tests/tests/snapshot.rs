@@ -102,18 +102,7 @@ impl Root {
     }
 
     fn deb(&self, pkg: &str) -> String {
-        let debs = bin_dir().join("../xtask/debs");
-        let src = std::fs::read_dir(&debs)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(&format!("{pkg}_"))
-            })
-            .unwrap_or_else(|| panic!("{pkg}.deb missing from {}", debs.display()));
+        let src = deb_file(pkg);
         let name = src.file_name().unwrap().to_string_lossy().into_owned();
         std::fs::copy(&src, self.dir.join("tmp").join(&name)).unwrap();
         format!("/tmp/{name}")
@@ -133,6 +122,22 @@ impl Drop for Root {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.dir.parent().unwrap());
     }
+}
+
+/// The cached .deb of `pkg` (cargo xtask test downloads them).
+fn deb_file(pkg: &str) -> PathBuf {
+    let debs = bin_dir().join("../xtask/debs");
+    std::fs::read_dir(&debs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{pkg}_"))
+        })
+        .unwrap_or_else(|| panic!("{pkg}.deb missing from {}", debs.display()))
 }
 
 /// What the independent walk records of one path.
@@ -321,18 +326,7 @@ fn failed_postinst_then_restore_is_identical() {
     };
     // Repack a real package with a postinst that fails.
     let work = root.dir.parent().unwrap().join("repack");
-    let src = bin_dir().join("../xtask/debs");
-    let hello = std::fs::read_dir(&src)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("hello_")
-        })
-        .unwrap();
+    let hello = deb_file("hello");
     assert!(
         Command::new("dpkg-deb")
             .arg("-R")

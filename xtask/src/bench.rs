@@ -131,6 +131,16 @@ fn timed(bins: &Bins, cmd: &[&str], under_agent: bool) -> Result<Timed> {
     })
 }
 
+impl Timed {
+    /// Lost events the agent reported (0 for runs without it).
+    fn lost_events(&self) -> u64 {
+        self.summary
+            .as_ref()
+            .and_then(|s| s["lost_events"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -212,11 +222,7 @@ fn overhead(reps: usize, stat_calls: u64, json: bool) -> Result<()> {
         reps,
         |agent| timed(&bins, &["stat", &n], agent),
         |t| {
-            lost_total += t
-                .summary
-                .as_ref()
-                .and_then(|s| s["lost_events"].as_u64())
-                .unwrap_or(0);
+            lost_total += t.lost_events();
             peak_events_per_s = peak_events_per_s.max(t.syscalls / (t.elapsed_ns / 1e9));
         },
     )?);
@@ -248,13 +254,7 @@ fn overhead(reps: usize, stat_calls: u64, json: bool) -> Result<()> {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             timed(&bins, &args, agent)
         },
-        |t| {
-            lost_total += t
-                .summary
-                .as_ref()
-                .and_then(|s| s["lost_events"].as_u64())
-                .unwrap_or(0)
-        },
+        |t| lost_total += t.lost_events(),
     )?);
 
     // 3. A parallel build of a small generated crate.
@@ -283,13 +283,7 @@ fn overhead(reps: usize, stat_calls: u64, json: bool) -> Result<()> {
                 agent,
             )
         },
-        |t| {
-            lost_total += t
-                .summary
-                .as_ref()
-                .and_then(|s| s["lost_events"].as_u64())
-                .unwrap_or(0)
-        },
+        |t| lost_total += t.lost_events(),
     )?);
 
     // 4. The same stat loop, untracked, while the agent watches another tree.
