@@ -125,7 +125,12 @@ impl Snapshot {
                 .collect(),
             excludes: self.excludes.clone(),
         };
-        walk(&scope, &Excludes::new(&self.excludes)?)
+        let earlier = self
+            .entries
+            .iter()
+            .map(|e| (e.path.as_slice(), e))
+            .collect();
+        walk(&scope, &Excludes::new(&self.excludes)?, &earlier)
     }
 }
 
@@ -289,6 +294,13 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+fn realtime_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -386,7 +398,14 @@ fn kind_of(mode: u32) -> Kind {
 
 /// Walk the scope: every entry's metadata (no content yet), parents before
 /// children, in a stable order.
-fn walk(scope: &Scope, excludes: &Excludes) -> Result<Vec<(Entry, libc::stat)>> {
+/// `earlier`: entries of a previous snapshot of this root, by path. An entry
+/// whose (dev, inode, ctime) is unchanged since then has the same xattrs and
+/// symlink target (changing either moves ctime), so they are not read again.
+fn walk(
+    scope: &Scope,
+    excludes: &Excludes,
+    earlier: &HashMap<&[u8], &Entry>,
+) -> Result<Vec<(Entry, libc::stat)>> {
     let mut out = Vec::new();
     let mut stack: Vec<Vec<u8>> = Vec::new();
     for p in &scope.paths {
@@ -408,6 +427,10 @@ fn walk(scope: &Scope, excludes: &Excludes) -> Result<Vec<(Entry, libc::stat)>> 
             Err(e) => return Err(io(&full)(e)),
         };
         let kind = kind_of(st.st_mode);
+        let ident = (st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec);
+        let same_inode = earlier
+            .get(rel.as_slice())
+            .filter(|e| e.ident == ident && e.kind == kind);
         let entry = Entry {
             path: rel.clone(),
             kind,
@@ -421,7 +444,9 @@ fn walk(scope: &Scope, excludes: &Excludes) -> Result<Vec<(Entry, libc::stat)>> 
                 0
             },
             hash: None,
-            target: if kind == Kind::Symlink {
+            target: if let Some(e) = same_inode {
+                e.target.clone()
+            } else if kind == Kind::Symlink {
                 Some(
                     std::os::unix::ffi::OsStrExt::as_bytes(
                         std::fs::read_link(&full).map_err(io(&full))?.as_os_str(),
@@ -433,8 +458,11 @@ fn walk(scope: &Scope, excludes: &Excludes) -> Result<Vec<(Entry, libc::stat)>> 
             },
             rdev: st.st_rdev,
             link_group: None,
-            xattrs: fsops::xattrs(&full).map_err(io(&full))?,
-            ident: (st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec),
+            xattrs: match same_inode {
+                Some(e) => e.xattrs.clone(),
+                None => fsops::xattrs(&full).map_err(io(&full))?,
+            },
+            ident,
         };
         if kind == Kind::Dir && seen_dirs.insert((st.st_dev, st.st_ino)) {
             let mut children: Vec<Vec<u8>> = std::fs::read_dir(&full)
@@ -486,11 +514,31 @@ pub fn create(store: &Store, scope: &Scope) -> Result<CreateReport> {
         root,
         ..scope.clone()
     };
-    let walked = walk(&scope, &excludes)?;
+    let snapshots = store.list()?;
+    // The newest earlier snapshot of this root spares re-reading xattrs.
+    let earlier: HashMap<&[u8], &Entry> = snapshots
+        .iter()
+        .rev()
+        .find(|s| s.root == scope.root)
+        .map(|s| s.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
+        .unwrap_or_default();
+    let started_ns = realtime_ns();
+    let mut walked = walk(&scope, &excludes, &earlier)?;
+    // "Racily clean" (as git calls it): ctime has the kernel's coarse clock,
+    // so a file changed again within the tick of its last change keeps its
+    // ctime. An entry changed that close to the walk cannot vouch for
+    // itself later; its identity is spoiled so it is always re-read.
+    const RACY_NS: i128 = 100_000_000;
+    for (e, _) in &mut walked {
+        let ctime_ns = e.ident.2 as i128 * 1_000_000_000 + e.ident.3 as i128;
+        if ctime_ns >= started_ns as i128 - RACY_NS {
+            e.ident.2 = i64::MIN;
+        }
+    }
     // Content known from earlier snapshots, by identity.
     let mut known: HashMap<Identity, [u8; 32]> = HashMap::new();
-    for s in store.list()? {
-        for e in s.entries {
+    for s in &snapshots {
+        for e in &s.entries {
             if let Some(h) = e.hash {
                 known.insert(
                     (e.ident.0, e.ident.1, e.ident.2, e.ident.3, e.size, e.mtime),
@@ -646,4 +694,38 @@ pub fn diff(snap: &Snapshot) -> Result<Diff> {
     added.sort();
     d.added = added.into_iter().map(|p| show(p)).collect();
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_changed_just_before_the_walk_is_never_trusted_by_identity() {
+        let dir = std::env::temp_dir().join(format!("backstop-racy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("root/etc")).unwrap();
+        std::fs::write(dir.join("root/etc/a"), b"one").unwrap();
+        let store = Store::open(&dir.join("data")).unwrap();
+        let scope = Scope {
+            root: dir.join("root"),
+            paths: vec![PathBuf::from("/etc")],
+            excludes: vec![],
+        };
+        let r = create(&store, &scope).unwrap();
+        let snap = store.load(&r.id).unwrap();
+        let a = snap.entries.iter().find(|e| e.path == b"etc/a").unwrap();
+        assert_eq!(
+            a.ident.2,
+            i64::MIN,
+            "a file changed within the racy window keeps no identity"
+        );
+        // Same size, new content: the next snapshot must see it.
+        std::fs::write(dir.join("root/etc/a"), b"two").unwrap();
+        let r2 = create(&store, &scope).unwrap();
+        assert_eq!(r2.hashed_files, 1, "the racily-clean file was re-read");
+        let d = diff(&store.load(&r.id).unwrap()).unwrap();
+        assert_eq!(d.changed, vec!["/etc/a".to_string()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
