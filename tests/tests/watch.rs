@@ -12,8 +12,10 @@ use std::process::{Child, Command, Stdio};
 
 use support::{ebpf_or_skip, watch, workload};
 
-/// Start an untracked workload that runs until killed.
+/// Start an untracked workload that runs until killed, in a process group
+/// of its own so that killing it leaves no loop iteration behind.
 fn untracked(args: &[&str]) -> Child {
+    use std::os::unix::process::CommandExt;
     Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -21,6 +23,7 @@ fn untracked(args: &[&str]) -> Child {
             args.join(" ")
         ))
         .stdin(Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("starting the untracked workload")
 }
@@ -28,7 +31,8 @@ fn untracked(args: &[&str]) -> Child {
 struct KillOnDrop(Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SAFETY: signalling the process group we created.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }
@@ -161,6 +165,9 @@ fn direct_and_buffered_writes_attributed() {
     let tracked = dir.join(format!("backstop-test-direct-{}", std::process::id()));
     let noise_file = dir.join(format!("backstop-test-noise-{}", std::process::id()));
     let buffered = dir.join(format!("backstop-test-buffered-{}", std::process::id()));
+    // Declared before the noise so it is dropped after it: the files go
+    // once nothing can write them again, pass or fail.
+    let _files = RemoveOnDrop(vec![tracked.clone(), noise_file.clone(), buffered.clone()]);
     let _noise = KillOnDrop(untracked(&[
         "dd",
         "if=/dev/zero",
@@ -206,8 +213,15 @@ fn direct_and_buffered_writes_attributed() {
         0.0,
         "buffered writes reach the disk from the flusher, not the tree"
     );
-    for f in [&tracked, &noise_file, &buffered] {
-        let _ = std::fs::remove_file(f);
+}
+
+struct RemoveOnDrop(Vec<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 
