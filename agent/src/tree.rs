@@ -64,11 +64,17 @@ pub fn spawn_tracked(
         }
     }
     let (w, r) = (pid_w.as_raw_fd(), ack_r.as_raw_fd());
+    let (parent_r, parent_w) = (pid_r.as_raw_fd(), ack_w.as_raw_fd());
     // SAFETY: between fork and exec only async-signal-safe calls are made:
-    // signal, getpid, write, read. No allocation (the error is a raw os
-    // error).
+    // close, signal, getpid, write, read. No allocation (the error is a raw
+    // os error).
     unsafe {
         cmd.pre_exec(move || {
+            // Our copies of the agent's ends: were the write end of the ack
+            // pipe kept open here, an agent killed before answering would
+            // leave this child blocked in read() forever, not seeing EOF.
+            libc::close(parent_r);
+            libc::close(parent_w);
             // A supervisor's command must be stoppable: dispositions
             // inherited as "ignore" (a background job of a script ignores
             // SIGINT) would swallow the signals we forward.

@@ -570,6 +570,16 @@ fn agent_killed_is_disconnected_and_interrupted() {
     eprintln!("disconnect noticed after {:?}", killed_at.elapsed());
     let d = &fleet.json(&["deployments", "--json"])[0];
     assert_eq!(d["state"], "interrupted", "{d}");
+    // Nothing of the dead agent lingers: not even a child it had forked
+    // and not yet exec'd (it still carries the agent's command line).
+    let data = fleet.data.join("agent").display().to_string();
+    assert!(
+        eventually(Duration::from_secs(5), || !Command::new("pgrep")
+            .args(["-f", &data])
+            .output()
+            .is_ok_and(|o| o.status.success())),
+        "a process of the killed agent is still running"
+    );
 }
 
 #[test]
