@@ -127,6 +127,9 @@ impl Btf {
                 data,
             });
             at = data + extra;
+            if at > types_end {
+                return Err(format!("type {} runs past the type section", types.len()));
+            }
         }
         Ok(Btf {
             raw,
