@@ -631,18 +631,22 @@ impl Diff {
     }
 }
 
+/// Owner, mode, mtime, xattrs, symlink target and device number as recorded.
+fn metadata_equal(now: &Entry, want: &Entry) -> bool {
+    now.mode == want.mode
+        && now.uid == want.uid
+        && now.gid == want.gid
+        && now.mtime == want.mtime
+        && now.xattrs == want.xattrs
+        && now.target == want.target
+        && (!matches!(want.kind, Kind::CharDev | Kind::BlockDev) || now.rdev == want.rdev)
+}
+
 /// Whether the entry on disk now matches the recorded one (content hashed
 /// only when its identity changed).
 fn same(recorded: &Entry, now: &Entry, root: &Path) -> Result<bool> {
-    let meta_same = recorded.kind == now.kind
-        && recorded.mode == now.mode
-        && recorded.uid == now.uid
-        && recorded.gid == now.gid
-        && recorded.target == now.target
-        && recorded.xattrs == now.xattrs
-        && recorded.mtime == now.mtime
-        && (!matches!(recorded.kind, Kind::CharDev | Kind::BlockDev) || recorded.rdev == now.rdev)
-        && recorded.size == now.size;
+    let meta_same =
+        recorded.kind == now.kind && metadata_equal(now, recorded) && recorded.size == now.size;
     if !meta_same {
         return Ok(false);
     }

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use super::{
     Entry, Kind, Result, Snapshot, SnapshotError, Store, diff, fsops, hash_file, io, join,
+    metadata_equal,
 };
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -287,17 +288,6 @@ pub fn restore(store: &Store, id: &str, verify: bool) -> Result<RestoreReport> {
         report.verified = Some(diff(&snap)?.is_empty());
     }
     Ok(report)
-}
-
-/// Owner, mode, mtime, xattrs, symlink target and device number as recorded.
-fn metadata_equal(now: &Entry, want: &Entry) -> bool {
-    now.mode == want.mode
-        && now.uid == want.uid
-        && now.gid == want.gid
-        && now.mtime == want.mtime
-        && now.xattrs == want.xattrs
-        && now.target == want.target
-        && (!matches!(want.kind, Kind::CharDev | Kind::BlockDev) || now.rdev == want.rdev)
 }
 
 /// Whether the file at `full` (as `st`) still has the entry's content.
