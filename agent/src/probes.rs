@@ -53,16 +53,6 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("bs_sock_recv_length", "sock", "sock_recv_length"),
 ];
 
-/// Names of every program the agent loads (kernel names are cut to 15
-/// bytes); used by leak checks.
-pub fn program_names() -> impl Iterator<Item = &'static str> {
-    SYSCALL_HOOKS
-        .iter()
-        .chain(RAW_TRACEPOINTS.iter())
-        .map(|(p, _)| *p)
-        .chain(TRACEPOINTS.iter().map(|(p, _, _)| *p))
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOptions {
     /// Forward the probes' aya-log diagnostics to the agent's log.
@@ -243,11 +233,6 @@ impl Probes {
         if !self.slots.iter().any(|&s| s) {
             self.detach_syscall_hooks();
         }
-    }
-
-    /// Whether the syscall hooks are attached now.
-    pub fn syscall_hooks_attached(&self) -> bool {
-        !self.syscall_links.is_empty()
     }
 
     fn attach_syscall_hooks(&mut self) -> Result<()> {
