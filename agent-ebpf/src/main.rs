@@ -15,6 +15,7 @@
 #![no_main]
 
 mod block;
+mod changes;
 mod net;
 mod process;
 mod sched;
@@ -74,6 +75,15 @@ static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(16384, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// Change records (see ChangeEvent), apart from EVENTS so a busy install's
+/// writes cannot crowd out its exits.
+#[map]
+static CHANGES: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Per slot: 1 when the agent wants that tree's filesystem changes.
+#[map]
+static CHANGE_SLOTS: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
+
 /// Kernel layout facts, read from BTF by the agent and written here at load.
 #[unsafe(no_mangle)]
 static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
@@ -93,6 +103,14 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sk_protocol: u32::MAX,
     mapping_host: u32::MAX,
     inode_mode: u32::MAX,
+    task_files: u32::MAX,
+    task_fs: u32::MAX,
+    files_fdt: u32::MAX,
+    fdtable_fd: u32::MAX,
+    file_inode: u32::MAX,
+    inode_ino: u32::MAX,
+    fs_pwd_dentry: u32::MAX,
+    dentry_inode: u32::MAX,
 });
 
 #[inline(always)]

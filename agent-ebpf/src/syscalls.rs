@@ -26,6 +26,9 @@ pub fn bs_sys_enter(ctx: RawTracePointContext) -> i32 {
             *n += 1;
         }
     }
+    if let Some(d) = crate::changes::describe(nr) {
+        crate::changes::record(&ctx, slot, tid, nr as u32, d);
+    }
     if let Some(c) = CPU_SYSCALL.get_ptr_mut(0) {
         // SAFETY: valid per-CPU map value for this run.
         let c = unsafe { &mut *c };

@@ -294,6 +294,15 @@ pub fn kernel_offsets(btf: &Btf) -> Result<(KernelOffsets, Vec<String>), BtfErro
         sk_protocol: u32::MAX,
         mapping_host: btf.member("address_space", "host")?.offset,
         inode_mode: btf.member("inode", "i_mode")?.offset,
+        task_files: btf.member("task_struct", "files")?.offset,
+        task_fs: btf.member("task_struct", "fs")?.offset,
+        files_fdt: btf.member("files_struct", "fdt")?.offset,
+        fdtable_fd: btf.member("fdtable", "fd")?.offset,
+        file_inode: btf.member("file", "f_inode")?.offset,
+        inode_ino: btf.member("inode", "i_ino")?.offset,
+        fs_pwd_dentry: btf.member("fs_struct", "pwd")?.offset
+            + btf.member("path", "dentry")?.offset,
+        dentry_inode: btf.member("dentry", "d_inode")?.offset,
     };
     match btf.member("sock", "sk_protocol") {
         Ok(m) if m.size == 2 => off.sk_protocol = m.offset,

@@ -3,6 +3,7 @@
 //! binary only parses flags and calls in here.
 
 pub mod btf;
+pub mod changes;
 pub mod error;
 pub mod fold;
 pub mod host;

@@ -56,13 +56,18 @@ enum Command {
         /// Seconds CMD gets after a forwarded SIGINT/SIGTERM before SIGKILL.
         #[arg(long, default_value_t = 10)]
         kill_grace_secs: u64,
+        /// Record which paths the tree may change (opened for writing,
+        /// created, renamed, linked, removed, chmod/chown, xattrs, times)
+        /// into FILE, for `snapshot restore --changes FILE`. Each path is
+        /// resolved as the process saw it (cwd, dirfd, chroot, symlinks);
+        /// one that cannot be resolved marks the log incomplete, and a
+        /// restore given an incomplete log walks the whole scope.
+        #[arg(long, value_name = "FILE")]
+        changes: Option<PathBuf>,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
-    /// Run as the host's agent: keep a connection to the controller, run
-    /// what it asks for under the probes, deliver every window.
-    ///
     /// Known-good state: content-addressed snapshots of a scope, and exact
     /// restore (DATA/agent/snapshots).
     Snapshot {
@@ -80,6 +85,9 @@ enum Command {
         #[command(subcommand)]
         action: SnapshotAction,
     },
+    /// Run as the host's agent: keep a connection to the controller, run
+    /// what it asks for under the probes, deliver every window.
+    ///
     /// Windows go through an on-disk outbox (DATA/agent/outbox) first, so a
     /// controller that is away or restarts loses nothing below
     /// --outbox-max-bytes; above it the oldest are dropped and counted.
@@ -121,11 +129,23 @@ enum SnapshotAction {
     },
     /// Put the scope back exactly as snapshot ID recorded it. Checks every
     /// object first; an interrupted restore finishes when run again.
+    ///
+    /// With --changes, only the paths in the change log (from `watch
+    /// --changes`) and what lies under them are looked at, so the time
+    /// follows what the install changed, not the scope's size. An
+    /// incomplete log is not trusted: the whole scope is walked.
+    ///
+    /// Example: backstop-agent snapshot restore 1a2b3c --changes /var/tmp/install.changes --verify
     Restore {
         id: String,
-        /// Compare the whole scope with the snapshot afterwards.
+        /// Compare the whole scope with the snapshot afterwards. After a
+        /// --changes restore, a difference the change log did not name is
+        /// listed and repaired by a full restore; exit 1 if any remains.
         #[arg(long)]
         verify: bool,
+        /// Change log written by `backstop-agent watch --changes FILE`.
+        #[arg(long, value_name = "FILE")]
+        changes: Option<PathBuf>,
     },
     /// Snapshots, oldest first.
     List,
@@ -170,13 +190,32 @@ fn snapshot_cmd(data: &std::path::Path, json: bool, action: SnapshotAction) -> R
                 ),
             );
         }
-        SnapshotAction::Restore { id, verify } => {
-            let r = snapshot::restore(&store, &id, verify).map_err(|e| e.to_string())?;
+        SnapshotAction::Restore {
+            id,
+            verify,
+            changes,
+        } => {
+            let changes = changes
+                .map(|p| backstop_agent::changes::ChangeSet::read(&p))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let r = snapshot::restore(&store, &id, verify, changes.as_ref())
+                .map_err(|e| e.to_string())?;
+            if let Some(why) = &r.full_walk_reason {
+                eprintln!("backstop-agent: walked the whole scope: {why}");
+            }
+            for p in &r.missed_by_changes {
+                eprintln!("backstop-agent: the change log missed {p} (repaired)");
+            }
             print(
                 serde_json::to_value(&r).unwrap_or_default(),
                 format!(
-                    "restored {}: {} removed, {} files rewritten, {} recreated, {} metadata reset{}{}",
+                    "restored {} ({}): {} removed, {} files rewritten, {} recreated, {} metadata reset{}{}",
                     r.id,
+                    match r.looked_at {
+                        Some(n) => format!("{n} entries looked at, from the change log"),
+                        None => "whole scope".to_string(),
+                    },
                     r.removed,
                     r.content_restored,
                     r.recreated,
@@ -296,6 +335,7 @@ fn main() -> ExitCode {
                 scope,
                 probe_log,
                 kill_grace_secs,
+                changes,
                 cmd,
             } => {
                 let opts = WatchOptions {
@@ -305,6 +345,7 @@ fn main() -> ExitCode {
                     scope,
                     probes: ProbeOptions { probe_log },
                     kill_grace: Duration::from_secs(kill_grace_secs),
+                    changes,
                 };
                 let mut out = std::io::stdout();
                 match watch(&cmd, &opts, &mut out).await {

@@ -11,8 +11,8 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use backstop_common::{
-    HIST_BUCKETS, KernelOffsets, MAX_SLOTS, MAX_SYSCALLS, ProcEvent, SlotCounters, SyscallCounts,
-    ThreadState, counter, hist,
+    ChangeEvent, HIST_BUCKETS, KernelOffsets, MAX_SLOTS, MAX_SYSCALLS, ProcEvent, SlotCounters,
+    SyscallCounts, ThreadState, counter, hist,
 };
 
 use crate::btf;
@@ -83,6 +83,8 @@ pub struct Probes {
     counters: PerCpuArray<MapData, SlotCounters>,
     syscalls: PerCpuArray<MapData, SyscallCounts>,
     events: RingBuf<MapData>,
+    changes: RingBuf<MapData>,
+    change_slots: Array<MapData, u32>,
     threads: HashMap<MapData, u32, ThreadState>,
     /// Our programs (name, fd), for reading the kernel's count of runs it
     /// skipped.
@@ -158,6 +160,8 @@ impl Probes {
         let counters = take(&mut ebpf, "COUNTERS")?;
         let syscalls = take(&mut ebpf, "SYSCALL_COUNTS")?;
         let events = take(&mut ebpf, "EVENTS")?;
+        let changes = take(&mut ebpf, "CHANGES")?;
+        let change_slots = take(&mut ebpf, "CHANGE_SLOTS")?;
         let threads = take(&mut ebpf, "THREADS")?;
 
         let mut prog_fds = Vec::new();
@@ -193,6 +197,8 @@ impl Probes {
             counters,
             syscalls,
             events,
+            changes,
+            change_slots,
             threads,
             prog_fds,
             slots: [false; MAX_SLOTS as usize],
@@ -229,6 +235,9 @@ impl Probes {
     pub fn release_slot(&mut self, slot: u32) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
             *s = false;
+        }
+        if let Err(e) = self.record_changes(slot, false) {
+            tracing::warn!(slot, "turning change recording off: {e}");
         }
         if !self.slots.iter().any(|&s| s) {
             self.detach_syscall_hooks();
@@ -355,6 +364,29 @@ impl Probes {
     /// The ring buffer's fd, to wait on for new records.
     pub fn events_fd(&self) -> BorrowedFd<'_> {
         self.events.as_fd()
+    }
+
+    /// Whether the probes record `slot`'s filesystem changes.
+    pub fn record_changes(&mut self, slot: u32, on: bool) -> Result<()> {
+        self.change_slots
+            .set(slot, u32::from(on), 0)
+            .map_err(|e| map_err("CHANGE_SLOTS", e))
+    }
+
+    /// Hand every queued change record to `f`.
+    pub fn drain_changes(&mut self, mut f: impl FnMut(&ChangeEvent)) {
+        while let Some(item) = self.changes.next() {
+            if item.len() >= std::mem::size_of::<ChangeEvent>() {
+                // SAFETY: the probes write whole ChangeEvents (repr(C), Pod).
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ChangeEvent) };
+                f(&ev);
+            }
+        }
+    }
+
+    /// The change ring buffer's fd, to wait on for new records.
+    pub fn changes_fd(&self) -> BorrowedFd<'_> {
+        self.changes.as_fd()
     }
 }
 

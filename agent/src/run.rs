@@ -261,6 +261,7 @@ fn start_deployment(
             scope: PathBuf::from("/"),
             stdout: Stdout::Stderr,
             kill_grace: Duration::from_secs(10),
+            changes: None,
         };
         let argv: Vec<OsString> = argv.into_iter().map(OsString::from).collect();
         let mut sink = OutboxSink {

@@ -13,6 +13,7 @@ use backstop_common::window::{Stream, Window};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::changes::ChangeLog;
 use crate::error::{AgentError, Result};
 use crate::fold::{Folder, Reading};
 use crate::host::HostSampler;
@@ -69,6 +70,8 @@ pub struct TrackOptions {
     pub stdout: Stdout,
     /// After a forwarded signal, how long the command gets before SIGKILL.
     pub kill_grace: Duration,
+    /// Where to write the tree's change log (see [`crate::changes`]).
+    pub changes: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,8 @@ pub struct Summary {
     pub exit_code: i32,
     pub windows: u64,
     pub lost_events: u64,
+    /// With a change log: what it recorded.
+    pub changes: Option<crate::changes::Trailer>,
 }
 
 /// Nanoseconds on CLOCK_MONOTONIC, the clock bpf_ktime_get_ns uses.
@@ -153,6 +158,16 @@ async fn track_in_slot(
         })
     };
     let mut folder = Folder::new(opts.stream, read()?);
+    let mut change_log = match &opts.changes {
+        Some(path) => {
+            let log = ChangeLog::create(path)?;
+            lock(probes).record_changes(slot, true)?;
+            Some(log)
+        }
+        None => None,
+    };
+    let changes_lost_at_start =
+        lock(probes).totals(slot)?.c[backstop_common::counter::CHANGES_LOST];
     let mut tracked = tree::spawn_tracked(argv, opts.stdout, |pid| lock(probes).track(pid, slot))?;
     let pid = tracked.pid;
     tracing::debug!(pid, slot, "tracking");
@@ -169,6 +184,26 @@ async fn track_in_slot(
     let events_fd =
         unsafe { AsyncFd::register_with_interest(ring_fd, tokio::io::Interest::READABLE) }
             .map_err(|e| ring_err(e.into()))?;
+    let changes_fd = lock(probes)
+        .changes_fd()
+        .try_clone_to_owned()
+        .map_err(ring_err)?;
+    // SAFETY: as above.
+    let changes_fd =
+        unsafe { AsyncFd::register_with_interest(changes_fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| ring_err(e.into()))?;
+    let drain_changes = |log: &mut Option<ChangeLog>| -> Result<()> {
+        let mut err = Ok(());
+        lock(probes).drain_changes(|ev| {
+            if ev.slot == slot
+                && err.is_ok()
+                && let Some(log) = log.as_mut()
+            {
+                err = log.record(ev);
+            }
+        });
+        err
+    };
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + opts.window, opts.window);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,6 +241,12 @@ async fn track_in_slot(
                 }
                 drain(sink)?;
             }
+            guard = changes_fd.readable() => {
+                if let Ok(mut g) = guard {
+                    g.clear_ready();
+                }
+                drain_changes(&mut change_log)?;
+            }
             Some(sig) = recv(&mut signals) => forward(pid, sig, &mut deadline, opts.kill_grace),
             _ = kill_at => {
                 tracing::warn!(pid, "command still running after the grace period; sending SIGKILL");
@@ -215,6 +256,15 @@ async fn track_in_slot(
         }
     };
     drain(sink)?;
+    drain_changes(&mut change_log)?;
+    let changes = match change_log {
+        Some(log) => {
+            let lost = lock(probes).totals(slot)?.c[backstop_common::counter::CHANGES_LOST]
+                - changes_lost_at_start;
+            Some(log.finish(lost)?)
+        }
+        None => None,
+    };
     tracing::debug!(misses = ?lock(probes).recursion_misses_by_program(), "skipped program runs since load");
     let w = folder.fold(read()?);
     lost += w.lost_events;
@@ -226,6 +276,7 @@ async fn track_in_slot(
         exit_code,
         windows: folder.windows(),
         lost_events: lost,
+        changes,
     })
 }
 

@@ -28,6 +28,8 @@ pub struct WatchOptions {
     pub probes: ProbeOptions,
     /// After SIGINT/SIGTERM is forwarded, how long the command gets before SIGKILL.
     pub kill_grace: Duration,
+    /// Write the tree's change log here.
+    pub changes: Option<PathBuf>,
 }
 
 /// Load the probes, run `argv` tracked, and write its windows to `out`.
@@ -53,6 +55,7 @@ pub async fn watch(
             Stdout::Inherit
         },
         kill_grace: opts.kill_grace,
+        changes: opts.changes.clone(),
     };
     let mut printer = Printer {
         json: opts.json,
@@ -151,13 +154,23 @@ impl Printer<'_> {
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({"summary": {"exit_code": s.exit_code, "windows": s.windows, "lost_events": s.lost_events, "schema": SCHEMA_VERSION, "features": FEATURES.len()}})
+                serde_json::json!({"summary": {"exit_code": s.exit_code, "windows": s.windows, "lost_events": s.lost_events, "schema": SCHEMA_VERSION, "features": FEATURES.len(), "changes": s.changes}})
             )
         } else {
             writeln!(
                 out,
-                "exit code {} after {} windows; lost events: {} (schema {})",
-                s.exit_code, s.windows, s.lost_events, SCHEMA_VERSION
+                "exit code {} after {} windows; lost events: {} (schema {}){}",
+                s.exit_code,
+                s.windows,
+                s.lost_events,
+                SCHEMA_VERSION,
+                match s.changes {
+                    Some(c) => format!(
+                        "; change records: {}, lost {}, unresolved {}",
+                        c.records, c.lost, c.unresolved
+                    ),
+                    None => String::new(),
+                }
             )
         };
         res.and_then(|()| out.flush()).map_err(write_err)

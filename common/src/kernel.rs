@@ -72,6 +72,10 @@ pub mod counter {
     pub const NET_RX_BYTES: usize = 29;
     /// Events the probes could not record (full map, full ring buffer).
     pub const LOST_EVENTS: usize = 30;
+    /// Change records (see [`ChangeEvent`]) that did not reach the ring
+    /// buffer or whose path could not be read whole. Not a feature: a change
+    /// set with any of these is incomplete, and restore walks the scope.
+    pub const CHANGES_LOST: usize = 31;
     pub const COUNT: usize = 32;
 }
 
@@ -158,6 +162,48 @@ pub const EVENT_OOM_KILL: u32 = 3;
 
 pub const FILENAME_LEN: usize = 128;
 
+/// Longest path a change record carries whole (with its NUL). A longer one
+/// arrives truncated and flagged, and its change set is incomplete.
+pub const PATH_LEN: usize = 256;
+
+/// `flags` of a [`ChangeEvent`]: the path could not be read from the
+/// process's memory, or did not fit.
+pub const CHANGE_PATH0_BAD: u32 = 1;
+pub const CHANGE_PATH1_BAD: u32 = 2;
+
+/// No directory fd: the path is absolute or relative to the cwd
+/// (`AT_FDCWD`), and an empty path with this means "no path at all".
+pub const AT_FDCWD: i32 = -100;
+
+/// A system call of a tracked tree that may change the filesystem: opened
+/// for writing, created, renamed, linked, unlinked, chmod-ed, chown-ed,
+/// truncated, xattrs or times set. Recorded at entry, before the kernel
+/// acts, so a failed call is recorded too (harmless: restore compares).
+/// Up to two (dirfd, path) pairs: a rename's old and new name. An empty
+/// path with a dirfd means the fd itself (`fchmod`, `AT_EMPTY_PATH`).
+/// Only for slots whose change recording is on.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ChangeEvent {
+    pub slot: u32,
+    pub tid: u32,
+    pub tgid: u32,
+    /// The syscall number.
+    pub nr: u32,
+    pub flags: u32,
+    pub dirfd0: i32,
+    pub dirfd1: i32,
+    pub _pad: u32,
+    /// For a path that is relative, or absent (the fd itself): the inode
+    /// number of the directory it is relative to, or of the fd's file; 0
+    /// otherwise or when unknown. Lets the agent resolve a record whose
+    /// process is already gone.
+    pub ino0: u64,
+    pub ino1: u64,
+    pub path0: [u8; PATH_LEN],
+    pub path1: [u8; PATH_LEN],
+}
+
 /// A lifecycle record on the ring buffer (exec, exit, OOM kill). Counts do
 /// not depend on these: they are aggregated in the kernel; the records carry
 /// the detail (who, which file, which exit code) for the evidence log.
@@ -209,6 +255,18 @@ pub struct KernelOffsets {
     /// regular files count as buffered writes.
     pub mapping_host: u32,
     pub inode_mode: u32,
+    /// For change records that name a file by fd or relative to a
+    /// directory: task_struct `files` and `fs`; files_struct `fdt`;
+    /// fdtable `fd`; file `f_inode`; inode `i_ino`; fs_struct `pwd` plus
+    /// path `dentry`; dentry `d_inode`.
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub fs_pwd_dentry: u32,
+    pub dentry_inode: u32,
 }
 
 /// Map a nanosecond value to its histogram bucket. Written without loops or
@@ -292,6 +350,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockOwner {}
     unsafe impl aya::Pod for super::ProcEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ChangeEvent {}
 }
 
 #[cfg(test)]
@@ -333,5 +392,6 @@ mod tests {
             8 * (counter::COUNT + HIST_BUCKETS * hist::COUNT)
         );
         assert_eq!(core::mem::size_of::<ProcEvent>(), 32 + 16 + FILENAME_LEN);
+        assert_eq!(core::mem::size_of::<ChangeEvent>(), 48 + 2 * PATH_LEN);
     }
 }

@@ -648,3 +648,143 @@ fn no_room_is_refused_before_copying() {
         "no snapshot was recorded"
     );
 }
+
+impl Root {
+    /// `chroot ROOT ARGS` as a tracked tree, its changes logged to the
+    /// returned file.
+    fn tracked_chroot(&self, args: &[&str]) -> (std::process::Output, PathBuf) {
+        let log = self.dir.parent().unwrap().join("install.changes");
+        let out = Command::new(agent())
+            .arg("watch")
+            .arg("--json")
+            .arg("--changes")
+            .arg(&log)
+            .arg("--")
+            .arg("chroot")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .unwrap();
+        (out, log)
+    }
+
+    fn restore_with(&self, id: &str, log: &Path) -> Value {
+        let out = self.agent(&[
+            "restore",
+            id,
+            "--verify",
+            "--json",
+            "--changes",
+            log.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "restore --changes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// The summary line of `watch --json`.
+fn summary(out: &std::process::Output) -> Value {
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    serde_json::from_str::<Value>(&last).unwrap()["summary"].clone()
+}
+
+#[test]
+fn restore_guided_by_the_probes_change_log_is_identical_and_looks_only_there() {
+    let Some(_g) = support::ebpf_or_skip("restore_guided_by_the_probes_change_log") else {
+        return;
+    };
+    let Some(root) = Root::new("tracked") else {
+        return;
+    };
+    let before = root.walk();
+    let id = root.create(&SCOPES);
+    let deb = root.deb("cpio");
+    let (out, log) = root.tracked_chroot(&["dpkg", "-i", &deb]);
+    assert!(
+        out.status.success(),
+        "dpkg -i under watch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(s["changes"]["lost"], 0, "{s}");
+    assert_eq!(s["changes"]["unresolved"], 0, "{s}");
+    assert!(s["changes"]["records"].as_u64().unwrap() > 50, "{s}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let bin = root.dir.join("usr/bin/cpio");
+    assert!(
+        logged.contains(&format!("\"{}\"", bin.display())),
+        "the log does not name {}:\n{logged}",
+        bin.display()
+    );
+    assert!(root.installed("cpio"));
+
+    let r = root.restore_with(&id, &log);
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["full_walk_reason"], Value::Null, "{r}");
+    assert_eq!(
+        r["missed_by_changes"],
+        serde_json::json!([]),
+        "the full compare found changes the log did not name: {r}"
+    );
+    let looked_at = r["looked_at"].as_u64().unwrap();
+    assert!(
+        looked_at * 20 < before.len() as u64,
+        "looked at {looked_at} of {} entries: not proportional to the change",
+        before.len()
+    );
+    assert_same(&before, &root.walk(), "after a restore from the change log");
+    assert!(!root.installed("cpio"));
+}
+
+#[test]
+fn a_change_the_log_did_not_see_is_found_by_verify_and_repaired() {
+    let Some(_g) = support::ebpf_or_skip("a_change_the_log_did_not_see") else {
+        return;
+    };
+    let Some(root) = Root::new("missed") else {
+        return;
+    };
+    let before = root.walk();
+    let id = root.create(&SCOPES);
+    let deb = root.deb("hello");
+    let (out, log) = root.tracked_chroot(&["dpkg", "-i", &deb]);
+    assert!(out.status.success());
+    // Outside the tracked tree: the log cannot know.
+    std::fs::write(root.dir.join("etc/hostname"), b"changed behind our back\n").unwrap();
+    let r = root.restore_with(&id, &log);
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(
+        r["missed_by_changes"],
+        serde_json::json!(["/etc/hostname"]),
+        "{r}"
+    );
+    assert_same(
+        &before,
+        &root.walk(),
+        "after verify repaired a missed change",
+    );
+
+    // A log cut short (the agent died): not trusted, the whole scope is walked.
+    let (out, log) = root.tracked_chroot(&["dpkg", "-i", &deb]);
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let cut: Vec<&str> = text.lines().filter(|l| !l.contains("\"end\"")).collect();
+    std::fs::write(&log, cut.join("\n")).unwrap();
+    let r = root.restore_with(&id, &log);
+    assert!(
+        r["full_walk_reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("trailer")),
+        "{r}"
+    );
+    assert_eq!(r["looked_at"], Value::Null, "{r}");
+    assert_same(&before, &root.walk(), "after a restore with a cut log");
+}

@@ -132,6 +132,15 @@ impl Snapshot {
             .collect();
         walk(&scope, &Excludes::new(&self.excludes)?, &earlier)
     }
+
+    /// Whether a root-relative path lies in one of the snapshot's scopes.
+    fn in_scope(&self, rel: &[u8]) -> bool {
+        self.scopes.iter().any(|s| {
+            s.is_empty()
+                || rel == s.as_slice()
+                || (rel.starts_with(s) && rel.get(s.len()) == Some(&b'/'))
+        })
+    }
 }
 
 /// The snapshot store of an agent.
@@ -406,19 +415,31 @@ fn walk(
     excludes: &Excludes,
     earlier: &HashMap<&[u8], &Entry>,
 ) -> Result<Vec<(Entry, libc::stat)>> {
+    let starts = scope
+        .paths
+        .iter()
+        .map(|p| Ok((scope_rel(p)?, true)))
+        .collect::<Result<Vec<_>>>()?;
+    walk_from(&scope.root, starts, excludes, earlier)
+}
+
+/// [`walk`] from root-relative start points; a start with `false` is
+/// looked at alone, its children are not.
+fn walk_from(
+    root: &Path,
+    starts: Vec<(Vec<u8>, bool)>,
+    excludes: &Excludes,
+    earlier: &HashMap<&[u8], &Entry>,
+) -> Result<Vec<(Entry, libc::stat)>> {
     let mut out = Vec::new();
-    let mut stack: Vec<Vec<u8>> = Vec::new();
-    for p in &scope.paths {
-        let rel = scope_rel(p)?;
-        stack.push(rel);
-    }
+    let mut stack: Vec<(Vec<u8>, bool)> = starts;
     stack.reverse();
     let mut seen_dirs = HashSet::new();
-    while let Some(rel) = stack.pop() {
+    while let Some((rel, descend)) = stack.pop() {
         if excludes.excluded(&rel) {
             continue;
         }
-        let full = join(&scope.root, &rel);
+        let full = join(root, &rel);
         let st = match fsops::lstat(&full) {
             Ok(st) => st,
             // A scope path that does not exist yet is an empty scope; an
@@ -464,7 +485,7 @@ fn walk(
             },
             ident,
         };
-        if kind == Kind::Dir && seen_dirs.insert((st.st_dev, st.st_ino)) {
+        if kind == Kind::Dir && descend && seen_dirs.insert((st.st_dev, st.st_ino)) {
             let mut children: Vec<Vec<u8>> = std::fs::read_dir(&full)
                 .map_err(io(&full))?
                 .map(|e| {
@@ -484,7 +505,7 @@ fn walk(
                 .map_err(io(&full))?;
             children.sort();
             children.reverse();
-            stack.extend(children);
+            stack.extend(children.into_iter().map(|c| (c, true)));
         }
         out.push((entry, st));
     }
