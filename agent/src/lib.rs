@@ -9,6 +9,7 @@ pub mod fold;
 pub mod host;
 pub mod probes;
 pub mod run;
+pub mod shadow;
 pub mod snapshot;
 pub mod spool;
 pub mod syscall_class;

@@ -21,7 +21,12 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Log filter for the agent's own diagnostics on stderr (e.g. info, debug, backstop_agent=trace).
-    #[arg(long, global = true, env = "BACKSTOP_LOG", default_value = "warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKSTOP_LOG",
+        default_value = "warn,libcgroups=error"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -68,6 +73,23 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
+    /// Shadows: run an install in a youki container whose root is an
+    /// overlay over the target's root (DATA/agent/shadows).
+    Shadow {
+        /// Data directory.
+        #[arg(
+            long,
+            env = "BACKSTOP_DATA",
+            default_value = "/var/lib/backstop",
+            global = true
+        )]
+        data: PathBuf,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: ShadowAction,
+    },
     /// Known-good state: content-addressed snapshots of a scope, and exact
     /// restore (DATA/agent/snapshots).
     Snapshot {
@@ -110,6 +132,205 @@ enum Command {
         #[arg(long)]
         probe_log: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ShadowAction {
+    /// Run CMD in a fresh shadow, then each --test in the same shadow, and
+    /// report exit codes, output tails, what the install changed in the
+    /// shadow's filesystem (added, changed, removed) and, with --json, its
+    /// windows (stream `shadow`).
+    ///
+    /// The shadow has its own pid, mount, uts, ipc and network namespaces
+    /// (loopback only), Docker's default capabilities, a seccomp filter
+    /// (no mount, namespaces, modules, kexec, BPF, keyrings), and the
+    /// limits given. The target's root is never written. Exit code 0 when
+    /// CMD and every test exited 0 and nothing was OOM-killed, 1
+    /// otherwise, 2 when shadows cannot run here.
+    ///
+    /// Example: backstop-agent shadow run --root /srv/rootfs --copy-in ./pkg.deb --memory 512M --test 'pkg --version' -- dpkg -i /.backstop-shadow/in/pkg.deb
+    Run {
+        /// The target's root, the overlay's read-only lower layer.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Memory limit (bytes; K, M, G suffixes). The OOM killer acts inside.
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<i64>,
+        /// Most processes and threads at once.
+        #[arg(long)]
+        pids: Option<i64>,
+        /// CPU quota in microseconds per 100 ms (50000 = half a core).
+        #[arg(long)]
+        cpu_quota_us: Option<i64>,
+        /// A shell command run in the shadow after CMD (repeatable).
+        #[arg(long = "test", value_name = "CMD")]
+        tests: Vec<String>,
+        /// A host file to make available at /.backstop-shadow/in/NAME (repeatable).
+        #[arg(long = "copy-in", value_name = "FILE")]
+        copy_in: Vec<PathBuf>,
+        /// Window length in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+        window_ms: u64,
+        /// The command and its arguments, run inside the shadow.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
+    /// Remove what agents killed mid-run left behind: containers and their
+    /// processes, overlay mounts, cgroups, directories. Shadows a running
+    /// agent holds are left alone. `shadow run` does this first too.
+    Sweep,
+}
+
+/// "512M" -> 536870912.
+fn parse_bytes(s: &str) -> Result<i64, String> {
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1i64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size in bytes (e.g. 536870912, 512M, 2G)"))
+}
+
+async fn shadow_cmd(data: &std::path::Path, json: bool, action: ShadowAction) -> i32 {
+    use backstop_agent::shadow;
+    match action {
+        ShadowAction::Sweep => {
+            if let Err(e) = require_root() {
+                eprintln!("backstop-agent: {e}");
+                return 2;
+            }
+            let (swept, problems) = shadow::container::sweep(&shadow::shadows_dir(data));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"swept": swept, "problems": problems})
+                );
+            } else {
+                println!(
+                    "swept {} shadow(s){}",
+                    swept.len(),
+                    if swept.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", swept.join(" "))
+                    }
+                );
+                for p in &problems {
+                    eprintln!("backstop-agent: {p}");
+                }
+            }
+            i32::from(!problems.is_empty())
+        }
+        ShadowAction::Run {
+            root,
+            memory,
+            pids,
+            cpu_quota_us,
+            tests,
+            copy_in,
+            window_ms,
+            cmd,
+        } => {
+            let opts = shadow::ShadowOptions {
+                root,
+                limits: shadow::Limits {
+                    memory_bytes: memory,
+                    pids,
+                    cpu_quota_us,
+                },
+                cmd,
+                tests,
+                copy_in,
+                window: Duration::from_millis(window_ms),
+            };
+            let probes =
+                match backstop_agent::probes::Probes::load(&ProbeOptions { probe_log: false }) {
+                    Ok(p) => std::sync::Arc::new(std::sync::Mutex::new(p)),
+                    Err(e) => {
+                        eprintln!("backstop-agent: {e}");
+                        return e.exit_code();
+                    }
+                };
+            let mut sink = shadow::Collect::default();
+            match shadow::run(&probes, data, &opts, &mut sink).await {
+                Ok(r) => {
+                    if json {
+                        let mut v = serde_json::to_value(&r).unwrap_or_default();
+                        v["windows"] = serde_json::Value::Array(
+                            sink.windows.iter().map(|w| w.to_json()).collect(),
+                        );
+                        v["events"] = serde_json::to_value(&sink.events).unwrap_or_default();
+                        println!("{v}");
+                    } else {
+                        let code =
+                            |c: Option<i32>| c.map_or("killed".to_string(), |c| c.to_string());
+                        println!("shadow {} over {}", r.id, r.root.display());
+                        println!(
+                            "  cmd   exit {:>6}  {:>9.1} ms  {}",
+                            code(r.cmd.exit_code),
+                            r.cmd.duration_ms.unwrap_or(0.0),
+                            r.cmd.command
+                        );
+                        for t in &r.tests {
+                            println!(
+                                "  test  exit {:>6}  {:>9.1} ms  {}",
+                                code(t.exit_code),
+                                t.duration_ms.unwrap_or(0.0),
+                                t.command
+                            );
+                        }
+                        if r.oom_killed {
+                            println!("  OOM-killed {} time(s) (memory limit)", r.oom_kills);
+                        }
+                        println!(
+                            "  filesystem: {} added, {} changed, {} removed",
+                            r.diff.added.len(),
+                            r.diff.changed.len(),
+                            r.diff.removed.len()
+                        );
+                        for p in &r.diff.added {
+                            println!("    + {p}");
+                        }
+                        for p in &r.diff.changed {
+                            println!("    ~ {p}");
+                        }
+                        for p in &r.diff.removed {
+                            println!("    - {p}");
+                        }
+                        println!("  {} windows, {} lost events", r.windows, r.lost_events);
+                        if !r.cmd.output_tail.is_empty() && r.cmd.exit_code != Some(0) {
+                            println!(
+                                "  cmd output (tail):
+{}",
+                                r.cmd.output_tail
+                            );
+                        }
+                    }
+                    if r.passed() { 0 } else { 1 }
+                }
+                Err(e) => {
+                    eprintln!("backstop-agent: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+    }
+}
+
+fn require_root() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(format!(
+            "not root (euid {euid}): shadows need root (namespaces, mounts, cgroups)"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -356,6 +577,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Shadow { data, json, action } => shadow_cmd(&data, json, action).await,
             Command::Snapshot { data, json, action } => match snapshot_cmd(&data, json, action) {
                 Ok(code) => code,
                 Err(e) => {

@@ -18,7 +18,7 @@ use crate::error::{AgentError, Result};
 use crate::fold::{Folder, Reading};
 use crate::host::HostSampler;
 use crate::probes::Probes;
-use crate::tree::{self, Stdout};
+use crate::tree::{self, Stdout, Tracked};
 
 /// The loaded probes, shared by every tracked tree of this agent; each
 /// tree has its own slot. Held only for map reads, never across an await.
@@ -125,6 +125,22 @@ pub async fn track(
     signals: Option<&mut StopSignals>,
     sink: &mut dyn WindowSink,
 ) -> Result<Summary> {
+    let stdout = opts.stdout;
+    let launch =
+        |register: &mut dyn FnMut(u32) -> Result<()>| tree::spawn_tracked(argv, stdout, register);
+    track_with(probes, launch, opts, signals, sink).await
+}
+
+/// [`track`] for a tree started by `launch`, which must call the register
+/// function with the root's pid before that process runs anything of its
+/// own (a container's init, still blocked before its exec, qualifies).
+pub async fn track_with(
+    probes: &SharedProbes,
+    launch: impl FnOnce(&mut dyn FnMut(u32) -> Result<()>) -> Result<Tracked>,
+    opts: &TrackOptions,
+    signals: Option<&mut StopSignals>,
+    sink: &mut dyn WindowSink,
+) -> Result<Summary> {
     if opts.window < Duration::from_millis(10) {
         return Err(AgentError::Io {
             context: "the window must be at least 10 ms".into(),
@@ -132,7 +148,7 @@ pub async fn track(
         });
     }
     let slot = lock(probes).claim_slot()?;
-    let result = track_in_slot(probes, slot, argv, opts, signals, sink).await;
+    let result = track_in_slot(probes, slot, launch, opts, signals, sink).await;
     lock(probes).release_slot(slot);
     result
 }
@@ -140,7 +156,7 @@ pub async fn track(
 async fn track_in_slot(
     probes: &SharedProbes,
     slot: u32,
-    argv: &[OsString],
+    launch: impl FnOnce(&mut dyn FnMut(u32) -> Result<()>) -> Result<Tracked>,
     opts: &TrackOptions,
     mut signals: Option<&mut StopSignals>,
     sink: &mut dyn WindowSink,
@@ -168,7 +184,7 @@ async fn track_in_slot(
     };
     let changes_lost_at_start =
         lock(probes).totals(slot)?.c[backstop_common::counter::CHANGES_LOST];
-    let mut tracked = tree::spawn_tracked(argv, opts.stdout, |pid| lock(probes).track(pid, slot))?;
+    let mut tracked = launch(&mut |pid| lock(probes).track(pid, slot))?;
     let pid = tracked.pid;
     tracing::debug!(pid, slot, "tracking");
 
@@ -229,7 +245,7 @@ async fn track_in_slot(
             }
         };
         tokio::select! {
-            st = tracked.child.wait() => break st.map_err(|source| AgentError::Io { context: "waiting for the command".into(), source })?,
+            st = tracked.wait() => break st.map_err(|source| AgentError::Io { context: "waiting for the command".into(), source })?,
             _ = ticker.tick() => {
                 let w = folder.fold(read()?);
                 lost += w.lost_events;

@@ -24,7 +24,25 @@ pub enum Stdout {
 
 pub struct Tracked {
     pub pid: u32,
-    pub child: tokio::process::Child,
+    pub exit: Exit,
+}
+
+/// How the root of a tracked tree is waited for.
+pub enum Exit {
+    /// A command we spawned.
+    Child(tokio::process::Child),
+    /// A process started some other way (a container's init), waited for
+    /// on a blocking thread.
+    Waiter(tokio::task::JoinHandle<std::io::Result<std::process::ExitStatus>>),
+}
+
+impl Tracked {
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match &mut self.exit {
+            Exit::Child(c) => c.wait().await,
+            Exit::Waiter(h) => h.await.map_err(std::io::Error::other)?,
+        }
+    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -131,5 +149,8 @@ pub fn spawn_tracked(
         source,
     })?;
     let pid = child.id().unwrap_or(u32::from_ne_bytes(pid_buf));
-    Ok(Tracked { pid, child })
+    Ok(Tracked {
+        pid,
+        exit: Exit::Child(child),
+    })
 }

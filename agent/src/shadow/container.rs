@@ -1,0 +1,611 @@
+//! The youki (libcontainer) side of a shadow: the overlay root, the OCI
+//! spec, create/start/delete, loopback, and the sweep of what a dead agent
+//! left behind.
+//!
+//! Facts that shaped this (checked on these hosts, cgroups hybrid, the v1
+//! manager): `build()` reads the spec from the bundle on disk; the init's
+//! pid is known when `build()` returns and the init is then blocked before
+//! its exec until `start()`, so it can be tracked from its first
+//! instruction; a new network namespace has `lo` down and nothing in the
+//! container may bring it up after the capabilities are dropped; without
+//! an explicit deny-all device rule the v1 devices cgroup allows every
+//! device; libcontainer makes the calling process non-dumpable.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::runtime::{
+    Arch, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
+    MountBuilder, RootBuilder, Spec,
+};
+use libcontainer::syscall::syscall::SyscallType;
+
+use crate::error::{AgentError, Result};
+
+/// Parent of every shadow's cgroup, in each hierarchy.
+pub const CGROUP_PARENT: &str = "backstop-shadow";
+
+/// Inside the shadow: where the step runner and the step outputs live (a
+/// bind mount of the shadow's `io` dir; not part of the diff).
+pub const IO_MOUNT: &str = "/.backstop-shadow";
+
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub memory_bytes: Option<i64>,
+    pub pids: Option<i64>,
+    /// CPU quota in microseconds per 100 ms period.
+    pub cpu_quota_us: Option<i64>,
+}
+
+/// A shadow's directories under DATA/agent/shadows/<id>.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub id: String,
+    pub dir: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub merged: PathBuf,
+    pub bundle: PathBuf,
+    pub io: PathBuf,
+}
+
+impl Layout {
+    pub fn new(shadows: &Path, id: &str) -> Self {
+        let dir = shadows.join(id);
+        Layout {
+            id: id.to_string(),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            merged: dir.join("merged"),
+            bundle: dir.join("bundle"),
+            io: dir.join("io"),
+            dir,
+        }
+    }
+}
+
+pub fn youki_root(shadows: &Path) -> PathBuf {
+    shadows.join("youki")
+}
+
+fn err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let context = context.into();
+    move |source| AgentError::Io { context, source }
+}
+
+fn other(context: impl Into<String>, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Io {
+        context: context.into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Mount the overlay: `lower` read-only below, upper and work in the
+/// shadow's directory.
+pub fn mount_overlay(lower: &Path, l: &Layout) -> Result<()> {
+    for d in [&l.upper, &l.work, &l.merged, &l.bundle, &l.io] {
+        std::fs::create_dir_all(d).map_err(err(format!("creating {}", d.display())))?;
+    }
+    for p in [lower, &l.upper, &l.work] {
+        if p.as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .any(|&b| b == b',' || b == b':')
+        {
+            return Err(other(
+                format!("mounting the shadow's overlay at {}", l.merged.display()),
+                format!(
+                    "{} contains ',' or ':', which overlayfs options cannot carry",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        l.upper.display(),
+        l.work.display()
+    );
+    mount("overlay", &l.merged, "overlay", &data)
+        .map_err(err(format!("mounting the shadow's overlay ({data})")))
+}
+
+fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> std::io::Result<()> {
+    let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| std::io::ErrorKind::InvalidInput);
+    let (src, target, fstype, data) = (
+        c(src.as_bytes())?,
+        c(target.as_os_str().as_encoded_bytes())?,
+        c(fstype.as_bytes())?,
+        c(data.as_bytes())?,
+    );
+    // SAFETY: valid C strings for the call's duration.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn umount(target: &Path, flags: i32) -> std::io::Result<()> {
+    let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(t.as_ptr(), flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Docker's default capability set.
+fn default_caps() -> HashSet<Capability> {
+    use Capability::*;
+    [
+        Chown,
+        DacOverride,
+        Fsetid,
+        Fowner,
+        Mknod,
+        NetRaw,
+        Setgid,
+        Setuid,
+        Setfcap,
+        Setpcap,
+        NetBindService,
+        SysChroot,
+        Kill,
+        AuditWrite,
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// Syscalls a shadow gets EPERM for: what could reach past its namespaces
+/// (mounts, namespaces, modules, kexec, BPF, keyrings, clocks).
+const DENIED_SYSCALLS: &[&str] = &[
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "swapon",
+    "swapoff",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "bpf",
+    "perf_event_open",
+    "open_by_handle_at",
+    "userfaultfd",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "add_key",
+    "request_key",
+    "keyctl",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "move_mount",
+    "open_tree",
+    "unshare",
+    "setns",
+    "iopl",
+    "ioperm",
+    "quotactl",
+    "syslog",
+];
+
+/// The OCI spec of a shadow running `args`.
+pub fn spec(l: &Layout, args: Vec<String>, limits: &Limits) -> Result<Spec> {
+    let bad = |e: libcontainer::oci_spec::OciSpecError| other("building the shadow's OCI spec", e);
+    let mut spec = Spec::default();
+    spec.set_hostname(Some("shadow".into()));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(&l.merged)
+            .readonly(false)
+            .build()
+            .map_err(bad)?,
+    ));
+    let mut mounts: Vec<_> = libcontainer::oci_spec::runtime::get_default_mounts()
+        .into_iter()
+        .filter(|m| m.destination() != Path::new("/sys/fs/cgroup"))
+        .collect();
+    mounts.push(
+        MountBuilder::default()
+            .destination(IO_MOUNT)
+            .typ("bind")
+            .source(&l.io)
+            .options(vec!["rbind".into(), "nosuid".into(), "nodev".into()])
+            .build()
+            .map_err(bad)?,
+    );
+    spec.set_mounts(Some(mounts));
+    let caps = default_caps();
+    let process = spec
+        .process_mut()
+        .as_mut()
+        .ok_or_else(|| other("building the shadow's OCI spec", "no process section"))?;
+    process.set_args(Some(args));
+    process.set_env(Some(vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "DEBIAN_FRONTEND=noninteractive".into(),
+        "HOME=/root".into(),
+        "LANG=C.UTF-8".into(),
+    ]));
+    process.set_terminal(Some(false));
+    process.set_no_new_privileges(Some(true));
+    process.set_capabilities(Some(
+        LinuxCapabilitiesBuilder::default()
+            .bounding(caps.clone())
+            .effective(caps.clone())
+            .permitted(caps)
+            .inheritable(HashSet::new())
+            .ambient(HashSet::new())
+            .build()
+            .map_err(bad)?,
+    ));
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Network,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect::<std::result::Result<Vec<_>, _>>()
+    .map_err(bad)?;
+    // Deny every device first; libcgroups then allows its default list
+    // (null, zero, full, tty, random, urandom, ptmx, pts).
+    let mut res = LinuxResourcesBuilder::default().devices(vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(bad)?,
+    ]);
+    if let Some(m) = limits.memory_bytes {
+        // Swap equal to the limit: no swapping past it.
+        res = res.memory(
+            LinuxMemoryBuilder::default()
+                .limit(m)
+                .swap(m)
+                .build()
+                .map_err(bad)?,
+        );
+    }
+    if let Some(p) = limits.pids {
+        res = res.pids(LinuxPidsBuilder::default().limit(p).build().map_err(bad)?);
+    }
+    if let Some(q) = limits.cpu_quota_us {
+        res = res.cpu(
+            LinuxCpuBuilder::default()
+                .quota(q)
+                .period(100_000u64)
+                .build()
+                .map_err(bad)?,
+        );
+    }
+    let seccomp = LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+        ])
+        .syscalls(vec![
+            LinuxSyscallBuilder::default()
+                .names(
+                    DENIED_SYSCALLS
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>(),
+                )
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(libc::EPERM as u32)
+                .build()
+                .map_err(bad)?,
+        ])
+        .build()
+        .map_err(bad)?;
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or_else(|| other("building the shadow's OCI spec", "no linux section"))?;
+    linux.set_namespaces(Some(namespaces));
+    linux.set_resources(Some(res.build().map_err(bad)?));
+    linux.set_cgroups_path(Some(PathBuf::from(format!("/{CGROUP_PARENT}/{}", l.id))));
+    linux.set_seccomp(Some(seccomp));
+    Ok(spec)
+}
+
+/// Create the container (its init blocked before exec) with stdio to the
+/// shadow's init log.
+pub fn create(shadows: &Path, l: &Layout, spec: &Spec) -> Result<Container> {
+    let config = l.bundle.join("config.json");
+    spec.save(&config)
+        .map_err(|e| other(format!("writing {}", config.display()), e))?;
+    let log = l.io.join("init.log");
+    let out = std::fs::File::create(&log).map_err(err(format!("creating {}", log.display())))?;
+    let out2 = out.try_clone().map_err(err("duplicating the init log"))?;
+    let null = std::fs::File::open("/dev/null").map_err(err("opening /dev/null"))?;
+    let youki = youki_root(shadows);
+    std::fs::create_dir_all(&youki).map_err(err(format!("creating {}", youki.display())))?;
+    let built = ContainerBuilder::new(l.id.clone(), SyscallType::default())
+        .with_root_path(&youki)
+        .map_err(|e| other("setting up libcontainer", e))?
+        .with_stdin(null)
+        .with_stdout(out)
+        .with_stderr(out2)
+        .as_init(&l.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build();
+    // libcontainer marks the calling process non-dumpable; a long-lived
+    // agent must stay inspectable (/proc/PID of its own threads).
+    // SAFETY: plain prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    built.map_err(|e| other(format!("creating shadow container {}", l.id), e))
+}
+
+/// Bring `lo` up in the network namespace of `pid`, from a short-lived
+/// thread (setns is per thread).
+pub fn loopback_up(pid: i32) -> Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(err(format!("opening /proc/{pid}/ns/net")))?;
+    std::thread::spawn(move || -> std::io::Result<()> {
+        // SAFETY: setns on this thread only; the fd is valid.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: plain socket/ioctl calls with a zeroed ifreq naming "lo".
+        unsafe {
+            let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if s < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            for (i, b) in b"lo\0".iter().enumerate() {
+                ifr.ifr_name[i] = *b as libc::c_char;
+            }
+            let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
+            if r == 0 {
+                ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                r = libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+            }
+            let e = std::io::Error::last_os_error();
+            libc::close(s);
+            if r != 0 {
+                return Err(e);
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| other("bringing up the shadow's loopback", "thread panicked"))?
+    .map_err(err("bringing up the shadow's loopback"))
+}
+
+/// Whether the memory cgroup of shadow `id` saw an OOM kill (v1
+/// `memory.oom_control`, or v2 `memory.events`). Read before delete.
+pub fn oom_kills(id: &str) -> u64 {
+    let v1 = Path::new("/sys/fs/cgroup/memory")
+        .join(CGROUP_PARENT)
+        .join(id)
+        .join("memory.oom_control");
+    let v2 = Path::new("/sys/fs/cgroup")
+        .join(CGROUP_PARENT)
+        .join(id)
+        .join("memory.events");
+    [v1, v2]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .filter_map(|n| n.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The cgroup directories of shadow `id` in every hierarchy.
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let base = Path::new("/sys/fs/cgroup");
+    let direct = base.join(CGROUP_PARENT).join(id);
+    if direct.is_dir() {
+        out.push(direct);
+    }
+    if let Ok(rd) = std::fs::read_dir(base) {
+        for h in rd.flatten() {
+            let d = h.path().join(CGROUP_PARENT).join(id);
+            if d.is_dir() {
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+/// Kill whatever is left in shadow `id`'s cgroups and remove them.
+pub fn remove_cgroups(id: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    for d in cgroup_dirs(id) {
+        for _ in 0..100 {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|s| s.trim().parse::<i32>().ok()) {
+                    // SAFETY: plain kill(2).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            if std::fs::remove_dir(&d).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if d.exists() {
+            problems.push(format!("cgroup {} could not be removed", d.display()));
+        }
+    }
+    problems
+}
+
+/// Mount points at or under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    v.dedup();
+    v
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mount_path(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// Delete the container (killing what runs in it), unmount, remove the
+/// cgroups and the shadow's directory. Best effort, every step tried;
+/// what could not be done is returned.
+pub fn teardown(shadows: &Path, l: &Layout, container: Option<Container>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let youki = youki_root(shadows).join(&l.id);
+    let container = container.or_else(|| Container::load(youki.clone()).ok());
+    if let Some(mut c) = container
+        && let Err(e) = c.delete(true)
+    {
+        problems.push(format!("deleting container {}: {e}", l.id));
+    }
+    if youki.exists() {
+        let _ = std::fs::remove_dir_all(&youki);
+    }
+    problems.extend(remove_cgroups(&l.id));
+    for m in mounts_under(&l.dir) {
+        if let Err(e) = umount(&m, libc::MNT_DETACH) {
+            problems.push(format!("unmounting {}: {e}", m.display()));
+        }
+    }
+    if l.dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&l.dir)
+    {
+        problems.push(format!("removing {}: {e}", l.dir.display()));
+    }
+    // The parents, when no other shadow uses them (rmdir refuses then).
+    let _ = std::fs::remove_dir(youki_root(shadows));
+    for parent in cgroup_dirs("") {
+        let _ = std::fs::remove_dir(parent);
+    }
+    problems
+}
+
+/// A lock held for a shadow's life: a sweep leaves a shadow whose lock is
+/// held alone (another agent is running it).
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    pub fn take(dir: &Path) -> Result<Option<Lock>> {
+        let p = dir.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(err(format!("opening {}", p.display())))?;
+        // SAFETY: flock on a valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Ok(None);
+        }
+        let mut f2 = &f;
+        let _ = writeln!(f2, "{}", std::process::id());
+        Ok(Some(Lock(f)))
+    }
+}
+
+/// Remove every shadow under `shadows` that no running agent holds: what
+/// an agent killed mid-run left (containers and their processes, mounts,
+/// cgroups, directories). Returns the ids swept and any problems.
+pub fn sweep(shadows: &Path) -> (Vec<String>, Vec<String>) {
+    let mut swept = Vec::new();
+    let mut problems = Vec::new();
+    let Ok(rd) = std::fs::read_dir(shadows) else {
+        return (swept, problems);
+    };
+    let youki = youki_root(shadows);
+    for e in rd.flatten() {
+        let dir = e.path();
+        if dir == youki || !dir.is_dir() {
+            continue;
+        }
+        let id = e.file_name().to_string_lossy().into_owned();
+        let l = Layout::new(shadows, &id);
+        let lock = match Lock::take(&dir) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => continue,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        problems.extend(teardown(shadows, &l, None));
+        drop(lock);
+        swept.push(id);
+    }
+    // Container state without a shadow directory.
+    if let Ok(rd) = std::fs::read_dir(&youki) {
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !shadows.join(&id).exists() {
+                if let Ok(mut c) = Container::load(e.path())
+                    && let Err(err) = c.delete(true)
+                {
+                    problems.push(format!("deleting container {id}: {err}"));
+                }
+                let _ = std::fs::remove_dir_all(e.path());
+                problems.extend(remove_cgroups(&id));
+                swept.push(id);
+            }
+        }
+    }
+    (swept, problems)
+}

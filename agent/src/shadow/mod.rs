@@ -1,0 +1,351 @@
+//! Shadows: the same install, at the same time, in a youki container whose
+//! root is an overlay over the target's root. It sees the host's exact
+//! configuration and changes nothing: every write lands in the overlay's
+//! upper directory, which is also the record of what the install did.
+//!
+//! A shadow runs one step runner as its init: CMD, then each test, in the
+//! same container, so a service CMD started is still there for the tests.
+//! The init is tracked by the probes from its first instruction (it is
+//! blocked before its exec until start), as stream `shadow`.
+//!
+//! Nothing is left behind: a finished shadow is torn down (container,
+//! processes, cgroups, mounts, directories); one whose agent died is
+//! swept by the next agent that starts a shadow or by `shadow sweep`.
+
+pub mod container;
+mod diff;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backstop_common::window::{Stream, Window};
+use serde::Serialize;
+
+use crate::error::{AgentError, Result};
+use crate::track::{SharedProbes, Summary, TrackOptions, WindowSink, track_with};
+use crate::tree::{Exit, Stdout, Tracked};
+pub use container::Limits;
+pub use diff::FsDiff;
+
+#[derive(Debug, Clone)]
+pub struct ShadowOptions {
+    /// The lower layer: the target's root (read-only).
+    pub root: PathBuf,
+    pub limits: Limits,
+    pub cmd: Vec<OsString>,
+    /// Shell commands run after CMD, in the same shadow.
+    pub tests: Vec<String>,
+    /// Host files made available inside at /.backstop-shadow/in/NAME.
+    pub copy_in: Vec<PathBuf>,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub command: String,
+    /// None when the step never finished (the shadow was killed).
+    pub exit_code: Option<i32>,
+    pub duration_ms: Option<f64>,
+    pub output_tail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowReport {
+    pub id: String,
+    pub root: PathBuf,
+    pub cmd: StepResult,
+    pub tests: Vec<StepResult>,
+    /// The memory cgroup OOM-killed something in the shadow.
+    pub oom_killed: bool,
+    pub oom_kills: u64,
+    pub diff: FsDiff,
+    pub windows: u64,
+    pub lost_events: u64,
+    /// Whatever teardown could not do (should be empty).
+    pub cleanup_problems: Vec<String>,
+}
+
+impl ShadowReport {
+    /// CMD and every test exited 0 and nothing was OOM-killed.
+    pub fn passed(&self) -> bool {
+        !self.oom_killed
+            && self.cmd.exit_code == Some(0)
+            && self.tests.iter().all(|t| t.exit_code == Some(0))
+    }
+}
+
+/// Where shadows live under the data directory.
+pub fn shadows_dir(data: &Path) -> PathBuf {
+    data.join("agent").join("shadows")
+}
+
+/// Last bytes of a step's output kept in the report.
+const TAIL_BYTES: usize = 4096;
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let context = context.into();
+    move |source| AgentError::Io { context, source }
+}
+
+fn sh_quote(arg: &[u8]) -> Vec<u8> {
+    let mut out = b"'".to_vec();
+    for &b in arg {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
+}
+
+/// The init of a shadow: runs each step with its output and exit code
+/// (and start/end in ns) written to the io directory.
+fn runner_script(cmd: &[OsString], tests: &[String]) -> Vec<u8> {
+    let mut s = format!(
+        "#!/bin/sh\n# backstop shadow step runner\nIO={io}\nstep() {{\n  n=$1; shift\n  s=$(date +%s%N)\n  \"$@\" </dev/null >\"$IO/$n.out\" 2>&1\n  rc=$?\n  e=$(date +%s%N)\n  echo \"$rc $s $e\" >\"$IO/$n.rc\"\n}}\ncd /\nstep 0",
+        io = container::IO_MOUNT
+    )
+    .into_bytes();
+    for a in cmd {
+        s.push(b' ');
+        s.extend(sh_quote(a.as_bytes()));
+    }
+    s.push(b'\n');
+    for (i, t) in tests.iter().enumerate() {
+        s.extend(format!("step {} /bin/sh -c ", i + 1).as_bytes());
+        s.extend(sh_quote(t.as_bytes()));
+        s.push(b'\n');
+    }
+    s
+}
+
+fn read_step(io: &Path, n: usize, command: String) -> StepResult {
+    let rc = std::fs::read_to_string(io.join(format!("{n}.rc"))).ok();
+    let (exit_code, duration_ms) = match rc.as_deref().map(|s| {
+        s.split_whitespace()
+            .map(|x| x.parse::<i64>().ok())
+            .collect::<Vec<_>>()
+    }) {
+        Some(v) if v.len() == 3 => (
+            v[0].map(|c| c as i32),
+            match (v[1], v[2]) {
+                (Some(s), Some(e)) => Some((e - s) as f64 / 1e6),
+                _ => None,
+            },
+        ),
+        _ => (None, None),
+    };
+    let out = std::fs::read(io.join(format!("{n}.out"))).unwrap_or_default();
+    let tail = &out[out.len().saturating_sub(TAIL_BYTES)..];
+    StepResult {
+        command,
+        exit_code,
+        duration_ms,
+        output_tail: String::from_utf8_lossy(tail).into_owned(),
+    }
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    format!("sh-{}", hex::encode(b))
+}
+
+/// Run CMD and the tests in a fresh shadow, windows to `sink`.
+pub async fn run(
+    probes: &SharedProbes,
+    data: &Path,
+    opts: &ShadowOptions,
+    sink: &mut dyn WindowSink,
+) -> Result<ShadowReport> {
+    if opts.cmd.is_empty() {
+        return Err(AgentError::Spawn {
+            program: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"),
+        });
+    }
+    let root = std::fs::canonicalize(&opts.root)
+        .map_err(io_err(format!("--root {}", opts.root.display())))?;
+    if !root.join("bin/sh").exists() {
+        return Err(AgentError::Io {
+            context: format!(
+                "--root {}: no /bin/sh in it to run the steps",
+                root.display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    for f in &opts.copy_in {
+        if !f.is_file() {
+            return Err(AgentError::Io {
+                context: format!("--copy-in {}: not a readable file", f.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+    }
+    let shadows = shadows_dir(data);
+    std::fs::create_dir_all(&shadows).map_err(io_err(format!("creating {}", shadows.display())))?;
+    let (swept, problems) = container::sweep(&shadows);
+    if !swept.is_empty() {
+        tracing::warn!(?swept, "swept shadows a dead agent left behind");
+    }
+    for p in problems {
+        tracing::warn!("sweep: {p}");
+    }
+
+    let id = new_id();
+    let l = container::Layout::new(&shadows, &id);
+    std::fs::create_dir_all(&l.dir).map_err(io_err(format!("creating {}", l.dir.display())))?;
+    let _lock = container::Lock::take(&l.dir)?;
+    let mut made: Option<libcontainer::container::Container> = None;
+    let result = run_in(probes, &root, &l, opts, sink, &mut made).await;
+    // The runner has exited (or never started): everything in the pid
+    // namespace is dead, so the upper dir no longer moves.
+    let diff = match &result {
+        Ok(_) => diff::upper_diff(&l.upper, &root),
+        Err(_) => Ok(FsDiff::default()),
+    };
+    let cmd_text = opts
+        .cmd
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cmd = read_step(&l.io, 0, cmd_text);
+    let tests = opts
+        .tests
+        .iter()
+        .enumerate()
+        .map(|(i, t)| read_step(&l.io, i + 1, t.clone()))
+        .collect();
+    let oom_kills = container::oom_kills(&id);
+    let cleanup_problems = container::teardown(&shadows, &l, made);
+    for p in &cleanup_problems {
+        tracing::error!("shadow {id} teardown: {p}");
+    }
+    let summary = result?;
+    Ok(ShadowReport {
+        id,
+        root,
+        cmd,
+        tests,
+        oom_killed: oom_kills > 0,
+        oom_kills,
+        diff: diff?,
+        windows: summary.windows,
+        lost_events: summary.lost_events,
+        cleanup_problems,
+    })
+}
+
+async fn run_in(
+    probes: &SharedProbes,
+    root: &Path,
+    l: &container::Layout,
+    opts: &ShadowOptions,
+    sink: &mut dyn WindowSink,
+    made: &mut Option<libcontainer::container::Container>,
+) -> Result<Summary> {
+    container::mount_overlay(root, l)?;
+    let inputs = l.io.join("in");
+    std::fs::create_dir_all(&inputs).map_err(io_err(format!("creating {}", inputs.display())))?;
+    for f in &opts.copy_in {
+        let name = f.file_name().unwrap_or_default();
+        std::fs::copy(f, inputs.join(name))
+            .map_err(io_err(format!("--copy-in {}", f.display())))?;
+    }
+    let script = l.io.join("run.sh");
+    std::fs::write(&script, runner_script(&opts.cmd, &opts.tests))
+        .map_err(io_err(format!("writing {}", script.display())))?;
+    let spec = container::spec(
+        l,
+        vec!["/bin/sh".into(), format!("{}/run.sh", container::IO_MOUNT)],
+        &opts.limits,
+    )?;
+    let shadows = l.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let launch = |register: &mut dyn FnMut(u32) -> Result<()>| -> Result<Tracked> {
+        let c = made.insert(container::create(&shadows, l, &spec)?);
+        let pid = c
+            .pid()
+            .ok_or_else(|| AgentError::Io {
+                context: format!("shadow {}: libcontainer gave no init pid", l.id),
+                source: std::io::Error::other("no pid"),
+            })?
+            .as_raw();
+        register(pid as u32)?;
+        container::loopback_up(pid)?;
+        c.start().map_err(|e| AgentError::Io {
+            context: format!("starting shadow {}", l.id),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        // The init is our child (libcontainer clones it with CLONE_PARENT).
+        let waiter = tokio::task::spawn_blocking(move || {
+            loop {
+                let mut status = 0;
+                // SAFETY: waitpid on our own child with a valid out-pointer.
+                let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+                if r == pid {
+                    return Ok(std::process::ExitStatus::from_raw(status));
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        });
+        Ok(Tracked {
+            pid: pid as u32,
+            exit: Exit::Waiter(waiter),
+        })
+    };
+    let track_opts = TrackOptions {
+        stream: Stream::Shadow,
+        window: opts.window,
+        scope: root.to_path_buf(),
+        stdout: Stdout::Stderr,
+        kill_grace: Duration::from_secs(2),
+        changes: None,
+    };
+    track_with(probes, launch, &track_opts, None, sink).await
+}
+
+/// A sink that keeps the windows (for `--json`) and lifecycle records.
+#[derive(Default)]
+pub struct Collect {
+    pub windows: Vec<Window>,
+    pub events: Vec<backstop_common::wire::ProcEvent>,
+}
+
+impl WindowSink for Collect {
+    fn window(&mut self, w: &Window) -> Result<()> {
+        self.windows.push(w.clone());
+        Ok(())
+    }
+    fn event(&mut self, ev: &backstop_common::ProcEvent) -> Result<()> {
+        self.events.push(crate::track::to_wire(ev));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_quotes_arguments() {
+        let s = runner_script(
+            &["echo".into(), "it's $HOME".into()],
+            &["test -x /bin/sh".into()],
+        );
+        let s = String::from_utf8(s).unwrap();
+        assert!(s.contains("step 0 'echo' 'it'\\''s $HOME'\n"), "{s}");
+        assert!(s.contains("step 1 /bin/sh -c 'test -x /bin/sh'\n"), "{s}");
+    }
+}
