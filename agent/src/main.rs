@@ -175,6 +175,15 @@ enum ShadowAction {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
+    /// Benchmark (cargo xtask bench shadow): REPS runs of /bin/true in a
+    /// shadow against unshare+chroot on the same overlay; JSON in ms.
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
     /// Remove what agents killed mid-run left behind: containers and their
     /// processes, overlay mounts, cgroups, directories. Shadows a running
     /// agent holds are left alone. `shadow run` does this first too.
@@ -199,6 +208,16 @@ fn parse_bytes(s: &str) -> Result<i64, String> {
 async fn shadow_cmd(data: &std::path::Path, json: bool, action: ShadowAction) -> i32 {
     use backstop_agent::shadow;
     match action {
+        ShadowAction::Bench { root, reps } => match shadow::bench_true(data, &root, reps) {
+            Ok((s, u)) => {
+                println!("{}", serde_json::json!({"shadow_ms": s, "unshare_ms": u}));
+                0
+            }
+            Err(e) => {
+                eprintln!("backstop-agent: {e}");
+                1
+            }
+        },
         ShadowAction::Sweep => {
             if let Err(e) = require_root() {
                 eprintln!("backstop-agent: {e}");

@@ -21,6 +21,12 @@ use crate::util;
 pub enum Which {
     /// Snapshots and restore of /usr of the Debian rootfs against cp -a and
     /// rsync -a --delete.
+    /// Shadow cost: create+start+wait+delete of /bin/true in a shadow vs
+    /// unshare+chroot on an overlay; then dpkg -i in a shadow vs a chroot.
+    Shadow {
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
     Rollback {
         #[arg(long, default_value_t = 3)]
         reps: usize,
@@ -59,6 +65,7 @@ pub fn run(which: Which) -> Result<()> {
             json,
         } => overhead(reps.max(1), stat_calls, json),
         Which::Rollback { reps } => rollback(reps.max(1)),
+        Which::Shadow { reps } => shadow(reps.max(1)),
         Which::Ingest {
             agents,
             hz,
@@ -514,6 +521,84 @@ fn time_cmd(what: &str, cmd: &mut Command) -> Result<f64> {
         );
     }
     Ok(secs)
+}
+
+fn shadow(reps: usize) -> Result<()> {
+    if !util::is_root() {
+        bail!("bench shadow: needs root (containers, mounts, cgroups)");
+    }
+    let bin = crate::ebpf::release(&["backstop-agent"])?;
+    let agent = bin.join("backstop-agent");
+    let rootfs = fixtures::rootfs()?;
+    let debs = fixtures::debs()?;
+    let base = util::cache_dir().join("bench-shadow");
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base)?;
+    let out = util::output(
+        Command::new(&agent)
+            .args(["shadow", "--data"])
+            .arg(base.join("data"))
+            .args(["bench", "--reps", &reps.to_string(), "--root"])
+            .arg(&rootfs),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    let ms = |k: &str| -> Vec<f64> {
+        v[k].as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default()
+    };
+    let (s, u) = (median(ms("shadow_ms")), median(ms("unshare_ms")));
+    // dpkg -i of a real package: in a shadow (CLI: probes loaded, tracked)
+    // against a plain chroot of a copy of the root.
+    let hello = fixtures::deb_path(&debs, "hello").context("hello.deb missing")?;
+    let name = hello.file_name().unwrap().to_string_lossy().into_owned();
+    let (mut in_shadow, mut in_chroot) = (vec![], vec![]);
+    for _ in 0..reps.min(7) {
+        let out = util::output(
+            Command::new(&agent)
+                .args(["shadow", "--json", "--data"])
+                .arg(base.join("data"))
+                .args(["run", "--root"])
+                .arg(&rootfs)
+                .arg("--copy-in")
+                .arg(&hello)
+                .args(["--", "dpkg", "-i", &format!("/.backstop-shadow/in/{name}")]),
+        )?;
+        let r: serde_json::Value = serde_json::from_str(out.trim())?;
+        in_shadow.push(r["cmd"]["duration_ms"].as_f64().context("no duration")?);
+        let copy = base.join("chroot");
+        let _ = std::fs::remove_dir_all(&copy);
+        util::output(
+            Command::new("cp")
+                .args(["-a", "--reflink=auto"])
+                .arg(&rootfs)
+                .arg(&copy),
+        )?;
+        std::fs::copy(&hello, copy.join("tmp").join(&name))?;
+        in_chroot.push(
+            time_cmd(
+                "chroot dpkg -i",
+                Command::new("chroot")
+                    .arg(&copy)
+                    .args(["dpkg", "-i", &format!("/tmp/{name}")]),
+            )? * 1e3,
+        );
+    }
+    let (ds, dc) = (median(in_shadow), median(in_chroot));
+    println!(
+        "\nbackstop shadow: median of {reps} (dpkg: {})\n",
+        reps.min(7)
+    );
+    println!(
+        "/bin/true in a shadow      {s:>8.1} ms   vs unshare+chroot {u:>8.1} ms   overhead {:+.1} ms   (target <= 15 ms)",
+        s - u
+    );
+    println!(
+        "dpkg -i hello in a shadow  {ds:>8.1} ms   vs chroot         {dc:>8.1} ms   overhead {:+.1}%   (target <= 5%)",
+        (ds / dc - 1.0) * 100.0
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
 }
 
 fn rollback(reps: usize) -> Result<()> {

@@ -334,6 +334,60 @@ impl WindowSink for Collect {
     }
 }
 
+/// Side-by-side cost of a shadow, for `cargo xtask bench shadow`: `reps`
+/// alternating runs of /bin/true in a shadow (overlay mount, create,
+/// loopback, start, wait, delete, teardown) and with `unshare --mount
+/// --pid --fork chroot` on the same kind of overlay. Milliseconds each.
+pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let shadows = shadows_dir(data);
+    std::fs::create_dir_all(&shadows).map_err(io_err(format!("creating {}", shadows.display())))?;
+    let (mut shadow_ms, mut unshare_ms) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = std::time::Instant::now();
+        let l = container::Layout::new(&shadows, &new_id());
+        container::mount_overlay(root, &l)?;
+        let spec = container::spec(&l, vec!["/bin/true".into()], &Limits::default())?;
+        let mut c = container::create(&shadows, &l, &spec)?;
+        let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
+        container::loopback_up(pid)?;
+        c.start().map_err(|e| AgentError::Io {
+            context: format!("starting shadow {}", l.id),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let mut status = 0;
+        // SAFETY: waitpid on our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let problems = container::teardown(&shadows, &l, Some(c));
+        if !problems.is_empty() {
+            return Err(AgentError::Io {
+                context: format!("shadow {} teardown: {}", l.id, problems.join("; ")),
+                source: std::io::Error::other("teardown"),
+            });
+        }
+        shadow_ms.push(t.elapsed().as_secs_f64() * 1e3);
+
+        let t = std::time::Instant::now();
+        let l = container::Layout::new(&shadows, &new_id());
+        container::mount_overlay(root, &l)?;
+        let st = std::process::Command::new("unshare")
+            .args(["--mount", "--pid", "--fork", "chroot"])
+            .arg(&l.merged)
+            .arg("/bin/true")
+            .status()
+            .map_err(io_err("running unshare"))?;
+        container::umount(&l.merged, 0).map_err(io_err("unmounting the baseline overlay"))?;
+        std::fs::remove_dir_all(&l.dir).map_err(io_err(format!("removing {}", l.dir.display())))?;
+        if !st.success() {
+            return Err(AgentError::Io {
+                context: format!("unshare chroot /bin/true: {st}"),
+                source: std::io::Error::other("baseline failed"),
+            });
+        }
+        unshare_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((shadow_ms, unshare_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
