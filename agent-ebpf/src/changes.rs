@@ -155,24 +155,23 @@ pub fn record(ctx: &RawTracePointContext, slot: u32, tid: u32, nr: u32, d: Desc)
     e.submit(0);
 }
 
-/// What a path is relative to, as an inode number: the dirfd's file, or
-/// the cwd; for an absolute path (first byte '/'), 0. An empty path with a
-/// dirfd names the fd's own file.
+/// What a path starts from, as an inode number: the process's root for
+/// an absolute path (first byte '/'), the dirfd's file or the cwd for a
+/// relative one; an empty path with a dirfd names the fd's own file.
 #[inline(always)]
 fn base_ino(first: u8, dirfd: i32) -> u64 {
-    if first == b'/' {
-        return 0;
-    }
     let off = crate::OFFSETS.load();
     // SAFETY: the helper has no preconditions.
     let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
     let null = core::ptr::null::<u8>();
-    let inode: *const u8 = if dirfd == AT_FDCWD {
-        if first == 0 {
-            return 0;
-        }
+    let inode: *const u8 = if first == b'/' || (dirfd == AT_FDCWD && first != 0) {
+        let at = if first == b'/' {
+            off.fs_root_dentry
+        } else {
+            off.fs_pwd_dentry
+        };
         let fs: *const u8 = crate::read_kernel(task, off.task_fs).unwrap_or(null);
-        let dentry: *const u8 = crate::read_kernel(fs, off.fs_pwd_dentry).unwrap_or(null);
+        let dentry: *const u8 = crate::read_kernel(fs, at).unwrap_or(null);
         crate::read_kernel(dentry, off.dentry_inode).unwrap_or(null)
     } else {
         if !(0..1 << 20).contains(&dirfd) {

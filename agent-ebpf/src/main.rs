@@ -110,6 +110,7 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     file_inode: u32::MAX,
     inode_ino: u32::MAX,
     fs_pwd_dentry: u32::MAX,
+    fs_root_dentry: u32::MAX,
     dentry_inode: u32::MAX,
 });
 

@@ -302,6 +302,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<(KernelOffsets, Vec<String>), BtfErro
         inode_ino: btf.member("inode", "i_ino")?.offset,
         fs_pwd_dentry: btf.member("fs_struct", "pwd")?.offset
             + btf.member("path", "dentry")?.offset,
+        fs_root_dentry: btf.member("fs_struct", "root")?.offset
+            + btf.member("path", "dentry")?.offset,
         dentry_inode: btf.member("dentry", "d_inode")?.offset,
     };
     match btf.member("sock", "sk_protocol") {

@@ -41,9 +41,9 @@ enum Line {
         nr: u32,
         pid: u32,
     },
-    /// A name relative to a directory known only by its inode number (the
-    /// process was gone before its cwd or dirfd could be read), or, with
-    /// an empty name, the file an fd held.
+    /// A path as written, with the inode number of what it starts from as
+    /// the kernel saw it at the call: the process's root (absolute name),
+    /// its cwd or dirfd (relative name), or the fd's file (empty name).
     Anchored {
         ino: u64,
         name: String,
@@ -182,7 +182,8 @@ impl ChangeLog {
 pub struct ChangeSet {
     /// Host paths, absolute.
     pub paths: BTreeSet<PathBuf>,
-    /// (inode number, name relative to it; empty: the inode itself).
+    /// (inode number, name relative to it; empty: the inode itself). An
+    /// absolute name starts from a root directory with that inode.
     pub anchored: BTreeSet<(u64, PathBuf)>,
     /// Why the log cannot be trusted to name every change, if it cannot.
     pub incomplete: Option<String>,
@@ -238,14 +239,7 @@ impl ChangeSet {
                     set.paths.insert(p);
                 }
                 Line::Anchored { ino, name, .. } => {
-                    let name = PathBuf::from(name);
-                    if name.is_absolute() {
-                        return Err(bad(
-                            n,
-                            format!("anchored name {} is absolute", name.display()),
-                        ));
-                    }
-                    set.anchored.insert((ino, name));
+                    set.anchored.insert((ino, PathBuf::from(name)));
                 }
                 Line::Unresolved { .. } => {}
                 Line::Trailer { end } => trailer = Some(end),
@@ -315,12 +309,18 @@ fn resolve(
         (&ev.path1[..], ev.dirfd1, ev.ino1),
     ] {
         let path = cstr(path);
+        if path.is_empty() && dirfd == AT_FDCWD {
+            continue;
+        }
+        // What the kernel read as the call was made always goes in: /proc,
+        // read now, may have moved on (a chdir, a chroot, a reused fd).
+        if ino != 0 {
+            out.anchored
+                .push((ino, PathBuf::from(std::ffi::OsStr::from_bytes(path))));
+        }
         match resolve_one(path, dirfd, proc.as_deref(), root.as_deref()) {
             Ok(paths) => out.paths.extend(paths),
-            // The kernel named the directory (or the fd's file) by inode.
-            Err(_) if ino != 0 => out
-                .anchored
-                .push((ino, PathBuf::from(std::ffi::OsStr::from_bytes(path)))),
+            Err(_) if ino != 0 => {}
             Err(why) => return Err(why),
         }
     }

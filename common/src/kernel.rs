@@ -194,10 +194,12 @@ pub struct ChangeEvent {
     pub dirfd0: i32,
     pub dirfd1: i32,
     pub _pad: u32,
-    /// For a path that is relative, or absent (the fd itself): the inode
-    /// number of the directory it is relative to, or of the fd's file; 0
-    /// otherwise or when unknown. Lets the agent resolve a record whose
-    /// process is already gone.
+    /// The inode number of what the path starts from, read as the call
+    /// was made: the process's root directory for an absolute path, the
+    /// dirfd's or cwd's directory for a relative one, the fd's own file
+    /// for no path; 0 when unknown. Unlike /proc, read later, it cannot
+    /// have moved on (a chdir, a chroot, a closed and reused fd), and it
+    /// outlives the process.
     pub ino0: u64,
     pub ino1: u64,
     pub path0: [u8; PATH_LEN],
@@ -266,6 +268,8 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     pub inode_ino: u32,
     pub fs_pwd_dentry: u32,
+    /// fs_struct `root` plus path `dentry`.
+    pub fs_root_dentry: u32,
     pub dentry_inode: u32,
 }
 

@@ -788,3 +788,41 @@ fn a_change_the_log_did_not_see_is_found_by_verify_and_repaired() {
     assert_eq!(r["looked_at"], Value::Null, "{r}");
     assert_same(&before, &root.walk(), "after a restore with a cut log");
 }
+
+#[test]
+fn changes_through_relative_paths_chdirs_and_short_lived_processes_are_all_logged() {
+    let Some(_g) = support::ebpf_or_skip("changes_through_relative_paths") else {
+        return;
+    };
+    let Some(root) = Root::new("relative") else {
+        return;
+    };
+    let before = root.walk();
+    let id = root.create(&SCOPES);
+    // The shell's own writes race its next chdir; touch, mkdir, ln, chmod
+    // and rm are gone before their records are read.
+    let script = "cd /etc && echo a > motd && cd /usr/share && echo b > new-file && \
+                  mkdir -p new-dir/sub && cd new-dir && ln -s ../new-file link && \
+                  cd / && touch etc/newer && chmod 600 etc/hostname && \
+                  rm etc/debian_version && cd /var/lib/dpkg && mv status status.moved && \
+                  cp status.moved status";
+    let (out, log) = root.tracked_chroot(&["sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(s["changes"]["lost"], 0, "{s}");
+    assert_eq!(s["changes"]["unresolved"], 0, "{s}");
+    // Without --verify: the log alone must be enough.
+    let out = root.agent(&["restore", &id, "--json", "--changes", log.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["full_walk_reason"], Value::Null, "{r}");
+    assert_same(&before, &root.walk(), "after a restore from the log alone");
+}

@@ -180,22 +180,47 @@ impl Focus {
             .map(|rel| rel.as_os_str().as_bytes().to_vec())
             .filter(|rel| snap.in_scope(rel))
             .collect();
-        // Records whose process was gone name their directory (or file) by
-        // inode: an inode the snapshot has is found by its path then. One
-        // it lacks is new since, and its names were created by records
-        // already in the set.
+        // Every record also names what its path started from by inode, as
+        // the kernel saw it at the call (immune to a later chdir, chroot or
+        // exit): a directory the snapshot has is found by its path, the
+        // root by the root's inode. A directory the snapshot lacks is new
+        // since, and its names were created by records already in the set.
         if !changes.anchored.is_empty() {
+            let ino_of = |p: &Path| fsops::lstat(p).map(|st| st.st_ino).ok();
+            let (root_ino, host_root_ino) = (ino_of(&root), ino_of(Path::new("/")));
+            let rb = root.as_os_str().as_bytes();
+            let root_rel = &rb[rb.iter().take_while(|&&c| c == b'/').count()..];
+            // A host-relative path, made root-relative (None: outside).
+            let from_host = |host: Vec<u8>| -> Option<Vec<u8>> {
+                if root_rel.is_empty() {
+                    return Some(host);
+                }
+                host.strip_prefix(root_rel)
+                    .and_then(|r| r.strip_prefix(b"/"))
+                    .map(|r| r.to_vec())
+            };
             let mut by_ino: HashMap<u64, Vec<&[u8]>> = HashMap::new();
             for e in &snap.entries {
                 by_ino.entry(e.ident.1).or_default().push(&e.path);
             }
             for (ino, name) in &changes.anchored {
-                for base in by_ino.get(ino).into_iter().flatten() {
-                    let rel = lexical_join(base, name.as_os_str().as_bytes());
-                    if snap.in_scope(&rel) {
-                        cands.insert(rel);
-                    }
+                let name = name.as_os_str().as_bytes();
+                let mut found: Vec<Vec<u8>> = by_ino
+                    .get(ino)
+                    .into_iter()
+                    .flatten()
+                    .filter(|_| !name.starts_with(b"/"))
+                    .map(|base| lexical_join(base, name))
+                    .collect();
+                if Some(*ino) == root_ino {
+                    found.push(lexical_join(b"", name));
                 }
+                if Some(*ino) == host_root_ino
+                    && let Some(rel) = from_host(lexical_join(b"", name))
+                {
+                    found.push(rel);
+                }
+                cands.extend(found.into_iter().filter(|rel| snap.in_scope(rel)));
             }
         }
         let groups: HashSet<u64> = snap
