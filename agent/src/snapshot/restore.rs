@@ -110,6 +110,7 @@ pub fn restore(
     verify: bool,
     changes: Option<&ChangeSet>,
 ) -> Result<RestoreReport> {
+    let t0 = std::time::Instant::now();
     let snap = store.load(id)?;
     let mut full_walk_reason = None;
     let focus = match changes {
@@ -124,8 +125,17 @@ pub fn restore(
     };
     let mut report = match &focus {
         Some(f) => {
+            tracing::debug!(
+                ms = t0.elapsed().as_secs_f64() * 1e3,
+                "restore: manifest loaded, focus built"
+            );
             let (part, current) = f.view(&snap)?;
             let looked_at = current.len() as u64;
+            tracing::debug!(
+                ms = t0.elapsed().as_secs_f64() * 1e3,
+                entries = looked_at,
+                "restore: focus walked"
+            );
             let mut r = apply(store, &part, current)?;
             r.looked_at = Some(looked_at);
             r
@@ -342,6 +352,7 @@ fn apply(
     // Plan: which files need their content back. Unchanged files are known
     // by identity (or, after an earlier restore, by hash); only the objects
     // a restore reads need hashing before it starts.
+    let t0 = std::time::Instant::now();
     let needed = files_needing_content(snap, &now_by_path)?;
     verify_objects(store, snap, &needed.iter().map(|p| p.as_slice()).collect())?;
     let journal = store.dir.join(format!("restore-{id}.journal"));
@@ -372,6 +383,10 @@ fn apply(
         touched_dirs.insert(parent.to_vec());
     };
 
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "restore: planned, objects verified"
+    );
     // 3. Remove what the snapshot does not have (or has as another kind).
     for (e, _) in current.iter().rev() {
         let keep = wanted
@@ -396,6 +411,10 @@ fn apply(
         }
     }
 
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "restore: extra entries removed"
+    );
     // 4. Recreate, parents first (the snapshot is in walk order).
     let mut group_first: HashMap<u64, (PathBuf, Option<(u64, u64)>)> = HashMap::new();
     for e in &snap.entries {
@@ -498,6 +517,10 @@ fn apply(
         }
     }
 
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "restore: entries recreated"
+    );
     // 5. Directories last, deepest first.
     let mut reset_dirs = Vec::new();
     for e in snap.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
@@ -520,6 +543,10 @@ fn apply(
     // Not syncfs: that would also wait for unrelated dirty data on the
     // same filesystem, which on a busy host can be gigabytes. Several at
     // once: a journaling filesystem commits concurrent fsyncs together.
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "restore: directory metadata reset"
+    );
     let dirs: Vec<PathBuf> = touched_dirs
         .iter()
         .chain(&reset_dirs)
@@ -531,6 +558,10 @@ fn apply(
             s.spawn(move || chunk.iter().for_each(|d| sync_dir(d)));
         }
     });
+    tracing::debug!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "restore: directories synced"
+    );
     std::fs::remove_file(&journal).map_err(io(&journal))?;
     Ok(report)
 }
