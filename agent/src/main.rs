@@ -171,6 +171,14 @@ enum ShadowAction {
         /// Window length in milliseconds.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
         window_ms: u64,
+        /// Kill the shadow after this many seconds (CMD and tests together);
+        /// the report says timed_out.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+        /// Put the overlay's upper layer on a tmpfs of this size (K, M, G):
+        /// what the install writes must fit, as on a nearly full disk.
+        #[arg(long, value_parser = parse_bytes)]
+        upper_size: Option<i64>,
         /// The command and its arguments, run inside the shadow.
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
@@ -253,6 +261,8 @@ async fn shadow_cmd(data: &std::path::Path, json: bool, action: ShadowAction) ->
             tests,
             copy_in,
             window_ms,
+            timeout_secs,
+            upper_size,
             cmd,
         } => {
             let opts = shadow::ShadowOptions {
@@ -266,6 +276,8 @@ async fn shadow_cmd(data: &std::path::Path, json: bool, action: ShadowAction) ->
                 tests,
                 copy_in,
                 window: Duration::from_millis(window_ms),
+                timeout: timeout_secs.map(Duration::from_secs),
+                upper_size: upper_size.map(|b| b as u64),
             };
             let probes =
                 match backstop_agent::probes::Probes::load(&ProbeOptions { probe_log: false }) {
@@ -302,6 +314,9 @@ async fn shadow_cmd(data: &std::path::Path, json: bool, action: ShadowAction) ->
                                 t.duration_ms.unwrap_or(0.0),
                                 t.command
                             );
+                        }
+                        if r.timed_out {
+                            println!("  TIMED OUT: killed after the timeout");
                         }
                         if r.oom_killed {
                             println!("  OOM-killed {} time(s) (memory limit)", r.oom_kills);

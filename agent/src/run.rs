@@ -262,6 +262,7 @@ fn start_deployment(
             stdout: Stdout::Stderr,
             kill_grace: Duration::from_secs(10),
             changes: None,
+            timeout: None,
         };
         let argv: Vec<OsString> = argv.into_iter().map(OsString::from).collect();
         let mut sink = OutboxSink {

@@ -72,6 +72,8 @@ pub struct TrackOptions {
     pub kill_grace: Duration,
     /// Where to write the tree's change log (see [`crate::changes`]).
     pub changes: Option<PathBuf>,
+    /// Kill the root with SIGKILL when it runs longer than this.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub struct Summary {
     pub lost_events: u64,
     /// With a change log: what it recorded.
     pub changes: Option<crate::changes::Trailer>,
+    /// The timeout ran out and the root was killed.
+    pub timed_out: bool,
 }
 
 /// Nanoseconds on CLOCK_MONOTONIC, the clock bpf_ktime_get_ns uses.
@@ -237,7 +241,15 @@ async fn track_in_slot(
         err
     };
 
+    let timeout_at = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut timed_out = false;
     let status = loop {
+        let time_up = async {
+            match timeout_at {
+                Some(d) if !timed_out => tokio::time::sleep_until(d).await,
+                _ => std::future::pending().await,
+            }
+        };
         let kill_at = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -269,6 +281,11 @@ async fn track_in_slot(
                 signal_child(pid, libc::SIGKILL);
                 deadline = None;
             }
+            _ = time_up => {
+                tracing::warn!(pid, timeout = ?opts.timeout, "timeout: sending SIGKILL");
+                signal_child(pid, libc::SIGKILL);
+                timed_out = true;
+            }
         }
     };
     drain(sink)?;
@@ -293,6 +310,7 @@ async fn track_in_slot(
         windows: folder.windows(),
         lost_events: lost,
         changes,
+        timed_out,
     })
 }
 

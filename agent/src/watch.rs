@@ -56,6 +56,7 @@ pub async fn watch(
         },
         kill_grace: opts.kill_grace,
         changes: opts.changes.clone(),
+        timeout: None,
     };
     let mut printer = Printer {
         json: opts.json,

@@ -328,8 +328,17 @@ fn a_killed_agent_leaves_a_shadow_the_sweep_removes() {
         return;
     };
     let Some(root) = rootfs() else { return };
-    let data = Data::new("sweep");
+    // Killed while the command runs, and killed between create and start
+    // (the init still blocked in libcontainer, forked from the agent).
+    for hold in ["0", "60000"] {
+        killed_agent_then_sweep(&root, hold);
+    }
+}
+
+fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
+    let data = Data::new(&format!("sweep{hold_ms}"));
     let mut agent_proc = Command::new(agent())
+        .env("BACKSTOP_TEST_HOLD_BEFORE_START_MS", hold_ms)
         .args(["shadow", "--data"])
         .arg(&data.0)
         .args([
@@ -391,4 +400,58 @@ fn a_killed_agent_leaves_a_shadow_the_sweep_removes() {
         );
     }
     data.assert_clean("after the sweep");
+}
+
+#[test]
+fn a_shadow_past_its_timeout_is_killed_and_one_past_its_disk_fails_enospc() {
+    let Some(_g) = ebpf_or_skip("a_shadow_past_its_timeout") else {
+        return;
+    };
+    let Some(root) = rootfs() else { return };
+    let data = Data::new("limits");
+    let t0 = std::time::Instant::now();
+    let (out, v) = data.shadow(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--timeout-secs",
+        "2",
+        "--test",
+        "true",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(!out.status.success(), "{v}");
+    assert_eq!(v["timed_out"], true, "{v}");
+    assert_eq!(v["cmd"]["exit_code"], Value::Null, "{v}");
+    assert_eq!(v["tests"][0]["exit_code"], Value::Null, "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "the timeout did not stop it"
+    );
+    data.assert_clean("after a timeout");
+
+    let (out, v) = data.shadow(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--upper-size",
+        "1M",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/var/big",
+        "bs=1M",
+        "count=4",
+    ]);
+    assert!(!out.status.success(), "{v}");
+    assert_ne!(v["cmd"]["exit_code"], 0, "{v}");
+    assert!(
+        v["cmd"]["output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{v}"
+    );
+    assert!(total(&v, "syscall_errors_enospc") >= 1.0, "{v}");
+    data.assert_clean("after a full upper layer");
 }

@@ -12,7 +12,6 @@
 //! device; libcontainer makes the calling process non-dumpable.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -60,8 +59,8 @@ impl Layout {
         let dir = shadows.join(id);
         Layout {
             id: id.to_string(),
-            upper: dir.join("upper"),
-            work: dir.join("work"),
+            upper: dir.join("rw/upper"),
+            work: dir.join("rw/work"),
             merged: dir.join("merged"),
             bundle: dir.join("bundle"),
             io: dir.join("io"),
@@ -87,8 +86,16 @@ fn other(context: impl Into<String>, e: impl std::fmt::Display) -> AgentError {
 }
 
 /// Mount the overlay: `lower` read-only below, upper and work in the
-/// shadow's directory.
-pub fn mount_overlay(lower: &Path, l: &Layout) -> Result<()> {
+/// shadow's directory; with `upper_size`, on a tmpfs of that size.
+pub fn mount_overlay(lower: &Path, l: &Layout, upper_size: Option<u64>) -> Result<()> {
+    if let Some(size) = upper_size {
+        let rw = l.dir.join("rw");
+        std::fs::create_dir_all(&rw).map_err(err(format!("creating {}", rw.display())))?;
+        mount("tmpfs", &rw, "tmpfs", &format!("size={size},mode=0755")).map_err(err(format!(
+            "mounting a {size}-byte tmpfs at {}",
+            rw.display()
+        )))?;
+    }
     for d in [&l.upper, &l.work, &l.merged, &l.bundle, &l.io] {
         std::fs::create_dir_all(d).map_err(err(format!("creating {}", d.display())))?;
     }
@@ -450,7 +457,8 @@ fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
 pub fn remove_cgroups(id: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for d in cgroup_dirs(id) {
-        for _ in 0..100 {
+        // Up to 5 s: killed tasks leave the cgroup only once reaped.
+        for _ in 0..500 {
             if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|s| s.trim().parse::<i32>().ok()) {
                     // SAFETY: plain kill(2).
@@ -512,13 +520,17 @@ pub fn teardown(shadows: &Path, l: &Layout, container: Option<Container>) -> Vec
     let mut problems = Vec::new();
     let youki = youki_root(shadows).join(&l.id);
     let container = container.or_else(|| Container::load(youki.clone()).ok());
+    // A delete that fails on the cgroups (killed tasks not yet reaped by
+    // whoever inherited them) is finished below; only what stays counts.
     if let Some(mut c) = container
         && let Err(e) = c.delete(true)
     {
-        problems.push(format!("deleting container {}: {e}", l.id));
+        tracing::debug!(id = %l.id, "libcontainer delete: {e}; finishing by hand");
     }
-    if youki.exists() {
-        let _ = std::fs::remove_dir_all(&youki);
+    if youki.exists()
+        && let Err(e) = std::fs::remove_dir_all(&youki)
+    {
+        problems.push(format!("removing {}: {e}", youki.display()));
     }
     problems.extend(remove_cgroups(&l.id));
     for m in mounts_under(&l.dir) {
@@ -539,26 +551,70 @@ pub fn teardown(shadows: &Path, l: &Layout, container: Option<Container>) -> Vec
     problems
 }
 
-/// A lock held for a shadow's life: a sweep leaves a shadow whose lock is
-/// held alone (another agent is running it).
-pub struct Lock(#[allow(dead_code)] std::fs::File);
+/// Shadows this process is running; a sweep in this process leaves them.
+static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-impl Lock {
-    pub fn take(dir: &Path) -> Result<Option<Lock>> {
-        let p = dir.join("lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(err(format!("opening {}", p.display())))?;
-        // SAFETY: flock on a valid fd.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Ok(None);
+/// A process's start time (clock ticks since boot, /proc/PID/stat field
+/// 22): with the pid, it names one process for good.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Ownership of a shadow by the agent process running it: an `owner` file
+/// (pid and start time) in the shadow's directory, written before the
+/// directory gets its name, and an entry in this process's registry.
+/// Not a file lock: a container's init is forked from the agent and would
+/// inherit (and keep) a lock the agent took.
+pub struct Owner {
+    id: String,
+}
+
+impl Owner {
+    /// Create the shadow's directory, owned by this process.
+    pub fn create(l: &Layout) -> Result<Owner> {
+        let me = std::process::id();
+        let tmp = l.dir.with_file_name(format!(".new-{}", l.id));
+        std::fs::create_dir_all(&tmp).map_err(err(format!("creating {}", tmp.display())))?;
+        let record = format!("{me} {}\n", start_time(me).unwrap_or(0));
+        std::fs::write(tmp.join("owner"), record)
+            .map_err(err(format!("writing {}", tmp.join("owner").display())))?;
+        std::fs::rename(&tmp, &l.dir).map_err(err(format!("creating {}", l.dir.display())))?;
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(l.id.clone());
+        Ok(Owner { id: l.id.clone() })
+    }
+
+    /// Whether the agent that owns shadow directory `dir` still runs it.
+    fn alive(dir: &Path, id: &str) -> bool {
+        if LIVE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l == id)
+        {
+            return true;
         }
-        let mut f2 = &f;
-        let _ = writeln!(f2, "{}", std::process::id());
-        Ok(Some(Lock(f)))
+        let Ok(record) = std::fs::read_to_string(dir.join("owner")) else {
+            return false;
+        };
+        let mut it = record.split_whitespace().map(|x| x.parse::<u64>().ok());
+        match (it.next().flatten(), it.next().flatten()) {
+            (Some(pid), Some(t)) if pid != u64::from(std::process::id()) => {
+                start_time(pid as u32) == Some(t)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|l| l != &self.id);
     }
 }
 
@@ -577,18 +633,18 @@ pub fn sweep(shadows: &Path) -> (Vec<String>, Vec<String>) {
         if dir == youki || !dir.is_dir() {
             continue;
         }
-        let id = e.file_name().to_string_lossy().into_owned();
-        let l = Layout::new(shadows, &id);
-        let lock = match Lock::take(&dir) {
-            Ok(Some(lock)) => lock,
-            Ok(None) => continue,
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
+        let name = e.file_name().to_string_lossy().into_owned();
+        // A directory still being made (".new-ID") by a live agent has its
+        // owner record already; one whose maker died is swept the same way.
+        let id = name.strip_prefix(".new-").unwrap_or(&name).to_string();
+        if Owner::alive(&dir, &id) {
+            continue;
+        }
+        let l = Layout {
+            dir: dir.clone(),
+            ..Layout::new(shadows, &id)
         };
         problems.extend(teardown(shadows, &l, None));
-        drop(lock);
         swept.push(id);
     }
     // Container state without a shadow directory.
@@ -599,9 +655,13 @@ pub fn sweep(shadows: &Path) -> (Vec<String>, Vec<String>) {
                 if let Ok(mut c) = Container::load(e.path())
                     && let Err(err) = c.delete(true)
                 {
-                    problems.push(format!("deleting container {id}: {err}"));
+                    tracing::debug!(%id, "libcontainer delete: {err}; finishing by hand");
                 }
-                let _ = std::fs::remove_dir_all(e.path());
+                if let Err(err) = std::fs::remove_dir_all(e.path())
+                    && err.kind() != std::io::ErrorKind::NotFound
+                {
+                    problems.push(format!("removing {}: {err}", e.path().display()));
+                }
                 problems.extend(remove_cgroups(&id));
                 swept.push(id);
             }

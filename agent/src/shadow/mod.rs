@@ -41,6 +41,11 @@ pub struct ShadowOptions {
     /// Host files made available inside at /.backstop-shadow/in/NAME.
     pub copy_in: Vec<PathBuf>,
     pub window: Duration,
+    /// Kill the shadow when it runs longer (CMD and tests together).
+    pub timeout: Option<Duration>,
+    /// Put the overlay's upper layer on a tmpfs of this many bytes: what
+    /// the install writes must fit (a full disk, on purpose).
+    pub upper_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +63,8 @@ pub struct ShadowReport {
     pub root: PathBuf,
     pub cmd: StepResult,
     pub tests: Vec<StepResult>,
+    /// The timeout ran out and the shadow was killed.
+    pub timed_out: bool,
     /// The memory cgroup OOM-killed something in the shadow.
     pub oom_killed: bool,
     pub oom_kills: u64,
@@ -72,6 +79,7 @@ impl ShadowReport {
     /// CMD and every test exited 0 and nothing was OOM-killed.
     pub fn passed(&self) -> bool {
         !self.oom_killed
+            && !self.timed_out
             && self.cmd.exit_code == Some(0)
             && self.tests.iter().all(|t| t.exit_code == Some(0))
     }
@@ -202,8 +210,7 @@ pub async fn run(
 
     let id = new_id();
     let l = container::Layout::new(&shadows, &id);
-    std::fs::create_dir_all(&l.dir).map_err(io_err(format!("creating {}", l.dir.display())))?;
-    let _lock = container::Lock::take(&l.dir)?;
+    let _owner = container::Owner::create(&l)?;
     let mut made: Option<libcontainer::container::Container> = None;
     let result = run_in(probes, &root, &l, opts, sink, &mut made).await;
     // The runner has exited (or never started): everything in the pid
@@ -236,6 +243,7 @@ pub async fn run(
         root,
         cmd,
         tests,
+        timed_out: summary.timed_out,
         oom_killed: oom_kills > 0,
         oom_kills,
         diff: diff?,
@@ -253,7 +261,7 @@ async fn run_in(
     sink: &mut dyn WindowSink,
     made: &mut Option<libcontainer::container::Container>,
 ) -> Result<Summary> {
-    container::mount_overlay(root, l)?;
+    container::mount_overlay(root, l, opts.upper_size)?;
     let inputs = l.io.join("in");
     std::fs::create_dir_all(&inputs).map_err(io_err(format!("creating {}", inputs.display())))?;
     for f in &opts.copy_in {
@@ -281,6 +289,14 @@ async fn run_in(
             .as_raw();
         register(pid as u32)?;
         container::loopback_up(pid)?;
+        // A test seam: stop here (init created, not started) so a test can
+        // kill the agent at the worst moment.
+        if let Some(ms) = std::env::var("BACKSTOP_TEST_HOLD_BEFORE_START_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         c.start().map_err(|e| AgentError::Io {
             context: format!("starting shadow {}", l.id),
             source: std::io::Error::other(e.to_string()),
@@ -312,6 +328,7 @@ async fn run_in(
         stdout: Stdout::Stderr,
         kill_grace: Duration::from_secs(2),
         changes: None,
+        timeout: opts.timeout,
     };
     track_with(probes, launch, &track_opts, None, sink).await
 }
@@ -345,7 +362,7 @@ pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Ve
     for _ in 0..reps {
         let t = std::time::Instant::now();
         let l = container::Layout::new(&shadows, &new_id());
-        container::mount_overlay(root, &l)?;
+        container::mount_overlay(root, &l, None)?;
         let spec = container::spec(&l, vec!["/bin/true".into()], &Limits::default())?;
         let mut c = container::create(&shadows, &l, &spec)?;
         let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
@@ -368,7 +385,7 @@ pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Ve
 
         let t = std::time::Instant::now();
         let l = container::Layout::new(&shadows, &new_id());
-        container::mount_overlay(root, &l)?;
+        container::mount_overlay(root, &l, None)?;
         let st = std::process::Command::new("unshare")
             .args(["--mount", "--pid", "--fork", "chroot"])
             .arg(&l.merged)
