@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod pki;
+pub mod predict;
 pub mod schema;
 pub mod serve;
 pub mod server;

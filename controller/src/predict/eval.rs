@@ -1,0 +1,119 @@
+//! Scoring detectors on deployments, the way an SRE would judge them: per
+//! deployment (did it alarm, and when, relative to the moment the failure
+//! showed by itself), not per window.
+
+use serde::Serialize;
+
+use super::baselines::Detector;
+use super::corpus::Deployment;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub detector: String,
+    pub threshold: f64,
+    pub failing: usize,
+    pub healthy: usize,
+    /// Over deployments, scored by their highest window.
+    pub roc_auc: f64,
+    /// Failing deployments alarmed at any window.
+    pub recall: f64,
+    /// Healthy deployments alarmed at any window.
+    pub false_positive_rate: f64,
+    pub precision: f64,
+    /// Failing deployments alarmed strictly before their onset.
+    pub caught_before_onset: usize,
+    /// Onset minus first alarm, over those, in ms.
+    pub lead_time_median_ms: Option<f64>,
+    pub lead_time_p10_ms: Option<f64>,
+}
+
+/// Per deployment: (failing, highest score, first alarm window).
+pub fn outcomes(
+    det: &dyn Detector,
+    threshold: f64,
+    ds: &[Deployment],
+) -> Vec<(bool, f64, Option<usize>)> {
+    ds.iter()
+        .map(|d| {
+            let s = det.scores(d);
+            let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let first = s.iter().position(|&v| v > threshold);
+            (d.failing(), max, first)
+        })
+        .collect()
+}
+
+pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Deployment]) -> Metrics {
+    let out = outcomes(det, threshold, ds);
+    let failing = out.iter().filter(|o| o.0).count();
+    let healthy = out.len() - failing;
+    let tp = out.iter().filter(|o| o.0 && o.2.is_some()).count();
+    let fp = out.iter().filter(|o| !o.0 && o.2.is_some()).count();
+    let mut leads: Vec<f64> = ds
+        .iter()
+        .zip(&out)
+        .filter_map(|(d, o)| {
+            let (onset, alarm) = (d.onset_window?, o.2?);
+            (o.0 && alarm < onset).then(|| ((onset - alarm) as u64 * d.window_ms) as f64)
+        })
+        .collect();
+    leads.sort_by(f64::total_cmp);
+    let pick = |q: f64| -> Option<f64> {
+        (!leads.is_empty()).then(|| leads[((leads.len() - 1) as f64 * q).round() as usize])
+    };
+    Metrics {
+        detector: det.name(),
+        threshold,
+        failing,
+        healthy,
+        roc_auc: roc_auc(&out.iter().map(|o| (o.0, o.1)).collect::<Vec<_>>()),
+        recall: ratio(tp, failing),
+        false_positive_rate: ratio(fp, healthy),
+        precision: ratio(tp, tp + fp),
+        caught_before_onset: leads.len(),
+        lead_time_median_ms: pick(0.5),
+        lead_time_p10_ms: pick(0.1),
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// Area under the ROC curve: the chance a failing deployment scores above
+/// a healthy one (ties count half).
+pub fn roc_auc(scored: &[(bool, f64)]) -> f64 {
+    let pos: Vec<f64> = scored.iter().filter(|s| s.0).map(|s| s.1).collect();
+    let neg: Vec<f64> = scored.iter().filter(|s| !s.0).map(|s| s.1).collect();
+    if pos.is_empty() || neg.is_empty() {
+        return 0.5;
+    }
+    let mut wins = 0.0;
+    for p in &pos {
+        for n in &neg {
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    wins / (pos.len() * neg.len()) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_of_perfect_random_and_inverted_scores() {
+        assert_eq!(
+            roc_auc(&[(true, 0.9), (true, 0.8), (false, 0.1), (false, 0.2)]),
+            1.0
+        );
+        assert_eq!(roc_auc(&[(true, 0.5), (false, 0.5)]), 0.5);
+        assert_eq!(roc_auc(&[(true, 0.1), (false, 0.9)]), 0.0);
+    }
+}

@@ -1,0 +1,488 @@
+//! The model: a small temporal convolution over the last K windows of a
+//! stream, giving P(failure) per window.
+//!
+//! Why this shape: a failure that builds up (memory, disk, latency) is a
+//! trend, not a level, and levels differ wildly between packages; so the
+//! input is log-scaled and normalized, and the head sees both the largest
+//! activation over time and the last-minus-first change. It is small
+//! enough for ~10 µs per window on one core and a file of tens of KB.
+//!
+//! Determinism: candle cannot seed its CPU initializer, so every parameter
+//! is overwritten from our own seeded RNG, in name order, before training;
+//! batches are shuffled with the same RNG. Training twice with one seed
+//! gives the same bytes.
+
+use std::path::Path;
+
+use backstop_common::features::{FEATURES, SCHEMA_VERSION};
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::corpus::Deployment;
+
+/// Windows of context per prediction.
+pub const K: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Bad { path: String, reason: String },
+    #[error(
+        "the model in {path} was trained on feature schema {model:?} ({model_features} features); this build has {ours:?} ({our_features}): retrain it"
+    )]
+    Schema {
+        path: String,
+        model: String,
+        model_features: usize,
+        ours: String,
+        our_features: usize,
+    },
+    #[error("{0}")]
+    Data(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// log1p, then z-score with statistics of the training split.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Normalizer {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Normalizer {
+    pub fn fit<'a>(windows: impl Iterator<Item = &'a Vec<f64>>) -> Normalizer {
+        let n = FEATURES.len();
+        let (mut sum, mut sq, mut count) = (vec![0.0; n], vec![0.0; n], 0usize);
+        for w in windows {
+            for (i, v) in w.iter().enumerate().take(n) {
+                let x = v.max(0.0).ln_1p();
+                sum[i] += x;
+                sq[i] += x * x;
+            }
+            count += 1;
+        }
+        let c = count.max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / c).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| (q / c - m * m).max(0.0).sqrt().max(1e-3))
+            .collect();
+        Normalizer { mean, std }
+    }
+
+    pub fn apply(&self, i: usize, v: f64) -> f32 {
+        ((v.max(0.0).ln_1p() - self.mean[i]) / self.std[i]) as f32
+    }
+}
+
+/// Saved beside the weights: everything needed to use them, and what they
+/// were made from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub schema: String,
+    pub features: Vec<String>,
+    pub k: usize,
+    pub hidden: usize,
+    pub normalizer: Normalizer,
+    /// P(failure) above this alarms. Calibrated on validation data to
+    /// `target_fpr` of healthy deployments.
+    pub threshold: f64,
+    pub target_fpr: f64,
+    pub seed: u64,
+    pub corpus_digest: String,
+    pub trained_on: usize,
+    /// The evaluation on the test split, as `backstop eval --json` prints it.
+    pub evaluation: Option<serde_json::Value>,
+}
+
+pub struct Model {
+    conv: candle_nn::Conv1d,
+    head: candle_nn::Linear,
+    pub meta: ModelMeta,
+    varmap: VarMap,
+}
+
+/// The K windows ending at `t`, the first window repeated before the start.
+pub fn context(d: &Deployment, t: usize) -> impl Iterator<Item = &Vec<f64>> {
+    (0..K).map(move |j| {
+        let i = (t + j + 1).saturating_sub(K);
+        &d.windows[i.min(d.windows.len() - 1)]
+    })
+}
+
+impl Model {
+    fn build(hidden: usize, vb: VarBuilder) -> Result<(candle_nn::Conv1d, candle_nn::Linear)> {
+        let conv = candle_nn::conv1d(
+            FEATURES.len(),
+            hidden,
+            3,
+            candle_nn::Conv1dConfig::default(),
+            vb.pp("conv"),
+        )?;
+        let head = candle_nn::linear(2 * hidden, 1, vb.pp("head"))?;
+        Ok((conv, head))
+    }
+
+    /// `xs`: [B, K, F] normalized -> logits [B].
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = self
+            .conv
+            .forward(&xs.transpose(1, 2)?.contiguous()?)?
+            .relu()?;
+        let steps = h.dim(2)?;
+        let trend = (h.narrow(2, steps - 1, 1)? - h.narrow(2, 0, 1)?)?.squeeze(2)?;
+        let pooled = Tensor::cat(&[h.max(D::Minus1)?, trend], 1)?;
+        Ok(self.head.forward(&pooled)?.squeeze(1)?)
+    }
+
+    /// Inputs for windows `ts` of `d`: [len, K, F].
+    pub fn inputs(&self, d: &Deployment, ts: &[usize]) -> Result<Tensor> {
+        let nf = FEATURES.len();
+        let mut v = Vec::with_capacity(ts.len() * K * nf);
+        for &t in ts {
+            for w in context(d, t) {
+                v.extend(
+                    w.iter()
+                        .enumerate()
+                        .map(|(i, x)| self.meta.normalizer.apply(i, *x)),
+                );
+            }
+        }
+        Ok(Tensor::from_vec(v, (ts.len(), K, nf), &Device::Cpu)?)
+    }
+
+    /// P(failure) for every window of a deployment.
+    pub fn predict(&self, d: &Deployment) -> Result<Vec<f64>> {
+        let ts: Vec<usize> = (0..d.windows.len()).collect();
+        let x = self.inputs(d, &ts)?;
+        let p = candle_nn::ops::sigmoid(&self.forward(&x)?)?.to_vec1::<f32>()?;
+        Ok(p.into_iter().map(f64::from).collect())
+    }
+
+    /// The features that drove window `t`'s score most, by occlusion: each
+    /// feature's trajectory flattened to its mean over the K windows (the
+    /// trend removed, the level kept), and the fall in the logit.
+    pub fn explain(&self, d: &Deployment, t: usize, top: usize) -> Result<Vec<(String, f64)>> {
+        let nf = FEATURES.len();
+        let x = self.inputs(d, &[t])?;
+        let base = self.forward(&x)?.to_vec1::<f32>()?[0];
+        let v = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut batch = Vec::with_capacity(nf * K * nf);
+        for i in 0..nf {
+            let mut c = v.clone();
+            let m = (0..K).map(|k| v[k * nf + i]).sum::<f32>() / K as f32;
+            for k in 0..K {
+                c[k * nf + i] = m;
+            }
+            batch.extend(c);
+        }
+        let xb = Tensor::from_vec(batch, (nf, K, nf), &Device::Cpu)?;
+        let l = self.forward(&xb)?.to_vec1::<f32>()?;
+        let mut drops: Vec<(String, f64)> = l
+            .iter()
+            .enumerate()
+            .map(|(i, li)| (FEATURES[i].name.to_string(), f64::from(base - li)))
+            .collect();
+        drops.sort_by(|a, b| b.1.total_cmp(&a.1));
+        drops.truncate(top);
+        Ok(drops)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |source| ModelError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        self.varmap.save(dir.join("model.safetensors"))?;
+        let meta = serde_json::to_string_pretty(&self.meta).expect("plain data serializes");
+        std::fs::write(dir.join("model.json"), meta).map_err(io)
+    }
+
+    /// Load a model directory; refuses one trained on another feature schema.
+    pub fn load(dir: &Path) -> Result<Model> {
+        let mp = dir.join("model.json");
+        let path = mp.display().to_string();
+        let text = std::fs::read_to_string(&mp).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| ModelError::Bad {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let ours: Vec<&str> = FEATURES.iter().map(|f| f.name).collect();
+        if meta.schema != SCHEMA_VERSION || meta.features != ours {
+            return Err(ModelError::Schema {
+                path,
+                model: meta.schema,
+                model_features: meta.features.len(),
+                ours: SCHEMA_VERSION.into(),
+                our_features: ours.len(),
+            });
+        }
+        if meta.k != K || meta.normalizer.mean.len() != ours.len() {
+            return Err(ModelError::Bad {
+                path,
+                reason: format!(
+                    "k {} / {} normalizer values do not fit this build",
+                    meta.k,
+                    meta.normalizer.mean.len()
+                ),
+            });
+        }
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let (conv, head) = Model::build(meta.hidden, vb)?;
+        varmap.load(dir.join("model.safetensors"))?;
+        Ok(Model {
+            conv,
+            head,
+            meta,
+            varmap,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub hidden: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+    pub target_fpr: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            hidden: 32,
+            epochs: 25,
+            batch: 64,
+            lr: 3e-3,
+            seed: 1,
+            target_fpr: 0.01,
+        }
+    }
+}
+
+/// Every parameter from our seeded RNG, in name order: U(±1/sqrt(fan_in)).
+fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let fan_in = if dims.len() >= 2 {
+            dims[1..].iter().product::<usize>()
+        } else {
+            let prefix = name.rsplit_once('.').map_or("", |(p, _)| p);
+            data.get(&format!("{prefix}.weight"))
+                .map_or(dims[0], |w| w.dims()[1..].iter().product())
+        };
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let v: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        var.set(&Tensor::from_vec(v, dims.as_slice(), var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Stable binary cross-entropy on logits: max(x,0) - x*y + log(1+exp(-|x|)).
+fn bce_with_logits(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let l = ((logits.relu()? - (logits * y)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    Ok(l.mean_all()?)
+}
+
+/// Train on `train`, calibrate the threshold on `validation` (to the
+/// target share of healthy deployments alarmed at any window).
+pub fn train(
+    train: &[Deployment],
+    validation: &[Deployment],
+    cfg: &TrainConfig,
+    corpus_digest: String,
+) -> Result<Model> {
+    if !train.iter().any(|d| d.failing()) || !train.iter().any(|d| !d.failing()) {
+        return Err(ModelError::Data(
+            "the training split needs both healthy and failing deployments".into(),
+        ));
+    }
+    let normalizer = Normalizer::fit(train.iter().flat_map(|d| d.windows.iter()));
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let (conv, head) = Model::build(cfg.hidden, vb)?;
+    seeded_init(&varmap, cfg.seed)?;
+    let mut model = Model {
+        conv,
+        head,
+        meta: ModelMeta {
+            schema: SCHEMA_VERSION.into(),
+            features: FEATURES.iter().map(|f| f.name.to_string()).collect(),
+            k: K,
+            hidden: cfg.hidden,
+            normalizer,
+            threshold: 0.5,
+            target_fpr: cfg.target_fpr,
+            seed: cfg.seed,
+            corpus_digest,
+            trained_on: train.len(),
+            evaluation: None,
+        },
+        varmap,
+    };
+    // Every window is a sample, labelled by its deployment's outcome;
+    // failing deployments count as much in total as healthy ones.
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for d in train {
+        let ts: Vec<usize> = (0..d.windows.len()).collect();
+        xs.push(model.inputs(d, &ts)?);
+        ys.extend(std::iter::repeat_n(
+            if d.failing() { 1f32 } else { 0f32 },
+            ts.len(),
+        ));
+    }
+    let x = Tensor::cat(&xs, 0)?;
+    let n = ys.len();
+    let y = Tensor::from_vec(ys, n, &Device::Cpu)?;
+    let mut opt = AdamW::new(
+        model.varmap.all_vars(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
+    for epoch in 0..cfg.epochs {
+        for i in (1..n).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let mut total = 0.0;
+        for chunk in order.chunks(cfg.batch) {
+            let ids = Tensor::from_slice(chunk, chunk.len(), &Device::Cpu)?;
+            let loss = bce_with_logits(
+                &model.forward(&x.index_select(&ids, 0)?)?,
+                &y.index_select(&ids, 0)?,
+            )?;
+            opt.backward_step(&loss)?;
+            total += f64::from(loss.to_scalar::<f32>()?);
+        }
+        tracing::debug!(
+            epoch,
+            loss = total / n.div_ceil(cfg.batch) as f64,
+            "training"
+        );
+    }
+    let healthy_max: Vec<f64> = validation
+        .iter()
+        .filter(|d| !d.failing())
+        .map(|d| model.predict(d).map(|p| p.into_iter().fold(0.0, f64::max)))
+        .collect::<Result<_>>()?;
+    model.meta.threshold = calibrate(&healthy_max, cfg.target_fpr);
+    Ok(model)
+}
+
+/// The smallest threshold (alarm when a score is above it) that alarms at
+/// most `target_fpr` of the healthy deployments whose highest scores are
+/// given. With too few healthy deployments for the target, the highest
+/// score: nothing healthy alarms.
+pub fn calibrate(healthy_max: &[f64], target_fpr: f64) -> f64 {
+    let mut s = healthy_max.to_vec();
+    s.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (target_fpr * s.len() as f64).floor() as usize;
+    s.get(allowed).copied().unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizer_log_scales_and_centres() {
+        let ws = [
+            vec![0.0; FEATURES.len()],
+            vec![(std::f64::consts::E - 1.0) * 1.0; FEATURES.len()],
+        ];
+        let n = Normalizer::fit(ws.iter());
+        // log1p gives 0 and 1: mean 0.5, std 0.5.
+        assert!((n.mean[0] - 0.5).abs() < 1e-9 && (n.std[0] - 0.5).abs() < 1e-9);
+        assert!((n.apply(0, 0.0) + 1.0).abs() < 1e-6);
+        assert!((n.apply(0, std::f64::consts::E - 1.0) - 1.0).abs() < 1e-6);
+        // Negative values (never valid counts) are clamped, not NaN.
+        assert!(n.apply(0, -5.0).is_finite());
+    }
+
+    #[test]
+    fn calibration_alarms_at_most_the_target_share() {
+        let healthy: Vec<f64> = (0..200).map(|i| i as f64 / 200.0).collect();
+        let thr = calibrate(&healthy, 0.01);
+        let alarmed = healthy.iter().filter(|&&s| s > thr).count();
+        assert_eq!(alarmed, 2, "threshold {thr}");
+        // Fewer than 100 healthy: none may alarm at 1%.
+        let thr = calibrate(&healthy[..50], 0.01);
+        assert!(healthy[..50].iter().all(|&s| s <= thr));
+    }
+
+    #[test]
+    fn a_model_of_another_schema_is_refused() {
+        let dir = std::env::temp_dir().join(format!("backstop-model-{}", std::process::id()));
+        let all = super::super::corpus::synthetic(5, 4, 4);
+        let cfg = TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        };
+        let m = train(&all, &all, &cfg, "x".into()).unwrap();
+        m.save(&dir).unwrap();
+        assert!(Model::load(&dir).is_ok());
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap())
+                .unwrap();
+        meta["schema"] = "backstop.features.v0".into();
+        std::fs::write(dir.join("model.json"), meta.to_string()).unwrap();
+        let e = Model::load(&dir).err().unwrap().to_string();
+        assert!(e.contains("v0") && e.contains("retrain"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn training_is_deterministic() {
+        let all = super::super::corpus::synthetic(9, 6, 6);
+        let cfg = TrainConfig {
+            epochs: 2,
+            ..Default::default()
+        };
+        let dirs: Vec<_> = (0..2)
+            .map(|i| std::env::temp_dir().join(format!("backstop-det-{i}-{}", std::process::id())))
+            .collect();
+        for d in &dirs {
+            train(&all, &all, &cfg, "x".into())
+                .unwrap()
+                .save(d)
+                .unwrap();
+        }
+        let a = std::fs::read(dirs[0].join("model.safetensors")).unwrap();
+        let b = std::fs::read(dirs[1].join("model.safetensors")).unwrap();
+        assert!(a == b, "two trainings with one seed differ");
+        for d in dirs {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+}
