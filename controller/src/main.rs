@@ -106,6 +106,54 @@ enum Command {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Train a model on corpus directories (from `backstop corpus run`),
+    /// split by package and fault variant; calibrate its threshold on the
+    /// validation split; evaluate it against the baselines on the test
+    /// split. Writes MODEL_DIR/model.safetensors and model.json (schema,
+    /// normalization, threshold, corpus digest, evaluation). Deterministic
+    /// for a seed.
+    ///
+    /// Example: backstop train --corpus /var/lib/backstop/corpus --out /var/lib/backstop/models/m1
+    Train {
+        #[arg(long = "corpus", required = true, value_name = "DIR")]
+        corpus: Vec<PathBuf>,
+        #[arg(long, value_name = "MODEL_DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of healthy deployments the threshold may alarm on.
+        #[arg(long, default_value_t = 0.01)]
+        target_fpr: f64,
+        #[arg(long, default_value_t = 25)]
+        epochs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a model and the three baselines (exit codes and health
+    /// probes; static thresholds; a Mann-Whitney judge against healthy
+    /// history) on the test split of a corpus: ROC AUC, recall, false
+    /// positives on healthy installs, precision, lead time before onset.
+    Eval {
+        #[arg(long, value_name = "MODEL_DIR")]
+        model: PathBuf,
+        #[arg(long = "corpus", required = true, value_name = "DIR")]
+        corpus: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Corpora for training: write a generated one (to try the tools).
+    Corpus {
+        #[command(subcommand)]
+        action: CorpusAction,
+    },
+    /// Benchmark inference: µs per window on one core, and the model's size.
+    #[command(hide = true)]
+    BenchPredict {
+        #[arg(long, value_name = "MODEL_DIR")]
+        model: PathBuf,
+        #[arg(long, default_value_t = 10000)]
+        calls: usize,
+    },
     /// Print the feature schema: every window value's name, unit and meaning, in order.
     Schema {
         #[arg(long)]
@@ -113,7 +161,30 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CorpusAction {
+    /// Write a generated corpus (packages with their own levels, healthy
+    /// installs with bursts, faults that build up over time) to DIR. It
+    /// exercises train and eval; it is not a substitute for real installs.
+    Synth {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 40)]
+        packages: usize,
+        #[arg(long, default_value_t = 14)]
+        per_package: usize,
+    },
+}
+
 fn main() -> ExitCode {
+    // The model's matrix products are small: one thread is much faster
+    // than candle's pool (and the inference target is per core).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
@@ -154,6 +225,48 @@ fn main() -> ExitCode {
             Command::Events { id, json, database } => {
                 commands::read::events(&data, database, &id, json).await
             }
+            Command::Train {
+                corpus,
+                out,
+                seed,
+                target_fpr,
+                epochs,
+                json,
+            } => {
+                if !(0.0..1.0).contains(&target_fpr) {
+                    return Err(anyhow::anyhow!(
+                        "--target-fpr {target_fpr}: must be in [0, 1)"
+                    ));
+                }
+                let cfg = backstop_controller::predict::model::TrainConfig {
+                    seed,
+                    target_fpr,
+                    epochs,
+                    ..Default::default()
+                };
+                commands::learn::train(&corpus, &out, cfg, json)
+            }
+            Command::Eval {
+                model,
+                corpus,
+                json,
+            } => commands::learn::eval(&model, &corpus, json),
+            Command::Corpus {
+                action:
+                    CorpusAction::Synth {
+                        out,
+                        seed,
+                        packages,
+                        per_package,
+                    },
+            } => {
+                let all =
+                    backstop_controller::predict::corpus::synthetic(seed, packages, per_package);
+                backstop_controller::predict::corpus::write(&out, &all)?;
+                println!("{} deployments written to {}", all.len(), out.display());
+                Ok(0)
+            }
+            Command::BenchPredict { model, calls } => commands::learn::bench(&model, calls),
             Command::Schema { json } => {
                 if json {
                     println!("{}", backstop_controller::schema::to_json());

@@ -3,6 +3,7 @@
 pub mod enroll;
 pub mod exec;
 pub mod init;
+pub mod learn;
 pub mod read;
 pub mod serve;
 

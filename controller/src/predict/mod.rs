@@ -96,9 +96,11 @@ mod tests {
 
     #[test]
     fn a_model_trained_on_a_generated_corpus_beats_static_thresholds_on_held_out_packages() {
-        let all = corpus::synthetic(11, 40, 14);
+        // Large enough that the held-out split has dozens of failing
+        // deployments: with a handful, recall is a coin toss.
+        let all = corpus::synthetic(5, 80, 16);
         let cfg = TrainConfig {
-            seed: 3,
+            seed: 1,
             ..Default::default()
         };
         let (_, e) = train_and_evaluate(&all, &cfg).unwrap();

@@ -26,6 +26,14 @@ use super::corpus::Deployment;
 /// Windows of context per prediction.
 pub const K: usize = 8;
 
+/// Input channels per window: each feature's normalized level, and its
+/// log change since the deployment's first window. Levels differ between
+/// packages by orders of magnitude; the change is what a building failure
+/// shows on any package.
+fn channels() -> usize {
+    2 * FEATURES.len()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("candle: {0}")]
@@ -101,6 +109,8 @@ pub struct ModelMeta {
     pub threshold: f64,
     pub target_fpr: f64,
     pub seed: u64,
+    /// See [`TrainConfig::horizon`].
+    pub horizon: usize,
     pub corpus_digest: String,
     pub trained_on: usize,
     /// The evaluation on the test split, as `backstop eval --json` prints it.
@@ -125,7 +135,7 @@ pub fn context(d: &Deployment, t: usize) -> impl Iterator<Item = &Vec<f64>> {
 impl Model {
     fn build(hidden: usize, vb: VarBuilder) -> Result<(candle_nn::Conv1d, candle_nn::Linear)> {
         let conv = candle_nn::conv1d(
-            FEATURES.len(),
+            channels(),
             hidden,
             3,
             candle_nn::Conv1dConfig::default(),
@@ -149,8 +159,9 @@ impl Model {
 
     /// Inputs for windows `ts` of `d`: [len, K, F].
     pub fn inputs(&self, d: &Deployment, ts: &[usize]) -> Result<Tensor> {
-        let nf = FEATURES.len();
-        let mut v = Vec::with_capacity(ts.len() * K * nf);
+        let nc = channels();
+        let first = &d.windows[0];
+        let mut v = Vec::with_capacity(ts.len() * K * nc);
         for &t in ts {
             for w in context(d, t) {
                 v.extend(
@@ -158,9 +169,14 @@ impl Model {
                         .enumerate()
                         .map(|(i, x)| self.meta.normalizer.apply(i, *x)),
                 );
+                v.extend(
+                    w.iter()
+                        .zip(first)
+                        .map(|(x, f)| (x.max(0.0).ln_1p() - f.max(0.0).ln_1p()) as f32),
+                );
             }
         }
-        Ok(Tensor::from_vec(v, (ts.len(), K, nf), &Device::Cpu)?)
+        Ok(Tensor::from_vec(v, (ts.len(), K, nc), &Device::Cpu)?)
     }
 
     /// P(failure) for every window of a deployment.
@@ -175,20 +191,23 @@ impl Model {
     /// feature's trajectory flattened to its mean over the K windows (the
     /// trend removed, the level kept), and the fall in the logit.
     pub fn explain(&self, d: &Deployment, t: usize, top: usize) -> Result<Vec<(String, f64)>> {
-        let nf = FEATURES.len();
+        let (nf, nc) = (FEATURES.len(), channels());
         let x = self.inputs(d, &[t])?;
         let base = self.forward(&x)?.to_vec1::<f32>()?[0];
         let v = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut batch = Vec::with_capacity(nf * K * nf);
+        let mut batch = Vec::with_capacity(nf * K * nc);
         for i in 0..nf {
             let mut c = v.clone();
-            let m = (0..K).map(|k| v[k * nf + i]).sum::<f32>() / K as f32;
-            for k in 0..K {
-                c[k * nf + i] = m;
+            // Both of the feature's channels: its level and its change.
+            for ch in [i, nf + i] {
+                let m = (0..K).map(|k| v[k * nc + ch]).sum::<f32>() / K as f32;
+                for k in 0..K {
+                    c[k * nc + ch] = m;
+                }
             }
             batch.extend(c);
         }
-        let xb = Tensor::from_vec(batch, (nf, K, nf), &Device::Cpu)?;
+        let xb = Tensor::from_vec(batch, (nf, K, nc), &Device::Cpu)?;
         let l = self.forward(&xb)?.to_vec1::<f32>()?;
         let mut drops: Vec<(String, f64)> = l
             .iter()
@@ -264,6 +283,10 @@ pub struct TrainConfig {
     pub lr: f64,
     pub seed: u64,
     pub target_fpr: f64,
+    /// Windows before the onset that count as failing: the model learns
+    /// "fails within this many windows", not "this install will fail some
+    /// day" (early windows of a failing install look healthy).
+    pub horizon: usize,
 }
 
 impl Default for TrainConfig {
@@ -275,6 +298,7 @@ impl Default for TrainConfig {
             lr: 3e-3,
             seed: 1,
             target_fpr: 0.01,
+            horizon: 8,
         }
     }
 }
@@ -340,23 +364,26 @@ pub fn train(
             threshold: 0.5,
             target_fpr: cfg.target_fpr,
             seed: cfg.seed,
+            horizon: cfg.horizon,
             corpus_digest,
             trained_on: train.len(),
             evaluation: None,
         },
         varmap,
     };
-    // Every window is a sample, labelled by its deployment's outcome;
-    // failing deployments count as much in total as healthy ones.
+    // Every window is a sample: failing when its deployment fails within
+    // the horizon (or already has).
     let mut xs = Vec::new();
     let mut ys = Vec::new();
     for d in train {
         let ts: Vec<usize> = (0..d.windows.len()).collect();
         xs.push(model.inputs(d, &ts)?);
-        ys.extend(std::iter::repeat_n(
-            if d.failing() { 1f32 } else { 0f32 },
-            ts.len(),
-        ));
+        let from = match (d.failing(), d.onset_window) {
+            (true, Some(o)) => o.saturating_sub(cfg.horizon),
+            (true, None) => 0,
+            (false, _) => usize::MAX,
+        };
+        ys.extend(ts.iter().map(|&t| if t >= from { 1f32 } else { 0f32 }));
     }
     let x = Tensor::cat(&xs, 0)?;
     let n = ys.len();

@@ -1,0 +1,139 @@
+//! `backstop train` and `backstop eval`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use backstop_controller::predict::{self, corpus, eval::Metrics, model};
+
+fn read_corpus(dirs: &[PathBuf]) -> Result<Vec<corpus::Deployment>> {
+    let refs: Vec<&Path> = dirs.iter().map(|p| p.as_path()).collect();
+    let all = corpus::read(&refs).context("reading the corpus")?;
+    if all.is_empty() {
+        anyhow::bail!(
+            "--corpus: no deployments in {}",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(all)
+}
+
+pub fn train(
+    corpus_dirs: &[PathBuf],
+    out: &Path,
+    cfg: model::TrainConfig,
+    json: bool,
+) -> Result<i32> {
+    let all = read_corpus(corpus_dirs)?;
+    eprintln!(
+        "backstop: training on {} deployments ({} failing), seed {}",
+        all.len(),
+        all.iter().filter(|d| d.failing()).count(),
+        cfg.seed
+    );
+    let (m, e) = predict::train_and_evaluate(&all, &cfg).context("training")?;
+    m.save(out)
+        .with_context(|| format!("saving the model to {}", out.display()))?;
+    print_eval(&e, json);
+    if !json {
+        println!(
+            "model saved to {} (threshold {:.4}, corpus {})",
+            out.display(),
+            m.meta.threshold,
+            &m.meta.corpus_digest[..12]
+        );
+    }
+    Ok(0)
+}
+
+pub fn eval(model_dir: &Path, corpus_dirs: &[PathBuf], json: bool) -> Result<i32> {
+    let m = model::Model::load(model_dir)
+        .with_context(|| format!("--model {}", model_dir.display()))?;
+    let all = read_corpus(corpus_dirs)?;
+    let split = corpus::split(&all, m.meta.seed);
+    if split.test.is_empty() {
+        anyhow::bail!(
+            "--corpus: the test split (by the model's seed {}) is empty",
+            m.meta.seed
+        );
+    }
+    let e = predict::evaluate(&m, &split);
+    print_eval(&e, json);
+    Ok(0)
+}
+
+fn print_eval(e: &predict::Evaluation, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(e).expect("plain data serializes")
+        );
+        return;
+    }
+    println!(
+        "{} test deployments; thresholds for at most {:.1}% false alarms on healthy installs\n",
+        e.deployments,
+        e.target_fpr * 100.0
+    );
+    println!(
+        "{:<40} {:>7} {:>7} {:>7} {:>9} {:>11} {:>11}",
+        "detector", "ROC AUC", "recall", "FPR", "precision", "lead p50", "lead p10"
+    );
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} s", v / 1000.0));
+    for m in &e.detectors {
+        let Metrics {
+            detector,
+            roc_auc,
+            recall,
+            false_positive_rate,
+            precision,
+            lead_time_median_ms,
+            lead_time_p10_ms,
+            ..
+        } = m;
+        println!(
+            "{detector:<40} {roc_auc:>7.3} {recall:>7.3} {false_positive_rate:>7.3} {precision:>9.3} {:>11} {:>11}",
+            ms(*lead_time_median_ms),
+            ms(*lead_time_p10_ms)
+        );
+    }
+}
+
+/// µs per window (batch of one, this thread) over `calls` predictions, and
+/// the model's size on disk. JSON on stdout.
+pub fn bench(model_dir: &Path, calls: usize) -> Result<i32> {
+    let m = model::Model::load(model_dir)
+        .with_context(|| format!("--model {}", model_dir.display()))?;
+    let d = &corpus::synthetic(1, 1, 1)[0];
+    let x = m.inputs(d, &[d.windows.len() - 1])?;
+    let mut us = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = std::time::Instant::now();
+        let _ = m.forward(&x)?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    // End to end (raw values to probability), for the same window.
+    let mut e2e = Vec::with_capacity(calls / 10);
+    let one = corpus::Deployment {
+        windows: d.windows[..1].to_vec(),
+        ..d.clone()
+    };
+    for _ in 0..calls / 10 {
+        let t = std::time::Instant::now();
+        let _ = m.predict(&one)?;
+        e2e.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let size = std::fs::metadata(model_dir.join("model.safetensors"))?.len()
+        + std::fs::metadata(model_dir.join("model.json"))?.len();
+    println!(
+        "{}",
+        serde_json::json!({"forward_us_median": median(&mut us), "end_to_end_us_median": median(&mut e2e), "model_bytes": size, "calls": calls})
+    );
+    Ok(0)
+}
