@@ -19,14 +19,17 @@ use crate::util;
 
 #[derive(Subcommand, Clone)]
 pub enum Which {
-    /// Snapshots and restore of /usr of the Debian rootfs against cp -a and
-    /// rsync -a --delete.
     /// Shadow cost: create+start+wait+delete of /bin/true in a shadow vs
     /// unshare+chroot on an overlay; then dpkg -i in a shadow vs a chroot.
     Shadow {
         #[arg(long, default_value_t = 20)]
         reps: usize,
     },
+    /// The model: inference per window on one core, and its size on disk
+    /// (a model trained on a generated corpus of the same shape).
+    Predict,
+    /// Snapshots and restore of /usr of the Debian rootfs against cp -a and
+    /// rsync -a --delete.
     Rollback {
         #[arg(long, default_value_t = 3)]
         reps: usize,
@@ -66,6 +69,7 @@ pub fn run(which: Which) -> Result<()> {
         } => overhead(reps.max(1), stat_calls, json),
         Which::Rollback { reps } => rollback(reps.max(1)),
         Which::Shadow { reps } => shadow(reps.max(1)),
+        Which::Predict => predict(),
         Which::Ingest {
             agents,
             hz,
@@ -521,6 +525,64 @@ fn time_cmd(what: &str, cmd: &mut Command) -> Result<f64> {
         );
     }
     Ok(secs)
+}
+
+fn predict() -> Result<()> {
+    util::step(
+        "cargo build --release (backstop-controller)",
+        util::cargo(&["build", "--release", "-p", "backstop-controller"]),
+    )?;
+    let backstop = util::target_dir().join("release/backstop");
+    let base = util::cache_dir().join("bench-predict");
+    let _ = std::fs::remove_dir_all(&base);
+    util::output(
+        Command::new(&backstop)
+            .args([
+                "corpus",
+                "synth",
+                "--packages",
+                "80",
+                "--per-package",
+                "16",
+                "--seed",
+                "5",
+                "--out",
+            ])
+            .arg(base.join("corpus")),
+    )?;
+    util::output(
+        Command::new(&backstop)
+            .args(["train", "--json", "--seed", "1", "--corpus"])
+            .arg(base.join("corpus"))
+            .arg("--out")
+            .arg(base.join("model")),
+    )?;
+    let out = util::output(
+        Command::new(&backstop)
+            .env("RAYON_NUM_THREADS", "1")
+            .args(["bench-predict", "--model"])
+            .arg(base.join("model")),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "\nbackstop predict: one core, batch of one, median of {} calls\n",
+        v["calls"]
+    );
+    println!(
+        "forward pass per window       {:>8.1} us   (target <= 100 us)",
+        f("forward_us_median")
+    );
+    println!(
+        "raw window to probability     {:>8.1} us",
+        f("end_to_end_us_median")
+    );
+    println!(
+        "model on disk                 {:>8.1} KB   (target <= 2048 KB)",
+        f("model_bytes") / 1024.0
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
 }
 
 fn shadow(reps: usize) -> Result<()> {
