@@ -141,7 +141,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Corpora for training: write a generated one (to try the tools).
+    /// Corpora for training: run a catalog of real installs, or write a
+    /// generated corpus (to try the tools).
     Corpus {
         #[command(subcommand)]
         action: CorpusAction,
@@ -163,6 +164,28 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CorpusAction {
+    /// Run every scenario of a catalog (TOML) as a real `dpkg -i` in a
+    /// shadow on ROOT, under the probes, with its fault injected, and
+    /// append the deployment (windows, outcome, onset) to
+    /// OUT/deployments.jsonl. Scenarios already there are skipped, so an
+    /// interrupted run continues. Needs root and `backstop-agent`.
+    ///
+    /// Example: backstop corpus run --catalog corpus/catalog.toml --root /srv/rootfs --debs /srv/debs --out /var/lib/backstop/corpus
+    Run {
+        #[arg(long, value_name = "FILE")]
+        catalog: PathBuf,
+        /// The Debian root the shadows overlay.
+        #[arg(long)]
+        root: PathBuf,
+        /// DEBS/<package>/*.deb: each package and the dependencies the root lacks.
+        #[arg(long)]
+        debs: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The agent binary (default: backstop-agent beside this binary, else PATH).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
     /// Write a generated corpus (packages with their own levels, healthy
     /// installs with bursts, faults that build up over time) to DIR. It
     /// exercises train and eval; it is not a substitute for real installs.
@@ -251,6 +274,41 @@ fn main() -> ExitCode {
                 corpus,
                 json,
             } => commands::learn::eval(&model, &corpus, json),
+            Command::Corpus {
+                action:
+                    CorpusAction::Run {
+                        catalog,
+                        root,
+                        debs,
+                        out,
+                        agent,
+                    },
+            } => {
+                use backstop_controller::predict::catalog;
+                let agent = agent.unwrap_or_else(|| {
+                    std::env::current_exe()
+                        .ok()
+                        .and_then(|e| e.parent().map(|d| d.join("backstop-agent")))
+                        .filter(|p| p.exists())
+                        .unwrap_or_else(|| PathBuf::from("backstop-agent"))
+                });
+                let c = catalog::load(&catalog)?;
+                let opts = catalog::RunOptions {
+                    agent,
+                    root,
+                    debs,
+                    out: out.clone(),
+                };
+                let all = catalog::run(&c, &opts, |line| eprintln!("backstop: {line}"))?;
+                let failing = all.iter().filter(|d| d.failing()).count();
+                println!(
+                    "{} deployments in {} ({} failing or degraded)",
+                    all.len(),
+                    out.display(),
+                    failing
+                );
+                Ok(0)
+            }
             Command::Corpus {
                 action:
                     CorpusAction::Synth {

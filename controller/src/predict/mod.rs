@@ -8,6 +8,7 @@
 //! (its onset), on packages and fault variants the model never saw.
 
 pub mod baselines;
+pub mod catalog;
 pub mod corpus;
 pub mod eval;
 pub mod model;

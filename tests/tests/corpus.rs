@@ -1,0 +1,122 @@
+//! The corpus runner on real installs: faults injected into a real
+//! package, run in shadows under the probes, each recorded with the
+//! outcome and onset an SRE would see.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use support::{bin_dir, ebpf_or_skip};
+
+#[test]
+fn a_catalog_of_real_installs_records_outcomes_and_onsets() {
+    let Some(_g) = ebpf_or_skip("a_catalog_of_real_installs") else {
+        return;
+    };
+    let root = bin_dir().join("../xtask/rootfs-bookworm-minbase");
+    assert!(
+        root.join(".backstop-complete").exists(),
+        "the rootfs fixture is missing (cargo xtask test builds it)"
+    );
+    let base = PathBuf::from("/var/tmp").join(format!("backstop-corpus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let debs = base.join("debs/hello");
+    std::fs::create_dir_all(&debs).unwrap();
+    let src = bin_dir().join("../xtask/debs");
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("hello_") {
+            std::fs::copy(e.path(), debs.join(e.file_name())).unwrap();
+        }
+    }
+    let catalog = base.join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        r#"
+[defaults]
+window_ms = 250
+timeout_secs = 5
+[[scenario]]
+name = "ok"
+package = "hello"
+[[scenario]]
+name = "postinst-fails"
+package = "hello"
+fault = "failing-script"
+delay = 1
+[[scenario]]
+name = "oom"
+package = "hello"
+fault = "memory-blowup"
+[[scenario]]
+name = "hang"
+package = "hello"
+fault = "lock-hang"
+[[scenario]]
+name = "slow"
+package = "hello"
+fault = "slow-service"
+"#,
+    )
+    .unwrap();
+    let out = base.join("corpus");
+    let run = Command::new(bin_dir().join("backstop"))
+        .args(["corpus", "run", "--catalog"])
+        .arg(&catalog)
+        .arg("--root")
+        .arg(&root)
+        .arg("--debs")
+        .arg(base.join("debs"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--agent")
+        .arg(support::agent())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(out.join("deployments.jsonl")).unwrap();
+    let ds: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let get = |id: &str| {
+        ds.iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("no {id}"))
+    };
+    assert_eq!(get("ok-0")["outcome"], "ok");
+    assert_eq!(get("ok-0")["onset_window"], Value::Null);
+    for (id, outcome) in [
+        ("postinst-fails-0", "failed"),
+        ("oom-0", "failed"),
+        ("hang-0", "failed"),
+        ("slow-0", "degraded"),
+    ] {
+        let d = get(id);
+        assert_eq!(d["outcome"], outcome, "{id}");
+        let onset = d["onset_window"].as_u64().unwrap();
+        let n = d["windows"].as_array().unwrap().len() as u64;
+        assert!(onset < n, "{id}: onset {onset} of {n} windows");
+        assert_eq!(d["schema"], "backstop.features.v1");
+    }
+    // The delay before the failing script's exit is in its onset: at
+    // least one second of 250 ms windows.
+    assert!(get("postinst-fails-0")["onset_window"].as_u64().unwrap() >= 4);
+    // The hang ran into the 5 s timeout.
+    assert!(get("hang-0")["onset_window"].as_u64().unwrap() >= 16);
+    // The OOM kill is in the windows.
+    let i = backstop_common::features::feature::PROC_OOM_KILLS;
+    let ooms: f64 = get("oom-0")["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[i].as_f64().unwrap_or(0.0))
+        .sum();
+    assert!(ooms >= 1.0, "no OOM kill in the oom scenario's windows");
+    let _ = std::fs::remove_dir_all(&base);
+}
