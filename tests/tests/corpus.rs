@@ -22,6 +22,7 @@ fn a_catalog_of_real_installs_records_outcomes_and_onsets() {
     );
     let base = PathBuf::from("/var/tmp").join(format!("backstop-corpus-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
+    let _cleanup = RemoveOnDrop(base.clone());
     let debs = base.join("debs/hello");
     std::fs::create_dir_all(&debs).unwrap();
     let src = bin_dir().join("../xtask/debs");
@@ -118,5 +119,12 @@ fault = "slow-service"
         .map(|w| w[i].as_f64().unwrap_or(0.0))
         .sum();
     assert!(ooms >= 1.0, "no OOM kill in the oom scenario's windows");
-    let _ = std::fs::remove_dir_all(&base);
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
