@@ -99,6 +99,25 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
             ms(*lead_time_p10_ms)
         );
     }
+    if !e.model_alarms.is_empty() {
+        println!("\nthe model's alarms (first window, onset, what drove it):");
+    }
+    for a in e.model_alarms.iter().take(20) {
+        let drivers: Vec<String> = a
+            .drivers
+            .iter()
+            .map(|(f, v)| format!("{f} ({v:+.2})"))
+            .collect();
+        println!(
+            "  {:<32} {:<9} window {:>3} onset {:>4}  p={:.3}  {}",
+            a.deployment,
+            format!("{:?}", a.outcome).to_lowercase(),
+            a.window,
+            a.onset_window.map_or("-".into(), |o| o.to_string()),
+            a.probability,
+            drivers.join(", ")
+        );
+    }
 }
 
 /// µs per window (batch of one, this thread) over `calls` predictions, and

@@ -44,6 +44,38 @@ pub struct Evaluation {
     pub target_fpr: f64,
     /// The model first, then the three baselines, on the same deployments.
     pub detectors: Vec<Metrics>,
+    /// Each test deployment the model alarmed on, with why.
+    pub model_alarms: Vec<Alarm>,
+}
+
+/// The model's first alarm on a deployment and the features that drove it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alarm {
+    pub deployment: String,
+    pub outcome: corpus::Outcome,
+    pub window: usize,
+    pub onset_window: Option<usize>,
+    pub probability: f64,
+    /// (feature, fall in the logit when its trajectory is flattened).
+    pub drivers: Vec<(String, f64)>,
+}
+
+/// The model's first alarm on each deployment, explained.
+pub fn alarms(model: &Model, ds: &[Deployment]) -> Vec<Alarm> {
+    ds.iter()
+        .filter_map(|d| {
+            let p = model.predict(d).ok()?;
+            let t = p.iter().position(|&v| v > model.meta.threshold)?;
+            Some(Alarm {
+                deployment: d.id.clone(),
+                outcome: d.outcome,
+                window: t,
+                onset_window: d.onset_window,
+                probability: p[t],
+                drivers: model.explain(d, t, 3).unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// Evaluate the model and the baselines on `test`; (b) is tuned on
@@ -66,6 +98,7 @@ pub fn evaluate(model: &Model, split: &Split) -> Evaluation {
             eval::evaluate(&statics, statics.threshold(), &split.test),
             eval::evaluate(&judge, judge_thr, &split.test),
         ],
+        model_alarms: alarms(model, &split.test),
     }
 }
 
