@@ -147,6 +147,12 @@ enum Command {
         #[command(subcommand)]
         action: CorpusAction,
     },
+    /// The model in use (DATA/models/current, else the built-in default):
+    /// where it is from, its schema, threshold, corpus and evaluation.
+    Model {
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark inference: µs per window on one core, and the model's size.
     #[command(hide = true)]
     BenchPredict {
@@ -325,6 +331,7 @@ fn main() -> ExitCode {
                 Ok(0)
             }
             Command::BenchPredict { model, calls } => commands::learn::bench(&model, calls),
+            Command::Model { json } => commands::learn::show(&data, json),
             Command::Schema { json } => {
                 if json {
                     println!("{}", backstop_controller::schema::to_json());

@@ -58,6 +58,14 @@ enum Task {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// Run the shipped catalog (corpus/catalog.toml): fetch the packages'
+    /// closures (corpus/fetch.sh, cached), then every scenario as a real
+    /// install in a shadow, into target/xtask/corpus. Long (tens of
+    /// minutes); resumable; not part of the tests.
+    Corpus,
+    /// Corpus, then train the default model into models/default (commit
+    /// it). Reproducible: same catalog, same seed, same model.
+    TrainDefault,
 }
 
 fn main() -> Result<()> {
@@ -73,6 +81,8 @@ fn main() -> Result<()> {
         Task::Demo => fixtures::demo(),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench { which } => bench::run(which),
+        Task::Corpus => fixtures::corpus().map(|_| ()),
+        Task::TrainDefault => fixtures::train_default(),
     }
 }
 

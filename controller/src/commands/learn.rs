@@ -156,3 +156,38 @@ pub fn bench(model_dir: &Path, calls: usize) -> Result<i32> {
     );
     Ok(0)
 }
+
+pub fn show(data: &Path, json: bool) -> Result<i32> {
+    let (m, source) = model::Model::current(data)?;
+    if json {
+        println!("{}", serde_json::json!({"source": source, "meta": m.meta}));
+        return Ok(0);
+    }
+    println!("model: {source}");
+    println!(
+        "schema {} ({} features), {} windows of context, threshold {:.4} (target {:.1}% false alarms)",
+        m.meta.schema,
+        m.meta.features.len(),
+        m.meta.k,
+        m.meta.threshold,
+        m.meta.target_fpr * 100.0
+    );
+    println!(
+        "trained on {} deployments, corpus {}, seed {}",
+        m.meta.trained_on, m.meta.corpus_digest, m.meta.seed
+    );
+    if let Some(e) = &m.meta.evaluation
+        && let Ok(e) = serde_json::from_value::<serde_json::Value>(e.clone())
+    {
+        for d in e["detectors"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<40} recall {:.3}  FPR {:.3}  AUC {:.3}",
+                d["detector"].as_str().unwrap_or(""),
+                d["recall"].as_f64().unwrap_or(0.0),
+                d["false_positive_rate"].as_f64().unwrap_or(0.0),
+                d["roc_auc"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(0)
+}

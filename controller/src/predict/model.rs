@@ -238,7 +238,42 @@ impl Model {
             path: path.clone(),
             source,
         })?;
-        let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| ModelError::Bad {
+        let wp = dir.join("model.safetensors");
+        let weights = std::fs::read(&wp).map_err(|source| ModelError::Io {
+            path: wp.display().to_string(),
+            source,
+        })?;
+        Model::from_parts(&path, &text, &weights)
+    }
+
+    /// The model in use: DATA/models/current when the fleet has trained one,
+    /// else the default built into this binary (trained on the shipped
+    /// catalog), else an error that says how to get one.
+    pub fn current(data: &Path) -> Result<(Model, String)> {
+        let dir = data.join("models/current");
+        if dir.join("model.json").exists() {
+            return Ok((Model::load(&dir)?, dir.display().to_string()));
+        }
+        #[cfg(default_model)]
+        {
+            let m = Model::from_parts(
+                "the built-in default model",
+                include_str!("../../../models/default/model.json"),
+                include_bytes!("../../../models/default/model.safetensors"),
+            )?;
+            Ok((m, "built-in default (models/default)".into()))
+        }
+        #[cfg(not(default_model))]
+        Err(ModelError::Bad {
+            path: dir.display().to_string(),
+            reason: "no model: train one (backstop train --out DATA/models/current); this build has no default".into(),
+        })
+    }
+
+    /// A model from its metadata (JSON) and weights (safetensors).
+    pub fn from_parts(path: &str, meta_json: &str, weights: &[u8]) -> Result<Model> {
+        let path = path.to_string();
+        let meta: ModelMeta = serde_json::from_str(meta_json).map_err(|e| ModelError::Bad {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -262,10 +297,20 @@ impl Model {
                 ),
             });
         }
-        let mut varmap = VarMap::new();
+        let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let (conv, head) = Model::build(meta.hidden, vb)?;
-        varmap.load(dir.join("model.safetensors"))?;
+        let saved = candle_core::safetensors::load_buffer(weights, &Device::Cpu)?;
+        {
+            let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            for (name, var) in vars.iter() {
+                let t = saved.get(name).ok_or_else(|| ModelError::Bad {
+                    path: path.clone(),
+                    reason: format!("the weights lack {name}"),
+                })?;
+                var.set(t)?;
+            }
+        }
         Ok(Model {
             conv,
             head,
@@ -487,6 +532,22 @@ mod tests {
         let e = Model::load(&dir).err().unwrap().to_string();
         assert!(e.contains("v0") && e.contains("retrain"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_current_model_is_the_fleets_and_predicts_as_saved() {
+        let data = std::env::temp_dir().join(format!("backstop-current-{}", std::process::id()));
+        let all = super::super::corpus::synthetic(4, 4, 4);
+        let cfg = TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        };
+        let m = train(&all, &all, &cfg, "x".into()).unwrap();
+        m.save(&data.join("models/current")).unwrap();
+        let (back, source) = Model::current(&data).unwrap();
+        assert!(source.contains("models/current"), "{source}");
+        assert_eq!(m.predict(&all[1]).unwrap(), back.predict(&all[1]).unwrap());
+        std::fs::remove_dir_all(&data).unwrap();
     }
 
     #[test]
