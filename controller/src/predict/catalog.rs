@@ -197,7 +197,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CatalogError
 }
 
 /// The postinst fragment that injects `s`'s fault, after `s.delay` seconds
-/// of ordinary work.
+/// of ordinary work (for a healthy scenario with a delay: the work alone).
 fn fault_script(s: &Scenario) -> Option<String> {
     let m = s.magnitude.max(1);
     let work = format!(
@@ -205,6 +205,9 @@ fn fault_script(s: &Scenario) -> Option<String> {
         d = s.delay
     );
     let fault = match s.fault {
+        // A healthy install with the same ordinary work as the faulty ones
+        // do before their fault: the work alone must not look like one.
+        Family::None if s.delay > 0 => String::new(),
         Family::None | Family::MissingDependency | Family::DiskFull => return None,
         Family::FailingScript => format!("sleep {m}\necho 'postinst: giving up' >&2\nexit 1\n"),
         Family::ConfigTypo => format!(
