@@ -172,18 +172,30 @@ fn part(name: &str, seed: u64) -> u8 {
     }
 }
 
-/// Split by package and by fault variant: a deployment goes to a part only
-/// when its package and its variant (healthy ones: the package alone) both
-/// belong there; the rest is left out. So no package and no fault variant
-/// is in two parts.
+/// Split by package and by fault variant, never by window. Packages fall
+/// in a part by a seeded hash; a fault variant goes where most of its
+/// deployments' packages went (ties to the earlier part); a deployment is
+/// kept only when its package and its variant (healthy ones: the package
+/// alone) are in the same part. So no package and no fault variant is in
+/// two parts, and as few deployments as possible are left out.
 pub fn split(deployments: &[Deployment], seed: u64) -> Split {
+    let mut votes: std::collections::BTreeMap<&str, [usize; 3]> = Default::default();
+    for d in deployments.iter().filter(|d| d.variant != HEALTHY) {
+        votes.entry(&d.variant).or_default()[part(&d.package, seed) as usize] += 1;
+    }
+    let variant_part = |v: &str| -> u8 {
+        let c = votes.get(v).copied().unwrap_or_default();
+        (0..3u8)
+            .max_by_key(|&i| (c[i as usize], std::cmp::Reverse(i)))
+            .unwrap_or(0)
+    };
     let mut s = Split::default();
     for d in deployments {
         let p = part(&d.package, seed);
         let v = if d.variant == HEALTHY {
             p
         } else {
-            part(&d.variant, seed ^ 0x9e37_79b9)
+            variant_part(&d.variant)
         };
         if p != v {
             continue;
