@@ -279,46 +279,21 @@ async fn run_in(
     )?;
     let shadows = l.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     let launch = |register: &mut dyn FnMut(u32) -> Result<()>| -> Result<Tracked> {
-        let c = made.insert(container::create(&shadows, l, &spec)?);
-        let pid = c
-            .pid()
-            .ok_or_else(|| AgentError::Io {
-                context: format!("shadow {}: libcontainer gave no init pid", l.id),
-                source: std::io::Error::other("no pid"),
-            })?
-            .as_raw();
-        register(pid as u32)?;
-        container::loopback_up(pid)?;
-        // A test seam: stop here (init created, not started) so a test can
-        // kill the agent at the worst moment.
-        if let Some(ms) = std::env::var("BACKSTOP_TEST_HOLD_BEFORE_START_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            std::thread::sleep(Duration::from_millis(ms));
-        }
-        c.start().map_err(|e| AgentError::Io {
-            context: format!("starting shadow {}", l.id),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        // The init is our child (libcontainer clones it with CLONE_PARENT).
-        let waiter = tokio::task::spawn_blocking(move || {
-            loop {
-                let mut status = 0;
-                // SAFETY: waitpid on our own child with a valid out-pointer.
-                let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-                if r == pid {
-                    return Ok(std::process::ExitStatus::from_raw(status));
-                }
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+        let pid = start(&shadows, l, &spec, made, |pid| {
+            register(pid as u32)?;
+            // A test seam: stop here (init created, not started) so a test
+            // can kill the agent at the worst moment.
+            if let Some(ms) = std::env::var("BACKSTOP_TEST_HOLD_BEFORE_START_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                std::thread::sleep(Duration::from_millis(ms));
             }
-        });
+            Ok(())
+        })?;
         Ok(Tracked {
             pid: pid as u32,
-            exit: Exit::Waiter(waiter),
+            exit: Exit::Waiter(tokio::task::spawn_blocking(move || wait_pid(pid))),
         })
     };
     let track_opts = TrackOptions {
@@ -331,6 +306,50 @@ async fn run_in(
         timeout: opts.timeout,
     };
     track_with(probes, launch, &track_opts, None, sink).await
+}
+
+/// Create the container, let `before_start` see the init's pid while it
+/// is still blocked before its exec, bring up loopback, start it. The
+/// container is kept in `made` from creation on, so a failure at any later
+/// step still tears it down.
+fn start(
+    shadows: &Path,
+    l: &container::Layout,
+    spec: &libcontainer::oci_spec::runtime::Spec,
+    made: &mut Option<libcontainer::container::Container>,
+    before_start: impl FnOnce(i32) -> Result<()>,
+) -> Result<i32> {
+    let c = made.insert(container::create(shadows, l, spec)?);
+    let pid = c
+        .pid()
+        .ok_or_else(|| AgentError::Io {
+            context: format!("shadow {}: libcontainer gave no init pid", l.id),
+            source: std::io::Error::other("no pid"),
+        })?
+        .as_raw();
+    before_start(pid)?;
+    container::loopback_up(pid)?;
+    c.start().map_err(|e| AgentError::Io {
+        context: format!("starting shadow {}", l.id),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(pid)
+}
+
+/// Wait for the init (our child: libcontainer clones it with CLONE_PARENT).
+fn wait_pid(pid: i32) -> std::io::Result<std::process::ExitStatus> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// A sink that keeps the windows (for `--json`) and lifecycle records.
@@ -364,17 +383,11 @@ pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Ve
         let l = container::Layout::new(&shadows, &new_id());
         container::mount_overlay(root, &l, None)?;
         let spec = container::spec(&l, vec!["/bin/true".into()], &Limits::default())?;
-        let mut c = container::create(&shadows, &l, &spec)?;
-        let pid = c.pid().map(|p| p.as_raw()).unwrap_or(0);
-        container::loopback_up(pid)?;
-        c.start().map_err(|e| AgentError::Io {
-            context: format!("starting shadow {}", l.id),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let mut status = 0;
-        // SAFETY: waitpid on our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        let problems = container::teardown(&shadows, &l, Some(c));
+        let mut made = None;
+        let ran = start(&shadows, &l, &spec, &mut made, |_| Ok(()))
+            .and_then(|pid| wait_pid(pid).map_err(io_err(format!("waiting for shadow {}", l.id))));
+        let problems = container::teardown(&shadows, &l, made);
+        ran?;
         if !problems.is_empty() {
             return Err(AgentError::Io {
                 context: format!("shadow {} teardown: {}", l.id, problems.join("; ")),
