@@ -64,7 +64,8 @@ enum Task {
     /// minutes); resumable; not part of the tests.
     Corpus,
     /// Corpus, then train the default model into models/default (commit
-    /// it). Reproducible: same catalog, same seed, same model.
+    /// it). Training is deterministic for a corpus; a fresh corpus run
+    /// times things a little differently, so its model differs a little.
     TrainDefault,
 }
 
