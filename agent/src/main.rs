@@ -76,34 +76,16 @@ enum Command {
     /// Shadows: run an install in a youki container whose root is an
     /// overlay over the target's root (DATA/agent/shadows).
     Shadow {
-        /// Data directory.
-        #[arg(
-            long,
-            env = "BACKSTOP_DATA",
-            default_value = "/var/lib/backstop",
-            global = true
-        )]
-        data: PathBuf,
-        /// Machine-readable output.
-        #[arg(long, global = true)]
-        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(subcommand)]
         action: ShadowAction,
     },
     /// Known-good state: content-addressed snapshots of a scope, and exact
     /// restore (DATA/agent/snapshots).
     Snapshot {
-        /// Data directory.
-        #[arg(
-            long,
-            env = "BACKSTOP_DATA",
-            default_value = "/var/lib/backstop",
-            global = true
-        )]
-        data: PathBuf,
-        /// Machine-readable output.
-        #[arg(long, global = true)]
-        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(subcommand)]
         action: SnapshotAction,
     },
@@ -132,6 +114,22 @@ enum Command {
         #[arg(long)]
         probe_log: bool,
     },
+}
+
+/// Where a subcommand keeps its state, and how it prints.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Data directory.
+    #[arg(
+        long,
+        env = "BACKSTOP_DATA",
+        default_value = "/var/lib/backstop",
+        global = true
+    )]
+    data: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -611,14 +609,16 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Shadow { data, json, action } => shadow_cmd(&data, json, action).await,
-            Command::Snapshot { data, json, action } => match snapshot_cmd(&data, json, action) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("backstop-agent: {e}");
-                    1
+            Command::Shadow { store, action } => shadow_cmd(&store.data, store.json, action).await,
+            Command::Snapshot { store, action } => {
+                match snapshot_cmd(&store.data, store.json, action) {
+                    Ok(code) => code,
+                    Err(e) => {
+                        eprintln!("backstop-agent: {e}");
+                        1
+                    }
                 }
-            },
+            }
             Command::Run {
                 controller,
                 bundle,

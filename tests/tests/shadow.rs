@@ -26,21 +26,6 @@ fn rootfs() -> Option<PathBuf> {
     None
 }
 
-fn deb(pkg: &str) -> PathBuf {
-    let debs = bin_dir().join("../xtask/debs");
-    std::fs::read_dir(&debs)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&format!("{pkg}_"))
-        })
-        .unwrap_or_else(|| panic!("{pkg}.deb missing in {}", debs.display()))
-}
-
 /// What a leak would change: our mounts, our cgroups, the shadows dir.
 #[derive(Debug, PartialEq, Eq)]
 struct Traces {
@@ -173,7 +158,7 @@ fn dpkg_in_a_shadow_changes_nothing_below_and_the_diff_lists_the_package() {
     let Some(root) = rootfs() else { return };
     let data = Data::new("dpkg");
     let before = hash_walk(&root);
-    let hello = deb("hello");
+    let hello = support::deb_file("hello");
     let name = hello.file_name().unwrap().to_str().unwrap().to_string();
     let (out, v) = data.shadow(&[
         "--root",

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use support::{agent, bin_dir, is_root};
+use support::{agent, bin_dir, deb_file, is_root};
 
 const SCOPES: [&str; 4] = ["/etc", "/usr", "/var/lib/dpkg", "/opt"];
 
@@ -122,22 +122,6 @@ impl Drop for Root {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.dir.parent().unwrap());
     }
-}
-
-/// The cached .deb of `pkg` (cargo xtask test downloads them).
-fn deb_file(pkg: &str) -> PathBuf {
-    let debs = bin_dir().join("../xtask/debs");
-    std::fs::read_dir(&debs)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&format!("{pkg}_"))
-        })
-        .unwrap_or_else(|| panic!("{pkg}.deb missing from {}", debs.display()))
 }
 
 /// What the independent walk records of one path.

@@ -156,3 +156,19 @@ pub fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     }
     pred()
 }
+
+/// The cached .deb of `pkg` (cargo xtask test downloads them).
+pub fn deb_file(pkg: &str) -> PathBuf {
+    let debs = bin_dir().join("../xtask/debs");
+    std::fs::read_dir(&debs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{pkg}_"))
+        })
+        .unwrap_or_else(|| panic!("{pkg}.deb missing from {}", debs.display()))
+}
