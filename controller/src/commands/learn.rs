@@ -99,6 +99,21 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
             ms(*lead_time_p10_ms)
         );
     }
+    if !e.model_by_family.is_empty() {
+        println!(
+            "\nthe model per fault family (failing, caught, caught before onset, median lead):"
+        );
+    }
+    for f in &e.model_by_family {
+        println!(
+            "  {:<22} {:>3} {:>3} {:>3}  {}",
+            f.family,
+            f.failing,
+            f.caught,
+            f.caught_before_onset,
+            ms(f.lead_time_median_ms)
+        );
+    }
     if !e.model_alarms.is_empty() {
         println!("\nthe model's alarms (first window, onset, what drove it):");
     }

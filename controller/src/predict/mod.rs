@@ -46,6 +46,69 @@ pub struct Evaluation {
     pub detectors: Vec<Metrics>,
     /// Each test deployment the model alarmed on, with why.
     pub model_alarms: Vec<Alarm>,
+    /// The model per fault family: how many of the family's failing test
+    /// deployments it caught, how many before their onset, and the median
+    /// lead time of those.
+    pub model_by_family: Vec<FamilyLead>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilyLead {
+    pub family: String,
+    pub failing: usize,
+    pub caught: usize,
+    pub caught_before_onset: usize,
+    pub lead_time_median_ms: Option<f64>,
+}
+
+/// Per fault family, from the model's first alarms.
+pub fn by_family(alarms: &[Alarm], ds: &[Deployment]) -> Vec<FamilyLead> {
+    let mut fams: std::collections::BTreeMap<&str, FamilyLead> = Default::default();
+    for d in ds.iter().filter(|d| d.failing()) {
+        let f = fams.entry(&d.family).or_insert_with(|| FamilyLead {
+            family: d.family.clone(),
+            failing: 0,
+            caught: 0,
+            caught_before_onset: 0,
+            lead_time_median_ms: None,
+        });
+        f.failing += 1;
+    }
+    let mut leads: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for a in alarms {
+        let Some(d) = ds.iter().find(|d| d.id == a.deployment && d.failing()) else {
+            continue;
+        };
+        let Some(f) = fams.get_mut(d.family.as_str()) else {
+            continue;
+        };
+        f.caught += 1;
+        if let Some(o) = d.onset_window
+            && a.window < o
+        {
+            f.caught_before_onset += 1;
+            leads
+                .entry(d.family.clone())
+                .or_default()
+                .push(((o - a.window) as u64 * d.window_ms) as f64);
+        }
+    }
+    fams.into_values()
+        .map(|mut f| {
+            if let Some(v) = leads.get_mut(&f.family) {
+                v.sort_by(f64::total_cmp);
+                f.lead_time_median_ms = v.get(v.len() / 2).copied();
+            }
+            f
+        })
+        .collect()
+}
+
+impl Evaluation {
+    fn with_families(mut self, test: &[Deployment]) -> Self {
+        self.model_by_family = by_family(&self.model_alarms, test);
+        self
+    }
 }
 
 /// The model's first alarm on a deployment and the features that drove it.
@@ -98,8 +161,10 @@ pub fn evaluate(model: &Model, split: &Split) -> Evaluation {
             eval::evaluate(&statics, statics.threshold(), &split.test),
             eval::evaluate(&judge, judge_thr, &split.test),
         ],
+        model_by_family: Vec::new(),
         model_alarms: alarms(model, &split.test),
     }
+    .with_families(&split.test)
 }
 
 /// Split, train, calibrate, evaluate on the test split; the evaluation is
