@@ -277,6 +277,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<(KernelOffsets, Vec<String>), BtfErro
     let task_pid = btf.member("task_struct", "pid")?;
     let task_tgid = btf.member("task_struct", "tgid")?;
     let task_exit_code = btf.member("task_struct", "exit_code")?;
+    let path_dentry = btf.member("path", "dentry")?.offset;
     let mut off = KernelOffsets {
         task_pid: task_pid.offset,
         task_tgid: task_tgid.offset,
@@ -300,10 +301,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<(KernelOffsets, Vec<String>), BtfErro
         fdtable_fd: btf.member("fdtable", "fd")?.offset,
         file_inode: btf.member("file", "f_inode")?.offset,
         inode_ino: btf.member("inode", "i_ino")?.offset,
-        fs_pwd_dentry: btf.member("fs_struct", "pwd")?.offset
-            + btf.member("path", "dentry")?.offset,
-        fs_root_dentry: btf.member("fs_struct", "root")?.offset
-            + btf.member("path", "dentry")?.offset,
+        fs_pwd_dentry: btf.member("fs_struct", "pwd")?.offset + path_dentry,
+        fs_root_dentry: btf.member("fs_struct", "root")?.offset + path_dentry,
         dentry_inode: btf.member("dentry", "d_inode")?.offset,
     };
     match btf.member("sock", "sk_protocol") {

@@ -266,11 +266,6 @@ impl ChangeSet {
     }
 }
 
-fn cstr(b: &[u8]) -> &[u8] {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    &b[..end]
-}
-
 /// The host paths one record may have changed.
 #[derive(Default)]
 struct Found {
@@ -308,7 +303,7 @@ fn resolve(
         (&ev.path0[..], ev.dirfd0, ev.ino0),
         (&ev.path1[..], ev.dirfd1, ev.ino1),
     ] {
-        let path = cstr(path);
+        let path = backstop_common::c_str(path);
         if path.is_empty() && dirfd == AT_FDCWD {
             continue;
         }

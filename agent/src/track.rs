@@ -30,10 +30,7 @@ pub fn lock(p: &SharedProbes) -> MutexGuard<'_, Probes> {
 
 /// The kernel's lifecycle record in wire form: the one conversion point.
 pub fn to_wire(ev: &ProcEvent) -> backstop_common::wire::ProcEvent {
-    let cstr = |b: &[u8]| {
-        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        String::from_utf8_lossy(&b[..end]).into_owned()
-    };
+    let cstr = |b: &[u8]| String::from_utf8_lossy(backstop_common::c_str(b)).into_owned();
     let kind = match ev.kind {
         backstop_common::EVENT_EXEC => "exec",
         backstop_common::EVENT_EXIT => "exit",

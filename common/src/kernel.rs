@@ -273,6 +273,13 @@ pub struct KernelOffsets {
     pub dentry_inode: u32,
 }
 
+/// A NUL-terminated string in a fixed buffer (comm, filename, path), up to
+/// its NUL.
+pub fn c_str(b: &[u8]) -> &[u8] {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    &b[..end]
+}
+
 /// Map a nanosecond value to its histogram bucket. Written without loops or
 /// `leading_zeros` so the eBPF verifier and LLVM's BPF backend accept it.
 #[inline(always)]

@@ -292,7 +292,11 @@ fn repack(deb: &Path, fragment: &str, dir: &Path) -> Result<PathBuf> {
         format!("{shebang}\n{fragment}{rest}")
     };
     std::fs::write(&postinst, body).map_err(io(format!("writing {}", postinst.display())))?;
-    run_ok(Command::new("chmod").arg("0755").arg(&postinst), "chmod")?;
+    std::fs::set_permissions(
+        &postinst,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(io(format!("chmod {}", postinst.display())))?;
     let name = deb.file_name().unwrap_or_default();
     let out = dir.join(name);
     run_ok(
