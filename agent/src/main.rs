@@ -177,6 +177,13 @@ enum ShadowAction {
         /// what the install writes must fit, as on a nearly full disk.
         #[arg(long, value_parser = parse_bytes)]
         upper_size: Option<i64>,
+        /// Let the shadow's sync calls reach the disk. By default the
+        /// overlay is volatile: fsync inside the shadow returns at once and
+        /// copy-ups are not synced (the upper layer is thrown away anyway),
+        /// which makes installs fast and spares the host's disk. With
+        /// --durable the shadow's I/O windows look like a live install's.
+        #[arg(long)]
+        durable: bool,
         /// The command and its arguments, run inside the shadow.
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<OsString>,
@@ -261,6 +268,7 @@ async fn shadow_cmd(data: &std::path::Path, json: bool, action: ShadowAction) ->
             window_ms,
             timeout_secs,
             upper_size,
+            durable,
             cmd,
         } => {
             let opts = shadow::ShadowOptions {
@@ -276,6 +284,7 @@ async fn shadow_cmd(data: &std::path::Path, json: bool, action: ShadowAction) ->
                 window: Duration::from_millis(window_ms),
                 timeout: timeout_secs.map(Duration::from_secs),
                 upper_size: upper_size.map(|b| b as u64),
+                durable,
             };
             let probes =
                 match backstop_agent::probes::Probes::load(&ProbeOptions { probe_log: false }) {

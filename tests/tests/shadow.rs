@@ -440,3 +440,36 @@ fn a_shadow_past_its_timeout_is_killed_and_one_past_its_disk_fails_enospc() {
     assert!(total(&v, "syscall_errors_enospc") >= 1.0, "{v}");
     data.assert_clean("after a full upper layer");
 }
+
+#[test]
+fn a_shadow_root_is_volatile_unless_durable() {
+    let Some(_g) = ebpf_or_skip("a_shadow_root_is_volatile_unless_durable") else {
+        return;
+    };
+    let Some(root) = rootfs() else { return };
+    let data = Data::new("sync");
+    // The root's line of mountinfo, as the shadow sees it.
+    let root_mount = |extra: &[&str]| -> String {
+        let mut args = vec!["--root", root.to_str().unwrap()];
+        args.extend(extra);
+        args.extend(["--", "sh", "-c", "grep ' / / ' /proc/self/mountinfo"]);
+        let (out, v) = data.shadow(&args);
+        assert!(out.status.success(), "{v}");
+        v["cmd"]["output_tail"].as_str().unwrap().to_string()
+    };
+    // Kernels before 6.12 print `volatile`, later ones `fsync=volatile`.
+    let volatile = |line: &str| {
+        let opts = line
+            .split(" - overlay overlay ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("not an overlay root: {line}"));
+        opts.trim()
+            .split(',')
+            .any(|o| o == "volatile" || o == "fsync=volatile")
+    };
+    let default = root_mount(&[]);
+    assert!(volatile(&default), "{default}");
+    let durable = root_mount(&["--durable"]);
+    assert!(!volatile(&durable), "{durable}");
+    data.assert_clean("after volatile and durable shadows");
+}

@@ -86,8 +86,16 @@ fn other(context: impl Into<String>, e: impl std::fmt::Display) -> AgentError {
 }
 
 /// Mount the overlay: `lower` read-only below, upper and work in the
-/// shadow's directory; with `upper_size`, on a tmpfs of that size.
-pub fn mount_overlay(lower: &Path, l: &Layout, upper_size: Option<u64>) -> Result<()> {
+/// shadow's directory; with `upper_size`, on a tmpfs of that size. Not
+/// `durable`: mounted `volatile` (no sync reaches the upper layer; see
+/// `ShadowOptions::durable`). A volatile upper cannot be mounted again
+/// after a crash, which suits a shadow: the sweep deletes it.
+pub fn mount_overlay(
+    lower: &Path,
+    l: &Layout,
+    upper_size: Option<u64>,
+    durable: bool,
+) -> Result<()> {
     if let Some(size) = upper_size {
         let rw = l.dir.join("rw");
         std::fs::create_dir_all(&rw).map_err(err(format!("creating {}", rw.display())))?;
@@ -115,10 +123,11 @@ pub fn mount_overlay(lower: &Path, l: &Layout, upper_size: Option<u64>) -> Resul
         }
     }
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{}",
         lower.display(),
         l.upper.display(),
-        l.work.display()
+        l.work.display(),
+        if durable { "" } else { ",volatile" }
     );
     mount("overlay", &l.merged, "overlay", &data)
         .map_err(err(format!("mounting the shadow's overlay ({data})")))

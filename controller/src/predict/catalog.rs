@@ -352,7 +352,9 @@ pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result
         .arg("--root")
         .arg(&o.root)
         .args(["--window-ms", &defaults.window_ms.to_string()])
-        .args(["--timeout-secs", &defaults.timeout_secs.to_string()]);
+        .args(["--timeout-secs", &defaults.timeout_secs.to_string()])
+        // Sync calls reach the disk, so the windows' I/O is a live install's.
+        .arg("--durable");
     let memory = if s.fault == Family::MemoryBlowup {
         64 << 20
     } else {
