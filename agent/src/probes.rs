@@ -91,6 +91,9 @@ pub struct Probes {
     prog_fds: Vec<(&'static str, OwnedFd)>,
     slots: [bool; MAX_SLOTS as usize],
     last_slot: usize,
+    /// Records a tree read from a shared ring buffer for other trees.
+    event_mail: Mailboxes<ProcEvent>,
+    change_mail: Mailboxes<ChangeEvent>,
     /// Links of the syscall hooks while attached.
     syscall_links: Vec<(
         &'static str,
@@ -203,6 +206,10 @@ impl Probes {
             prog_fds,
             slots: [false; MAX_SLOTS as usize],
             last_slot: 0,
+            // A tree's worth of exec/exit records and of change records
+            // (560 bytes each: at most 9 MB waiting per slot).
+            event_mail: Mailboxes::new(1 << 16),
+            change_mail: Mailboxes::new(1 << 14),
             syscall_links: Vec::new(),
             offsets,
             warnings,
@@ -239,6 +246,8 @@ impl Probes {
         if let Err(e) = self.record_changes(slot, false) {
             tracing::warn!(slot, "turning change recording off: {e}");
         }
+        self.event_mail.clear(slot);
+        self.change_mail.clear(slot);
         if !self.slots.iter().any(|&s| s) {
             self.detach_syscall_hooks();
         }
@@ -346,14 +355,20 @@ impl Probes {
             .collect()
     }
 
-    /// Hand every queued lifecycle record to `f`.
-    pub fn drain_events(&mut self, mut f: impl FnMut(ProcEvent)) {
+    /// Hand `slot`'s queued lifecycle records to `f`, in order; other
+    /// slots' records wait in their mailboxes.
+    pub fn drain_events(&mut self, slot: u32, mut f: impl FnMut(ProcEvent)) {
+        self.event_mail.take(slot).into_iter().for_each(&mut f);
         while let Some(item) = self.events.next() {
             if item.len() >= std::mem::size_of::<ProcEvent>() {
                 // SAFETY: the probes write whole ProcEvents (repr(C), Pod);
                 // read_unaligned copes with the ring buffer's 8-byte alignment.
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ProcEvent) };
-                f(ev);
+                if ev.slot == slot {
+                    f(ev);
+                } else if self.slots.get(ev.slot as usize) == Some(&true) {
+                    self.event_mail.put(ev.slot, ev);
+                }
             }
         }
         if let Some(l) = self.logger.as_mut() {
@@ -373,15 +388,27 @@ impl Probes {
             .map_err(|e| map_err("CHANGE_SLOTS", e))
     }
 
-    /// Hand every queued change record to `f`.
-    pub fn drain_changes(&mut self, mut f: impl FnMut(&ChangeEvent)) {
+    /// Hand `slot`'s queued change records to `f`, in order; other
+    /// slots' records wait in their mailboxes.
+    pub fn drain_changes(&mut self, slot: u32, mut f: impl FnMut(&ChangeEvent)) {
+        self.change_mail.take(slot).iter().for_each(&mut f);
         while let Some(item) = self.changes.next() {
             if item.len() >= std::mem::size_of::<ChangeEvent>() {
                 // SAFETY: the probes write whole ChangeEvents (repr(C), Pod).
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ChangeEvent) };
-                f(&ev);
+                if ev.slot == slot {
+                    f(&ev);
+                } else if self.slots.get(ev.slot as usize) == Some(&true) {
+                    self.change_mail.put(ev.slot, ev);
+                }
             }
         }
+    }
+
+    /// Change records of `slot` dropped because its mailbox was full: lost
+    /// as surely as those the kernel could not queue.
+    pub fn changes_dropped(&self, slot: u32) -> u64 {
+        self.change_mail.dropped(slot)
     }
 
     /// The change ring buffer's fd, to wait on for new records.
@@ -576,6 +603,50 @@ fn read_dev(path: &Path) -> Option<u32> {
     let s = std::fs::read_to_string(path).ok()?;
     let (maj, min) = s.trim().split_once(':')?;
     Some((maj.parse::<u32>().ok()? << 20) | min.parse::<u32>().ok()?)
+}
+
+/// The event ring buffers are shared by every tree the agent watches, and
+/// whichever tree reads first takes all queued records. What it reads for
+/// another tree waits here until that tree drains, so concurrent trees
+/// each get every record of their own. A mailbox is bounded; a record that
+/// does not fit is dropped and counted against its slot.
+struct Mailboxes<T> {
+    by_slot: std::collections::BTreeMap<u32, (std::collections::VecDeque<T>, u64)>,
+    max: usize,
+}
+
+impl<T> Mailboxes<T> {
+    fn new(max: usize) -> Self {
+        Mailboxes {
+            by_slot: Default::default(),
+            max,
+        }
+    }
+
+    fn put(&mut self, slot: u32, item: T) {
+        let (q, dropped) = self.by_slot.entry(slot).or_default();
+        if q.len() < self.max {
+            q.push_back(item);
+        } else {
+            *dropped += 1;
+        }
+    }
+
+    /// The slot's waiting records; its dropped count stays.
+    fn take(&mut self, slot: u32) -> std::collections::VecDeque<T> {
+        self.by_slot
+            .get_mut(&slot)
+            .map(|(q, _)| std::mem::take(q))
+            .unwrap_or_default()
+    }
+
+    fn dropped(&self, slot: u32) -> u64 {
+        self.by_slot.get(&slot).map_or(0, |(_, d)| *d)
+    }
+
+    fn clear(&mut self, slot: u32) {
+        self.by_slot.remove(&slot);
+    }
 }
 
 #[cfg(test)]

@@ -211,9 +211,8 @@ async fn track_in_slot(
             .map_err(|e| ring_err(e.into()))?;
     let drain_changes = |log: &mut Option<ChangeLog>| -> Result<()> {
         let mut err = Ok(());
-        lock(probes).drain_changes(|ev| {
-            if ev.slot == slot
-                && err.is_ok()
+        lock(probes).drain_changes(slot, |ev| {
+            if err.is_ok()
                 && let Some(log) = log.as_mut()
             {
                 err = log.record(ev);
@@ -228,10 +227,8 @@ async fn track_in_slot(
     let mut lost = 0u64;
     let drain = |sink: &mut dyn WindowSink| -> Result<()> {
         let mut err = Ok(());
-        // Records of other slots belong to other trees; they are not ours
-        // to report.
-        lock(probes).drain_events(|ev| {
-            if ev.slot == slot && err.is_ok() {
+        lock(probes).drain_events(slot, |ev| {
+            if err.is_ok() {
                 err = sink.event(&ev);
             }
         });
@@ -259,6 +256,10 @@ async fn track_in_slot(
                 let w = folder.fold(read()?);
                 lost += w.lost_events;
                 sink.window(&w)?;
+                // Another tree may have read our records into our mailbox;
+                // its reading woke nobody here.
+                drain(sink)?;
+                drain_changes(&mut change_log)?;
             }
             guard = events_fd.readable() => {
                 if let Ok(mut g) = guard {
@@ -289,8 +290,11 @@ async fn track_in_slot(
     drain_changes(&mut change_log)?;
     let changes = match change_log {
         Some(log) => {
-            let lost = lock(probes).totals(slot)?.c[backstop_common::counter::CHANGES_LOST]
-                - changes_lost_at_start;
+            let p = lock(probes);
+            let lost = p.totals(slot)?.c[backstop_common::counter::CHANGES_LOST]
+                - changes_lost_at_start
+                + p.changes_dropped(slot);
+            drop(p);
             Some(log.finish(lost)?)
         }
         None => None,
