@@ -77,9 +77,10 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
         e.deployments,
         e.target_fpr * 100.0
     );
+    println!("early: failing deployments alarmed before their onset, over all failing ones\n");
     println!(
-        "{:<40} {:>7} {:>7} {:>7} {:>9} {:>11} {:>11}",
-        "detector", "ROC AUC", "recall", "FPR", "precision", "lead p50", "lead p10"
+        "{:<40} {:>7} {:>7} {:>7} {:>9} {:>7} {:>9} {:>9}",
+        "detector", "ROC AUC", "recall", "FPR", "precision", "early", "lead p50", "lead p10"
     );
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} s", v / 1000.0));
     for m in &e.detectors {
@@ -89,12 +90,13 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
             recall,
             false_positive_rate,
             precision,
+            recall_before_onset,
             lead_time_median_ms,
             lead_time_p10_ms,
             ..
         } = m;
         println!(
-            "{detector:<40} {roc_auc:>7.3} {recall:>7.3} {false_positive_rate:>7.3} {precision:>9.3} {:>11} {:>11}",
+            "{detector:<40} {roc_auc:>7.3} {recall:>7.3} {false_positive_rate:>7.3} {precision:>9.3} {recall_before_onset:>7.3} {:>9} {:>9}",
             ms(*lead_time_median_ms),
             ms(*lead_time_p10_ms)
         );

@@ -273,9 +273,46 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Repack `deb` with `fragment` appended to its postinst (created if
-/// absent) into `dir`.
+/// The compression of a .deb's data member, as `dpkg-deb -Z` names it,
+/// read from the ar archive's member names.
+fn data_compression(deb: &Path) -> Result<&'static str> {
+    let bytes = std::fs::read(deb).map_err(io(format!("reading {}", deb.display())))?;
+    let bad = |reason: &str| CatalogError::Bad {
+        path: deb.display().to_string(),
+        reason: reason.into(),
+    };
+    if !bytes.starts_with(b"!<arch>\n") {
+        return Err(bad("not an ar archive"));
+    }
+    let mut at = 8;
+    while at + 60 <= bytes.len() {
+        let header = &bytes[at..at + 60];
+        let name = String::from_utf8_lossy(&header[..16]);
+        let name = name.trim_end().trim_end_matches('/');
+        let size: usize = String::from_utf8_lossy(&header[48..58])
+            .trim()
+            .parse()
+            .map_err(|_| bad("bad ar member size"))?;
+        if let Some(ext) = name.strip_prefix("data.tar") {
+            return Ok(match ext {
+                ".xz" => "xz",
+                ".gz" => "gzip",
+                ".zst" => "zstd",
+                "" => "none",
+                _ => return Err(bad(&format!("unknown data member {name}"))),
+            });
+        }
+        at += 60 + size + size % 2;
+    }
+    Err(bad("no data.tar member"))
+}
+
+/// Repack `deb` into `dir` with `fragment` put first in its postinst
+/// (created if absent; left alone if `fragment` is empty), compressed as
+/// the original was. Every scenario's package goes through here, healthy
+/// ones too: a detector must not tell a fault by how its .deb was built.
 fn repack(deb: &Path, fragment: &str, dir: &Path) -> Result<PathBuf> {
+    let compression = data_compression(deb)?;
     let tree = dir.join("tree");
     let _ = std::fs::remove_dir_all(&tree);
     run_ok(
@@ -283,25 +320,28 @@ fn repack(deb: &Path, fragment: &str, dir: &Path) -> Result<PathBuf> {
         "dpkg-deb -R",
     )?;
     let postinst = tree.join("DEBIAN/postinst");
-    let old = std::fs::read_to_string(&postinst).unwrap_or_default();
-    let body = if old.is_empty() {
-        format!("#!/bin/sh\n{fragment}")
-    } else {
-        // Ours first: a postinst may `exit 0` before its end.
-        let (shebang, rest) = old.split_once('\n').unwrap_or((&old, ""));
-        format!("{shebang}\n{fragment}{rest}")
-    };
-    std::fs::write(&postinst, body).map_err(io(format!("writing {}", postinst.display())))?;
-    std::fs::set_permissions(
-        &postinst,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .map_err(io(format!("chmod {}", postinst.display())))?;
+    if !fragment.is_empty() {
+        let old = std::fs::read_to_string(&postinst).unwrap_or_default();
+        let body = if old.is_empty() {
+            format!("#!/bin/sh\n{fragment}")
+        } else {
+            // Ours first: a postinst may `exit 0` before its end.
+            let (shebang, rest) = old.split_once('\n').unwrap_or((&old, ""));
+            format!("{shebang}\n{fragment}{rest}")
+        };
+        std::fs::write(&postinst, body).map_err(io(format!("writing {}", postinst.display())))?;
+        std::fs::set_permissions(
+            &postinst,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(io(format!("chmod {}", postinst.display())))?;
+    }
     let name = deb.file_name().unwrap_or_default();
     let out = dir.join(name);
     run_ok(
         Command::new("dpkg-deb")
-            .args(["-b", "-Zgzip"])
+            .arg("-b")
+            .arg(format!("-Z{compression}"))
             .arg(&tree)
             .arg(&out),
         "dpkg-deb -b",
@@ -332,12 +372,10 @@ pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result
             .collect()
     };
     debs.sort();
-    if let Some(fragment) = fault_script(s) {
-        let repacked = repack(&main, &fragment, &work)?;
-        for d in &mut debs {
-            if *d == main {
-                *d = repacked.clone();
-            }
+    let repacked = repack(&main, &fault_script(s).unwrap_or_default(), &work)?;
+    for d in &mut debs {
+        if *d == main {
+            *d = repacked.clone();
         }
     }
     let total: u64 = debs
@@ -507,6 +545,59 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ar archive of (name, content) members, as dpkg-deb writes one.
+    fn ar(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = b"!<arch>\n".to_vec();
+        for (name, body) in members {
+            out.extend(
+                format!(
+                    "{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+                    0,
+                    0,
+                    0,
+                    "100644",
+                    body.len()
+                )
+                .bytes(),
+            );
+            out.extend(*body);
+            if body.len() % 2 == 1 {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_repack_keeps_the_original_compression() {
+        let dir = std::env::temp_dir().join(format!("backstop-ar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let deb = dir.join("p.deb");
+        for (member, z) in [
+            ("data.tar.xz", "xz"),
+            ("data.tar.zst", "zstd"),
+            ("data.tar", "none"),
+        ] {
+            std::fs::write(
+                &deb,
+                ar(&[
+                    ("debian-binary", b"2.0\n"),
+                    ("control.tar.gz", b"odd"),
+                    (member, b"x"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(data_compression(&deb).unwrap(), z, "{member}");
+        }
+        std::fs::write(&deb, ar(&[("debian-binary", b"2.0\n")])).unwrap();
+        let e = data_compression(&deb).unwrap_err().to_string();
+        assert!(e.contains("p.deb") && e.contains("no data.tar"), "{e}");
+        std::fs::write(&deb, b"PK\x03\x04").unwrap();
+        let e = data_compression(&deb).unwrap_err().to_string();
+        assert!(e.contains("not an ar archive"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn catalog_parses_and_refuses_mistakes() {

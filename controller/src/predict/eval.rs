@@ -22,6 +22,9 @@ pub struct Metrics {
     pub precision: f64,
     /// Failing deployments alarmed strictly before their onset.
     pub caught_before_onset: usize,
+    /// caught_before_onset over failing: recall as prediction, where exit
+    /// codes and health probes score 0 by construction.
+    pub recall_before_onset: f64,
     /// Onset minus first alarm, over those, in ms.
     pub lead_time_median_ms: Option<f64>,
     pub lead_time_p10_ms: Option<f64>,
@@ -71,6 +74,7 @@ pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Deployment]) -> Metric
         false_positive_rate: ratio(fp, healthy),
         precision: ratio(tp, tp + fp),
         caught_before_onset: leads.len(),
+        recall_before_onset: ratio(leads.len(), failing),
         lead_time_median_ms: pick(0.5),
         lead_time_p10_ms: pick(0.1),
     }
