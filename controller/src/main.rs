@@ -215,6 +215,13 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A report piped into `head` ends quietly, as other Unix tools do,
+        // instead of panicking in println!. The daemon keeps Rust's
+        // default (ignored), so a dropped database connection is an error.
+        // SAFETY: no other thread exists yet; SIG_DFL is a valid handler.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
