@@ -140,6 +140,10 @@ pub struct Scenario {
     pub delay: u32,
     #[serde(default)]
     pub seed: u64,
+    /// This scenario's timeout, for packages whose healthy install takes
+    /// longer than the catalog's default allows.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 fn none() -> Family {
@@ -390,7 +394,10 @@ pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result
         .arg("--root")
         .arg(&o.root)
         .args(["--window-ms", &defaults.window_ms.to_string()])
-        .args(["--timeout-secs", &defaults.timeout_secs.to_string()])
+        .args([
+            "--timeout-secs",
+            &s.timeout_secs.unwrap_or(defaults.timeout_secs).to_string(),
+        ])
         // Sync calls reach the disk, so the windows' I/O is a live install's.
         .arg("--durable");
     let memory = if s.fault == Family::MemoryBlowup {
@@ -634,6 +641,7 @@ mod tests {
             magnitude: 1,
             delay: 2,
             seed: 0,
+            timeout_secs: None,
         };
         let w = serde_json::json!({"features": {"syscalls_total": 5.0}});
         let v = serde_json::json!({
