@@ -124,7 +124,7 @@ enum Command {
         /// Share of healthy deployments the threshold may alarm on.
         #[arg(long, default_value_t = 0.01)]
         target_fpr: f64,
-        #[arg(long, default_value_t = 25)]
+        #[arg(long, default_value_t = 100)]
         epochs: usize,
         #[arg(long)]
         json: bool,

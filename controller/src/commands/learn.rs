@@ -73,6 +73,10 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
         return;
     }
     println!(
+        "split: {} train, {} validation, {} test ({} left out: package and fault variant in different parts)",
+        e.split.train, e.split.validation, e.split.test, e.split.left_out
+    );
+    println!(
         "{} test deployments; thresholds for at most {:.1}% false alarms on healthy installs\n",
         e.deployments,
         e.target_fpr * 100.0

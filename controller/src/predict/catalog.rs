@@ -154,6 +154,11 @@ fn one() -> u32 {
 }
 
 impl Scenario {
+    /// The id of the deployment this scenario records.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.name, self.seed)
+    }
+
     /// The fault variant: family, magnitude and timing (what a split keeps
     /// apart). Healthy installs have none.
     pub fn variant(&self) -> String {
@@ -497,7 +502,7 @@ pub fn deployment_from_report(
     let last = windows.len() - 1;
     let onset_window = onset_ms.map(|ms| ((ms / window_ms as f64) as usize).min(last));
     Ok(Deployment {
-        id: format!("{}-{}", s.name, s.seed),
+        id: s.id(),
         package: s.package.clone(),
         family: s.fault.name().into(),
         variant: s.variant(),
@@ -519,13 +524,17 @@ pub fn run(
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<Deployment>> {
     std::fs::create_dir_all(&o.out).map_err(io(format!("creating {}", o.out.display())))?;
-    let mut done: BTreeMap<String, Deployment> = super::corpus::read(&[&o.out])
-        .unwrap_or_default()
-        .into_iter()
-        .map(|d| (d.id.clone(), d))
-        .collect();
-    for (i, s) in catalog.scenarios.iter().enumerate() {
-        let id = format!("{}-{}", s.name, s.seed);
+    let ids: Vec<String> = catalog.scenarios.iter().map(Scenario::id).collect();
+    let mut done: BTreeMap<String, Deployment> = BTreeMap::new();
+    for d in super::corpus::read(&[&o.out]).unwrap_or_default() {
+        if ids.contains(&d.id) {
+            done.insert(d.id.clone(), d);
+        } else {
+            // A scenario the catalog no longer has: its record goes.
+            progress(&format!("dropping {}: not in the catalog", d.id));
+        }
+    }
+    for (i, (s, id)) in catalog.scenarios.iter().zip(ids).enumerate() {
         if done.contains_key(&id) {
             continue;
         }

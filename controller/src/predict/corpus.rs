@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-use backstop_common::features::{FEATURES, SCHEMA_VERSION};
+use backstop_common::features::{FEATURES, SCHEMA_VERSION, feature};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -157,6 +157,8 @@ pub struct Split {
     pub train: Vec<Deployment>,
     pub validation: Vec<Deployment>,
     pub test: Vec<Deployment>,
+    /// Deployments whose package and variant fell in different parts.
+    pub left_out: usize,
 }
 
 /// Which part a name falls in, from a hash of the name and the seed: 0
@@ -172,32 +174,94 @@ fn part(name: &str, seed: u64) -> u8 {
     }
 }
 
-/// Split by package and by fault variant, never by window. Packages fall
-/// in a part by a seeded hash; a fault variant goes where most of its
-/// deployments' packages went (ties to the earlier part); a deployment is
-/// kept only when its package and its variant (healthy ones: the package
-/// alone) are in the same part. So no package and no fault variant is in
-/// two parts, and as few deployments as possible are left out.
+/// Split by package and by fault variant, never by window: a deployment
+/// is kept only when its package and its variant (healthy ones: the
+/// package alone) are in the same part, so no package and no fault variant
+/// is in two parts.
+///
+/// Packages are put in a seeded order; the first 60% train, the next 20%
+/// validate, the rest test. A variant
+/// shows up in two or three packages, so placed independently most faulty
+/// deployments would be left out, the test part's first. So, in rounds:
+/// each variant goes where most of its deployments' packages are, then
+/// pairs of packages in different parts swap when that keeps more faulty
+/// deployments (part sizes never change), until no swap helps. Seeded and
+/// deterministic.
 pub fn split(deployments: &[Deployment], seed: u64) -> Split {
-    let mut votes: std::collections::BTreeMap<&str, [usize; 3]> = Default::default();
-    for d in deployments.iter().filter(|d| d.variant != HEALTHY) {
-        votes.entry(&d.variant).or_default()[part(&d.package, seed) as usize] += 1;
+    use std::collections::BTreeMap;
+    let faulty: Vec<(&str, &str)> = deployments
+        .iter()
+        .filter(|d| d.variant != HEALTHY)
+        .map(|d| (d.package.as_str(), d.variant.as_str()))
+        .collect();
+    // Packages in a seeded order, each with its part.
+    let mut order: Vec<&str> = deployments.iter().map(|d| d.package.as_str()).collect();
+    order.sort_by_key(|p| (tiebreak(p, seed), *p));
+    order.dedup();
+    // The first 60% of that order trains, the next 20% validates.
+    let n = order.len();
+    let mut pkg: BTreeMap<&str, u8> = order
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*p, (i * 10 >= 6 * n) as u8 + (i * 10 >= 8 * n) as u8))
+        .collect();
+    let mut var: BTreeMap<&str, u8> = BTreeMap::new();
+    for _round in 0..32 {
+        let mut votes: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
+        for (p, v) in &faulty {
+            votes.entry(v).or_default()[pkg[p] as usize] += 1;
+        }
+        var = votes
+            .into_iter()
+            .map(|(v, c)| {
+                let home = part(v, seed);
+                let best = (0..3u8)
+                    .max_by_key(|&i| (c[i as usize], i == home, std::cmp::Reverse(i)))
+                    .unwrap_or(0);
+                (v, best)
+            })
+            .collect();
+        // Faulty deployments of package p that would be kept in part x.
+        let kept = |p: &str, x: u8| -> i64 {
+            faulty
+                .iter()
+                .filter(|(q, v)| *q == p && var[v] == x)
+                .count() as i64
+        };
+        let mut swapped = false;
+        for (i, a) in order.iter().enumerate() {
+            let pa = pkg[a];
+            let best = order[i + 1..]
+                .iter()
+                .filter(|b| pkg[*b] != pa)
+                .map(|b| {
+                    let pb = pkg[b];
+                    let gain = kept(a, pb) - kept(a, pa) + kept(b, pa) - kept(b, pb);
+                    (gain, *b)
+                })
+                .filter(|(gain, _)| *gain > 0)
+                .max_by_key(|(gain, _)| *gain);
+            if let Some((_, b)) = best {
+                let pb = pkg[b];
+                pkg.insert(a, pb);
+                pkg.insert(b, pa);
+                swapped = true;
+            }
+        }
+        if !swapped {
+            break;
+        }
     }
-    let variant_part = |v: &str| -> u8 {
-        let c = votes.get(v).copied().unwrap_or_default();
-        (0..3u8)
-            .max_by_key(|&i| (c[i as usize], std::cmp::Reverse(i)))
-            .unwrap_or(0)
-    };
     let mut s = Split::default();
     for d in deployments {
-        let p = part(&d.package, seed);
+        let p = pkg[d.package.as_str()];
         let v = if d.variant == HEALTHY {
             p
         } else {
-            variant_part(&d.variant)
+            var[d.variant.as_str()]
         };
         if p != v {
+            s.left_out += 1;
             continue;
         }
         match p {
@@ -207,6 +271,14 @@ pub fn split(deployments: &[Deployment], seed: u64) -> Split {
         }
     }
     s
+}
+
+fn tiebreak(name: &str, seed: u64) -> [u8; 8] {
+    let mut h = Sha256::new();
+    h.update(b"order");
+    h.update(seed.to_le_bytes());
+    h.update(name.as_bytes());
+    h.finalize()[..8].try_into().expect("8 bytes")
 }
 
 /// Packages and fault variants of a part.
@@ -220,6 +292,36 @@ pub fn names(ds: &[Deployment]) -> (BTreeSet<String>, BTreeSet<String>) {
     )
 }
 
+/// The generated corpus's fault families and the features each drives.
+pub const SYNTHETIC_FAMILIES: [(&str, &[usize]); 5] = [
+    (
+        "memory-growth",
+        &[feature::SYSCALLS_MEM, feature::SYSCALL_ERRORS_ENOMEM],
+    ),
+    (
+        "disk-fill",
+        &[feature::PAGE_DIRTIED_BYTES, feature::SYSCALL_ERRORS_ENOSPC],
+    ),
+    (
+        "io-stall",
+        &[
+            feature::BLOCK_LATENCY_P99_US,
+            feature::SYSCALL_LATENCY_P99_US,
+        ],
+    ),
+    (
+        "cpu-runaway",
+        &[
+            feature::SCHED_ON_CPU_NS,
+            feature::SCHED_INVOLUNTARY_SWITCHES,
+        ],
+    ),
+    (
+        "error-storm",
+        &[feature::SYSCALL_ERRORS_TOTAL, feature::SYSCALL_ERRORS_OTHER],
+    ),
+];
+
 /// A generated corpus for tests and the benchmark: packages with their own
 /// baseline levels; healthy installs with noise and the odd burst; faults
 /// that build up over time (memory growth, disk fill, I/O stall, CPU
@@ -227,30 +329,8 @@ pub fn names(ds: &[Deployment]) -> (BTreeSet<String>, BTreeSet<String>) {
 /// for the real corpus: it exists so the learning machinery can be tested
 /// quickly and deterministically.
 pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Deployment> {
-    use backstop_common::features::feature as f;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let families: [(&str, &[usize]); 5] = [
-        (
-            "memory-growth",
-            &[f::SYSCALLS_MEM, f::SYSCALL_ERRORS_ENOMEM],
-        ),
-        (
-            "disk-fill",
-            &[f::PAGE_DIRTIED_BYTES, f::SYSCALL_ERRORS_ENOSPC],
-        ),
-        (
-            "io-stall",
-            &[f::BLOCK_LATENCY_P99_US, f::SYSCALL_LATENCY_P99_US],
-        ),
-        (
-            "cpu-runaway",
-            &[f::SCHED_ON_CPU_NS, f::SCHED_INVOLUNTARY_SWITCHES],
-        ),
-        (
-            "error-storm",
-            &[f::SYSCALL_ERRORS_TOTAL, f::SYSCALL_ERRORS_OTHER],
-        ),
-    ];
+    let families = SYNTHETIC_FAMILIES;
     let nf = FEATURES.len();
     let mut out = Vec::new();
     for p in 0..packages {
@@ -334,6 +414,66 @@ mod tests {
             assert!(shared.is_empty(), "{what} share {shared:?}");
         }
         assert!(s.test.iter().any(|d| d.failing()) && s.test.iter().any(|d| !d.failing()));
+    }
+
+    #[test]
+    fn split_keeps_most_deployments_when_variants_spread_over_packages() {
+        // The shipped catalog's shape: per package 3 healthy installs and
+        // 3 faults, each fault variant in two or three packages.
+        let dep = |package: &str, variant: &str, i: usize| Deployment {
+            id: format!("{package}-{variant}-{i}"),
+            package: package.into(),
+            family: variant.split('-').next().unwrap_or(HEALTHY).into(),
+            variant: variant.into(),
+            outcome: if variant == HEALTHY {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            },
+            onset_window: (variant != HEALTHY).then_some(0),
+            visible_to_checks: variant != HEALTHY,
+            window_ms: 250,
+            schema: backstop_common::features::SCHEMA_VERSION.into(),
+            windows: vec![vec![0.0; FEATURES.len()]],
+        };
+        let mut all = Vec::new();
+        for p in 0..70 {
+            let package = format!("pkg{p}");
+            for i in 0..3 {
+                all.push(dep(&package, HEALTHY, i));
+            }
+            for j in 0..3 {
+                // 90 variants over 210 faulty deployments.
+                all.push(dep(
+                    &package,
+                    &format!("f{j}-v{}", (p * 7 + j * 11) % 30),
+                    j,
+                ));
+            }
+        }
+        for seed in 1..=4 {
+            let s = split(&all, seed);
+            let n = all.len();
+            assert_eq!(
+                s.train.len() + s.validation.len() + s.test.len() + s.left_out,
+                n
+            );
+            assert!(
+                s.left_out * 100 <= 15 * n,
+                "seed {seed}: {} of {n} left out",
+                s.left_out
+            );
+            assert!(
+                s.test.len() * 100 >= 15 * n,
+                "seed {seed}: test has {}",
+                s.test.len()
+            );
+            let failing = s.test.iter().filter(|d| d.failing()).count();
+            assert!(
+                failing >= 20,
+                "seed {seed}: {failing} failing test deployments"
+            );
+        }
     }
 
     #[test]

@@ -41,6 +41,9 @@ impl Detector for ModelDetector<'_> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
     pub deployments: usize,
+    /// The split: train, validation and test deployments, and those left
+    /// out because their package and their variant fell in different parts.
+    pub split: SplitSizes,
     pub target_fpr: f64,
     /// The model first, then the three baselines, on the same deployments.
     pub detectors: Vec<Metrics>,
@@ -50,6 +53,14 @@ pub struct Evaluation {
     /// deployments it caught, how many before their onset, and the median
     /// lead time of those.
     pub model_by_family: Vec<FamilyLead>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitSizes {
+    pub train: usize,
+    pub validation: usize,
+    pub test: usize,
+    pub left_out: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,7 +130,7 @@ pub struct Alarm {
     pub window: usize,
     pub onset_window: Option<usize>,
     pub probability: f64,
-    /// (feature, fall in the logit when its trajectory is flattened).
+    /// (feature, fall in the logit when the feature is made typical).
     pub drivers: Vec<(String, f64)>,
 }
 
@@ -154,6 +165,12 @@ pub fn evaluate(model: &Model, split: &Split) -> Evaluation {
     let md = ModelDetector(model);
     Evaluation {
         deployments: split.test.len(),
+        split: SplitSizes {
+            train: split.train.len(),
+            validation: split.validation.len(),
+            test: split.test.len(),
+            left_out: split.left_out,
+        },
         target_fpr: target,
         detectors: vec![
             eval::evaluate(&md, md.threshold(), &split.test),
@@ -192,6 +209,7 @@ pub fn train_and_evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backstop_common::features::FEATURES;
 
     #[test]
     fn a_model_trained_on_a_generated_corpus_beats_static_thresholds_on_held_out_packages() {
@@ -222,6 +240,33 @@ mod tests {
             m.false_positive_rate <= 0.05,
             "model alarms {} of healthy test deployments",
             m.false_positive_rate
+        );
+        // The explanations name what the fault drove.
+        let (mut named, mut explained) = (0, 0);
+        for a in e
+            .model_alarms
+            .iter()
+            .filter(|a| a.outcome != corpus::Outcome::Ok)
+        {
+            let family = all
+                .iter()
+                .find(|d| d.id == a.deployment)
+                .map(|d| d.family.as_str());
+            let Some((_, feats)) = corpus::SYNTHETIC_FAMILIES
+                .iter()
+                .find(|(f, _)| Some(*f) == family)
+            else {
+                continue;
+            };
+            explained += 1;
+            let names: Vec<&str> = feats.iter().map(|&i| FEATURES[i].name).collect();
+            if a.drivers.iter().any(|(f, _)| names.contains(&f.as_str())) {
+                named += 1;
+            }
+        }
+        assert!(
+            explained > 0 && named * 10 >= explained * 8,
+            "{named} of {explained} alarms name a feature their fault drove"
         );
     }
 }
