@@ -115,17 +115,22 @@ enum Command {
     ///
     /// Example: backstop train --corpus /var/lib/backstop/corpus --out /var/lib/backstop/models/m1
     Train {
+        /// A corpus directory (repeatable); deployments of all are pooled.
         #[arg(long = "corpus", required = true, value_name = "DIR")]
         corpus: Vec<PathBuf>,
+        /// Where the model goes (created; a model there is replaced).
         #[arg(long, value_name = "MODEL_DIR")]
         out: PathBuf,
+        /// Seeds the split, the initial weights and the batch order.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Share of healthy deployments the threshold may alarm on.
         #[arg(long, default_value_t = 0.01)]
         target_fpr: f64,
+        /// Passes over the training windows.
         #[arg(long, default_value_t = 100)]
         epochs: usize,
+        /// Print the evaluation on the test split as JSON.
         #[arg(long)]
         json: bool,
     },
