@@ -285,20 +285,28 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<()> {
 /// The compression of a .deb's data member, as `dpkg-deb -Z` names it,
 /// read from the ar archive's member names.
 fn data_compression(deb: &Path) -> Result<&'static str> {
-    let bytes = std::fs::read(deb).map_err(io(format!("reading {}", deb.display())))?;
+    use std::io::{Read, Seek, SeekFrom};
+    let read_err = |e| io(format!("reading {}", deb.display()))(e);
+    let mut f = std::fs::File::open(deb).map_err(io(format!("opening {}", deb.display())))?;
     let bad = |reason: &str| CatalogError::Bad {
         path: deb.display().to_string(),
         reason: reason.into(),
     };
-    if !bytes.starts_with(b"!<arch>\n") {
+    // Only the member headers are read; the members are skipped.
+    let mut magic = [0u8; 8];
+    if f.read_exact(&mut magic).is_err() || &magic != b"!<arch>\n" {
         return Err(bad("not an ar archive"));
     }
-    let mut at = 8;
-    while at + 60 <= bytes.len() {
-        let header = &bytes[at..at + 60];
+    let mut header = [0u8; 60];
+    loop {
+        match f.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(read_err(e)),
+        }
         let name = String::from_utf8_lossy(&header[..16]);
         let name = name.trim_end().trim_end_matches('/');
-        let size: usize = String::from_utf8_lossy(&header[48..58])
+        let size: i64 = String::from_utf8_lossy(&header[48..58])
             .trim()
             .parse()
             .map_err(|_| bad("bad ar member size"))?;
@@ -311,7 +319,8 @@ fn data_compression(deb: &Path) -> Result<&'static str> {
                 _ => return Err(bad(&format!("unknown data member {name}"))),
             });
         }
-        at += 60 + size + size % 2;
+        f.seek(SeekFrom::Current(size + size % 2))
+            .map_err(read_err)?;
     }
     Err(bad("no data.tar member"))
 }

@@ -205,6 +205,11 @@ pub fn split(deployments: &[Deployment], seed: u64) -> Split {
         .enumerate()
         .map(|(i, p)| (*p, (i * 10 >= 6 * n) as u8 + (i * 10 >= 8 * n) as u8))
         .collect();
+    let mut variants_of: BTreeMap<&str, Vec<&str>> =
+        order.iter().map(|p| (*p, Vec::new())).collect();
+    for (p, v) in &faulty {
+        variants_of.entry(p).or_default().push(v);
+    }
     let mut var: BTreeMap<&str, u8> = BTreeMap::new();
     for _round in 0..32 {
         let mut votes: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
@@ -223,10 +228,7 @@ pub fn split(deployments: &[Deployment], seed: u64) -> Split {
             .collect();
         // Faulty deployments of package p that would be kept in part x.
         let kept = |p: &str, x: u8| -> i64 {
-            faulty
-                .iter()
-                .filter(|(q, v)| *q == p && var[v] == x)
-                .count() as i64
+            variants_of[p].iter().filter(|v| var[*v] == x).count() as i64
         };
         let mut swapped = false;
         for (i, a) in order.iter().enumerate() {
