@@ -16,6 +16,7 @@
 
 mod block;
 mod changes;
+mod memory;
 mod net;
 mod process;
 mod sched;
@@ -70,6 +71,11 @@ static BLOCK_DEVS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 /// TCP sockets a tracked tree connected or sent on, by `struct sock *`.
 #[map]
 static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(16384, 0);
+
+/// Per slot, the largest anonymous RSS a tracked process reached since the
+/// agent last read it (the agent reads and zeroes it once per window).
+#[map]
+static ANON_PEAK: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
 /// Exec, exit and OOM records.
 #[map]

@@ -42,6 +42,7 @@ pub fn bs_sched_switch(ctx: RawTracePointContext) -> i32 {
                 let c = unsafe { &mut *c };
                 if c.tid == prev_pid {
                     s.syscall_start_ns = c.start_ns;
+                    s.syscall_nr = c.nr;
                     c.tid = 0;
                 }
             }

@@ -33,6 +33,7 @@ pub fn bs_sys_enter(ctx: RawTracePointContext) -> i32 {
         // SAFETY: valid per-CPU map value for this run.
         let c = unsafe { &mut *c };
         c.tid = tid;
+        c.nr = nr as u32;
         c.start_ns = now();
     }
     0

@@ -9,7 +9,7 @@ use backstop_common::window::{Stream, Window};
 use backstop_common::{HIST_BUCKETS, counter as c, hist, hist_bucket_floor};
 
 use crate::host::{HostSample, cpu_util};
-use crate::probes::Totals;
+use crate::probes::{ThreadsNow, Totals};
 use crate::syscall_class;
 
 pub struct Folder {
@@ -27,7 +27,10 @@ pub struct Folder {
 /// show yet (threads on a CPU right now).
 pub struct Reading {
     pub totals: Box<Totals>,
-    pub running_on_cpu_ns: u64,
+    pub threads: ThreadsNow,
+    /// The largest anonymous RSS of a process of the tree since the
+    /// previous reading (0: none changed).
+    pub anon_peak_bytes: u64,
     pub host: HostSample,
     pub at_ns: u64,
     /// The kernel's count of skipped program runs, host-wide, since load.
@@ -42,7 +45,7 @@ impl Folder {
             prev: start.totals,
             prev_host: start.host,
             prev_ns: start.at_ns,
-            prev_running_ns: start.running_on_cpu_ns,
+            prev_running_ns: start.threads.running_on_cpu_ns,
             prev_misses: start.recursion_misses,
             seq: 0,
         }
@@ -57,7 +60,8 @@ impl Folder {
     pub fn fold(&mut self, reading: Reading) -> Window {
         let Reading {
             totals: now,
-            running_on_cpu_ns,
+            threads,
+            anon_peak_bytes,
             host,
             at_ns: end_ns,
             recursion_misses,
@@ -101,6 +105,7 @@ impl Folder {
         );
         v[f::BLOCK_LATENCY_P99_US] = quantile_us(&blk, 0.99);
         v[f::PAGE_DIRTIED_BYTES] = d(c::PAGE_DIRTIED_BYTES);
+        let running_on_cpu_ns = threads.running_on_cpu_ns;
         v[f::SCHED_ON_CPU_NS] = (d(c::SCHED_ON_CPU_NS) + running_on_cpu_ns as f64
             - self.prev_running_ns as f64)
             .max(0.0);
@@ -111,6 +116,8 @@ impl Folder {
         v[f::SCHED_RUNQ_DELAY_P99_US] = quantile_us(&runq, 0.99);
         v[f::SCHED_CTX_SWITCHES] = d(c::SCHED_CTX_SWITCHES);
         v[f::SCHED_INVOLUNTARY_SWITCHES] = d(c::SCHED_INVOLUNTARY);
+        v[f::SCHED_BLOCKED_LONGEST_MS] = threads.longest_blocked_ns as f64 / 1e6;
+        v[f::MEM_ANON_PEAK_BYTES] = anon_peak_bytes as f64;
         v[f::PROC_FORKS] = d(c::PROC_FORKS);
         v[f::PROC_THREADS] = d(c::PROC_THREADS);
         v[f::PROC_EXECS] = d(c::PROC_EXECS);
@@ -207,7 +214,11 @@ mod tests {
         };
         let at = |totals, running_on_cpu_ns, host, at_ns, recursion_misses| Reading {
             totals,
-            running_on_cpu_ns,
+            threads: ThreadsNow {
+                running_on_cpu_ns,
+                longest_blocked_ns: 2_500_000,
+            },
+            anon_peak_bytes: 4096,
             host,
             at_ns,
             recursion_misses,
@@ -225,6 +236,8 @@ mod tests {
         assert_eq!(w.features[f::SYSCALLS_NET], 10.0);
         assert_eq!(w.features[f::SYSCALL_ERRORS_ENOENT], 7.0);
         assert_eq!(w.features[f::HOST_CPU_UTIL], 0.5);
+        assert_eq!(w.features[f::SCHED_BLOCKED_LONGEST_MS], 2.5);
+        assert_eq!(w.features[f::MEM_ANON_PEAK_BYTES], 4096.0);
         assert_eq!(
             w.features[f::SCHED_ON_CPU_NS],
             350.0,

@@ -51,12 +51,28 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("bs_block_bio_queue", "block", "block_bio_queue"),
     ("bs_sock_send_length", "sock", "sock_send_length"),
     ("bs_sock_recv_length", "sock", "sock_recv_length"),
+    ("bs_rss_stat", "kmem", "rss_stat"),
 ];
 
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOptions {
     /// Forward the probes' aya-log diagnostics to the agent's log.
     pub probe_log: bool,
+}
+
+/// A slot's threads at one moment (see [`Probes::threads_now`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadsNow {
+    /// CPU time the threads on a CPU have run without yet leaving it (the
+    /// kernel credits on-CPU time at switch-out). Adding it to a window,
+    /// and taking it out of the next, keeps a long-running thread's time in
+    /// the windows where it was spent.
+    pub running_on_cpu_ns: u64,
+    /// Of the threads asleep inside a syscall (neither on a CPU nor
+    /// runnable), how long the longest-waiting one has been in it; waits
+    /// for children do not count (a parent waits as long as its children
+    /// work).
+    pub longest_blocked_ns: u64,
 }
 
 /// One slot's running totals, summed over CPUs.
@@ -86,6 +102,7 @@ pub struct Probes {
     changes: RingBuf<MapData>,
     change_slots: Array<MapData, u32>,
     threads: HashMap<MapData, u32, ThreadState>,
+    anon_peak: PerCpuArray<MapData, u64>,
     /// Our programs (name, fd), for reading the kernel's count of runs it
     /// skipped.
     prog_fds: Vec<(&'static str, OwnedFd)>,
@@ -166,6 +183,7 @@ impl Probes {
         let changes = take(&mut ebpf, "CHANGES")?;
         let change_slots = take(&mut ebpf, "CHANGE_SLOTS")?;
         let threads = take(&mut ebpf, "THREADS")?;
+        let anon_peak = take(&mut ebpf, "ANON_PEAK")?;
 
         let mut prog_fds = Vec::new();
         for (prog, _) in SYSCALL_HOOKS {
@@ -203,6 +221,7 @@ impl Probes {
             changes,
             change_slots,
             threads,
+            anon_peak,
             prog_fds,
             slots: [false; MAX_SLOTS as usize],
             last_slot: 0,
@@ -317,21 +336,48 @@ impl Probes {
         Ok(t)
     }
 
-    /// CPU time the slot's threads have run without yet leaving the CPU, as
-    /// of `now_ns` (the kernel credits on-CPU time at switch-out). Adding
-    /// it to a window, and taking it out of the next, keeps a long-running
-    /// thread's time in the windows where it was spent.
-    pub fn running_on_cpu_ns(&self, slot: u32, now_ns: u64) -> u64 {
-        let mut pending = 0;
+    /// What the slot's threads are doing at `now_ns`, from one pass over
+    /// the thread table.
+    pub fn threads_now(&self, slot: u32, now_ns: u64) -> ThreadsNow {
+        let mut now = ThreadsNow::default();
         for (tid, state) in self.threads.iter().flatten() {
-            if state.on_cpu_since_ns != 0
-                && state.on_cpu_since_ns <= now_ns
-                && self.tracked.get(&tid, 0).is_ok_and(|s| s == slot)
-            {
-                pending += now_ns - state.on_cpu_since_ns;
+            let running = state.on_cpu_since_ns != 0 && state.on_cpu_since_ns <= now_ns;
+            // Asleep inside a syscall: neither on a CPU nor waiting for one.
+            let blocked = state.syscall_start_ns != 0
+                && state.syscall_start_ns <= now_ns
+                && state.on_cpu_since_ns == 0
+                && state.runnable_since_ns == 0
+                && !crate::syscall_class::waits_for_children(state.syscall_nr as usize);
+            if !(running || blocked) || self.tracked.get(&tid, 0).ok() != Some(slot) {
+                continue;
+            }
+            if running {
+                now.running_on_cpu_ns += now_ns - state.on_cpu_since_ns;
+            }
+            if blocked {
+                now.longest_blocked_ns =
+                    now.longest_blocked_ns.max(now_ns - state.syscall_start_ns);
             }
         }
-        pending
+        now
+    }
+
+    /// The largest anonymous RSS a process of the slot reached since the
+    /// last call (0 when none changed), and start over.
+    pub fn take_anon_peak(&mut self, slot: u32) -> Result<u64> {
+        let per_cpu = self
+            .anon_peak
+            .get(&slot, 0)
+            .map_err(|e| map_err("ANON_PEAK", e))?;
+        let peak = per_cpu.iter().copied().max().unwrap_or(0);
+        if peak != 0 {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; per_cpu.len()])
+                .map_err(|e| map_err("ANON_PEAK", e))?;
+            self.anon_peak
+                .set(slot, zeros, 0)
+                .map_err(|e| map_err("ANON_PEAK", e))?;
+        }
+        Ok(peak)
     }
 
     /// Runs of our programs the kernel skipped since load. A tracepoint

@@ -69,6 +69,18 @@ pub fn class(_nr: usize) -> Class {
     Class::Other
 }
 
+/// wait4 and waitid: a thread inside them is waiting for its children,
+/// whose own work the windows show.
+#[cfg(target_arch = "x86_64")]
+pub fn waits_for_children(nr: usize) -> bool {
+    matches!(nr, 61 | 247)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn waits_for_children(_nr: usize) -> bool {
+    false
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
@@ -84,5 +96,8 @@ mod tests {
         assert_eq!(class(libc::SYS_mmap as usize), Class::Mem);
         assert_eq!(class(libc::SYS_futex as usize), Class::Sync);
         assert_eq!(class(libc::SYS_getrandom as usize), Class::Other);
+        assert!(waits_for_children(libc::SYS_wait4 as usize));
+        assert!(waits_for_children(libc::SYS_waitid as usize));
+        assert!(!waits_for_children(libc::SYS_flock as usize));
     }
 }

@@ -164,11 +164,12 @@ async fn track_in_slot(
 ) -> Result<Summary> {
     let sampler = HostSampler::new(&opts.scope);
     let read = || -> Result<Reading> {
-        let p = lock(probes);
+        let mut p = lock(probes);
         let at_ns = monotonic_ns();
         Ok(Reading {
             totals: p.totals(slot)?,
-            running_on_cpu_ns: p.running_on_cpu_ns(slot, at_ns),
+            threads: p.threads_now(slot, at_ns),
+            anon_peak_bytes: p.take_anon_peak(slot)?,
             host: sampler.sample()?,
             at_ns,
             recursion_misses: p.recursion_misses(),

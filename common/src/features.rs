@@ -6,7 +6,7 @@
 //! reordering a name is a new schema version.
 
 /// Bumped on any change to [`FEATURES`].
-pub const SCHEMA_VERSION: &str = "backstop.features.v1";
+pub const SCHEMA_VERSION: &str = "backstop.features.v2";
 
 /// What one feature measures, for `--help`, the README and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +62,7 @@ features! {
     SCHED_RUNQ_DELAY_P99_US = "sched_runq_delay_p99_us", "us", "99th percentile wait from runnable to running";
     SCHED_CTX_SWITCHES = "sched_ctx_switches", "count", "times a thread of the tree left the CPU";
     SCHED_INVOLUNTARY_SWITCHES = "sched_involuntary_switches", "count", "of those, times it was preempted while runnable";
+    SCHED_BLOCKED_LONGEST_MS = "sched_blocked_longest_ms", "ms", "at the window's end, how long the longest-waiting thread has been off the CPU inside one syscall (waits for children left out)";
     PROC_FORKS = "proc_forks", "count", "new processes (fork, vfork, clone without CLONE_THREAD)";
     PROC_THREADS = "proc_threads", "count", "new threads";
     PROC_EXECS = "proc_execs", "count", "successful execve";
@@ -69,6 +70,7 @@ features! {
     PROC_EXITS_NONZERO = "proc_exits_nonzero", "count", "processes that exited with a non-zero code";
     PROC_SIGNAL_DEATHS = "proc_signal_deaths", "count", "processes killed by a signal";
     PROC_OOM_KILLS = "proc_oom_kills", "count", "processes chosen by the OOM killer (global or cgroup)";
+    MEM_ANON_PEAK_BYTES = "mem_anon_peak_bytes", "bytes", "largest anonymous memory (RSS) a process of the tree reached in the window, seen when it changed (0: none changed)";
     NET_TCP_RETRANSMITS = "net_tcp_retransmits", "count", "TCP segments retransmitted on the tree's sockets";
     NET_CONNECT_ATTEMPTS = "net_connect_attempts", "count", "TCP connects started (SYN sent)";
     NET_CONNECT_FAILURES = "net_connect_failures", "count", "TCP connects that never reached ESTABLISHED";

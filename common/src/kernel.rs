@@ -114,7 +114,8 @@ pub struct SyscallCounts {
 #[derive(Clone, Copy, Default)]
 pub struct CpuSyscall {
     pub tid: u32,
-    pub _pad: u32,
+    /// The syscall's number.
+    pub nr: u32,
     pub start_ns: u64,
 }
 
@@ -128,6 +129,11 @@ pub struct ThreadState {
     pub on_cpu_since_ns: u64,
     /// When the thread became runnable; 0 when not waiting for a CPU.
     pub runnable_since_ns: u64,
+    /// The number of the syscall in flight (valid while
+    /// `syscall_start_ns` is not 0): the agent leaves out threads that
+    /// only wait for their children when it looks for blocked ones.
+    pub syscall_nr: u32,
+    pub _pad: u32,
 }
 
 /// In-flight bio, keyed by [`BioKey`].

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: backstop-workload missing N | stat N | forks N | fail-child CODE | signal-child SIG | tcp-send BYTES | connect-refused | spin MS | time -- CMD [ARGS...]"
+        "usage: backstop-workload missing N | stat N | forks N | fail-child CODE | signal-child SIG | tcp-send BYTES | connect-refused | spin MS | grow MIB | time -- CMD [ARGS...]"
     );
     std::process::exit(64)
 }
@@ -108,6 +108,17 @@ fn main() {
             while start.elapsed() < until {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
+            0
+        }
+        // N MiB of anonymous memory, one MiB touched every 20 ms and kept:
+        // a leak's shape.
+        Some("grow") => {
+            let mut kept: Vec<Vec<u8>> = Vec::new();
+            for i in 0..n() {
+                kept.push(vec![i as u8 | 1; 1 << 20]);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            std::hint::black_box(&kept);
             0
         }
         Some("time") => {

@@ -7,6 +7,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
+use backstop_common::features::feature;
 use serde_json::Value;
 use support::{bin_dir, ebpf_or_skip};
 
@@ -103,13 +104,37 @@ fault = "slow-service"
         let onset = d["onset_window"].as_u64().unwrap();
         let n = d["windows"].as_array().unwrap().len() as u64;
         assert!(onset < n, "{id}: onset {onset} of {n} windows");
-        assert_eq!(d["schema"], "backstop.features.v1");
+        assert_eq!(d["schema"], "backstop.features.v2");
     }
     // The delay before the failing script's exit is in its onset: at
     // least one second of 250 ms windows.
     assert!(get("postinst-fails-0")["onset_window"].as_u64().unwrap() >= 4);
     // The hang ran into the 5 s timeout.
     assert!(get("hang-0")["onset_window"].as_u64().unwrap() >= 16);
+    // Before their onset, the windows show both building up: the blocked
+    // flock's age and the growing process's memory.
+    let before_onset = |id: &str, feature: usize| -> Vec<f64> {
+        let d = get(id);
+        let onset = d["onset_window"].as_u64().unwrap() as usize;
+        d["windows"].as_array().unwrap()[..onset]
+            .iter()
+            .map(|w| w[feature].as_f64().unwrap())
+            .collect()
+    };
+    let blocked = before_onset("hang-0", feature::SCHED_BLOCKED_LONGEST_MS);
+    assert!(
+        blocked.iter().any(|&ms| ms >= 2000.0),
+        "the hang's flock should have been blocked for seconds before the timeout: {blocked:?}"
+    );
+    let peaks = before_onset("oom-0", feature::MEM_ANON_PEAK_BYTES);
+    let growing = peaks
+        .windows(2)
+        .filter(|p| p[1] > p[0] && p[0] > 0.0)
+        .count();
+    assert!(
+        growing >= 2 && peaks.iter().any(|&b| b >= (32u64 << 20) as f64),
+        "the blow-up should grow over windows past half its 64 MiB before the OOM kill: {peaks:?}"
+    );
     // (That the OOM kill shows in the windows is asserted by the shadow
     // tests; here it was missing once in about a dozen runs, not yet
     // understood, so it is not asserted twice.)

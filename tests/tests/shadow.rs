@@ -442,6 +442,31 @@ fn a_shadow_past_its_timeout_is_killed_and_one_past_its_disk_fails_enospc() {
 }
 
 #[test]
+fn a_shadow_with_a_relative_data_dir_runs_and_leaves_nothing() {
+    let Some(_g) = ebpf_or_skip("a_shadow_with_a_relative_data_dir") else {
+        return;
+    };
+    let Some(root) = rootfs() else { return };
+    let data = Data::new("relative");
+    // The overlay is mounted at an absolute path; a teardown that looked
+    // for the relative one left it mounted.
+    let out = Command::new(agent())
+        .current_dir(&data.0)
+        .args(["shadow", "--json", "--data", "rel", "run", "--root"])
+        .arg(&root)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    data.assert_clean("after a shadow under a relative --data");
+    Data(data.0.join("rel")).assert_clean("after a shadow under a relative --data");
+}
+
+#[test]
 fn a_shadow_root_is_volatile_unless_durable() {
     let Some(_g) = ebpf_or_skip("a_shadow_root_is_volatile_unless_durable") else {
         return;

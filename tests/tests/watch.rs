@@ -136,6 +136,59 @@ fn exit_code_is_the_commands() {
     assert_eq!(w.total("proc_signal_deaths"), 1.0);
 }
 
+#[test]
+fn a_growing_process_shows_as_a_rising_anon_peak() {
+    let Some(_g) = ebpf_or_skip("a_growing_process_shows_as_a_rising_anon_peak") else {
+        return;
+    };
+    let w = watch(&["--window-ms", "100"], &[&wl(), "grow", "48"]);
+    assert_eq!(w.code(), 0, "{}", w.stderr());
+    let peaks: Vec<f64> = w
+        .series("mem_anon_peak_bytes")
+        .into_iter()
+        .filter(|&p| p > 0.0)
+        .collect();
+    let mib = (1u64 << 20) as f64;
+    // 48 MiB kept, grown over about a second: many windows, rising.
+    assert!(
+        peaks.len() >= 5,
+        "too few windows saw the growth: {peaks:?}"
+    );
+    let last = peaks.iter().copied().fold(0.0, f64::max);
+    assert!(last >= 48.0 * mib, "peak {last} below the 48 MiB kept");
+    assert!(
+        peaks[0] < last / 2.0,
+        "the first windows should show a fraction of the final size: {peaks:?}"
+    );
+}
+
+#[test]
+fn a_blocked_syscall_shows_its_age_and_waiting_for_children_does_not() {
+    let Some(_g) = ebpf_or_skip("a_blocked_syscall_shows_its_age") else {
+        return;
+    };
+    // nanosleep: a thread off the CPU inside one syscall for a second.
+    let w = watch(&["--window-ms", "100"], &["sh", "-c", "sleep 1; true"]);
+    assert_eq!(w.code(), 0, "{}", w.stderr());
+    let longest = w.max("sched_blocked_longest_ms");
+    assert!(
+        (700.0..1500.0).contains(&longest),
+        "sleep 1 blocked for {longest} ms by the windows"
+    );
+    // The shell waits in wait4 while its child spins on a CPU: no thread
+    // is blocked on anything but its child.
+    let w = watch(
+        &["--window-ms", "100"],
+        &["sh", "-c", &format!("{} spin 800; true", wl())],
+    );
+    assert_eq!(w.code(), 0, "{}", w.stderr());
+    let longest = w.max("sched_blocked_longest_ms");
+    assert!(
+        longest < 300.0,
+        "a parent waiting for its child counted as blocked: {longest} ms"
+    );
+}
+
 /// A directory on a real block device (not tmpfs/overlay), or None.
 fn block_backed_dir() -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
@@ -268,7 +321,7 @@ fn json_lines_are_consecutive_windows() {
         w.windows.len()
     );
     assert_eq!(w.summary["windows"], w.windows.len());
-    assert_eq!(w.summary["schema"], "backstop.features.v1");
+    assert_eq!(w.summary["schema"], "backstop.features.v2");
     for (i, win) in w.windows.iter().enumerate() {
         assert_eq!(win["seq"], i, "seq numbers run 0..");
         assert_eq!(win["stream"], "live");

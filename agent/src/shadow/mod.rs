@@ -92,9 +92,12 @@ impl ShadowReport {
     }
 }
 
-/// Where shadows live under the data directory.
+/// Where shadows live under the data directory, as an absolute path: the
+/// kernel reports mounts by absolute path, and a teardown that looked for
+/// a relative one would miss the shadow's overlay and leave it mounted.
 pub fn shadows_dir(data: &Path) -> PathBuf {
-    data.join("agent").join("shadows")
+    let dir = data.join("agent").join("shadows");
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 /// Last bytes of a step's output kept in the report.

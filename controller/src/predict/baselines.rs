@@ -251,11 +251,13 @@ pub fn calibrated_threshold(det: &dyn Detector, validation: &[Deployment], targe
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::corpus::{HEALTHY, Outcome};
     use super::*;
 
-    fn dep(id: &str, package: &str, values: &[f64], failing: bool) -> Deployment {
+    /// A deployment whose every feature takes `values`, window by window;
+    /// a failing one shows at its last window.
+    pub(crate) fn dep(id: &str, package: &str, values: &[f64], failing: bool) -> Deployment {
         Deployment {
             id: id.into(),
             package: package.into(),

@@ -237,7 +237,7 @@ fn fault_script(s: &Scenario) -> Option<String> {
             body + "sleep 1\n"
         }
         Family::MemoryBlowup => format!(
-            "perl -e '$s = \"x\" x (1<<20); @a = (); while (1) {{ push @a, $s . rand(); select(undef,undef,undef,0.01/{m}) }}'\n"
+            "perl -e '$s = \"x\" x (1<<20); @a = (); while (1) {{ push @a, $s . rand(); select(undef,undef,undef,0.03/{m}) }}'\n"
         ),
         Family::LockHang => format!(
             "( exec 9>/run/lock/backstop-demo.lock; perl -e 'use Fcntl qw(:flock); open(F, \">&=9\"); flock(F, LOCK_EX); sleep 100000' ) &\nsleep {m}\nperl -e 'use Fcntl qw(:flock); open(F, \">/run/lock/backstop-demo.lock\"); flock(F, LOCK_EX)'\n"

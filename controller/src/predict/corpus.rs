@@ -161,32 +161,21 @@ pub struct Split {
     pub left_out: usize,
 }
 
-/// Which part a name falls in, from a hash of the name and the seed: 0
-/// train, 1 validation, 2 test (about 60/20/20).
-fn part(name: &str, seed: u64) -> u8 {
-    let mut h = Sha256::new();
-    h.update(seed.to_le_bytes());
-    h.update(name.as_bytes());
-    match h.finalize()[0] % 10 {
-        0..=5 => 0,
-        6 | 7 => 1,
-        _ => 2,
-    }
-}
-
 /// Split by package and by fault variant, never by window: a deployment
 /// is kept only when its package and its variant (healthy ones: the
 /// package alone) are in the same part, so no package and no fault variant
 /// is in two parts.
 ///
-/// Packages are put in a seeded order; the first 60% train, the next 20%
-/// validate, the rest test. A variant
-/// shows up in two or three packages, so placed independently most faulty
-/// deployments would be left out, the test part's first. So, in rounds:
-/// each variant goes where most of its deployments' packages are, then
-/// pairs of packages in different parts swap when that keeps more faulty
-/// deployments (part sizes never change), until no swap helps. Seeded and
-/// deterministic.
+/// Packages and variants are each put in a seeded order; the first 60%
+/// train, the next 20% validate, the rest test. Placed independently, most
+/// faulty deployments would be left out (a variant shows up in a few
+/// packages). So, in rounds, pairs of packages in different parts swap
+/// when that keeps more faulty deployments, then pairs of variants do the
+/// same, until no swap helps. Swaps never change a part's size, so every
+/// part keeps its share of packages and of variants: when variants spread
+/// over many packages, letting each follow the majority of its packages
+/// would send them all to training and leave the test part no failures.
+/// Seeded and deterministic.
 pub fn split(deployments: &[Deployment], seed: u64) -> Split {
     use std::collections::BTreeMap;
     let faulty: Vec<(&str, &str)> = deployments
@@ -194,63 +183,21 @@ pub fn split(deployments: &[Deployment], seed: u64) -> Split {
         .filter(|d| d.variant != HEALTHY)
         .map(|d| (d.package.as_str(), d.variant.as_str()))
         .collect();
-    // Packages in a seeded order, each with its part.
-    let mut order: Vec<&str> = deployments.iter().map(|d| d.package.as_str()).collect();
-    order.sort_by_key(|p| (tiebreak(p, seed), *p));
-    order.dedup();
-    // The first 60% of that order trains, the next 20% validates.
-    let n = order.len();
-    let mut pkg: BTreeMap<&str, u8> = order
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (*p, (i * 10 >= 6 * n) as u8 + (i * 10 >= 8 * n) as u8))
-        .collect();
-    let mut variants_of: BTreeMap<&str, Vec<&str>> =
-        order.iter().map(|p| (*p, Vec::new())).collect();
+    let packages = seeded_parts(deployments.iter().map(|d| d.package.as_str()), seed);
+    let variants = seeded_parts(faulty.iter().map(|(_, v)| *v), seed);
+    let mut pkg: BTreeMap<&str, u8> = packages.iter().copied().collect();
+    let mut var: BTreeMap<&str, u8> = variants.iter().copied().collect();
+    // Who meets whom: a package's faulty variants, a variant's packages.
+    let mut variants_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut packages_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (p, v) in &faulty {
         variants_of.entry(p).or_default().push(v);
+        packages_of.entry(v).or_default().push(p);
     }
-    let mut var: BTreeMap<&str, u8> = BTreeMap::new();
     for _round in 0..32 {
-        let mut votes: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
-        for (p, v) in &faulty {
-            votes.entry(v).or_default()[pkg[p] as usize] += 1;
-        }
-        var = votes
-            .into_iter()
-            .map(|(v, c)| {
-                let home = part(v, seed);
-                let best = (0..3u8)
-                    .max_by_key(|&i| (c[i as usize], i == home, std::cmp::Reverse(i)))
-                    .unwrap_or(0);
-                (v, best)
-            })
-            .collect();
-        // Faulty deployments of package p that would be kept in part x.
-        let kept = |p: &str, x: u8| -> i64 {
-            variants_of[p].iter().filter(|v| var[*v] == x).count() as i64
-        };
-        let mut swapped = false;
-        for (i, a) in order.iter().enumerate() {
-            let pa = pkg[a];
-            let best = order[i + 1..]
-                .iter()
-                .filter(|b| pkg[*b] != pa)
-                .map(|b| {
-                    let pb = pkg[b];
-                    let gain = kept(a, pb) - kept(a, pa) + kept(b, pa) - kept(b, pb);
-                    (gain, *b)
-                })
-                .filter(|(gain, _)| *gain > 0)
-                .max_by_key(|(gain, _)| *gain);
-            if let Some((_, b)) = best {
-                let pb = pkg[b];
-                pkg.insert(a, pb);
-                pkg.insert(b, pa);
-                swapped = true;
-            }
-        }
-        if !swapped {
+        let a = swap_while_it_helps(&packages, &mut pkg, &variants_of, &var);
+        let b = swap_while_it_helps(&variants, &mut var, &packages_of, &pkg);
+        if !(a || b) {
             break;
         }
     }
@@ -273,6 +220,57 @@ pub fn split(deployments: &[Deployment], seed: u64) -> Split {
         }
     }
     s
+}
+
+/// Distinct names in a seeded order, each with its part: the first 60%
+/// train (0), the next 20% validate (1), the rest test (2).
+fn seeded_parts<'a>(names: impl Iterator<Item = &'a str>, seed: u64) -> Vec<(&'a str, u8)> {
+    let mut order: Vec<&str> = names.collect();
+    order.sort_by_key(|n| (tiebreak(n, seed), *n));
+    order.dedup();
+    let n = order.len();
+    order
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| (name, (i * 10 >= 6 * n) as u8 + (i * 10 >= 8 * n) as u8))
+        .collect()
+}
+
+/// One pass of pairwise swaps over `order`: a name trades parts with the
+/// name in another part that gains the most kept faulty deployments, when
+/// there is a gain. `meets[name]` are the names on the other side it has a
+/// faulty deployment with; `other` their parts. Whether anything moved.
+fn swap_while_it_helps<'a>(
+    order: &[(&'a str, u8)],
+    part: &mut std::collections::BTreeMap<&'a str, u8>,
+    meets: &std::collections::BTreeMap<&str, Vec<&str>>,
+    other: &std::collections::BTreeMap<&str, u8>,
+) -> bool {
+    let kept = |name: &str, x: u8| -> i64 {
+        meets
+            .get(name)
+            .map_or(0, |m| m.iter().filter(|o| other[*o] == x).count() as i64)
+    };
+    let mut swapped = false;
+    for (i, (a, _)) in order.iter().enumerate() {
+        let pa = part[a];
+        let best = order[i + 1..]
+            .iter()
+            .filter(|(b, _)| part[b] != pa)
+            .map(|(b, _)| {
+                let pb = part[b];
+                (kept(a, pb) - kept(a, pa) + kept(b, pa) - kept(b, pb), *b)
+            })
+            .filter(|(gain, _)| *gain > 0)
+            .max_by_key(|(gain, _)| *gain);
+        if let Some((_, b)) = best {
+            let pb = part[b];
+            part.insert(a, pb);
+            part.insert(b, pa);
+            swapped = true;
+        }
+    }
+    swapped
 }
 
 fn tiebreak(name: &str, seed: u64) -> [u8; 8] {
@@ -298,7 +296,7 @@ pub fn names(ds: &[Deployment]) -> (BTreeSet<String>, BTreeSet<String>) {
 pub const SYNTHETIC_FAMILIES: [(&str, &[usize]); 5] = [
     (
         "memory-growth",
-        &[feature::SYSCALLS_MEM, feature::SYSCALL_ERRORS_ENOMEM],
+        &[feature::MEM_ANON_PEAK_BYTES, feature::SYSCALLS_MEM],
     ),
     (
         "disk-fill",
@@ -415,7 +413,16 @@ mod tests {
             let shared: Vec<_> = a.intersection(b).collect();
             assert!(shared.is_empty(), "{what} share {shared:?}");
         }
-        assert!(s.test.iter().any(|d| d.failing()) && s.test.iter().any(|d| !d.failing()));
+        // Variants spread over many packages here: each part still gets
+        // failures of its own.
+        for (part, ds) in [("validation", &s.validation), ("test", &s.test)] {
+            let failing = ds.iter().filter(|d| d.failing()).count();
+            assert!(
+                failing * 5 >= ds.len() && ds.iter().any(|d| !d.failing()),
+                "{part}: {failing} failing of {}",
+                ds.len()
+            );
+        }
     }
 
     #[test]
@@ -474,6 +481,11 @@ mod tests {
             assert!(
                 failing >= 20,
                 "seed {seed}: {failing} failing test deployments"
+            );
+            let failing = s.validation.iter().filter(|d| d.failing()).count();
+            assert!(
+                failing >= 20,
+                "seed {seed}: {failing} failing validation deployments"
             );
         }
     }

@@ -38,6 +38,67 @@ impl Detector for ModelDetector<'_> {
     }
 }
 
+/// Scores computed once per deployment (a model's forward passes are the
+/// expensive part of an evaluation), served as a detector.
+pub struct Scored {
+    name: String,
+    threshold: f64,
+    scores: std::collections::HashMap<String, Vec<f64>>,
+}
+
+impl Scored {
+    pub fn of(det: &dyn Detector, ds: &[Deployment]) -> Scored {
+        Scored {
+            name: det.name(),
+            threshold: det.threshold(),
+            scores: ds.iter().map(|d| (d.id.clone(), det.scores(d))).collect(),
+        }
+    }
+}
+
+impl Detector for Scored {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn scores(&self, d: &Deployment) -> Vec<f64> {
+        self.scores.get(&d.id).cloned().unwrap_or_default()
+    }
+    fn threshold(&self) -> f64 {
+        self.threshold
+    }
+}
+
+/// The model together with (a): an alarm when the model alarms or when the
+/// install says no by itself (a failing step, a timeout, an OOM kill, a
+/// failing health probe), whichever comes first, as a rollback decision
+/// would use both. A window's score is the model's, raised above the
+/// threshold from the moment the checks fail.
+pub struct ModelOrChecks<'a>(pub &'a dyn Detector);
+
+impl Detector for ModelOrChecks<'_> {
+    fn name(&self) -> String {
+        "model or (a), whichever alarms first".into()
+    }
+    fn scores(&self, d: &Deployment) -> Vec<f64> {
+        let checks = ChecksOnly.scores(d);
+        self.0
+            .scores(d)
+            .into_iter()
+            .zip(checks)
+            .map(|(m, c)| {
+                if c > ChecksOnly.threshold() {
+                    1.0 + m
+                } else {
+                    m
+                }
+            })
+            .collect()
+    }
+    fn threshold(&self) -> f64 {
+        self.0.threshold()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
     pub deployments: usize,
@@ -45,7 +106,8 @@ pub struct Evaluation {
     /// out because their package and their variant fell in different parts.
     pub split: SplitSizes,
     pub target_fpr: f64,
-    /// The model first, then the three baselines, on the same deployments.
+    /// The model first, then the three baselines, then the model together
+    /// with (a), on the same deployments.
     pub detectors: Vec<Metrics>,
     /// Each test deployment the model alarmed on, with why.
     pub model_alarms: Vec<Alarm>,
@@ -136,9 +198,14 @@ pub struct Alarm {
 
 /// The model's first alarm on each deployment, explained.
 pub fn alarms(model: &Model, ds: &[Deployment]) -> Vec<Alarm> {
+    alarms_from(model, &Scored::of(&ModelDetector(model), ds), ds)
+}
+
+/// [`alarms`] from the model's scores, computed already.
+fn alarms_from(model: &Model, scored: &Scored, ds: &[Deployment]) -> Vec<Alarm> {
     ds.iter()
         .filter_map(|d| {
-            let p = model.predict(d).ok()?;
+            let p = scored.scores(d);
             let t = p.iter().position(|&v| v > model.meta.threshold)?;
             Some(Alarm {
                 deployment: d.id.clone(),
@@ -162,7 +229,7 @@ pub fn evaluate(model: &Model, split: &Split) -> Evaluation {
     let judge = MannWhitneyJudge::new(&split.test);
     let judge_val = MannWhitneyJudge::new(&split.validation);
     let judge_thr = baselines::calibrated_threshold(&judge_val, &split.validation, target);
-    let md = ModelDetector(model);
+    let md = Scored::of(&ModelDetector(model), &split.test);
     Evaluation {
         deployments: split.test.len(),
         split: SplitSizes {
@@ -177,9 +244,10 @@ pub fn evaluate(model: &Model, split: &Split) -> Evaluation {
             eval::evaluate(&ChecksOnly, ChecksOnly.threshold(), &split.test),
             eval::evaluate(&statics, statics.threshold(), &split.test),
             eval::evaluate(&judge, judge_thr, &split.test),
+            eval::evaluate(&ModelOrChecks(&md), md.threshold(), &split.test),
         ],
         model_by_family: Vec::new(),
-        model_alarms: alarms(model, &split.test),
+        model_alarms: alarms_from(model, &md, &split.test),
     }
     .with_families(&split.test)
 }
@@ -210,6 +278,45 @@ pub fn train_and_evaluate(
 mod tests {
     use super::*;
     use backstop_common::features::FEATURES;
+
+    /// Scores fixed per deployment: window value = the deployment's first
+    /// feature, as a probability.
+    struct Echo;
+    impl Detector for Echo {
+        fn name(&self) -> String {
+            "echo".into()
+        }
+        fn scores(&self, d: &Deployment) -> Vec<f64> {
+            d.windows.iter().map(|w| w[0]).collect()
+        }
+        fn threshold(&self) -> f64 {
+            0.5
+        }
+    }
+
+    #[test]
+    fn model_or_checks_alarms_at_the_earlier_of_the_two() {
+        use baselines::tests::dep;
+        let quiet_failure = dep("a", "p", &[0.1, 0.1, 0.1, 0.1], true);
+        let predicted = dep("b", "p", &[0.1, 0.9, 0.9, 0.9], true);
+        let healthy = dep("c", "p", &[0.1, 0.2], false);
+        let false_alarm = dep("d", "p", &[0.7, 0.2], false);
+        let ds = [quiet_failure, predicted, healthy, false_alarm];
+        let echo = Scored::of(&Echo, &ds);
+        let both = ModelOrChecks(&echo);
+        let first = |d: &Deployment| both.scores(d).iter().position(|&v| v > both.threshold());
+        // The checks see the quiet failure at its onset, the model the
+        // other one a window in.
+        assert_eq!(first(&ds[0]), Some(3));
+        assert_eq!(first(&ds[1]), Some(1));
+        // Healthy installs: the checks add nothing, the model's false
+        // alarm stays one.
+        assert_eq!(first(&ds[2]), None);
+        assert_eq!(first(&ds[3]), Some(0));
+        let m = eval::evaluate(&both, both.threshold(), &ds);
+        assert_eq!((m.recall, m.false_positive_rate), (1.0, 0.5));
+        assert_eq!(m.caught_before_onset, 1);
+    }
 
     #[test]
     fn a_model_trained_on_a_generated_corpus_beats_static_thresholds_on_held_out_packages() {

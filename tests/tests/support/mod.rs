@@ -94,6 +94,23 @@ impl Watched {
             .sum()
     }
 
+    /// Largest value of a feature over the windows.
+    pub fn max(&self, name: &str) -> f64 {
+        self.series(name).into_iter().fold(0.0, f64::max)
+    }
+
+    /// A feature's value per window, in order.
+    pub fn series(&self, name: &str) -> Vec<f64> {
+        self.windows
+            .iter()
+            .map(|w| {
+                w["features"][name]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("window has no numeric feature {name}: {w}"))
+            })
+            .collect()
+    }
+
     pub fn code(&self) -> i32 {
         self.output.status.code().unwrap_or(-1)
     }
