@@ -51,8 +51,12 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("bs_block_bio_queue", "block", "block_bio_queue"),
     ("bs_sock_send_length", "sock", "sock_send_length"),
     ("bs_sock_recv_length", "sock", "sock_recv_length"),
-    ("bs_rss_stat", "kmem", "rss_stat"),
 ];
+
+/// Classic tracepoints attached only while a tree is tracked, like the
+/// syscall hooks: they fire for every task on the host (rss_stat on every
+/// page fault), so an idle agent must not pay for them.
+const TRACKING_TRACEPOINTS: [(&str, &str, &str); 1] = [("bs_rss_stat", "kmem", "rss_stat")];
 
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOptions {
@@ -116,6 +120,8 @@ pub struct Probes {
         &'static str,
         aya::programs::raw_trace_point::RawTracePointLinkId,
     )>,
+    /// Links of the [`TRACKING_TRACEPOINTS`] while attached.
+    tracking_links: Vec<(&'static str, aya::programs::trace_point::TracePointLinkId)>,
     pub offsets: KernelOffsets,
     pub warnings: Vec<String>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log_facade::Log>>,
@@ -192,6 +198,12 @@ impl Probes {
                 .map_err(|e| refused(&format!("loading program {prog}"), e))?;
             prog_fds.push((prog, dup_prog_fd(p.fd(), prog)?));
         }
+        for (prog, _, _) in TRACKING_TRACEPOINTS {
+            let p: &mut TracePoint = program(&mut ebpf, prog)?;
+            p.load()
+                .map_err(|e| refused(&format!("loading program {prog}"), e))?;
+            prog_fds.push((prog, dup_prog_fd(p.fd(), prog)?));
+        }
         for (prog, tp) in RAW_TRACEPOINTS {
             let p: &mut RawTracePoint = program(&mut ebpf, prog)?;
             p.load()
@@ -230,6 +242,7 @@ impl Probes {
             event_mail: Mailboxes::new(1 << 16),
             change_mail: Mailboxes::new(1 << 14),
             syscall_links: Vec::new(),
+            tracking_links: Vec::new(),
             offsets,
             warnings,
             logger,
@@ -256,7 +269,7 @@ impl Probes {
         Ok(free as u32)
     }
 
-    /// Give a slot back; with no slot left in use, the syscall hooks come
+    /// Give a slot back; with no slot left in use, the syscall hooks (and rss_stat) come
     /// off and the host's syscalls cost what they cost without us.
     pub fn release_slot(&mut self, slot: u32) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
@@ -280,12 +293,29 @@ impl Probes {
                 .map_err(|e| refused(&format!("attaching {prog} to raw tracepoint {tp}"), e))?;
             self.syscall_links.push((prog, link));
         }
+        for (prog, category, name) in TRACKING_TRACEPOINTS {
+            let p: &mut TracePoint = program(&mut self._ebpf, prog)?;
+            let link = p.attach(category, name).map_err(|e| {
+                refused(
+                    &format!("attaching {prog} to tracepoint {category}/{name}"),
+                    e,
+                )
+            })?;
+            self.tracking_links.push((prog, link));
+        }
         Ok(())
     }
 
     fn detach_syscall_hooks(&mut self) {
         for (prog, link) in std::mem::take(&mut self.syscall_links) {
             if let Ok(p) = program::<RawTracePoint>(&mut self._ebpf, prog)
+                && let Err(e) = p.detach(link)
+            {
+                tracing::warn!(prog, "detaching: {e}");
+            }
+        }
+        for (prog, link) in std::mem::take(&mut self.tracking_links) {
+            if let Ok(p) = program::<TracePoint>(&mut self._ebpf, prog)
                 && let Err(e) = p.detach(link)
             {
                 tracing::warn!(prog, "detaching: {e}");

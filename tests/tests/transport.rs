@@ -623,11 +623,12 @@ fn unusable_database_is_exit_2() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
-/// Links in the kernel that attach a program named `bs_sys_enter`.
+/// Links in the kernel that attach `bs_sys_enter` or `bs_rss_stat`: the
+/// hooks that fire for every task on the host.
 fn sys_enter_links() -> usize {
     let progs: Vec<u32> = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("bs_sys_enter"))
+        .filter(|p| matches!(p.name_as_str(), Some("bs_sys_enter" | "bs_rss_stat")))
         .map(|p| p.id())
         .collect();
     aya::programs::loaded_links()
@@ -653,8 +654,8 @@ fn idle_agent_leaves_syscalls_alone() {
             .args(["exec", "--host", "web-1", "--", "sleep", "2"]),
     );
     assert!(
-        eventually(Duration::from_secs(10), || sys_enter_links() == 1),
-        "the syscall hook is attached while a tree is tracked"
+        eventually(Duration::from_secs(10), || sys_enter_links() == 2),
+        "the syscall and rss_stat hooks are attached while a tree is tracked"
     );
     assert!(
         eventually(Duration::from_secs(15), || sys_enter_links() == 0),
