@@ -118,6 +118,10 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     fs_pwd_dentry: u32::MAX,
     fs_root_dentry: u32::MAX,
     dentry_inode: u32::MAX,
+    task_mm: u32::MAX,
+    mm_rss_stat: u32::MAX,
+    rss_counter_size: u32::MAX,
+    percpu_counter_count: u32::MAX,
 });
 
 #[inline(always)]

@@ -304,7 +304,31 @@ pub fn kernel_offsets(btf: &Btf) -> Result<(KernelOffsets, Vec<String>), BtfErro
         fs_pwd_dentry: btf.member("fs_struct", "pwd")?.offset + path_dentry,
         fs_root_dentry: btf.member("fs_struct", "root")?.offset + path_dentry,
         dentry_inode: btf.member("dentry", "d_inode")?.offset,
+        task_mm: u32::MAX,
+        mm_rss_stat: u32::MAX,
+        rss_counter_size: u32::MAX,
+        percpu_counter_count: u32::MAX,
     };
+    match (
+        btf.member("task_struct", "mm"),
+        btf.member("mm_struct", "rss_stat"),
+        btf.enum_value("NR_MM_COUNTERS"),
+        btf.member("percpu_counter", "count"),
+    ) {
+        (Ok(mm), Ok(rss), Ok(n), Ok(count)) if n > 0 && rss.size % n as u32 == 0 && count.size == 8 => {
+            off.task_mm = mm.offset;
+            off.mm_rss_stat = rss.offset;
+            off.rss_counter_size = rss.size / n as u32;
+            off.percpu_counter_count = count.offset;
+        }
+        (mm, rss, n, count) => warnings.push(format!(
+            "mem_anon_peak_bytes will stay 0: task_struct.mm {:?}, mm_struct.rss_stat {:?}, NR_MM_COUNTERS {:?}, percpu_counter.count {:?}",
+            mm.map(|m| m.offset).ok(),
+            rss.map(|m| (m.offset, m.size)).ok(),
+            n.ok(),
+            count.map(|m| m.size).ok()
+        )),
+    }
     match btf.member("sock", "sk_protocol") {
         Ok(m) if m.size == 2 => off.sk_protocol = m.offset,
         other => warnings.push(format!(

@@ -22,12 +22,6 @@ use crate::error::{AgentError, Result};
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/backstop-probes.o"));
 
-/// The syscall hooks, attached only while some tree is tracked: once any
-/// raw_syscalls tracepoint is attached, every thread on the host takes the
-/// kernel's slower syscall path, tracked or not.
-const SYSCALL_HOOKS: [(&str, &str); 2] =
-    [("bs_sys_enter", "sys_enter"), ("bs_sys_exit", "sys_exit")];
-
 /// Raw tracepoints, always attached: hot paths (no perf record built per
 /// event) and hooks that fire in interrupt context.
 const RAW_TRACEPOINTS: &[(&str, &str)] = &[
@@ -53,10 +47,16 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("bs_sock_recv_length", "sock", "sock_recv_length"),
 ];
 
-/// Classic tracepoints attached only while a tree is tracked, like the
-/// syscall hooks: they fire for every task on the host (rss_stat on every
-/// page fault), so an idle agent must not pay for them.
-const TRACKING_TRACEPOINTS: [(&str, &str, &str); 1] = [("bs_rss_stat", "kmem", "rss_stat")];
+/// Raw tracepoints attached only while some tree is tracked: they fire for
+/// every task on the host, so an idle agent must not pay for them. Once any
+/// raw_syscalls tracepoint is attached, every thread on the host takes the
+/// kernel's slower syscall path, tracked or not; rss_stat fires on every
+/// page fault.
+const TRACKING_HOOKS: [(&str, &str); 3] = [
+    ("bs_sys_enter", "sys_enter"),
+    ("bs_sys_exit", "sys_exit"),
+    ("bs_rss_stat", "rss_stat"),
+];
 
 #[derive(Debug, Clone, Default)]
 pub struct ProbeOptions {
@@ -115,13 +115,12 @@ pub struct Probes {
     /// Records a tree read from a shared ring buffer for other trees.
     event_mail: Mailboxes<ProcEvent>,
     change_mail: Mailboxes<ChangeEvent>,
-    /// Links of the syscall hooks while attached.
-    syscall_links: Vec<(
+    /// Links of the tracking hooks while attached.
+    tracking_links: Vec<(
         &'static str,
         aya::programs::raw_trace_point::RawTracePointLinkId,
     )>,
-    /// Links of the [`TRACKING_TRACEPOINTS`] while attached.
-    tracking_links: Vec<(&'static str, aya::programs::trace_point::TracePointLinkId)>,
+
     pub offsets: KernelOffsets,
     pub warnings: Vec<String>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log_facade::Log>>,
@@ -192,14 +191,8 @@ impl Probes {
         let anon_peak = take(&mut ebpf, "ANON_PEAK")?;
 
         let mut prog_fds = Vec::new();
-        for (prog, _) in SYSCALL_HOOKS {
+        for (prog, _) in TRACKING_HOOKS {
             let p: &mut RawTracePoint = program(&mut ebpf, prog)?;
-            p.load()
-                .map_err(|e| refused(&format!("loading program {prog}"), e))?;
-            prog_fds.push((prog, dup_prog_fd(p.fd(), prog)?));
-        }
-        for (prog, _, _) in TRACKING_TRACEPOINTS {
-            let p: &mut TracePoint = program(&mut ebpf, prog)?;
             p.load()
                 .map_err(|e| refused(&format!("loading program {prog}"), e))?;
             prog_fds.push((prog, dup_prog_fd(p.fd(), prog)?));
@@ -241,8 +234,8 @@ impl Probes {
             // (560 bytes each: at most 9 MB waiting per slot).
             event_mail: Mailboxes::new(1 << 16),
             change_mail: Mailboxes::new(1 << 14),
-            syscall_links: Vec::new(),
             tracking_links: Vec::new(),
+
             offsets,
             warnings,
             logger,
@@ -261,15 +254,15 @@ impl Probes {
             .map(|i| 1 + (self.last_slot + i) % n)
             .find(|&s| !self.slots[s])
             .ok_or(AgentError::NoFreeSlot { max: MAX_SLOTS - 1 })?;
-        if self.syscall_links.is_empty() {
-            self.attach_syscall_hooks()?;
+        if self.tracking_links.is_empty() {
+            self.attach_tracking_hooks()?;
         }
         self.slots[free] = true;
         self.last_slot = free;
         Ok(free as u32)
     }
 
-    /// Give a slot back; with no slot left in use, the syscall hooks (and rss_stat) come
+    /// Give a slot back; with no slot left in use, the tracking hooks come
     /// off and the host's syscalls cost what they cost without us.
     pub fn release_slot(&mut self, slot: u32) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
@@ -281,41 +274,24 @@ impl Probes {
         self.event_mail.clear(slot);
         self.change_mail.clear(slot);
         if !self.slots.iter().any(|&s| s) {
-            self.detach_syscall_hooks();
+            self.detach_tracking_hooks();
         }
     }
 
-    fn attach_syscall_hooks(&mut self) -> Result<()> {
-        for (prog, tp) in SYSCALL_HOOKS {
+    fn attach_tracking_hooks(&mut self) -> Result<()> {
+        for (prog, tp) in TRACKING_HOOKS {
             let p: &mut RawTracePoint = program(&mut self._ebpf, prog)?;
             let link = p
                 .attach(tp)
                 .map_err(|e| refused(&format!("attaching {prog} to raw tracepoint {tp}"), e))?;
-            self.syscall_links.push((prog, link));
-        }
-        for (prog, category, name) in TRACKING_TRACEPOINTS {
-            let p: &mut TracePoint = program(&mut self._ebpf, prog)?;
-            let link = p.attach(category, name).map_err(|e| {
-                refused(
-                    &format!("attaching {prog} to tracepoint {category}/{name}"),
-                    e,
-                )
-            })?;
             self.tracking_links.push((prog, link));
         }
         Ok(())
     }
 
-    fn detach_syscall_hooks(&mut self) {
-        for (prog, link) in std::mem::take(&mut self.syscall_links) {
-            if let Ok(p) = program::<RawTracePoint>(&mut self._ebpf, prog)
-                && let Err(e) = p.detach(link)
-            {
-                tracing::warn!(prog, "detaching: {e}");
-            }
-        }
+    fn detach_tracking_hooks(&mut self) {
         for (prog, link) in std::mem::take(&mut self.tracking_links) {
-            if let Ok(p) = program::<TracePoint>(&mut self._ebpf, prog)
+            if let Ok(p) = program::<RawTracePoint>(&mut self._ebpf, prog)
                 && let Err(e) = p.detach(link)
             {
                 tracing::warn!(prog, "detaching: {e}");

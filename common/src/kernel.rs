@@ -277,6 +277,14 @@ pub struct KernelOffsets {
     /// fs_struct `root` plus path `dentry`.
     pub fs_root_dentry: u32,
     pub dentry_inode: u32,
+    /// For the rss_stat hook: task_struct `mm`; mm_struct `rss_stat` (an
+    /// array of percpu_counter, one per `MM_*` counter), the size of one
+    /// element, and percpu_counter `count` (s64, in pages). `u32::MAX`
+    /// when the kernel's layout differs: then no peak is recorded.
+    pub task_mm: u32,
+    pub mm_rss_stat: u32,
+    pub rss_counter_size: u32,
+    pub percpu_counter_count: u32,
 }
 
 /// A NUL-terminated string in a fixed buffer (comm, filename, path), up to
