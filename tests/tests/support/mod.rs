@@ -84,14 +84,7 @@ pub struct Watched {
 impl Watched {
     /// Sum of a feature over every window.
     pub fn total(&self, name: &str) -> f64 {
-        self.windows
-            .iter()
-            .map(|w| {
-                w["features"][name]
-                    .as_f64()
-                    .unwrap_or_else(|| panic!("window has no numeric feature {name}: {w}"))
-            })
-            .sum()
+        self.series(name).into_iter().sum()
     }
 
     /// Largest value of a feature over the windows.
