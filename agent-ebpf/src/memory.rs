@@ -11,7 +11,9 @@
 //! one hands over the mm and the counter; the value is read from the mm
 //! the way the tracepoint itself reads it (the counter's shared count).
 
-use aya_ebpf::{helpers::bpf_get_current_task, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_task, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 
 use crate::{ANON_PEAK, OFFSETS, current_tid, read_kernel, slot_of};
 
