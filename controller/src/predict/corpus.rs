@@ -195,8 +195,8 @@ pub fn split(deployments: &[Deployment], seed: u64) -> Split {
         packages_of.entry(v).or_default().push(p);
     }
     for _round in 0..32 {
-        let a = swap_while_it_helps(&packages, &mut pkg, &variants_of, &var);
-        let b = swap_while_it_helps(&variants, &mut var, &packages_of, &pkg);
+        let a = swap_pass(&packages, &mut pkg, &variants_of, &var);
+        let b = swap_pass(&variants, &mut var, &packages_of, &pkg);
         if !(a || b) {
             break;
         }
@@ -240,7 +240,7 @@ fn seeded_parts<'a>(names: impl Iterator<Item = &'a str>, seed: u64) -> Vec<(&'a
 /// name in another part that gains the most kept faulty deployments, when
 /// there is a gain. `meets[name]` are the names on the other side it has a
 /// faulty deployment with; `other` their parts. Whether anything moved.
-fn swap_while_it_helps<'a>(
+fn swap_pass<'a>(
     order: &[(&'a str, u8)],
     part: &mut std::collections::BTreeMap<&'a str, u8>,
     meets: &std::collections::BTreeMap<&str, Vec<&str>>,
