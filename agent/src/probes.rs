@@ -120,7 +120,6 @@ pub struct Probes {
         &'static str,
         aya::programs::raw_trace_point::RawTracePointLinkId,
     )>,
-
     pub offsets: KernelOffsets,
     pub warnings: Vec<String>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log_facade::Log>>,
@@ -235,7 +234,6 @@ impl Probes {
             event_mail: Mailboxes::new(1 << 16),
             change_mail: Mailboxes::new(1 << 14),
             tracking_links: Vec::new(),
-
             offsets,
             warnings,
             logger,

@@ -62,7 +62,7 @@ features! {
     SCHED_RUNQ_DELAY_P99_US = "sched_runq_delay_p99_us", "us", "99th percentile wait from runnable to running";
     SCHED_CTX_SWITCHES = "sched_ctx_switches", "count", "times a thread of the tree left the CPU";
     SCHED_INVOLUNTARY_SWITCHES = "sched_involuntary_switches", "count", "of those, times it was preempted while runnable";
-    SCHED_BLOCKED_LONGEST_MS = "sched_blocked_longest_ms", "ms", "at the window's end, how long the longest-waiting thread has been off the CPU inside one syscall (waits for children left out)";
+    SCHED_BLOCKED_LONGEST_MS = "sched_blocked_longest_ms", "ms", "at the window's end, how long the longest-waiting thread has been asleep inside one syscall, neither on a CPU nor runnable (waits for children left out)";
     PROC_FORKS = "proc_forks", "count", "new processes (fork, vfork, clone without CLONE_THREAD)";
     PROC_THREADS = "proc_threads", "count", "new threads";
     PROC_EXECS = "proc_execs", "count", "successful execve";

@@ -535,7 +535,19 @@ pub fn run(
     std::fs::create_dir_all(&o.out).map_err(io(format!("creating {}", o.out.display())))?;
     let ids: Vec<String> = catalog.scenarios.iter().map(Scenario::id).collect();
     let mut done: BTreeMap<String, Deployment> = BTreeMap::new();
-    for d in super::corpus::read(&[&o.out]).unwrap_or_default() {
+    let earlier = if o.out.join("deployments.jsonl").exists() {
+        super::corpus::read(&[&o.out]).unwrap_or_else(|e| {
+            // Not silently: a whole corpus is about to be run again.
+            progress(&format!(
+                "not reusing the records in {}: {e}",
+                o.out.display()
+            ));
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    for d in earlier {
         if ids.contains(&d.id) {
             done.insert(d.id.clone(), d);
         } else {
