@@ -134,6 +134,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cross-validate: deal the corpus's packages and fault variants into
+    /// folds, train one model per fold on the others (calibrated on the
+    /// fold before its own), and test each on its fold, so that every
+    /// deployment is tested once by a model that never saw its package or
+    /// variant. Prints the pooled figures of the model and the baselines,
+    /// each at its own thresholds and at equal false positives. Slow: it
+    /// trains FOLDS models. Nothing is written.
+    ///
+    /// Example: backstop crossval --corpus /var/lib/backstop/corpus --folds 5
+    Crossval {
+        /// A corpus directory (repeatable); deployments of all are pooled.
+        #[arg(long = "corpus", required = true, value_name = "DIR")]
+        corpus: Vec<PathBuf>,
+        /// How many folds (3 to 20); each trains on all but two of them.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=20))]
+        folds: u8,
+        /// Seeds the folds, the initial weights and the batch order.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of healthy deployments each fold's threshold may alarm on.
+        #[arg(long, default_value_t = 0.01)]
+        target_fpr: f64,
+        /// Passes over the training windows.
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate a model and the three baselines (exit codes and health
     /// probes; static thresholds; a Mann-Whitney judge against healthy
     /// history) on the test split of a corpus: ROC AUC, recall, false
@@ -274,18 +303,19 @@ fn main() -> ExitCode {
                 epochs,
                 json,
             } => {
-                if !(0.0..1.0).contains(&target_fpr) {
-                    return Err(anyhow::anyhow!(
-                        "--target-fpr {target_fpr}: must be in [0, 1)"
-                    ));
-                }
-                let cfg = backstop_controller::predict::model::TrainConfig {
-                    seed,
-                    target_fpr,
-                    epochs,
-                    ..Default::default()
-                };
+                let cfg = train_config(seed, target_fpr, epochs)?;
                 commands::learn::train(&corpus, &out, cfg, json)
+            }
+            Command::Crossval {
+                corpus,
+                folds,
+                seed,
+                target_fpr,
+                epochs,
+                json,
+            } => {
+                let cfg = train_config(seed, target_fpr, epochs)?;
+                commands::learn::crossval(&corpus, cfg, folds, json)
             }
             Command::Eval {
                 model,
@@ -370,4 +400,20 @@ fn main() -> ExitCode {
             ExitCode::from(exit.unwrap_or(1).clamp(0, 255) as u8)
         }
     }
+}
+
+fn train_config(
+    seed: u64,
+    target_fpr: f64,
+    epochs: usize,
+) -> anyhow::Result<backstop_controller::predict::model::TrainConfig> {
+    if !(0.0..1.0).contains(&target_fpr) {
+        anyhow::bail!("--target-fpr {target_fpr}: must be in [0, 1)");
+    }
+    Ok(backstop_controller::predict::model::TrainConfig {
+        seed,
+        target_fpr,
+        epochs,
+        ..Default::default()
+    })
 }

@@ -81,13 +81,93 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
         e.deployments,
         e.target_fpr * 100.0
     );
-    println!("early: failing deployments alarmed before their onset, over all failing ones\n");
+    println!("{EARLY}");
+    print_table(&e.detectors);
+    print_model(&e.model_by_family, &e.model_alarms, "the model's alarms");
+}
+
+pub fn crossval(
+    corpus_dirs: &[PathBuf],
+    cfg: model::TrainConfig,
+    folds: u8,
+    json: bool,
+) -> Result<i32> {
+    let all = read_corpus(corpus_dirs)?;
+    eprintln!(
+        "backstop: cross-validating over {folds} folds of {} deployments ({} failing), seed {}: one model per fold",
+        all.len(),
+        all.iter().filter(|d| d.failing()).count(),
+        cfg.seed
+    );
+    let cv = predict::cross_validate(&all, &cfg, folds, |f| {
+        eprintln!(
+            "  fold {}/{folds}: trained on {}, calibrated on {}, tested on {}: recall {:.3}, FPR {:.3}, threshold {:.4}",
+            f.fold + 1,
+            f.split.train,
+            f.split.validation,
+            f.split.test,
+            f.model.recall,
+            f.model.false_positive_rate,
+            f.threshold
+        );
+    })
+    .context("cross-validating")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&cv).expect("plain data serializes")
+        );
+        return Ok(0);
+    }
+    let (failing, healthy) = cv
+        .detectors
+        .first()
+        .map_or((0, 0), |m| (m.failing, m.healthy));
+    println!(
+        "{} deployments tested once each ({failing} failing, {healthy} healthy; {} never tested: package and fault variant in different folds)",
+        failing + healthy,
+        cv.never_tested
+    );
+    println!(
+        "each fold's thresholds for at most {:.1}% false alarms, chosen without its test part\n",
+        cv.target_fpr * 100.0
+    );
+    println!("{EARLY}");
+    print_table(&cv.detectors);
+    let model_fpr = cv.detectors.first().map_or(0.0, |m| m.false_positive_rate);
+    println!(
+        "\nat equal false positives: each detector at the threshold that suits it best on these deployments, alarming on at most {:.1}% of healthy ones (the model's rate)\n",
+        model_fpr * 100.0
+    );
+    print_table(&cv.at_model_fpr);
+    println!(
+        "\nthe same at {:.1}% (what a perfect calibration to the target would give)\n",
+        cv.target_fpr * 100.0
+    );
+    print_table(&cv.at_target_fpr);
+    let false_alarms: Vec<predict::Alarm> = cv
+        .model_alarms
+        .iter()
+        .filter(|a| a.outcome == corpus::Outcome::Ok)
+        .cloned()
+        .collect();
+    print_model(
+        &cv.model_by_family,
+        &false_alarms,
+        "the model's false alarms on healthy installs",
+    );
+    Ok(0)
+}
+
+const EARLY: &str =
+    "early: failing deployments alarmed before their onset, over all failing ones\n";
+
+fn print_table(rows: &[Metrics]) {
     println!(
         "{:<40} {:>7} {:>7} {:>7} {:>9} {:>7} {:>9} {:>9}",
         "detector", "ROC AUC", "recall", "FPR", "precision", "early", "lead p50", "lead p10"
     );
-    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} s", v / 1000.0));
-    for m in &e.detectors {
+    for m in rows {
         let Metrics {
             detector,
             roc_auc,
@@ -101,29 +181,37 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
         } = m;
         println!(
             "{detector:<40} {roc_auc:>7.3} {recall:>7.3} {false_positive_rate:>7.3} {precision:>9.3} {recall_before_onset:>7.3} {:>9} {:>9}",
-            ms(*lead_time_median_ms),
-            ms(*lead_time_p10_ms)
+            secs(*lead_time_median_ms),
+            secs(*lead_time_p10_ms)
         );
     }
-    if !e.model_by_family.is_empty() {
+}
+
+fn secs(ms: Option<f64>) -> String {
+    ms.map_or("-".to_string(), |v| format!("{:.1} s", v / 1000.0))
+}
+
+/// The model per fault family, and its alarms with what drove them.
+fn print_model(families: &[predict::FamilyLead], alarms: &[predict::Alarm], title: &str) {
+    if !families.is_empty() {
         println!(
             "\nthe model per fault family (failing, caught, caught before onset, median lead):"
         );
     }
-    for f in &e.model_by_family {
+    for f in families {
         println!(
             "  {:<22} {:>3} {:>3} {:>3}  {}",
             f.family,
             f.failing,
             f.caught,
             f.caught_before_onset,
-            ms(f.lead_time_median_ms)
+            secs(f.lead_time_median_ms)
         );
     }
-    if !e.model_alarms.is_empty() {
-        println!("\nthe model's alarms (first window, onset, what drove it):");
+    if !alarms.is_empty() {
+        println!("\n{title} (first window, onset, what drove it):");
     }
-    for a in e.model_alarms.iter().take(20) {
+    for a in alarms.iter().take(40) {
         let drivers: Vec<String> = a
             .drivers
             .iter()

@@ -257,6 +257,21 @@ pub(crate) mod tests {
 
     /// A deployment whose every feature takes `values`, window by window;
     /// a failing one shows at its last window.
+    /// Scores fixed per deployment: window value = the deployment's first
+    /// feature, as a probability.
+    pub(crate) struct Echo;
+    impl Detector for Echo {
+        fn name(&self) -> String {
+            "echo".into()
+        }
+        fn scores(&self, d: &Deployment) -> Vec<f64> {
+            d.windows.iter().map(|w| w[0]).collect()
+        }
+        fn threshold(&self) -> f64 {
+            0.5
+        }
+    }
+
     pub(crate) fn dep(id: &str, package: &str, values: &[f64], failing: bool) -> Deployment {
         Deployment {
             id: id.into(),

@@ -157,34 +157,53 @@ pub struct Split {
     pub train: Vec<Deployment>,
     pub validation: Vec<Deployment>,
     pub test: Vec<Deployment>,
-    /// Deployments whose package and variant fell in different parts.
+    /// Deployments whose package or variant is tested or validates, but
+    /// which are not in that fold themselves (their package and variant
+    /// fell in different folds).
     pub left_out: usize,
 }
 
-/// Split by package and by fault variant, never by window: a deployment
-/// is kept only when its package and its variant (healthy ones: the
-/// package alone) are in the same part, so no package and no fault variant
-/// is in two parts.
-///
-/// Packages and variants are each put in a seeded order; the first 60%
-/// train, the next 20% validate, the rest test. Placed independently, most
-/// faulty deployments would be left out (a variant shows up in a few
-/// packages). So, in rounds, pairs of packages in different parts swap
-/// when that keeps more faulty deployments, then pairs of variants do the
-/// same, until no swap helps. Swaps never change a part's size, so every
-/// part keeps its share of packages and of variants: when variants spread
-/// over many packages, letting each follow the majority of its packages
-/// would send them all to training and leave the test part no failures.
-/// Seeded and deterministic.
+/// Split by package and by fault variant, never by window: the last of
+/// five [`folds`] tests, the one before it validates, the other three
+/// train. Seeded and deterministic.
 pub fn split(deployments: &[Deployment], seed: u64) -> Split {
+    folds(deployments, 5, seed).split(deployments, 4)
+}
+
+/// Packages and fault variants dealt into folds. A deployment belongs to a
+/// fold when its package and its variant (healthy ones: the package alone)
+/// are both in it; one whose package and variant are in different folds
+/// can still train wherever neither is tested or validates, but is never
+/// tested or validated on.
+#[derive(Debug, Clone)]
+pub struct Folds {
+    pub k: u8,
+    package: std::collections::BTreeMap<String, u8>,
+    variant: std::collections::BTreeMap<String, u8>,
+}
+
+/// Deal packages and variants into `k` (at least 3) folds of equal shares.
+///
+/// Packages and variants are each put in a seeded order and dealt into
+/// consecutive folds. Placed independently, most faulty deployments would
+/// have their package and their variant in different folds (a variant
+/// shows up in a few packages). So, in rounds, pairs of packages in
+/// different folds swap when that puts more faulty deployments in one
+/// fold, then pairs of variants do the same, until no swap helps. Swaps
+/// never change a fold's size, so every fold keeps its share of packages
+/// and of variants: when variants spread over many packages, letting each
+/// follow the majority of its packages would put them all in one fold and
+/// leave the others no failures.
+pub fn folds(deployments: &[Deployment], k: u8, seed: u64) -> Folds {
     use std::collections::BTreeMap;
+    let k = k.max(3);
     let faulty: Vec<(&str, &str)> = deployments
         .iter()
         .filter(|d| d.variant != HEALTHY)
         .map(|d| (d.package.as_str(), d.variant.as_str()))
         .collect();
-    let packages = seeded_parts(deployments.iter().map(|d| d.package.as_str()), seed);
-    let variants = seeded_parts(faulty.iter().map(|(_, v)| *v), seed);
+    let packages = seeded_parts(deployments.iter().map(|d| d.package.as_str()), k, seed);
+    let variants = seeded_parts(faulty.iter().map(|(_, v)| *v), k, seed);
     let mut pkg: BTreeMap<&str, u8> = packages.iter().copied().collect();
     let mut var: BTreeMap<&str, u8> = variants.iter().copied().collect();
     // Who meets whom: a package's faulty variants, a variant's packages.
@@ -201,30 +220,52 @@ pub fn split(deployments: &[Deployment], seed: u64) -> Split {
             break;
         }
     }
-    let mut s = Split::default();
-    for d in deployments {
-        let p = pkg[d.package.as_str()];
+    let owned = |m: BTreeMap<&str, u8>| -> BTreeMap<String, u8> {
+        m.into_iter().map(|(n, f)| (n.to_string(), f)).collect()
+    };
+    Folds {
+        k,
+        package: owned(pkg),
+        variant: owned(var),
+    }
+}
+
+impl Folds {
+    /// The folds of a deployment's package and of its variant.
+    fn of(&self, d: &Deployment) -> (u8, u8) {
+        let p = self.package.get(&d.package).copied().unwrap_or(u8::MAX);
         let v = if d.variant == HEALTHY {
             p
         } else {
-            var[d.variant.as_str()]
+            self.variant.get(&d.variant).copied().unwrap_or(u8::MAX)
         };
-        if p != v {
-            s.left_out += 1;
-            continue;
-        }
-        match p {
-            0 => s.train.push(d.clone()),
-            1 => s.validation.push(d.clone()),
-            _ => s.test.push(d.clone()),
-        }
+        (p, v)
     }
-    s
+
+    /// Fold `test` tests, the fold before it validates, the rest train.
+    pub fn split(&self, deployments: &[Deployment], test: u8) -> Split {
+        let validation = (test + self.k - 1) % self.k;
+        let mut s = Split::default();
+        for d in deployments {
+            let (p, v) = self.of(d);
+            let held = |f: u8| f == test || f == validation || f == u8::MAX;
+            if p == v && p == test {
+                s.test.push(d.clone());
+            } else if p == v && p == validation {
+                s.validation.push(d.clone());
+            } else if !held(p) && !held(v) {
+                s.train.push(d.clone());
+            } else {
+                s.left_out += 1;
+            }
+        }
+        s
+    }
 }
 
-/// Distinct names in a seeded order, each with its part: the first 60%
-/// train (0), the next 20% validate (1), the rest test (2).
-fn seeded_parts<'a>(names: impl Iterator<Item = &'a str>, seed: u64) -> Vec<(&'a str, u8)> {
+/// Distinct names in a seeded order, each with its fold: consecutive equal
+/// shares of the order.
+fn seeded_parts<'a>(names: impl Iterator<Item = &'a str>, k: u8, seed: u64) -> Vec<(&'a str, u8)> {
     let mut order: Vec<&str> = names.collect();
     order.sort_by_key(|n| (tiebreak(n, seed), *n));
     order.dedup();
@@ -232,7 +273,7 @@ fn seeded_parts<'a>(names: impl Iterator<Item = &'a str>, seed: u64) -> Vec<(&'a
     order
         .into_iter()
         .enumerate()
-        .map(|(i, name)| (name, (i * 10 >= 6 * n) as u8 + (i * 10 >= 8 * n) as u8))
+        .map(|(i, name)| (name, (i * k as usize / n) as u8))
         .collect()
 }
 
@@ -393,6 +434,7 @@ pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Deployme
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn split_shares_no_package_and_no_variant() {
@@ -423,6 +465,45 @@ mod tests {
                 ds.len()
             );
         }
+    }
+
+    #[test]
+    fn folds_test_each_deployment_at_most_once_and_each_fold_shares_nothing() {
+        let all = synthetic(7, 40, 12);
+        let f = folds(&all, 5, 3);
+        let mut tested: BTreeMap<String, usize> = BTreeMap::new();
+        for t in 0..5 {
+            let s = f.split(&all, t);
+            assert_eq!(
+                s.train.len() + s.validation.len() + s.test.len() + s.left_out,
+                all.len()
+            );
+            let parts = [names(&s.train), names(&s.validation), names(&s.test)];
+            for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+                let shared_p: Vec<_> = parts[i].0.intersection(&parts[j].0).collect();
+                let shared_v: Vec<_> = parts[i].1.intersection(&parts[j].1).collect();
+                assert!(
+                    shared_p.is_empty() && shared_v.is_empty(),
+                    "fold {t}, parts {i} and {j} share packages {shared_p:?}, variants {shared_v:?}"
+                );
+            }
+            for d in &s.test {
+                *tested.entry(d.id.clone()).or_default() += 1;
+            }
+        }
+        assert!(tested.values().all(|&n| n == 1), "tested twice: {tested:?}");
+        // Every healthy deployment is tested once (its package's fold).
+        // Here each variant spreads over eight packages, so many faulty
+        // deployments cannot have package and variant in one fold; the
+        // catalog-shaped corpus below keeps far more.
+        let healthy = all.iter().filter(|d| d.variant == HEALTHY);
+        assert!(healthy.clone().all(|d| tested.contains_key(&d.id)));
+        let faulty = all.len() - healthy.count();
+        let faulty_tested = tested.len() - all.iter().filter(|d| d.variant == HEALTHY).count();
+        assert!(
+            faulty_tested * 10 >= faulty * 4,
+            "{faulty_tested} of {faulty} faulty deployments tested"
+        );
     }
 
     #[test]
@@ -488,6 +569,12 @@ mod tests {
                 "seed {seed}: {failing} failing validation deployments"
             );
         }
+        // Cross-validation tests most failures once.
+        let f = folds(&all, 5, 1);
+        let tested: usize = (0..5)
+            .map(|t| f.split(&all, t).test.iter().filter(|d| d.failing()).count())
+            .sum();
+        assert!(tested >= 180, "{tested} of 210 failing deployments tested");
     }
 
     #[test]

@@ -80,6 +80,29 @@ pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Deployment]) -> Metric
     }
 }
 
+/// The detector at the threshold that suits it best on `ds` itself while
+/// alarming on at most `fpr` of its healthy deployments: the highest recall
+/// it can reach at that false-positive rate. Picked on the deployments it
+/// is scored on, so it flatters every detector alike; it compares
+/// detectors at equal false positives, and says what a perfect
+/// calibration would give.
+pub fn at_fpr(det: &dyn Detector, ds: &[Deployment], fpr: f64) -> Metrics {
+    let mut healthy_max: Vec<f64> = outcomes(det, f64::INFINITY, ds)
+        .into_iter()
+        .filter(|o| !o.0)
+        .map(|o| o.1)
+        .collect();
+    healthy_max.sort_by(|a, b| b.total_cmp(a));
+    // An FPR computed as a ratio can land a hair below its count's share.
+    let allowed = (fpr * healthy_max.len() as f64 + 1e-9).floor() as usize;
+    // Alarm above the highest healthy score that must stay quiet.
+    let threshold = healthy_max
+        .get(allowed)
+        .copied()
+        .unwrap_or(f64::NEG_INFINITY);
+    evaluate(det, threshold, ds)
+}
+
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
@@ -110,6 +133,44 @@ pub fn roc_auc(scored: &[(bool, f64)]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_fpr_picks_the_threshold_that_keeps_enough_healthy_quiet() {
+        use crate::predict::baselines::tests::{Echo, dep};
+        let ds = [
+            dep("f1", "p", &[0.1, 0.9], true),
+            dep("f2", "p", &[0.1, 0.6], true),
+            dep("f3", "p", &[0.1, 0.3], true),
+            dep("h1", "p", &[0.7], false),
+            dep("h2", "p", &[0.5], false),
+            dep("h3", "p", &[0.2], false),
+            dep("h4", "p", &[0.1], false),
+        ];
+        // No false alarm allowed: above the highest healthy score.
+        let m = at_fpr(&Echo, &ds, 0.0);
+        assert_eq!(
+            (m.threshold, m.recall, m.false_positive_rate),
+            (0.7, 1.0 / 3.0, 0.0)
+        );
+        // One in four allowed: above the second.
+        let m = at_fpr(&Echo, &ds, 0.25);
+        assert_eq!(
+            (m.threshold, m.recall, m.false_positive_rate),
+            (0.5, 2.0 / 3.0, 0.25)
+        );
+        // Two in four: above the third; and an FPR a hair below its
+        // count's share, as a division leaves it (15 / 44 * 44 is
+        // 14.999999999999998), still allows the count.
+        let m = at_fpr(&Echo, &ds, 0.5);
+        assert_eq!(
+            (m.threshold, m.recall, m.false_positive_rate),
+            (0.2, 1.0, 0.5)
+        );
+        assert_eq!(at_fpr(&Echo, &ds, 0.5 - 1e-12).threshold, 0.2);
+        // Everything allowed: everything alarms.
+        let m = at_fpr(&Echo, &ds, 1.0);
+        assert_eq!((m.recall, m.false_positive_rate), (1.0, 1.0));
+    }
 
     #[test]
     fn auc_of_perfect_random_and_inverted_scores() {
