@@ -130,6 +130,10 @@ enum Command {
         /// Passes over the training windows.
         #[arg(long, default_value_t = 100)]
         epochs: usize,
+        /// How much a healthy install's window weighs in training against
+        /// a failing one's: higher trades early alarms for fewer false ones.
+        #[arg(long, default_value_t = 10.0)]
+        healthy_weight: f64,
         /// Print the evaluation on the test split as JSON.
         #[arg(long)]
         json: bool,
@@ -159,6 +163,10 @@ enum Command {
         /// Passes over the training windows.
         #[arg(long, default_value_t = 100)]
         epochs: usize,
+        /// How much a healthy install's window weighs in training against
+        /// a failing one's: higher trades early alarms for fewer false ones.
+        #[arg(long, default_value_t = 10.0)]
+        healthy_weight: f64,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -301,9 +309,10 @@ fn main() -> ExitCode {
                 seed,
                 target_fpr,
                 epochs,
+                healthy_weight,
                 json,
             } => {
-                let cfg = train_config(seed, target_fpr, epochs)?;
+                let cfg = train_config(seed, target_fpr, epochs, healthy_weight)?;
                 commands::learn::train(&corpus, &out, cfg, json)
             }
             Command::Crossval {
@@ -312,9 +321,10 @@ fn main() -> ExitCode {
                 seed,
                 target_fpr,
                 epochs,
+                healthy_weight,
                 json,
             } => {
-                let cfg = train_config(seed, target_fpr, epochs)?;
+                let cfg = train_config(seed, target_fpr, epochs, healthy_weight)?;
                 commands::learn::crossval(&corpus, cfg, folds, json)
             }
             Command::Eval {
@@ -406,14 +416,19 @@ fn train_config(
     seed: u64,
     target_fpr: f64,
     epochs: usize,
+    healthy_weight: f64,
 ) -> anyhow::Result<backstop_controller::predict::model::TrainConfig> {
     if !(0.0..1.0).contains(&target_fpr) {
         anyhow::bail!("--target-fpr {target_fpr}: must be in [0, 1)");
+    }
+    if !(healthy_weight.is_finite() && healthy_weight > 0.0) {
+        anyhow::bail!("--healthy-weight {healthy_weight}: must be a positive number");
     }
     Ok(backstop_controller::predict::model::TrainConfig {
         seed,
         target_fpr,
         epochs,
+        healthy_weight,
         ..Default::default()
     })
 }

@@ -10,6 +10,7 @@ use backstop_common::features::FEATURES;
 
 use super::corpus::Deployment;
 use super::model::{K, calibrate, context};
+use super::stats::normal_cdf;
 
 /// One kind of failure detector: a score per window, and the threshold
 /// above which a window alarms.
@@ -223,20 +224,6 @@ pub fn mann_whitney_p(a: &[f64], b: &[f64]) -> f64 {
     }
     let z = ((u1 - mu).abs() - 0.5).max(0.0) / var.sqrt();
     (2.0 * (1.0 - normal_cdf(z))).clamp(0.0, 1.0)
-}
-
-/// Standard normal CDF (Abramowitz and Stegun 7.1.26 for erf; error below
-/// 1.5e-7).
-fn normal_cdf(z: f64) -> f64 {
-    let x = z / std::f64::consts::SQRT_2;
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let erf = 1.0 - poly * (-x * x).exp();
-    let erf = if x >= 0.0 { erf } else { -erf };
-    0.5 * (1.0 + erf)
 }
 
 /// The model's threshold rule applied to a baseline's raw scores: used

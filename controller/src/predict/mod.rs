@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod corpus;
 pub mod eval;
 pub mod model;
+pub mod stats;
 
 use serde::Serialize;
 
