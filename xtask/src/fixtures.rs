@@ -331,3 +331,15 @@ pub fn train_default() -> Result<()> {
     eprintln!("train-default: {} (commit it)", out.display());
     Ok(())
 }
+
+/// Cross-validation of the shipped catalog's corpus, once per seed.
+pub fn crossval(seeds: &[u64]) -> Result<()> {
+    let corpus = corpus()?;
+    for seed in seeds {
+        let mut cv = Command::new(util::target_dir().join("release/backstop"));
+        cv.args(["crossval", "--seed", &seed.to_string(), "--corpus"])
+            .arg(&corpus);
+        util::step(&format!("backstop crossval --seed {seed}"), cv)?;
+    }
+    Ok(())
+}

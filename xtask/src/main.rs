@@ -67,6 +67,14 @@ enum Task {
     /// it). Training is deterministic for a corpus; a fresh corpus run
     /// times things a little differently, so its model differs a little.
     TrainDefault,
+    /// Corpus, then `backstop crossval` on it: one model per fold, every
+    /// deployment tested once, the figures the README reports. A few
+    /// minutes per seed; not part of the tests.
+    Crossval {
+        /// Seeds the folds and the models (repeatable: one run each).
+        #[arg(long = "seed", default_values_t = [1])]
+        seeds: Vec<u64>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -84,6 +92,7 @@ fn main() -> Result<()> {
         Task::Bench { which } => bench::run(which),
         Task::Corpus => fixtures::corpus().map(|_| ()),
         Task::TrainDefault => fixtures::train_default(),
+        Task::Crossval { seeds } => fixtures::crossval(&seeds),
     }
 }
 
