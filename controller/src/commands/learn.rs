@@ -52,13 +52,8 @@ pub fn eval(model_dir: &Path, corpus_dirs: &[PathBuf], json: bool) -> Result<i32
     let m = model::Model::load(model_dir)
         .with_context(|| format!("--model {}", model_dir.display()))?;
     let all = read_corpus(corpus_dirs)?;
-    let split = corpus::split(&all, m.meta.seed);
-    if split.test.is_empty() {
-        anyhow::bail!(
-            "--corpus: the test split (by the model's seed {}) is empty",
-            m.meta.seed
-        );
-    }
+    let split = predict::test_split(&m, &all)
+        .with_context(|| format!("--model {}", model_dir.display()))?;
     let e = predict::evaluate(&m, &split);
     print_eval(&e, json);
     Ok(0)
@@ -282,8 +277,16 @@ pub fn show(data: &Path, json: bool) -> Result<i32> {
         m.meta.target_fpr * 100.0
     );
     println!(
-        "trained on {} deployments, corpus {}, seed {}",
-        m.meta.trained_on, m.meta.corpus_digest, m.meta.seed
+        "trained on {} deployments, corpus {}, seed {}, split rule {}, healthy windows weighed {}x",
+        m.meta.trained_on,
+        m.meta.corpus_digest,
+        m.meta.seed,
+        if m.meta.split_rule.is_empty() {
+            "(not recorded)"
+        } else {
+            &m.meta.split_rule
+        },
+        m.meta.healthy_weight
     );
     if let Some(e) = &m.meta.evaluation
         && let Ok(e) = serde_json::from_value::<serde_json::Value>(e.clone())

@@ -28,6 +28,11 @@ pub enum Outcome {
 /// The variant name of a deployment with no fault injected.
 pub const HEALTHY: &str = "none";
 
+/// Names the rule [`split`] follows. A model records it: evaluating a model
+/// on a split rebuilt by another rule would test it on deployments it
+/// trained on.
+pub const SPLIT_RULE: &str = "folds5-swap.v1";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deployment {
     pub id: String,

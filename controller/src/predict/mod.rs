@@ -419,6 +419,28 @@ pub fn cross_validate(
     })
 }
 
+/// The split a saved model was trained on, rebuilt from the corpus by its
+/// seed, to evaluate it on its test part. Refused when the model was split
+/// by another rule (it would be tested on deployments it trained on) or
+/// when the test part is empty.
+pub fn test_split(model: &Model, all: &[Deployment]) -> model::Result<Split> {
+    if model.meta.split_rule != corpus::SPLIT_RULE {
+        return Err(model::ModelError::Data(format!(
+            "trained with split rule {:?}, this build splits by {:?}: its test split cannot be rebuilt (it would be tested on deployments it trained on); retrain it, or use `backstop crossval`",
+            model.meta.split_rule,
+            corpus::SPLIT_RULE
+        )));
+    }
+    let split = corpus::split(all, model.meta.seed);
+    if split.test.is_empty() {
+        return Err(model::ModelError::Data(format!(
+            "the test split of this corpus (by the model's seed {}) is empty",
+            model.meta.seed
+        )));
+    }
+    Ok(split)
+}
+
 /// Split, train, calibrate, evaluate on the test split; the evaluation is
 /// stored in the model's metadata.
 pub fn train_and_evaluate(
@@ -468,6 +490,24 @@ mod tests {
         let m = eval::evaluate(&both, both.threshold(), &ds);
         assert_eq!((m.recall, m.false_positive_rate), (1.0, 0.5));
         assert_eq!(m.caught_before_onset, 1);
+    }
+
+    #[test]
+    fn a_model_split_by_another_rule_is_not_evaluated() {
+        let all = corpus::synthetic(9, 20, 6);
+        let cfg = TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        };
+        let (mut m, e) = train_and_evaluate(&all, &cfg).unwrap();
+        let again = evaluate(&m, &test_split(&m, &all).unwrap());
+        assert_eq!(again.split.test, e.split.test);
+        m.meta.split_rule = String::new();
+        let err = test_split(&m, &all).unwrap_err().to_string();
+        assert!(
+            err.contains("split rule") && err.contains("retrain"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct ModelMeta {
     #[serde(default = "one")]
     pub healthy_weight: f64,
     pub corpus_digest: String,
+    /// [`super::corpus::SPLIT_RULE`] when it was trained; models from
+    /// before the rule was recorded have none.
+    #[serde(default)]
+    pub split_rule: String,
     pub trained_on: usize,
     /// The evaluation on the test split, as `backstop eval --json` prints it.
     pub evaluation: Option<serde_json::Value>,
@@ -433,6 +437,7 @@ pub fn train(
             horizon: cfg.horizon,
             healthy_weight: cfg.healthy_weight,
             corpus_digest,
+            split_rule: super::corpus::SPLIT_RULE.into(),
             trained_on: train.len(),
             evaluation: None,
         },
