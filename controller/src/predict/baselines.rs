@@ -226,8 +226,9 @@ pub fn mann_whitney_p(a: &[f64], b: &[f64]) -> f64 {
     (2.0 * (1.0 - normal_cdf(z))).clamp(0.0, 1.0)
 }
 
-/// The model's threshold rule applied to a baseline's raw scores: used
-/// when a baseline is compared at the model's false-positive rate.
+/// The empirical threshold rule ([`calibrate`]) applied to a baseline's
+/// raw scores, to the model's false-positive target. Not the model's
+/// log-odds fit: these scores are counts, not probabilities.
 pub fn calibrated_threshold(det: &dyn Detector, validation: &[Deployment], target_fpr: f64) -> f64 {
     let healthy_max: Vec<f64> = validation
         .iter()
