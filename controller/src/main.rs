@@ -121,19 +121,8 @@ enum Command {
         /// Where the model goes (created; a model there is replaced).
         #[arg(long, value_name = "MODEL_DIR")]
         out: PathBuf,
-        /// Seeds the split, the initial weights and the batch order.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Share of healthy deployments the threshold may alarm on.
-        #[arg(long, default_value_t = 0.01)]
-        target_fpr: f64,
-        /// Passes over the training windows.
-        #[arg(long, default_value_t = 100)]
-        epochs: usize,
-        /// How much a healthy install's window weighs in training against
-        /// a failing one's: higher trades early alarms for fewer false ones.
-        #[arg(long, default_value_t = 10.0)]
-        healthy_weight: f64,
+        #[command(flatten)]
+        training: TrainingFlags,
         /// Print the evaluation on the test split as JSON.
         #[arg(long)]
         json: bool,
@@ -154,19 +143,8 @@ enum Command {
         /// How many folds (3 to 20); each trains on all but two of them.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=20))]
         folds: u8,
-        /// Seeds the folds, the initial weights and the batch order.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Share of healthy deployments each fold's threshold may alarm on.
-        #[arg(long, default_value_t = 0.01)]
-        target_fpr: f64,
-        /// Passes over the training windows.
-        #[arg(long, default_value_t = 100)]
-        epochs: usize,
-        /// How much a healthy install's window weighs in training against
-        /// a failing one's: higher trades early alarms for fewer false ones.
-        #[arg(long, default_value_t = 10.0)]
-        healthy_weight: f64,
+        #[command(flatten)]
+        training: TrainingFlags,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -306,27 +284,15 @@ fn main() -> ExitCode {
             Command::Train {
                 corpus,
                 out,
-                seed,
-                target_fpr,
-                epochs,
-                healthy_weight,
+                training,
                 json,
-            } => {
-                let cfg = train_config(seed, target_fpr, epochs, healthy_weight)?;
-                commands::learn::train(&corpus, &out, cfg, json)
-            }
+            } => commands::learn::train(&corpus, &out, training.config()?, json),
             Command::Crossval {
                 corpus,
                 folds,
-                seed,
-                target_fpr,
-                epochs,
-                healthy_weight,
+                training,
                 json,
-            } => {
-                let cfg = train_config(seed, target_fpr, epochs, healthy_weight)?;
-                commands::learn::crossval(&corpus, cfg, folds, json)
-            }
+            } => commands::learn::crossval(&corpus, training.config()?, folds, json),
             Command::Eval {
                 model,
                 corpus,
@@ -412,23 +378,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn train_config(
+/// How a model is trained, for `train` and `crossval` alike.
+#[derive(clap::Args, Clone, Copy)]
+struct TrainingFlags {
+    /// Seeds the split (or the folds), the initial weights and the batch
+    /// order.
+    #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Share of healthy deployments the threshold may alarm on.
+    #[arg(long, default_value_t = 0.01)]
     target_fpr: f64,
+    /// Passes over the training windows.
+    #[arg(long, default_value_t = 100)]
     epochs: usize,
+    /// How much a healthy install's window weighs in training against a
+    /// failing one's: higher trades early alarms for fewer false ones.
+    #[arg(long, default_value_t = 10.0)]
     healthy_weight: f64,
-) -> anyhow::Result<backstop_controller::predict::model::TrainConfig> {
-    if !(0.0..1.0).contains(&target_fpr) {
-        anyhow::bail!("--target-fpr {target_fpr}: must be in [0, 1)");
+}
+
+impl TrainingFlags {
+    fn config(&self) -> anyhow::Result<backstop_controller::predict::model::TrainConfig> {
+        let TrainingFlags {
+            seed,
+            target_fpr,
+            epochs,
+            healthy_weight,
+        } = *self;
+        if !(0.0..1.0).contains(&target_fpr) {
+            anyhow::bail!("--target-fpr {target_fpr}: must be in [0, 1)");
+        }
+        if !(healthy_weight.is_finite() && healthy_weight > 0.0) {
+            anyhow::bail!("--healthy-weight {healthy_weight}: must be a positive number");
+        }
+        Ok(backstop_controller::predict::model::TrainConfig {
+            seed,
+            target_fpr,
+            epochs,
+            healthy_weight,
+            ..Default::default()
+        })
     }
-    if !(healthy_weight.is_finite() && healthy_weight > 0.0) {
-        anyhow::bail!("--healthy-weight {healthy_weight}: must be a positive number");
-    }
-    Ok(backstop_controller::predict::model::TrainConfig {
-        seed,
-        target_fpr,
-        epochs,
-        healthy_weight,
-        ..Default::default()
-    })
 }
