@@ -78,7 +78,12 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
     );
     println!("{EARLY}");
     print_table(&e.detectors);
-    print_model(&e.model_by_family, &e.model_alarms, "the model's alarms");
+    print_model(
+        &e.model_by_family,
+        &e.model_alarms,
+        "the model's alarms",
+        20,
+    );
 }
 
 pub fn crossval(
@@ -150,6 +155,7 @@ pub fn crossval(
         &cv.model_by_family,
         &false_alarms,
         "the model's false alarms on healthy installs",
+        false_alarms.len(),
     );
     Ok(0)
 }
@@ -186,8 +192,14 @@ fn secs(ms: Option<f64>) -> String {
     ms.map_or("-".to_string(), |v| format!("{:.1} s", v / 1000.0))
 }
 
-/// The model per fault family, and its alarms with what drove them.
-fn print_model(families: &[predict::FamilyLead], alarms: &[predict::Alarm], title: &str) {
+/// The model per fault family, and the first `limit` of its alarms with
+/// what drove them.
+fn print_model(
+    families: &[predict::FamilyLead],
+    alarms: &[predict::Alarm],
+    title: &str,
+    limit: usize,
+) {
     if !families.is_empty() {
         println!(
             "\nthe model per fault family (failing, caught, caught before onset, median lead):"
@@ -206,7 +218,7 @@ fn print_model(families: &[predict::FamilyLead], alarms: &[predict::Alarm], titl
     if !alarms.is_empty() {
         println!("\n{title} (first window, onset, what drove it):");
     }
-    for a in alarms.iter().take(40) {
+    for a in alarms.iter().take(limit) {
         let drivers: Vec<String> = a
             .drivers
             .iter()

@@ -441,25 +441,30 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// No package and no fault variant in two parts of a split.
+    fn assert_parts_share_nothing(s: &Split, which: &str) {
+        let parts = [
+            ("train", names(&s.train)),
+            ("validation", names(&s.validation)),
+            ("test", names(&s.test)),
+        ];
+        for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+            let ((a, (ap, av)), (b, (bp, bv))) = (&parts[i], &parts[j]);
+            let packages: Vec<_> = ap.intersection(bp).collect();
+            let variants: Vec<_> = av.intersection(bv).collect();
+            assert!(
+                packages.is_empty() && variants.is_empty(),
+                "{which}: {a} and {b} share packages {packages:?}, variants {variants:?}"
+            );
+        }
+    }
+
     #[test]
     fn split_shares_no_package_and_no_variant() {
         let all = synthetic(7, 40, 12);
         let s = split(&all, 1);
         assert!(!s.train.is_empty() && !s.validation.is_empty() && !s.test.is_empty());
-        let (tp, tv) = names(&s.train);
-        let (vp, vv) = names(&s.validation);
-        let (xp, xv) = names(&s.test);
-        for (a, b, what) in [
-            (&tp, &xp, "package train/test"),
-            (&tp, &vp, "package train/validation"),
-            (&vp, &xp, "package validation/test"),
-            (&tv, &xv, "variant train/test"),
-            (&tv, &vv, "variant train/validation"),
-            (&vv, &xv, "variant validation/test"),
-        ] {
-            let shared: Vec<_> = a.intersection(b).collect();
-            assert!(shared.is_empty(), "{what} share {shared:?}");
-        }
+        assert_parts_share_nothing(&s, "seed 1");
         // Variants spread over many packages here: each part still gets
         // failures of its own.
         for (part, ds) in [("validation", &s.validation), ("test", &s.test)] {
@@ -483,15 +488,7 @@ mod tests {
                 s.train.len() + s.validation.len() + s.test.len() + s.left_out,
                 all.len()
             );
-            let parts = [names(&s.train), names(&s.validation), names(&s.test)];
-            for (i, j) in [(0, 1), (0, 2), (1, 2)] {
-                let shared_p: Vec<_> = parts[i].0.intersection(&parts[j].0).collect();
-                let shared_v: Vec<_> = parts[i].1.intersection(&parts[j].1).collect();
-                assert!(
-                    shared_p.is_empty() && shared_v.is_empty(),
-                    "fold {t}, parts {i} and {j} share packages {shared_p:?}, variants {shared_v:?}"
-                );
-            }
+            assert_parts_share_nothing(&s, &format!("fold {t}"));
             for d in &s.test {
                 *tested.entry(d.id.clone()).or_default() += 1;
             }

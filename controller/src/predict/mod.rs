@@ -266,18 +266,17 @@ fn score_test(model: &Model, split: &Split) -> [Scored; 4] {
     ]
 }
 
-/// The rows of a table: the model, the three baselines, the model or (a).
-fn rows(scored: &[Scored; 4], ds: &[Deployment]) -> Vec<Metrics> {
-    let mut v: Vec<Metrics> = scored
-        .iter()
-        .map(|s| eval::evaluate(s, s.threshold(), ds))
-        .collect();
-    v.push(eval::evaluate(
-        &ModelOrChecks(&scored[0]),
-        scored[0].threshold(),
-        ds,
-    ));
+/// The rows of a table: the model, the three baselines, the model or (a),
+/// each measured by `measure`.
+fn rows(scored: &[Scored; 4], measure: impl Fn(&dyn Detector) -> Metrics) -> Vec<Metrics> {
+    let mut v: Vec<Metrics> = scored.iter().map(|s| measure(s)).collect();
+    v.push(measure(&ModelOrChecks(&scored[0])));
     v
+}
+
+/// Each detector at its own threshold.
+fn at_own_threshold(ds: &[Deployment]) -> impl Fn(&dyn Detector) -> Metrics + '_ {
+    move |d| eval::evaluate(d, d.threshold(), ds)
 }
 
 /// Evaluate the model and the baselines on the test split (see
@@ -288,7 +287,7 @@ pub fn evaluate(model: &Model, split: &Split) -> Evaluation {
         deployments: split.test.len(),
         split: SplitSizes::of(split),
         target_fpr: model.meta.target_fpr,
-        detectors: rows(&scored, &split.test),
+        detectors: rows(&scored, at_own_threshold(&split.test)),
         model_by_family: Vec::new(),
         model_alarms: alarms_from(model, &scored[0], &split.test),
     }
@@ -396,15 +395,8 @@ pub fn cross_validate(
     let pooled: [Scored; 4] = pooled
         .try_into()
         .unwrap_or_else(|_| unreachable!("four detectors"));
-    let detectors = rows(&pooled, &tested);
-    let at = |fpr: f64| -> Vec<Metrics> {
-        let mut v: Vec<Metrics> = pooled
-            .iter()
-            .map(|s| eval::at_fpr(s, &tested, fpr))
-            .collect();
-        v.push(eval::at_fpr(&ModelOrChecks(&pooled[0]), &tested, fpr));
-        v
-    };
+    let detectors = rows(&pooled, at_own_threshold(&tested));
+    let at = |fpr: f64| rows(&pooled, |d| eval::at_fpr(d, &tested, fpr));
     Ok(CrossValidation {
         seed: cfg.seed,
         deployments: all.len(),
