@@ -12,11 +12,16 @@ use crate::util;
 
 /// Debian packages the build, tests and benchmarks use.
 /// debootstrap + rsync: rootfs fixtures and the rollback benchmark;
-/// libseccomp-dev: youki's seccomp; dpkg-dev: repacking .debs.
+/// libseccomp-dev: youki's seccomp; libelf-dev + zlib1g-dev + make: the
+/// libbpf that libcgroups' `cgroupsv2_devices` builds (its eBPF device
+/// filter on cgroup v2); dpkg-dev: repacking .debs.
 const DEBIAN_PACKAGES: &[&str] = &[
     "debootstrap",
     "rsync",
     "libseccomp-dev",
+    "libelf-dev",
+    "zlib1g-dev",
+    "make",
     "pkg-config",
     "dpkg-dev",
 ];
