@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::OciSpecError;
 use libcontainer::oci_spec::runtime::{
     Arch, Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
-    MountBuilder, RootBuilder, Spec,
+    LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscallBuilder, MountBuilder, RootBuilder, Spec,
 };
 use libcontainer::syscall::syscall::SyscallType;
 
@@ -90,16 +91,42 @@ fn other(context: impl Into<String>, e: impl std::fmt::Display) -> AgentError {
 /// `durable`: mounted `volatile` (no sync reaches the upper layer; see
 /// `ShadowOptions::durable`). A volatile upper cannot be mounted again
 /// after a crash, which suits a shadow: the sweep deletes it.
+///
+/// Everything the shadow can write lands below its directory, which is
+/// first bound onto itself nosuid and nodev (and made private, so the
+/// mounts below do not propagate to the host's peers): a setuid file or a
+/// device node the install makes in the upper layer or the io directory
+/// is inert when the host reaches it by path. The upper tmpfs and the
+/// overlay carry the same flags; the directory is 0700 besides.
 pub fn mount_overlay(
     lower: &Path,
     l: &Layout,
     upper_size: Option<u64>,
     durable: bool,
 ) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&l.dir).map_err(err(format!("creating {}", l.dir.display())))?;
+    std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(err(format!("making {} 0700", l.dir.display())))?;
+    let dir = l.dir.to_string_lossy();
+    mount(&dir, &l.dir, "", libc::MS_BIND, "")
+        .and_then(|()| mount("", &l.dir, "", libc::MS_PRIVATE, ""))
+        .and_then(|()| mount("", &l.dir, "", libc::MS_REMOUNT | libc::MS_BIND | INERT, ""))
+        .map_err(err(format!(
+            "binding {} onto itself nosuid,nodev",
+            l.dir.display()
+        )))?;
     if let Some(size) = upper_size {
         let rw = l.dir.join("rw");
         std::fs::create_dir_all(&rw).map_err(err(format!("creating {}", rw.display())))?;
-        mount("tmpfs", &rw, "tmpfs", &format!("size={size},mode=0755")).map_err(err(format!(
+        mount(
+            "tmpfs",
+            &rw,
+            "tmpfs",
+            INERT,
+            &format!("size={size},mode=0755"),
+        )
+        .map_err(err(format!(
             "mounting a {size}-byte tmpfs at {}",
             rw.display()
         )))?;
@@ -129,11 +156,21 @@ pub fn mount_overlay(
         l.work.display(),
         if durable { "" } else { ",volatile" }
     );
-    mount("overlay", &l.merged, "overlay", &data)
-        .map_err(err(format!("mounting the shadow's overlay ({data})")))
+    mount("overlay", &l.merged, "overlay", INERT, &data).map_err(err(format!(
+        "mounting the shadow's overlay ({data}) nosuid,nodev"
+    )))
 }
 
-fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> std::io::Result<()> {
+/// Mount flags that make setuid bits and device nodes inert.
+const INERT: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+
+fn mount(
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> std::io::Result<()> {
     let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| std::io::ErrorKind::InvalidInput);
     let (src, target, fstype, data) = (
         c(src.as_bytes())?,
@@ -141,14 +178,21 @@ fn mount(src: &str, target: &Path, fstype: &str, data: &str) -> std::io::Result<
         c(fstype.as_bytes())?,
         c(data.as_bytes())?,
     );
-    // SAFETY: valid C strings for the call's duration.
+    let opt = |s: &std::ffi::CString| {
+        if s.as_bytes().is_empty() {
+            std::ptr::null()
+        } else {
+            s.as_ptr()
+        }
+    };
+    // SAFETY: valid C strings (or null) for the call's duration.
     let r = unsafe {
         libc::mount(
-            src.as_ptr(),
+            opt(&src),
             target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            data.as_ptr().cast(),
+            opt(&fstype),
+            flags,
+            opt(&data).cast(),
         )
     };
     if r != 0 {
@@ -167,7 +211,9 @@ pub fn umount(target: &Path, flags: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Docker's default capability set.
+/// Docker's default capability set less CAP_MKNOD: no device node can be
+/// made in a shadow (the device cgroup and nodev mounts would also stop
+/// one from being opened; this stops it existing).
 fn default_caps() -> HashSet<Capability> {
     use Capability::*;
     [
@@ -175,7 +221,6 @@ fn default_caps() -> HashSet<Capability> {
         DacOverride,
         Fsetid,
         Fowner,
-        Mknod,
         NetRaw,
         Setgid,
         Setuid,
@@ -227,9 +272,73 @@ const DENIED_SYSCALLS: &[&str] = &[
     "syslog",
 ];
 
+/// The pids limit of a shadow that names none: a fork bomb in a
+/// maintainer script stops here, not at the host's pid_max (podman's
+/// default).
+pub const DEFAULT_PIDS: i64 = 2048;
+
+/// Namespace flags that `clone` must not carry: a new namespace is a way
+/// past the shadow's own (CLONE_NEWUSER gives back every capability
+/// inside it). CLONE_NEWTIME is not here: for clone(2) its bit (0x80) is
+/// part of the exit-signal byte (CSIGNAL), and only clone3 and unshare
+/// can ask for a time namespace, both refused below.
+const CLONE_NS_FLAGS: &[i32] = &[
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWCGROUP,
+];
+
+/// The seccomp rules on top of the allow-by-default action.
+fn seccomp_rules()
+-> std::result::Result<Vec<libcontainer::oci_spec::runtime::LinuxSyscall>, OciSpecError> {
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut rules = vec![
+        LinuxSyscallBuilder::default()
+            .names(names(DENIED_SYSCALLS))
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::EPERM as u32)
+            .build()?,
+        // clone3 passes its flags in a struct, which seccomp cannot read,
+        // so it cannot be filtered by flag: it fails ENOSYS, as on a kernel
+        // without it, and glibc (fork, posix_spawn, pthread_create) then
+        // falls back to clone, whose flags are filtered below.
+        LinuxSyscallBuilder::default()
+            .names(names(&["clone3"]))
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::ENOSYS as u32)
+            .build()?,
+    ];
+    // One rule per flag: rules on the same argument are ORed this way,
+    // and (flags & F) == F reads the same whichever of value and
+    // valueTwo a runtime takes as the mask.
+    for &flag in CLONE_NS_FLAGS {
+        let f = flag as u64;
+        rules.push(
+            LinuxSyscallBuilder::default()
+                .names(names(&["clone"]))
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(libc::EPERM as u32)
+                .args(vec![
+                    LinuxSeccompArgBuilder::default()
+                        .index(0usize)
+                        .value(f)
+                        .value_two(f)
+                        .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+                        .build()?,
+                ])
+                .build()?,
+        );
+    }
+    Ok(rules)
+}
+
 /// The OCI spec of a shadow running `args`.
 pub fn spec(l: &Layout, args: Vec<String>, limits: &Limits) -> Result<Spec> {
-    let bad = |e: libcontainer::oci_spec::OciSpecError| other("building the shadow's OCI spec", e);
+    let bad = |e: OciSpecError| other("building the shadow's OCI spec", e);
     let mut spec = Spec::default();
     spec.set_hostname(Some("shadow".into()));
     spec.set_root(Some(
@@ -307,9 +416,13 @@ pub fn spec(l: &Layout, args: Vec<String>, limits: &Limits) -> Result<Spec> {
                 .map_err(bad)?,
         );
     }
-    if let Some(p) = limits.pids {
-        res = res.pids(LinuxPidsBuilder::default().limit(p).build().map_err(bad)?);
-    }
+    let pids = limits.pids.unwrap_or(DEFAULT_PIDS);
+    res = res.pids(
+        LinuxPidsBuilder::default()
+            .limit(pids)
+            .build()
+            .map_err(bad)?,
+    );
     if let Some(q) = limits.cpu_quota_us {
         res = res.cpu(
             LinuxCpuBuilder::default()
@@ -326,19 +439,7 @@ pub fn spec(l: &Layout, args: Vec<String>, limits: &Limits) -> Result<Spec> {
             Arch::ScmpArchX86,
             Arch::ScmpArchX32,
         ])
-        .syscalls(vec![
-            LinuxSyscallBuilder::default()
-                .names(
-                    DENIED_SYSCALLS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>(),
-                )
-                .action(LinuxSeccompAction::ScmpActErrno)
-                .errno_ret(libc::EPERM as u32)
-                .build()
-                .map_err(bad)?,
-        ])
+        .syscalls(seccomp_rules().map_err(bad)?)
         .build()
         .map_err(bad)?;
     let linux = spec

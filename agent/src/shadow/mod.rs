@@ -142,8 +142,47 @@ fn runner_script(cmd: &[OsString], tests: &[String]) -> Vec<u8> {
     s
 }
 
+/// Read at most the last `max` bytes of `path`, a file the shadow could
+/// have replaced: never through a symlink (O_NOFOLLOW: `0.out ->
+/// /etc/shadow` must not leak the host's file), never blocking (O_NONBLOCK:
+/// a fifo), and only from a regular file (fstat: not `/dev/zero`, not a
+/// fifo). The size comes from fstat and the bytes from pread, so a file
+/// that grows while read costs no more than `max`.
+fn read_tail(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let start = m.len().saturating_sub(max as u64);
+    let mut buf = vec![0u8; (m.len() - start) as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], start + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// The longest `N.rc` line the runner writes ("rc start_ns end_ns").
+const RC_BYTES: usize = 128;
+
 fn read_step(io: &Path, n: usize, command: String) -> StepResult {
-    let rc = std::fs::read_to_string(io.join(format!("{n}.rc"))).ok();
+    let rc = read_tail(&io.join(format!("{n}.rc")), RC_BYTES)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
     let (exit_code, duration_ms) = match rc.as_deref().map(|s| {
         s.split_whitespace()
             .map(|x| x.parse::<i64>().ok())
@@ -158,13 +197,20 @@ fn read_step(io: &Path, n: usize, command: String) -> StepResult {
         ),
         _ => (None, None),
     };
-    let out = std::fs::read(io.join(format!("{n}.out"))).unwrap_or_default();
-    let tail = &out[out.len().saturating_sub(TAIL_BYTES)..];
+    let out = io.join(format!("{n}.out"));
+    let output_tail = match read_tail(&out, TAIL_BYTES) {
+        Ok(tail) => String::from_utf8_lossy(&tail).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            tracing::warn!("shadow step {n}: {} not read: {e}", out.display());
+            format!("[backstop: {n}.out not read: {e}]")
+        }
+    };
     StepResult {
         command,
         exit_code,
         duration_ms,
-        output_tail: String::from_utf8_lossy(tail).into_owned(),
+        output_tail,
     }
 }
 
@@ -291,14 +337,7 @@ async fn run_in(
     let launch = |register: &mut dyn FnMut(u32) -> Result<()>| -> Result<Tracked> {
         let pid = start(&shadows, l, &spec, made, |pid| {
             register(pid as u32)?;
-            // A test seam: stop here (init created, not started) so a test
-            // can kill the agent at the worst moment.
-            if let Some(ms) = std::env::var("BACKSTOP_TEST_HOLD_BEFORE_START_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-            {
-                std::thread::sleep(Duration::from_millis(ms));
-            }
+            hold_before_start();
             Ok(())
         })?;
         Ok(Tracked {
@@ -316,6 +355,20 @@ async fn run_in(
         timeout: opts.timeout,
     };
     track_with(probes, launch, &track_opts, None, sink).await
+}
+
+/// A test seam, compiled only with the `test-seams` feature (the tests
+/// crate turns it on; release builds never read the variable): stop here
+/// (init created, not started) so a test can kill the agent at the worst
+/// moment.
+fn hold_before_start() {
+    #[cfg(feature = "test-seams")]
+    if let Some(ms) = std::env::var("BACKSTOP_TEST_HOLD_BEFORE_START_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
 }
 
 /// Create the container, let `before_start` see the init's pid while it
@@ -415,7 +468,10 @@ pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Ve
             .arg("/bin/true")
             .status()
             .map_err(io_err("running unshare"))?;
-        container::umount(&l.merged, 0).map_err(io_err("unmounting the baseline overlay"))?;
+        for m in container::mounts_under(&l.dir) {
+            container::umount(&m, 0)
+                .map_err(io_err(format!("unmounting the baseline's {}", m.display())))?;
+        }
         std::fs::remove_dir_all(&l.dir).map_err(io_err(format!("removing {}", l.dir.display())))?;
         if !st.success() {
             return Err(AgentError::Io {
