@@ -105,8 +105,16 @@ fn walk(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-/// What a leak would leave: our mounts, our shadows' cgroups and state.
-fn assert_clean(data: &Path, what: &str) {
+/// What a leak would leave: our mounts, our shadow's cgroups (by its id,
+/// in every hierarchy) and its state.
+fn assert_clean(data: &Path, v: &Value, what: &str) {
+    let id = v["id"].as_str().expect("the report names its shadow");
+    let mut cgroups = vec![PathBuf::from("/sys/fs/cgroup/backstop-shadow").join(id)];
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        cgroups.push(h.path().join("backstop-shadow").join(id));
+    }
+    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    assert!(left.is_empty(), "{what}: cgroups left: {left:?}");
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let mounts: Vec<&str> = info
         .lines()
@@ -269,7 +277,7 @@ fn a_shadow_cannot_make_or_open_the_hosts_disk() {
     );
     assert!(v["diff"]["added"].to_string().find("disk").is_none(), "{v}");
     assert_eq!(walk(&sent), before, "the sentinel changed");
-    assert_clean(&data, "after the disk attack");
+    assert_clean(&data, &v, "after the disk attack");
 }
 
 /// The shadow's directory under `data`, once the step runner says ready.
@@ -387,7 +395,7 @@ fn setuid_files_and_device_nodes_in_a_live_shadow_are_inert_from_the_host() {
     let (out, v) = runner.join().unwrap();
     assert!(out.status.success(), "{v}");
     assert_eq!(walk(&sent), before, "the sentinel changed");
-    assert_clean(&data, "after the setuid attack");
+    assert_clean(&data, &v, "after the setuid attack");
 }
 
 #[test]
@@ -450,7 +458,7 @@ fn planted_links_and_fifos_in_the_io_dir_neither_leak_nor_hang() {
     eprintln!("planted io links: shadow run took {took:?}, children's peak RSS {maxrss_kib} KiB");
     assert!(maxrss_kib < 512 * 1024, "peak RSS {maxrss_kib} KiB");
     assert_eq!(walk(&sent), before, "the sentinel changed");
-    assert_clean(&data, "after the io-dir attack");
+    assert_clean(&data, &v, "after the io-dir attack");
 }
 
 #[test]
@@ -524,7 +532,7 @@ fn a_shadow_cannot_create_namespaces() {
         "clone3 must fail ENOSYS: {out}"
     );
     assert_eq!(walk(&sent), before, "the sentinel changed");
-    assert_clean(&data, "after the namespace attack");
+    assert_clean(&data, &v, "after the namespace attack");
 }
 
 fn perl_cmd(script: &str) -> String {
@@ -566,7 +574,18 @@ fn a_fork_bomb_in_a_shadow_is_held_by_its_pids_limit() {
         )
     });
     // While it runs: the host still forks, and the cgroup holds at 64.
-    let cg = Path::new("/sys/fs/cgroup/pids/backstop-shadow");
+    // The pids controller's shadows: v1 (hybrid hosts), or cgroup v2.
+    let cg = [
+        "/sys/fs/cgroup/pids/backstop-shadow",
+        "/sys/fs/cgroup/backstop-shadow",
+    ]
+    .map(Path::new)
+    .into_iter()
+    .find(|p| {
+        p.parent()
+            .is_some_and(|h| h.join("tasks").exists() || h.join("cgroup.controllers").exists())
+    })
+    .unwrap();
     let mut peak = 0u64;
     let mut hit = 0u64;
     let (mut host_forks, mut host_fails) = (0, 0);
@@ -612,5 +631,5 @@ fn a_fork_bomb_in_a_shadow_is_held_by_its_pids_limit() {
         .unwrap_or(0);
     assert_eq!(left, 0, "a shadow's pids cgroup outlived it");
     assert_eq!(walk(&sent), before, "the sentinel changed");
-    assert_clean(&data, "after the fork bomb");
+    assert_clean(&data, &v, "after the fork bomb");
 }
