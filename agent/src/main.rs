@@ -140,9 +140,10 @@ enum ShadowAction {
     /// windows (stream `shadow`).
     ///
     /// The shadow has its own pid, mount, uts, ipc and network namespaces
-    /// (loopback only), Docker's default capabilities, a seccomp filter
-    /// (no mount, namespaces, modules, kexec, BPF, keyrings), and the
-    /// limits given. The target's root is never written. Exit code 0 when
+    /// (loopback only), Docker's default capabilities less CAP_MKNOD, a
+    /// seccomp filter (no mount, namespaces, modules, kexec, BPF,
+    /// keyrings), nosuid,nodev mounts on the host side, and the limits
+    /// given. The target's root is never written. Exit code 0 when
     /// CMD and every test exited 0 and nothing was OOM-killed, 1
     /// otherwise, 2 when shadows cannot run here.
     ///
@@ -154,7 +155,7 @@ enum ShadowAction {
         /// Memory limit (bytes; K, M, G suffixes). The OOM killer acts inside.
         #[arg(long, value_parser = parse_bytes)]
         memory: Option<i64>,
-        /// Most processes and threads at once.
+        /// Most processes and threads at once (default 2048).
         #[arg(long)]
         pids: Option<i64>,
         /// CPU quota in microseconds per 100 ms (50000 = half a core).
