@@ -498,4 +498,30 @@ mod tests {
         assert!(s.contains("step 0 'echo' 'it'\\''s $HOME'\n"), "{s}");
         assert!(s.contains("step 1 /bin/sh -c 'test -x /bin/sh'\n"), "{s}");
     }
+
+    #[test]
+    fn read_tail_refuses_links_devices_and_fifos_and_keeps_the_tail() {
+        let d = std::env::temp_dir().join(format!("backstop-read-tail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.join("big"), &big).unwrap();
+        assert_eq!(
+            read_tail(&d.join("big"), 4096).unwrap(),
+            big[big.len() - 4096..]
+        );
+        assert_eq!(read_tail(&d.join("big"), 1 << 20).unwrap(), big);
+        std::os::unix::fs::symlink(d.join("big"), d.join("link")).unwrap();
+        let e = read_tail(&d.join("link"), 4096).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        let e = read_tail(Path::new("/dev/zero"), 4096).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        let fifo = std::ffi::CString::new(d.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // A blocking open of a fifo nobody writes would never return.
+        let e = read_tail(&d.join("fifo"), 4096).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
