@@ -36,8 +36,13 @@ pub enum AgentError {
         holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
     Locked { path: PathBuf, holder: Option<u32> },
-    #[error("{0}")]
-    Tracefs(String),
+    #[error(
+        "tracefs is not mounted and mounting it failed (tracefs at {}: {tracefs}; debugfs at {}: {debugfs}): run `mount -t tracefs tracefs {}` as root",
+        crate::tracefs::TRACEFS,
+        crate::tracefs::DEBUGFS,
+        crate::tracefs::TRACEFS
+    )]
+    TracefsUnmountable { tracefs: String, debugfs: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -55,7 +60,7 @@ impl AgentError {
             | AgentError::BpfRefused { .. }
             | AgentError::ProbesMissing
             | AgentError::Locked { .. }
-            | AgentError::Tracefs(_) => 2,
+            | AgentError::TracefsUnmountable { .. } => 2,
             // As a shell reports a command it could not run.
             AgentError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 127

@@ -83,8 +83,8 @@ pub fn ensure() -> Result<Tracefs> {
     } else {
         format!("{DEBUGFS} does not exist")
     };
-    Err(AgentError::Tracefs(format!(
-        "tracefs is not mounted and mounting it failed (tracefs at {TRACEFS}: {tracefs_err}; \
-         debugfs at {DEBUGFS}: {debugfs_err}): run `mount -t tracefs tracefs {TRACEFS}` as root"
-    )))
+    Err(AgentError::TracefsUnmountable {
+        tracefs: tracefs_err,
+        debugfs: debugfs_err,
+    })
 }
