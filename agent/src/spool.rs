@@ -41,6 +41,8 @@ struct Item {
     deployment: String,
     /// Highest window seq in a Windows message.
     last_seq: Option<u64>,
+    /// Windows it carries, for the drop count.
+    windows: u64,
     /// Finished or Failed: acknowledged as a whole.
     terminal: bool,
     bytes: u64,
@@ -228,6 +230,7 @@ impl Spool {
             terminal,
             bytes,
             in_memory,
+            windows: Self::windows_in(msg),
         });
     }
 
@@ -300,9 +303,7 @@ impl Spool {
             let old = self.items.remove(at).expect("in range");
             let _ = std::fs::remove_file(self.path(old.id));
             self.bytes -= old.bytes;
-            if old.last_seq.is_some() {
-                self.dropped += 1;
-            }
+            self.dropped += old.windows;
             tracing::warn!(
                 dropped = self.dropped,
                 "outbox over its bound; dropped the oldest message"
