@@ -61,7 +61,7 @@ pub fn ensure() -> Result<Tracefs> {
     }
     let tracefs_err = match mount("tracefs", TRACEFS) {
         Ok(()) if usable(TRACEFS) => {
-            tracing::info!(path = TRACEFS, "tracefs was not mounted; mounted it");
+            tracing::warn!(path = TRACEFS, "tracefs was not mounted; mounted it");
             return Ok(Tracefs::MountedTracefs);
         }
         Ok(()) => "mounted but empty".to_string(),
