@@ -31,6 +31,18 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another agent holds {path}{}: one agent per data directory (stop it, or give this one another --data)",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { path: PathBuf, holder: Option<u32> },
+    #[error(
+        "tracefs is not mounted and mounting it failed (tracefs at {}: {tracefs}; debugfs at {}: {debugfs}): run `mount -t tracefs tracefs {}` as root",
+        crate::tracefs::TRACEFS,
+        crate::tracefs::DEBUGFS,
+        crate::tracefs::TRACEFS
+    )]
+    TracefsUnmountable { tracefs: String, debugfs: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -40,13 +52,15 @@ pub enum AgentError {
 
 impl AgentError {
     /// Exit code for the binary: 2 for "cannot run here" (privilege, BPF,
-    /// missing probes), 127/126 for a command that cannot be started, 1 for
+    /// missing probes, another agent on the data directory, no tracefs), 127/126 for a command that cannot be started, 1 for
     /// everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
             AgentError::NotRoot { .. }
             | AgentError::BpfRefused { .. }
-            | AgentError::ProbesMissing => 2,
+            | AgentError::ProbesMissing
+            | AgentError::Locked { .. }
+            | AgentError::TracefsUnmountable { .. } => 2,
             // As a shell reports a command it could not run.
             AgentError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 127

@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod changes;
+pub mod datadir;
 pub mod error;
 pub mod fold;
 pub mod host;
@@ -13,6 +14,7 @@ pub mod shadow;
 pub mod snapshot;
 pub mod spool;
 pub mod syscall_class;
+pub mod tracefs;
 pub mod track;
 pub mod tree;
 pub mod watch;

@@ -142,6 +142,8 @@ impl Probes {
             return Err(AgentError::ProbesMissing);
         }
         raise_memlock();
+        // Before anything reads tracefs: aya caches where it found it.
+        crate::tracefs::ensure()?;
         let btf = btf::Btf::from_sys_fs()?;
         let (mut offsets, mut warnings) = btf::kernel_offsets(&btf)?;
         offsets.tp_exit_group_dead =

@@ -6,14 +6,17 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop_common::quic::{self, ReadError, read_frame};
 use backstop_common::window::{Stream, Window};
-use backstop_common::wire::{AgentMsg, ControllerMsg, HostFacts, PROTOCOL_VERSION};
+use backstop_common::wire::{self, AgentMsg, ControllerMsg, HostFacts, PROTOCOL_VERSION};
 use tokio::sync::Notify;
 
+use crate::datadir::DataLock;
 use crate::error::{AgentError, Result};
 use crate::probes::{ProbeOptions, Probes};
 use crate::spool::Spool;
@@ -31,24 +34,81 @@ pub struct RunOptions {
     pub probes: ProbeOptions,
 }
 
-/// The outbox and a bell that rings when something is added.
+/// Messages waiting for the writer thread; past this, windows are shed
+/// (and counted) rather than queued without bound behind a slow disk.
+const WRITER_QUEUE: usize = 1024;
+
+/// The outbox, its writer thread, and a bell that rings when something is
+/// added. Every disk access (the writer's fsync and rename, the sender's
+/// reads, the acks' unlinks) runs off the async runtime: on the writer
+/// thread or in `spawn_blocking`, so a slow or full disk never stalls the
+/// QUIC session or a tree's window timer.
 #[derive(Clone)]
 struct Outbox {
     spool: Arc<Mutex<Spool>>,
     bell: Arc<Notify>,
+    writer: SyncSender<AgentMsg>,
+    /// Windows shed because the writer's queue was full.
+    shed: Arc<AtomicU64>,
 }
 
 impl Outbox {
-    fn push(&self, msg: &AgentMsg) -> Result<()> {
-        self.spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(msg)?;
-        self.bell.notify_one();
-        Ok(())
+    fn start(spool: Spool) -> Result<Outbox> {
+        let (writer, queue) = std::sync::mpsc::sync_channel::<AgentMsg>(WRITER_QUEUE);
+        let outbox = Outbox {
+            spool: Arc::new(Mutex::new(spool)),
+            bell: Arc::new(Notify::new()),
+            writer,
+            shed: Arc::new(AtomicU64::new(0)),
+        };
+        let (spool, bell, shed) = (
+            outbox.spool.clone(),
+            outbox.bell.clone(),
+            outbox.shed.clone(),
+        );
+        std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || {
+                for msg in queue {
+                    let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
+                    s.add_dropped(shed.swap(0, Ordering::Relaxed));
+                    s.push(&msg);
+                    drop(s);
+                    bell.notify_one();
+                }
+            })
+            .map_err(|source| AgentError::Io {
+                context: "starting the outbox writer thread".into(),
+                source,
+            })?;
+        Ok(outbox)
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, Spool> {
-        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+
+    /// Queue windows or events; never waits. A full queue sheds them.
+    fn push(&self, msg: AgentMsg) {
+        if let Err(TrySendError::Full(msg)) = self.writer.try_send(msg) {
+            let n = match &msg {
+                AgentMsg::Windows { windows, .. } => windows.len() as u64,
+                _ => 0,
+            };
+            self.shed.fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(windows = n, "outbox writer is behind; shedding a message");
+        }
+    }
+
+    /// Queue an outcome record, waiting for room (off the runtime): it is
+    /// never shed.
+    async fn push_outcome(&self, msg: AgentMsg) {
+        let writer = self.writer.clone();
+        let _ = tokio::task::spawn_blocking(move || writer.send(msg)).await;
+    }
+
+    /// Run `f` on the spool off the async runtime.
+    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Spool) -> T + Send + 'static) -> T {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || f(&mut spool.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .expect("outbox task panicked")
     }
 }
 
@@ -59,18 +119,21 @@ struct OutboxSink {
     events: Vec<backstop_common::wire::ProcEvent>,
 }
 
+/// Never fails: what the outbox cannot take is dropped and counted there,
+/// and the tree goes on (see [`crate::spool`]).
 impl WindowSink for OutboxSink {
     fn window(&mut self, w: &Window) -> Result<()> {
         if !self.events.is_empty() {
-            self.outbox.push(&AgentMsg::Events {
+            self.outbox.push(AgentMsg::Events {
                 deployment: self.deployment.clone(),
                 events: std::mem::take(&mut self.events),
-            })?;
+            });
         }
-        self.outbox.push(&AgentMsg::Windows {
+        self.outbox.push(AgentMsg::Windows {
             deployment: self.deployment.clone(),
             windows: vec![w.clone()],
-        })
+        });
+        Ok(())
     }
 
     fn event(&mut self, ev: &backstop_common::ProcEvent) -> Result<()> {
@@ -100,6 +163,9 @@ pub fn host_facts() -> HostFacts {
 
 /// Run until `shutdown` resolves.
 pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    // First: a second agent on this data directory stops here, having
+    // touched nothing, and says who holds it.
+    let _lock = DataLock::take(&opts.data)?;
     let bundle = quic::read_bundle(&opts.bundle).map_err(|e| AgentError::Io {
         context: format!("agent bundle {}", opts.bundle.display()),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
@@ -114,15 +180,12 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
         &opts.data.join("agent").join("outbox"),
         opts.spool_max_bytes,
     )?;
+    let outbox = Outbox::start(spool)?;
     let probes = Probes::load(&opts.probes)?;
     for w in &probes.warnings {
         tracing::warn!("{w}");
     }
     let probes: SharedProbes = Arc::new(Mutex::new(probes));
-    let outbox = Outbox {
-        spool: Arc::new(Mutex::new(spool)),
-        bell: Arc::new(Notify::new()),
-    };
     let bind: SocketAddr = if opts.controller.is_ipv6() {
         "[::]:0".parse().unwrap()
     } else {
@@ -173,10 +236,11 @@ async fn session(
     outbox: &Outbox,
     probes: &SharedProbes,
 ) -> std::result::Result<(), SessionError> {
+    let (dropped, pending) = outbox.with(|s| (s.dropped(), s.len())).await;
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL_VERSION,
         facts: facts.clone(),
-        dropped_windows: outbox.lock().dropped(),
+        dropped_windows: dropped,
     };
     let (conn, send, mut recv) = quic::open_session(
         endpoint,
@@ -188,9 +252,9 @@ async fn session(
     .await
     .map_err(|e| SessionError::Connect(e.to_string()))?;
     let closed = |e: &dyn std::fmt::Display| SessionError::Closed(e.to_string());
-    tracing::info!(controller = %opts.controller, pending = outbox.lock().len(), "connected");
+    tracing::info!(controller = %opts.controller, pending, "connected");
 
-    let sender = send_loop(outbox.clone(), send);
+    let sender = send_loop(outbox.clone(), send, dropped);
     let receiver = async {
         loop {
             match read_frame::<ControllerMsg>(&mut recv).await {
@@ -198,7 +262,11 @@ async fn session(
                     deployment,
                     through_seq,
                     finished,
-                }) => outbox.lock().ack(&deployment, through_seq, finished),
+                }) => {
+                    outbox
+                        .with(move |s| s.ack(&deployment, through_seq, finished))
+                        .await
+                }
                 Ok(ControllerMsg::Exec {
                     deployment,
                     argv,
@@ -219,22 +287,33 @@ async fn session(
 /// Everything in the outbox, oldest first, then whatever is added.
 /// Unacknowledged messages are sent again on the next connection, and the
 /// controller stores each window once however often it arrives.
+/// A rise in the drop count is reported as it happens, so `backstop hosts`
+/// shows it while the agent stays connected.
 async fn send_loop(
     outbox: Outbox,
     mut send: quinn::SendStream,
+    mut reported: u64,
 ) -> std::result::Result<(), SessionError> {
+    let closed = |e: quinn::WriteError| SessionError::Closed(e.to_string());
     let mut cursor = None;
     loop {
         let notified = outbox.bell.notified();
-        let batch = outbox.lock().pending(cursor, 64);
+        let (batch, dropped) = outbox
+            .with(move |s| (s.pending(cursor, 64), s.dropped()))
+            .await;
+        if dropped > reported {
+            let msg = AgentMsg::Dropped {
+                dropped_windows: dropped,
+            };
+            send.write_all(&wire::encode(&msg)).await.map_err(closed)?;
+            reported = dropped;
+        }
         if batch.is_empty() {
             notified.await;
             continue;
         }
         for (id, frame) in batch {
-            send.write_all(&frame)
-                .await
-                .map_err(|e| SessionError::Closed(e.to_string()))?;
+            send.write_all(&frame).await.map_err(closed)?;
             cursor = Some(id);
         }
     }
@@ -282,8 +361,6 @@ fn start_deployment(
                 reason: e.to_string(),
             },
         };
-        if let Err(e) = outbox.push(&end) {
-            tracing::error!(deployment, "spooling the end of the deployment: {e}");
-        }
+        outbox.push_outcome(end).await;
     });
 }

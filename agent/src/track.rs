@@ -236,6 +236,7 @@ async fn track_in_slot(
         err
     };
 
+    let mut sink_failures = 0u64;
     let timeout_at = opts.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut timed_out = false;
     let status = loop {
@@ -256,23 +257,23 @@ async fn track_in_slot(
             _ = ticker.tick() => {
                 let w = folder.fold(read()?);
                 lost += w.lost_events;
-                sink.window(&w)?;
+                survive(sink.window(&w), &mut sink_failures);
                 // Another tree may have read our records into our mailbox;
                 // its reading woke nobody here.
-                drain(sink)?;
-                drain_changes(&mut change_log)?;
+                survive(drain(sink), &mut sink_failures);
+                survive_log(drain_changes(&mut change_log), &mut change_log);
             }
             guard = events_fd.readable() => {
                 if let Ok(mut g) = guard {
                     g.clear_ready();
                 }
-                drain(sink)?;
+                survive(drain(sink), &mut sink_failures);
             }
             guard = changes_fd.readable() => {
                 if let Ok(mut g) = guard {
                     g.clear_ready();
                 }
-                drain_changes(&mut change_log)?;
+                survive_log(drain_changes(&mut change_log), &mut change_log);
             }
             Some(sig) = recv(&mut signals) => forward(pid, sig, &mut deadline, opts.kill_grace),
             _ = kill_at => {
@@ -287,8 +288,8 @@ async fn track_in_slot(
             }
         }
     };
-    drain(sink)?;
-    drain_changes(&mut change_log)?;
+    survive(drain(sink), &mut sink_failures);
+    survive_log(drain_changes(&mut change_log), &mut change_log);
     let changes = match change_log {
         Some(log) => {
             let p = lock(probes);
@@ -303,7 +304,13 @@ async fn track_in_slot(
     tracing::debug!(misses = ?lock(probes).recursion_misses_by_program(), "skipped program runs since load");
     let w = folder.fold(read()?);
     lost += w.lost_events;
-    sink.window(&w)?;
+    survive(sink.window(&w), &mut sink_failures);
+    if sink_failures > 0 {
+        tracing::warn!(
+            sink_failures,
+            "windows or records the sink could not take were lost"
+        );
+    }
     let exit_code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
@@ -314,6 +321,30 @@ async fn track_in_slot(
         changes,
         timed_out,
     })
+}
+
+/// A sink that fails loses what it was given, never the tree: returning
+/// here would drop the child (kill_on_drop) and SIGKILL an install midway
+/// because, say, the disk under the outbox is full. Only a stop signal, the
+/// timeout or the command's own end stops the tree.
+fn survive(r: Result<()>, failures: &mut u64) {
+    if let Err(e) = r {
+        if *failures == 0 {
+            tracing::warn!("the window sink failed; the command keeps running: {e}");
+        }
+        *failures += 1;
+    }
+}
+
+/// A change log that cannot be written is abandoned, not fatal: without
+/// its trailer it reads as incomplete, so a restore walks the whole scope.
+fn survive_log(r: Result<()>, log: &mut Option<ChangeLog>) {
+    if let Err(e) = r {
+        tracing::warn!(
+            "the change log failed and is abandoned (a restore will walk the whole scope): {e}"
+        );
+        *log = None;
+    }
 }
 
 /// The next stop signal, or never when not listening.

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::window::Window;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+// 2: AgentMsg::Dropped.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Frames larger than this are refused before they are read. A batch of
 /// windows is small (a window is ~400 bytes); the limit only bounds memory.
@@ -62,6 +63,10 @@ pub enum AgentMsg {
         deployment: String,
         events: Vec<ProcEvent>,
     },
+    /// The agent's count of dropped windows went up since its Hello (its
+    /// outbox was full or its disk refused writes). Sent live, not spooled:
+    /// the next Hello carries the count anyway.
+    Dropped { dropped_windows: u64 },
 }
 
 /// One lifecycle record of a tracked tree.

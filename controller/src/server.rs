@@ -402,6 +402,14 @@ async fn handle(
                     .map_err(store_err)?;
             }
         }
+        AgentMsg::Dropped { dropped_windows } => {
+            tracing::warn!(host, dropped_windows, "agent dropped windows");
+            daemon
+                .store
+                .host_dropped(host, dropped_windows)
+                .await
+                .map_err(store_err)?;
+        }
         AgentMsg::Failed { deployment, reason } => {
             tracing::warn!(host, deployment, reason, "deployment failed to start");
             ended(daemon, tx, deployment, Outcome::Failed { reason })

@@ -185,6 +185,16 @@ impl Store {
         Ok(())
     }
 
+    /// A connected agent's newer count of dropped windows.
+    pub async fn host_dropped(&self, name: &str, dropped_windows: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET dropped_windows = ?2 WHERE name = ?1")
+            .bind(name)
+            .bind(dropped_windows as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn host_connected(
         &self,
         name: &str,
