@@ -5,15 +5,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use backstop_common::features::FEATURES;
-use backstop_controller::store::{Store, default_url};
-
-use super::Exit;
+use backstop_controller::store::Store;
 
 async fn open(data: &Path, database: Option<String>) -> Result<Store> {
-    let url = database.unwrap_or_else(|| default_url(data));
-    Store::open(&url, false)
-        .await
-        .map_err(|e| anyhow::Error::new(e).context(Exit(2)))
+    super::open_store(data, database, false).await
 }
 
 fn ago(ms: i64) -> String {
@@ -58,12 +53,12 @@ pub async fn deployments(data: &Path, database: Option<String>, json: bool) -> R
         return Ok(0);
     }
     println!(
-        "{:<22} {:<16} {:<12} {:>5} {:>8} {:<10} command",
+        "{:<33} {:<16} {:<12} {:>5} {:>8} {:<10} command",
         "id", "host", "state", "exit", "windows", "started"
     );
     for d in rows {
         println!(
-            "{:<22} {:<16} {:<12} {:>5} {:>8} {:<10} {}",
+            "{:<33} {:<16} {:<12} {:>5} {:>8} {:<10} {}",
             d.id,
             d.host,
             d.state,
