@@ -218,6 +218,13 @@ impl Store {
         Ok(store)
     }
 
+    /// Close every connection: SQLite then checkpoints the WAL into the
+    /// database and removes it. A short-lived command calls this before it
+    /// exits, so the database file alone holds the data.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
     /// Fail fast on a damaged file: SQLite reports corruption lazily.
     async fn check(&self, url: &str) -> Result<(), StoreError> {
         let unusable = |reason: String| StoreError::Unusable {

@@ -40,6 +40,7 @@ pub async fn run(data: &Path, host: &str, out: &Path, valid_days: i64, force: bo
         let _ = std::fs::remove_file(out);
         bail!("recording the certificate of {host}: {e} (the bundle was removed)");
     }
+    store.close().await;
     if force && !live.is_empty() {
         eprintln!(
             "backstop: revoked {} live certificate(s) of {host}",

@@ -22,6 +22,7 @@ pub async fn run(data: &Path, host: Option<String>, names: &[String]) -> Result<
         .record_certificate(&made.agent_cert.to_row(), false)
         .await
         .with_context(|| format!("recording the certificate of {host}"))?;
+    store.close().await;
     println!("CA:            {}", made.ca.display());
     println!("controller:    {}", made.server_cert.display());
     println!(

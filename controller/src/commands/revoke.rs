@@ -11,6 +11,7 @@ pub async fn run(data: &Path, host: &str) -> Result<i32> {
     backstop_controller::pki::valid_host(host)?;
     let store = super::open_store(data, None, false).await?;
     let n = store.revoke_host(host).await?;
+    store.close().await;
     println!("revoked {n} live certificate(s) of {host}");
     match tell_daemon(data, host).await {
         Ok(true) => println!("closed {host}'s live session"),
