@@ -748,6 +748,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn certificates_are_judged_by_their_records() {
+        let dir = std::env::temp_dir().join(format!("backstop-store-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&default_url(&dir), true).await.unwrap();
+        let cert = |serial: &str, host: &str| CertRow {
+            serial: serial.into(),
+            host: host.into(),
+            not_before_ms: 0,
+            not_after_ms: now_ms() + 86_400_000,
+            revoked_at_ms: None,
+        };
+        // A host without records: its (older) certificates are unmanaged
+        // until it is revoked as a whole.
+        assert_eq!(
+            store.certificate_status("old", "aa").await.unwrap(),
+            CertStatus::Unmanaged
+        );
+        assert_eq!(store.revoke_host("old").await.unwrap(), 0);
+        assert_eq!(
+            store.certificate_status("old", "aa").await.unwrap(),
+            CertStatus::Unknown
+        );
+
+        store
+            .record_certificate(&cert("01", "a"), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.certificate_status("a", "01").await.unwrap(),
+            CertStatus::Recorded
+        );
+        assert_eq!(
+            store.certificate_status("b", "01").await.unwrap(),
+            CertStatus::OtherHost("a".into())
+        );
+        assert_eq!(
+            store.certificate_status("a", "02").await.unwrap(),
+            CertStatus::Unknown
+        );
+        // --force: the new one is live, the old one revoked.
+        store
+            .record_certificate(&cert("02", "a"), true)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.certificate_status("a", "01").await.unwrap(),
+            CertStatus::Revoked { .. }
+        ));
+        let live: Vec<_> = store
+            .certificates("a")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.live(now_ms()))
+            .map(|c| c.serial)
+            .collect();
+        assert_eq!(live, ["02"]);
+        assert_eq!(store.revoke_host("a").await.unwrap(), 1);
+        assert!(
+            store
+                .certificates("a")
+                .await
+                .unwrap()
+                .iter()
+                .all(|c| !c.live(now_ms()))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn corrupt_file_is_refused() {
         let dir = std::env::temp_dir().join(format!("backstop-store-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
