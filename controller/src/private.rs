@@ -63,8 +63,16 @@ pub fn dir(dir: &Path) -> io::Result<()> {
 /// narrowed when they exist.
 pub fn database_files(db: &Path, create: bool) -> io::Result<()> {
     if create && !db.exists() {
+        // Missing parents are made 0700; an existing parent is left as it
+        // is: with --database it may be any directory (/var/lib, say).
         if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
-            dir(parent)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(parent)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("creating {}: {e}", parent.display()))
+                })?;
         }
         std::fs::OpenOptions::new()
             .write(true)
