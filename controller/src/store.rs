@@ -222,6 +222,12 @@ impl Store {
     /// database and removes it. A short-lived command calls this before it
     /// exits, so the database file alone holds the data.
     pub async fn close(self) {
+        // Fold the WAL in explicitly: the last connection's close would do
+        // it too, but sqlx closes SQLite connections on worker threads a
+        // process about to exit may not wait for.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
         self.pool.close().await;
     }
 
