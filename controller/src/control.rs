@@ -7,11 +7,17 @@
 //! Requests:
 //! - `{"op":"exec","host":H,"argv":[..],"window_ms":N}` answers
 //!   `{"deployment":ID}` at once, then `{"outcome":{...}}` when the command ends.
+//!   The outcome is `finished`, `failed`, or `interrupted` when the host
+//!   went away for good (see `server::HOST_GONE_GRACE`).
 //! - `{"op":"ping"}` answers `{"ok":true}`.
+//! - `{"op":"revoked","host":H}` (sent by `backstop revoke`): the daemon
+//!   closes H's live session if its certificate is no longer good, and
+//!   answers `{"closed":BOOL}`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -33,6 +39,9 @@ pub enum Request {
         window_ms: u32,
     },
     Ping,
+    Revoked {
+        host: String,
+    },
 }
 
 fn default_window_ms() -> u32 {
@@ -41,6 +50,11 @@ fn default_window_ms() -> u32 {
 
 /// Bind the socket. A socket file left by a dead daemon is replaced; one
 /// that answers belongs to a live daemon and is an error.
+///
+/// bind(2) creates the socket file with the process umask applied to
+/// 0777, and a chmod afterwards would leave a window in which any local
+/// user may connect. So the bind runs under umask 077 (the file is born
+/// 0600 at most), and the daemon keeps the directory 0700 as well.
 pub async fn bind(data: &Path) -> std::io::Result<UnixListener> {
     let path = socket_path(data);
     if path.exists() {
@@ -53,17 +67,45 @@ pub async fn bind(data: &Path) -> std::io::Result<UnixListener> {
                 ),
             ));
         }
-        std::fs::remove_file(&path)?;
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_file(p))
+            .await
+            .map_err(std::io::Error::other)??;
     }
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = {
+        let _umask = crate::private::Umask::set(0o077);
+        UnixListener::bind(&path)?
+    };
+    tokio::task::spawn_blocking(move || {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     Ok(listener)
 }
 
+/// Back-off after a failed accept: from the first step, doubling to the
+/// last. accept fails with EMFILE or ENFILE when descriptors run out, and
+/// retrying at once would spin a core while nothing frees one.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+
 pub async fn accept_loop(daemon: Arc<Daemon>, listener: UnixListener) {
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                stream
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "control socket: accept failed: {e}; retrying in {} ms",
+                    backoff.as_millis()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
         };
         let d = daemon.clone();
         tokio::spawn(async move {
@@ -90,6 +132,11 @@ async fn serve(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> {
         }
     };
     match req {
+        Request::Revoked { host } => {
+            let closed = daemon.recheck_certificate(&host).await;
+            w.write_all(reply(serde_json::json!({ "closed": closed })).as_bytes())
+                .await?
+        }
         Request::Ping => {
             w.write_all(reply(serde_json::json!({"ok": true})).as_bytes())
                 .await?

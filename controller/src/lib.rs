@@ -3,8 +3,10 @@
 //! `backstop` binary only parses flags and calls in here.
 
 pub mod control;
+pub mod identity;
 pub mod pki;
 pub mod predict;
+pub mod private;
 pub mod schema;
 pub mod serve;
 pub mod server;

@@ -46,7 +46,9 @@ enum Command {
         #[arg(long = "name")]
         names: Vec<String>,
     },
-    /// Make an agent bundle (CA cert, agent cert, key; mode 0600) for one more host.
+    /// Make an agent bundle (CA cert, agent cert, key; mode 0600) for one
+    /// more host, and record its certificate. A host that already has a
+    /// live (unexpired, unrevoked) certificate is refused (exit code 3).
     Enroll {
         #[arg(long)]
         host: String,
@@ -54,7 +56,13 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 825)]
         valid_days: i64,
+        /// Replace the host's live certificates: they are revoked.
+        #[arg(long)]
+        force: bool,
     },
+    /// Revoke every certificate of HOST: the daemon refuses them from the
+    /// next handshake on, and closes HOST's live session if it runs.
+    Revoke { host: String },
     /// Run the controller daemon: QUIC with mutual TLS for agents, a Unix
     /// socket (DATA/control.sock, 0600) for this CLI.
     Serve {
@@ -65,10 +73,15 @@ enum Command {
         database: Option<String>,
     },
     /// Run CMD under the probes on HOST's agent; prints the deployment id
-    /// and exits with CMD's exit code.
+    /// and exits with CMD's exit code (124: --timeout ran out; 125: the
+    /// host went away for good first).
     Exec {
         #[arg(long)]
         host: String,
+        /// Stop waiting after SECS seconds (exit code 124); the deployment
+        /// goes on on the host.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
         #[arg(long, default_value_t = 1000)]
         window_ms: u32,
         #[arg(long)]
@@ -245,6 +258,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs kept in files stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -256,21 +271,24 @@ fn main() -> ExitCode {
     let data = cli.data;
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Init { host, names } => commands::init::run(&data, host, &names),
+            Command::Init { host, names } => commands::init::run(&data, host, &names).await,
             Command::Enroll {
                 host,
                 out,
                 valid_days,
-            } => commands::enroll::run(&data, &host, &out, valid_days),
+                force,
+            } => commands::enroll::run(&data, &host, &out, valid_days, force).await,
+            Command::Revoke { host } => commands::revoke::run(&data, &host).await,
             Command::Serve { listen, database } => {
                 commands::serve::run(data, listen, database).await
             }
             Command::Exec {
                 host,
+                timeout,
                 window_ms,
                 json,
                 cmd,
-            } => commands::exec::run(&data, &host, cmd, window_ms, json).await,
+            } => commands::exec::run(&data, &host, cmd, window_ms, json, timeout).await,
             Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
             Command::Deployments { json, database } => {
                 commands::read::deployments(&data, database, json).await

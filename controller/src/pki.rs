@@ -6,15 +6,19 @@
 //! Layout under the data directory:
 //! `pki/ca.pem`, `pki/ca.key`, `pki/server.pem`, `pki/server.key`, and
 //! `pki/agents/<host>.bundle` (CA cert + agent cert + agent key, one PEM file
-//! to copy to the host). Keys and bundles are mode 0600.
+//! to copy to the host). `pki/` is 0700; keys and bundles are mode 0600.
+//!
+//! Every agent certificate gets a random 128-bit serial; `init` and
+//! `enroll` record it in the store (see [`Issued`]), which is what lets the
+//! daemon refuse a revoked certificate.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -35,6 +39,41 @@ pub enum PkiError {
     BadHost(String),
     #[error("{what}: {source}")]
     Cert { what: String, source: rcgen::Error },
+    #[error("the OS random number generator: {0}")]
+    Random(String),
+}
+
+/// An agent certificate as issued: what the store records.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub host: String,
+    /// Lowercase hex of the serial number, as [`serial_of`] reads it back.
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Issued {
+    pub fn to_row(&self) -> crate::store::CertRow {
+        let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        crate::store::CertRow {
+            serial: self.serial.clone(),
+            host: self.host.clone(),
+            not_before_ms: ms(self.not_before),
+            not_after_ms: ms(self.not_after),
+            revoked_at_ms: None,
+        }
+    }
+}
+
+/// `n` bytes from the OS random number generator (getrandom(2)).
+pub fn os_random<const N: usize>() -> Result<[u8; N], PkiError> {
+    use rand::TryRngCore;
+    let mut b = [0u8; N];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut b)
+        .map_err(|e| PkiError::Random(e.to_string()))?;
+    Ok(b)
 }
 
 /// Names the controller's certificate is valid for, besides any given.
@@ -98,7 +137,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 /// following or replacing what is there).
 fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_err(parent))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -123,6 +166,7 @@ pub struct Initialised {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub agent_bundle: PathBuf,
+    pub agent_cert: Issued,
 }
 
 /// Create the CA, the controller's certificate (for `SERVER_NAME`,
@@ -174,7 +218,7 @@ pub fn init(
     write_new(&pki.server_key(), &server_key.serialize_pem(), 0o600)?;
     write_new(&pki.server_cert(), &server_cert.pem(), 0o644)?;
     let agent_bundle = pki.agent_bundle(first_host);
-    enroll_with(
+    let agent_cert = enroll_with(
         &ca_cert,
         &ca_key,
         first_host,
@@ -186,6 +230,7 @@ pub fn init(
         ca: pki.ca_cert(),
         server_cert: pki.server_cert(),
         agent_bundle,
+        agent_cert,
     })
 }
 
@@ -211,7 +256,7 @@ pub fn load_ca(data: &Path) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
 }
 
 /// `backstop enroll`: a bundle for one more host.
-pub fn enroll(data: &Path, host: &str, out: &Path, valid_days: i64) -> Result<(), PkiError> {
+pub fn enroll(data: &Path, host: &str, out: &Path, valid_days: i64) -> Result<Issued, PkiError> {
     valid_host(host)?;
     let (ca_cert, ca_key) = load_ca(data)?;
     let now = OffsetDateTime::now_utc();
@@ -226,7 +271,8 @@ pub fn enroll(data: &Path, host: &str, out: &Path, valid_days: i64) -> Result<()
 }
 
 /// Sign an agent certificate valid from `not_before` to `not_after` and
-/// write the bundle. Public so tests can make expired certificates.
+/// write the bundle. Public so tests can make expired certificates (which
+/// the store then has no record of).
 pub fn enroll_with(
     ca_cert: &rcgen::Certificate,
     ca_key: &KeyPair,
@@ -234,10 +280,16 @@ pub fn enroll_with(
     out: &Path,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-) -> Result<(), PkiError> {
+) -> Result<Issued, PkiError> {
     let key = KeyPair::generate().map_err(cert_err("generating the agent key"))?;
     let mut params =
         CertificateParams::new(vec![host.to_string()]).map_err(cert_err("agent host name"))?;
+    // 128 random bits, the top one clear so the DER integer stays positive
+    // and 16 bytes long (RFC 5280 4.1.2.2 allows up to 20 octets).
+    let mut serial = os_random::<16>()?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x40;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
     params.distinguished_name = dn(host);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = not_before - Duration::hours(1);
@@ -246,7 +298,20 @@ pub fn enroll_with(
         .signed_by(&key, ca_cert, ca_key)
         .map_err(cert_err("signing the agent certificate"))?;
     let bundle = format!("{}{}{}", ca_cert.pem(), cert.pem(), key.serialize_pem());
-    write_new(out, &bundle, 0o600)
+    write_new(out, &bundle, 0o600)?;
+    Ok(Issued {
+        host: host.to_string(),
+        serial: hex::encode(serial),
+        not_before: not_before - Duration::hours(1),
+        not_after,
+    })
+}
+
+/// The serial number of a certificate, lowercase hex without leading
+/// zero bytes' loss (the DER integer's bytes as written).
+pub fn serial_of(cert: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(hex::encode(parsed.raw_serial()))
 }
 
 /// The host name an agent certificate was issued for (its common name).
@@ -272,12 +337,17 @@ mod tests {
         assert_eq!(mode(&made.agent_bundle), 0o600);
         let b = backstop_common::quic::read_bundle(&made.agent_bundle).unwrap();
         assert_eq!(host_of(&b.cert).as_deref(), Some("web-1"));
+        assert_eq!(serial_of(&b.cert), Some(made.agent_cert.serial.clone()));
+        assert_eq!(made.agent_cert.serial.len(), 32, "128-bit serial");
+        assert_eq!(mode(&dir.join("pki")), 0o700);
+        assert_eq!(mode(&dir.join("pki/agents")), 0o700);
         assert!(matches!(
             init(&dir, "web-1", &[]),
             Err(PkiError::Exists { .. })
         ));
         let out = dir.join("web-2.bundle");
-        enroll(&dir, "web-2", &out, 30).unwrap();
+        let second = enroll(&dir, "web-2", &out, 30).unwrap();
+        assert_ne!(second.serial, made.agent_cert.serial);
         assert_eq!(
             host_of(&backstop_common::quic::read_bundle(&out).unwrap().cert).as_deref(),
             Some("web-2")

@@ -57,22 +57,10 @@ pub async fn serve(
         .await
         .map_err(|e| config(format!("database {url} is not writable: {e}")))?;
 
-    let pki = Pki::new(&cfg.data);
-    let (ca, _) = read_pem(&pki.ca_cert()).map_err(|e| {
-        config(format!(
-            "{e} (run `backstop init --data {}`)",
-            cfg.data.display()
-        ))
-    })?;
-    let ca = ca
-        .into_iter()
-        .next()
-        .ok_or_else(|| config(format!("{}: no certificate", pki.ca_cert().display())))?;
-    let (chain, _) = read_pem(&pki.server_cert()).map_err(|e| config(e.to_string()))?;
-    let (_, key) = read_pem(&pki.server_key()).map_err(|e| config(e.to_string()))?;
-    let key =
-        key.ok_or_else(|| config(format!("{}: no private key", pki.server_key().display())))?;
-    let server = server_config(ca, chain, key).map_err(|e| config(e.to_string()))?;
+    let data = cfg.data.clone();
+    let server = tokio::task::spawn_blocking(move || tls_config(&data))
+        .await
+        .map_err(|e| ServeError::Runtime(e.to_string()))??;
 
     let endpoint = quinn::Endpoint::server(server, cfg.listen)
         .map_err(|e| config(format!("listening on {}: {e}", cfg.listen)))?;
@@ -97,7 +85,30 @@ pub async fn serve(
     endpoint.close(close::SHUTDOWN.into(), b"controller shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle()).await;
     agents.abort();
-    let _ = std::fs::remove_file(crate::control::socket_path(&cfg.data));
+    let sock = crate::control::socket_path(&cfg.data);
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(sock)).await;
     drop(daemon);
     Ok(())
+}
+
+/// The endpoint's TLS: the CA, the controller's chain and key, read from
+/// DATA/pki (blocking file reads).
+fn tls_config(data: &std::path::Path) -> Result<quinn::ServerConfig, ServeError> {
+    let config = |m: String| ServeError::Config(m);
+    let pki = Pki::new(data);
+    let (ca, _) = read_pem(&pki.ca_cert()).map_err(|e| {
+        config(format!(
+            "{e} (run `backstop init --data {}`)",
+            data.display()
+        ))
+    })?;
+    let ca = ca
+        .into_iter()
+        .next()
+        .ok_or_else(|| config(format!("{}: no certificate", pki.ca_cert().display())))?;
+    let (chain, _) = read_pem(&pki.server_cert()).map_err(|e| config(e.to_string()))?;
+    let (_, key) = read_pem(&pki.server_key()).map_err(|e| config(e.to_string()))?;
+    let key =
+        key.ok_or_else(|| config(format!("{}: no private key", pki.server_key().display())))?;
+    server_config(ca, chain, key).map_err(|e| config(e.to_string()))
 }

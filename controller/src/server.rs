@@ -15,15 +15,31 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::store::Store;
 
-/// Close codes an agent sees.
+/// Close codes an agent sees (listed in the README).
 pub mod close {
     pub const NORMAL: u32 = 0;
     pub const PROTOCOL: u32 = 1;
     pub const VERSION: u32 = 2;
+    /// The certificate names no host.
     pub const IDENTITY: u32 = 3;
     pub const INTERNAL: u32 = 4;
     pub const SHUTDOWN: u32 = 5;
+    /// The certificate is revoked, or not on record for a host that has
+    /// records.
+    pub const REVOKED: u32 = 6;
+    /// A message about a deployment that does not exist or is another
+    /// host's.
+    pub const FOREIGN_DEPLOYMENT: u32 = 7;
+    /// The host already has a live session.
+    pub const DUPLICATE_SESSION: u32 = 8;
+    /// A newer session of the same host found this one silent.
+    pub const REPLACED: u32 = 9;
 }
+
+/// A host is gone for good when its session ended and no new one started
+/// within this long (an agent's reconnect backoff tops out at 5 s); then
+/// whoever waits for its deployments is told they were interrupted.
+pub const HOST_GONE_GRACE: std::time::Duration = std::time::Duration::from_secs(6);
 
 /// How a deployment ended, as `backstop exec` reports it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -37,11 +53,23 @@ pub enum Outcome {
     Failed {
         reason: String,
     },
+    /// The host went away for good (see [`HOST_GONE_GRACE`]) before the
+    /// deployment ended; it may still end if the host comes back.
+    Interrupted {
+        reason: String,
+    },
 }
 
-struct Session {
-    id: u64,
+pub(crate) struct Session {
+    pub(crate) id: u64,
     tx: mpsc::Sender<ControllerMsg>,
+    pub(crate) conn: quinn::Connection,
+}
+
+/// Control-socket clients waiting for one deployment's outcome.
+struct Waiting {
+    host: String,
+    senders: Vec<oneshot::Sender<Outcome>>,
 }
 
 /// Windows waiting for the writer, with where to send the result.
@@ -55,10 +83,11 @@ type WriteRequest = (
 pub struct Daemon {
     pub store: Store,
     writes: mpsc::Sender<WriteRequest>,
-    sessions: Mutex<HashMap<String, Session>>,
-    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Outcome>>>>,
+    pub(crate) sessions: Mutex<HashMap<String, Session>>,
+    waiters: Mutex<HashMap<String, Waiting>>,
+    /// The newest session id each host had.
+    last_session: Mutex<HashMap<String, u64>>,
     next_session: AtomicU64,
-    next_deployment: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +98,8 @@ pub enum ExecError {
     NoCommand,
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("making a deployment id: {0}")]
+    Random(String),
 }
 
 impl Daemon {
@@ -80,8 +111,8 @@ impl Daemon {
             writes,
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
+            last_session: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            next_deployment: AtomicU64::new(1),
         })
     }
 
@@ -103,9 +134,12 @@ impl Daemon {
         rx.await.map_err(|_| gone())?
     }
 
-    fn deployment_id(&self) -> String {
-        let n = self.next_deployment.fetch_add(1, Ordering::Relaxed);
-        format!("d{:x}-{n}", crate::store::now_ms())
+    /// `d` and 128 bits from the OS RNG in hex: an id another agent cannot
+    /// guess (the ownership check stops it anyway; this stops it finding
+    /// targets).
+    fn deployment_id() -> Result<String, ExecError> {
+        let bits = crate::pki::os_random::<16>().map_err(|e| ExecError::Random(e.to_string()))?;
+        Ok(format!("d{}", hex::encode(bits)))
     }
 
     /// Ask `host`'s agent to run `argv` as a tracked tree. Returns the new
@@ -126,14 +160,18 @@ impl Daemon {
                 .ok_or_else(|| ExecError::NotConnected(host.to_string()))?;
             s.tx.clone()
         };
-        let id = self.deployment_id();
+        let id = Self::deployment_id()?;
         self.store.new_deployment(&id, host, "exec", &argv).await?;
         let (otx, orx) = oneshot::channel();
         self.waiters
             .lock()
             .await
             .entry(id.clone())
-            .or_default()
+            .or_insert_with(|| Waiting {
+                host: host.to_string(),
+                senders: Vec::new(),
+            })
+            .senders
             .push(otx);
         let msg = ControllerMsg::Exec {
             deployment: id.clone(),
@@ -141,6 +179,7 @@ impl Daemon {
             window_ms,
         };
         if tx.send(msg).await.is_err() {
+            self.waiters.lock().await.remove(&id);
             return Err(ExecError::NotConnected(host.to_string()));
         }
         tracing::info!(deployment = %id, host, "exec sent");
@@ -148,11 +187,87 @@ impl Daemon {
     }
 
     async fn notify(&self, deployment: &str, outcome: Outcome) {
-        if let Some(ws) = self.waiters.lock().await.remove(deployment) {
-            for w in ws {
-                let _ = w.send(outcome.clone());
+        if let Some(w) = self.waiters.lock().await.remove(deployment) {
+            for s in w.senders {
+                let _ = s.send(outcome.clone());
             }
         }
+    }
+
+    /// `backstop revoke` changed `host`'s records: close its live session
+    /// if the certificate it presented is no longer good. Returns whether
+    /// one was closed.
+    pub async fn recheck_certificate(&self, host: &str) -> bool {
+        let conn = match self.sessions.lock().await.get(host) {
+            Some(s) => s.conn.clone(),
+            None => return false,
+        };
+        let cert = conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|certs| certs.first().cloned());
+        let Some(cert) = cert else { return false };
+        match crate::identity::check_certificate(&self.store, host, &cert).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(host, "closing the live session: {}", e.reason);
+                conn.close(e.code.into(), e.reason.as_bytes());
+                true
+            }
+        }
+    }
+
+    /// `host`'s session `session` ended. If no new session of the host
+    /// starts within [`HOST_GONE_GRACE`], everyone waiting for one of its
+    /// deployments gets an `interrupted` outcome instead of waiting forever.
+    fn watch_gone(self: &Arc<Self>, host: &str, session: u64) {
+        let daemon = self.clone();
+        let host = host.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(HOST_GONE_GRACE).await;
+            if daemon.sessions.lock().await.contains_key(&host)
+                || daemon.session_started_since(&host, session).await
+            {
+                return;
+            }
+            let ended: Vec<(String, Waiting)> = {
+                let mut waiters = daemon.waiters.lock().await;
+                let ids: Vec<String> = waiters
+                    .iter()
+                    .filter(|(_, w)| w.host == host)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| waiters.remove(&id).map(|w| (id, w)))
+                    .collect()
+            };
+            for (id, w) in ended {
+                tracing::warn!(host, deployment = %id, "host gone: its waiters are told the deployment was interrupted");
+                let outcome = Outcome::Interrupted {
+                    reason: format!(
+                        "host {host} disconnected and did not come back within {} s",
+                        HOST_GONE_GRACE.as_secs()
+                    ),
+                };
+                for s in w.senders {
+                    let _ = s.send(outcome.clone());
+                }
+            }
+        });
+    }
+
+    /// Whether `host` had a session newer than `session` (one that may
+    /// have come and gone again within the grace; its own end starts its
+    /// own watch).
+    async fn session_started_since(&self, host: &str, session: u64) -> bool {
+        self.last_session
+            .lock()
+            .await
+            .get(host)
+            .is_some_and(|&id| id > session)
     }
 }
 
@@ -190,7 +305,9 @@ async fn writer(store: Store, mut queue: mpsc::Receiver<WriteRequest>) {
     }
 }
 
-/// Accept connections until the endpoint closes.
+/// Accept connections until the endpoint closes. Unlike a TCP or Unix
+/// listener, this accept cannot fail with EMFILE: every connection shares
+/// the endpoint's one UDP socket, so there is nothing to back off from.
 pub async fn accept_loop(daemon: Arc<Daemon>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let d = daemon.clone();
@@ -199,13 +316,13 @@ pub async fn accept_loop(daemon: Arc<Daemon>, endpoint: quinn::Endpoint) {
 }
 
 /// Why a connection ended, for the log and the close frame.
-struct Ended {
-    code: u32,
-    reason: String,
+pub(crate) struct Ended {
+    pub(crate) code: u32,
+    pub(crate) reason: String,
 }
 
 impl Ended {
-    fn new(code: u32, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u32, reason: impl Into<String>) -> Self {
         Ended {
             code,
             reason: reason.into(),
@@ -222,18 +339,24 @@ async fn serve_connection(daemon: Arc<Daemon>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let host = conn
+    let cert = conn
         .peer_identity()
         .and_then(|id| {
             id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .and_then(|certs| certs.first().and_then(|c| crate::pki::host_of(c)));
-    let Some(host) = host else {
+        .and_then(|certs| certs.first().cloned());
+    let Some(host) = cert.as_ref().and_then(|c| crate::pki::host_of(c)) else {
         tracing::warn!(%remote, "connection refused: the client certificate names no host");
         conn.close(close::IDENTITY.into(), b"certificate names no host");
         return;
     };
+    let cert = cert.expect("a host came from it");
+    if let Err(e) = crate::identity::check_certificate(&daemon.store, &host, &cert).await {
+        tracing::warn!(%remote, host, code = e.code, "connection refused: {}", e.reason);
+        conn.close(e.code.into(), e.reason.as_bytes());
+        return;
+    }
     let ended = session(&daemon, &conn, &host).await;
     if ended.code == close::NORMAL {
         tracing::info!(%remote, host, "connection closed: {}", ended.reason);
@@ -244,7 +367,7 @@ async fn serve_connection(daemon: Arc<Daemon>, incoming: quinn::Incoming) {
 }
 
 async fn session(daemon: &Arc<Daemon>, conn: &quinn::Connection, host: &str) -> Ended {
-    let (mut send, mut recv) =
+    let (send, mut recv) =
         match tokio::time::timeout(std::time::Duration::from_secs(10), conn.accept_bi()).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -271,9 +394,59 @@ async fn session(daemon: &Arc<Daemon>, conn: &quinn::Connection, host: &str) -> 
     else {
         unreachable!("check_hello accepts only Hello")
     };
+    let (tx, rx) = mpsc::channel::<ControllerMsg>(256);
+    let id = daemon.next_session.fetch_add(1, Ordering::Relaxed);
+    let mine = Session {
+        id,
+        tx: tx.clone(),
+        conn: conn.clone(),
+    };
+    if let Err(e) = crate::identity::claim(daemon, host, mine).await {
+        return e;
+    }
+    daemon
+        .last_session
+        .lock()
+        .await
+        .insert(host.to_string(), id);
+    let ended = session_claimed(
+        daemon,
+        host,
+        (send, recv),
+        (tx, rx),
+        &facts,
+        dropped_windows,
+    )
+    .await;
+    {
+        let mut sessions = daemon.sessions.lock().await;
+        // A newer connection of the same host may have replaced this one
+        // (when this one had gone silent).
+        if sessions.get(host).is_some_and(|s| s.id == id) {
+            sessions.remove(host);
+            drop(sessions);
+            if let Err(e) = daemon.store.host_disconnected(host).await {
+                tracing::error!(host, "marking the host disconnected: {e}");
+            }
+            daemon.watch_gone(host, id);
+        }
+    }
+    ended
+}
+
+/// The session once it holds the host's slot: welcome, then frames until
+/// the connection ends.
+async fn session_claimed(
+    daemon: &Arc<Daemon>,
+    host: &str,
+    (mut send, mut recv): (quinn::SendStream, quinn::RecvStream),
+    (tx, mut rx): (mpsc::Sender<ControllerMsg>, mpsc::Receiver<ControllerMsg>),
+    facts: &backstop_common::wire::HostFacts,
+    dropped_windows: u64,
+) -> Ended {
     if let Err(e) = daemon
         .store
-        .host_connected(host, &facts, dropped_windows)
+        .host_connected(host, facts, dropped_windows)
         .await
     {
         return Ended::new(close::INTERNAL, format!("storing the host: {e}"));
@@ -289,14 +462,6 @@ async fn session(daemon: &Arc<Daemon>, conn: &quinn::Connection, host: &str) -> 
         return Ended::new(close::NORMAL, format!("sending welcome: {e}"));
     }
     tracing::info!(host, kernel = %facts.kernel, "agent connected");
-
-    let (tx, mut rx) = mpsc::channel::<ControllerMsg>(256);
-    let id = daemon.next_session.fetch_add(1, Ordering::Relaxed);
-    daemon
-        .sessions
-        .lock()
-        .await
-        .insert(host.to_string(), Session { id, tx: tx.clone() });
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             if write_frame(&mut send, &msg).await.is_err() {
@@ -305,12 +470,18 @@ async fn session(daemon: &Arc<Daemon>, conn: &quinn::Connection, host: &str) -> 
         }
     });
 
+    // Deployments this session has shown to be its host's: each is
+    // checked against the store once, not once per frame.
+    let mut owned = crate::identity::Owned::default();
     let mut last_seen = tokio::time::Instant::now();
     let ended = loop {
         let msg: AgentMsg = match read_frame(&mut recv).await {
             Ok(m) => m,
             Err(e) => break read_ended(e),
         };
+        if let Err(e) = owned.check(daemon, host, &msg).await {
+            break e;
+        }
         if let Err(e) = handle(daemon, host, msg, &tx).await {
             break e;
         }
@@ -322,17 +493,6 @@ async fn session(daemon: &Arc<Daemon>, conn: &quinn::Connection, host: &str) -> 
         }
     };
     writer.abort();
-    {
-        let mut sessions = daemon.sessions.lock().await;
-        // A newer connection of the same host may have replaced this one.
-        if sessions.get(host).is_some_and(|s| s.id == id) {
-            sessions.remove(host);
-            drop(sessions);
-            if let Err(e) = daemon.store.host_disconnected(host).await {
-                tracing::error!(host, "marking the host disconnected: {e}");
-            }
-        }
-    }
     ended
 }
 
@@ -441,6 +601,7 @@ async fn ended(
             None,
         ),
         Outcome::Failed { reason } => ("failed", None, None, None, Some(reason.as_str())),
+        Outcome::Interrupted { reason } => ("interrupted", None, None, None, Some(reason.as_str())),
     };
     daemon
         .store

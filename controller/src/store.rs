@@ -29,7 +29,8 @@ pub enum StoreError {
 
 /// Each entry is applied once, in order, inside a transaction; the applied
 /// version is recorded in `schema_version`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hosts (
     name TEXT PRIMARY KEY,
     first_seen_ms INTEGER NOT NULL,
@@ -73,7 +74,25 @@ CREATE TABLE events (
     detail TEXT NOT NULL,
     UNIQUE (deployment, kind, detail)
 );
-"#];
+"#,
+    r#"
+ALTER TABLE hosts ADD COLUMN identity_violations INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE certificates (
+    serial TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    not_before_ms INTEGER NOT NULL,
+    not_after_ms INTEGER NOT NULL,
+    issued_ms INTEGER NOT NULL,
+    revoked_at_ms INTEGER
+);
+CREATE INDEX certificates_host ON certificates(host);
+"#,
+];
+
+/// The serial of the row `revoke` records for a host none of whose
+/// certificates is on record (issued before records were kept): from then
+/// on, only recorded certificates of that host are accepted.
+const UNRECORDED: &str = "unrecorded:";
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -92,6 +111,44 @@ pub struct HostRow {
     pub os: String,
     pub agent_version: String,
     pub dropped_windows: i64,
+    /// Messages this host's certificate sent about deployments that are not
+    /// its own (each closed the connection).
+    pub identity_violations: i64,
+}
+
+/// An issued agent certificate, as recorded by `init` and `enroll`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertRow {
+    /// Lowercase hex of the certificate's serial number.
+    pub serial: String,
+    pub host: String,
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl CertRow {
+    pub fn live(&self, now_ms: i64) -> bool {
+        self.revoked_at_ms.is_none() && self.not_after_ms > now_ms
+    }
+}
+
+/// What the records say about a certificate presented by an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertStatus {
+    /// Recorded for this host and not revoked.
+    Recorded,
+    Revoked {
+        at_ms: i64,
+    },
+    /// Recorded, but for another host than the one its name claims.
+    OtherHost(String),
+    /// Not on record, for a host that has records (or was revoked as a
+    /// whole): refused.
+    Unknown,
+    /// Not on record, for a host that has none: issued before records were
+    /// kept, accepted (with a warning) until the host is revoked.
+    Unmanaged,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -127,6 +184,19 @@ impl Store {
             url: url.to_string(),
             source,
         };
+        if let Some(path) = sqlite_path(url) {
+            // SQLite gives the -wal and -shm files the database file's mode,
+            // so a database created 0600 keeps all three private. Blocking
+            // calls: off the runtime's threads.
+            tokio::task::spawn_blocking(move || crate::private::database_files(&path, create))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(|e| StoreError::Unusable {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(open_err)?
             .create_if_missing(create)
@@ -146,6 +216,19 @@ impl Store {
             reason: e.to_string(),
         })?;
         Ok(store)
+    }
+
+    /// Close every connection: SQLite then checkpoints the WAL into the
+    /// database and removes it. A short-lived command calls this before it
+    /// exits, so the database file alone holds the data.
+    pub async fn close(self) {
+        // Fold the WAL in explicitly: the last connection's close would do
+        // it too, but sqlx closes SQLite connections on worker threads a
+        // process about to exit may not wait for.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
+        self.pool.close().await;
     }
 
     /// Fail fast on a damaged file: SQLite reports corruption lazily.
@@ -351,7 +434,7 @@ impl Store {
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
-        let rows = sqlx::query("SELECT name, first_seen_ms, last_seen_ms, connected, kernel, os, agent_version, dropped_windows FROM hosts ORDER BY name")
+        let rows = sqlx::query("SELECT name, first_seen_ms, last_seen_ms, connected, kernel, os, agent_version, dropped_windows, identity_violations FROM hosts ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -365,6 +448,7 @@ impl Store {
                     os: r.try_get(5)?,
                     agent_version: r.try_get(6)?,
                     dropped_windows: r.try_get(7)?,
+                    identity_violations: r.try_get(8)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -487,9 +571,149 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The host a deployment belongs to, or None when there is no such
+    /// deployment.
+    pub async fn deployment_host(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT host FROM deployments WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Count one message of `host` about a deployment not its own.
+    pub async fn identity_violation(&self, host: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET identity_violations = identity_violations + 1 WHERE name = ?",
+        )
+        .bind(host)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every recorded certificate of `host`, oldest first.
+    pub async fn certificates(&self, host: &str) -> Result<Vec<CertRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, host, not_before_ms, not_after_ms, revoked_at_ms FROM certificates
+             WHERE host = ? ORDER BY issued_ms, serial",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CertRow {
+                    serial: r.try_get(0)?,
+                    host: r.try_get(1)?,
+                    not_before_ms: r.try_get(2)?,
+                    not_after_ms: r.try_get(3)?,
+                    revoked_at_ms: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Record an issued certificate; with `revoke_others`, every other
+    /// certificate of its host is revoked in the same transaction.
+    pub async fn record_certificate(
+        &self,
+        cert: &CertRow,
+        revoke_others: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        if revoke_others {
+            sqlx::query(
+                "UPDATE certificates SET revoked_at_ms = ? WHERE host = ? AND revoked_at_ms IS NULL",
+            )
+            .bind(now)
+            .bind(&cert.host)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO certificates (serial, host, not_before_ms, not_after_ms, issued_ms, revoked_at_ms)
+             VALUES (?, ?, ?, ?, ?, NULL)",
+        )
+        .bind(&cert.serial)
+        .bind(&cert.host)
+        .bind(cert.not_before_ms)
+        .bind(cert.not_after_ms)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revoke every certificate of `host`; returns how many were live.
+    /// A host with none on record gets a marker row, so that its
+    /// unrecorded (older) certificates are refused from now on too.
+    pub async fn revoke_host(&self, host: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE certificates SET revoked_at_ms = ? WHERE host = ? AND revoked_at_ms IS NULL",
+        )
+        .bind(now)
+        .bind(host)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO certificates (serial, host, not_before_ms, not_after_ms, issued_ms, revoked_at_ms)
+             SELECT ?1, ?2, 0, 0, ?3, ?3 WHERE NOT EXISTS (SELECT 1 FROM certificates WHERE host = ?2)",
+        )
+        .bind(format!("{UNRECORDED}{host}"))
+        .bind(host)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// What the records say about the certificate `serial` presented as
+    /// `host`.
+    pub async fn certificate_status(
+        &self,
+        host: &str,
+        serial: &str,
+    ) -> Result<CertStatus, StoreError> {
+        let row = sqlx::query("SELECT host, revoked_at_ms FROM certificates WHERE serial = ?")
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(r) = row {
+            let owner: String = r.try_get(0)?;
+            let revoked: Option<i64> = r.try_get(1)?;
+            return Ok(match revoked {
+                _ if owner != host => CertStatus::OtherHost(owner),
+                Some(at_ms) => CertStatus::Revoked { at_ms },
+                None => CertStatus::Recorded,
+            });
+        }
+        let any: i64 = sqlx::query("SELECT COUNT(*) FROM certificates WHERE host = ?")
+            .bind(host)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(if any > 0 {
+            CertStatus::Unknown
+        } else {
+            CertStatus::Unmanaged
+        })
+    }
+}
+
 /// Path of an SQLite URL, for messages.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
-    url.strip_prefix("sqlite://").map(PathBuf::from)
+    let path = url.strip_prefix("sqlite://")?;
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
 #[cfg(test)]
@@ -536,6 +760,77 @@ mod tests {
         // Reopening runs no migration twice.
         let store = Store::open(&url, false).await.unwrap();
         assert_eq!(store.deployment("d1").await.unwrap().exit_code, Some(0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn certificates_are_judged_by_their_records() {
+        let dir = std::env::temp_dir().join(format!("backstop-store-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&default_url(&dir), true).await.unwrap();
+        let cert = |serial: &str, host: &str| CertRow {
+            serial: serial.into(),
+            host: host.into(),
+            not_before_ms: 0,
+            not_after_ms: now_ms() + 86_400_000,
+            revoked_at_ms: None,
+        };
+        // A host without records: its (older) certificates are unmanaged
+        // until it is revoked as a whole.
+        assert_eq!(
+            store.certificate_status("old", "aa").await.unwrap(),
+            CertStatus::Unmanaged
+        );
+        assert_eq!(store.revoke_host("old").await.unwrap(), 0);
+        assert_eq!(
+            store.certificate_status("old", "aa").await.unwrap(),
+            CertStatus::Unknown
+        );
+
+        store
+            .record_certificate(&cert("01", "a"), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.certificate_status("a", "01").await.unwrap(),
+            CertStatus::Recorded
+        );
+        assert_eq!(
+            store.certificate_status("b", "01").await.unwrap(),
+            CertStatus::OtherHost("a".into())
+        );
+        assert_eq!(
+            store.certificate_status("a", "02").await.unwrap(),
+            CertStatus::Unknown
+        );
+        // --force: the new one is live, the old one revoked.
+        store
+            .record_certificate(&cert("02", "a"), true)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.certificate_status("a", "01").await.unwrap(),
+            CertStatus::Revoked { .. }
+        ));
+        let live: Vec<_> = store
+            .certificates("a")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.live(now_ms()))
+            .map(|c| c.serial)
+            .collect();
+        assert_eq!(live, ["02"]);
+        assert_eq!(store.revoke_host("a").await.unwrap(), 1);
+        assert!(
+            store
+                .certificates("a")
+                .await
+                .unwrap()
+                .iter()
+                .all(|c| !c.live(now_ms()))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

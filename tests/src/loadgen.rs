@@ -74,10 +74,20 @@ async fn run(a: Args) {
     let dir = a.data.join("loadgen");
     let _ = std::fs::remove_dir_all(&dir);
     let now = time::OffsetDateTime::now_utc();
+    // The daemon accepts only recorded certificates (for hosts with
+    // records) and messages about deployments of the sender's own host:
+    // each simulated agent's certificate and deployment go on record, as
+    // `backstop enroll` and `backstop exec` would put them.
+    let store = backstop_controller::store::Store::open(
+        &backstop_controller::store::default_url(&a.data),
+        false,
+    )
+    .await
+    .expect("opening the controller's store");
     let mut configs = Vec::new();
     for i in 0..a.agents {
         let path = dir.join(format!("load-{i}.bundle"));
-        backstop_controller::pki::enroll_with(
+        let issued = backstop_controller::pki::enroll_with(
             &ca_cert,
             &ca_key,
             &format!("load-{i}"),
@@ -86,6 +96,19 @@ async fn run(a: Args) {
             now + time::Duration::days(1),
         )
         .expect("enrolling a simulated agent");
+        store
+            .record_certificate(&issued.to_row(), true)
+            .await
+            .expect("recording a simulated agent's certificate");
+        store
+            .new_deployment(
+                &format!("load-{i}-{}", std::process::id()),
+                &format!("load-{i}"),
+                "load",
+                &[],
+            )
+            .await
+            .expect("recording a simulated agent's deployment");
         let b = quic::read_bundle(&path).unwrap();
         configs.push(quic::client_config(b.ca, Some((b.cert, b.key))).unwrap());
     }

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::fleet::{Fleet, Proc, deployment_of};
+use support::agents::{Fleet, Proc, deployment_of};
 use support::{ebpf_or_skip, eventually, workload};
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::fleet::{Fleet, Proc, Tmpfs, deployment_of, plain};
+use support::agents::{Fleet, Proc, Tmpfs, deployment_of, plain};
 use support::{ebpf_or_skip, eventually};
 
 /// outcome takes the reserve's room).

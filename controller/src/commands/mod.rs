@@ -5,6 +5,7 @@ pub mod exec;
 pub mod init;
 pub mod learn;
 pub mod read;
+pub mod revoke;
 pub mod serve;
 
 /// An error that carries its own exit code (2: bad configuration).
@@ -18,3 +19,22 @@ impl std::fmt::Display for Exit {
 }
 
 impl std::error::Error for Exit {}
+
+/// Open the store of a data directory, after checking (and narrowing) the
+/// directory's modes. Reading commands (`create` false) create nothing.
+pub async fn open_store(
+    data: &std::path::Path,
+    database: Option<String>,
+    create: bool,
+) -> anyhow::Result<backstop_controller::store::Store> {
+    let d = data.to_path_buf();
+    if create || d.exists() {
+        tokio::task::spawn_blocking(move || backstop_controller::private::data_dir(&d))
+            .await?
+            .map_err(|e| anyhow::Error::new(e).context(Exit(2)))?;
+    }
+    let url = database.unwrap_or_else(|| backstop_controller::store::default_url(data));
+    backstop_controller::store::Store::open(&url, create)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context(Exit(2)))
+}

@@ -5,15 +5,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use backstop_common::features::FEATURES;
-use backstop_controller::store::{Store, default_url};
-
-use super::Exit;
+use backstop_controller::store::Store;
 
 async fn open(data: &Path, database: Option<String>) -> Result<Store> {
-    let url = database.unwrap_or_else(|| default_url(data));
-    Store::open(&url, false)
-        .await
-        .map_err(|e| anyhow::Error::new(e).context(Exit(2)))
+    super::open_store(data, database, false).await
 }
 
 fn ago(ms: i64) -> String {
@@ -28,22 +23,25 @@ fn ago(ms: i64) -> String {
 }
 
 pub async fn hosts(data: &Path, database: Option<String>, json: bool) -> Result<i32> {
-    let rows = open(data, database).await?.hosts().await?;
+    let store = open(data, database).await?;
+    let rows = store.hosts().await?;
+    store.close().await;
     if json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(0);
     }
     println!(
-        "{:<24} {:<10} {:<12} {:<12} {:<24} os",
-        "host", "state", "first seen", "last seen", "kernel"
+        "{:<24} {:<10} {:<12} {:<12} {:>10} {:<24} os",
+        "host", "state", "first seen", "last seen", "violations", "kernel"
     );
     for h in rows {
         println!(
-            "{:<24} {:<10} {:<12} {:<12} {:<24} {}",
+            "{:<24} {:<10} {:<12} {:<12} {:>10} {:<24} {}",
             h.name,
             if h.connected { "connected" } else { "gone" },
             ago(h.first_seen_ms),
             ago(h.last_seen_ms),
+            h.identity_violations,
             h.kernel,
             h.os
         );
@@ -52,18 +50,20 @@ pub async fn hosts(data: &Path, database: Option<String>, json: bool) -> Result<
 }
 
 pub async fn deployments(data: &Path, database: Option<String>, json: bool) -> Result<i32> {
-    let rows = open(data, database).await?.deployments().await?;
+    let store = open(data, database).await?;
+    let rows = store.deployments().await?;
+    store.close().await;
     if json {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(0);
     }
     println!(
-        "{:<22} {:<16} {:<12} {:>5} {:>8} {:<10} command",
+        "{:<33} {:<16} {:<12} {:>5} {:>8} {:<10} command",
         "id", "host", "state", "exit", "windows", "started"
     );
     for d in rows {
         println!(
-            "{:<22} {:<16} {:<12} {:>5} {:>8} {:<10} {}",
+            "{:<33} {:<16} {:<12} {:>5} {:>8} {:<10} {}",
             d.id,
             d.host,
             d.state,
@@ -84,6 +84,7 @@ pub async fn windows(data: &Path, database: Option<String>, id: &str, json: bool
     let store = open(data, database).await?;
     store.deployment(id).await.context("reading windows")?;
     let windows = store.windows(id).await?;
+    store.close().await;
     if json {
         let list: Vec<_> = windows.iter().map(|w| w.to_json()).collect();
         println!("{}", serde_json::Value::Array(list));
@@ -113,6 +114,7 @@ pub async fn events(data: &Path, database: Option<String>, id: &str, json: bool)
     let store = open(data, database).await?;
     store.deployment(id).await.context("reading events")?;
     let events = store.events(id).await?;
+    store.close().await;
     if json {
         let list: Vec<_> = events
             .iter()

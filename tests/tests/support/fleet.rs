@@ -1,280 +1,295 @@
-//! A controller and agents as separate processes, for the tests of the
-//! long-running agent (outbox.rs, agent_lock.rs): each process is killed
-//! when dropped, and every wait has a deadline.
+//! A controller under test and agents made of the common crate's QUIC
+//! client (they need no eBPF): the harness of identity.rs and private.rs.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use backstop_common::quic;
+use backstop_common::window::{Stream, Window};
+use backstop_common::wire::{AgentMsg, ControllerMsg, HostFacts, PROTOCOL_VERSION};
 use serde_json::Value;
 
-use super::{agent, bin_dir, eventually};
+use super::{bin_dir, eventually};
 
-/// A process killed (SIGKILL) when dropped, with its stderr collected.
-pub struct Proc {
-    pub child: Child,
-    stderr: Arc<Mutex<String>>,
-}
+/// Close codes (controller/src/server.rs `close`, listed in the README).
+pub const REVOKED: u32 = 6;
+pub const FOREIGN_DEPLOYMENT: u32 = 7;
+pub const DUPLICATE_SESSION: u32 = 8;
 
-impl Proc {
-    pub fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Proc { child, stderr }
-    }
-
-    pub fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    pub fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Wait for the exit, killing the process (and failing) past `limit`:
-    /// no test here can hang on a waiter that never ends.
-    pub fn finish(mut self, limit: Duration) -> (i32, String) {
-        let start = Instant::now();
-        while self.running() {
-            if start.elapsed() > limit {
-                panic!(
-                    "still running after {limit:?}; killed. stderr:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let mut out = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            std::io::Read::read_to_string(&mut o, &mut out).unwrap();
-        }
-        (self.child.wait().unwrap().code().unwrap_or(-1), out)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A controller's data directory and address, removed when dropped.
-pub struct Fleet {
+/// A controller's data directory and its daemon (killed on drop).
+pub struct Ctl {
     pub data: PathBuf,
     pub addr: SocketAddr,
+    pub serve: Option<Child>,
+    log: PathBuf,
 }
 
-impl Fleet {
-    pub fn new(name: &str) -> Fleet {
-        let data =
-            std::env::temp_dir().join(format!("backstop-outbox-{name}-{}", std::process::id()));
+impl Ctl {
+    pub fn new(name: &str) -> Ctl {
+        let data = std::env::temp_dir().join(format!("backstop-id-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
-        std::fs::create_dir_all(&data).unwrap();
         let port = UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let fleet = Fleet {
+        let log =
+            std::env::temp_dir().join(format!("backstop-id-{name}-{}.log", std::process::id()));
+        let ctl = Ctl {
             data,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            serve: None,
+            log,
         };
-        let out = fleet.cli(&["init", "--host", "web-1"]);
-        assert!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        fleet
+        ctl.ok(&["init", "--host", "web-1"]);
+        ctl
     }
 
-    pub fn backstop(&self) -> Command {
-        let mut c = Command::new(bin_dir().join("backstop"));
-        c.arg("--data").arg(&self.data);
-        c
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_dir().join("backstop"))
+            .arg("--data")
+            .arg(&self.data)
+            .args(args)
+            .output()
+            .unwrap()
     }
 
-    pub fn cli(&self, args: &[&str]) -> Output {
-        self.backstop().args(args).output().unwrap()
-    }
-
-    pub fn json(&self, args: &[&str]) -> Value {
+    pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
-            "{args:?}: {}",
+            "backstop {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 
-    pub fn serve(&self) -> Proc {
-        let p = Proc::spawn(self.backstop().args([
-            "--log",
-            "info",
-            "serve",
-            "--listen",
-            &self.addr.to_string(),
-        ]));
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    pub fn serve(&mut self) {
+        let child = Command::new(bin_dir().join("backstop"))
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--log", "info", "serve", "--listen", &self.addr.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .unwrap();
+        self.serve = Some(child);
         assert!(
-            eventually(Duration::from_secs(20), || p.log().contains("listening on")),
+            eventually(Duration::from_secs(20), || self
+                .log()
+                .contains("listening on")),
             "controller did not start: {}",
-            p.log()
+            self.log()
         );
-        p
     }
 
-    pub fn agent_cmd(&self, data: &Path) -> Command {
-        let mut c = Command::new(agent());
-        c.args([
-            "--log",
-            "info",
-            "run",
-            "--controller",
-            &self.addr.to_string(),
-            "--bundle",
-        ])
-        .arg(self.data.join("pki/agents/web-1.bundle"))
-        .arg("--data")
-        .arg(data);
-        c
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.serve.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
-    pub fn host(&self) -> Value {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn enroll(&self, host: &str) -> PathBuf {
+        let out = self.data.join(format!("{host}-{}.bundle", now_ns()));
+        self.ok(&["enroll", "--host", host, "--out", out.to_str().unwrap()]);
+        out
+    }
+
+    pub fn host(&self, name: &str) -> Value {
         self.json(&["hosts", "--json"])
             .as_array()
             .unwrap()
             .iter()
-            .find(|h| h["name"] == "web-1")
+            .find(|h| h["name"] == name)
             .cloned()
             .unwrap_or(Value::Null)
     }
 
-    pub fn wait_connected(&self, agent: &Proc) {
-        assert!(
-            eventually(Duration::from_secs(20), || self.host()["connected"] == true),
-            "web-1 never connected; agent log:\n{}",
-            agent.log()
-        );
-    }
-
-    /// `backstop exec --json` in the background.
-    pub fn exec(&self, cmd: &[&str]) -> Proc {
-        Proc::spawn(
-            self.backstop()
-                .args([
-                    "exec",
-                    "--json",
-                    "--host",
-                    "web-1",
-                    "--window-ms",
-                    "100",
-                    "--",
-                ])
-                .args(cmd),
-        )
-    }
-
-    pub fn deployment(&self, id: &str) -> Value {
-        self.json(&["deployments", "--json"])
+    /// A deployment's row and its stored windows, for before/after checks.
+    pub fn deployment(&self, id: &str) -> (Value, Value) {
+        let row = self
+            .json(&["deployments", "--json"])
             .as_array()
             .unwrap()
             .iter()
             .find(|d| d["id"] == id)
             .cloned()
-            .unwrap_or(Value::Null)
+            .unwrap_or(Value::Null);
+        (row, self.json(&["windows", id, "--json"]))
     }
 
-    pub fn windows(&self, id: &str) -> Vec<Value> {
-        self.json(&["windows", id, "--json"])
-            .as_array()
+    /// `backstop exec` in the background.
+    pub fn exec(&self, args: &[&str]) -> Child {
+        Command::new(bin_dir().join("backstop"))
+            .arg("--data")
+            .arg(&self.data)
+            .arg("exec")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap()
-            .clone()
     }
 }
 
-impl Drop for Fleet {
+impl Drop for Ctl {
     fn drop(&mut self) {
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.data);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
-/// A 1 MiB tmpfs, unmounted (lazily, so a straggler cannot keep it) and
-/// removed when dropped, whatever the test did.
-pub struct Tmpfs(pub PathBuf);
-
-impl Tmpfs {
-    pub fn mount(dir: PathBuf) -> Tmpfs {
-        std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mounting a tmpfs on {}", dir.display());
-        Tmpfs(dir)
-    }
-
-    /// Take every free byte, so the next file data written here fails.
-    pub fn fill(&self) {
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
-        let block = vec![0u8; 4096];
-        while f.write_all(&block).is_ok() {}
-        assert!(
-            std::fs::write(self.0.join("probe"), b"x").is_err(),
-            "the tmpfs still takes writes after filling"
-        );
-    }
+pub fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
+/// An agent made of the common crate's client: it says Hello, then does
+/// exactly what the test tells it.
+pub struct Fake {
+    _ep: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+pub async fn connect(to: SocketAddr, ca: &Path, bundle: &Path) -> Result<Fake, String> {
+    let (ca, _) = quic::read_pem(ca).unwrap();
+    let b = quic::read_bundle(bundle).unwrap();
+    let cfg = quic::client_config(ca[0].clone(), Some((b.cert, b.key))).unwrap();
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hello = AgentMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        facts: HostFacts {
+            kernel: "k".into(),
+            os: "o".into(),
+            agent_version: "fake".into(),
+        },
+        dropped_windows: 0,
+    };
+    let (conn, send, recv) = quic::open_session(&ep, cfg, to, "backstop-controller", &hello)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Fake {
+        _ep: ep,
+        conn,
+        send,
+        recv,
+    })
+}
+
+impl Fake {
+    pub async fn send(&mut self, msg: &AgentMsg) {
+        quic::write_frame(&mut self.send, msg).await.unwrap();
     }
-}
 
-/// The deployment id from `exec --json` output.
-pub fn deployment_of(stdout: &str) -> String {
-    let v: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("exec printed {stdout:?} ({e})"));
-    v["deployment"].as_str().unwrap().to_string()
-}
+    pub async fn next(&mut self) -> ControllerMsg {
+        tokio::time::timeout(Duration::from_secs(15), quic::read_frame(&mut self.recv))
+            .await
+            .expect("a controller message within 15 s")
+            .expect("a controller message")
+    }
 
-/// DATA/agent on a full 1 MiB tmpfs: the install still runs to its own end
-/// (its marker written, its exit code back), its windows are dropped and
-/// counted where `backstop hosts` shows them, and it has an outcome.
-/// `fill_first`: the disk is full before the agent starts (no reserve can
-/// be made: the outcome waits in memory) or only once it runs (the
-/// A log without its colour codes.
-pub fn plain(log: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in log.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
+    /// Wait for an Exec; returns its deployment id.
+    pub async fn exec(&mut self) -> String {
+        loop {
+            if let ControllerMsg::Exec { deployment, .. } = self.next().await {
+                return deployment;
+            }
         }
     }
-    out
+
+    /// How the controller closed this connection: (code, reason).
+    pub async fn closed(&self) -> (u32, String) {
+        let e = tokio::time::timeout(Duration::from_secs(10), self.conn.closed())
+            .await
+            .expect("the controller closes the connection within 10 s");
+        match e {
+            quinn::ConnectionError::ApplicationClosed(c) => (
+                u64::from(c.error_code) as u32,
+                String::from_utf8_lossy(&c.reason).to_string(),
+            ),
+            other => panic!("closed by {other}, not by the controller"),
+        }
+    }
+}
+
+pub fn windows(deployment: &str, seqs: std::ops::Range<u64>, value: f64) -> AgentMsg {
+    AgentMsg::Windows {
+        deployment: deployment.into(),
+        windows: seqs
+            .map(|s| {
+                let mut w = Window::new(Stream::Live, s, s * 10, s * 10 + 10);
+                w.features[0] = value;
+                w
+            })
+            .collect(),
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub cut: Arc<AtomicBool>,
+}
+
+pub fn relay(to: SocketAddr) -> Relay {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(to).unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let addr = front.local_addr().unwrap();
+    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let (f2, b2, c2, cut2) = (
+        front.try_clone().unwrap(),
+        back.try_clone().unwrap(),
+        client.clone(),
+        cut.clone(),
+    );
+    let cut1 = cut.clone();
+    std::thread::spawn(move || {
+        let cut = cut1;
+        let mut buf = [0u8; 65536];
+        while let Ok((n, from)) = front.recv_from(&mut buf) {
+            *client.lock().unwrap() = Some(from);
+            if !cut.load(Ordering::Relaxed) {
+                let _ = back.send(&buf[..n]);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = b2.recv(&mut buf) {
+            let to = *c2.lock().unwrap();
+            if let (Some(to), false) = (to, cut2.load(Ordering::Relaxed)) {
+                let _ = f2.send_to(&buf[..n], to);
+            }
+        }
+    });
+    Relay { addr, cut }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod fleet;
 
 use std::path::PathBuf;

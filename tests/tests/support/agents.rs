@@ -1,0 +1,281 @@
+//! A controller and real agents as separate processes, for the tests of the
+//! long-running agent (outbox.rs, agent_lock.rs): each process is killed
+//! when dropped, and every wait has a deadline. (fleet.rs is the other
+//! harness: agents made of the QUIC client alone, for identity tests.)
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{agent, bin_dir, eventually};
+
+/// A process killed (SIGKILL) when dropped, with its stderr collected.
+pub struct Proc {
+    pub child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Proc { child, stderr }
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Wait for the exit, killing the process (and failing) past `limit`:
+    /// no test here can hang on a waiter that never ends.
+    pub fn finish(mut self, limit: Duration) -> (i32, String) {
+        let start = Instant::now();
+        while self.running() {
+            if start.elapsed() > limit {
+                panic!(
+                    "still running after {limit:?}; killed. stderr:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut o, &mut out).unwrap();
+        }
+        (self.child.wait().unwrap().code().unwrap_or(-1), out)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A controller's data directory and address, removed when dropped.
+pub struct Fleet {
+    pub data: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl Fleet {
+    pub fn new(name: &str) -> Fleet {
+        let data =
+            std::env::temp_dir().join(format!("backstop-outbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let fleet = Fleet {
+            data,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        };
+        let out = fleet.cli(&["init", "--host", "web-1"]);
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fleet
+    }
+
+    pub fn backstop(&self) -> Command {
+        let mut c = Command::new(bin_dir().join("backstop"));
+        c.arg("--data").arg(&self.data);
+        c
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.backstop().args(args).output().unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn serve(&self) -> Proc {
+        let p = Proc::spawn(self.backstop().args([
+            "--log",
+            "info",
+            "serve",
+            "--listen",
+            &self.addr.to_string(),
+        ]));
+        assert!(
+            eventually(Duration::from_secs(20), || p.log().contains("listening on")),
+            "controller did not start: {}",
+            p.log()
+        );
+        p
+    }
+
+    pub fn agent_cmd(&self, data: &Path) -> Command {
+        let mut c = Command::new(agent());
+        c.args([
+            "--log",
+            "info",
+            "run",
+            "--controller",
+            &self.addr.to_string(),
+            "--bundle",
+        ])
+        .arg(self.data.join("pki/agents/web-1.bundle"))
+        .arg("--data")
+        .arg(data);
+        c
+    }
+
+    pub fn host(&self) -> Value {
+        self.json(&["hosts", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == "web-1")
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn wait_connected(&self, agent: &Proc) {
+        assert!(
+            eventually(Duration::from_secs(20), || self.host()["connected"] == true),
+            "web-1 never connected; agent log:\n{}",
+            agent.log()
+        );
+    }
+
+    /// `backstop exec --json` in the background.
+    pub fn exec(&self, cmd: &[&str]) -> Proc {
+        Proc::spawn(
+            self.backstop()
+                .args([
+                    "exec",
+                    "--json",
+                    "--host",
+                    "web-1",
+                    "--window-ms",
+                    "100",
+                    "--",
+                ])
+                .args(cmd),
+        )
+    }
+
+    pub fn deployment(&self, id: &str) -> Value {
+        self.json(&["deployments", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn windows(&self, id: &str) -> Vec<Value> {
+        self.json(&["windows", id, "--json"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// A 1 MiB tmpfs, unmounted (lazily, so a straggler cannot keep it) and
+/// removed when dropped, whatever the test did.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: PathBuf) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs on {}", dir.display());
+        Tmpfs(dir)
+    }
+
+    /// Take every free byte, so the next file data written here fails.
+    pub fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        assert!(
+            std::fs::write(self.0.join("probe"), b"x").is_err(),
+            "the tmpfs still takes writes after filling"
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The deployment id from `exec --json` output.
+pub fn deployment_of(stdout: &str) -> String {
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("exec printed {stdout:?} ({e})"));
+    v["deployment"].as_str().unwrap().to_string()
+}
+
+/// DATA/agent on a full 1 MiB tmpfs: the install still runs to its own end
+/// (its marker written, its exit code back), its windows are dropped and
+/// counted where `backstop hosts` shows them, and it has an outcome.
+/// `fill_first`: the disk is full before the agent starts (no reserve can
+/// be made: the outcome waits in memory) or only once it runs (the
+/// A log without its colour codes.
+pub fn plain(log: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in log.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
