@@ -147,7 +147,9 @@ impl Owned {
         msg: &AgentMsg,
     ) -> Result<(), Ended> {
         let deployment = match msg {
-            AgentMsg::Hello { .. } => return Ok(()),
+            // Hello and Dropped speak of the host itself, which the
+            // certificate already names.
+            AgentMsg::Hello { .. } | AgentMsg::Dropped { .. } => return Ok(()),
             AgentMsg::Windows { deployment, .. }
             | AgentMsg::Finished { deployment, .. }
             | AgentMsg::Failed { deployment, .. }
