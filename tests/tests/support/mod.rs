@@ -182,3 +182,5 @@ pub fn deb_file(pkg: &str) -> PathBuf {
         })
         .unwrap_or_else(|| panic!("{pkg}.deb missing from {}", debs.display()))
 }
+
+pub mod sentinel;
