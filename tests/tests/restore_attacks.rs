@@ -64,7 +64,13 @@ impl Lab {
     }
 
     fn create(&self, scope: &str) -> String {
-        let out = self.agent(&["create", "--root", self.root.to_str().unwrap(), "--scope", scope]);
+        let out = self.agent(&[
+            "create",
+            "--root",
+            self.root.to_str().unwrap(),
+            "--scope",
+            scope,
+        ]);
         assert!(out.status.success(), "create: {}", stderr(&out));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["id"].as_str().unwrap().to_string()
@@ -135,7 +141,11 @@ fn assert_scope_is(dir: &Path, want: &sentinel::Walk, what: &str) {
             .filter(|k| !want.contains_key(*k))
             .map(|k| format!("+ {k}")),
     );
-    assert!(diffs.is_empty(), "{what}: scope differs:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{what}: scope differs:\n{}",
+        diffs.join("\n")
+    );
 }
 
 /// Lines of a change log as `watch --changes` writes it, trailer included.
@@ -189,12 +199,22 @@ fn a_hostile_change_log_is_normalised_or_refused_and_the_sentinel_is_untouched()
     lines.push(format!("{root}/opt/app/../../../sentinel/victim"));
     lines.push(format!("{root}/opt/app/../../../sentinel"));
     change_log(&log, &lines);
-    let out = lab.agent(&["restore", &id, "--verify", "--changes", log.to_str().unwrap()]);
+    let out = lab.agent(&[
+        "restore",
+        &id,
+        "--verify",
+        "--changes",
+        log.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "restore: {}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let why = v["full_walk_reason"].as_str().unwrap_or_default();
     assert!(why.contains(".."), "the reason names the `..` path: {v}");
-    assert!(stderr(&out).contains("walked the whole scope"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("walked the whole scope"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(v["verified"], true, "{v}");
     assert_scope_is(&lab.r("opt/app"), &want, "after a log with ..");
     assert_untouched(&lab.sentinel, &guard, "a log with ..");
@@ -223,14 +243,20 @@ fn a_hostile_change_log_is_normalised_or_refused_and_the_sentinel_is_untouched()
     assert!(v["full_walk_reason"].is_null(), "the log is trusted: {v}");
     assert!(v["looked_at"].as_u64().is_some(), "{v}");
     assert_eq!(v["missed_by_changes"], serde_json::json!([]), "{v}");
-    assert_scope_is(&lab.r("opt/app"), &want, "after outside and symlinked paths");
+    assert_scope_is(
+        &lab.r("opt/app"),
+        &want,
+        "after outside and symlinked paths",
+    );
     assert_untouched(&lab.sentinel, &guard, "outside and symlinked paths");
     assert_untouched(&lab.r("opt/app2"), &app2, "the text-prefix sibling");
 }
 
 #[test]
 fn a_scope_whose_ancestor_is_a_symlink_is_refused_at_create_and_restore() {
-    let Some(lab) = Lab::new("ancestor") else { return };
+    let Some(lab) = Lab::new("ancestor") else {
+        return;
+    };
     app_tree(&lab);
     fill_sentinel(&lab.sentinel);
     let id = lab.create("/opt/app");
@@ -239,7 +265,13 @@ fn a_scope_whose_ancestor_is_a_symlink_is_refused_at_create_and_restore() {
     std::fs::rename(lab.r("opt"), lab.base.join("opt.real")).unwrap();
     std::os::unix::fs::symlink(&lab.sentinel, lab.r("opt")).unwrap();
 
-    let out = lab.agent(&["create", "--root", lab.root.to_str().unwrap(), "--scope", "/opt/app"]);
+    let out = lab.agent(&[
+        "create",
+        "--root",
+        lab.root.to_str().unwrap(),
+        "--scope",
+        "/opt/app",
+    ]);
     assert!(!out.status.success(), "create followed the symlink");
     let err = stderr(&out);
     assert!(
@@ -264,7 +296,11 @@ fn a_scope_whose_ancestor_is_a_symlink_is_refused_at_create_and_restore() {
 fn big_tree(app: &Path) {
     for d in 0..20 {
         for f in 0..100 {
-            write(&app.join(format!("d{d}/f{f}")), format!("{d}/{f}").as_bytes(), 0o644);
+            write(
+                &app.join(format!("d{d}/f{f}")),
+                format!("{d}/{f}").as_bytes(),
+                0o644,
+            );
         }
     }
     let mb = vec![7u8; 2 << 20];
@@ -317,10 +353,17 @@ fn a_directory_swapped_for_a_symlink_during_restore_never_leads_outside() {
         // Every file changed, so the restore rewrites all of them.
         for d in 0..20 {
             for f in (0..100).step_by(2) {
-                write(&app.join(format!("d{d}/f{f}")), b"changed by the install", 0o777);
+                write(
+                    &app.join(format!("d{d}/f{f}")),
+                    b"changed by the install",
+                    0o777,
+                );
             }
-            std::fs::set_permissions(app.join(format!("d{d}")), std::fs::Permissions::from_mode(0o757))
-                .unwrap();
+            std::fs::set_permissions(
+                app.join(format!("d{d}")),
+                std::fs::Permissions::from_mode(0o757),
+            )
+            .unwrap();
         }
         let stop = Arc::new(AtomicBool::new(false));
         let attackers: Vec<_> = [
@@ -341,8 +384,8 @@ fn a_directory_swapped_for_a_symlink_during_restore_never_leads_outside() {
             // A clean failure names the path it refused, or is the agent's
             // own verify finding the tree still moving under it.
             let err = stderr(&out);
-            let verify_said_so = serde_json::from_slice::<Value>(&out.stdout)
-                .is_ok_and(|v| v["verified"] == false);
+            let verify_said_so =
+                serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["verified"] == false);
             assert!(
                 verify_said_so || err.contains(&app.display().to_string()),
                 "round {round}: a failure must name the path: {err}"
@@ -362,8 +405,14 @@ fn a_directory_swapped_for_a_symlink_during_restore_never_leads_outside() {
 
 #[test]
 fn a_hard_link_out_of_the_scope_is_replaced_by_a_fresh_file() {
-    let Some(lab) = Lab::new("hardlink") else { return };
-    write(&lab.r("opt/app/bin/tool"), b"#!/bin/sh\necho tool\n", 0o4755);
+    let Some(lab) = Lab::new("hardlink") else {
+        return;
+    };
+    write(
+        &lab.r("opt/app/bin/tool"),
+        b"#!/bin/sh\necho tool\n",
+        0o4755,
+    );
     write(&lab.r("opt/app/lib/pair1"), b"paired", 0o644);
     std::fs::hard_link(lab.r("opt/app/lib/pair1"), lab.r("opt/app/lib/pair2")).unwrap();
     fill_sentinel(&lab.sentinel);
@@ -373,16 +422,16 @@ fn a_hard_link_out_of_the_scope_is_replaced_by_a_fresh_file() {
     let c = std::ffi::CString::new(outside.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: valid C string.
     assert_eq!(unsafe { libc::chown(c.as_ptr(), 1000, 1000) }, 0);
+    write(&lab.sentinel.join("pair-copy"), b"paired", 0o644);
     let id = lab.create("/opt/app");
     let want = scope_walk(&lab.r("opt/app"));
+    // Before the attack: the links it adds to sentinel inodes must be gone.
     let guard = sentinel::walk(&lab.sentinel);
 
     // The attack: the setuid file and one member of the pair become hard
     // links to sentinel files with the same content.
     std::fs::remove_file(lab.r("opt/app/bin/tool")).unwrap();
     std::fs::hard_link(&outside, lab.r("opt/app/bin/tool")).unwrap();
-    write(&lab.sentinel.join("pair-copy"), b"paired", 0o644);
-    let guard_with_pair = sentinel::walk(&lab.sentinel);
     std::fs::remove_file(lab.r("opt/app/lib/pair2")).unwrap();
     std::fs::hard_link(lab.sentinel.join("pair-copy"), lab.r("opt/app/lib/pair2")).unwrap();
 
@@ -391,22 +440,40 @@ fn a_hard_link_out_of_the_scope_is_replaced_by_a_fresh_file() {
     assert!(out.status.success(), "diff: {}", stderr(&out));
     let d: Value = serde_json::from_slice(&out.stdout).unwrap();
     let changed = d["changed"].to_string();
-    assert!(changed.contains("/opt/app/bin/tool"), "diff missed the hard link: {d}");
-    assert!(changed.contains("/opt/app/lib/pair2"), "diff missed the group member: {d}");
+    assert!(
+        changed.contains("/opt/app/bin/tool"),
+        "diff missed the hard link: {d}"
+    );
+    assert!(
+        changed.contains("/opt/app/lib/pair2"),
+        "diff missed the group member: {d}"
+    );
 
     lab.restore_ok(&id, &[]);
-    assert_untouched(&lab.sentinel, &guard_with_pair, "hard links out of the scope");
-    let _ = guard;
+    assert_untouched(&lab.sentinel, &guard, "hard links out of the scope");
     let tool = std::fs::symlink_metadata(lab.r("opt/app/bin/tool")).unwrap();
     let out_m = std::fs::symlink_metadata(&outside).unwrap();
     assert_ne!(tool.ino(), out_m.ino(), "the in-scope path is a fresh file");
-    assert_eq!((tool.mode() & 0o7777, tool.uid(), tool.nlink()), (0o4755, 0, 1));
-    assert_eq!((out_m.mode() & 0o7777, out_m.uid(), out_m.nlink()), (0o644, 1000, 1));
-    assert_eq!(std::fs::read(lab.r("opt/app/bin/tool")).unwrap(), b"#!/bin/sh\necho tool\n");
+    assert_eq!(
+        (tool.mode() & 0o7777, tool.uid(), tool.nlink()),
+        (0o4755, 0, 1)
+    );
+    assert_eq!(
+        (out_m.mode() & 0o7777, out_m.uid(), out_m.nlink()),
+        (0o644, 1000, 1)
+    );
+    assert_eq!(
+        std::fs::read(lab.r("opt/app/bin/tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
     let (p1, p2) = (
         std::fs::symlink_metadata(lab.r("opt/app/lib/pair1")).unwrap(),
         std::fs::symlink_metadata(lab.r("opt/app/lib/pair2")).unwrap(),
     );
-    assert_eq!((p1.ino(), p1.nlink()), (p2.ino(), 2), "the pair is one inode again");
+    assert_eq!(
+        (p1.ino(), p1.nlink()),
+        (p2.ino(), 2),
+        "the pair is one inode again"
+    );
     assert_scope_is(&lab.r("opt/app"), &want, "after the hard-link attack");
 }
