@@ -310,21 +310,32 @@ fn big_tree(app: &Path) {
 }
 
 /// Swap `dir` for a symlink to `to`, and back, until told to stop; then
-/// leave the real directory in place. Returns the number of swaps.
-fn swapper(dir: PathBuf, to: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+/// leave the real directory in place. Returns the number of swaps. The
+/// symlink stays most of the time, so a restore that follows it is caught.
+/// It starts once `begun` exists (the restore's marker, written after its
+/// walk and plan), as a daemon left by the install would strike.
+fn swapper(
+    dir: PathBuf,
+    to: PathBuf,
+    begun: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let aside = dir.with_extension("real");
         let mut n = 0;
+        while !begun.exists() && !stop.load(Ordering::Relaxed) {
+            std::thread::yield_now();
+        }
         while !stop.load(Ordering::Relaxed) {
             if std::fs::rename(&dir, &aside).is_ok() {
                 if std::os::unix::fs::symlink(&to, &dir).is_ok() {
                     n += 1;
-                    std::thread::yield_now();
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                     let _ = std::fs::remove_file(&dir);
                 }
                 let _ = std::fs::rename(&aside, &dir);
             }
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
         if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
             let _ = std::fs::remove_file(&dir);
@@ -349,6 +360,9 @@ fn a_directory_swapped_for_a_symlink_during_restore_never_leads_outside() {
     let want = scope_walk(&app);
     let guard = sentinel::walk(&lab.sentinel);
     let swaps = AtomicU64::new(0);
+    let begun = lab
+        .data
+        .join(format!("agent/snapshots/restore-{id}.journal"));
     for round in 0..3 {
         // Every file changed, so the restore rewrites all of them.
         for d in 0..20 {
@@ -372,10 +386,16 @@ fn a_directory_swapped_for_a_symlink_during_restore_never_leads_outside() {
             (app.join("d11"), lab.sentinel.join("app")),
         ]
         .into_iter()
-        .map(|(d, to)| swapper(d, to, stop.clone()))
+        .map(|(d, to)| swapper(d, to, begun.clone(), stop.clone()))
         .collect();
         let out = lab.agent(&["restore", &id, "--verify"]);
         stop.store(true, Ordering::Relaxed);
+        eprintln!(
+            "round {round}: restore under attack: {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            stderr(&out).trim()
+        );
         for a in attackers {
             swaps.fetch_add(a.join().unwrap(), Ordering::Relaxed);
         }

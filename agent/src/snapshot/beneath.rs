@@ -89,7 +89,20 @@ impl Root {
                 "not a name inside the root",
             ));
         }
-        let fd = self.open_beneath(dir, libc::O_PATH | libc::O_DIRECTORY)?;
+        let fd = self
+            .open_beneath(dir, libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| match e.raw_os_error() {
+                // Say why in words: a raced symlink shows up as these.
+                Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV) => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "refused: /{} is not a real directory beneath the root \
+                         (a symlink or a `..` on the way?): {e}",
+                        String::from_utf8_lossy(dir)
+                    ),
+                ),
+                _ => e,
+            })?;
         Ok((fd, cstr(name)?))
     }
 }

@@ -775,7 +775,7 @@ fn links_differ(snap: &Snapshot, walked: &[(Entry, libc::stat)]) -> HashSet<Vec<
         let same_group = e
             .link_group
             .is_none_or(|g| *first.entry(g).or_insert(inode) == inode);
-        if !same_group || st.st_nlink as u64 != links_wanted(e, &groups) {
+        if !same_group || st.st_nlink != links_wanted(e, &groups) {
             out.insert(e.path.clone());
         }
     }

@@ -460,7 +460,9 @@ fn apply(
         "restore: extra entries removed"
     );
     // 4. Recreate, parents first (the snapshot is in walk order).
-    let mut group_first: HashMap<u64, (Vec<u8>, Option<(u64, u64)>)> = HashMap::new();
+    // Each hardlink group's first path, and its inode when it was kept.
+    type First = (Vec<u8>, Option<(u64, u64)>);
+    let mut group_first: HashMap<u64, First> = HashMap::new();
     for e in &snap.entries {
         // The walk's view is still true for kept entries of the same kind;
         // an entry it shows exactly as recorded needs no system call.
