@@ -414,7 +414,6 @@ fn apply(
     // by identity (or, after an earlier restore, by hash); only the objects
     // a restore reads need hashing before it starts.
     let t0 = std::time::Instant::now();
-    let groups = snap.group_sizes();
     let needed = files_needing_content(snap, &root, &current, &now_by_path)?;
     verify_objects(store, snap, &needed.iter().map(|p| p.as_slice()).collect())?;
     let journal = store.dir.join(format!("restore-{id}.journal"));
@@ -460,45 +459,7 @@ fn apply(
         "restore: extra entries removed"
     );
     // 4. Recreate, parents first (the snapshot is in walk order).
-    // Each hardlink group's first path, and its inode when it was kept.
-    type First = (Vec<u8>, Option<(u64, u64)>);
-    let mut group_first: HashMap<u64, First> = HashMap::new();
-    for e in &snap.entries {
-        // The walk's view is still true for kept entries of the same kind;
-        // an entry it shows exactly as recorded needs no system call.
-        let was = now_by_path
-            .get(e.path.as_slice())
-            .filter(|c| c.0.kind == e.kind);
-        let inode = was.map(|c| (c.1.st_dev, c.1.st_ino));
-        let untouched = was.is_some_and(|c| metadata_equal(&c.0, e))
-            && (e.kind != Kind::File || !needed.contains(&e.path));
-        let full = join(&snap.root, &e.path);
-        if e.kind == Kind::File
-            && let Some(g) = e.link_group
-        {
-            if let Some((first, first_inode)) = group_first.get(&g) {
-                if !(untouched && inode.is_some() && inode == *first_inode) {
-                    relink(&root, first, &e.path, &mut p).map_err(io(&full))?;
-                }
-                continue;
-            }
-            group_first.insert(g, (e.path.clone(), if untouched { inode } else { None }));
-        }
-        if untouched {
-            continue;
-        }
-        if e.kind == Kind::File && needed.contains(&e.path) {
-            put_content(store, e, &root, &mut p).map_err(io(&full))?;
-            continue;
-        }
-        recreate(e, &root, &mut p).map_err(io(&full))?;
-        if e.kind != Kind::Dir
-            && set_metadata(e, &root, links_wanted(e, &groups)).map_err(io(&full))?
-        {
-            p.report.metadata_reset += 1;
-            p.did(&e.path);
-        }
-    }
+    put_back(store, snap, &root, &now_by_path, &needed, &mut p)?;
     tracing::debug!(
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "restore: entries recreated"
@@ -543,6 +504,59 @@ fn apply(
     );
     std::fs::remove_file(&journal).map_err(io(&journal))?;
     Ok(p.report)
+}
+
+/// Step 4: every entry of `snap` recreated, rewritten or relinked where the
+/// walk's view (`now_by_path`) differs from it, parents first.
+fn put_back(
+    store: &Store,
+    snap: &Snapshot,
+    root: &Root,
+    now_by_path: &HashMap<&[u8], &(Entry, libc::stat)>,
+    needed: &HashSet<Vec<u8>>,
+    p: &mut Progress,
+) -> Result<()> {
+    let groups = snap.group_sizes();
+    // Each hardlink group's first path, and its inode when it was kept.
+    type First = (Vec<u8>, Option<(u64, u64)>);
+    let mut group_first: HashMap<u64, First> = HashMap::new();
+    for e in &snap.entries {
+        // The walk's view is still true for kept entries of the same kind;
+        // an entry it shows exactly as recorded needs no system call.
+        let was = now_by_path
+            .get(e.path.as_slice())
+            .filter(|c| c.0.kind == e.kind);
+        let inode = was.map(|c| (c.1.st_dev, c.1.st_ino));
+        let untouched = was.is_some_and(|c| metadata_equal(&c.0, e))
+            && (e.kind != Kind::File || !needed.contains(&e.path));
+        let full = join(&snap.root, &e.path);
+        if e.kind == Kind::File
+            && let Some(g) = e.link_group
+        {
+            if let Some((first, first_inode)) = group_first.get(&g) {
+                if !(untouched && inode.is_some() && inode == *first_inode) {
+                    relink(root, first, &e.path, p).map_err(io(&full))?;
+                }
+                continue;
+            }
+            group_first.insert(g, (e.path.clone(), if untouched { inode } else { None }));
+        }
+        if untouched {
+            continue;
+        }
+        if e.kind == Kind::File && needed.contains(&e.path) {
+            put_content(store, e, root, p).map_err(io(&full))?;
+            continue;
+        }
+        recreate(e, root, p).map_err(io(&full))?;
+        if e.kind != Kind::Dir
+            && set_metadata(e, root, links_wanted(e, &groups)).map_err(io(&full))?
+        {
+            p.report.metadata_reset += 1;
+            p.did(&e.path);
+        }
+    }
+    Ok(())
 }
 
 /// Remove `rel` (a directory with everything under it) beneath the root.
