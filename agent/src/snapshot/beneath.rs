@@ -288,7 +288,7 @@ fn read_names(dir: BorrowedFd) -> io::Result<Vec<CString>> {
 }
 
 /// `/proc/self/fd/N`: the node an O_PATH descriptor holds, for the calls
-/// that have no descriptor form for O_PATH (chmod, xattrs, times).
+/// that have no descriptor form for O_PATH (chmod, xattrs).
 fn proc_fd(fd: BorrowedFd) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
 }
@@ -314,32 +314,21 @@ pub fn chmod_fd(fd: BorrowedFd, mode: u32) -> io::Result<()> {
     check(unsafe { libc::chmod(p.as_ptr(), mode & 0o7777) })
 }
 
-/// Atime and mtime of the node (not a symlink: see [`set_times_at`]).
+/// Atime and mtime of the node itself, symlinks included (utimensat with
+/// AT_EMPTY_PATH takes an O_PATH descriptor).
 pub fn set_times_fd(fd: BorrowedFd, sec: i64, nsec: i64) -> io::Result<()> {
-    let p = proc_fd(fd);
     let t = libc::timespec {
         tv_sec: sec,
         tv_nsec: nsec,
     };
     let times = [t, t];
-    // SAFETY: valid C string and a two-element timespec array.
-    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) })
-}
-
-/// Atime and mtime of `name` in `dir` itself (for symlinks).
-pub fn set_times_at(dir: BorrowedFd, name: &CStr, sec: i64, nsec: i64) -> io::Result<()> {
-    let t = libc::timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    };
-    let times = [t, t];
-    // SAFETY: valid descriptor, C string and timespec array.
+    // SAFETY: an empty path with AT_EMPTY_PATH: the descriptor itself.
     check(unsafe {
         libc::utimensat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
+            fd.as_raw_fd(),
+            c"".as_ptr(),
             times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
         )
     })
 }

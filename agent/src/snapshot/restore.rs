@@ -798,12 +798,7 @@ fn set_metadata(e: &Entry, root: &Root, links: u64) -> std::io::Result<bool> {
     }
     let st = beneath::fstat(fd)?;
     if (st.st_mtime, st.st_mtime_nsec) != e.mtime {
-        match &parent {
-            Some((dir, name)) if e.kind == Kind::Symlink => {
-                beneath::set_times_at(dir.as_fd(), name, e.mtime.0, e.mtime.1)?
-            }
-            _ => beneath::set_times_fd(fd, e.mtime.0, e.mtime.1)?,
-        }
+        beneath::set_times_fd(fd, e.mtime.0, e.mtime.1)?;
         changed = true;
     }
     Ok(changed)
