@@ -185,6 +185,9 @@ pub struct ChangeSet {
     /// (inode number, name relative to it; empty: the inode itself). An
     /// absolute name starts from a root directory with that inode.
     pub anchored: BTreeSet<(u64, PathBuf)>,
+    /// Paths that had a `..` (normalised, as written): a restore does not
+    /// trust a log where one of them leaves its scope.
+    pub climbs: Vec<(PathBuf, String)>,
     /// Why the log cannot be trusted to name every change, if it cannot.
     pub incomplete: Option<String>,
 }
@@ -231,13 +234,21 @@ impl ChangeSet {
                     }
                     header = true;
                 }
-                Line::Path { path: p, .. } => {
-                    let p = PathBuf::from(p);
-                    if !p.is_absolute() {
-                        return Err(bad(n, format!("path {} is not absolute", p.display())));
+                // Normalised here, once: every later check (root, scope)
+                // then compares clean component lists. A path that cannot
+                // be made clean is not dropped: the log is not trusted.
+                Line::Path { path: p, .. } => match normalise(&p) {
+                    Ok((clean, climbed)) => {
+                        if climbed {
+                            set.climbs.push((clean.clone(), p));
+                        }
+                        set.paths.insert(clean);
                     }
-                    set.paths.insert(p);
-                }
+                    Err(why) => {
+                        set.incomplete
+                            .get_or_insert_with(|| format!("line {n}: path {p:?} {why}"));
+                    }
+                },
                 Line::Anchored { ino, name, .. } => {
                     set.anchored.insert((ino, PathBuf::from(name)));
                 }
@@ -264,6 +275,33 @@ impl ChangeSet {
         }
         Ok(set)
     }
+}
+
+/// `path` with "." and empty components dropped and each ".." applied
+/// lexically; and whether it had a "..". Not absolute, a NUL byte, or a
+/// ".." above "/" is an error (the reason).
+pub fn normalise(path: &str) -> std::result::Result<(PathBuf, bool), &'static str> {
+    if !path.starts_with('/') {
+        return Err("is not absolute");
+    }
+    if path.contains('\0') {
+        return Err("has a NUL byte");
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    let mut climbed = false;
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                climbed = true;
+                if parts.pop().is_none() {
+                    return Err("climbs above / through `..`");
+                }
+            }
+            c => parts.push(c),
+        }
+    }
+    Ok((PathBuf::from(format!("/{}", parts.join("/"))), climbed))
 }
 
 /// The host paths one record may have changed.
@@ -494,6 +532,49 @@ mod tests {
         let got = in_root_paths(&root, Path::new("/../../etc/passwd")).unwrap();
         assert_eq!(got, vec![root.join("etc/passwd")]);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn paths_are_normalised_and_bad_ones_make_the_log_untrusted() {
+        let n = |p: &str| normalise(p).map(|(c, d)| (c.display().to_string(), d));
+        assert_eq!(n("/a/./b//c/"), Ok(("/a/b/c".into(), false)));
+        assert_eq!(n("/r/opt/app/../../x"), Ok(("/r/x".into(), true)));
+        assert_eq!(n("/"), Ok(("/".into(), false)));
+        assert_eq!(n("/a/.."), Ok(("/".into(), true)));
+        assert_eq!(n("/a/../../etc"), Err("climbs above / through `..`"));
+        assert_eq!(n("a/b"), Err("is not absolute"));
+        assert_eq!(n(""), Err("is not absolute"));
+        assert_eq!(n("/a\0b"), Err("has a NUL byte"));
+
+        let dir = tmp("norm");
+        let p = dir.join("changes.jsonl");
+        let log = |paths: &[&str]| {
+            let mut s = String::from("{\"backstop_changes\":1}\n");
+            for q in paths {
+                s += &format!(
+                    "{{\"path\":{},\"nr\":257,\"pid\":1}}\n",
+                    serde_json::json!(q)
+                );
+            }
+            s += "{\"end\":{\"records\":1,\"lost\":0,\"unresolved\":0}}\n";
+            std::fs::write(&p, s).unwrap();
+            ChangeSet::read(&p).unwrap()
+        };
+        let set = log(&["/r/opt/app/../../../sentinel/v", "/r/opt/app/f"]);
+        assert_eq!(set.incomplete, None);
+        assert!(set.paths.contains(Path::new("/sentinel/v")));
+        assert_eq!(
+            set.climbs,
+            vec![(
+                PathBuf::from("/sentinel/v"),
+                "/r/opt/app/../../../sentinel/v".to_string()
+            )]
+        );
+        let set = log(&["/r/opt/app/f", "relative/x"]);
+        assert!(set.incomplete.unwrap().contains("not absolute"));
+        let set = log(&["/../../x"]);
+        assert!(set.incomplete.unwrap().contains("climbs above /"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

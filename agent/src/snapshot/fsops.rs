@@ -1,8 +1,8 @@
 //! The system calls a snapshot needs that std does not offer, or offers
 //! only by following symlinks: lstat with nanoseconds, extended attributes,
-//! and setting owner, mode and times on the link itself.
+//! FICLONE. What a restore changes goes through beneath.rs instead.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -32,9 +32,24 @@ pub fn lstat(p: &Path) -> io::Result<libc::stat> {
 /// sorted by name. Includes security.capability and the POSIX ACLs
 /// (system.posix_acl_access / _default).
 pub fn xattrs(p: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let c = cpath(p)?;
+    xattrs_of(&cpath(p)?, true)
+}
+
+/// [`xattrs`] of a C path; `nofollow`: of the final symlink itself (the
+/// l* calls), else of what it leads to (for /proc/self/fd magic links).
+pub fn xattrs_of(c: &CStr, nofollow: bool) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let list = if nofollow {
+        libc::llistxattr
+    } else {
+        libc::listxattr
+    };
+    let get = if nofollow {
+        libc::lgetxattr
+    } else {
+        libc::getxattr
+    };
     // SAFETY: size query with a null buffer.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    let len = unsafe { list(c.as_ptr(), std::ptr::null_mut(), 0) };
     if len < 0 {
         let e = io::Error::last_os_error();
         return if e.raw_os_error() == Some(libc::ENOTSUP) {
@@ -45,7 +60,7 @@ pub fn xattrs(p: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
     let mut names = vec![0u8; len as usize];
     // SAFETY: the buffer has the size the kernel asked for.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    let len = unsafe { list(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     if len < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -54,14 +69,14 @@ pub fn xattrs(p: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cname = CString::new(name).expect("split on NUL");
         // SAFETY: size query with a null buffer.
-        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        let vlen = unsafe { get(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
         if vlen < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut value = vec![0u8; vlen as usize];
         // SAFETY: the buffer has the size the kernel asked for.
         let vlen = unsafe {
-            libc::lgetxattr(
+            get(
                 c.as_ptr(),
                 cname.as_ptr(),
                 value.as_mut_ptr().cast(),
@@ -78,12 +93,16 @@ pub fn xattrs(p: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
-pub fn set_xattr(p: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
-    let c = cpath(p)?;
+pub fn set_xattr_of(c: &CStr, name: &[u8], value: &[u8], nofollow: bool) -> io::Result<()> {
     let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let set = if nofollow {
+        libc::lsetxattr
+    } else {
+        libc::setxattr
+    };
     // SAFETY: valid C strings and buffer.
     check(unsafe {
-        libc::lsetxattr(
+        set(
             c.as_ptr(),
             n.as_ptr(),
             value.as_ptr().cast(),
@@ -93,48 +112,15 @@ pub fn set_xattr(p: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
     })
 }
 
-pub fn remove_xattr(p: &Path, name: &[u8]) -> io::Result<()> {
-    let c = cpath(p)?;
+pub fn remove_xattr_of(c: &CStr, name: &[u8], nofollow: bool) -> io::Result<()> {
     let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: valid C strings.
-    check(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) })
-}
-
-pub fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    let c = cpath(p)?;
-    // SAFETY: valid C string.
-    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) })
-}
-
-pub fn chmod(p: &Path, mode: u32) -> io::Result<()> {
-    let c = cpath(p)?;
-    // SAFETY: valid C string.
-    check(unsafe { libc::chmod(c.as_ptr(), mode & 0o7777) })
-}
-
-/// Set atime and mtime of the path itself (symlinks included).
-pub fn set_mtime(p: &Path, sec: i64, nsec: i64) -> io::Result<()> {
-    let c = cpath(p)?;
-    let t = libc::timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
+    let remove = if nofollow {
+        libc::lremovexattr
+    } else {
+        libc::removexattr
     };
-    let times = [t, t];
-    // SAFETY: valid C string and a two-element timespec array.
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-}
-
-pub fn mknod(p: &Path, mode: u32, rdev: u64) -> io::Result<()> {
-    let c = cpath(p)?;
-    // SAFETY: valid C string.
-    check(unsafe { libc::mknod(c.as_ptr(), mode, rdev as libc::dev_t) })
+    // SAFETY: valid C strings.
+    check(unsafe { remove(c.as_ptr(), n.as_ptr()) })
 }
 
 /// Share `src`'s blocks with `dst` where the filesystem can (FICLONE).

@@ -8,9 +8,10 @@
 //! only files whose (dev, inode, size, mtime, ctime) changed.
 //!
 //! Layout under DATA/agent/snapshots: `objects/ab/cdef...` (content),
-//! `<id>.snap` (a postcard manifest), `restore-<id>.journal` (a restore in
-//! progress).
+//! `<id>.snap` (a postcard manifest), `restore-<id>.journal` (a marker: a
+//! restore in progress; restore is idempotent, a rerun finishes it).
 
+mod beneath;
 mod fsops;
 mod restore;
 
@@ -32,6 +33,10 @@ pub enum SnapshotError {
     },
     #[error("scope {0} must be an absolute path inside the root")]
     BadScope(String),
+    #[error(
+        "scope {scope}: {path} is a symlink; the directories above a scope must be real, nothing was done"
+    )]
+    SymlinkAncestor { scope: String, path: PathBuf },
     #[error("bad --exclude glob {glob}: {reason}")]
     BadExclude { glob: String, reason: String },
     #[error(
@@ -135,12 +140,68 @@ impl Snapshot {
 
     /// Whether a root-relative path lies in one of the snapshot's scopes.
     fn in_scope(&self, rel: &[u8]) -> bool {
-        self.scopes.iter().any(|s| {
-            s.is_empty()
-                || rel == s.as_slice()
-                || (rel.starts_with(s) && rel.get(s.len()) == Some(&b'/'))
-        })
+        self.scopes.iter().any(|s| scope_contains(s, rel))
     }
+
+    /// How many links each file of the snapshot had to itself: the size of
+    /// its hardlink group. A file whose inode now has more is linked from
+    /// somewhere else, maybe outside the scope.
+    fn group_sizes(&self) -> HashMap<u64, u64> {
+        let mut sizes = HashMap::new();
+        for g in self.entries.iter().filter_map(|e| e.link_group) {
+            *sizes.entry(g).or_insert(0) += 1;
+        }
+        sizes
+    }
+}
+
+/// The links a file should have: its group's size, or 1.
+fn links_wanted(e: &Entry, groups: &HashMap<u64, u64>) -> u64 {
+    e.link_group
+        .and_then(|g| groups.get(&g).copied())
+        .unwrap_or(1)
+}
+
+/// Whether root-relative `rel` is `scope` or below it, compared component
+/// by component (never as text: `opt/app2` is not in `opt/app`). A `..`
+/// is never in any scope: paths are normalised before they get here.
+fn scope_contains(scope: &[u8], rel: &[u8]) -> bool {
+    let parts = |p: &[u8]| {
+        p.split(|&c| c == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .map(<[u8]>::to_vec)
+            .collect::<Vec<_>>()
+    };
+    let (s, r) = (parts(scope), parts(rel));
+    !r.iter().any(|c| c == b"..") && r.len() >= s.len() && r[..s.len()] == s[..]
+}
+
+/// Refuse a scope whose ancestors inside the root are symlinks: a walk or
+/// restore of it would act wherever the link leads.
+fn check_scope_ancestors(root: &Path, scopes: &[Vec<u8>]) -> Result<()> {
+    for s in scopes {
+        let comps: Vec<&[u8]> = s.split(|&c| c == b'/').filter(|c| !c.is_empty()).collect();
+        let mut rel = Vec::new();
+        for c in &comps[..comps.len().saturating_sub(1)] {
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(c);
+            let full = join(root, &rel);
+            match fsops::lstat(&full) {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                    return Err(SnapshotError::SymlinkAncestor {
+                        scope: format!("/{}", String::from_utf8_lossy(s)),
+                        path: full,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(io(&full)(e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The snapshot store of an agent.
@@ -432,7 +493,14 @@ fn walk_from(
     earlier: &HashMap<&[u8], &Entry>,
 ) -> Result<Vec<(Entry, libc::stat)>> {
     let mut out = Vec::new();
-    let mut stack: Vec<(Vec<u8>, bool)> = starts;
+    // A start whose parent is not a real directory beneath the root (a
+    // symlink on the way, as a hostile change log may name) has nothing
+    // of the scope under it: it is not looked at.
+    let beneath = beneath::Root::open(root).map_err(io(root))?;
+    let mut stack: Vec<(Vec<u8>, bool)> = starts
+        .into_iter()
+        .filter(|(rel, _)| rel.is_empty() || beneath.parent(rel).is_ok())
+        .collect();
     stack.reverse();
     let mut seen_dirs = HashSet::new();
     while let Some((rel, descend)) = stack.pop() {
@@ -535,6 +603,12 @@ pub fn create(store: &Store, scope: &Scope) -> Result<CreateReport> {
         root,
         ..scope.clone()
     };
+    let rels = scope
+        .paths
+        .iter()
+        .map(|p| scope_rel(p))
+        .collect::<Result<Vec<_>>>()?;
+    check_scope_ancestors(&scope.root, &rels)?;
     let snapshots = store.list()?;
     // The newest earlier snapshot of this root spares re-reading xattrs.
     let earlier: HashMap<&[u8], &Entry> = snapshots
@@ -678,6 +752,36 @@ fn same(recorded: &Entry, now: &Entry, root: &Path) -> Result<bool> {
     Ok(hash_file(&full)? == recorded.hash.unwrap_or_default())
 }
 
+/// Files whose inode is linked differently than recorded: more (or fewer)
+/// links than their hardlink group, or a group member that is no longer
+/// the same inode as its group's first. Content and mode may match (a hard
+/// link to an outside file with the same content): they still differ.
+fn links_differ(snap: &Snapshot, walked: &[(Entry, libc::stat)]) -> HashSet<Vec<u8>> {
+    let groups = snap.group_sizes();
+    let now: HashMap<&[u8], &libc::stat> = walked
+        .iter()
+        .map(|(e, st)| (e.path.as_slice(), st))
+        .collect();
+    let mut first: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut out = HashSet::new();
+    for e in snap.entries.iter().filter(|e| e.kind == Kind::File) {
+        let Some(st) = now.get(e.path.as_slice()) else {
+            continue;
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        let inode = (st.st_dev, st.st_ino);
+        let same_group = e
+            .link_group
+            .is_none_or(|g| *first.entry(g).or_insert(inode) == inode);
+        if !same_group || st.st_nlink != links_wanted(e, &groups) {
+            out.insert(e.path.clone());
+        }
+    }
+    out
+}
+
 pub fn hash_file(p: &Path) -> Result<[u8; 32]> {
     let mut f = std::fs::File::open(p).map_err(io(p))?;
     let mut hasher = Sha256::new();
@@ -693,8 +797,10 @@ pub fn hash_file(p: &Path) -> Result<[u8; 32]> {
 }
 
 pub fn diff(snap: &Snapshot) -> Result<Diff> {
-    let now: HashMap<Vec<u8>, Entry> = snap
-        .walk_now()?
+    check_scope_ancestors(&snap.root, &snap.scopes)?;
+    let walked = snap.walk_now()?;
+    let relinked = links_differ(snap, &walked);
+    let now: HashMap<Vec<u8>, Entry> = walked
         .into_iter()
         .map(|(e, _)| (e.path.clone(), e))
         .collect();
@@ -708,7 +814,9 @@ pub fn diff(snap: &Snapshot) -> Result<Diff> {
     for e in &snap.entries {
         match now.get(&e.path) {
             None => d.removed.push(show(&e.path)),
-            Some(n) if !same(e, n, &snap.root)? => d.changed.push(show(&e.path)),
+            Some(n) if relinked.contains(&e.path) || !same(e, n, &snap.root)? => {
+                d.changed.push(show(&e.path))
+            }
             Some(_) => {}
         }
     }
@@ -724,6 +832,19 @@ pub fn diff(snap: &Snapshot) -> Result<Diff> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scope_membership_is_per_component() {
+        assert!(scope_contains(b"opt/app", b"opt/app"));
+        assert!(scope_contains(b"opt/app", b"opt/app/x/y"));
+        assert!(scope_contains(b"opt/app/", b"opt//app/./x"));
+        assert!(!scope_contains(b"opt/app", b"opt/app2"));
+        assert!(!scope_contains(b"opt/app", b"opt/app2/x"));
+        assert!(!scope_contains(b"opt/app", b"opt"));
+        assert!(!scope_contains(b"opt/app", b"opt/app/../../sentinel"));
+        assert!(scope_contains(b"", b"anything/at/all"));
+        assert!(!scope_contains(b"", b"../outside"));
+    }
 
     #[test]
     fn a_file_changed_just_before_the_walk_is_never_trusted_by_identity() {

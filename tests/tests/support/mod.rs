@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod fleet;
+pub mod sentinel;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
