@@ -157,7 +157,7 @@ impl Store {
     /// Open (or make) the store, private: see `private.rs`.
     pub fn open(data: &Path) -> Result<Self> {
         let dir = data.join("agent").join("snapshots");
-        private::mkdirs(&dir.join("objects").join("tmp"))?;
+        private::mkdirs(&dir.join("objects"))?;
         let store = Store { dir };
         store.make_private()?;
         Ok(store)
@@ -176,6 +176,7 @@ impl Store {
     /// hashing it on the way; returns its hash.
     fn put(&self, src: &Path) -> Result<[u8; 32]> {
         let tmp_dir = self.dir.join("objects").join("tmp");
+        private::mkdirs(&tmp_dir)?;
         let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), unique()));
         let mut input = std::fs::File::open(src).map_err(io(src))?;
         let mut out = private::create_private(&tmp)?;
