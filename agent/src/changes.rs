@@ -194,6 +194,17 @@ pub struct ChangeSet {
 
 impl ChangeSet {
     pub fn read(path: &Path) -> Result<Self> {
+        let f = std::fs::File::open(path).map_err(|source| AgentError::Io {
+            context: format!("opening the change log {}", path.display()),
+            source,
+        })?;
+        Self::parse(std::io::BufReader::new(f), path)
+    }
+
+    /// The change log read from `input`; `path` names it in errors. Its
+    /// own entry point so the fuzzer and the suite's seeded test reach
+    /// the parser without files.
+    pub fn parse(input: impl BufRead, path: &Path) -> Result<Self> {
         let bad = |line: usize, what: String| AgentError::Io {
             context: format!(
                 "reading the change log {} line {line}: {what}",
@@ -201,14 +212,10 @@ impl ChangeSet {
             ),
             source: std::io::Error::from(std::io::ErrorKind::InvalidData),
         };
-        let f = std::fs::File::open(path).map_err(|source| AgentError::Io {
-            context: format!("opening the change log {}", path.display()),
-            source,
-        })?;
         let mut set = ChangeSet::default();
         let mut trailer = None;
         let mut header = false;
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        for (i, line) in input.lines().enumerate() {
             let n = i + 1;
             let line = line.map_err(|e| bad(n, e.to_string()))?;
             if line.trim().is_empty() {

@@ -147,3 +147,95 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Path -> (content, mode, owner, inode, link count) of everything under
+/// `dir`, itself included.
+fn full_walk(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>, u32, u32, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let content = if m.is_file() {
+            std::fs::read(&p).unwrap()
+        } else {
+            Vec::new()
+        };
+        if m.is_dir() {
+            let mut kids: Vec<PathBuf> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            kids.sort();
+            todo.extend(kids);
+        }
+        out.push((p, content, m.mode(), m.uid(), m.ino(), m.nlink()));
+    }
+    out
+}
+
+#[test]
+fn a_scenario_named_to_climb_out_is_refused_and_the_sentinel_untouched() {
+    // OUT/work/NAME is emptied with remove_dir_all before a scenario runs:
+    // with NAME = ../../../x that is A/x, two levels above OUT.
+    let base = std::env::temp_dir().join(format!("backstop-catalog-climb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let out = base.join("a/b/out");
+    let sentinel = base.join("a/x");
+    std::fs::create_dir_all(sentinel.join("keep")).unwrap();
+    std::fs::write(sentinel.join("keep/precious"), "do not delete").unwrap();
+    std::fs::hard_link(sentinel.join("keep/precious"), sentinel.join("link")).unwrap();
+    // The package exists, so only the name stands between the runner and
+    // the sentinel.
+    std::fs::create_dir_all(base.join("debs/hello")).unwrap();
+    std::fs::write(base.join("debs/hello/hello_1.0_amd64.deb"), "!<arch>\n").unwrap();
+    // OUT/work is there, as an interrupted run leaves it: the name then
+    // resolves (a fresh OUT would make ../ fail on the missing work/).
+    std::fs::create_dir_all(out.join("work")).unwrap();
+    let before = full_walk(&sentinel);
+    let out_before = full_walk(&out);
+    for (field, name, package) in [
+        ("name", "../../../x", "hello"),
+        ("package", "fine", "../a/x"),
+    ] {
+        let catalog = base.join("catalog.toml");
+        std::fs::write(
+            &catalog,
+            format!("[[scenario]]\nname = {name:?}\npackage = {package:?}\n"),
+        )
+        .unwrap();
+        let run = Command::new(bin_dir().join("backstop"))
+            .args(["corpus", "run", "--catalog"])
+            .arg(&catalog)
+            .arg("--root")
+            .arg(base.join("no-root"))
+            .arg("--debs")
+            .arg(base.join("debs"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--agent")
+            .arg("/bin/false")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        let value = if field == "name" { name } else { package };
+        assert!(
+            !run.status.success()
+                && err.contains(&format!("scenario[0].{field} {value:?}"))
+                && err.contains("catalog.toml"),
+            "{field} {value:?}: exit {:?}, stderr: {err}",
+            run.status.code()
+        );
+        assert_eq!(
+            full_walk(&out),
+            out_before,
+            "the runner touched OUT before refusing the catalog"
+        );
+        assert_eq!(
+            full_walk(&sentinel),
+            before,
+            "the sentinel outside OUT changed"
+        );
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}

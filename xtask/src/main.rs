@@ -47,11 +47,18 @@ enum Task {
     /// The main job, end to end on this machine: watch a real `dpkg -i` of a
     /// real package into a throw-away Debian root and print its windows.
     Demo,
-    /// Fuzz the wire's frame decoder with cargo-fuzz (libFuzzer) for a
-    /// bounded time; installs cargo-fuzz if missing.
+    /// Fuzz the readers of untrusted input with cargo-fuzz (libFuzzer),
+    /// each target for a bounded time; installs cargo-fuzz if missing.
+    /// Targets: frame (the wire's frame decoder), changes (the change-log
+    /// reader), catalog (the catalog reader).
+    /// Example: `cargo xtask fuzz --target changes --seconds 30`
     Fuzz {
+        /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// A target to run (repeatable); all of them when absent.
+        #[arg(long = "target", value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(FUZZ_TARGETS.map(|(t, _)| t)))]
+        targets: Vec<String>,
     },
     /// Benchmarks; each prints ratios measured side by side in one run.
     Bench {
@@ -88,7 +95,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Run { args } => run(&args),
         Task::Demo => fixtures::demo(),
-        Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Task::Bench { which } => bench::run(which),
         Task::Corpus => fixtures::corpus().map(|_| ()),
         Task::TrainDefault => fixtures::train_default(),
@@ -143,7 +150,15 @@ fn test(args: &[String]) -> Result<()> {
     util::step("cargo test --workspace", cmd)
 }
 
-fn fuzz(seconds: u64) -> Result<()> {
+/// fuzz/'s targets, with the feature of fuzz/Cargo.toml each needs (the
+/// agent and the controller are optional there, so `frame` builds alone).
+const FUZZ_TARGETS: [(&str, Option<&str>); 3] = [
+    ("frame", None),
+    ("changes", Some("agent")),
+    ("catalog", Some("controller")),
+];
+
+fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
     setup::run()?;
     if std::process::Command::new("cargo")
         .args(["fuzz", "--version"])
@@ -156,10 +171,20 @@ fn fuzz(seconds: u64) -> Result<()> {
             util::cargo(&["install", "cargo-fuzz", "--locked"]),
         )?;
     }
-    let mut cmd = util::cargo(&["+nightly", "fuzz", "run", "frame", "--"]);
-    cmd.arg(format!("-max_total_time={seconds}"))
-        .current_dir(util::root());
-    util::step(&format!("cargo fuzz run frame ({seconds} s)"), cmd)
+    for (target, feature) in FUZZ_TARGETS {
+        if !targets.is_empty() && !targets.iter().any(|t| t == target) {
+            continue;
+        }
+        let mut cmd = util::cargo(&["+nightly", "fuzz", "run", target]);
+        if let Some(f) = feature {
+            cmd.args(["--features", f]);
+        }
+        cmd.arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir(util::root());
+        util::step(&format!("cargo fuzz run {target} ({seconds} s)"), cmd)?;
+    }
+    Ok(())
 }
 
 fn run(args: &[String]) -> Result<()> {

@@ -7,12 +7,15 @@
 //! path or snapshot; a second snapshot of a mostly unchanged scope hashes
 //! only files whose (dev, inode, size, mtime, ctime) changed.
 //!
-//! Layout under DATA/agent/snapshots: `objects/ab/cdef...` (content),
+//! Layout under DATA/agent/snapshots (0700, files 0600: see `private.rs`):
+//! `objects/ab/cdef...` (content), `objects/tmp/` (objects being written),
 //! `<id>.snap` (a postcard manifest), `restore-<id>.journal` (a marker: a
-//! restore in progress; restore is idempotent, a rerun finishes it).
+//! restore in progress; restore is idempotent, a rerun finishes it), `lock`
+//! (create shares it, gc holds it alone).
 
 mod beneath;
 mod fsops;
+mod private;
 mod restore;
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use private::StoreLock;
 pub use restore::{RestoreReport, restore};
 
 #[derive(Debug, thiserror::Error)]
@@ -212,10 +216,13 @@ pub struct Store {
 const MAGIC: &[u8; 8] = b"BSSNAP01";
 
 impl Store {
+    /// Open (or make) the store, private: see `private.rs`.
     pub fn open(data: &Path) -> Result<Self> {
         let dir = data.join("agent").join("snapshots");
-        std::fs::create_dir_all(dir.join("objects")).map_err(io(&dir))?;
-        Ok(Store { dir })
+        private::mkdirs(&dir.join("objects"))?;
+        let store = Store { dir };
+        store.make_private()?;
+        Ok(store)
     }
 
     pub fn object_path(&self, hash: &[u8; 32]) -> PathBuf {
@@ -231,10 +238,10 @@ impl Store {
     /// hashing it on the way; returns its hash.
     fn put(&self, src: &Path) -> Result<[u8; 32]> {
         let tmp_dir = self.dir.join("objects").join("tmp");
-        std::fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+        private::mkdirs(&tmp_dir)?;
         let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), unique()));
         let mut input = std::fs::File::open(src).map_err(io(src))?;
-        let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut out = private::create_private(&tmp)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         if fsops::reflink(&input, &out).is_ok() {
@@ -262,7 +269,7 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
         } else {
             let parent = dst.parent().expect("object paths have a parent");
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
+            private::mkdirs(parent)?;
             std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
         }
         Ok(hash)
@@ -275,8 +282,11 @@ impl Store {
         let body = postcard::to_allocvec(snap).expect("snapshots serialize");
         bytes.extend_from_slice(&Sha256::digest(&body));
         bytes.extend_from_slice(&body);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+        // Ids are unique per process and millisecond; a leftover of the
+        // same name can only be a dead create's.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = private::create_private(&tmp)?;
+        let mut write = || -> std::io::Result<()> {
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
@@ -326,7 +336,11 @@ impl Store {
     }
 
     /// Delete objects no snapshot refers to; returns (objects, bytes) freed.
+    /// Waits for the creates in progress (the store lock, exclusive): an
+    /// object they stored is in no manifest until they finish. Leftovers
+    /// in objects/tmp are a dead create's and go too.
     pub fn gc(&self) -> Result<(u64, u64)> {
+        let _lock = self.lock_gc()?;
         let live: HashSet<[u8; 32]> = self
             .list()?
             .iter()
@@ -597,6 +611,8 @@ type Identity = (u64, u64, i64, i64, u64, (i64, i64));
 
 /// Take a snapshot of `scope` into `store`.
 pub fn create(store: &Store, scope: &Scope) -> Result<CreateReport> {
+    // Held until the manifest is saved: gc must not take what we store.
+    let _lock = store.lock_create()?;
     let excludes = Excludes::new(&scope.excludes)?;
     let root = std::fs::canonicalize(&scope.root).map_err(io(&scope.root))?;
     let scope = Scope {

@@ -418,7 +418,13 @@ fn apply(
     verify_objects(store, snap, &needed.iter().map(|p| p.as_slice()).collect())?;
     let journal = store.dir.join(format!("restore-{id}.journal"));
     let resumed = journal.exists();
-    std::fs::write(&journal, id).map_err(io(&journal))?;
+    if !resumed {
+        // 0600 from creation, like every file of the store.
+        use std::io::Write;
+        super::private::create_private(&journal)?
+            .write_all(id.as_bytes())
+            .map_err(io(&journal))?;
+    }
 
     let mut p = Progress {
         report: RestoreReport {

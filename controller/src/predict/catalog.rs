@@ -175,20 +175,43 @@ pub fn load(path: &Path) -> Result<Catalog> {
         context: format!("reading the catalog {}", path.display()),
         source,
     })?;
-    let c: Catalog = toml::from_str(&text).map_err(|e| CatalogError::Bad {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// A catalog from its text (`source` names it in errors). Everything used
+/// as a path component is checked here, before anything touches the disk:
+/// a scenario name becomes OUT/work/NAME, which the runner empties with
+/// remove_dir_all, and a package name DEBS/NAME and part of a postinst.
+pub fn parse(text: &str, source: &str) -> Result<Catalog> {
+    let bad = |reason: String| CatalogError::Bad {
+        path: source.to_string(),
+        reason,
+    };
+    let c: Catalog = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
     let mut seen = std::collections::HashSet::new();
-    for s in &c.scenarios {
+    for (i, s) in c.scenarios.iter().enumerate() {
+        for (field, value) in [("name", &s.name), ("package", &s.package)] {
+            if !is_path_component(value) {
+                return Err(bad(format!(
+                    "scenario[{i}].{field} {value:?} is not a plain name: only letters, digits, '.', '_' and '-', and not '.' or '..'"
+                )));
+            }
+        }
         if !seen.insert(&s.name) {
-            return Err(CatalogError::Bad {
-                path: path.display().to_string(),
-                reason: format!("scenario name {:?} appears twice", s.name),
-            });
+            return Err(bad(format!("scenario name {:?} appears twice", s.name)));
         }
     }
     Ok(c)
+}
+
+/// `[A-Za-z0-9._-]+`, and not `.` or `..`: a name that stays one path
+/// component, and one word in a shell script.
+fn is_path_component(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Where the runner finds things.
@@ -659,6 +682,36 @@ mod tests {
         assert!(e.contains("oops") && e.contains("c.toml"), "{e}");
         std::fs::write(&p, "[[scenario]]\nname = \"a\"\npackage = \"x\"\n[[scenario]]\nname = \"a\"\npackage = \"y\"\n").unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("twice"));
+        for (field, value) in [
+            ("name", "../../../x"),
+            ("name", ".."),
+            ("name", "."),
+            ("name", ""),
+            ("name", "a/b"),
+            ("package", "../p"),
+            ("package", "p;rm"),
+        ] {
+            let (name, package) = if field == "name" {
+                (value, "p")
+            } else {
+                ("ok", value)
+            };
+            let text = format!(
+                "[[scenario]]\nname = \"fine\"\npackage = \"p\"\n[[scenario]]\nname = {name:?}\npackage = {package:?}\n"
+            );
+            let e = parse(&text, "c.toml").unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("scenario[1].{field} {value:?}")) && e.contains("c.toml"),
+                "{field} = {value:?}: {e}"
+            );
+        }
+        assert!(
+            parse(
+                "[[scenario]]\nname = \"a-1.b_C\"\npackage = \"lib2.0-x\"\n",
+                "c"
+            )
+            .is_ok()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
