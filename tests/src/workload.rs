@@ -9,7 +9,7 @@ use std::time::Instant;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: backstop-workload missing N | stat N | forks N | fail-child CODE | signal-child SIG | tcp-send BYTES | connect-refused | spin MS | grow MIB | time -- CMD [ARGS...]"
+        "usage: backstop-workload missing N | stat N | forks N | fail-child CODE | signal-child SIG | tcp-send BYTES | connect-refused | spin MS | cpu MS | grow MIB | time -- CMD [ARGS...]"
     );
     std::process::exit(64)
 }
@@ -110,6 +110,19 @@ fn main() {
             }
             0
         }
+        // Busy until this process has had N ms of CPU, however loaded the
+        // host is: a known on-CPU time for the scheduler counters (a
+        // wall-clock spin gets less CPU on a busy machine).
+        Some("cpu") => {
+            let until = n() * 1_000_000;
+            let mut x = 0u64;
+            while cpu_ns() < until {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            0
+        }
         // N MiB of anonymous memory, one MiB touched every 20 ms and kept:
         // a leak's shape.
         Some("grow") => {
@@ -166,4 +179,15 @@ fn wait_child(pid: libc::pid_t) {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// This process's CPU time (all threads), in nanoseconds.
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
