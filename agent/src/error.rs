@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("not root (euid {euid}): loading eBPF probes needs root (CAP_BPF, CAP_PERFMON)")]
-    NotRoot { euid: u32 },
+    /// Probes and shadows need root; the check is `common`'s, shared with
+    /// the controller.
+    #[error(transparent)]
+    NotRoot(#[from] backstop_common::root::NotRoot),
     #[error("BPF refused by the kernel: {what}: {reason}")]
     BpfRefused { what: String, reason: String },
     #[error("probes were not built into this agent: run `cargo xtask build-ebpf`, then rebuild")]
@@ -48,12 +50,30 @@ pub enum AgentError {
         context: String,
         source: std::io::Error,
     },
+    /// A library error that is not an io::Error (libcontainer, the OCI
+    /// spec, TLS), kept whole so `source()` still reaches it.
+    #[error("{context}: {source}")]
+    Failed {
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Snapshot and restore: the store, the scope, the objects.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// Validation: a window shorter than the probes can fold.
+    #[error("--window-ms must be at least 10 ms, got {ms} ms")]
+    WindowTooShort { ms: u128 },
+    /// Validation: nothing to run.
+    #[error("no command given: put CMD after `--`")]
+    NoCommand,
 }
 
 impl AgentError {
     /// Exit code for the binary: 2 for "cannot run here" (privilege, BPF,
-    /// missing probes, another agent on the data directory, no tracefs), 127/126 for a command that cannot be started, 1 for
-    /// everything else.
+    /// missing probes, another agent on the data directory, no tracefs),
+    /// 127/126 for a command that cannot be started, 1 for everything else:
+    /// snapshot errors (the README promises 1 for any of them), validation,
+    /// I/O.
     pub fn exit_code(&self) -> i32 {
         match self {
             AgentError::NotRoot { .. }
@@ -70,7 +90,17 @@ impl AgentError {
             {
                 126
             }
-            _ => 1,
+            AgentError::Snapshot(_)
+            | AgentError::WindowTooShort { .. }
+            | AgentError::NoCommand
+            | AgentError::Spawn { .. }
+            | AgentError::Btf(_)
+            | AgentError::Map { .. }
+            | AgentError::PidOutOfRange { .. }
+            | AgentError::NoFreeSlot { .. }
+            | AgentError::Proc { .. }
+            | AgentError::Io { .. }
+            | AgentError::Failed { .. } => 1,
         }
     }
 }
