@@ -7,6 +7,17 @@ use std::fmt::Write as _;
 use backstop_agent::shadow::{Collect, ShadowReport};
 use backstop_agent::snapshot::{CreateReport, Diff, RestoreReport, Snapshot};
 
+/// A report's `--json` form: its serde fields, as they are.
+pub fn json(report: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(report).unwrap_or_default()
+}
+
+/// `shadow bench` (test-seams): milliseconds per run, each side.
+#[cfg(feature = "test-seams")]
+pub fn bench(shadow_ms: &[f64], unshare_ms: &[f64]) -> serde_json::Value {
+    serde_json::json!({"shadow_ms": shadow_ms, "unshare_ms": unshare_ms})
+}
+
 /// `shadow sweep`: one JSON object, or one line of what was swept.
 pub fn sweep(swept: &[String], problems: &[String], json: bool) -> String {
     if json {
@@ -25,7 +36,7 @@ pub fn sweep(swept: &[String], problems: &[String], json: bool) -> String {
 
 /// `shadow run --json`: the report, its windows and its lifecycle records.
 pub fn shadow_json(r: &ShadowReport, sink: &Collect) -> serde_json::Value {
-    let mut v = serde_json::to_value(r).unwrap_or_default();
+    let mut v = json(r);
     v["windows"] = serde_json::Value::Array(sink.windows.iter().map(|w| w.to_json()).collect());
     v["events"] = serde_json::to_value(&sink.events).unwrap_or_default();
     v
@@ -184,4 +195,14 @@ pub fn diff(d: &Diff) -> String {
     lines.extend(d.changed.iter().map(|p| format!("~ {p}")));
     lines.extend(d.removed.iter().map(|p| format!("- {p}")));
     lines.join("\n")
+}
+
+/// `snapshot gc --json`.
+pub fn gc_json(objects: u64, bytes: u64) -> serde_json::Value {
+    serde_json::json!({"objects_freed": objects, "bytes_freed": bytes})
+}
+
+/// `snapshot gc`.
+pub fn gc(objects: u64, bytes: u64) -> String {
+    format!("freed {objects} objects, {bytes} bytes")
 }

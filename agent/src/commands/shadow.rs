@@ -119,7 +119,7 @@ pub async fn shadow(args: Args) -> Outcome {
         #[cfg(feature = "test-seams")]
         Action::Bench { root, reps } => {
             let (s, u) = shadow::bench_true(&data, &root, reps)?;
-            println!("{}", serde_json::json!({"shadow_ms": s, "unshare_ms": u}));
+            println!("{}", render::bench(&s, &u));
             Ok(0)
         }
         Action::Sweep => sweep(&data, json),

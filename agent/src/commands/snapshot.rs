@@ -78,10 +78,7 @@ pub fn snapshot(args: Args) -> Outcome {
                 excludes,
             };
             let r = snapshot::create(&store, &scope)?;
-            (
-                serde_json::to_value(&r).unwrap_or_default(),
-                render::created(&r),
-            )
+            (render::json(&r), render::created(&r))
         }
         Action::Restore {
             id,
@@ -98,17 +95,11 @@ pub fn snapshot(args: Args) -> Outcome {
         }
         Action::Diff { id } => {
             let d = snapshot::diff(&store.load(&id)?)?;
-            (
-                serde_json::to_value(&d).unwrap_or_default(),
-                render::diff(&d),
-            )
+            (render::json(&d), render::diff(&d))
         }
         Action::Gc => {
             let (n, bytes) = store.gc()?;
-            (
-                serde_json::json!({"objects_freed": n, "bytes_freed": bytes}),
-                format!("freed {n} objects, {bytes} bytes"),
-            )
+            (render::gc_json(n, bytes), render::gc(n, bytes))
         }
     };
     print(json, &v, &human);
@@ -125,11 +116,7 @@ fn restore(store: &Store, json: bool, id: &str, verify: bool, changes: Option<Pa
     for p in &r.missed_by_changes {
         eprintln!("backstop-agent: the change log missed {p} (repaired)");
     }
-    print(
-        json,
-        &serde_json::to_value(&r).unwrap_or_default(),
-        &render::restored(&r),
-    );
+    print(json, &render::json(&r), &render::restored(&r));
     Ok(if r.verified == Some(false) { 1 } else { 0 })
 }
 
