@@ -106,3 +106,55 @@ impl AgentError {
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_kind() {
+        let not_root = backstop_common::root::NotRoot {
+            euid: 1000,
+            needs: "shadows need root",
+        };
+        assert_eq!(AgentError::from(not_root).exit_code(), 2);
+        // The README: any snapshot error exits 1.
+        let missing = crate::snapshot::SnapshotError::NotFound("s1".into());
+        assert_eq!(AgentError::from(missing).exit_code(), 1);
+        assert_eq!(AgentError::NoCommand.exit_code(), 1);
+        assert_eq!(AgentError::WindowTooShort { ms: 5 }.exit_code(), 1);
+        let spawn = |kind| AgentError::Spawn {
+            program: "x".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(spawn(std::io::ErrorKind::NotFound).exit_code(), 127);
+        assert_eq!(spawn(std::io::ErrorKind::PermissionDenied).exit_code(), 126);
+    }
+
+    #[test]
+    fn validation_errors_name_the_flag_and_are_not_io_errors() {
+        let e = AgentError::WindowTooShort { ms: 5 };
+        assert_eq!(
+            e.to_string(),
+            "--window-ms must be at least 10 ms, got 5 ms"
+        );
+        assert!(e.source().is_none());
+        let e = AgentError::NoCommand;
+        assert_eq!(e.to_string(), "no command given: put CMD after `--`");
+        assert!(e.source().is_none());
+    }
+
+    #[test]
+    fn failed_keeps_its_source() {
+        let inner = crate::snapshot::SnapshotError::NotFound("s1".into());
+        let e = AgentError::Failed {
+            context: "starting shadow sh-1".into(),
+            source: Box::new(inner),
+        };
+        assert_eq!(e.to_string(), "starting shadow sh-1: no snapshot s1");
+        let source = e.source().expect("the source is kept");
+        assert!(source.is::<crate::snapshot::SnapshotError>(), "{source:?}");
+    }
+}

@@ -151,3 +151,14 @@ pub fn spawn_tracked(
         exit: Exit::Child(child),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_command_is_a_validation_error_not_a_spawn_error() {
+        let r = spawn_tracked(&[], Stdout::Inherit, |_| Ok(()));
+        assert!(matches!(r, Err(AgentError::NoCommand)), "{:?}", r.err());
+    }
+}
