@@ -226,13 +226,10 @@ fn new_id() -> String {
     format!("sh-{}", hex::encode(b))
 }
 
-/// Run CMD and the tests in a fresh shadow, windows to `sink`.
-pub async fn run(
-    probes: &SharedProbes,
-    data: &Path,
-    opts: &ShadowOptions,
-    sink: &mut dyn WindowSink,
-) -> Result<ShadowReport> {
+/// What a shadow cannot run without, checked before anything is made: a
+/// command, a root with a shell for the step runner, the copy-in files.
+/// Returns the canonical root.
+fn check_inputs(opts: &ShadowOptions) -> Result<PathBuf> {
     if opts.cmd.is_empty() {
         return Err(AgentError::NoCommand);
     }
@@ -255,6 +252,17 @@ pub async fn run(
             });
         }
     }
+    Ok(root)
+}
+
+/// Run CMD and the tests in a fresh shadow, windows to `sink`.
+pub async fn run(
+    probes: &SharedProbes,
+    data: &Path,
+    opts: &ShadowOptions,
+    sink: &mut dyn WindowSink,
+) -> Result<ShadowReport> {
+    let root = check_inputs(opts)?;
     let shadows = shadows_dir(data);
     std::fs::create_dir_all(&shadows).map_err(io_err(format!("creating {}", shadows.display())))?;
     let (swept, problems) = container::sweep(&shadows);
