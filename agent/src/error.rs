@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("not root (euid {euid}): loading eBPF probes needs root (CAP_BPF, CAP_PERFMON)")]
-    NotRoot { euid: u32 },
+    /// Probes and shadows need root; the check is `common`'s, shared with
+    /// the controller.
+    #[error(transparent)]
+    NotRoot(#[from] backstop_common::root::NotRoot),
     #[error("BPF refused by the kernel: {what}: {reason}")]
     BpfRefused { what: String, reason: String },
     #[error("probes were not built into this agent: run `cargo xtask build-ebpf`, then rebuild")]
@@ -48,12 +50,30 @@ pub enum AgentError {
         context: String,
         source: std::io::Error,
     },
+    /// A library error that is not an io::Error (libcontainer, the OCI
+    /// spec, TLS), kept whole so `source()` still reaches it.
+    #[error("{context}: {source}")]
+    Failed {
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Snapshot and restore: the store, the scope, the objects.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// Validation: a window shorter than the probes can fold.
+    #[error("--window-ms must be at least 10 ms, got {ms} ms")]
+    WindowTooShort { ms: u128 },
+    /// Validation: nothing to run.
+    #[error("no command given: put CMD after `--`")]
+    NoCommand,
 }
 
 impl AgentError {
     /// Exit code for the binary: 2 for "cannot run here" (privilege, BPF,
-    /// missing probes, another agent on the data directory, no tracefs), 127/126 for a command that cannot be started, 1 for
-    /// everything else.
+    /// missing probes, another agent on the data directory, no tracefs),
+    /// 127/126 for a command that cannot be started, 1 for everything else:
+    /// snapshot errors (the README promises 1 for any of them), validation,
+    /// I/O.
     pub fn exit_code(&self) -> i32 {
         match self {
             AgentError::NotRoot { .. }
@@ -70,9 +90,71 @@ impl AgentError {
             {
                 126
             }
-            _ => 1,
+            AgentError::Snapshot(_)
+            | AgentError::WindowTooShort { .. }
+            | AgentError::NoCommand
+            | AgentError::Spawn { .. }
+            | AgentError::Btf(_)
+            | AgentError::Map { .. }
+            | AgentError::PidOutOfRange { .. }
+            | AgentError::NoFreeSlot { .. }
+            | AgentError::Proc { .. }
+            | AgentError::Io { .. }
+            | AgentError::Failed { .. } => 1,
         }
     }
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_kind() {
+        let not_root = backstop_common::root::NotRoot {
+            euid: 1000,
+            needs: "shadows need root",
+        };
+        assert_eq!(AgentError::from(not_root).exit_code(), 2);
+        // The README: any snapshot error exits 1.
+        let missing = crate::snapshot::SnapshotError::NotFound("s1".into());
+        assert_eq!(AgentError::from(missing).exit_code(), 1);
+        assert_eq!(AgentError::NoCommand.exit_code(), 1);
+        assert_eq!(AgentError::WindowTooShort { ms: 5 }.exit_code(), 1);
+        let spawn = |kind| AgentError::Spawn {
+            program: "x".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(spawn(std::io::ErrorKind::NotFound).exit_code(), 127);
+        assert_eq!(spawn(std::io::ErrorKind::PermissionDenied).exit_code(), 126);
+    }
+
+    #[test]
+    fn validation_errors_name_the_flag_and_are_not_io_errors() {
+        let e = AgentError::WindowTooShort { ms: 5 };
+        assert_eq!(
+            e.to_string(),
+            "--window-ms must be at least 10 ms, got 5 ms"
+        );
+        assert!(e.source().is_none());
+        let e = AgentError::NoCommand;
+        assert_eq!(e.to_string(), "no command given: put CMD after `--`");
+        assert!(e.source().is_none());
+    }
+
+    #[test]
+    fn failed_keeps_its_source() {
+        let inner = crate::snapshot::SnapshotError::NotFound("s1".into());
+        let e = AgentError::Failed {
+            context: "starting shadow sh-1".into(),
+            source: Box::new(inner),
+        };
+        assert_eq!(e.to_string(), "starting shadow sh-1: no snapshot s1");
+        let source = e.source().expect("the source is kept");
+        assert!(source.is::<crate::snapshot::SnapshotError>(), "{source:?}");
+    }
+}

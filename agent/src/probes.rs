@@ -133,11 +133,9 @@ use log as log_facade;
 impl Probes {
     /// Check privileges, read kernel layouts, load and attach every probe.
     pub fn load(opts: &ProbeOptions) -> Result<Self> {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        if euid != 0 {
-            return Err(AgentError::NotRoot { euid });
-        }
+        backstop_common::root::require_root(
+            "loading eBPF probes needs root (CAP_BPF, CAP_PERFMON)",
+        )?;
         if PROBES_OBJECT.is_empty() {
             return Err(AgentError::ProbesMissing);
         }

@@ -166,14 +166,14 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     // First: a second agent on this data directory stops here, having
     // touched nothing, and says who holds it.
     let _lock = DataLock::take(&opts.data)?;
-    let bundle = quic::read_bundle(&opts.bundle).map_err(|e| AgentError::Io {
+    let bundle = quic::read_bundle(&opts.bundle).map_err(|e| AgentError::Failed {
         context: format!("agent bundle {}", opts.bundle.display()),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        source: Box::new(e),
     })?;
     let client = quic::client_config(bundle.ca, Some((bundle.cert, bundle.key))).map_err(|e| {
-        AgentError::Io {
+        AgentError::Failed {
             context: "TLS configuration".into(),
-            source: std::io::Error::other(e.to_string()),
+            source: Box::new(e),
         }
     })?;
     let spool = Spool::open(

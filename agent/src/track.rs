@@ -1,6 +1,6 @@
 //! Running one command as a tracked tree and folding its windows: the
 //! building block of `watch` (windows to stdout), `run` (windows to the
-//! controller) and, later, shadows. Where windows go is a [`WindowSink`].
+//! controller) and shadows. Where windows go is a [`WindowSink`].
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -143,9 +143,8 @@ pub async fn track_with(
     sink: &mut dyn WindowSink,
 ) -> Result<Summary> {
     if opts.window < Duration::from_millis(10) {
-        return Err(AgentError::Io {
-            context: "the window must be at least 10 ms".into(),
-            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        return Err(AgentError::WindowTooShort {
+            ms: opts.window.as_millis(),
         });
     }
     let slot = lock(probes).claim_slot()?;

@@ -65,10 +65,7 @@ pub fn spawn_tracked(
     stdout: Stdout,
     register: impl FnOnce(u32) -> Result<()>,
 ) -> Result<Tracked> {
-    let program = argv.first().ok_or_else(|| AgentError::Spawn {
-        program: String::new(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"),
-    })?;
+    let program = argv.first().ok_or(AgentError::NoCommand)?;
     let (pid_r, pid_w) = pipe()?;
     let (ack_r, ack_w) = pipe()?;
     let mut cmd = std::process::Command::new(program);
@@ -153,4 +150,15 @@ pub fn spawn_tracked(
         pid,
         exit: Exit::Child(child),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_command_is_a_validation_error_not_a_spawn_error() {
+        let r = spawn_tracked(&[], Stdout::Inherit, |_| Ok(()));
+        assert!(matches!(r, Err(AgentError::NoCommand)), "{:?}", r.err());
+    }
 }

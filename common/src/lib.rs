@@ -13,6 +13,8 @@ pub mod features;
 #[cfg(feature = "quic")]
 pub mod quic;
 #[cfg(feature = "std")]
+pub mod root;
+#[cfg(feature = "std")]
 pub mod window;
 #[cfg(feature = "std")]
 pub mod wire;

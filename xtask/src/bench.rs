@@ -605,7 +605,10 @@ fn shadow(reps: usize) -> Result<()> {
     if !util::is_root() {
         bail!("bench shadow: needs root (containers, mounts, cgroups)");
     }
-    let bin = crate::ebpf::release(&["backstop-agent"])?;
+    // `shadow bench` is a test seam: building backstop-tests beside the
+    // agent turns on its `test-seams` feature (the tests crate asks for it),
+    // as the overhead bench's build does.
+    let bin = crate::ebpf::release(&["backstop-agent", "backstop-tests"])?;
     let agent = bin.join("backstop-agent");
     let rootfs = fixtures::rootfs()?;
     let debs = fixtures::debs()?;

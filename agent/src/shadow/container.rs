@@ -79,10 +79,13 @@ fn err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError 
     move |source| AgentError::Io { context, source }
 }
 
-fn other(context: impl Into<String>, e: impl std::fmt::Display) -> AgentError {
-    AgentError::Io {
+fn other(
+    context: impl Into<String>,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> AgentError {
+    AgentError::Failed {
         context: context.into(),
-        source: std::io::Error::other(e.to_string()),
+        source: e.into(),
     }
 }
 

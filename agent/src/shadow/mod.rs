@@ -12,6 +12,8 @@
 //! processes, cgroups, mounts, directories); one whose agent died is
 //! swept by the next agent that starts a shadow or by `shadow sweep`.
 
+#[cfg(feature = "test-seams")]
+mod bench;
 pub mod container;
 mod diff;
 
@@ -27,6 +29,8 @@ use serde::Serialize;
 use crate::error::{AgentError, Result};
 use crate::track::{SharedProbes, Summary, TrackOptions, WindowSink, track_with};
 use crate::tree::{Exit, Stdout, Tracked};
+#[cfg(feature = "test-seams")]
+pub use bench::bench_true;
 pub use container::Limits;
 pub use diff::FsDiff;
 
@@ -222,18 +226,12 @@ fn new_id() -> String {
     format!("sh-{}", hex::encode(b))
 }
 
-/// Run CMD and the tests in a fresh shadow, windows to `sink`.
-pub async fn run(
-    probes: &SharedProbes,
-    data: &Path,
-    opts: &ShadowOptions,
-    sink: &mut dyn WindowSink,
-) -> Result<ShadowReport> {
+/// What a shadow cannot run without, checked before anything is made: a
+/// command, a root with a shell for the step runner, the copy-in files.
+/// Returns the canonical root.
+fn check_inputs(opts: &ShadowOptions) -> Result<PathBuf> {
     if opts.cmd.is_empty() {
-        return Err(AgentError::Spawn {
-            program: String::new(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"),
-        });
+        return Err(AgentError::NoCommand);
     }
     let root = std::fs::canonicalize(&opts.root)
         .map_err(io_err(format!("--root {}", opts.root.display())))?;
@@ -254,6 +252,17 @@ pub async fn run(
             });
         }
     }
+    Ok(root)
+}
+
+/// Run CMD and the tests in a fresh shadow, windows to `sink`.
+pub async fn run(
+    probes: &SharedProbes,
+    data: &Path,
+    opts: &ShadowOptions,
+    sink: &mut dyn WindowSink,
+) -> Result<ShadowReport> {
+    let root = check_inputs(opts)?;
     let shadows = shadows_dir(data);
     std::fs::create_dir_all(&shadows).map_err(io_err(format!("creating {}", shadows.display())))?;
     let (swept, problems) = container::sweep(&shadows);
@@ -392,9 +401,9 @@ fn start(
         .as_raw();
     before_start(pid)?;
     container::loopback_up(pid)?;
-    c.start().map_err(|e| AgentError::Io {
+    c.start().map_err(|e| AgentError::Failed {
         context: format!("starting shadow {}", l.id),
-        source: std::io::Error::other(e.to_string()),
+        source: Box::new(e),
     })?;
     Ok(pid)
 }
@@ -431,57 +440,6 @@ impl WindowSink for Collect {
         self.events.push(crate::track::to_wire(ev));
         Ok(())
     }
-}
-
-/// Side-by-side cost of a shadow, for `cargo xtask bench shadow`: `reps`
-/// alternating runs of /bin/true in a shadow (overlay mount, create,
-/// loopback, start, wait, delete, teardown) and with `unshare --mount
-/// --pid --fork chroot` on the same kind of overlay. Milliseconds each.
-pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    let shadows = shadows_dir(data);
-    std::fs::create_dir_all(&shadows).map_err(io_err(format!("creating {}", shadows.display())))?;
-    let (mut shadow_ms, mut unshare_ms) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        let t = std::time::Instant::now();
-        let l = container::Layout::new(&shadows, &new_id());
-        container::mount_overlay(root, &l, None, false)?;
-        let spec = container::spec(&l, vec!["/bin/true".into()], &Limits::default())?;
-        let mut made = None;
-        let ran = start(&shadows, &l, &spec, &mut made, |_| Ok(()))
-            .and_then(|pid| wait_pid(pid).map_err(io_err(format!("waiting for shadow {}", l.id))));
-        let problems = container::teardown(&shadows, &l, made);
-        ran?;
-        if !problems.is_empty() {
-            return Err(AgentError::Io {
-                context: format!("shadow {} teardown: {}", l.id, problems.join("; ")),
-                source: std::io::Error::other("teardown"),
-            });
-        }
-        shadow_ms.push(t.elapsed().as_secs_f64() * 1e3);
-
-        let t = std::time::Instant::now();
-        let l = container::Layout::new(&shadows, &new_id());
-        container::mount_overlay(root, &l, None, false)?;
-        let st = std::process::Command::new("unshare")
-            .args(["--mount", "--pid", "--fork", "chroot"])
-            .arg(&l.merged)
-            .arg("/bin/true")
-            .status()
-            .map_err(io_err("running unshare"))?;
-        for m in container::mounts_under(&l.dir) {
-            container::umount(&m, 0)
-                .map_err(io_err(format!("unmounting the baseline's {}", m.display())))?;
-        }
-        std::fs::remove_dir_all(&l.dir).map_err(io_err(format!("removing {}", l.dir.display())))?;
-        if !st.success() {
-            return Err(AgentError::Io {
-                context: format!("unshare chroot /bin/true: {st}"),
-                source: std::io::Error::other("baseline failed"),
-            });
-        }
-        unshare_ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok((shadow_ms, unshare_ms))
 }
 
 #[cfg(test)]
