@@ -5,15 +5,14 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use backstop_common::private::{self, Narrowed};
 
 use crate::error::{AgentError, Result};
 
-/// Mode of the agent's directories: only root reads the outbox.
-pub const DIR_MODE: u32 = 0o700;
-/// Mode of every file the agent writes under DATA/agent.
-pub const FILE_MODE: u32 = 0o600;
+pub use backstop_common::private::{DIR_MODE, FILE_MODE};
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { context, source }
@@ -29,42 +28,33 @@ pub fn agent_dir(data: &Path) -> Result<PathBuf> {
 /// Create `dir` (and its parents) with mode 0700, or tighten an existing
 /// one to 0700, saying so: a looser mode is a leak an SRE should hear of.
 pub fn private_dir(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(io(format!("creating {}", dir.display())))?;
+    private::make_dirs(dir).map_err(io(format!("creating {}", dir.display())))?;
     tighten(dir, DIR_MODE)
 }
 
 /// Make `path` no more open than `mode` (group and other bits only), with
 /// a warning naming the path and its old mode when it was looser.
 pub fn tighten(path: &Path, mode: u32) -> Result<()> {
-    let meta =
-        std::fs::symlink_metadata(path).map_err(io(format!("reading {}", path.display())))?;
-    let old = meta.permissions().mode() & 0o7777;
-    if old & 0o077 & !mode == 0 {
-        return Ok(());
-    }
-    if meta.file_type().is_symlink() {
+    match private::narrow(path, mode).map_err(io(format!("chmod {}", path.display())))? {
+        Narrowed::Kept => Ok(()),
+        Narrowed::Changed { old, new } => {
+            tracing::warn!(
+                path = %path.display(),
+                old_mode = format!("{old:o}"),
+                new_mode = format!("{new:o}"),
+                "agent data was readable by others; tightened its mode"
+            );
+            Ok(())
+        }
         // chmod would follow it; a symlink here is not ours to fix.
-        return Err(AgentError::Io {
+        Narrowed::Symlink => Err(AgentError::Io {
             context: format!(
                 "{} is a symlink; the agent keeps its data in real files",
                 path.display()
             ),
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        });
+        }),
     }
-    let new = (old & !0o077) | (mode & 0o077);
-    tracing::warn!(
-        path = %path.display(),
-        old_mode = format!("{old:o}"),
-        new_mode = format!("{new:o}"),
-        "agent data was readable by others; tightened its mode"
-    );
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))
-        .map_err(io(format!("chmod {}", path.display())))
 }
 
 /// The lock that makes one agent the only writer of DATA/agent/outbox.
@@ -121,6 +111,8 @@ impl DataLock {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

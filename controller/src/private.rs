@@ -5,49 +5,41 @@
 //! start. Everything here blocks: call it from a blocking task.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Modes this module enforces.
-pub const DIR_MODE: u32 = 0o700;
-pub const FILE_MODE: u32 = 0o600;
+use backstop_common::private::{self, Narrowed};
+
+pub use backstop_common::private::{DIR_MODE, FILE_MODE};
 
 /// Narrow `path` to at most `want` (never widening it). Returns whether it
 /// had to. Symlinks are left alone: chmod would follow them out of DATA.
 pub fn fix_mode(path: &Path, want: u32) -> io::Result<bool> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-    };
-    if meta.file_type().is_symlink() {
-        tracing::warn!(path = %path.display(), "a symlink in the data directory: left alone");
-        return Ok(false);
+    match private::narrow(path, want) {
+        Ok(Narrowed::Kept) => Ok(false),
+        Ok(Narrowed::Changed { old, new }) => {
+            tracing::warn!(
+                path = %path.display(),
+                old_mode = format!("{old:04o}"),
+                new_mode = format!("{new:04o}"),
+                "data readable beyond root: mode narrowed"
+            );
+            Ok(true)
+        }
+        Ok(Narrowed::Symlink) => {
+            tracing::warn!(path = %path.display(), "a symlink in the data directory: left alone");
+            Ok(false)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     }
-    let old = meta.permissions().mode() & 0o7777;
-    if old & !want == 0 {
-        return Ok(false);
-    }
-    let new = old & want;
-    tracing::warn!(
-        path = %path.display(),
-        old_mode = format!("{old:04o}"),
-        new_mode = format!("{new:04o}"),
-        "data readable beyond root: mode narrowed"
-    );
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))
-        .map_err(|e| io::Error::new(e.kind(), format!("chmod {}: {e}", path.display())))?;
-    Ok(true)
 }
 
 /// Create `dir` (and missing parents) 0700, or narrow it when it exists.
 /// A sticky directory (such as /tmp given as --data) is someone else's to
 /// mode: it is reported, never changed.
 pub fn dir(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
+    private::make_dirs(dir)
         .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
     let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o1000 != 0 {
@@ -66,13 +58,9 @@ pub fn database_files(db: &Path, create: bool) -> io::Result<()> {
         // Missing parents are made 0700; an existing parent is left as it
         // is: with --database it may be any directory (/var/lib, say).
         if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(DIR_MODE)
-                .create(parent)
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("creating {}: {e}", parent.display()))
-                })?;
+            private::make_dirs(parent).map_err(|e| {
+                io::Error::new(e.kind(), format!("creating {}: {e}", parent.display()))
+            })?;
         }
         std::fs::OpenOptions::new()
             .write(true)

@@ -15,24 +15,21 @@
 //! Either waits for the other, saying so once on the log. flock is released
 //! by the kernel when the process dies, so a killed create never blocks gc.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+use backstop_common::private::{self, Narrowed};
+
 use super::{Result, Store, io};
 
-pub(super) const DIR_MODE: u32 = 0o700;
-pub(super) const FILE_MODE: u32 = 0o600;
+pub(super) use backstop_common::private::{DIR_MODE, FILE_MODE};
 
 /// `mkdir -p` whose every new directory is 0700 from the start.
 pub(super) fn mkdirs(dir: &Path) -> Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(io(dir))
+    private::make_dirs(dir).map_err(io(dir))
 }
 
 /// A new file, 0600 from its creation; fails if `path` exists (a symlink
@@ -161,22 +158,24 @@ fn warn_loose(path: &Path, old: u32, new: u32) {
     );
 }
 
-/// chmod `path` to `mode` if group or others have any bit on it; its old
-/// mode if it did. Symlinks and other types are left alone (only root
-/// writes here).
+/// Narrow `path` to `mode` if group or others have any bit on it; its
+/// old mode if it did. Only directories (for DIR_MODE) and regular files
+/// (for FILE_MODE) are looked at: symlinks and other types are left alone
+/// (only root writes here).
 fn tighten(path: &Path, mode: u32) -> Result<Option<u32>> {
     let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
-    let old = meta.mode() & 0o7777;
     let right_type = if mode == DIR_MODE {
         meta.is_dir()
     } else {
         meta.is_file()
     };
-    if !right_type || old & 0o077 == 0 {
+    if !right_type {
         return Ok(None);
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))?;
-    Ok(Some(old))
+    match private::narrow(path, mode).map_err(io(path))? {
+        Narrowed::Changed { old, .. } => Ok(Some(old)),
+        Narrowed::Kept | Narrowed::Symlink => Ok(None),
+    }
 }
 
 /// [`tighten`] every regular file directly in `dir`, telling `changed`.
