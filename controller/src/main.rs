@@ -229,64 +229,68 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let data = cli.data;
-    let result = rt.block_on(async move {
-        match cli.command {
-            Command::Init { host, names } => commands::init::run(&data, host, &names).await,
-            Command::Enroll {
-                host,
-                out,
-                valid_days,
-                force,
-            } => commands::enroll::run(&data, &host, &out, valid_days, force).await,
-            Command::Revoke { host } => commands::revoke::run(&data, &host).await,
-            Command::Serve { listen, database } => {
-                commands::serve::run(data, listen, database).await
-            }
-            Command::Exec {
-                host,
-                timeout,
-                window_ms,
-                json,
-                cmd,
-            } => commands::exec::run(&data, &host, cmd, window_ms, json, timeout).await,
-            Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
-            Command::Deployments { json, database } => {
-                commands::read::deployments(&data, database, json).await
-            }
-            Command::Windows { id, json, database } => {
-                commands::read::windows(&data, database, &id, json).await
-            }
-            Command::Events { id, json, database } => {
-                commands::read::events(&data, database, &id, json).await
-            }
-            Command::Train {
-                corpus,
-                out,
-                training,
-                json,
-            } => commands::train::run(&corpus, &out, training.config()?, json),
-            Command::Crossval {
-                corpus,
-                folds,
-                training,
-                json,
-            } => commands::crossval::run(&corpus, training.config()?, folds, json),
-            Command::Eval {
-                model,
-                corpus,
-                json,
-            } => commands::eval::run(&model, &corpus, json),
-            Command::Corpus { action } => commands::corpus::run(action),
-            Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
-            Command::Model { json } => commands::model::run(&data, json),
-            Command::Schema { json } => commands::schema::run(json),
+    let result = rt.block_on(dispatch(cli.data, cli.command));
+    exit_code(result)
+}
+
+/// The one dispatch: each verb is a file in `commands/`.
+async fn dispatch(data: PathBuf, command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Init { host, names } => commands::init::run(&data, host, &names).await,
+        Command::Enroll {
+            host,
+            out,
+            valid_days,
+            force,
+        } => commands::enroll::run(&data, &host, &out, valid_days, force).await,
+        Command::Revoke { host } => commands::revoke::run(&data, &host).await,
+        Command::Serve { listen, database } => commands::serve::run(data, listen, database).await,
+        Command::Exec {
+            host,
+            timeout,
+            window_ms,
+            json,
+            cmd,
+        } => commands::exec::run(&data, &host, cmd, window_ms, json, timeout).await,
+        Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
+        Command::Deployments { json, database } => {
+            commands::read::deployments(&data, database, json).await
         }
-    });
+        Command::Windows { id, json, database } => {
+            commands::read::windows(&data, database, &id, json).await
+        }
+        Command::Events { id, json, database } => {
+            commands::read::events(&data, database, &id, json).await
+        }
+        Command::Train {
+            corpus,
+            out,
+            training,
+            json,
+        } => commands::train::run(&corpus, &out, training.config()?, json),
+        Command::Crossval {
+            corpus,
+            folds,
+            training,
+            json,
+        } => commands::crossval::run(&corpus, training.config()?, folds, json),
+        Command::Eval {
+            model,
+            corpus,
+            json,
+        } => commands::eval::run(&model, &corpus, json),
+        Command::Corpus { action } => commands::corpus::run(action),
+        Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
+        Command::Model { json } => commands::model::run(&data, json),
+        Command::Schema { json } => commands::schema::run(json),
+    }
+}
+
+/// The exit code of a verb's result; an error is printed as one line.
+fn exit_code(result: anyhow::Result<i32>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            // One line: the context chain, without the exit-code marker.
             // One line: the context chain. An exit-code marker is always
             // the outermost context and carries no words of its own.
             let exit = e.downcast_ref::<commands::Exit>().map(|x| x.0);
