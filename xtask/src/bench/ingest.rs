@@ -73,6 +73,13 @@ pub(super) fn ingest(agents: &[usize], hz: u32, seconds: u64) -> Result<()> {
         eprintln!("bench ingest: {n} agents: {v}");
         rows.push((n, v, rss_kb));
     }
+    report(&rows, hz, seconds);
+    Ok(())
+}
+
+/// The table: per agent count, what was sent and stored, how fast, how
+/// late, and the controller's peak RSS.
+fn report(rows: &[(usize, serde_json::Value, u64)], hz: u32, seconds: u64) {
     println!(
         "\nbackstop ingest: simulated agents at {hz} Hz for {seconds} s each, real QUIC + mTLS on loopback; controller and load generator share this 2-core machine\n"
     );
@@ -80,7 +87,7 @@ pub(super) fn ingest(agents: &[usize], hz: u32, seconds: u64) -> Result<()> {
         "{:>7} {:>10} {:>10} {:>11} {:>9} {:>9} {:>12} {:>7}",
         "agents", "sent", "stored", "windows/s", "p50 ms", "p99 ms", "ctrl RSS MB", "errors"
     );
-    for (n, v, rss) in &rows {
+    for (n, v, rss) in rows {
         println!(
             "{:>7} {:>10} {:>10} {:>11.0} {:>9.2} {:>9.2} {:>12.1} {:>7}",
             n,
@@ -94,5 +101,4 @@ pub(super) fn ingest(agents: &[usize], hz: u32, seconds: u64) -> Result<()> {
         );
     }
     println!("\ntarget: 1000 agents at 10 Hz, every window stored (stored = sent), p99 < 250 ms");
-    Ok(())
 }

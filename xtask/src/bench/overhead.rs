@@ -160,19 +160,7 @@ pub(super) fn overhead(reps: usize, stat_calls: u64, json: bool) -> Result<()> {
         reps,
         |agent| {
             let scratch = ScratchRoot::new(&root, "bench-dpkg")?;
-            let mut args = vec![
-                "time".to_string(),
-                "--".into(),
-                "chroot".into(),
-                scratch.merged.display().to_string(),
-                "dpkg".into(),
-                "-i".into(),
-            ];
-            for f in &files {
-                let name = f.file_name().unwrap().to_string_lossy().into_owned();
-                std::fs::copy(f, scratch.merged.join("tmp").join(&name))?;
-                args.push(format!("/tmp/{name}"));
-            }
+            let args = dpkg_args(&scratch, &files)?;
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             timed(&bins, &args, agent)
         },
@@ -209,7 +197,16 @@ pub(super) fn overhead(reps: usize, stat_calls: u64, json: bool) -> Result<()> {
     )?);
 
     // 4. The same stat loop, untracked, while the agent watches another tree.
-    rows.push(pairs(
+    rows.push(untracked(&bins, &n, reps)?);
+
+    report(&rows, reps, json, peak_events_per_s, lost_total);
+    Ok(())
+}
+
+/// The stat loop untracked, paired without and with an agent that watches
+/// another tree: what the agent costs the rest of the host.
+fn untracked(bins: &Bins, n: &str, reps: usize) -> Result<Row> {
+    pairs(
         "stat loop, untracked (agent watching another tree)",
         0.02,
         reps,
@@ -219,18 +216,39 @@ pub(super) fn overhead(reps: usize, stat_calls: u64, json: bool) -> Result<()> {
             } else {
                 None
             };
-            let t = timed(&bins, &["stat", &n], false);
+            let t = timed(bins, &["stat", n], false);
             drop(watcher);
             t
         },
         |_| {},
-    )?);
+    )
+}
 
+/// `time -- chroot ROOT dpkg -i ...`, with the .debs copied into ROOT/tmp.
+fn dpkg_args(scratch: &ScratchRoot, files: &[PathBuf]) -> Result<Vec<String>> {
+    let mut args = vec![
+        "time".to_string(),
+        "--".into(),
+        "chroot".into(),
+        scratch.merged.display().to_string(),
+        "dpkg".into(),
+        "-i".into(),
+    ];
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(f, scratch.merged.join("tmp").join(&name))?;
+        args.push(format!("/tmp/{name}"));
+    }
+    Ok(args)
+}
+
+/// The overhead table, or one JSON object.
+fn report(rows: &[Row], reps: usize, json: bool, peak_events_per_s: f64, lost_total: u64) {
     if json {
         let out: Vec<_> = rows
-            .iter()
-            .map(|r| serde_json::json!({"workload": r.name, "median_slowdown": r.slowdown(), "target": r.target, "ratios": r.ratios, "baseline_ms": r.base_ms}))
-            .collect();
+        .iter()
+        .map(|r| serde_json::json!({"workload": r.name, "median_slowdown": r.slowdown(), "target": r.target, "ratios": r.ratios, "baseline_ms": r.base_ms}))
+        .collect();
         println!(
             "{}",
             serde_json::json!({"bench": "overhead", "reps": reps, "workloads": out, "peak_events_per_s": peak_events_per_s, "lost_events": lost_total})
@@ -243,7 +261,7 @@ pub(super) fn overhead(reps: usize, stat_calls: u64, json: bool) -> Result<()> {
             "{:<52} {:>10} {:>10} {:>8} {:>6}",
             "workload", "base ms", "slowdown", "target", ""
         );
-        for r in &rows {
+        for r in rows {
             let s = r.slowdown();
             println!(
                 "{:<52} {:>10.1} {:>9.1}% {:>7.0}% {:>6}",
@@ -259,7 +277,6 @@ pub(super) fn overhead(reps: usize, stat_calls: u64, json: bool) -> Result<()> {
         );
         println!("lost events over every agent run: {lost_total}");
     }
-    Ok(())
 }
 
 /// An agent watching `sleep` in the background; stopped on drop.
