@@ -2,12 +2,9 @@
 //! agents connect to, and the local control channel the CLI uses. The
 //! `backstop` binary only parses flags and calls in here.
 
-pub mod control;
-pub mod identity;
+pub mod daemon;
 pub mod pki;
 pub mod predict;
 pub mod private;
 pub mod schema;
-pub mod serve;
-pub mod server;
 pub mod store;

@@ -135,7 +135,7 @@ enum Command {
         #[arg(long, value_name = "MODEL_DIR")]
         out: PathBuf,
         #[command(flatten)]
-        training: TrainingFlags,
+        training: commands::learn::TrainingFlags,
         /// Print the evaluation on the test split as JSON.
         #[arg(long)]
         json: bool,
@@ -157,7 +157,7 @@ enum Command {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=20))]
         folds: u8,
         #[command(flatten)]
-        training: TrainingFlags,
+        training: commands::learn::TrainingFlags,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -178,7 +178,7 @@ enum Command {
     /// generated corpus (to try the tools).
     Corpus {
         #[command(subcommand)]
-        action: CorpusAction,
+        action: commands::corpus::Action,
     },
     /// The model in use (DATA/models/current, else the built-in default):
     /// where it is from, its schema, threshold, corpus and evaluation.
@@ -198,45 +198,6 @@ enum Command {
     Schema {
         #[arg(long)]
         json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum CorpusAction {
-    /// Run every scenario of a catalog (TOML) as a real `dpkg -i` in a
-    /// shadow on ROOT, under the probes, with its fault injected, and
-    /// append the deployment (windows, outcome, onset) to
-    /// OUT/deployments.jsonl. Scenarios already there are skipped, so an
-    /// interrupted run continues. Needs root and `backstop-agent`.
-    ///
-    /// Example: backstop corpus run --catalog corpus/catalog.toml --root /srv/rootfs --debs /srv/debs --out /var/lib/backstop/corpus
-    Run {
-        #[arg(long, value_name = "FILE")]
-        catalog: PathBuf,
-        /// The Debian root the shadows overlay.
-        #[arg(long)]
-        root: PathBuf,
-        /// DEBS/<package>/*.deb: each package and the dependencies the root lacks.
-        #[arg(long)]
-        debs: PathBuf,
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// The agent binary (default: backstop-agent beside this binary, else PATH).
-        #[arg(long)]
-        agent: Option<PathBuf>,
-    },
-    /// Write a generated corpus (packages with their own levels, healthy
-    /// installs with bursts, faults that build up over time) to DIR. It
-    /// exercises train and eval; it is not a substitute for real installs.
-    Synth {
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, default_value_t = 40)]
-        packages: usize,
-        #[arg(long, default_value_t = 14)]
-        per_package: usize,
     },
 }
 
@@ -268,120 +229,68 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let data = cli.data;
-    let result = rt.block_on(async move {
-        match cli.command {
-            Command::Init { host, names } => commands::init::run(&data, host, &names).await,
-            Command::Enroll {
-                host,
-                out,
-                valid_days,
-                force,
-            } => commands::enroll::run(&data, &host, &out, valid_days, force).await,
-            Command::Revoke { host } => commands::revoke::run(&data, &host).await,
-            Command::Serve { listen, database } => {
-                commands::serve::run(data, listen, database).await
-            }
-            Command::Exec {
-                host,
-                timeout,
-                window_ms,
-                json,
-                cmd,
-            } => commands::exec::run(&data, &host, cmd, window_ms, json, timeout).await,
-            Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
-            Command::Deployments { json, database } => {
-                commands::read::deployments(&data, database, json).await
-            }
-            Command::Windows { id, json, database } => {
-                commands::read::windows(&data, database, &id, json).await
-            }
-            Command::Events { id, json, database } => {
-                commands::read::events(&data, database, &id, json).await
-            }
-            Command::Train {
-                corpus,
-                out,
-                training,
-                json,
-            } => commands::learn::train(&corpus, &out, training.config()?, json),
-            Command::Crossval {
-                corpus,
-                folds,
-                training,
-                json,
-            } => commands::learn::crossval(&corpus, training.config()?, folds, json),
-            Command::Eval {
-                model,
-                corpus,
-                json,
-            } => commands::learn::eval(&model, &corpus, json),
-            Command::Corpus {
-                action:
-                    CorpusAction::Run {
-                        catalog,
-                        root,
-                        debs,
-                        out,
-                        agent,
-                    },
-            } => {
-                use backstop_controller::predict::catalog;
-                let agent = agent.unwrap_or_else(|| {
-                    std::env::current_exe()
-                        .ok()
-                        .and_then(|e| e.parent().map(|d| d.join("backstop-agent")))
-                        .filter(|p| p.exists())
-                        .unwrap_or_else(|| PathBuf::from("backstop-agent"))
-                });
-                let c = catalog::load(&catalog)?;
-                let opts = catalog::RunOptions {
-                    agent,
-                    root,
-                    debs,
-                    out: out.clone(),
-                };
-                let all = catalog::run(&c, &opts, |line| eprintln!("backstop: {line}"))?;
-                let failing = all.iter().filter(|d| d.failing()).count();
-                println!(
-                    "{} deployments in {} ({} failing or degraded)",
-                    all.len(),
-                    out.display(),
-                    failing
-                );
-                Ok(0)
-            }
-            Command::Corpus {
-                action:
-                    CorpusAction::Synth {
-                        out,
-                        seed,
-                        packages,
-                        per_package,
-                    },
-            } => {
-                let all =
-                    backstop_controller::predict::corpus::synthetic(seed, packages, per_package);
-                backstop_controller::predict::corpus::write(&out, &all)?;
-                println!("{} deployments written to {}", all.len(), out.display());
-                Ok(0)
-            }
-            Command::BenchPredict { model, calls } => commands::learn::bench(&model, calls),
-            Command::Model { json } => commands::learn::show(&data, json),
-            Command::Schema { json } => {
-                if json {
-                    println!("{}", backstop_controller::schema::to_json());
-                } else {
-                    print!("{}", backstop_controller::schema::to_table());
-                }
-                Ok(0)
-            }
+    let result = rt.block_on(dispatch(cli.data, cli.command));
+    exit_code(result)
+}
+
+/// The one dispatch: each verb is a file in `commands/`.
+async fn dispatch(data: PathBuf, command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Init { host, names } => commands::init::run(&data, host, &names).await,
+        Command::Enroll {
+            host,
+            out,
+            valid_days,
+            force,
+        } => commands::enroll::run(&data, &host, &out, valid_days, force).await,
+        Command::Revoke { host } => commands::revoke::run(&data, &host).await,
+        Command::Serve { listen, database } => commands::serve::run(data, listen, database).await,
+        Command::Exec {
+            host,
+            timeout,
+            window_ms,
+            json,
+            cmd,
+        } => commands::exec::run(&data, &host, cmd, window_ms, json, timeout).await,
+        Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
+        Command::Deployments { json, database } => {
+            commands::read::deployments(&data, database, json).await
         }
-    });
+        Command::Windows { id, json, database } => {
+            commands::read::windows(&data, database, &id, json).await
+        }
+        Command::Events { id, json, database } => {
+            commands::read::events(&data, database, &id, json).await
+        }
+        Command::Train {
+            corpus,
+            out,
+            training,
+            json,
+        } => commands::train::run(&corpus, &out, training.config()?, json),
+        Command::Crossval {
+            corpus,
+            folds,
+            training,
+            json,
+        } => commands::crossval::run(&corpus, training.config()?, folds, json),
+        Command::Eval {
+            model,
+            corpus,
+            json,
+        } => commands::eval::run(&model, &corpus, json),
+        Command::Corpus { action } => commands::corpus::run(action),
+        Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
+        Command::Model { json } => commands::model::run(&data, json),
+        Command::Schema { json } => commands::schema::run(json),
+    }
+}
+
+/// The exit code of a verb's result; an error is printed as one line.
+fn exit_code(result: anyhow::Result<i32>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            // One line: the context chain, without the exit-code marker.
             // One line: the context chain. An exit-code marker is always
             // the outermost context and carries no words of its own.
             let exit = e.downcast_ref::<commands::Exit>().map(|x| x.0);
@@ -393,48 +302,5 @@ fn main() -> ExitCode {
             eprintln!("backstop: {}", msg.join(": "));
             ExitCode::from(exit.unwrap_or(1).clamp(0, 255) as u8)
         }
-    }
-}
-
-/// How a model is trained, for `train` and `crossval` alike.
-#[derive(clap::Args, Clone, Copy)]
-struct TrainingFlags {
-    /// Seeds the split (or the folds), the initial weights and the batch
-    /// order.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Share of healthy deployments the threshold may alarm on.
-    #[arg(long, default_value_t = 0.01)]
-    target_fpr: f64,
-    /// Passes over the training windows.
-    #[arg(long, default_value_t = 100)]
-    epochs: usize,
-    /// How much a healthy install's window weighs in training against a
-    /// failing one's: higher trades early alarms for fewer false ones.
-    #[arg(long, default_value_t = 10.0)]
-    healthy_weight: f64,
-}
-
-impl TrainingFlags {
-    fn config(&self) -> anyhow::Result<backstop_controller::predict::model::TrainConfig> {
-        let TrainingFlags {
-            seed,
-            target_fpr,
-            epochs,
-            healthy_weight,
-        } = *self;
-        if !(0.0..1.0).contains(&target_fpr) {
-            anyhow::bail!("--target-fpr {target_fpr}: must be in [0, 1)");
-        }
-        if !(healthy_weight.is_finite() && healthy_weight > 0.0) {
-            anyhow::bail!("--healthy-weight {healthy_weight}: must be a positive number");
-        }
-        Ok(backstop_controller::predict::model::TrainConfig {
-            seed,
-            target_fpr,
-            epochs,
-            healthy_weight,
-            ..Default::default()
-        })
     }
 }

@@ -6,6 +6,8 @@
 //! toolchain's own `lib/`, never written down.
 
 mod bench;
+mod corpus;
+mod demo;
 mod ebpf;
 mod fixtures;
 mod setup;
@@ -94,12 +96,12 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Run { args } => run(&args),
-        Task::Demo => fixtures::demo(),
+        Task::Demo => demo::demo(),
         Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Task::Bench { which } => bench::run(which),
-        Task::Corpus => fixtures::corpus().map(|_| ()),
-        Task::TrainDefault => fixtures::train_default(),
-        Task::Crossval { seeds } => fixtures::crossval(&seeds),
+        Task::Corpus => corpus::corpus().map(|_| ()),
+        Task::TrainDefault => corpus::train_default(),
+        Task::Crossval { seeds } => corpus::crossval(&seeds),
     }
 }
 

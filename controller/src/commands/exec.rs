@@ -2,7 +2,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use backstop_controller::control::socket_path;
+use backstop_controller::daemon::control::socket_path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::Exit;

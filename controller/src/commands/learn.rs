@@ -1,11 +1,12 @@
-//! `backstop train` and `backstop eval`.
+//! What the learning verbs (train, eval, crossval) share: the training
+//! flags, reading corpora, and the evaluation tables.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use backstop_controller::predict::{self, corpus, eval::Metrics, model};
+use backstop_controller::predict::{self, corpus, eval::Metrics};
 
-fn read_corpus(dirs: &[PathBuf]) -> Result<Vec<corpus::Deployment>> {
+pub(crate) fn read_corpus(dirs: &[PathBuf]) -> Result<Vec<corpus::Deployment>> {
     let refs: Vec<&Path> = dirs.iter().map(|p| p.as_path()).collect();
     let all = corpus::read(&refs).context("reading the corpus")?;
     if all.is_empty() {
@@ -20,46 +21,7 @@ fn read_corpus(dirs: &[PathBuf]) -> Result<Vec<corpus::Deployment>> {
     Ok(all)
 }
 
-pub fn train(
-    corpus_dirs: &[PathBuf],
-    out: &Path,
-    cfg: model::TrainConfig,
-    json: bool,
-) -> Result<i32> {
-    let all = read_corpus(corpus_dirs)?;
-    eprintln!(
-        "backstop: training on {} deployments ({} failing), seed {}",
-        all.len(),
-        all.iter().filter(|d| d.failing()).count(),
-        cfg.seed
-    );
-    let (m, e) = predict::train_and_evaluate(&all, &cfg).context("training")?;
-    m.save(out)
-        .with_context(|| format!("saving the model to {}", out.display()))?;
-    print_eval(&e, json);
-    if !json {
-        println!(
-            "model saved to {} (threshold {:.4}, corpus {})",
-            out.display(),
-            m.meta.threshold,
-            &m.meta.corpus_digest[..12]
-        );
-    }
-    Ok(0)
-}
-
-pub fn eval(model_dir: &Path, corpus_dirs: &[PathBuf], json: bool) -> Result<i32> {
-    let m = model::Model::load(model_dir)
-        .with_context(|| format!("--model {}", model_dir.display()))?;
-    let all = read_corpus(corpus_dirs)?;
-    let split = predict::test_split(&m, &all)
-        .with_context(|| format!("--model {}", model_dir.display()))?;
-    let e = predict::evaluate(&m, &split);
-    print_eval(&e, json);
-    Ok(0)
-}
-
-fn print_eval(e: &predict::Evaluation, json: bool) {
+pub(crate) fn print_eval(e: &predict::Evaluation, json: bool) {
     if json {
         println!(
             "{}",
@@ -86,84 +48,10 @@ fn print_eval(e: &predict::Evaluation, json: bool) {
     );
 }
 
-pub fn crossval(
-    corpus_dirs: &[PathBuf],
-    cfg: model::TrainConfig,
-    folds: u8,
-    json: bool,
-) -> Result<i32> {
-    let all = read_corpus(corpus_dirs)?;
-    eprintln!(
-        "backstop: cross-validating over {folds} folds of {} deployments ({} failing), seed {}: one model per fold",
-        all.len(),
-        all.iter().filter(|d| d.failing()).count(),
-        cfg.seed
-    );
-    let cv = predict::cross_validate(&all, &cfg, folds, |f| {
-        eprintln!(
-            "  fold {}/{folds}: trained on {}, calibrated on {}, tested on {}: recall {:.3}, FPR {:.3}, threshold {:.4}",
-            f.fold + 1,
-            f.split.train,
-            f.split.validation,
-            f.split.test,
-            f.model.recall,
-            f.model.false_positive_rate,
-            f.threshold
-        );
-    })
-    .context("cross-validating")?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&cv).expect("plain data serializes")
-        );
-        return Ok(0);
-    }
-    let (failing, healthy) = cv
-        .detectors
-        .first()
-        .map_or((0, 0), |m| (m.failing, m.healthy));
-    println!(
-        "{} deployments tested once each ({failing} failing, {healthy} healthy; {} never tested: package and fault variant in different folds)",
-        failing + healthy,
-        cv.never_tested
-    );
-    println!(
-        "each fold's thresholds for at most {:.1}% false alarms, chosen without its test part\n",
-        cv.target_fpr * 100.0
-    );
-    println!("{EARLY}");
-    print_table(&cv.detectors);
-    let model_fpr = cv.detectors.first().map_or(0.0, |m| m.false_positive_rate);
-    println!(
-        "\nat equal false positives: each detector at the threshold that suits it best on these deployments, alarming on at most {:.1}% of healthy ones (the model's rate)\n",
-        model_fpr * 100.0
-    );
-    print_table(&cv.at_model_fpr);
-    println!(
-        "\nthe same at {:.1}% (what a perfect calibration to the target would give)\n",
-        cv.target_fpr * 100.0
-    );
-    print_table(&cv.at_target_fpr);
-    let false_alarms: Vec<predict::Alarm> = cv
-        .model_alarms
-        .iter()
-        .filter(|a| a.outcome == corpus::Outcome::Ok)
-        .cloned()
-        .collect();
-    print_model(
-        &cv.model_by_family,
-        &false_alarms,
-        "the model's false alarms on healthy installs",
-        false_alarms.len(),
-    );
-    Ok(0)
-}
-
-const EARLY: &str =
+pub(crate) const EARLY: &str =
     "early: failing deployments alarmed before their onset, over all failing ones\n";
 
-fn print_table(rows: &[Metrics]) {
+pub(crate) fn print_table(rows: &[Metrics]) {
     println!(
         "{:<40} {:>7} {:>7} {:>7} {:>9} {:>7} {:>9} {:>9}",
         "detector", "ROC AUC", "recall", "FPR", "precision", "early", "lead p50", "lead p10"
@@ -194,7 +82,7 @@ fn secs(ms: Option<f64>) -> String {
 
 /// The model per fault family, and the first `limit` of its alarms with
 /// what drove them.
-fn print_model(
+pub(crate) fn print_model(
     families: &[predict::FamilyLead],
     alarms: &[predict::Alarm],
     title: &str,
@@ -236,82 +124,47 @@ fn print_model(
     }
 }
 
-/// µs per window (batch of one, this thread) over `calls` predictions, and
-/// the model's size on disk. JSON on stdout.
-pub fn bench(model_dir: &Path, calls: usize) -> Result<i32> {
-    let m = model::Model::load(model_dir)
-        .with_context(|| format!("--model {}", model_dir.display()))?;
-    let d = &corpus::synthetic(1, 1, 1)[0];
-    let x = m.inputs(d, &[d.windows.len() - 1])?;
-    let mut us = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = std::time::Instant::now();
-        let _ = m.forward(&x)?;
-        us.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    // End to end (raw values to probability), for the same window.
-    let mut e2e = Vec::with_capacity(calls / 10);
-    let one = corpus::Deployment {
-        windows: d.windows[..1].to_vec(),
-        ..d.clone()
-    };
-    for _ in 0..calls / 10 {
-        let t = std::time::Instant::now();
-        let _ = m.predict(&one)?;
-        e2e.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let size = std::fs::metadata(model_dir.join("model.safetensors"))?.len()
-        + std::fs::metadata(model_dir.join("model.json"))?.len();
-    println!(
-        "{}",
-        serde_json::json!({"forward_us_median": median(&mut us), "end_to_end_us_median": median(&mut e2e), "model_bytes": size, "calls": calls})
-    );
-    Ok(0)
+/// How a model is trained, for `train` and `crossval` alike.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct TrainingFlags {
+    /// Seeds the split (or the folds), the initial weights and the batch
+    /// order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of healthy deployments the threshold may alarm on.
+    #[arg(long, default_value_t = 0.01)]
+    target_fpr: f64,
+    /// Passes over the training windows.
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    /// How much a healthy install's window weighs in training against a
+    /// failing one's: higher trades early alarms for fewer false ones.
+    #[arg(long, default_value_t = 10.0)]
+    healthy_weight: f64,
 }
 
-pub fn show(data: &Path, json: bool) -> Result<i32> {
-    let (m, source) = model::Model::current(data)?;
-    if json {
-        println!("{}", serde_json::json!({"source": source, "meta": m.meta}));
-        return Ok(0);
-    }
-    println!("model: {source}");
-    println!(
-        "schema {} ({} features), {} windows of context, threshold {:.4} (target {:.1}% false alarms)",
-        m.meta.schema,
-        m.meta.features.len(),
-        m.meta.k,
-        m.meta.threshold,
-        m.meta.target_fpr * 100.0
-    );
-    println!(
-        "trained on {} deployments, corpus {}, seed {}, split rule {}, healthy windows weighed {}x",
-        m.meta.trained_on,
-        m.meta.corpus_digest,
-        m.meta.seed,
-        if m.meta.split_rule.is_empty() {
-            "(not recorded)"
-        } else {
-            &m.meta.split_rule
-        },
-        m.meta.healthy_weight
-    );
-    if let Some(e) = &m.meta.evaluation
-        && let Ok(e) = serde_json::from_value::<serde_json::Value>(e.clone())
-    {
-        for d in e["detectors"].as_array().into_iter().flatten() {
-            println!(
-                "  {:<40} recall {:.3}  FPR {:.3}  AUC {:.3}",
-                d["detector"].as_str().unwrap_or(""),
-                d["recall"].as_f64().unwrap_or(0.0),
-                d["false_positive_rate"].as_f64().unwrap_or(0.0),
-                d["roc_auc"].as_f64().unwrap_or(0.0)
-            );
+impl TrainingFlags {
+    pub(crate) fn config(
+        &self,
+    ) -> anyhow::Result<backstop_controller::predict::model::TrainConfig> {
+        let TrainingFlags {
+            seed,
+            target_fpr,
+            epochs,
+            healthy_weight,
+        } = *self;
+        if !(0.0..1.0).contains(&target_fpr) {
+            anyhow::bail!("--target-fpr {target_fpr}: must be in [0, 1)");
         }
+        if !(healthy_weight.is_finite() && healthy_weight > 0.0) {
+            anyhow::bail!("--healthy-weight {healthy_weight}: must be a positive number");
+        }
+        Ok(backstop_controller::predict::model::TrainConfig {
+            seed,
+            target_fpr,
+            epochs,
+            healthy_weight,
+            ..Default::default()
+        })
     }
-    Ok(0)
 }

@@ -1,12 +1,19 @@
 //! One file per subcommand: each calls the library and adds context.
 
+pub mod bench_predict;
+pub mod corpus;
+pub mod crossval;
 pub mod enroll;
+pub mod eval;
 pub mod exec;
 pub mod init;
 pub mod learn;
+pub mod model;
 pub mod read;
 pub mod revoke;
+pub mod schema;
 pub mod serve;
+pub mod train;
 
 /// An error that carries its own exit code (2: bad configuration).
 #[derive(Debug)]

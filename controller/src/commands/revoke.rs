@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use backstop_controller::control::socket_path;
+use backstop_controller::daemon::control::socket_path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Revoke every certificate of `host` in the store; the daemon refuses

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use backstop_controller::serve::{ServeConfig, serve};
+use backstop_controller::daemon::start::{ServeConfig, serve};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Exit;

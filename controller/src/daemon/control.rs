@@ -8,7 +8,7 @@
 //! - `{"op":"exec","host":H,"argv":[..],"window_ms":N}` answers
 //!   `{"deployment":ID}` at once, then `{"outcome":{...}}` when the command ends.
 //!   The outcome is `finished`, `failed`, or `interrupted` when the host
-//!   went away for good (see `server::HOST_GONE_GRACE`).
+//!   went away for good (see `daemon::HOST_GONE_GRACE`).
 //! - `{"op":"ping"}` answers `{"ok":true}`.
 //! - `{"op":"revoked","host":H}` (sent by `backstop revoke`): the daemon
 //!   closes H's live session if its certificate is no longer good, and
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::server::Daemon;
+use super::state::Daemon;
 
 pub fn socket_path(data: &Path) -> PathBuf {
     data.join("control.sock")
@@ -109,14 +109,15 @@ pub async fn accept_loop(daemon: Arc<Daemon>, listener: UnixListener) {
         };
         let d = daemon.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve(d, stream).await {
+            if let Err(e) = answer(d, stream).await {
                 tracing::debug!("control connection: {e}");
             }
         });
     }
 }
 
-async fn serve(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> {
+/// Answer one control connection: one request, then its reply lines.
+async fn answer(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;

@@ -18,7 +18,8 @@ use std::time::Duration;
 use backstop_common::wire::AgentMsg;
 use rustls::pki_types::CertificateDer;
 
-use crate::server::{Daemon, Ended, Session, close};
+use super::agents::{Ended, close};
+use super::state::{Daemon, Session};
 use crate::store::{CertStatus, Store};
 
 /// How long a newcomer watches the host's current connection for a sign of

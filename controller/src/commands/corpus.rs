@@ -1,0 +1,103 @@
+//! `backstop corpus run | synth`: corpora for training.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use backstop_controller::predict::{catalog, corpus};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// Run every scenario of a catalog (TOML) as a real `dpkg -i` in a
+    /// shadow on ROOT, under the probes, with its fault injected, and
+    /// append the deployment (windows, outcome, onset) to
+    /// OUT/deployments.jsonl. Scenarios already there are skipped, so an
+    /// interrupted run continues. Needs root and `backstop-agent`.
+    ///
+    /// Example: backstop corpus run --catalog corpus/catalog.toml --root /srv/rootfs --debs /srv/debs --out /var/lib/backstop/corpus
+    Run {
+        #[arg(long, value_name = "FILE")]
+        catalog: PathBuf,
+        /// The Debian root the shadows overlay.
+        #[arg(long)]
+        root: PathBuf,
+        /// DEBS/<package>/*.deb: each package and the dependencies the root lacks.
+        #[arg(long)]
+        debs: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The agent binary (default: backstop-agent beside this binary, else PATH).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
+    /// Write a generated corpus (packages with their own levels, healthy
+    /// installs with bursts, faults that build up over time) to DIR. It
+    /// exercises train and eval; it is not a substitute for real installs.
+    Synth {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 40)]
+        packages: usize,
+        #[arg(long, default_value_t = 14)]
+        per_package: usize,
+    },
+}
+
+pub fn run(action: Action) -> Result<i32> {
+    match action {
+        Action::Run {
+            catalog,
+            root,
+            debs,
+            out,
+            agent,
+        } => run_catalog(catalog, root, debs, out, agent),
+        Action::Synth {
+            out,
+            seed,
+            packages,
+            per_package,
+        } => synth(&out, seed, packages, per_package),
+    }
+}
+
+fn run_catalog(
+    catalog: PathBuf,
+    root: PathBuf,
+    debs: PathBuf,
+    out: PathBuf,
+    agent: Option<PathBuf>,
+) -> Result<i32> {
+    let agent = agent.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("backstop-agent")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("backstop-agent"))
+    });
+    let c = catalog::load(&catalog)?;
+    let opts = catalog::RunOptions {
+        agent,
+        root,
+        debs,
+        out: out.clone(),
+    };
+    let all = catalog::run(&c, &opts, |line| eprintln!("backstop: {line}"))?;
+    let failing = all.iter().filter(|d| d.failing()).count();
+    println!(
+        "{} deployments in {} ({} failing or degraded)",
+        all.len(),
+        out.display(),
+        failing
+    );
+    Ok(0)
+}
+
+fn synth(out: &std::path::Path, seed: u64, packages: usize, per_package: usize) -> Result<i32> {
+    let all = corpus::synthetic(seed, packages, per_package);
+    corpus::write(out, &all)?;
+    println!("{} deployments written to {}", all.len(), out.display());
+    Ok(0)
+}

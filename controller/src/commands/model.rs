@@ -1,0 +1,49 @@
+//! `backstop model`: the model in use, where it is from and how it did.
+
+use std::path::Path;
+
+use anyhow::Result;
+use backstop_controller::predict::model;
+
+pub fn run(data: &Path, json: bool) -> Result<i32> {
+    let (m, source) = model::Model::current(data)?;
+    if json {
+        println!("{}", serde_json::json!({"source": source, "meta": m.meta}));
+        return Ok(0);
+    }
+    println!("model: {source}");
+    println!(
+        "schema {} ({} features), {} windows of context, threshold {:.4} (target {:.1}% false alarms)",
+        m.meta.schema,
+        m.meta.features.len(),
+        m.meta.k,
+        m.meta.threshold,
+        m.meta.target_fpr * 100.0
+    );
+    println!(
+        "trained on {} deployments, corpus {}, seed {}, split rule {}, healthy windows weighed {}x",
+        m.meta.trained_on,
+        m.meta.corpus_digest,
+        m.meta.seed,
+        if m.meta.split_rule.is_empty() {
+            "(not recorded)"
+        } else {
+            &m.meta.split_rule
+        },
+        m.meta.healthy_weight
+    );
+    if let Some(e) = &m.meta.evaluation
+        && let Ok(e) = serde_json::from_value::<serde_json::Value>(e.clone())
+    {
+        for d in e["detectors"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<40} recall {:.3}  FPR {:.3}  AUC {:.3}",
+                d["detector"].as_str().unwrap_or(""),
+                d["recall"].as_f64().unwrap_or(0.0),
+                d["false_positive_rate"].as_f64().unwrap_or(0.0),
+                d["roc_auc"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,36 @@
+//! `backstop train`: train, calibrate and evaluate a model, and save it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use backstop_controller::predict::{self, model};
+
+use super::learn::{print_eval, read_corpus};
+
+pub fn run(
+    corpus_dirs: &[PathBuf],
+    out: &Path,
+    cfg: model::TrainConfig,
+    json: bool,
+) -> Result<i32> {
+    let all = read_corpus(corpus_dirs)?;
+    eprintln!(
+        "backstop: training on {} deployments ({} failing), seed {}",
+        all.len(),
+        all.iter().filter(|d| d.failing()).count(),
+        cfg.seed
+    );
+    let (m, e) = predict::train_and_evaluate(&all, &cfg).context("training")?;
+    m.save(out)
+        .with_context(|| format!("saving the model to {}", out.display()))?;
+    print_eval(&e, json);
+    if !json {
+        println!(
+            "model saved to {} (threshold {:.4}, corpus {})",
+            out.display(),
+            m.meta.threshold,
+            &m.meta.corpus_digest[..12]
+        );
+    }
+    Ok(0)
+}

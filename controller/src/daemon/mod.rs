@@ -1,0 +1,15 @@
+//! The daemon `backstop serve` runs, one file per side:
+//! - `start.rs`: start-up and shutdown, in order (config, store, PKI, then
+//!   the QUIC endpoint and the control socket);
+//! - `agents.rs`: the agents' side, one task per QUIC connection;
+//! - `control.rs`: the CLI's side, the Unix socket DATA/control.sock;
+//! - `identity.rs`: the checks that make a certificate speak for one host;
+//! - `state.rs`: what both sides share ([`Daemon`]).
+
+pub mod agents;
+pub mod control;
+pub mod identity;
+pub mod start;
+mod state;
+
+pub use state::{Daemon, ExecError, HOST_GONE_GRACE, Outcome};
