@@ -68,13 +68,7 @@ async fn serve_connection(daemon: Arc<Daemon>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let cert = conn
-        .peer_identity()
-        .and_then(|id| {
-            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|certs| certs.first().cloned());
+    let cert = super::identity::peer_cert(&conn);
     let Some(host) = cert.as_ref().and_then(|c| crate::pki::host_of(c)) else {
         tracing::warn!(%remote, "connection refused: the client certificate names no host");
         conn.close(close::IDENTITY.into(), b"certificate names no host");

@@ -28,6 +28,13 @@ use crate::store::{CertStatus, Store};
 /// long is dead, even though its 4 s idle timeout has not yet run out.
 pub const LIVENESS_PROBE: Duration = Duration::from_millis(1500);
 
+/// The certificate a connection's peer presented (its first, the leaf).
+pub(super) fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().cloned())
+}
+
 fn internal(e: crate::store::StoreError) -> Ended {
     Ended::new(close::INTERNAL, format!("store: {e}"))
 }

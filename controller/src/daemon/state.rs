@@ -178,13 +178,7 @@ impl Daemon {
             Some(s) => s.conn.clone(),
             None => return false,
         };
-        let cert = conn
-            .peer_identity()
-            .and_then(|id| {
-                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .and_then(|certs| certs.first().cloned());
+        let cert = super::identity::peer_cert(&conn);
         let Some(cert) = cert else { return false };
         match super::identity::check_certificate(&self.store, host, &cert).await {
             Ok(()) => false,
