@@ -11,20 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{agent, bin_dir, ebpf_or_skip, eventually, workload};
-
-fn rootfs() -> Option<PathBuf> {
-    let r = bin_dir().join("../xtask/rootfs-bookworm-minbase");
-    if r.join(".backstop-complete").exists() {
-        return Some(std::fs::canonicalize(r).unwrap());
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "the Debian rootfs fixture is missing under CI (cargo xtask test builds it)"
-    );
-    eprintln!("*** SKIPPED: the rootfs fixture is missing (cargo xtask test makes it) ***");
-    None
-}
+use support::{agent, ebpf_or_skip, eventually, rootfs, workload};
 
 /// What a leak would change: our mounts, our cgroups, the shadows dir.
 #[derive(Debug, PartialEq, Eq)]

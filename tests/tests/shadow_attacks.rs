@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 
 use attack::{
     Scratch, Unmount, assert_clean, mknod_block, root_disk, rootfs, run_as_nobody, sentinel,
-    shadow_run, tail, wait_ready, walk,
+    shadow_run, tail, wait_ready,
 };
 use serde_json::Value;
 use support::ebpf_or_skip;
+use support::sentinel::{assert_untouched, walk};
 
 #[test]
 fn a_shadow_cannot_make_or_open_the_hosts_disk() {
@@ -75,7 +76,7 @@ fn a_shadow_cannot_make_or_open_the_hosts_disk() {
         "a block node in the lower layer opened inside the shadow: {out}"
     );
     assert!(v["diff"]["added"].to_string().find("disk").is_none(), "{v}");
-    assert_eq!(walk(&sent), before, "the sentinel changed");
+    assert_untouched(&sent, &before, "the sentinel");
     assert_clean(&data, &v, "after the disk attack");
 }
 
@@ -161,7 +162,7 @@ fn setuid_files_and_device_nodes_in_a_live_shadow_are_inert_from_the_host() {
     std::fs::write(dir.join("io/go"), b"").unwrap();
     let (out, v) = runner.join().unwrap();
     assert!(out.status.success(), "{v}");
-    assert_eq!(walk(&sent), before, "the sentinel changed");
+    assert_untouched(&sent, &before, "the sentinel");
     assert_clean(&data, &v, "after the setuid attack");
 }
 
@@ -224,7 +225,7 @@ fn planted_links_and_fifos_in_the_io_dir_neither_leak_nor_hang() {
     };
     eprintln!("planted io links: shadow run took {took:?}, children's peak RSS {maxrss_kib} KiB");
     assert!(maxrss_kib < 512 * 1024, "peak RSS {maxrss_kib} KiB");
-    assert_eq!(walk(&sent), before, "the sentinel changed");
+    assert_untouched(&sent, &before, "the sentinel");
     assert_clean(&data, &v, "after the io-dir attack");
 }
 
@@ -298,7 +299,7 @@ fn a_shadow_cannot_create_namespaces() {
         out.contains(&format!("clone3: -1 {}", libc::ENOSYS)),
         "clone3 must fail ENOSYS: {out}"
     );
-    assert_eq!(walk(&sent), before, "the sentinel changed");
+    assert_untouched(&sent, &before, "the sentinel");
     assert_clean(&data, &v, "after the namespace attack");
 }
 
@@ -397,6 +398,6 @@ fn a_fork_bomb_in_a_shadow_is_held_by_its_pids_limit() {
         .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count())
         .unwrap_or(0);
     assert_eq!(left, 0, "a shadow's pids cgroup outlived it");
-    assert_eq!(walk(&sent), before, "the sentinel changed");
+    assert_untouched(&sent, &before, "the sentinel");
     assert_clean(&data, &v, "after the fork bomb");
 }

@@ -1,29 +1,16 @@
 //! Helpers of the hostile-shadow tests (shadow_attacks.rs): scratch
-//! directories, the sentinel and its walk, a shadow run with a hang
+//! directories, the sentinel (walked by support::sentinel), a shadow run with a hang
 //! watchdog, the leak check, and the host's disk.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{agent, bin_dir, eventually};
+use crate::support::{agent, eventually};
 
-pub fn rootfs() -> Option<PathBuf> {
-    let r = bin_dir().join("../xtask/rootfs-bookworm-minbase");
-    if r.join(".backstop-complete").exists() {
-        return Some(std::fs::canonicalize(r).unwrap());
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "the Debian rootfs fixture is missing under CI (cargo xtask test builds it)"
-    );
-    eprintln!("*** SKIPPED: the rootfs fixture is missing (cargo xtask test makes it) ***");
-    None
-}
+pub use crate::support::rootfs;
 
 /// A scratch directory under /var/tmp, removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -71,35 +58,6 @@ pub fn sentinel(s: &Scratch) -> PathBuf {
     std::fs::hard_link(d.join("file"), d.join("sub/link")).unwrap();
     std::os::unix::fs::symlink("../file", d.join("sub/sym")).unwrap();
     d
-}
-
-/// Content, mode, owner, inode and link count of every entry under `root`.
-pub fn walk(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let mut desc = format!(
-            "{:o} {}:{} ino {} nlink {} mtime {}",
-            m.mode(),
-            m.uid(),
-            m.gid(),
-            m.ino(),
-            m.nlink(),
-            m.mtime()
-        );
-        if m.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap().flatten() {
-                stack.push(e.path());
-            }
-        } else if m.file_type().is_symlink() {
-            desc += &format!(" -> {}", std::fs::read_link(&p).unwrap().display());
-        } else {
-            desc += &format!(" {:?}", std::fs::read(&p).unwrap());
-        }
-        out.insert(p, desc);
-    }
-    out
 }
 
 /// What a leak would leave: our mounts, our shadow's cgroups (by its id,

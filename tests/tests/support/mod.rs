@@ -186,3 +186,18 @@ pub fn deb_file(pkg: &str) -> PathBuf {
         })
         .unwrap_or_else(|| panic!("{pkg}.deb missing from {}", debs.display()))
 }
+
+/// The cached Debian rootfs (`cargo xtask test` builds it), or a loud skip
+/// (a failure under CI) when it is missing.
+pub fn rootfs() -> Option<PathBuf> {
+    let r = bin_dir().join("../xtask/rootfs-bookworm-minbase");
+    if r.join(".backstop-complete").exists() {
+        return Some(std::fs::canonicalize(r).unwrap());
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "the Debian rootfs fixture is missing under CI (cargo xtask test builds it)"
+    );
+    eprintln!("*** SKIPPED: the rootfs fixture is missing (cargo xtask test makes it) ***");
+    None
+}
