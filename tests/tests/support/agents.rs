@@ -70,10 +70,17 @@ impl Proc {
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
+impl Proc {
+    /// SIGKILL, then reap: a crash, as the tests that need one mean it.
+    pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }
 
