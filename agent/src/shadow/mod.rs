@@ -14,8 +14,12 @@
 
 #[cfg(feature = "test-seams")]
 mod bench;
+mod cgroups;
 pub mod container;
 mod diff;
+mod overlay;
+mod spec;
+mod sweep;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;

@@ -1,0 +1,170 @@
+//! The shadow's overlay root: mounting it (upper layer on an optional
+//! tmpfs, everything below the shadow's directory nosuid and nodev on the
+//! host side), unmounting, and finding what is mounted under a directory.
+
+use std::path::{Path, PathBuf};
+
+use super::container::{Layout, err, other};
+use crate::error::Result;
+
+/// Mount the overlay: `lower` read-only below, upper and work in the
+/// shadow's directory; with `upper_size`, on a tmpfs of that size. Not
+/// `durable`: mounted `volatile` (no sync reaches the upper layer; see
+/// `ShadowOptions::durable`). A volatile upper cannot be mounted again
+/// after a crash, which suits a shadow: the sweep deletes it.
+///
+/// Everything the shadow can write lands below its directory, which is
+/// first bound onto itself nosuid and nodev (and made private, so the
+/// mounts below do not propagate to the host's peers): a setuid file or a
+/// device node the install makes in the upper layer or the io directory
+/// is inert when the host reaches it by path. The upper tmpfs and the
+/// overlay carry the same flags; the directory is 0700 besides.
+pub fn mount_overlay(
+    lower: &Path,
+    l: &Layout,
+    upper_size: Option<u64>,
+    durable: bool,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&l.dir).map_err(err(format!("creating {}", l.dir.display())))?;
+    std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(err(format!("making {} 0700", l.dir.display())))?;
+    let dir = l.dir.to_string_lossy();
+    mount(&dir, &l.dir, "", libc::MS_BIND, "")
+        .and_then(|()| mount("", &l.dir, "", libc::MS_PRIVATE, ""))
+        .and_then(|()| mount("", &l.dir, "", libc::MS_REMOUNT | libc::MS_BIND | INERT, ""))
+        .map_err(err(format!(
+            "binding {} onto itself nosuid,nodev",
+            l.dir.display()
+        )))?;
+    if let Some(size) = upper_size {
+        let rw = l.dir.join("rw");
+        std::fs::create_dir_all(&rw).map_err(err(format!("creating {}", rw.display())))?;
+        mount(
+            "tmpfs",
+            &rw,
+            "tmpfs",
+            INERT,
+            &format!("size={size},mode=0755"),
+        )
+        .map_err(err(format!(
+            "mounting a {size}-byte tmpfs at {}",
+            rw.display()
+        )))?;
+    }
+    for d in [&l.upper, &l.work, &l.merged, &l.bundle, &l.io] {
+        std::fs::create_dir_all(d).map_err(err(format!("creating {}", d.display())))?;
+    }
+    for p in [lower, &l.upper, &l.work] {
+        if p.as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .any(|&b| b == b',' || b == b':')
+        {
+            return Err(other(
+                format!("mounting the shadow's overlay at {}", l.merged.display()),
+                format!(
+                    "{} contains ',' or ':', which overlayfs options cannot carry",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}{}",
+        lower.display(),
+        l.upper.display(),
+        l.work.display(),
+        if durable { "" } else { ",volatile" }
+    );
+    mount("overlay", &l.merged, "overlay", INERT, &data).map_err(err(format!(
+        "mounting the shadow's overlay ({data}) nosuid,nodev"
+    )))
+}
+
+/// Mount flags that make setuid bits and device nodes inert.
+const INERT: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+
+fn mount(
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> std::io::Result<()> {
+    let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| std::io::ErrorKind::InvalidInput);
+    let (src, target, fstype, data) = (
+        c(src.as_bytes())?,
+        c(target.as_os_str().as_encoded_bytes())?,
+        c(fstype.as_bytes())?,
+        c(data.as_bytes())?,
+    );
+    let opt = |s: &std::ffi::CString| {
+        if s.as_bytes().is_empty() {
+            std::ptr::null()
+        } else {
+            s.as_ptr()
+        }
+    };
+    // SAFETY: valid C strings (or null) for the call's duration.
+    let r = unsafe {
+        libc::mount(
+            opt(&src),
+            target.as_ptr(),
+            opt(&fstype),
+            flags,
+            opt(&data).cast(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn umount(target: &Path, flags: i32) -> std::io::Result<()> {
+    let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(t.as_ptr(), flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mount points at or under `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    v.dedup();
+    v
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mount_path(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
