@@ -3,22 +3,22 @@
 //! controller) and shadows. Where windows go is a [`WindowSink`].
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backstop_common::ProcEvent;
 use backstop_common::window::{Stream, Window};
-use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::changes::ChangeLog;
 use crate::error::{AgentError, Result};
-use crate::fold::{Folder, Reading};
-use crate::host::HostSampler;
 use crate::probes::Probes;
 use crate::tree::{self, Stdout, Tracked};
+
+mod session;
+
+use session::{Rings, Session};
 
 /// The loaded probes, shared by every tracked tree of this agent; each
 /// tree has its own slot. Held only for map reads, never across an await.
@@ -158,84 +158,34 @@ async fn track_in_slot(
     slot: u32,
     launch: impl FnOnce(&mut dyn FnMut(u32) -> Result<()>) -> Result<Tracked>,
     opts: &TrackOptions,
-    mut signals: Option<&mut StopSignals>,
+    signals: Option<&mut StopSignals>,
     sink: &mut dyn WindowSink,
 ) -> Result<Summary> {
-    let sampler = HostSampler::new(&opts.scope);
-    let read = || -> Result<Reading> {
-        let mut p = lock(probes);
-        let at_ns = monotonic_ns();
-        Ok(Reading {
-            totals: p.totals(slot)?,
-            threads: p.threads_now(slot, at_ns),
-            anon_peak_bytes: p.take_anon_peak(slot)?,
-            host: sampler.sample()?,
-            at_ns,
-            recursion_misses: p.recursion_misses(),
-        })
-    };
-    let mut folder = Folder::new(opts.stream, read()?);
-    let mut change_log = match &opts.changes {
-        Some(path) => {
-            let log = ChangeLog::create(path)?;
-            lock(probes).record_changes(slot, true)?;
-            Some(log)
-        }
-        None => None,
-    };
-    let changes_lost_at_start =
-        lock(probes).totals(slot)?.c[backstop_common::counter::CHANGES_LOST];
+    let mut session = Session::start(probes, slot, opts)?;
     let mut tracked = launch(&mut |pid| lock(probes).track(pid, slot))?;
-    let pid = tracked.pid;
-    tracing::debug!(pid, slot, "tracking");
+    tracing::debug!(pid = tracked.pid, slot, "tracking");
+    let rings = Rings::watch(probes)?;
+    let (status, timed_out) =
+        run_until_exit(&mut session, &mut tracked, &rings, opts, signals, sink).await?;
+    session.finish(status, timed_out, sink)
+}
 
-    let ring_err = |source| AgentError::Io {
-        context: "watching the probes' ring buffer".into(),
-        source,
-    };
-    let ring_fd = lock(probes)
-        .events_fd()
-        .try_clone_to_owned()
-        .map_err(ring_err)?;
-    // SAFETY: we own this duplicate; it stays open for the AsyncFd's life.
-    let events_fd =
-        unsafe { AsyncFd::register_with_interest(ring_fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| ring_err(e.into()))?;
-    let changes_fd = lock(probes)
-        .changes_fd()
-        .try_clone_to_owned()
-        .map_err(ring_err)?;
-    // SAFETY: as above.
-    let changes_fd =
-        unsafe { AsyncFd::register_with_interest(changes_fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| ring_err(e.into()))?;
-    let drain_changes = |log: &mut Option<ChangeLog>| -> Result<()> {
-        let mut err = Ok(());
-        lock(probes).drain_changes(slot, |ev| {
-            if err.is_ok()
-                && let Some(log) = log.as_mut()
-            {
-                err = log.record(ev);
-            }
-        });
-        err
-    };
+/// Until the root exits: fold a window per tick, drain records as they
+/// arrive, pass stop signals on, and enforce the grace period and the
+/// timeout. Returns the root's status and whether the timeout killed it.
+async fn run_until_exit(
+    session: &mut Session<'_>,
+    tracked: &mut Tracked,
+    rings: &Rings,
+    opts: &TrackOptions,
+    mut signals: Option<&mut StopSignals>,
+    sink: &mut dyn WindowSink,
+) -> Result<(std::process::ExitStatus, bool)> {
+    let pid = tracked.pid;
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + opts.window, opts.window);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut deadline: Option<tokio::time::Instant> = None;
-    let mut lost = 0u64;
-    let drain = |sink: &mut dyn WindowSink| -> Result<()> {
-        let mut err = Ok(());
-        lock(probes).drain_events(slot, |ev| {
-            if err.is_ok() {
-                err = sink.event(&ev);
-            }
-        });
-        err
-    };
-
-    let mut sink_failures = 0u64;
     let timeout_at = opts.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut timed_out = false;
     let status = loop {
@@ -253,26 +203,18 @@ async fn track_in_slot(
         };
         tokio::select! {
             st = tracked.wait() => break st.map_err(|source| AgentError::Io { context: "waiting for the command".into(), source })?,
-            _ = ticker.tick() => {
-                let w = folder.fold(read()?);
-                lost += w.lost_events;
-                survive(sink.window(&w), &mut sink_failures);
-                // Another tree may have read our records into our mailbox;
-                // its reading woke nobody here.
-                survive(drain(sink), &mut sink_failures);
-                survive_log(drain_changes(&mut change_log), &mut change_log);
-            }
-            guard = events_fd.readable() => {
+            _ = ticker.tick() => session.tick(sink)?,
+            guard = rings.events.readable() => {
                 if let Ok(mut g) = guard {
                     g.clear_ready();
                 }
-                survive(drain(sink), &mut sink_failures);
+                session.drain_events(sink);
             }
-            guard = changes_fd.readable() => {
+            guard = rings.changes.readable() => {
                 if let Ok(mut g) = guard {
                     g.clear_ready();
                 }
-                survive_log(drain_changes(&mut change_log), &mut change_log);
+                session.drain_changes();
             }
             Some(sig) = recv(&mut signals) => forward(pid, sig, &mut deadline, opts.kill_grace),
             _ = kill_at => {
@@ -287,39 +229,7 @@ async fn track_in_slot(
             }
         }
     };
-    survive(drain(sink), &mut sink_failures);
-    survive_log(drain_changes(&mut change_log), &mut change_log);
-    let changes = match change_log {
-        Some(log) => {
-            let p = lock(probes);
-            let lost = p.totals(slot)?.c[backstop_common::counter::CHANGES_LOST]
-                - changes_lost_at_start
-                + p.changes_dropped(slot);
-            drop(p);
-            Some(log.finish(lost)?)
-        }
-        None => None,
-    };
-    tracing::debug!(misses = ?lock(probes).recursion_misses_by_program(), "skipped program runs since load");
-    let w = folder.fold(read()?);
-    lost += w.lost_events;
-    survive(sink.window(&w), &mut sink_failures);
-    if sink_failures > 0 {
-        tracing::warn!(
-            sink_failures,
-            "windows or records the sink could not take were lost"
-        );
-    }
-    let exit_code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    Ok(Summary {
-        exit_code,
-        windows: folder.windows(),
-        lost_events: lost,
-        changes,
-        timed_out,
-    })
+    Ok((status, timed_out))
 }
 
 /// A sink that fails loses what it was given, never the tree: returning
