@@ -1,7 +1,7 @@
 //! The corpus: deployments with their windows, outcome and onset, as the
 //! model learns from them and the evaluation replays them.
 //!
-//! A corpus directory holds `deployments.jsonl`, one [`Deployment`] per
+//! A corpus directory holds `deployments.jsonl`, one [`Record`] per
 //! line. Splits are by package and by fault variant, never by window:
 //! windows of one deployment are near-copies of each other, and a model
 //! tested on a package or a fault variant it trained on is tested on what
@@ -33,8 +33,11 @@ pub const HEALTHY: &str = "none";
 /// trained on.
 pub const SPLIT_RULE: &str = "folds5-swap.v1";
 
+/// One training record: a past install's windows with its outcome and
+/// onset, one line of `deployments.jsonl`. Not a live deployment: those
+/// are the daemon's (the file keeps its name, its format is unchanged).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Deployment {
+pub struct Record {
     pub id: String,
     pub package: String,
     /// Fault family ("none" when healthy).
@@ -55,7 +58,7 @@ pub struct Deployment {
     pub windows: Vec<Vec<f64>>,
 }
 
-impl Deployment {
+impl Record {
     pub fn failing(&self) -> bool {
         self.outcome != Outcome::Ok
     }
@@ -77,7 +80,7 @@ pub enum CorpusError {
 }
 
 /// Read every corpus directory's deployments.
-pub fn read(dirs: &[&Path]) -> Result<Vec<Deployment>, CorpusError> {
+pub fn read(dirs: &[&Path]) -> Result<Vec<Record>, CorpusError> {
     let mut out = Vec::new();
     for dir in dirs {
         let p = dir.join("deployments.jsonl");
@@ -99,7 +102,7 @@ pub fn read(dirs: &[&Path]) -> Result<Vec<Deployment>, CorpusError> {
                 line: i + 1,
                 reason,
             };
-            let d: Deployment = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+            let d: Record = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
             if d.schema != SCHEMA_VERSION {
                 return Err(bad(format!(
                     "feature schema {:?}, this build has {SCHEMA_VERSION:?}",
@@ -122,7 +125,7 @@ pub fn read(dirs: &[&Path]) -> Result<Vec<Deployment>, CorpusError> {
     Ok(out)
 }
 
-pub fn write(dir: &Path, deployments: &[Deployment]) -> Result<(), CorpusError> {
+pub fn write(dir: &Path, deployments: &[Record]) -> Result<(), CorpusError> {
     let io = |source| CorpusError::Io {
         path: dir.display().to_string(),
         source,
@@ -143,7 +146,7 @@ pub fn write(dir: &Path, deployments: &[Deployment]) -> Result<(), CorpusError> 
 
 /// SHA-256 over the deployments (ids and windows), to name what a model
 /// was trained on.
-pub fn digest(deployments: &[Deployment]) -> String {
+pub fn digest(deployments: &[Record]) -> String {
     let mut h = Sha256::new();
     for d in deployments {
         h.update(d.id.as_bytes());
@@ -159,9 +162,9 @@ pub fn digest(deployments: &[Deployment]) -> String {
 
 #[derive(Debug, Clone, Default)]
 pub struct Split {
-    pub train: Vec<Deployment>,
-    pub validation: Vec<Deployment>,
-    pub test: Vec<Deployment>,
+    pub train: Vec<Record>,
+    pub validation: Vec<Record>,
+    pub test: Vec<Record>,
     /// Deployments whose package or variant is tested or validates, but
     /// which are not in that fold themselves (their package and variant
     /// fell in different folds).
@@ -171,7 +174,7 @@ pub struct Split {
 /// Split by package and by fault variant, never by window: the last of
 /// five [`folds`] tests, the one before it validates, the other three
 /// train. Seeded and deterministic.
-pub fn split(deployments: &[Deployment], seed: u64) -> Split {
+pub fn split(deployments: &[Record], seed: u64) -> Split {
     folds(deployments, 5, seed).split(deployments, 4)
 }
 
@@ -199,7 +202,7 @@ pub struct Folds {
 /// and of variants: when variants spread over many packages, letting each
 /// follow the majority of its packages would put them all in one fold and
 /// leave the others no failures.
-pub fn folds(deployments: &[Deployment], k: u8, seed: u64) -> Folds {
+pub fn folds(deployments: &[Record], k: u8, seed: u64) -> Folds {
     use std::collections::BTreeMap;
     let k = k.max(3);
     let faulty: Vec<(&str, &str)> = deployments
@@ -237,7 +240,7 @@ pub fn folds(deployments: &[Deployment], k: u8, seed: u64) -> Folds {
 
 impl Folds {
     /// The folds of a deployment's package and of its variant.
-    fn of(&self, d: &Deployment) -> (u8, u8) {
+    fn of(&self, d: &Record) -> (u8, u8) {
         let p = self.package.get(&d.package).copied().unwrap_or(u8::MAX);
         let v = if d.variant == HEALTHY {
             p
@@ -248,7 +251,7 @@ impl Folds {
     }
 
     /// Fold `test` tests, the fold before it validates, the rest train.
-    pub fn split(&self, deployments: &[Deployment], test: u8) -> Split {
+    pub fn split(&self, deployments: &[Record], test: u8) -> Split {
         let validation = (test + self.k - 1) % self.k;
         let mut s = Split::default();
         for d in deployments {
@@ -328,7 +331,7 @@ fn tiebreak(name: &str, seed: u64) -> [u8; 8] {
 }
 
 /// Packages and fault variants of a part.
-pub fn names(ds: &[Deployment]) -> (BTreeSet<String>, BTreeSet<String>) {
+pub fn names(ds: &[Record]) -> (BTreeSet<String>, BTreeSet<String>) {
     (
         ds.iter().map(|d| d.package.clone()).collect(),
         ds.iter()
@@ -374,7 +377,7 @@ pub const SYNTHETIC_FAMILIES: [(&str, &[usize]); 5] = [
 /// runaway, error storm) in variants of magnitude and timing. Not a stand-in
 /// for the real corpus: it exists so the learning machinery can be tested
 /// quickly and deterministically.
-pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Deployment> {
+pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Record> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let families = SYNTHETIC_FAMILIES;
     let nf = FEATURES.len();
@@ -419,7 +422,7 @@ pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Deployme
                 }
                 windows.push(w);
             }
-            out.push(Deployment {
+            out.push(Record {
                 id: format!("{package}-{k}"),
                 package: package.clone(),
                 family: if fault { family } else { HEALTHY }.to_string(),
@@ -512,7 +515,7 @@ mod tests {
     fn split_keeps_most_deployments_when_variants_spread_over_packages() {
         // The shipped catalog's shape: per package 3 healthy installs and
         // 3 faults, each fault variant in two or three packages.
-        let dep = |package: &str, variant: &str, i: usize| Deployment {
+        let dep = |package: &str, variant: &str, i: usize| Record {
             id: format!("{package}-{variant}-{i}"),
             package: package.into(),
             family: variant.split('-').next().unwrap_or(HEALTHY).into(),

@@ -16,7 +16,7 @@ use std::process::Command;
 use backstop_common::features::{FEATURES, SCHEMA_VERSION};
 use serde::Deserialize;
 
-use super::corpus::{Deployment, HEALTHY, Outcome};
+use super::corpus::{HEALTHY, Outcome, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -392,7 +392,7 @@ fn repack(deb: &Path, fragment: &str, dir: &Path) -> Result<PathBuf> {
 }
 
 /// Run one scenario; the deployment it produced.
-pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result<Deployment> {
+pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result<Record> {
     let fail = |reason: String| CatalogError::Scenario {
         scenario: s.name.clone(),
         reason,
@@ -490,7 +490,7 @@ pub fn deployment_from_report(
     s: &Scenario,
     v: &serde_json::Value,
     window_ms: u64,
-) -> std::result::Result<Deployment, String> {
+) -> std::result::Result<Record, String> {
     let windows: Vec<Vec<f64>> = v["windows"]
         .as_array()
         .ok_or("no windows in the report")?
@@ -533,7 +533,7 @@ pub fn deployment_from_report(
     };
     let last = windows.len() - 1;
     let onset_window = onset_ms.map(|ms| ((ms / window_ms as f64) as usize).min(last));
-    Ok(Deployment {
+    Ok(Record {
         id: s.id(),
         package: s.package.clone(),
         family: s.fault.name().into(),
@@ -554,10 +554,10 @@ pub fn run(
     catalog: &Catalog,
     o: &RunOptions,
     mut progress: impl FnMut(&str),
-) -> Result<Vec<Deployment>> {
+) -> Result<Vec<Record>> {
     std::fs::create_dir_all(&o.out).map_err(io(format!("creating {}", o.out.display())))?;
     let ids: Vec<String> = catalog.scenarios.iter().map(Scenario::id).collect();
-    let mut done: BTreeMap<String, Deployment> = BTreeMap::new();
+    let mut done: BTreeMap<String, Record> = BTreeMap::new();
     let earlier = if o.out.join("deployments.jsonl").exists() {
         super::corpus::read(&[&o.out]).unwrap_or_else(|e| {
             // Not silently: a whole corpus is about to be run again.
@@ -592,7 +592,7 @@ pub fn run(
         ));
         let d = run_scenario(&catalog.defaults, s, o)?;
         done.insert(id, d);
-        let all: Vec<Deployment> = done.values().cloned().collect();
+        let all: Vec<Record> = done.values().cloned().collect();
         super::corpus::write(&o.out, &all).map_err(|e| CatalogError::Io {
             context: e.to_string(),
             source: std::io::Error::other("writing the corpus"),
