@@ -35,7 +35,7 @@ pub(crate) fn print_eval(e: &learn::Evaluation, json: bool) {
     );
     println!(
         "{} test deployments; thresholds for at most {:.1}% false alarms on healthy installs\n",
-        e.deployments,
+        e.records,
         e.target_fpr * 100.0
     );
     println!("{EARLY}");
@@ -114,7 +114,7 @@ pub(crate) fn print_model(
             .collect();
         println!(
             "  {:<32} {:<9} window {:>3} onset {:>4}  p={:.3}  {}",
-            a.deployment,
+            a.record,
             format!("{:?}", a.outcome).to_lowercase(),
             a.window,
             a.onset_window.map_or("-".into(), |o| o.to_string()),

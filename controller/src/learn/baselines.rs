@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use backstop_common::features::FEATURES;
 
 use super::corpus::Record;
-use crate::predict::model::{K, calibrate, context};
+use crate::predict::calibrate::calibrate;
+use crate::predict::model::{K, context};
 use crate::predict::stats::normal_cdf;
 
 /// One kind of failure detector: a score per window, and the threshold

@@ -35,7 +35,8 @@ pub struct FoldFigures {
 #[derive(Debug, Clone, Serialize)]
 pub struct CrossValidation {
     pub seed: u64,
-    pub deployments: usize,
+    #[serde(rename = "deployments")]
+    pub records: usize,
     /// Deployments no fold tested: their package and their variant fell
     /// in different folds.
     pub never_tested: usize,
@@ -107,7 +108,7 @@ pub fn cross_validate(
     let at = |fpr: f64| rows(&pooled, |d| eval::at_fpr(d, &tested, fpr));
     Ok(CrossValidation {
         seed: cfg.seed,
-        deployments: all.len(),
+        records: all.len(),
         never_tested: all.len() - tested.len(),
         target_fpr: cfg.target_fpr,
         at_model_fpr: at(detectors[0].false_positive_rate),

@@ -14,7 +14,9 @@ pub mod baselines;
 pub mod catalog;
 pub mod corpus;
 pub mod crossval;
+pub mod detectors;
 pub mod eval;
+pub mod split;
 pub mod train;
 
 use serde::Serialize;
@@ -26,116 +28,13 @@ use eval::Metrics;
 use train::TrainConfig;
 
 pub use crossval::{CrossValidation, FoldFigures, cross_validate};
-
-/// The model as a [`Detector`].
-pub struct ModelDetector<'a>(pub &'a Model);
-
-impl Detector for ModelDetector<'_> {
-    fn name(&self) -> String {
-        "backstop model".into()
-    }
-    fn scores(&self, d: &Record) -> Vec<f64> {
-        self.0.predict(&d.windows).unwrap_or_else(|e| {
-            tracing::error!("predicting {}: {e}", d.id);
-            vec![0.0; d.windows.len()]
-        })
-    }
-    fn threshold(&self) -> f64 {
-        self.0.meta.threshold
-    }
-}
-
-/// Scores computed once per deployment (a model's forward passes are the
-/// expensive part of an evaluation), served as a detector.
-pub struct Scored {
-    name: String,
-    threshold: f64,
-    scores: std::collections::HashMap<String, Vec<f64>>,
-}
-
-impl Scored {
-    pub fn of(det: &dyn Detector, ds: &[Record]) -> Scored {
-        Scored::at(det, det.threshold(), ds)
-    }
-
-    /// Scored, alarming above `threshold` rather than the detector's own.
-    pub fn at(det: &dyn Detector, threshold: f64, ds: &[Record]) -> Scored {
-        Scored {
-            name: det.name(),
-            threshold,
-            scores: ds.iter().map(|d| (d.id.clone(), det.scores(d))).collect(),
-        }
-    }
-
-    /// Scores less the threshold, alarming above 0: scores of detectors
-    /// whose thresholds differ (one per fold) can then be pooled, and a
-    /// pooled score says how far above or below its own threshold a
-    /// deployment went.
-    pub(crate) fn add_relative(&mut self, other: Scored) {
-        let t = other.threshold;
-        self.scores.extend(
-            other
-                .scores
-                .into_iter()
-                .map(|(id, s)| (id, s.into_iter().map(|v| v - t).collect())),
-        );
-    }
-
-    pub(crate) fn pooled(name: String) -> Scored {
-        Scored {
-            name,
-            threshold: 0.0,
-            scores: Default::default(),
-        }
-    }
-}
-
-impl Detector for Scored {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn scores(&self, d: &Record) -> Vec<f64> {
-        self.scores.get(&d.id).cloned().unwrap_or_default()
-    }
-    fn threshold(&self) -> f64 {
-        self.threshold
-    }
-}
-
-/// The model together with (a): an alarm when the model alarms or when the
-/// install says no by itself (a failing step, a timeout, an OOM kill, a
-/// failing health probe), whichever comes first, as a rollback decision
-/// would use both. A window's score is the model's, raised above the
-/// threshold from the moment the checks fail.
-pub struct ModelOrChecks<'a>(pub &'a dyn Detector);
-
-impl Detector for ModelOrChecks<'_> {
-    fn name(&self) -> String {
-        "model or (a), whichever alarms first".into()
-    }
-    fn scores(&self, d: &Record) -> Vec<f64> {
-        let checks = ChecksOnly.scores(d);
-        self.0
-            .scores(d)
-            .into_iter()
-            .zip(checks)
-            .map(|(m, c)| {
-                if c > ChecksOnly.threshold() {
-                    1.0 + m
-                } else {
-                    m
-                }
-            })
-            .collect()
-    }
-    fn threshold(&self) -> f64 {
-        self.0.threshold()
-    }
-}
+pub use detectors::{ModelDetector, ModelOrChecks, Scored};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
-    pub deployments: usize,
+    /// Records in the test part (serde name kept for old output readers).
+    #[serde(rename = "deployments")]
+    pub records: usize,
     /// The split: train, validation and test deployments, and those left
     /// out because their package and their variant fell in different parts.
     pub split: SplitSizes,
@@ -183,7 +82,7 @@ pub fn by_family(alarms: &[Alarm], ds: &[Record]) -> Vec<FamilyLead> {
     }
     let mut leads: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for a in alarms {
-        let Some(d) = ds.iter().find(|d| d.id == a.deployment && d.failing()) else {
+        let Some(d) = ds.iter().find(|d| d.id == a.record && d.failing()) else {
             continue;
         };
         let Some(f) = fams.get_mut(d.family.as_str()) else {
@@ -221,7 +120,9 @@ impl Evaluation {
 /// The model's first alarm on a deployment and the features that drove it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alarm {
-    pub deployment: String,
+    /// The record's id (serde name kept for old output readers).
+    #[serde(rename = "deployment")]
+    pub record: String,
     pub outcome: corpus::Outcome,
     pub window: usize,
     pub onset_window: Option<usize>,
@@ -242,7 +143,7 @@ pub(crate) fn alarms_from(model: &Model, scored: &Scored, ds: &[Record]) -> Vec<
             let p = scored.scores(d);
             let t = p.iter().position(|&v| v > model.meta.threshold)?;
             Some(Alarm {
-                deployment: d.id.clone(),
+                record: d.id.clone(),
                 outcome: d.outcome,
                 window: t,
                 onset_window: d.onset_window,
@@ -293,7 +194,7 @@ pub(crate) fn at_own_threshold(ds: &[Record]) -> impl Fn(&dyn Detector) -> Metri
 pub fn evaluate(model: &Model, split: &Split) -> Evaluation {
     let scored = score_test(model, split);
     Evaluation {
-        deployments: split.test.len(),
+        records: split.test.len(),
         split: SplitSizes::of(split),
         target_fpr: model.meta.target_fpr,
         detectors: rows(&scored, at_own_threshold(&split.test)),
@@ -359,30 +260,6 @@ pub fn train_and_evaluate(all: &[Record], cfg: &TrainConfig) -> model::Result<(M
 mod tests {
     use super::*;
     use backstop_common::features::FEATURES;
-
-    #[test]
-    fn model_or_checks_alarms_at_the_earlier_of_the_two() {
-        use baselines::tests::{Echo, dep};
-        let quiet_failure = dep("a", "p", &[0.1, 0.1, 0.1, 0.1], true);
-        let predicted = dep("b", "p", &[0.1, 0.9, 0.9, 0.9], true);
-        let healthy = dep("c", "p", &[0.1, 0.2], false);
-        let false_alarm = dep("d", "p", &[0.7, 0.2], false);
-        let ds = [quiet_failure, predicted, healthy, false_alarm];
-        let echo = Scored::of(&Echo, &ds);
-        let both = ModelOrChecks(&echo);
-        let first = |d: &Record| both.scores(d).iter().position(|&v| v > both.threshold());
-        // The checks see the quiet failure at its onset, the model the
-        // other one a window in.
-        assert_eq!(first(&ds[0]), Some(3));
-        assert_eq!(first(&ds[1]), Some(1));
-        // Healthy installs: the checks add nothing, the model's false
-        // alarm stays one.
-        assert_eq!(first(&ds[2]), None);
-        assert_eq!(first(&ds[3]), Some(0));
-        let m = eval::evaluate(&both, both.threshold(), &ds);
-        assert_eq!((m.recall, m.false_positive_rate), (1.0, 0.5));
-        assert_eq!(m.caught_before_onset, 1);
-    }
 
     #[test]
     fn a_model_split_by_another_rule_is_not_evaluated() {
@@ -455,7 +332,7 @@ mod tests {
         {
             let family = all
                 .iter()
-                .find(|d| d.id == a.deployment)
+                .find(|d| d.id == a.record)
                 .map(|d| d.family.as_str());
             let Some((_, feats)) = corpus::SYNTHETIC_FAMILIES
                 .iter()

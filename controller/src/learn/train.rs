@@ -13,9 +13,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::corpus::{self, Record};
-use crate::predict::model::{
-    K, Model, ModelError, ModelMeta, Normalizer, Result, calibrate_probability,
-};
+use crate::predict::calibrate::calibrate_probability;
+use crate::predict::model::{K, Model, ModelError, ModelMeta, Normalizer, Result};
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -87,6 +86,72 @@ fn bce_with_logits(logits: &Tensor, y: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(((l * w)?.sum_all()? / w.sum_all()?)?)
 }
 
+/// Every window is a sample: failing when its record fails within the
+/// horizon (or already has). Inputs [n, K, F], labels [n], weights [n].
+fn samples(model: &Model, train: &[Record], cfg: &TrainConfig) -> Result<(Tensor, Tensor, Tensor)> {
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    let mut weights = Vec::new();
+    for d in train {
+        let ts: Vec<usize> = (0..d.windows.len()).collect();
+        xs.push(model.inputs(&d.windows, &ts)?);
+        let from = match (d.failing(), d.onset_window) {
+            (true, Some(o)) => o.saturating_sub(cfg.horizon),
+            (true, None) => 0,
+            (false, _) => usize::MAX,
+        };
+        ys.extend(ts.iter().map(|&t| if t >= from { 1f32 } else { 0f32 }));
+        let w = if d.failing() {
+            1.0
+        } else {
+            cfg.healthy_weight as f32
+        };
+        weights.extend(ts.iter().map(|_| w));
+    }
+    let x = Tensor::cat(&xs, 0)?;
+    let n = ys.len();
+    let y = Tensor::from_vec(ys, n, &Device::Cpu)?;
+    let w = Tensor::from_vec(weights, n, &Device::Cpu)?;
+    Ok((x, y, w))
+}
+
+/// The seeded, shuffled AdamW epochs over the samples, in place.
+fn fit(model: &Model, x: &Tensor, y: &Tensor, w: &Tensor, cfg: &TrainConfig) -> Result<()> {
+    let n = y.dim(0)?;
+    let mut opt = AdamW::new(
+        model.varmap.all_vars(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
+    for epoch in 0..cfg.epochs {
+        for i in (1..n).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let mut total = 0.0;
+        for chunk in order.chunks(cfg.batch) {
+            let ids = Tensor::from_slice(chunk, chunk.len(), &Device::Cpu)?;
+            let loss = bce_with_logits(
+                &model.forward(&x.index_select(&ids, 0)?)?,
+                &y.index_select(&ids, 0)?,
+                &w.index_select(&ids, 0)?,
+            )?;
+            opt.backward_step(&loss)?;
+            total += f64::from(loss.to_scalar::<f32>()?);
+        }
+        tracing::debug!(
+            epoch,
+            loss = total / n.div_ceil(cfg.batch) as f64,
+            "training"
+        );
+    }
+    Ok(())
+}
+
 /// Train on `train`, calibrate the threshold on `validation` (to the
 /// target share of healthy deployments alarmed at any window).
 pub fn train(
@@ -126,62 +191,8 @@ pub fn train(
         },
         varmap,
     };
-    // Every window is a sample: failing when its deployment fails within
-    // the horizon (or already has).
-    let mut xs = Vec::new();
-    let mut ys = Vec::new();
-    let mut weights = Vec::new();
-    for d in train {
-        let ts: Vec<usize> = (0..d.windows.len()).collect();
-        xs.push(model.inputs(&d.windows, &ts)?);
-        let from = match (d.failing(), d.onset_window) {
-            (true, Some(o)) => o.saturating_sub(cfg.horizon),
-            (true, None) => 0,
-            (false, _) => usize::MAX,
-        };
-        ys.extend(ts.iter().map(|&t| if t >= from { 1f32 } else { 0f32 }));
-        let w = if d.failing() {
-            1.0
-        } else {
-            cfg.healthy_weight as f32
-        };
-        weights.extend(ts.iter().map(|_| w));
-    }
-    let x = Tensor::cat(&xs, 0)?;
-    let n = ys.len();
-    let y = Tensor::from_vec(ys, n, &Device::Cpu)?;
-    let w = Tensor::from_vec(weights, n, &Device::Cpu)?;
-    let mut opt = AdamW::new(
-        model.varmap.all_vars(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
-    )?;
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
-    for epoch in 0..cfg.epochs {
-        for i in (1..n).rev() {
-            order.swap(i, rng.random_range(0..=i));
-        }
-        let mut total = 0.0;
-        for chunk in order.chunks(cfg.batch) {
-            let ids = Tensor::from_slice(chunk, chunk.len(), &Device::Cpu)?;
-            let loss = bce_with_logits(
-                &model.forward(&x.index_select(&ids, 0)?)?,
-                &y.index_select(&ids, 0)?,
-                &w.index_select(&ids, 0)?,
-            )?;
-            opt.backward_step(&loss)?;
-            total += f64::from(loss.to_scalar::<f32>()?);
-        }
-        tracing::debug!(
-            epoch,
-            loss = total / n.div_ceil(cfg.batch) as f64,
-            "training"
-        );
-    }
+    let (x, y, w) = samples(&model, train, cfg)?;
+    fit(&model, &x, &y, &w, cfg)?;
     let healthy_max: Vec<f64> = validation
         .iter()
         .filter(|d| !d.failing())

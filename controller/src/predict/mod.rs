@@ -6,5 +6,6 @@
 //! live in [`crate::learn`], which adapts its training records to the
 //! windows this module takes.
 
+pub mod calibrate;
 pub mod model;
 pub mod stats;
