@@ -1,11 +1,11 @@
-//! The corpus: deployments with their windows, outcome and onset, as the
-//! model learns from them and the evaluation replays them.
+//! The corpus: records of past installs with their windows, outcome and
+//! onset, as the model learns from them and the evaluation replays them.
 //!
 //! A corpus directory holds `deployments.jsonl`, one [`Record`] per
-//! line. Splits are by package and by fault variant, never by window:
-//! windows of one deployment are near-copies of each other, and a model
-//! tested on a package or a fault variant it trained on is tested on what
-//! it memorised.
+//! line. Splits ([`super::split`]) are by package and by fault variant,
+//! never by window: windows of one install are near-copies of each
+//! other, and a model tested on a package or a fault variant it trained
+//! on is tested on what it memorised.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -127,7 +127,7 @@ pub fn read(dirs: &[&Path]) -> Result<Vec<Record>, CorpusError> {
     Ok(out)
 }
 
-pub fn write(dir: &Path, deployments: &[Record]) -> Result<(), CorpusError> {
+pub fn write(dir: &Path, records: &[Record]) -> Result<(), CorpusError> {
     let io = |source| CorpusError::Io {
         path: dir.display().to_string(),
         source,
@@ -135,7 +135,7 @@ pub fn write(dir: &Path, deployments: &[Record]) -> Result<(), CorpusError> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join("deployments.jsonl.tmp");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-    for d in deployments {
+    for d in records {
         let line = serde_json::to_string(d).expect("plain data serializes");
         writeln!(f, "{line}").map_err(io)?;
     }
@@ -146,11 +146,11 @@ pub fn write(dir: &Path, deployments: &[Record]) -> Result<(), CorpusError> {
     std::fs::rename(&tmp, dir.join("deployments.jsonl")).map_err(io)
 }
 
-/// SHA-256 over the deployments (ids and windows), to name what a model
+/// SHA-256 over the records (ids and windows), to name what a model
 /// was trained on.
-pub fn digest(deployments: &[Record]) -> String {
+pub fn digest(records: &[Record]) -> String {
     let mut h = Sha256::new();
-    for d in deployments {
+    for d in records {
         h.update(d.id.as_bytes());
         h.update([0]);
         for w in &d.windows {

@@ -23,8 +23,8 @@ pub struct Split {
 /// Split by package and by fault variant, never by window: the last of
 /// five [`folds`] tests, the one before it validates, the other three
 /// train. Seeded and deterministic.
-pub fn split(deployments: &[Record], seed: u64) -> Split {
-    folds(deployments, 5, seed).split(deployments, 4)
+pub fn split(records: &[Record], seed: u64) -> Split {
+    folds(records, 5, seed).split(records, 4)
 }
 
 /// Packages and fault variants dealt into folds. A deployment belongs to a
@@ -51,15 +51,15 @@ pub struct Folds {
 /// and of variants: when variants spread over many packages, letting each
 /// follow the majority of its packages would put them all in one fold and
 /// leave the others no failures.
-pub fn folds(deployments: &[Record], k: u8, seed: u64) -> Folds {
+pub fn folds(records: &[Record], k: u8, seed: u64) -> Folds {
     use std::collections::BTreeMap;
     let k = k.max(3);
-    let faulty: Vec<(&str, &str)> = deployments
+    let faulty: Vec<(&str, &str)> = records
         .iter()
         .filter(|d| d.variant != HEALTHY)
         .map(|d| (d.package.as_str(), d.variant.as_str()))
         .collect();
-    let packages = seeded_parts(deployments.iter().map(|d| d.package.as_str()), k, seed);
+    let packages = seeded_parts(records.iter().map(|d| d.package.as_str()), k, seed);
     let variants = seeded_parts(faulty.iter().map(|(_, v)| *v), k, seed);
     let mut pkg: BTreeMap<&str, u8> = packages.iter().copied().collect();
     let mut var: BTreeMap<&str, u8> = variants.iter().copied().collect();
@@ -100,10 +100,10 @@ impl Folds {
     }
 
     /// Fold `test` tests, the fold before it validates, the rest train.
-    pub fn split(&self, deployments: &[Record], test: u8) -> Split {
+    pub fn split(&self, records: &[Record], test: u8) -> Split {
         let validation = (test + self.k - 1) % self.k;
         let mut s = Split::default();
-        for d in deployments {
+        for d in records {
             let (p, v) = self.of(d);
             let held = |f: u8| f == test || f == validation || f == u8::MAX;
             if p == v && p == test {
