@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use backstop_agent::changes::ChangeSet;
-use backstop_controller::predict::catalog;
+use backstop_controller::learn::catalog;
 
 const CASES: usize = 20_000;
 

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use backstop_controller::predict::{corpus, model};
+use backstop_controller::learn::corpus;
+use backstop_controller::predict::model;
 
 /// µs per window (batch of one, this thread) over `calls` predictions, and
 /// the model's size on disk. JSON on stdout.
@@ -11,7 +12,7 @@ pub fn run(model_dir: &Path, calls: usize) -> Result<i32> {
     let m = model::Model::load(model_dir)
         .with_context(|| format!("--model {}", model_dir.display()))?;
     let d = &corpus::synthetic(1, 1, 1)[0];
-    let x = m.inputs(d, &[d.windows.len() - 1])?;
+    let x = m.inputs(&d.windows, &[d.windows.len() - 1])?;
     let mut us = Vec::with_capacity(calls);
     for _ in 0..calls {
         let t = std::time::Instant::now();
@@ -20,10 +21,7 @@ pub fn run(model_dir: &Path, calls: usize) -> Result<i32> {
     }
     // End to end (raw values to probability), for the same window.
     let mut e2e = Vec::with_capacity(calls / 10);
-    let one = corpus::Deployment {
-        windows: d.windows[..1].to_vec(),
-        ..d.clone()
-    };
+    let one = d.windows[..1].to_vec();
     for _ in 0..calls / 10 {
         let t = std::time::Instant::now();
         let _ = m.predict(&one)?;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use backstop_controller::predict::{catalog, corpus};
+use backstop_controller::learn::{catalog, corpus};
 use clap::Subcommand;
 
 #[derive(Subcommand)]

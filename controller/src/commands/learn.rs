@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use backstop_controller::predict::{self, corpus, eval::Metrics};
+use backstop_controller::learn::{self, corpus, eval::Metrics};
 
-pub(crate) fn read_corpus(dirs: &[PathBuf]) -> Result<Vec<corpus::Deployment>> {
+pub(crate) fn read_corpus(dirs: &[PathBuf]) -> Result<Vec<corpus::Record>> {
     let refs: Vec<&Path> = dirs.iter().map(|p| p.as_path()).collect();
     let all = corpus::read(&refs).context("reading the corpus")?;
     if all.is_empty() {
@@ -21,7 +21,7 @@ pub(crate) fn read_corpus(dirs: &[PathBuf]) -> Result<Vec<corpus::Deployment>> {
     Ok(all)
 }
 
-pub(crate) fn print_eval(e: &predict::Evaluation, json: bool) {
+pub(crate) fn print_eval(e: &learn::Evaluation, json: bool) {
     if json {
         println!(
             "{}",
@@ -35,7 +35,7 @@ pub(crate) fn print_eval(e: &predict::Evaluation, json: bool) {
     );
     println!(
         "{} test deployments; thresholds for at most {:.1}% false alarms on healthy installs\n",
-        e.deployments,
+        e.records,
         e.target_fpr * 100.0
     );
     println!("{EARLY}");
@@ -83,8 +83,8 @@ fn secs(ms: Option<f64>) -> String {
 /// The model per fault family, and the first `limit` of its alarms with
 /// what drove them.
 pub(crate) fn print_model(
-    families: &[predict::FamilyLead],
-    alarms: &[predict::Alarm],
+    families: &[learn::FamilyLead],
+    alarms: &[learn::Alarm],
     title: &str,
     limit: usize,
 ) {
@@ -114,7 +114,7 @@ pub(crate) fn print_model(
             .collect();
         println!(
             "  {:<32} {:<9} window {:>3} onset {:>4}  p={:.3}  {}",
-            a.deployment,
+            a.record,
             format!("{:?}", a.outcome).to_lowercase(),
             a.window,
             a.onset_window.map_or("-".into(), |o| o.to_string()),
@@ -144,9 +144,7 @@ pub(crate) struct TrainingFlags {
 }
 
 impl TrainingFlags {
-    pub(crate) fn config(
-        &self,
-    ) -> anyhow::Result<backstop_controller::predict::model::TrainConfig> {
+    pub(crate) fn config(&self) -> anyhow::Result<backstop_controller::learn::train::TrainConfig> {
         let TrainingFlags {
             seed,
             target_fpr,
@@ -159,7 +157,7 @@ impl TrainingFlags {
         if !(healthy_weight.is_finite() && healthy_weight > 0.0) {
             anyhow::bail!("--healthy-weight {healthy_weight}: must be a positive number");
         }
-        Ok(backstop_controller::predict::model::TrainConfig {
+        Ok(backstop_controller::learn::train::TrainConfig {
             seed,
             target_fpr,
             epochs,

@@ -1,167 +1,19 @@
-//! The corpus: deployments with their windows, outcome and onset, as the
-//! model learns from them and the evaluation replays them.
-//!
-//! A corpus directory holds `deployments.jsonl`, one [`Deployment`] per
-//! line. Splits are by package and by fault variant, never by window:
-//! windows of one deployment are near-copies of each other, and a model
-//! tested on a package or a fault variant it trained on is tested on what
-//! it memorised.
+//! Splits and folds of a corpus: by package and by fault variant, never by
+//! window (windows of one install are near-copies of each other, and a
+//! model tested on a package or a variant it trained on is tested on what
+//! it memorised).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, Write};
-use std::path::Path;
 
-use backstop_common::features::{FEATURES, SCHEMA_VERSION, feature};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Ok,
-    Failed,
-    Degraded,
-}
-
-/// The variant name of a deployment with no fault injected.
-pub const HEALTHY: &str = "none";
-
-/// Names the rule [`split`] follows. A model records it: evaluating a model
-/// on a split rebuilt by another rule would test it on deployments it
-/// trained on.
-pub const SPLIT_RULE: &str = "folds5-swap.v1";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Deployment {
-    pub id: String,
-    pub package: String,
-    /// Fault family ("none" when healthy).
-    pub family: String,
-    /// Fault variant: family plus magnitude and timing ("none" when healthy).
-    pub variant: String,
-    pub outcome: Outcome,
-    /// The window in which the failure became visible without prediction
-    /// (the failing step's exit, a timeout, a health probe failing, an OOM
-    /// kill); None when healthy.
-    pub onset_window: Option<usize>,
-    /// Whether an exit code or a health probe shows the failure at all
-    /// (a slowdown may not).
-    pub visible_to_checks: bool,
-    pub window_ms: u64,
-    pub schema: String,
-    /// Feature values per window, in [`FEATURES`] order.
-    pub windows: Vec<Vec<f64>>,
-}
-
-impl Deployment {
-    pub fn failing(&self) -> bool {
-        self.outcome != Outcome::Ok
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CorpusError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path} line {line}: {reason}")]
-    Bad {
-        path: String,
-        line: usize,
-        reason: String,
-    },
-}
-
-/// Read every corpus directory's deployments.
-pub fn read(dirs: &[&Path]) -> Result<Vec<Deployment>, CorpusError> {
-    let mut out = Vec::new();
-    for dir in dirs {
-        let p = dir.join("deployments.jsonl");
-        let path = p.display().to_string();
-        let f = std::fs::File::open(&p).map_err(|source| CorpusError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-            let line = line.map_err(|source| CorpusError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let bad = |reason: String| CorpusError::Bad {
-                path: path.clone(),
-                line: i + 1,
-                reason,
-            };
-            let d: Deployment = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-            if d.schema != SCHEMA_VERSION {
-                return Err(bad(format!(
-                    "feature schema {:?}, this build has {SCHEMA_VERSION:?}",
-                    d.schema
-                )));
-            }
-            if let Some(w) = d.windows.iter().find(|w| w.len() != FEATURES.len()) {
-                return Err(bad(format!(
-                    "a window has {} values, the schema {}",
-                    w.len(),
-                    FEATURES.len()
-                )));
-            }
-            if d.windows.is_empty() {
-                return Err(bad("no windows".into()));
-            }
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
-pub fn write(dir: &Path, deployments: &[Deployment]) -> Result<(), CorpusError> {
-    let io = |source| CorpusError::Io {
-        path: dir.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join("deployments.jsonl.tmp");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-    for d in deployments {
-        let line = serde_json::to_string(d).expect("plain data serializes");
-        writeln!(f, "{line}").map_err(io)?;
-    }
-    f.into_inner()
-        .map_err(|e| io(e.into_error()))?
-        .sync_all()
-        .map_err(io)?;
-    std::fs::rename(&tmp, dir.join("deployments.jsonl")).map_err(io)
-}
-
-/// SHA-256 over the deployments (ids and windows), to name what a model
-/// was trained on.
-pub fn digest(deployments: &[Deployment]) -> String {
-    let mut h = Sha256::new();
-    for d in deployments {
-        h.update(d.id.as_bytes());
-        h.update([0]);
-        for w in &d.windows {
-            for v in w {
-                h.update(v.to_le_bytes());
-            }
-        }
-    }
-    hex::encode(h.finalize())
-}
+use super::corpus::{HEALTHY, Record};
 
 #[derive(Debug, Clone, Default)]
 pub struct Split {
-    pub train: Vec<Deployment>,
-    pub validation: Vec<Deployment>,
-    pub test: Vec<Deployment>,
+    pub train: Vec<Record>,
+    pub validation: Vec<Record>,
+    pub test: Vec<Record>,
     /// Deployments whose package or variant is tested or validates, but
     /// which are not in that fold themselves (their package and variant
     /// fell in different folds).
@@ -171,8 +23,8 @@ pub struct Split {
 /// Split by package and by fault variant, never by window: the last of
 /// five [`folds`] tests, the one before it validates, the other three
 /// train. Seeded and deterministic.
-pub fn split(deployments: &[Deployment], seed: u64) -> Split {
-    folds(deployments, 5, seed).split(deployments, 4)
+pub fn split(records: &[Record], seed: u64) -> Split {
+    folds(records, 5, seed).split(records, 4)
 }
 
 /// Packages and fault variants dealt into folds. A deployment belongs to a
@@ -199,15 +51,15 @@ pub struct Folds {
 /// and of variants: when variants spread over many packages, letting each
 /// follow the majority of its packages would put them all in one fold and
 /// leave the others no failures.
-pub fn folds(deployments: &[Deployment], k: u8, seed: u64) -> Folds {
+pub fn folds(records: &[Record], k: u8, seed: u64) -> Folds {
     use std::collections::BTreeMap;
     let k = k.max(3);
-    let faulty: Vec<(&str, &str)> = deployments
+    let faulty: Vec<(&str, &str)> = records
         .iter()
         .filter(|d| d.variant != HEALTHY)
         .map(|d| (d.package.as_str(), d.variant.as_str()))
         .collect();
-    let packages = seeded_parts(deployments.iter().map(|d| d.package.as_str()), k, seed);
+    let packages = seeded_parts(records.iter().map(|d| d.package.as_str()), k, seed);
     let variants = seeded_parts(faulty.iter().map(|(_, v)| *v), k, seed);
     let mut pkg: BTreeMap<&str, u8> = packages.iter().copied().collect();
     let mut var: BTreeMap<&str, u8> = variants.iter().copied().collect();
@@ -237,7 +89,7 @@ pub fn folds(deployments: &[Deployment], k: u8, seed: u64) -> Folds {
 
 impl Folds {
     /// The folds of a deployment's package and of its variant.
-    fn of(&self, d: &Deployment) -> (u8, u8) {
+    fn of(&self, d: &Record) -> (u8, u8) {
         let p = self.package.get(&d.package).copied().unwrap_or(u8::MAX);
         let v = if d.variant == HEALTHY {
             p
@@ -248,10 +100,10 @@ impl Folds {
     }
 
     /// Fold `test` tests, the fold before it validates, the rest train.
-    pub fn split(&self, deployments: &[Deployment], test: u8) -> Split {
+    pub fn split(&self, records: &[Record], test: u8) -> Split {
         let validation = (test + self.k - 1) % self.k;
         let mut s = Split::default();
-        for d in deployments {
+        for d in records {
             let (p, v) = self.of(d);
             let held = |f: u8| f == test || f == validation || f == u8::MAX;
             if p == v && p == test {
@@ -328,7 +180,7 @@ fn tiebreak(name: &str, seed: u64) -> [u8; 8] {
 }
 
 /// Packages and fault variants of a part.
-pub fn names(ds: &[Deployment]) -> (BTreeSet<String>, BTreeSet<String>) {
+pub fn names(ds: &[Record]) -> (BTreeSet<String>, BTreeSet<String>) {
     (
         ds.iter().map(|d| d.package.clone()).collect(),
         ds.iter()
@@ -338,107 +190,10 @@ pub fn names(ds: &[Deployment]) -> (BTreeSet<String>, BTreeSet<String>) {
     )
 }
 
-/// The generated corpus's fault families and the features each drives.
-pub const SYNTHETIC_FAMILIES: [(&str, &[usize]); 5] = [
-    (
-        "memory-growth",
-        &[feature::MEM_ANON_PEAK_BYTES, feature::SYSCALLS_MEM],
-    ),
-    (
-        "disk-fill",
-        &[feature::PAGE_DIRTIED_BYTES, feature::SYSCALL_ERRORS_ENOSPC],
-    ),
-    (
-        "io-stall",
-        &[
-            feature::BLOCK_LATENCY_P99_US,
-            feature::SYSCALL_LATENCY_P99_US,
-        ],
-    ),
-    (
-        "cpu-runaway",
-        &[
-            feature::SCHED_ON_CPU_NS,
-            feature::SCHED_INVOLUNTARY_SWITCHES,
-        ],
-    ),
-    (
-        "error-storm",
-        &[feature::SYSCALL_ERRORS_TOTAL, feature::SYSCALL_ERRORS_OTHER],
-    ),
-];
-
-/// A generated corpus for tests and the benchmark: packages with their own
-/// baseline levels; healthy installs with noise and the odd burst; faults
-/// that build up over time (memory growth, disk fill, I/O stall, CPU
-/// runaway, error storm) in variants of magnitude and timing. Not a stand-in
-/// for the real corpus: it exists so the learning machinery can be tested
-/// quickly and deterministically.
-pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Deployment> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let families = SYNTHETIC_FAMILIES;
-    let nf = FEATURES.len();
-    let mut out = Vec::new();
-    for p in 0..packages {
-        let package = format!("pkg{p:02}");
-        let base: Vec<f64> = (0..nf)
-            .map(|_| 10f64.powf(rng.random_range(0.0..5.0)))
-            .collect();
-        for k in 0..per_package {
-            let len = rng.random_range(16..32);
-            let fault = k % 2 == 1;
-            let (family, feats) = families[rng.random_range(0..families.len())];
-            let magnitude = rng.random_range(0..3);
-            let timing = rng.random_range(0..2);
-            let variant = if fault {
-                format!("{family}-m{magnitude}-t{timing}")
-            } else {
-                HEALTHY.to_string()
-            };
-            // The fault starts building up here, and shows at the end.
-            let start = if timing == 0 { len / 4 } else { len / 2 };
-            let growth: f64 = [1.15, 1.3, 1.5][magnitude];
-            let mut windows = Vec::with_capacity(len);
-            for t in 0..len {
-                let mut w: Vec<f64> = base
-                    .iter()
-                    .map(|b| b * rng.random_range(0.6..1.6))
-                    .collect();
-                // Healthy installs have bursts too: a static threshold must
-                // sit above them.
-                if rng.random_range(0.0..1.0) < 0.08 {
-                    let i = rng.random_range(0..nf);
-                    w[i] *= rng.random_range(2.0..4.0);
-                }
-                if fault && t >= start {
-                    for &i in feats {
-                        w[i] = base[i].max(1.0)
-                            * growth.powi((t - start + 1) as i32)
-                            * rng.random_range(0.9..1.1);
-                    }
-                }
-                windows.push(w);
-            }
-            out.push(Deployment {
-                id: format!("{package}-{k}"),
-                package: package.clone(),
-                family: if fault { family } else { HEALTHY }.to_string(),
-                variant,
-                outcome: if fault { Outcome::Failed } else { Outcome::Ok },
-                onset_window: fault.then_some(len - 1),
-                visible_to_checks: fault,
-                window_ms: 1000,
-                schema: SCHEMA_VERSION.to_string(),
-                windows,
-            });
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::learn::corpus::{Outcome, synthetic};
     use std::collections::BTreeMap;
 
     /// No package and no fault variant in two parts of a split.
@@ -512,7 +267,7 @@ mod tests {
     fn split_keeps_most_deployments_when_variants_spread_over_packages() {
         // The shipped catalog's shape: per package 3 healthy installs and
         // 3 faults, each fault variant in two or three packages.
-        let dep = |package: &str, variant: &str, i: usize| Deployment {
+        let dep = |package: &str, variant: &str, i: usize| Record {
             id: format!("{package}-{variant}-{i}"),
             package: package.into(),
             family: variant.split('-').next().unwrap_or(HEALTHY).into(),
@@ -526,7 +281,7 @@ mod tests {
             visible_to_checks: variant != HEALTHY,
             window_ms: 250,
             schema: backstop_common::features::SCHEMA_VERSION.into(),
-            windows: vec![vec![0.0; FEATURES.len()]],
+            windows: vec![vec![0.0; backstop_common::features::FEATURES.len()]],
         };
         let mut all = Vec::new();
         for p in 0..70 {
@@ -577,20 +332,5 @@ mod tests {
             .map(|t| f.split(&all, t).test.iter().filter(|d| d.failing()).count())
             .sum();
         assert!(tested >= 180, "{tested} of 210 failing deployments tested");
-    }
-
-    #[test]
-    fn corpus_round_trips_and_refuses_another_schema() {
-        let dir = std::env::temp_dir().join(format!("backstop-corpus-{}", std::process::id()));
-        let all = synthetic(3, 2, 3);
-        write(&dir, &all).unwrap();
-        let back = read(&[&dir]).unwrap();
-        assert_eq!(digest(&back), digest(&all));
-        let mut bad = all.clone();
-        bad[0].schema = "backstop.features.v0".into();
-        write(&dir, &bad).unwrap();
-        let e = read(&[&dir]).unwrap_err().to_string();
-        assert!(e.contains("line 1") && e.contains("v0"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,15 +8,16 @@ use std::collections::HashMap;
 
 use backstop_common::features::FEATURES;
 
-use super::corpus::Deployment;
-use super::model::{K, calibrate, context};
-use super::stats::normal_cdf;
+use super::corpus::Record;
+use crate::predict::calibrate::calibrate;
+use crate::predict::model::{K, context};
+use crate::predict::stats::normal_cdf;
 
 /// One kind of failure detector: a score per window, and the threshold
 /// above which a window alarms.
 pub trait Detector {
     fn name(&self) -> String;
-    fn scores(&self, d: &Deployment) -> Vec<f64>;
+    fn scores(&self, d: &Record) -> Vec<f64>;
     fn threshold(&self) -> f64;
 }
 
@@ -28,7 +29,7 @@ impl Detector for ChecksOnly {
     fn name(&self) -> String {
         "exit codes and health probes".into()
     }
-    fn scores(&self, d: &Deployment) -> Vec<f64> {
+    fn scores(&self, d: &Record) -> Vec<f64> {
         (0..d.windows.len())
             .map(|t| {
                 let shown = d.visible_to_checks && d.onset_window.is_some_and(|o| t >= o);
@@ -51,7 +52,7 @@ pub struct StaticThresholds {
 }
 
 impl StaticThresholds {
-    pub fn tune(train: &[Deployment], target_fpr: f64) -> Self {
+    pub fn tune(train: &[Record], target_fpr: f64) -> Self {
         let nf = FEATURES.len();
         let mut per: Vec<Vec<f64>> = vec![Vec::new(); nf];
         for d in train.iter().filter(|d| !d.failing()) {
@@ -92,7 +93,7 @@ impl Detector for StaticThresholds {
     fn name(&self) -> String {
         "static thresholds".into()
     }
-    fn scores(&self, d: &Deployment) -> Vec<f64> {
+    fn scores(&self, d: &Record) -> Vec<f64> {
         d.windows
             .iter()
             .map(|w| {
@@ -122,7 +123,7 @@ pub struct MannWhitneyJudge {
 }
 
 impl MannWhitneyJudge {
-    pub fn new(history: &[Deployment]) -> Self {
+    pub fn new(history: &[Record]) -> Self {
         let mut h: HashMap<String, Vec<(String, Vec<f64>)>> = HashMap::new();
         for d in history.iter().filter(|d| !d.failing()) {
             for w in &d.windows {
@@ -143,7 +144,7 @@ impl Detector for MannWhitneyJudge {
     fn name(&self) -> String {
         "Mann-Whitney judge vs healthy history".into()
     }
-    fn scores(&self, d: &Deployment) -> Vec<f64> {
+    fn scores(&self, d: &Record) -> Vec<f64> {
         let Some(hist) = self.history.get(&d.package) else {
             return vec![0.0; d.windows.len()];
         };
@@ -157,7 +158,7 @@ impl Detector for MannWhitneyJudge {
         }
         (0..d.windows.len())
             .map(|t| {
-                let cur: Vec<&Vec<f64>> = context(d, t).collect();
+                let cur: Vec<&Vec<f64>> = context(&d.windows, t).collect();
                 (0..FEATURES.len())
                     .filter(|&i| {
                         let a: Vec<f64> = cur.iter().map(|w| w[i]).collect();
@@ -229,7 +230,7 @@ pub fn mann_whitney_p(a: &[f64], b: &[f64]) -> f64 {
 /// The empirical threshold rule ([`calibrate`]) applied to a baseline's
 /// raw scores, to the model's false-positive target. Not the model's
 /// log-odds fit: these scores are counts, not probabilities.
-pub fn calibrated_threshold(det: &dyn Detector, validation: &[Deployment], target_fpr: f64) -> f64 {
+pub fn calibrated_threshold(det: &dyn Detector, validation: &[Record], target_fpr: f64) -> f64 {
     let healthy_max: Vec<f64> = validation
         .iter()
         .filter(|d| !d.failing())
@@ -252,7 +253,7 @@ pub(crate) mod tests {
         fn name(&self) -> String {
             "echo".into()
         }
-        fn scores(&self, d: &Deployment) -> Vec<f64> {
+        fn scores(&self, d: &Record) -> Vec<f64> {
             d.windows.iter().map(|w| w[0]).collect()
         }
         fn threshold(&self) -> f64 {
@@ -260,8 +261,8 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn dep(id: &str, package: &str, values: &[f64], failing: bool) -> Deployment {
-        Deployment {
+    pub(crate) fn dep(id: &str, package: &str, values: &[f64], failing: bool) -> Record {
+        Record {
             id: id.into(),
             package: package.into(),
             family: if failing { "f" } else { HEALTHY }.into(),

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::baselines::Detector;
-use super::corpus::Deployment;
+use super::corpus::Record;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Metrics {
@@ -34,7 +34,7 @@ pub struct Metrics {
 pub fn outcomes(
     det: &dyn Detector,
     threshold: f64,
-    ds: &[Deployment],
+    ds: &[Record],
 ) -> Vec<(bool, f64, Option<usize>)> {
     ds.iter()
         .map(|d| {
@@ -46,7 +46,7 @@ pub fn outcomes(
         .collect()
 }
 
-pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Deployment]) -> Metrics {
+pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Record]) -> Metrics {
     let out = outcomes(det, threshold, ds);
     let failing = out.iter().filter(|o| o.0).count();
     let healthy = out.len() - failing;
@@ -86,7 +86,7 @@ pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Deployment]) -> Metric
 /// is scored on, so it flatters every detector alike; it compares
 /// detectors at equal false positives, and says what a perfect
 /// calibration would give.
-pub fn at_fpr(det: &dyn Detector, ds: &[Deployment], fpr: f64) -> Metrics {
+pub fn at_fpr(det: &dyn Detector, ds: &[Record], fpr: f64) -> Metrics {
     let mut healthy_max: Vec<f64> = outcomes(det, f64::INFINITY, ds)
         .into_iter()
         .filter(|o| !o.0)
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn at_fpr_picks_the_threshold_that_keeps_enough_healthy_quiet() {
-        use crate::predict::baselines::tests::{Echo, dep};
+        use crate::learn::baselines::tests::{Echo, dep};
         let ds = [
             dep("f1", "p", &[0.1, 0.9], true),
             dep("f2", "p", &[0.1, 0.6], true),

@@ -1,0 +1,281 @@
+//! Running a catalog: each scenario a real install in a shadow, its
+//! report turned into a training record.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use backstop_common::features::{FEATURES, SCHEMA_VERSION};
+
+use super::inject::{fault_script, main_deb, repack};
+use super::*;
+
+/// Where the runner finds things.
+pub struct RunOptions {
+    pub agent: PathBuf,
+    pub root: PathBuf,
+    /// DEBS/<package>/*.deb: the package and the dependencies the root lacks.
+    pub debs: PathBuf,
+    pub out: PathBuf,
+}
+
+/// Run one scenario; the deployment it produced.
+pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result<Record> {
+    let fail = |reason: String| CatalogError::Scenario {
+        scenario: s.name.clone(),
+        reason,
+    };
+    let pkg_dir = o.debs.join(&s.package);
+    let main = main_deb(&pkg_dir, &s.package)?;
+    let work = o.out.join("work").join(&s.name);
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io(format!("creating {}", work.display())))?;
+    let debs = debs_for(s, &pkg_dir, &main, &work)?;
+    let mut cmd = shadow_command(defaults, s, o, &debs);
+    let out = cmd
+        .output()
+        .map_err(io(format!("running {}", o.agent.display())))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        fail(format!(
+            "the shadow printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })?;
+    let _ = std::fs::remove_dir_all(&work);
+    record_from_report(s, &v, defaults.window_ms).map_err(fail)
+}
+
+/// The .debs to install, sorted, the package's own repacked with the
+/// scenario's fault (only that one when a dependency is left out).
+fn debs_for(s: &Scenario, pkg_dir: &Path, main: &Path, work: &Path) -> Result<Vec<PathBuf>> {
+    let mut debs: Vec<PathBuf> = if s.fault == Family::MissingDependency {
+        vec![main.to_path_buf()]
+    } else {
+        std::fs::read_dir(pkg_dir)
+            .map_err(io(format!("reading {}", pkg_dir.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .collect()
+    };
+    debs.sort();
+    let repacked = repack(main, &fault_script(s).unwrap_or_default(), work)?;
+    for d in &mut debs {
+        if *d == main {
+            *d = repacked.clone();
+        }
+    }
+    Ok(debs)
+}
+
+/// The `backstop-agent shadow run` that installs `debs` with the
+/// scenario's limits and health probe.
+fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[PathBuf]) -> Command {
+    let total: u64 = debs
+        .iter()
+        .filter_map(|d| std::fs::metadata(d).ok())
+        .map(|m| m.len())
+        .sum();
+    let mut cmd = Command::new(&o.agent);
+    cmd.args(["shadow", "--json", "--data"])
+        .arg(o.out.join("agent-data"))
+        .arg("run")
+        .arg("--root")
+        .arg(&o.root)
+        .args(["--window-ms", &defaults.window_ms.to_string()])
+        .args([
+            "--timeout-secs",
+            &s.timeout_secs.unwrap_or(defaults.timeout_secs).to_string(),
+        ])
+        // Sync calls reach the disk, so the windows' I/O is a live install's.
+        .arg("--durable");
+    let memory = if s.fault == Family::MemoryBlowup {
+        64 << 20
+    } else {
+        defaults.memory
+    };
+    cmd.args(["--memory", &memory.to_string()]);
+    if s.fault == Family::DiskFull {
+        // Room for a fraction of what unpacking writes.
+        let size = (total / (2 * u64::from(s.magnitude.max(1)))).max(256 * 1024);
+        cmd.args(["--upper-size", &size.to_string()]);
+    }
+    let health = match s.fault {
+        Family::SlowService => Some(
+            "for i in 1 2 3 4 5 6 7 8; do s=$(date +%s%N); perl -MIO::Socket::INET -e '$c=IO::Socket::INET->new(PeerAddr=>\"127.0.0.1:8089\") or exit 1; <$c>' || exit 1; e=$(date +%s%N); [ $(( (e-s)/1000000 )) -lt 200 ] || exit 1; done",
+        ),
+        // The service's process must live through 3 seconds.
+        Family::CrashLoop => Some("p=$(cat /run/backstop-demo.pid) && sleep 3 && kill -0 $p"),
+        _ => None,
+    };
+    if let Some(h) = health {
+        cmd.args(["--test", h]);
+    }
+    for d in debs {
+        cmd.arg("--copy-in").arg(d);
+    }
+    let names: Vec<String> = debs
+        .iter()
+        .map(|d| {
+            format!(
+                "/.backstop-shadow/in/{}",
+                d.file_name().unwrap_or_default().to_string_lossy()
+            )
+        })
+        .collect();
+    cmd.args(["--", "dpkg", "-i"]).args(&names);
+    cmd
+}
+
+/// Outcome and onset from a shadow report.
+pub fn record_from_report(
+    s: &Scenario,
+    v: &serde_json::Value,
+    window_ms: u64,
+) -> std::result::Result<Record, String> {
+    let windows: Vec<Vec<f64>> = v["windows"]
+        .as_array()
+        .ok_or("no windows in the report")?
+        .iter()
+        .map(|w| {
+            FEATURES
+                .iter()
+                .map(|f| w["features"][f.name].as_f64().unwrap_or(0.0))
+                .collect()
+        })
+        .collect();
+    if windows.is_empty() {
+        return Err("no windows in the report".into());
+    }
+    let cmd_ok = v["cmd"]["exit_code"] == 0;
+    let timed_out = v["timed_out"] == true;
+    let oom = v["oom_killed"] == true;
+    let tests_ok = v["tests"]
+        .as_array()
+        .is_none_or(|t| t.iter().all(|t| t["exit_code"] == 0));
+    let outcome = if !cmd_ok || timed_out || oom {
+        Outcome::Failed
+    } else if !tests_ok {
+        Outcome::Degraded
+    } else {
+        Outcome::Ok
+    };
+    // When it showed: the failing step's end (CMD, or CMD then the test).
+    let cmd_ms = v["cmd"]["duration_ms"].as_f64();
+    let onset_ms = match outcome {
+        Outcome::Ok => None,
+        Outcome::Failed => Some(cmd_ms.unwrap_or(f64::MAX)),
+        Outcome::Degraded => Some(
+            cmd_ms.unwrap_or(0.0)
+                + v["tests"]
+                    .as_array()
+                    .map(|t| t.iter().filter_map(|t| t["duration_ms"].as_f64()).sum())
+                    .unwrap_or(0.0),
+        ),
+    };
+    let last = windows.len() - 1;
+    let onset_window = onset_ms.map(|ms| ((ms / window_ms as f64) as usize).min(last));
+    Ok(Record {
+        id: s.id(),
+        package: s.package.clone(),
+        family: s.fault.name().into(),
+        variant: s.variant(),
+        outcome,
+        onset_window,
+        visible_to_checks: outcome != Outcome::Ok,
+        window_ms,
+        schema: SCHEMA_VERSION.into(),
+        windows,
+    })
+}
+
+/// Run every scenario, appending to OUT/deployments.jsonl as each ends
+/// (a long run interrupted keeps what it did; a scenario already in the
+/// corpus is not run again).
+pub fn run(
+    catalog: &Catalog,
+    o: &RunOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Record>> {
+    std::fs::create_dir_all(&o.out).map_err(io(format!("creating {}", o.out.display())))?;
+    let ids: Vec<String> = catalog.scenarios.iter().map(Scenario::id).collect();
+    let mut done: BTreeMap<String, Record> = BTreeMap::new();
+    let earlier = if o.out.join("deployments.jsonl").exists() {
+        crate::learn::corpus::read(&[&o.out]).unwrap_or_else(|e| {
+            // Not silently: a whole corpus is about to be run again.
+            progress(&format!(
+                "not reusing the records in {}: {e}",
+                o.out.display()
+            ));
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    for d in earlier {
+        if ids.contains(&d.id) {
+            done.insert(d.id.clone(), d);
+        } else {
+            // A scenario the catalog no longer has: its record goes.
+            progress(&format!("dropping {}: not in the catalog", d.id));
+        }
+    }
+    for (i, (s, id)) in catalog.scenarios.iter().zip(ids).enumerate() {
+        if done.contains_key(&id) {
+            continue;
+        }
+        progress(&format!(
+            "[{}/{}] {} ({}, {})",
+            i + 1,
+            catalog.scenarios.len(),
+            s.name,
+            s.package,
+            s.variant()
+        ));
+        let d = run_scenario(&catalog.defaults, s, o)?;
+        done.insert(id, d);
+        let all: Vec<Record> = done.values().cloned().collect();
+        crate::learn::corpus::write(&o.out, &all).map_err(|e| CatalogError::Io {
+            context: e.to_string(),
+            source: std::io::Error::other("writing the corpus"),
+        })?;
+    }
+    let _ = std::fs::remove_dir_all(o.out.join("work"));
+    Ok(done.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_and_onset_from_a_report() {
+        let s = Scenario {
+            name: "x".into(),
+            package: "p".into(),
+            fault: Family::FailingScript,
+            magnitude: 1,
+            delay: 2,
+            seed: 0,
+            timeout_secs: None,
+        };
+        let w = serde_json::json!({"features": {"syscalls_total": 5.0}});
+        let v = serde_json::json!({
+            "windows": [w, w, w, w, w, w],
+            "cmd": {"exit_code": 1, "duration_ms": 1600.0},
+            "tests": [], "timed_out": false, "oom_killed": false
+        });
+        let d = record_from_report(&s, &v, 500).unwrap();
+        assert_eq!(d.outcome, Outcome::Failed);
+        assert_eq!(d.onset_window, Some(3));
+        assert_eq!(d.windows[0][0], 5.0);
+        let v = serde_json::json!({
+            "windows": [w, w, w],
+            "cmd": {"exit_code": 0, "duration_ms": 100.0},
+            "tests": [{"exit_code": 1, "duration_ms": 600.0}], "timed_out": false, "oom_killed": false
+        });
+        let d = record_from_report(&s, &v, 500).unwrap();
+        assert_eq!(d.outcome, Outcome::Degraded);
+        assert_eq!(d.onset_window, Some(1));
+    }
+}

@@ -1,0 +1,92 @@
+//! The alarm threshold: calibrated once on healthy validation installs,
+//! stored in the model, and compared against at inference.
+
+use super::stats::normal_quantile;
+
+/// The model's threshold: the P(failure) above which at most `target_fpr`
+/// of healthy deployments alarm, from the highest scores of healthy
+/// validation deployments.
+///
+/// With at least five allowed alarms among them (500 healthy deployments
+/// at 1%), their empirical quantile ([`calibrate`]). With fewer, the
+/// quantile of a normal fitted to their log-odds. Why: 45 healthy
+/// validation installs cannot show a 1% rate, and the empirical rule then
+/// falls back to the highest of them, which is set by whichever unusual
+/// package landed in validation (one package's installs look alike, so 45
+/// installs of 15 packages are nearer 15 samples than 45). On
+/// cross-validation of the shipped corpus the fit alarmed on fewer healthy
+/// installs and caught more failures than the highest score (README).
+pub fn calibrate_probability(healthy_max: &[f64], target_fpr: f64) -> f64 {
+    let n = healthy_max.len();
+    if n < 2 || target_fpr <= 0.0 || target_fpr * n as f64 >= 5.0 {
+        return calibrate(healthy_max, target_fpr);
+    }
+    let logits: Vec<f64> = healthy_max
+        .iter()
+        .map(|p| {
+            let p = p.clamp(1e-6, 1.0 - 1e-6);
+            (p / (1.0 - p)).ln()
+        })
+        .collect();
+    let mean = logits.iter().sum::<f64>() / n as f64;
+    let var = logits.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let z = mean + normal_quantile(1.0 - target_fpr) * var.sqrt();
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// The smallest threshold (alarm when a score is above it) that alarms at
+/// most `target_fpr` of the healthy deployments whose highest scores are
+/// given. With too few healthy deployments for the target, the highest
+/// score: nothing healthy alarms.
+pub fn calibrate(healthy_max: &[f64], target_fpr: f64) -> f64 {
+    let mut s = healthy_max.to_vec();
+    s.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (target_fpr * s.len() as f64).floor() as usize;
+    s.get(allowed).copied().unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibration_fits_the_tail_when_too_few_healthy_deployments_show_the_target() {
+        // Log-odds at the normal's quantiles: the fit finds the normal.
+        let logit_quantiles: Vec<f64> = (1..=45)
+            .map(|i| -2.0 + 0.5 * normal_quantile(i as f64 / 46.0))
+            .collect();
+        let p = |l: f64| 1.0 / (1.0 + (-l).exp());
+        let healthy: Vec<f64> = logit_quantiles.iter().map(|&l| p(l)).collect();
+        let thr = calibrate_probability(&healthy, 0.01);
+        let want = p(-2.0 + 0.5 * 2.326);
+        // (Evenly spaced quantiles understate the spread a little.)
+        assert!(
+            (thr - want).abs() < 0.03,
+            "threshold {thr}, want about {want}"
+        );
+        // Above the highest of the 45 (about the 98th percentile).
+        assert!(healthy.iter().all(|&s| s < thr));
+        // One unusual deployment moves it less than it moves the highest.
+        let mut odd = healthy.clone();
+        odd[44] = p(0.0);
+        let moved = calibrate_probability(&odd, 0.01) - thr;
+        assert!(
+            moved > 0.0 && moved < odd[44] - healthy[44],
+            "moved {moved}"
+        );
+        // With enough healthy deployments, the empirical quantile.
+        let many: Vec<f64> = (0..1000).map(|i| i as f64 / 1000.0).collect();
+        assert_eq!(calibrate_probability(&many, 0.01), calibrate(&many, 0.01));
+    }
+
+    #[test]
+    fn calibration_alarms_at_most_the_target_share() {
+        let healthy: Vec<f64> = (0..200).map(|i| i as f64 / 200.0).collect();
+        let thr = calibrate(&healthy, 0.01);
+        let alarmed = healthy.iter().filter(|&&s| s > thr).count();
+        assert_eq!(alarmed, 2, "threshold {thr}");
+        // Fewer than 100 healthy: none may alarm at 1%.
+        let thr = calibrate(&healthy[..50], 0.01);
+        assert!(healthy[..50].iter().all(|&s| s <= thr));
+    }
+}
