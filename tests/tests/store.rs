@@ -68,6 +68,11 @@ impl Scratch {
 
     /// `snapshot create --json` of /etc and /opt; the snapshot id.
     fn create(&self) -> String {
+        self.create_logged().0
+    }
+
+    /// [`Self::create`], and what it said on stderr.
+    fn create_logged(&self) -> (String, String) {
         let root = self.root();
         let out = self.snapshot(&[
             "create",
@@ -79,13 +84,10 @@ impl Scratch {
             "--scope",
             "/opt",
         ]);
-        assert!(
-            out.status.success(),
-            "create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "create: {stderr}");
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["id"].as_str().unwrap().to_string()
+        (v["id"].as_str().unwrap().to_string(), stderr)
     }
 }
 
@@ -307,25 +309,9 @@ fn gc_racing_create_never_takes_what_a_snapshot_needs() {
     for i in 0..12 {
         change(&s.root(), i);
         let want = tree(&s.root());
-        let root = s.root();
-        let out = s.snapshot(&[
-            "create",
-            "--json",
-            "--root",
-            root.to_str().unwrap(),
-            "--scope",
-            "/etc",
-            "--scope",
-            "/opt",
-        ]);
-        assert!(
-            out.status.success(),
-            "create {i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        create_waited += usize::from(String::from_utf8_lossy(&out.stderr).contains("waiting"));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        made.push((v["id"].as_str().unwrap().to_string(), want));
+        let (id, stderr) = s.create_logged();
+        create_waited += usize::from(stderr.contains("waiting"));
+        made.push((id, want));
     }
     stop.store(true, Ordering::Relaxed);
     let (gc_runs, gc_waited) = gc.join().unwrap();
