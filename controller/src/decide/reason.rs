@@ -167,6 +167,21 @@ impl fmt::Display for Reason {
                 f,
                 "shadow P(failure) {p:.2} over threshold {threshold:.2} at window {window}"
             ),
+            Reason::Unfinished { what } => write!(f, "not finished when monitoring ended: {what}"),
+            Reason::BadEvidence { what } => write!(f, "unreadable evidence: {what}"),
+            Reason::Divergence { .. }
+            | Reason::Probe { .. }
+            | Reason::Performance { .. }
+            | Reason::History { .. }
+            | Reason::Clean { .. } => self.fmt_signal(f),
+        }
+    }
+}
+
+impl Reason {
+    /// The signals' sentences (split from `fmt` to keep each short).
+    fn fmt_signal(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             Reason::Divergence {
                 window,
                 share,
@@ -213,8 +228,6 @@ impl fmt::Display for Reason {
                 f,
                 "history: this version was rolled back on {version_rolled_back} other host(s) and committed on {version_committed}; the package was rolled back {package_recent_rollbacks} time(s) in the fleet recently"
             ),
-            Reason::Unfinished { what } => write!(f, "not finished when monitoring ended: {what}"),
-            Reason::BadEvidence { what } => write!(f, "unreadable evidence: {what}"),
             Reason::Clean {
                 windows,
                 probes,
@@ -228,11 +241,10 @@ impl fmt::Display for Reason {
                     ", no shadow"
                 }
             ),
+            // `fmt` sends only the arms above here.
+            other => write!(f, "{other:?}"),
         }
     }
-}
-
-impl Reason {
     /// Where an SRE should look next when this reason left a deployment
     /// inconclusive.
     pub fn look_at(&self) -> Option<String> {

@@ -1,10 +1,11 @@
 //! The engine's tests: builders for evidence here, one table per kind of
-//! evidence in `tables.rs`, combinations in `combos.rs`, determinism and
-//! monotonicity over a grid and seeded random evidence in `properties.rs`,
-//! and the replay and no-I/O checks below.
+//! evidence in `tables.rs` and `signals.rs`, combinations in `combos.rs`,
+//! determinism and monotonicity over a grid and seeded random evidence in
+//! `properties.rs`, and the replay and no-I/O checks below.
 
 mod combos;
 mod properties;
+mod signals;
 mod tables;
 
 use super::*;
