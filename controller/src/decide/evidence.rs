@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::float;
+
 /// Where the deployment is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,14 +58,16 @@ pub struct WindowEvidence {
     /// The window's `seq` in the live stream.
     pub index: u64,
     /// The model's P(failure) for the live stream at this window.
+    #[serde(with = "float::any")]
     pub live_p: f64,
     /// The model's P(failure) for the shadow's window of the same index
     /// (the same seconds since its install started); `None` when there is
     /// no shadow or it has no such window.
-    #[serde(default)]
+    #[serde(default, with = "float::option")]
     pub shadow_p: Option<f64>,
     /// The threshold of the model that scored this window (its calibrated
     /// one); a manifest's `threshold` overrides it in [`super::Params`].
+    #[serde(with = "float::any")]
     pub threshold: f64,
     /// How far live and shadow behaved apart up to this window
     /// ([`super::divergence`]); `None` without a shadow window.
@@ -78,11 +82,13 @@ pub struct Divergence {
     /// The share of the install's behaviour features (in [0, 1]) on which
     /// live and shadow differ by more than
     /// [`super::divergence::DIFFERS`] training standard deviations.
+    #[serde(with = "float::any")]
     pub share: f64,
     /// The feature that differed most.
     pub feature: String,
     /// That feature's difference, live minus shadow, in training standard
     /// deviations of its log1p value: positive when live did more of it.
+    #[serde(with = "float::any")]
     pub live_minus_shadow: f64,
 }
 
@@ -162,7 +168,7 @@ pub struct ProbeResult {
     /// The live window in which it ran.
     pub window: u64,
     pub ok: bool,
-    #[serde(default)]
+    #[serde(default, with = "float::option")]
     pub latency_ms: Option<f64>,
     /// Why it failed, as the agent saw it ("status 503", "connect refused").
     #[serde(default)]
@@ -181,10 +187,11 @@ pub struct PerfSeries {
     /// The smallest level that matters in this unit (1 ms, 1% CPU, 1 MiB):
     /// a relative change is taken against at least this, so a service
     /// idle before (median 0) does not show an infinite rise.
+    #[serde(with = "float::any")]
     pub noise_floor: f64,
-    #[serde(default)]
+    #[serde(default, with = "float::vec")]
     pub before: Vec<f64>,
-    #[serde(default)]
+    #[serde(default, with = "float::vec")]
     pub during: Vec<f64>,
 }
 

@@ -53,6 +53,7 @@
 
 pub mod divergence;
 pub mod evidence;
+mod float;
 pub mod judge;
 pub mod params;
 pub mod reason;

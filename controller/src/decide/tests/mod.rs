@@ -185,6 +185,25 @@ fn stored_evidence_replays_to_the_same_decision() {
 }
 
 #[test]
+fn evidence_that_is_not_a_number_replays_too() {
+    // JSON has no NaN: stored as null, a NaN score would read back as no
+    // score (or not at all) and the replay would commit what was not.
+    let mut e = shadow_p(
+        live(clean(Phase::Done, 6), &[(2, f64::NAN)]),
+        &[(3, f64::NAN)],
+    );
+    e = latency(e, 100.0, 100.0, 10);
+    e.performance[0].during[0] = f64::INFINITY;
+    let p = Params::default();
+    let first = decide(&e, &p);
+    assert_eq!(first.verdict, Verdict::Inconclusive, "{first}");
+    let stored = serde_json::to_string(&e).expect("serialises");
+    let back: Evidence = serde_json::from_str(&stored).expect("reads back");
+    assert_eq!(decide(&back, &p), first, "replay of {stored}");
+    assert!(back.windows[3].shadow_p.is_some_and(f64::is_nan));
+}
+
+#[test]
 fn evidence_stored_with_only_the_first_fields_still_reads() {
     // Evidence from a controller that knew only phase and windows.
     let old = r#"{"phase":"done","windows":[
@@ -209,6 +228,7 @@ fn decide_does_no_io_and_reads_no_clock_or_randomness() {
         ("rules.rs", include_str!("../rules.rs")),
         ("judge.rs", include_str!("../judge.rs")),
         ("divergence.rs", include_str!("../divergence.rs")),
+        ("float.rs", include_str!("../float.rs")),
     ];
     // Split so this file does not match itself.
     let banned = [
