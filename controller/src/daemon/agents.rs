@@ -13,6 +13,8 @@ use backstop_common::wire::{AgentMsg, ControllerMsg, PROTOCOL_VERSION, check_hel
 use tokio::sync::mpsc;
 
 use super::state::{Daemon, Outcome, Session};
+use crate::store::DeploymentState;
+
 /// Close codes an agent sees (listed in the README).
 pub mod close {
     pub const NORMAL: u32 = 0;
@@ -317,14 +319,26 @@ async fn ended(
             windows,
             lost_events,
         } => (
-            "finished",
+            DeploymentState::Finished,
             Some(*exit_code),
             Some(*windows),
             Some(*lost_events),
             None,
         ),
-        Outcome::Failed { reason } => ("failed", None, None, None, Some(reason.as_str())),
-        Outcome::Interrupted { reason } => ("interrupted", None, None, None, Some(reason.as_str())),
+        Outcome::Failed { reason } => (
+            DeploymentState::Failed,
+            None,
+            None,
+            None,
+            Some(reason.as_str()),
+        ),
+        Outcome::Interrupted { reason } => (
+            DeploymentState::Interrupted,
+            None,
+            None,
+            None,
+            Some(reason.as_str()),
+        ),
     };
     daemon
         .store
