@@ -313,32 +313,21 @@ async fn ended(
     deployment: String,
     outcome: Outcome,
 ) -> Result<(), crate::store::StoreError> {
+    use DeploymentState::{Failed, Finished, Interrupted};
     let (state, exit_code, windows, lost_events, reason) = match &outcome {
         Outcome::Finished {
             exit_code,
             windows,
             lost_events,
         } => (
-            DeploymentState::Finished,
+            Finished,
             Some(*exit_code),
             Some(*windows),
             Some(*lost_events),
             None,
         ),
-        Outcome::Failed { reason } => (
-            DeploymentState::Failed,
-            None,
-            None,
-            None,
-            Some(reason.as_str()),
-        ),
-        Outcome::Interrupted { reason } => (
-            DeploymentState::Interrupted,
-            None,
-            None,
-            None,
-            Some(reason.as_str()),
-        ),
+        Outcome::Failed { reason } => (Failed, None, None, None, Some(reason.as_str())),
+        Outcome::Interrupted { reason } => (Interrupted, None, None, None, Some(reason.as_str())),
     };
     daemon
         .store

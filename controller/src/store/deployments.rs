@@ -184,8 +184,7 @@ impl Store {
             .bind(DeploymentState::Running.as_str())
             .bind(now_ms()),
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn finish_deployment(
@@ -209,8 +208,7 @@ impl Store {
             .bind(now_ms())
             .bind(id),
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn deployments(&self) -> Result<Vec<DeploymentRow>, StoreError> {

@@ -41,7 +41,6 @@ impl Store {
                 .bind(kind)
                 .bind(detail.to_string()),
         )
-        .await?;
-        Ok(())
+        .await
     }
 }

@@ -51,8 +51,7 @@ impl Store {
                 .bind(name)
                 .bind(dropped_windows as i64),
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn host_connected(
@@ -89,8 +88,7 @@ impl Store {
                 .bind(now_ms())
                 .bind(name),
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     /// The host's connection is gone: it is disconnected, and what it was
@@ -128,8 +126,7 @@ impl Store {
             )
             .bind(host),
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {

@@ -169,9 +169,10 @@ impl Store {
         Ok(())
     }
 
-    /// Run one statement on the pool; returns the rows it changed.
-    async fn run(&self, query: Query<'_>) -> Result<u64, StoreError> {
-        Ok(query.execute(&self.pool).await?.rows_affected())
+    /// Run one statement on the pool.
+    async fn run(&self, query: Query<'_>) -> Result<(), StoreError> {
+        query.execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Every row `query` returns, each read by `one`.
