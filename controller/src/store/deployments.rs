@@ -98,6 +98,9 @@ stored_enum! {
     DeploymentKind in "deployments.kind" {
         /// A command run as a tracked tree (`backstop exec`).
         Exec = "exec",
+        /// A simulated agent's stream from `backstop-loadgen` (the ingest
+        /// benchmark), which runs nothing.
+        Load = "load",
     }
 }
 
@@ -255,7 +258,8 @@ mod tests {
         // The names on disk are the ones databases already hold.
         let names: Vec<_> = DeploymentState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(names, ["running", "interrupted", "finished", "failed"]);
-        assert_eq!(DeploymentKind::Exec.as_str(), "exec");
+        let kinds: Vec<_> = DeploymentKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(kinds, ["exec", "load"]);
     }
 
     #[tokio::test]
