@@ -104,7 +104,7 @@ async fn run(a: Args) {
             .new_deployment(
                 &format!("load-{i}-{}", std::process::id()),
                 &format!("load-{i}"),
-                "load",
+                backstop_controller::store::DeploymentKind::Load,
                 &[],
             )
             .await

@@ -6,9 +6,36 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use backstop_common::features::FEATURES;
 use backstop_controller::store::Store;
+use serde::Serialize;
 
-async fn open(data: &Path, database: Option<String>) -> Result<Store> {
-    super::open_store(data, database, false).await
+/// Open the store, run `f` on it, and close it (whatever `f` returned).
+async fn read<T>(
+    data: &Path,
+    database: Option<String>,
+    f: impl AsyncFnOnce(&Store) -> Result<T>,
+) -> Result<T> {
+    let store = super::open_store(data, database, false).await?;
+    let out = f(&store).await;
+    store.close().await;
+    out
+}
+
+/// Print `rows` as one JSON array, or as `header` and one `line` per row.
+fn table<T: Serialize>(
+    rows: &[T],
+    json: bool,
+    header: String,
+    line: impl Fn(&T) -> String,
+) -> Result<i32> {
+    if json {
+        println!("{}", serde_json::to_string(rows)?);
+        return Ok(0);
+    }
+    println!("{header}");
+    for row in rows {
+        println!("{}", line(row));
+    }
+    Ok(0)
 }
 
 fn ago(ms: i64) -> String {
@@ -22,20 +49,18 @@ fn ago(ms: i64) -> String {
     }
 }
 
+fn or_dash(n: Option<i64>) -> String {
+    n.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+}
+
 pub async fn hosts(data: &Path, database: Option<String>, json: bool) -> Result<i32> {
-    let store = open(data, database).await?;
-    let rows = store.hosts().await?;
-    store.close().await;
-    if json {
-        println!("{}", serde_json::to_string(&rows)?);
-        return Ok(0);
-    }
-    println!(
+    let rows = read(data, database, async |s| Ok(s.hosts().await?)).await?;
+    let header = format!(
         "{:<24} {:<10} {:<12} {:<12} {:>10} {:<24} os",
         "host", "state", "first seen", "last seen", "violations", "kernel"
     );
-    for h in rows {
-        println!(
+    table(&rows, json, header, |h| {
+        format!(
             "{:<24} {:<10} {:<12} {:<12} {:>10} {:<24} {}",
             h.name,
             if h.connected { "connected" } else { "gone" },
@@ -44,47 +69,36 @@ pub async fn hosts(data: &Path, database: Option<String>, json: bool) -> Result<
             h.identity_violations,
             h.kernel,
             h.os
-        );
-    }
-    Ok(0)
+        )
+    })
 }
 
 pub async fn deployments(data: &Path, database: Option<String>, json: bool) -> Result<i32> {
-    let store = open(data, database).await?;
-    let rows = store.deployments().await?;
-    store.close().await;
-    if json {
-        println!("{}", serde_json::to_string(&rows)?);
-        return Ok(0);
-    }
-    println!(
+    let rows = read(data, database, async |s| Ok(s.deployments().await?)).await?;
+    let header = format!(
         "{:<33} {:<16} {:<12} {:>5} {:>8} {:<10} command",
         "id", "host", "state", "exit", "windows", "started"
     );
-    for d in rows {
-        println!(
+    table(&rows, json, header, |d| {
+        format!(
             "{:<33} {:<16} {:<12} {:>5} {:>8} {:<10} {}",
             d.id,
             d.host,
             d.state,
-            d.exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-            d.windows
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
+            or_dash(d.exit_code),
+            or_dash(d.windows),
             ago(d.created_ms),
             d.argv.join(" ")
-        );
-    }
-    Ok(0)
+        )
+    })
 }
 
 pub async fn windows(data: &Path, database: Option<String>, id: &str, json: bool) -> Result<i32> {
-    let store = open(data, database).await?;
-    store.deployment(id).await.context("reading windows")?;
-    let windows = store.windows(id).await?;
-    store.close().await;
+    let windows = read(data, database, async |s| {
+        s.deployment(id).await.context("reading windows")?;
+        Ok(s.windows(id).await?)
+    })
+    .await?;
     if json {
         let list: Vec<_> = windows.iter().map(|w| w.to_json()).collect();
         println!("{}", serde_json::Value::Array(list));
@@ -111,10 +125,11 @@ pub async fn windows(data: &Path, database: Option<String>, id: &str, json: bool
 }
 
 pub async fn events(data: &Path, database: Option<String>, id: &str, json: bool) -> Result<i32> {
-    let store = open(data, database).await?;
-    store.deployment(id).await.context("reading events")?;
-    let events = store.events(id).await?;
-    store.close().await;
+    let events = read(data, database, async |s| {
+        s.deployment(id).await.context("reading events")?;
+        Ok(s.events(id).await?)
+    })
+    .await?;
     if json {
         let list: Vec<_> = events
             .iter()

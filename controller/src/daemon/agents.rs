@@ -13,6 +13,8 @@ use backstop_common::wire::{AgentMsg, ControllerMsg, PROTOCOL_VERSION, check_hel
 use tokio::sync::mpsc;
 
 use super::state::{Daemon, Outcome, Session};
+use crate::store::DeploymentState;
+
 /// Close codes an agent sees (listed in the README).
 pub mod close {
     pub const NORMAL: u32 = 0;
@@ -311,20 +313,21 @@ async fn ended(
     deployment: String,
     outcome: Outcome,
 ) -> Result<(), crate::store::StoreError> {
+    use DeploymentState::{Failed, Finished, Interrupted};
     let (state, exit_code, windows, lost_events, reason) = match &outcome {
         Outcome::Finished {
             exit_code,
             windows,
             lost_events,
         } => (
-            "finished",
+            Finished,
             Some(*exit_code),
             Some(*windows),
             Some(*lost_events),
             None,
         ),
-        Outcome::Failed { reason } => ("failed", None, None, None, Some(reason.as_str())),
-        Outcome::Interrupted { reason } => ("interrupted", None, None, None, Some(reason.as_str())),
+        Outcome::Failed { reason } => (Failed, None, None, None, Some(reason.as_str())),
+        Outcome::Interrupted { reason } => (Interrupted, None, None, None, Some(reason.as_str())),
     };
     daemon
         .store

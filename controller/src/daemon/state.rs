@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use backstop_common::wire::ControllerMsg;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::store::Store;
+use crate::store::{DeploymentKind, Store};
 
 /// A host is gone for good when its session ended and no new one started
 /// within this long (an agent's reconnect backoff tops out at 5 s); then
@@ -137,7 +137,9 @@ impl Daemon {
             s.tx.clone()
         };
         let id = Self::deployment_id()?;
-        self.store.new_deployment(&id, host, "exec", &argv).await?;
+        self.store
+            .new_deployment(&id, host, DeploymentKind::Exec, &argv)
+            .await?;
         let (otx, orx) = oneshot::channel();
         self.waiters
             .lock()
