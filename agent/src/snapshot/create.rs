@@ -197,13 +197,12 @@ fn store_content(
 mod tests {
     use std::path::PathBuf;
 
-    use super::super::diff;
+    use super::super::{diff, scratch};
     use super::*;
 
     #[test]
     fn a_file_changed_just_before_the_walk_is_never_trusted_by_identity() {
-        let dir = std::env::temp_dir().join(format!("backstop-racy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("racy");
         std::fs::create_dir_all(dir.join("root/etc")).unwrap();
         std::fs::write(dir.join("root/etc/a"), b"one").unwrap();
         let store = Store::open(&dir.join("data")).unwrap();

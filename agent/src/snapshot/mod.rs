@@ -51,8 +51,8 @@ pub enum SnapshotError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("scope {0} must be an absolute path inside the root")]
-    BadScope(String),
+    #[error("scope {scope} must be an absolute path inside the root")]
+    BadScope { scope: String },
     #[error(
         "scope {scope}: {path} is a symlink; the directories above a scope must be real, nothing was done"
     )]
@@ -67,8 +67,8 @@ pub enum SnapshotError {
         need: u64,
         free: u64,
     },
-    #[error("no snapshot {0}")]
-    NotFound(String),
+    #[error("no snapshot {id}")]
+    NotFound { id: String },
     #[error("snapshot {id} is damaged: {reason}")]
     Damaged { id: String, reason: String },
     #[error("object {hash} (for {path}) is {problem}; nothing was restored")]
@@ -194,6 +194,17 @@ fn scope_contains(scope: &[u8], rel: &[u8]) -> bool {
     };
     let (s, r) = (parts(scope), parts(rel));
     !r.iter().any(|c| c == b"..") && r.len() >= s.len() && r[..s.len()] == s[..]
+}
+
+/// An empty directory of the test's own under the temp dir (unique per
+/// process and call: unit tests run side by side).
+#[cfg(test)]
+pub(crate) fn scratch(name: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("backstop-{name}-{}-{seq}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 #[cfg(test)]

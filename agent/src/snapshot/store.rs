@@ -98,13 +98,13 @@ impl Store {
 
     pub fn load(&self, id: &str) -> Result<Snapshot> {
         if id.is_empty() || id.contains('/') || id.contains("..") {
-            return Err(SnapshotError::NotFound(id.to_string()));
+            return Err(SnapshotError::NotFound { id: id.to_string() });
         }
         let path = self.manifest_path(id);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SnapshotError::NotFound(id.to_string()));
+                return Err(SnapshotError::NotFound { id: id.to_string() });
             }
             Err(e) => return Err(io(&path)(e)),
         };

@@ -80,7 +80,9 @@ pub(super) fn scope_rel(p: &Path) -> Result<Vec<u8>> {
         || p.components()
             .any(|c| matches!(c, std::path::Component::ParentDir))
     {
-        return Err(SnapshotError::BadScope(p.display().to_string()));
+        return Err(SnapshotError::BadScope {
+            scope: p.display().to_string(),
+        });
     }
     Ok(s.trim_start_matches_bytes(b'/')
         .trim_end_matches_bytes(b'/')

@@ -85,10 +85,7 @@ fn drifted() -> (Snapshot, Vec<(Entry, libc::stat)>) {
 
 /// A store of its own per call: the tests run side by side.
 fn scratch_store(name: &str) -> (PathBuf, Store) {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("backstop-{name}-{}-{seq}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = super::super::scratch(name);
     let store = Store::open(&dir).expect("a scratch store");
     (dir, store)
 }
