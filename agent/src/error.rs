@@ -63,6 +63,14 @@ pub enum AgentError {
     /// Validation: a window shorter than the probes can fold.
     #[error("--window-ms must be at least 10 ms, got {ms} ms")]
     WindowTooShort { ms: u128 },
+    /// A change log that is not one this agent wrote: no header, another
+    /// format, a bad line after the trailer.
+    #[error("reading the change log {} line {line}: {reason}", path.display())]
+    BadChangeLog {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     /// Validation: nothing to run.
     #[error("no command given: put CMD after `--`")]
     NoCommand,
@@ -93,6 +101,7 @@ impl AgentError {
             AgentError::Snapshot(_)
             | AgentError::WindowTooShort { .. }
             | AgentError::NoCommand
+            | AgentError::BadChangeLog { .. }
             | AgentError::Spawn { .. }
             | AgentError::Btf(_)
             | AgentError::Map { .. }
@@ -121,7 +130,7 @@ mod tests {
         };
         assert_eq!(AgentError::from(not_root).exit_code(), 2);
         // The README: any snapshot error exits 1.
-        let missing = crate::snapshot::SnapshotError::NotFound("s1".into());
+        let missing = crate::snapshot::SnapshotError::NotFound { id: "s1".into() };
         assert_eq!(AgentError::from(missing).exit_code(), 1);
         assert_eq!(AgentError::NoCommand.exit_code(), 1);
         assert_eq!(AgentError::WindowTooShort { ms: 5 }.exit_code(), 1);
@@ -148,7 +157,7 @@ mod tests {
 
     #[test]
     fn failed_keeps_its_source() {
-        let inner = crate::snapshot::SnapshotError::NotFound("s1".into());
+        let inner = crate::snapshot::SnapshotError::NotFound { id: "s1".into() };
         let e = AgentError::Failed {
             context: "starting shadow sh-1".into(),
             source: Box::new(inner),

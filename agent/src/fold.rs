@@ -67,8 +67,39 @@ impl Folder {
             recursion_misses,
         } = reading;
         let mut w = Window::new(self.stream, self.seq, self.prev_ns, end_ns);
-        let d = |i: usize| now.c[i].saturating_sub(self.prev.c[i]) as f64;
         let v = &mut w.features;
+        self.syscalls(&now, v);
+        self.block(&now, v);
+        self.sched(&now, &threads, v);
+        v[f::MEM_ANON_PEAK_BYTES] = anon_peak_bytes as f64;
+        self.proc_and_net(&now, v);
+        v[f::HOST_CPU_UTIL] = cpu_util(&self.prev_host, &host);
+        v[f::HOST_MEM_AVAILABLE_BYTES] = host.mem_available_bytes as f64;
+        v[f::HOST_LOAD1] = host.load1;
+        v[f::HOST_DISK_FREE_BYTES] = host.disk_free_bytes as f64;
+        w.lost_events = now.c[c::LOST_EVENTS].saturating_sub(self.prev.c[c::LOST_EVENTS])
+            + recursion_misses.saturating_sub(self.prev_misses);
+        self.prev_misses = recursion_misses;
+        self.prev = now;
+        self.prev_host = host;
+        self.prev_ns = end_ns;
+        self.prev_running_ns = threads.running_on_cpu_ns;
+        self.seq += 1;
+        w
+    }
+
+    /// Counter `i`'s growth since the previous reading.
+    fn delta(&self, now: &Totals, i: usize) -> f64 {
+        now.c[i].saturating_sub(self.prev.c[i]) as f64
+    }
+
+    /// Histogram `h`'s growth since the previous reading.
+    fn hist(&self, now: &Totals, h: usize) -> [u64; HIST_BUCKETS] {
+        hist_delta(&now.hist[h], &self.prev.hist[h])
+    }
+
+    /// Syscalls by class, errors by errno class, latency.
+    fn syscalls(&self, now: &Totals, v: &mut [f64]) {
         for (nr, (n, p)) in now
             .syscalls
             .iter()
@@ -81,6 +112,7 @@ impl Folder {
                 v[f::SYSCALLS_TOTAL] += delta as f64;
             }
         }
+        let d = |i| self.delta(now, i);
         v[f::SYSCALL_ERRORS_TOTAL] = d(c::SYSCALL_ERRORS_TOTAL);
         v[f::SYSCALL_ERRORS_ENOENT] = d(c::ERR_ENOENT);
         v[f::SYSCALL_ERRORS_EACCES] = d(c::ERR_EACCES);
@@ -89,35 +121,40 @@ impl Folder {
         v[f::SYSCALL_ERRORS_EIO] = d(c::ERR_EIO);
         v[f::SYSCALL_ERRORS_NET] = d(c::ERR_NET);
         v[f::SYSCALL_ERRORS_OTHER] = d(c::ERR_OTHER);
-        let lat = hist_delta(
-            &now.hist[hist::SYSCALL_LATENCY],
-            &self.prev.hist[hist::SYSCALL_LATENCY],
-        );
+        let lat = self.hist(now, hist::SYSCALL_LATENCY);
         v[f::SYSCALL_LATENCY_P50_US] = quantile_us(&lat, 0.50);
         v[f::SYSCALL_LATENCY_P99_US] = quantile_us(&lat, 0.99);
+    }
+
+    /// Block I/O and dirtied pages.
+    fn block(&self, now: &Totals, v: &mut [f64]) {
+        let d = |i| self.delta(now, i);
         v[f::BLOCK_READ_BYTES] = d(c::BLOCK_READ_BYTES);
         v[f::BLOCK_WRITE_BYTES] = d(c::BLOCK_WRITE_BYTES);
         v[f::BLOCK_OPS] = d(c::BLOCK_READ_OPS) + d(c::BLOCK_WRITE_OPS);
         v[f::BLOCK_ERRORS] = d(c::BLOCK_ERRORS);
-        let blk = hist_delta(
-            &now.hist[hist::BLOCK_LATENCY],
-            &self.prev.hist[hist::BLOCK_LATENCY],
-        );
+        let blk = self.hist(now, hist::BLOCK_LATENCY);
         v[f::BLOCK_LATENCY_P99_US] = quantile_us(&blk, 0.99);
         v[f::PAGE_DIRTIED_BYTES] = d(c::PAGE_DIRTIED_BYTES);
-        let running_on_cpu_ns = threads.running_on_cpu_ns;
-        v[f::SCHED_ON_CPU_NS] = (d(c::SCHED_ON_CPU_NS) + running_on_cpu_ns as f64
+    }
+
+    /// CPU time (with threads on a CPU right now), run-queue delay,
+    /// switches, the longest block.
+    fn sched(&self, now: &Totals, threads: &ThreadsNow, v: &mut [f64]) {
+        let d = |i| self.delta(now, i);
+        v[f::SCHED_ON_CPU_NS] = (d(c::SCHED_ON_CPU_NS) + threads.running_on_cpu_ns as f64
             - self.prev_running_ns as f64)
             .max(0.0);
-        let runq = hist_delta(
-            &now.hist[hist::RUNQ_DELAY],
-            &self.prev.hist[hist::RUNQ_DELAY],
-        );
+        let runq = self.hist(now, hist::RUNQ_DELAY);
         v[f::SCHED_RUNQ_DELAY_P99_US] = quantile_us(&runq, 0.99);
         v[f::SCHED_CTX_SWITCHES] = d(c::SCHED_CTX_SWITCHES);
         v[f::SCHED_INVOLUNTARY_SWITCHES] = d(c::SCHED_INVOLUNTARY);
         v[f::SCHED_BLOCKED_LONGEST_MS] = threads.longest_blocked_ns as f64 / 1e6;
-        v[f::MEM_ANON_PEAK_BYTES] = anon_peak_bytes as f64;
+    }
+
+    /// Process lifecycle and network.
+    fn proc_and_net(&self, now: &Totals, v: &mut [f64]) {
+        let d = |i| self.delta(now, i);
         v[f::PROC_FORKS] = d(c::PROC_FORKS);
         v[f::PROC_THREADS] = d(c::PROC_THREADS);
         v[f::PROC_EXECS] = d(c::PROC_EXECS);
@@ -128,26 +165,10 @@ impl Folder {
         v[f::NET_TCP_RETRANSMITS] = d(c::NET_TCP_RETRANSMITS);
         v[f::NET_CONNECT_ATTEMPTS] = d(c::NET_CONNECT_ATTEMPTS);
         v[f::NET_CONNECT_FAILURES] = d(c::NET_CONNECT_FAILURES);
-        let conn = hist_delta(
-            &now.hist[hist::CONNECT_LATENCY],
-            &self.prev.hist[hist::CONNECT_LATENCY],
-        );
+        let conn = self.hist(now, hist::CONNECT_LATENCY);
         v[f::NET_CONNECT_LATENCY_P99_US] = quantile_us(&conn, 0.99);
         v[f::NET_TX_BYTES] = d(c::NET_TX_BYTES);
         v[f::NET_RX_BYTES] = d(c::NET_RX_BYTES);
-        v[f::HOST_CPU_UTIL] = cpu_util(&self.prev_host, &host);
-        v[f::HOST_MEM_AVAILABLE_BYTES] = host.mem_available_bytes as f64;
-        v[f::HOST_LOAD1] = host.load1;
-        v[f::HOST_DISK_FREE_BYTES] = host.disk_free_bytes as f64;
-        w.lost_events = now.c[c::LOST_EVENTS].saturating_sub(self.prev.c[c::LOST_EVENTS])
-            + recursion_misses.saturating_sub(self.prev_misses);
-        self.prev_misses = recursion_misses;
-        self.prev = now;
-        self.prev_host = host;
-        self.prev_ns = end_ns;
-        self.prev_running_ns = running_on_cpu_ns;
-        self.seq += 1;
-        w
     }
 }
 

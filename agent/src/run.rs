@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 
 use crate::datadir::DataLock;
 use crate::error::{AgentError, Result};
+use crate::outbox::Outbox;
 use crate::probes::{ProbeOptions, Probes};
-use crate::spool::Spool;
 use crate::track::{SharedProbes, TrackOptions, WindowSink, track};
 use crate::tree::Stdout;
 
@@ -30,7 +30,7 @@ pub struct RunOptions {
     pub server_name: String,
     pub bundle: PathBuf,
     pub data: PathBuf,
-    pub spool_max_bytes: u64,
+    pub outbox_max_bytes: u64,
     pub probes: ProbeOptions,
 }
 
@@ -44,33 +44,33 @@ const WRITER_QUEUE: usize = 1024;
 /// thread or in `spawn_blocking`, so a slow or full disk never stalls the
 /// QUIC session or a tree's window timer.
 #[derive(Clone)]
-struct Outbox {
-    spool: Arc<Mutex<Spool>>,
+struct OutboxHandle {
+    outbox: Arc<Mutex<Outbox>>,
     bell: Arc<Notify>,
     writer: SyncSender<AgentMsg>,
     /// Windows shed because the writer's queue was full.
     shed: Arc<AtomicU64>,
 }
 
-impl Outbox {
-    fn start(spool: Spool) -> Result<Outbox> {
+impl OutboxHandle {
+    fn start(outbox: Outbox) -> Result<OutboxHandle> {
         let (writer, queue) = std::sync::mpsc::sync_channel::<AgentMsg>(WRITER_QUEUE);
-        let outbox = Outbox {
-            spool: Arc::new(Mutex::new(spool)),
+        let handle = OutboxHandle {
+            outbox: Arc::new(Mutex::new(outbox)),
             bell: Arc::new(Notify::new()),
             writer,
             shed: Arc::new(AtomicU64::new(0)),
         };
-        let (spool, bell, shed) = (
-            outbox.spool.clone(),
-            outbox.bell.clone(),
-            outbox.shed.clone(),
+        let (outbox, bell, shed) = (
+            handle.outbox.clone(),
+            handle.bell.clone(),
+            handle.shed.clone(),
         );
         std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || {
                 for msg in queue {
-                    let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut s = outbox.lock().unwrap_or_else(|e| e.into_inner());
                     s.add_dropped(shed.swap(0, Ordering::Relaxed));
                     s.push(&msg);
                     drop(s);
@@ -81,7 +81,7 @@ impl Outbox {
                 context: "starting the outbox writer thread".into(),
                 source,
             })?;
-        Ok(outbox)
+        Ok(handle)
     }
 
     /// Queue windows or events; never waits. A full queue sheds them.
@@ -103,24 +103,29 @@ impl Outbox {
         let _ = tokio::task::spawn_blocking(move || writer.send(msg)).await;
     }
 
-    /// Run `f` on the spool off the async runtime.
-    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Spool) -> T + Send + 'static) -> T {
-        let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || f(&mut spool.lock().unwrap_or_else(|e| e.into_inner())))
-            .await
-            .expect("outbox task panicked")
+    /// Run `f` on the outbox off the async runtime.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Outbox) -> T + Send + 'static,
+    ) -> T {
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || {
+            f(&mut outbox.lock().unwrap_or_else(|e| e.into_inner()))
+        })
+        .await
+        .expect("outbox task panicked")
     }
 }
 
 struct OutboxSink {
-    outbox: Outbox,
+    outbox: OutboxHandle,
     deployment: String,
     /// Records wait for the next window, so a fork storm is one message.
     events: Vec<backstop_common::wire::ProcEvent>,
 }
 
 /// Never fails: what the outbox cannot take is dropped and counted there,
-/// and the tree goes on (see [`crate::spool`]).
+/// and the tree goes on (see [`crate::outbox`]).
 impl WindowSink for OutboxSink {
     fn window(&mut self, w: &Window) -> Result<()> {
         if !self.events.is_empty() {
@@ -176,11 +181,11 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
             source: Box::new(e),
         }
     })?;
-    let spool = Spool::open(
+    let disk = Outbox::open(
         &opts.data.join("agent").join("outbox"),
-        opts.spool_max_bytes,
+        opts.outbox_max_bytes,
     )?;
-    let outbox = Outbox::start(spool)?;
+    let outbox = OutboxHandle::start(disk)?;
     let probes = Probes::load(&opts.probes)?;
     for w in &probes.warnings {
         tracing::warn!("{w}");
@@ -233,7 +238,7 @@ async fn session(
     client: &quinn::ClientConfig,
     opts: &RunOptions,
     facts: &HostFacts,
-    outbox: &Outbox,
+    outbox: &OutboxHandle,
     probes: &SharedProbes,
 ) -> std::result::Result<(), SessionError> {
     let (dropped, pending) = outbox.with(|s| (s.dropped(), s.len())).await;
@@ -290,7 +295,7 @@ async fn session(
 /// A rise in the drop count is reported as it happens, so `backstop hosts`
 /// shows it while the agent stays connected.
 async fn send_loop(
-    outbox: Outbox,
+    outbox: OutboxHandle,
     mut send: quinn::SendStream,
     mut reported: u64,
 ) -> std::result::Result<(), SessionError> {
@@ -327,7 +332,7 @@ fn read_reason(e: ReadError, conn: &quinn::Connection) -> String {
 /// Run one deployment in the background; it outlives the connection.
 fn start_deployment(
     probes: SharedProbes,
-    outbox: Outbox,
+    outbox: OutboxHandle,
     deployment: String,
     argv: Vec<String>,
     window_ms: u32,

@@ -1,6 +1,10 @@
 //! Kernel <-> user layouts: the per-stream counters the probes aggregate in
 //! per-CPU maps, the lifecycle records on the ring buffer, and the
-//! histogram bucketing both halves must agree on.
+//! histogram bucketing both halves must agree on (`kernel/bucket.rs`).
+
+mod bucket;
+
+pub use bucket::{errno_counter, hist_bucket, hist_bucket_floor};
 
 /// Stream slots. Slot 0 means "not tracked"; a tracked process tree carries
 /// one of `1..MAX_SLOTS`, inherited across fork.
@@ -28,56 +32,7 @@ pub mod hist {
     pub const COUNT: usize = 4;
 }
 
-/// Indices into [`SlotCounters::c`]. Every counter is a running total since
-/// the slot was claimed; user space takes differences per window.
-pub mod counter {
-    /// Unused: the total is the sum of the per-number counts.
-    pub const RESERVED_0: usize = 0;
-    pub const SYSCALL_ERRORS_TOTAL: usize = 1;
-    pub const ERR_ENOENT: usize = 2;
-    /// EACCES and EPERM.
-    pub const ERR_EACCES: usize = 3;
-    /// ENOSPC and EDQUOT.
-    pub const ERR_ENOSPC: usize = 4;
-    /// ENOMEM and EAGAIN.
-    pub const ERR_ENOMEM: usize = 5;
-    pub const ERR_EIO: usize = 6;
-    /// Connection refused/reset/aborted, unreachable, timed out, address in use.
-    pub const ERR_NET: usize = 7;
-    pub const ERR_OTHER: usize = 8;
-    /// Bytes of bios submitted from the tree's own context (direct I/O,
-    /// reads and readahead, writeback the tree forced with fsync/sync).
-    pub const BLOCK_READ_BYTES: usize = 9;
-    pub const BLOCK_WRITE_BYTES: usize = 10;
-    pub const BLOCK_READ_OPS: usize = 11;
-    pub const BLOCK_WRITE_OPS: usize = 12;
-    pub const BLOCK_ERRORS: usize = 13;
-    /// Bytes of page-cache folios the tree turned from clean to dirty: the
-    /// buffered writes the kernel flushes later from its own threads.
-    pub const PAGE_DIRTIED_BYTES: usize = 14;
-    pub const SCHED_ON_CPU_NS: usize = 15;
-    pub const SCHED_CTX_SWITCHES: usize = 16;
-    pub const SCHED_INVOLUNTARY: usize = 17;
-    pub const PROC_FORKS: usize = 18;
-    pub const PROC_THREADS: usize = 19;
-    pub const PROC_EXECS: usize = 20;
-    pub const PROC_EXITS: usize = 21;
-    pub const PROC_EXITS_NONZERO: usize = 22;
-    pub const PROC_SIGNAL_DEATHS: usize = 23;
-    pub const PROC_OOM_KILLS: usize = 24;
-    pub const NET_TCP_RETRANSMITS: usize = 25;
-    pub const NET_CONNECT_ATTEMPTS: usize = 26;
-    pub const NET_CONNECT_FAILURES: usize = 27;
-    pub const NET_TX_BYTES: usize = 28;
-    pub const NET_RX_BYTES: usize = 29;
-    /// Events the probes could not record (full map, full ring buffer).
-    pub const LOST_EVENTS: usize = 30;
-    /// Change records (see [`ChangeEvent`]) that did not reach the ring
-    /// buffer or whose path could not be read whole. Not a feature: a change
-    /// set with any of these is incomplete, and restore walks the scope.
-    pub const CHANGES_LOST: usize = 31;
-    pub const COUNT: usize = 32;
-}
+pub mod counter;
 
 const _: () = assert!(
     counter::LOST_EVENTS < counter::COUNT,
@@ -294,74 +249,6 @@ pub fn c_str(b: &[u8]) -> &[u8] {
     &b[..end]
 }
 
-/// Map a nanosecond value to its histogram bucket. Written without loops or
-/// `leading_zeros` so the eBPF verifier and LLVM's BPF backend accept it.
-#[inline(always)]
-pub fn hist_bucket(v: u64) -> usize {
-    if v < 4 {
-        return v as usize;
-    }
-    let mut msb = 0u64;
-    let mut x = v;
-    if x >= 1 << 32 {
-        x >>= 32;
-        msb += 32;
-    }
-    if x >= 1 << 16 {
-        x >>= 16;
-        msb += 16;
-    }
-    if x >= 1 << 8 {
-        x >>= 8;
-        msb += 8;
-    }
-    if x >= 1 << 4 {
-        x >>= 4;
-        msb += 4;
-    }
-    if x >= 1 << 2 {
-        x >>= 2;
-        msb += 2;
-    }
-    if x >= 1 << 1 {
-        msb += 1;
-    }
-    let sub = (v >> (msb - 2)) & 3;
-    let idx = (4 * (msb - 1) + sub) as usize;
-    if idx >= HIST_BUCKETS {
-        HIST_BUCKETS - 1
-    } else {
-        idx
-    }
-}
-
-/// The smallest value that lands in bucket `idx` (inverse of [`hist_bucket`]).
-pub fn hist_bucket_floor(idx: usize) -> u64 {
-    if idx < 4 {
-        return idx as u64;
-    }
-    let msb = (idx / 4 + 1) as u32;
-    let sub = (idx % 4) as u64;
-    (4 + sub) << (msb - 2)
-}
-
-/// Errno classes for failed syscalls, shared so the kernel's choice and the
-/// feature names cannot disagree.
-#[inline(always)]
-pub fn errno_counter(errno: i64) -> usize {
-    match errno {
-        2 => counter::ERR_ENOENT,
-        1 | 13 => counter::ERR_EACCES,
-        28 | 122 => counter::ERR_ENOSPC,
-        11 | 12 => counter::ERR_ENOMEM,
-        5 => counter::ERR_EIO,
-        // EADDRINUSE, ENETDOWN, ENETUNREACH, ECONNABORTED, ECONNRESET,
-        // ETIMEDOUT, ECONNREFUSED, EHOSTDOWN, EHOSTUNREACH
-        98 | 100 | 101 | 103 | 104 | 110 | 111 | 112 | 113 => counter::ERR_NET,
-        _ => counter::ERR_OTHER,
-    }
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), Copy, and have no padding bytes
@@ -381,33 +268,6 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_are_monotonic_and_invert() {
-        let mut last = 0;
-        for v in (0..100_000u64).chain([1 << 20, 1 << 30, (1 << 40) - 1]) {
-            let b = hist_bucket(v);
-            assert!(b >= last, "bucket went down at {v}");
-            last = b;
-            assert!(hist_bucket_floor(b) <= v, "floor of bucket {b} above {v}");
-            if b + 1 < HIST_BUCKETS {
-                assert!(
-                    hist_bucket_floor(b + 1) > v,
-                    "{v} belongs in a later bucket than {b}"
-                );
-            }
-        }
-        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
-    }
-
-    #[test]
-    fn errno_classes() {
-        assert_eq!(errno_counter(2), counter::ERR_ENOENT);
-        assert_eq!(errno_counter(1), counter::ERR_EACCES);
-        assert_eq!(errno_counter(122), counter::ERR_ENOSPC);
-        assert_eq!(errno_counter(111), counter::ERR_NET);
-        assert_eq!(errno_counter(9), counter::ERR_OTHER);
-    }
 
     #[test]
     fn counters_fit_their_indices() {

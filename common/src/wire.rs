@@ -64,8 +64,8 @@ pub enum AgentMsg {
         events: Vec<ProcEvent>,
     },
     /// The agent's count of dropped windows went up since its Hello (its
-    /// outbox was full or its disk refused writes). Sent live, not spooled:
-    /// the next Hello carries the count anyway.
+    /// outbox was full or its disk refused writes). Sent live, not kept in
+    /// the outbox: the next Hello carries the count anyway.
     Dropped { dropped_windows: u64 },
 }
 

@@ -120,7 +120,7 @@ fn no_other_user_can_read_the_outbox() {
     let mut agent = Proc::spawn(&mut fleet.agent_cmd(&data));
     fleet.wait_connected(&agent);
     // The controller goes away mid-deployment, so its windows and outcome
-    // stay spooled.
+    // stay in the outbox.
     let exec = fleet.exec(&["sleep", "1.5"]);
     assert!(eventually(Duration::from_secs(10), || {
         fleet
@@ -143,7 +143,7 @@ fn no_other_user_can_read_the_outbox() {
     };
     assert!(
         eventually(Duration::from_secs(15), || msgs().len() >= 10),
-        "windows spooled: {:?}",
+        "windows in the outbox: {:?}",
         msgs()
     );
 
@@ -172,16 +172,16 @@ fn no_other_user_can_read_the_outbox() {
         log.contains(&format!("path={} old_mode=\"777\"", outbox.display())),
         "names the path and its old mode: {log}"
     );
-    // Keep the messages spooled for the read attempts below.
+    // Keep the messages in the outbox for the read attempts below.
     drop(serve);
     drop(agent);
-    let spooled = msgs();
-    assert!(!spooled.is_empty());
+    let in_outbox = msgs();
+    assert!(!in_outbox.is_empty());
     for (p, mode) in modes(&data.join("agent")) {
         let want = if p.is_dir() { 0o700 } else { 0o600 };
         assert_eq!(mode, want, "{} is {mode:o}", p.display());
     }
-    for p in spooled.iter().chain([&outbox]) {
+    for p in in_outbox.iter().chain([&outbox]) {
         let out = Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
             .arg(p)

@@ -22,7 +22,7 @@ pub struct Args {
     /// Data directory (the outbox lives under DATA/agent/).
     #[arg(long, env = "BACKSTOP_DATA", default_value = "/var/lib/backstop")]
     data: PathBuf,
-    #[arg(long, default_value_t = backstop_agent::spool::DEFAULT_MAX_BYTES)]
+    #[arg(long, default_value_t = backstop_agent::outbox::DEFAULT_MAX_BYTES)]
     outbox_max_bytes: u64,
     /// Forward the probes' own diagnostics (aya-log) to the log.
     #[arg(long)]
@@ -35,7 +35,7 @@ pub async fn run(args: Args) -> Outcome {
         server_name: args.server_name,
         bundle: args.bundle,
         data: args.data,
-        spool_max_bytes: args.outbox_max_bytes,
+        outbox_max_bytes: args.outbox_max_bytes,
         probes: ProbeOptions {
             probe_log: args.probe_log,
         },

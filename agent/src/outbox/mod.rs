@@ -16,9 +16,10 @@
 //! and sent from there (it is then lost only if the agent also restarts
 //! before the controller acknowledges it).
 
+mod files;
+
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use backstop_common::wire::{self, AgentMsg};
 
 use crate::datadir::{FILE_MODE, private_dir, tighten};
 use crate::error::{AgentError, Result};
+use files::write_atomic;
 
 /// Default bound on the outbox.
 pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
@@ -53,14 +55,15 @@ struct Item {
 /// What became of a pushed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    Spooled,
+    /// Written to disk.
+    Written,
     /// An outcome record the disk would not take, kept in memory.
     InMemory,
     /// Windows or events the disk would not take; windows are counted.
     Dropped,
 }
 
-pub struct Spool {
+pub struct Outbox {
     dir: PathBuf,
     max_bytes: u64,
     items: VecDeque<Item>,
@@ -77,32 +80,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { context, source }
 }
 
-/// Create `path` 0600 (never wider, even for an instant), write, fsync.
-fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    let r = f.write_all(bytes).and_then(|()| f.sync_data());
-    if r.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    r
-}
-
-/// Write `bytes` to `path` through a temporary name: all or nothing.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    write_new(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-impl Spool {
+impl Outbox {
     /// Open the outbox in `dir`, picking up what a previous run left.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self> {
         private_dir(dir)?;
@@ -126,7 +104,7 @@ impl Spool {
             }
         }
         found.sort();
-        let mut spool = Spool {
+        let mut outbox = Outbox {
             dir: dir.to_path_buf(),
             max_bytes,
             items: VecDeque::new(),
@@ -142,16 +120,16 @@ impl Spool {
         for (id, path) in found {
             let frame = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
             match frame.get(4..).map(wire::decode::<AgentMsg>) {
-                Some(Ok(msg)) => spool.remember(id, &msg, frame.len() as u64, None),
+                Some(Ok(msg)) => outbox.remember(id, &msg, frame.len() as u64, None),
                 _ => {
-                    tracing::warn!(path = %path.display(), "dropping an unreadable spooled message");
+                    tracing::warn!(path = %path.display(), "dropping an unreadable outbox message");
                     let _ = std::fs::remove_file(&path);
-                    spool.dropped += 1;
+                    outbox.dropped += 1;
                 }
             }
         }
-        spool.hold_reserve();
-        if !spool.reserve_held {
+        outbox.hold_reserve();
+        if !outbox.reserve_held {
             tracing::warn!(
                 dir = %dir.display(),
                 bytes = RESERVE_BYTES,
@@ -159,7 +137,7 @@ impl Spool {
                  they will be kept in memory when the disk refuses them"
             );
         }
-        Ok(spool)
+        Ok(outbox)
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -261,7 +239,7 @@ impl Spool {
                 self.failing = false;
                 self.remember(id, msg, frame.len() as u64, None);
                 self.hold_reserve();
-                Pushed::Spooled
+                Pushed::Written
             }
             Err(e) if terminal => {
                 tracing::warn!(path = %path.display(), "outbox refused an outcome record ({e}); keeping it in memory");
@@ -355,7 +333,7 @@ impl Spool {
         }
     }
 
-    /// Windows lost before they reached the spool (shed by its writer).
+    /// Windows lost before they reached the outbox (shed by its writer).
     pub fn add_dropped(&mut self, n: u64) {
         if n > 0 {
             self.dropped += n;
@@ -377,116 +355,4 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use backstop_common::window::{Stream, Window};
-
-    fn windows(d: &str, seq: u64) -> AgentMsg {
-        AgentMsg::Windows {
-            deployment: d.into(),
-            windows: vec![Window::new(Stream::Live, seq, seq, seq + 1)],
-        }
-    }
-
-    fn msgs(dir: &Path) -> Vec<PathBuf> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "msg"))
-            .collect()
-    }
-
-    fn finished(d: &str) -> AgentMsg {
-        AgentMsg::Finished {
-            deployment: d.into(),
-            exit_code: 0,
-            windows: 1,
-            lost_events: 0,
-        }
-    }
-
-    #[test]
-    fn private_from_creation_and_reserved() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let dir = std::env::temp_dir().join(format!("backstop-spool-modes-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut s = Spool::open(&dir, DEFAULT_MAX_BYTES).unwrap();
-        s.push(&windows("d", 0));
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&dir), 0o700, "outbox directory");
-        for m in msgs(&dir) {
-            assert_eq!(mode(&m), 0o600, "{}", m.display());
-        }
-        let reserve = std::fs::metadata(dir.join("reserve")).unwrap();
-        assert!(
-            reserve.blocks() * 512 >= RESERVE_BYTES,
-            "the reserve's blocks are allocated, not sparse: {} blocks",
-            reserve.blocks()
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn the_bound_drops_windows_never_outcomes() {
-        let dir = std::env::temp_dir().join(format!("backstop-spool-bound-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let one = wire::encode(&windows("d", 0)).len() as u64;
-        let mut s = Spool::open(&dir, one * 2).unwrap();
-        s.push(&finished("a"));
-        for seq in 0..5 {
-            s.push(&windows("d", seq));
-        }
-        let left = s.pending(None, 100);
-        let first = wire::decode::<AgentMsg>(&left[0].1[4..]).unwrap();
-        assert_eq!(first, finished("a"), "the outcome outlives newer windows");
-        assert!(s.dropped() >= 3, "windows were dropped: {}", s.dropped());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn survives_restart_acks_and_bounds() {
-        let dir = std::env::temp_dir().join(format!("backstop-spool-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut s = Spool::open(&dir, DEFAULT_MAX_BYTES).unwrap();
-        for seq in 0..5 {
-            assert_eq!(s.push(&windows("d1", seq)), Pushed::Spooled);
-        }
-        s.push(&AgentMsg::Finished {
-            deployment: "d1".into(),
-            exit_code: 0,
-            windows: 5,
-            lost_events: 0,
-        });
-        drop(s);
-        let mut s = Spool::open(&dir, DEFAULT_MAX_BYTES).unwrap();
-        assert_eq!(s.len(), 6, "everything survives a restart");
-        let first = s.pending(None, 2);
-        assert_eq!(first.len(), 2);
-        assert_eq!(
-            s.pending(Some(first[1].0), 100).len(),
-            4,
-            "pending after a cursor"
-        );
-        s.ack("d1", Some(2), false);
-        assert_eq!(s.len(), 3, "seq 0..=2 acknowledged");
-        s.ack("d1", None, true);
-        assert!(s.is_empty());
-        assert_eq!(msgs(&dir).len(), 0, "acknowledged files are gone");
-
-        let one = wire::encode(&windows("d2", 0)).len() as u64;
-        let mut s = Spool::open(&dir, one * 3).unwrap();
-        for seq in 0..5 {
-            s.push(&windows("d2", seq));
-        }
-        assert_eq!(s.len(), 3);
-        assert_eq!(s.dropped(), 2, "the oldest two were dropped and counted");
-        drop(s);
-        assert_eq!(
-            Spool::open(&dir, one * 3).unwrap().dropped(),
-            2,
-            "the drop count survives a restart"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

@@ -4,11 +4,17 @@
 //! offsets this module finds in /sys/kernel/btf/vmlinux and the loader
 //! writes into the probes' globals. Only what the probes need is parsed:
 //! struct and union members (through anonymous members) and enum values.
-//! Format: https://docs.kernel.org/bpf/btf.html
+//! Format: https://docs.kernel.org/bpf/btf.html//!
+//! Files: `mod.rs` the parser and member lookup, `offsets.rs` the facts
+//! the probes need from it.
+
+mod offsets;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 
-use backstop_common::KernelOffsets;
+pub use offsets::kernel_offsets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -266,204 +272,5 @@ impl Btf {
         Err(BtfError::Missing {
             what: format!("enum value {name}"),
         })
-    }
-}
-
-/// The layout facts the probes need. Exits and pids are required; the folio
-/// facts are optional (without them a dirtied large folio counts one page),
-/// so their absence is returned as a warning rather than an error.
-pub fn kernel_offsets(btf: &Btf) -> Result<(KernelOffsets, Vec<String>), BtfError> {
-    let mut warnings = Vec::new();
-    let task_pid = btf.member("task_struct", "pid")?;
-    let task_tgid = btf.member("task_struct", "tgid")?;
-    let task_exit_code = btf.member("task_struct", "exit_code")?;
-    let path_dentry = btf.member("path", "dentry")?.offset;
-    let mut off = KernelOffsets {
-        task_pid: task_pid.offset,
-        task_tgid: task_tgid.offset,
-        task_exit_code: task_exit_code.offset,
-        folio_flags: u32::MAX,
-        folio_nr_pages: u32::MAX,
-        pg_head_bit: u32::MAX,
-        page_size: page_size(),
-        tp_exit_group_dead: u32::MAX,
-        rq_sector: btf.member("request", "__sector")?.offset,
-        rq_q: btf.member("request", "q")?.offset,
-        q_disk: btf.member("request_queue", "disk")?.offset,
-        disk_major: btf.member("gendisk", "major")?.offset,
-        disk_first_minor: btf.member("gendisk", "first_minor")?.offset,
-        sk_protocol: u32::MAX,
-        mapping_host: btf.member("address_space", "host")?.offset,
-        inode_mode: btf.member("inode", "i_mode")?.offset,
-        task_files: btf.member("task_struct", "files")?.offset,
-        task_fs: btf.member("task_struct", "fs")?.offset,
-        files_fdt: btf.member("files_struct", "fdt")?.offset,
-        fdtable_fd: btf.member("fdtable", "fd")?.offset,
-        file_inode: btf.member("file", "f_inode")?.offset,
-        inode_ino: btf.member("inode", "i_ino")?.offset,
-        fs_pwd_dentry: btf.member("fs_struct", "pwd")?.offset + path_dentry,
-        fs_root_dentry: btf.member("fs_struct", "root")?.offset + path_dentry,
-        dentry_inode: btf.member("dentry", "d_inode")?.offset,
-        task_mm: u32::MAX,
-        mm_rss_stat: u32::MAX,
-        rss_counter_size: u32::MAX,
-        percpu_counter_count: u32::MAX,
-    };
-    match (
-        btf.member("task_struct", "mm"),
-        btf.member("mm_struct", "rss_stat"),
-        btf.enum_value("NR_MM_COUNTERS"),
-        btf.member("percpu_counter", "count"),
-    ) {
-        (Ok(mm), Ok(rss), Ok(n), Ok(count)) if n > 0 && rss.size % n as u32 == 0 && count.size == 8 => {
-            off.task_mm = mm.offset;
-            off.mm_rss_stat = rss.offset;
-            off.rss_counter_size = rss.size / n as u32;
-            off.percpu_counter_count = count.offset;
-        }
-        (mm, rss, n, count) => warnings.push(format!(
-            "mem_anon_peak_bytes will stay 0: task_struct.mm {:?}, mm_struct.rss_stat {:?}, NR_MM_COUNTERS {:?}, percpu_counter.count {:?}",
-            mm.map(|m| m.offset).ok(),
-            rss.map(|m| (m.offset, m.size)).ok(),
-            n.ok(),
-            count.map(|m| m.size).ok()
-        )),
-    }
-    match btf.member("sock", "sk_protocol") {
-        Ok(m) if m.size == 2 => off.sk_protocol = m.offset,
-        other => warnings.push(format!(
-            "sock.sk_protocol is not a u16 here ({:?}); every socket state change counts as TCP",
-            other.ok()
-        )),
-    }
-    match (
-        btf.member("folio", "flags"),
-        btf.member("folio", "_nr_pages"),
-        btf.enum_value("PG_head"),
-    ) {
-        (Ok(flags), Ok(nr), Ok(head)) if nr.size == 4 || nr.size == 8 => {
-            off.folio_flags = flags.offset;
-            off.folio_nr_pages = nr.offset;
-            off.pg_head_bit = head as u32;
-        }
-        (flags, nr, head) => warnings.push(format!(
-            "large folios will count as one page: folio.flags {:?}, folio._nr_pages {:?}, PG_head {:?}",
-            flags.map(|m| m.offset).ok(),
-            nr.map(|m| m.size).ok(),
-            head.ok()
-        )),
-    }
-    Ok((off, warnings))
-}
-
-fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u32 } else { 4096 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Builds a tiny BTF blob: struct outer { int a; union { int b; long c; }; }
-    /// and enum e { X = 7 }.
-    fn blob() -> Vec<u8> {
-        let strings = b"\0outer\0a\0b\0c\0int\0long\0e\0X\0";
-        let s = |name: &str| -> u32 {
-            let pat = format!("\0{name}\0");
-            strings
-                .windows(pat.len())
-                .position(|w| w == pat.as_bytes())
-                .unwrap() as u32
-                + 1
-        };
-        let mut t = Vec::new();
-        let mut push = |v: u32| t.extend_from_slice(&v.to_le_bytes());
-        // 1: int (4 bytes)
-        push(s("int"));
-        push(KIND_INT << 24);
-        push(4);
-        push(32);
-        // 2: long (8 bytes)
-        push(s("long"));
-        push(KIND_INT << 24);
-        push(8);
-        push(64);
-        // 3: anonymous union { int b; long c; }
-        push(0);
-        push((KIND_UNION << 24) | 2);
-        push(8);
-        push(s("b"));
-        push(1);
-        push(0);
-        push(s("c"));
-        push(2);
-        push(0);
-        // 4: struct outer { int a; <anon union> at 64 bits }
-        push(s("outer"));
-        push((KIND_STRUCT << 24) | 2);
-        push(16);
-        push(s("a"));
-        push(1);
-        push(0);
-        push(0);
-        push(3);
-        push(64);
-        // 5: enum e { X = 7 }
-        push(s("e"));
-        push((KIND_ENUM << 24) | 1);
-        push(4);
-        push(s("X"));
-        push(7);
-        let mut out = vec![0x9f, 0xeb, 1, 0];
-        out.extend_from_slice(&24u32.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&(t.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(t.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(strings.len() as u32).to_le_bytes());
-        out.extend_from_slice(&t);
-        out.extend_from_slice(strings);
-        out
-    }
-
-    #[test]
-    fn finds_members_through_anonymous_unions() {
-        let btf = Btf::parse(blob()).unwrap();
-        assert_eq!(
-            btf.member("outer", "a").unwrap(),
-            Member { offset: 0, size: 4 }
-        );
-        assert_eq!(
-            btf.member("outer", "c").unwrap(),
-            Member { offset: 8, size: 8 }
-        );
-        assert!(btf.member("outer", "zz").is_err());
-        assert_eq!(btf.enum_value("X").unwrap(), 7);
-    }
-
-    #[test]
-    fn refuses_garbage() {
-        assert!(Btf::parse(vec![1, 2, 3]).is_err());
-        let mut b = blob();
-        b.truncate(40);
-        assert!(Btf::parse(b).is_err());
-    }
-
-    #[test]
-    fn reads_this_kernel() {
-        let Ok(btf) = Btf::from_sys_fs() else {
-            eprintln!("SKIP reads_this_kernel: /sys/kernel/btf/vmlinux is not readable here");
-            assert!(
-                std::env::var("CI").is_err(),
-                "kernel BTF must be readable under CI"
-            );
-            return;
-        };
-        let (off, _) = kernel_offsets(&btf).unwrap();
-        assert!(
-            off.task_pid > 0 && off.task_tgid == off.task_pid + 4,
-            "{off:?}"
-        );
     }
 }
