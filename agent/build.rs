@@ -6,18 +6,22 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let manifest = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .expect("cargo sets CARGO_MANIFEST_DIR for build scripts"),
+    );
     let obj = manifest.join("../agent-ebpf/target/bpfel-unknown-none/release/backstop-probes");
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("backstop-probes.o");
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR for build scripts"))
+            .join("backstop-probes.o");
     println!("cargo:rerun-if-changed={}", obj.display());
-    match std::fs::read(&obj) {
-        Ok(bytes) => std::fs::write(&out, bytes).expect("writing the probe object to OUT_DIR"),
-        Err(_) => {
-            println!(
-                "cargo:warning=probe object {} not found: run `cargo xtask build-ebpf`; this agent will refuse to load probes",
-                obj.display()
-            );
-            std::fs::write(&out, []).expect("writing an empty probe object to OUT_DIR");
-        }
+    if let Ok(bytes) = std::fs::read(&obj) {
+        std::fs::write(&out, bytes).expect("writing the probe object to OUT_DIR");
+    } else {
+        println!(
+            "cargo:warning=probe object {} not found: run `cargo xtask build-ebpf`; this agent will refuse to load probes",
+            obj.display()
+        );
+        std::fs::write(&out, []).expect("writing an empty probe object to OUT_DIR");
     }
 }

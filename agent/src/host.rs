@@ -108,7 +108,7 @@ pub fn disk_free(path: &Path) -> Result<u64> {
     })?;
     // SAFETY: zeroed statvfs is a valid out-parameter; c is NUL-terminated.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::statvfs(c.as_ptr(), &raw mut st) } != 0 {
         return Err(AgentError::Proc {
             path: path.into(),
             source: std::io::Error::last_os_error(),

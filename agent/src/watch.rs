@@ -82,15 +82,15 @@ impl WindowSink for Printer<'_> {
         let res = if self.json {
             writeln!(out, "{}", w.to_json())
         } else {
-            if !self.header_done {
+            if self.header_done {
+                Ok(())
+            } else {
                 self.header_done = true;
                 writeln!(
                     out,
                     "{:>4} {:>7} {:>9} {:>7} {:>7} {:>10} {:>10} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>5}",
                     "seq", "secs", "syscalls", "errors", "enoent", "blk_read", "blk_write", "dirtied", "cpu_ms", "ctxsw", "forks", "execs", "exits", "lost"
                 )
-            } else {
-                Ok(())
             }
             .and_then(|()| {
                 let g = |n: &str| w.get(n).unwrap_or(0.0);

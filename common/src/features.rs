@@ -19,7 +19,6 @@ pub struct FeatureDef {
 macro_rules! features {
     ($( $ident:ident = $name:literal, $unit:literal, $help:literal; )*) => {
         /// Feature indices, usable as `window.features[feature::SYSCALLS_TOTAL]`.
-        #[allow(non_upper_case_globals)]
         pub mod feature {
             features!(@idx 0usize; $($ident)*);
         }

@@ -68,7 +68,7 @@ mod tests {
         let f = d.join("f");
         std::fs::write(&f, "x").unwrap();
         let set = |p: &Path, m: u32| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
         };
         set(&f, 0o644);
         assert_eq!(

@@ -267,13 +267,13 @@ async fn dispatch(data: PathBuf, command: Command) -> anyhow::Result<i32> {
             out,
             training,
             json,
-        } => commands::train::run(&corpus, &out, training.config()?, json),
+        } => commands::train::run(&corpus, &out, &training.config()?, json),
         Command::Crossval {
             corpus,
             folds,
             training,
             json,
-        } => commands::crossval::run(&corpus, training.config()?, folds, json),
+        } => commands::crossval::run(&corpus, &training.config()?, folds, json),
         Command::Eval {
             model,
             corpus,
@@ -297,7 +297,7 @@ fn exit_code(result: anyhow::Result<i32>) -> ExitCode {
             let msg: Vec<String> = e
                 .chain()
                 .skip(usize::from(exit.is_some()))
-                .map(|c| c.to_string())
+                .map(std::string::ToString::to_string)
                 .collect();
             eprintln!("backstop: {}", msg.join(": "));
             ExitCode::from(exit.unwrap_or(1).clamp(0, 255) as u8)

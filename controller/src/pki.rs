@@ -331,16 +331,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("backstop-pki-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let made = init(&dir, "web-1", &[]).unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&Pki::new(&dir).ca_key()), 0o600);
-        assert_eq!(mode(&Pki::new(&dir).server_key()), 0o600);
-        assert_eq!(mode(&made.agent_bundle), 0o600);
+        let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode_of(&Pki::new(&dir).ca_key()), 0o600);
+        assert_eq!(mode_of(&Pki::new(&dir).server_key()), 0o600);
+        assert_eq!(mode_of(&made.agent_bundle), 0o600);
         let b = backstop_common::quic::read_bundle(&made.agent_bundle).unwrap();
         assert_eq!(host_of(&b.cert).as_deref(), Some("web-1"));
         assert_eq!(serial_of(&b.cert), Some(made.agent_cert.serial.clone()));
         assert_eq!(made.agent_cert.serial.len(), 32, "128-bit serial");
-        assert_eq!(mode(&dir.join("pki")), 0o700);
-        assert_eq!(mode(&dir.join("pki/agents")), 0o700);
+        assert_eq!(mode_of(&dir.join("pki")), 0o700);
+        assert_eq!(mode_of(&dir.join("pki/agents")), 0o700);
         assert!(matches!(
             init(&dir, "web-1", &[]),
             Err(PkiError::Exists { .. })

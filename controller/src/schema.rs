@@ -1,5 +1,7 @@
 //! The feature schema as an SRE reads it: `backstop schema`.
 
+use std::fmt::Write as _;
+
 use backstop_common::features::{FEATURES, SCHEMA_VERSION};
 
 /// The schema as JSON: `{"schema": VERSION, "features": [{"index","name","unit","help"}]}`.
@@ -20,10 +22,8 @@ pub fn to_table() -> String {
         FEATURES.len()
     );
     for (i, f) in FEATURES.iter().enumerate() {
-        out.push_str(&format!(
-            "{i:>3}  {:<width$}  {:<6}  {}\n",
-            f.name, f.unit, f.help
-        ));
+        writeln!(out, "{i:>3}  {:<width$}  {:<6}  {}", f.name, f.unit, f.help)
+            .expect("writing to a String cannot fail");
     }
     out
 }

@@ -6,6 +6,10 @@
 //!
 //! Usage: backstop-loadgen --data DIR --controller ADDR --agents N --hz R --seconds S
 //! Prints one JSON object on stdout.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test workload: an unwrap that fails aborts the run the test then reports as failed"
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,6 +73,10 @@ fn main() {
     rt.block_on(run(a));
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the load generator's whole run, read top to bottom as the report it prints"
+)]
 async fn run(a: Args) {
     let (ca_cert, ca_key) = backstop_controller::pki::load_ca(&a.data).expect("loading the CA");
     let dir = a.data.join("loadgen");
@@ -128,7 +136,7 @@ async fn run(a: Args) {
         let ep = endpoints[i % endpoints.len()].clone();
         let stats = stats.clone();
         let addr = a.controller;
-        let period = Duration::from_secs_f64(1.0 / a.hz as f64);
+        let period = Duration::from_secs_f64(1.0 / f64::from(a.hz));
         // Spread the agents' ticks over one period.
         let offset = period.mul_f64(i as f64 / a.agents as f64);
         let connect_at = Instant::now() + ramp.mul_f64(i as f64 / a.agents as f64);
@@ -181,7 +189,10 @@ async fn run(a: Args) {
     );
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one simulated agent's whole setup, spawned once per agent; a struct would only rename them"
+)]
 async fn agent(
     i: usize,
     ep: quinn::Endpoint,
@@ -206,9 +217,9 @@ async fn agent(
             .await
             .map_err(|e| e.to_string())?;
     let deployment = format!("load-{i}-{}", std::process::id());
-    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let reader = {
-        let sent = sent.clone();
+        let sent_at = sent_at.clone();
         let stats = stats.clone();
         tokio::spawn(async move {
             while let Ok(msg) = quic::read_frame::<ControllerMsg>(&mut recv).await {
@@ -217,7 +228,7 @@ async fn agent(
                     ..
                 } = msg
                 {
-                    let at = sent.lock().await.remove(&seq);
+                    let at = sent_at.lock().await.remove(&seq);
                     if let Some(at) = at {
                         let mut s = stats.lock().await;
                         s.acked += 1;
@@ -233,7 +244,7 @@ async fn agent(
         tick.tick().await;
         let mut w = Window::new(Stream::Live, seq, seq * 100, seq * 100 + 100);
         w.features[0] = seq as f64;
-        sent.lock().await.insert(seq, Instant::now());
+        sent_at.lock().await.insert(seq, Instant::now());
         let msg = AgentMsg::Windows {
             deployment: deployment.clone(),
             windows: vec![w],
@@ -246,7 +257,7 @@ async fn agent(
     }
     // Give the last acknowledgements time to arrive.
     let drain_until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < drain_until && !sent.lock().await.is_empty() {
+    while Instant::now() < drain_until && !sent_at.lock().await.is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reader.abort();

@@ -1,6 +1,10 @@
 //! One agent per data directory: a second `backstop-agent run` on the
 //! same DATA is refused in one line naming the lock and its holder, and
 //! the first loses nothing.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -26,7 +30,7 @@ fn a_second_agent_on_the_same_data_is_refused_and_the_first_loses_nothing() {
     let second = Proc::spawn(&mut fleet.agent_cmd(&data));
     let (code, _) = second.finish(Duration::from_secs(20));
     assert_eq!(code, 2, "the second agent is refused as 'cannot run here'");
-    let (code, stdout) = exec.finish(Duration::from_secs(60));
+    let (code, stdout) = exec.finish(Duration::from_mins(1));
     assert_eq!(code, 0);
     let id = deployment_of(&stdout);
     assert!(first.running(), "the first agent lives on: {}", first.log());

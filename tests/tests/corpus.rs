@@ -1,6 +1,10 @@
 //! The corpus runner on real installs: faults injected into a real
 //! package, run in shadows under the probes, each recorded with the
 //! outcome and onset an SRE would see.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -12,6 +16,10 @@ use serde_json::Value;
 use support::{bin_dir, ebpf_or_skip};
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario whose assertions read in the order an SRE checks them"
+)]
 fn a_catalog_of_real_installs_records_outcomes_and_onsets() {
     let Some(_g) = ebpf_or_skip("a_catalog_of_real_installs") else {
         return;

@@ -1,6 +1,10 @@
 //! An agent certificate speaks for one host only: the real `backstop`
 //! daemon and CLI, attacked by agents built from the common crate's QUIC
 //! client.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 

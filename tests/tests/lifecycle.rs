@@ -1,5 +1,9 @@
 //! The agent's life as an SRE sees it: refusing to run where it cannot, and
 //! leaving nothing in the kernel when it stops, however it stops.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 

@@ -1,6 +1,10 @@
 //! The controller's data is root's alone: modes of everything it stores,
 //! read as `nobody`; loose modes fixed on start; the control socket's
 //! accept loop under descriptor exhaustion.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 

@@ -3,6 +3,10 @@
 //! restore, and a hard link out of the scope. Each test keeps a sentinel
 //! directory outside the root whose full walk (content, mode, owner, inode,
 //! link count, mtime) must be identical before and after.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 

@@ -3,6 +3,10 @@
 //! sentinel directory outside the shadow's root and data directory must
 //! walk the same (content, mode, owner, inode, link count) before and
 //! after. After every test nothing of the shadow remains.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod attack;
 mod support;
@@ -60,7 +64,7 @@ fn a_shadow_cannot_make_or_open_the_hosts_disk() {
     let (_, v) = shadow_run(
         &data,
         &["--root", root.to_str().unwrap(), "--", "sh", "-c", &script],
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     );
     let out = tail(&v, 0);
     assert!(
@@ -82,11 +86,11 @@ fn a_shadow_cannot_make_or_open_the_hosts_disk() {
 
 #[test]
 fn setuid_files_and_device_nodes_in_a_live_shadow_are_inert_from_the_host() {
+    use std::os::unix::fs::PermissionsExt;
     let Some(_g) = ebpf_or_skip("setuid_files_in_a_shadow_are_inert") else {
         return;
     };
     let Some(rootfs) = rootfs() else { return };
-    use std::os::unix::fs::PermissionsExt;
     let s = Scratch::new("setuid");
     let sent = sentinel(&s);
     let before = walk(&sent);
@@ -103,7 +107,7 @@ fn setuid_files_and_device_nodes_in_a_live_shadow_are_inert_from_the_host() {
         shadow_run(
             &data2,
             &["--root", root2.to_str().unwrap(), "--", "sh", "-c", script],
-            Duration::from_secs(120),
+            Duration::from_mins(2),
         )
     });
     let dir = wait_ready(&data);
@@ -220,7 +224,7 @@ fn planted_links_and_fifos_in_the_io_dir_neither_leak_nor_hang() {
     // SAFETY: getrusage with a valid out-pointer.
     let maxrss_kib = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut ru);
         ru.ru_maxrss
     };
     eprintln!("planted io links: shadow run took {took:?}, children's peak RSS {maxrss_kib} KiB");
@@ -270,7 +274,7 @@ fn a_shadow_cannot_create_namespaces() {
             "-n",
             "true",
         ],
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     );
     for (step, what) in [(0, "unshare -n"), (1, "unshare -m"), (2, "unshare -U")] {
         let s = if step == 0 {
@@ -399,9 +403,8 @@ fn a_fork_bomb_in_a_shadow_is_held_by_its_pids_limit() {
     // whole pid namespace, and the report is there.
     assert_eq!(v["timed_out"], true, "{v}");
     assert!(v["cleanup_problems"].as_array().unwrap().is_empty(), "{v}");
-    let left = std::fs::read_dir(cg)
-        .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count())
-        .unwrap_or(0);
+    let left =
+        std::fs::read_dir(cg).map_or(0, |rd| rd.flatten().filter(|e| e.path().is_dir()).count());
     assert_eq!(left, 0, "a shadow's pids cgroup outlived it");
     assert_untouched(&sent, &before, "the sentinel");
     assert_clean(&data, &v, "after the fork bomb");

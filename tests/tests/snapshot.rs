@@ -2,6 +2,10 @@
 //! tree after a restore must equal the tree before, by an independent walk
 //! that compares content, mode, owner, mtime, symlink targets, device
 //! numbers, xattrs and hardlinks.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -590,6 +594,12 @@ fn bad_input_is_a_clear_error() {
 
 #[test]
 fn no_room_is_refused_before_copying() {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
     let Some(root) = Root::new("noroom") else {
         return;
     };
@@ -602,12 +612,6 @@ fn no_room_is_refused_before_copying() {
         .unwrap()
         .success();
     assert!(mounted, "mounting a small tmpfs");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let _umount = Unmount(root.data.clone());
     let out = root.agent(&[
         "create",

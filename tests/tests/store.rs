@@ -1,6 +1,10 @@
 //! The snapshot store as an attacker meets it: another local user trying
 //! to read what it holds, a store an older agent left open, and `gc`
 //! running while `create` stores objects. Real binaries, as root.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -170,7 +174,7 @@ fn assert_nobody_reads_nothing(s: &Scratch) -> usize {
         "nothing to read: no manifest or no object in {files:?}"
     );
     for (list, cmd) in [(&files, "cat"), (&dirs, "ls")] {
-        for p in list.iter() {
+        for p in list {
             let out = as_nobody(cmd, p);
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
@@ -185,7 +189,7 @@ fn assert_nobody_reads_nothing(s: &Scratch) -> usize {
     // And by mode, not only because a parent is shut: every directory
     // 0700, every file 0600 or narrower, all root's.
     for (list, want) in [(&dirs, 0o700), (&files, 0o600)] {
-        for p in list.iter() {
+        for p in list {
             let m = std::fs::symlink_metadata(p).unwrap();
             assert!(
                 m.mode() & 0o7777 == want && m.uid() == 0,

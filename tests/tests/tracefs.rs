@@ -2,6 +2,10 @@
 //! itself (as perf and bpftrace do), and says so. Each test runs the agent
 //! in a private mount namespace where tracefs and debugfs are unmounted, so
 //! the host's own mounts are never touched (and are checked not to be).
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 

@@ -1,6 +1,10 @@
 //! The controller daemon and the agent over real QUIC with mutual TLS on
 //! loopback: certificates refused, bad frames refused one connection at a
 //! time, and windows stored exactly once across a controller crash.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 

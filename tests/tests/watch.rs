@@ -5,6 +5,10 @@
 //! iterations differs by exactly N events, whatever its start-up costs. Each
 //! exactness test runs an untracked copy of the same workload at the same
 //! time, which must not show up.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -287,7 +291,7 @@ fn tcp_bytes_and_connects_counted_exactly() {
     let base = watch(&[], &[&wl(), "tcp-send", "0"]);
     let run = watch(&[], &[&wl(), "tcp-send", "300000"]);
     assert_eq!(run.code(), 0, "{}", run.stderr());
-    for (feature, want) in [("net_tx_bytes", 300000.0), ("net_rx_bytes", 300000.0)] {
+    for (feature, want) in [("net_tx_bytes", 300_000.0), ("net_rx_bytes", 300_000.0)] {
         assert_eq!(run.total(feature) - base.total(feature), want, "{feature}");
     }
     assert_eq!(run.total("net_connect_attempts"), 1.0);

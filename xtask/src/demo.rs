@@ -25,7 +25,10 @@ pub fn demo() -> Result<()> {
     for pkg in DEBS {
         let src = deb_path(&debs, pkg)
             .with_context(|| format!("{pkg}.deb missing from {}", debs.display()))?;
-        let name = src.file_name().unwrap().to_owned();
+        let name = src
+            .file_name()
+            .context("a .deb path has a file name")?
+            .to_owned();
         std::fs::copy(&src, scratch.merged.join("tmp").join(&name))?;
         files.push(format!("/tmp/{}", name.to_string_lossy()));
     }
@@ -43,7 +46,7 @@ pub fn demo() -> Result<()> {
     eprintln!("\nbackstop-agent exited {status}");
 
     eprintln!("\n== 2. a broken install: a truncated .deb\n");
-    let good = std::fs::read(deb_path(&debs, "hello").unwrap())?;
+    let good = std::fs::read(deb_path(&debs, "hello").context("hello.deb missing")?)?;
     std::fs::write(
         scratch.merged.join("tmp/broken.deb"),
         &good[..good.len() / 2],

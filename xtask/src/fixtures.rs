@@ -46,7 +46,11 @@ pub fn rootfs() -> Result<PathBuf> {
         std::fs::remove_dir_all(&partial)
             .with_context(|| format!("removing the unfinished {}", partial.display()))?;
     }
-    std::fs::create_dir_all(partial.parent().unwrap())?;
+    std::fs::create_dir_all(
+        partial
+            .parent()
+            .context("the rootfs cache path has no parent")?,
+    )?;
     let mut cmd = Command::new("debootstrap");
     cmd.args(["--variant=minbase", SUITE])
         .arg(&partial)
@@ -98,9 +102,10 @@ pub fn deb_path(dir: &Path, pkg: &str) -> Option<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")))
         })
 }
 

@@ -165,8 +165,7 @@ fn fuzz(seconds: u64, targets: &[String]) -> Result<()> {
     if std::process::Command::new("cargo")
         .args(["fuzz", "--version"])
         .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
+        .map_or(true, |o| !o.status.success())
     {
         util::step(
             "cargo install cargo-fuzz",

@@ -66,8 +66,7 @@ fn dpkg_installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
 /// Facts about the nightly the probes build with, read off the toolchain.
@@ -116,8 +115,7 @@ fn is_elf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
-        .map(|()| magic == *b"\x7fELF")
-        .unwrap_or(false)
+        .is_ok_and(|()| magic == *b"\x7fELF")
 }
 
 fn rust_src() -> Result<()> {

@@ -12,9 +12,7 @@ pub fn root() -> PathBuf {
 }
 
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
 /// Where xtask keeps what it downloads or builds for the project's own use
@@ -46,7 +44,7 @@ pub fn step(what: &str, mut cmd: Command) -> Result<()> {
     eprintln!("xtask: {what}");
     let status = cmd
         .status()
-        .with_context(|| format!("starting {what} ({:?})", cmd.get_program()))?;
+        .with_context(|| format!("starting {what} ({})", cmd.get_program().display()))?;
     if !status.success() {
         bail!("{what} failed: {status}");
     }
@@ -57,11 +55,11 @@ pub fn step(what: &str, mut cmd: Command) -> Result<()> {
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
-        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        .with_context(|| format!("starting {}", cmd.get_program().display()))?;
     if !out.status.success() {
         bail!(
-            "{:?} {:?} failed: {}: {}",
-            cmd.get_program(),
+            "{} {:?} failed: {}: {}",
+            cmd.get_program().display(),
             cmd.get_args().collect::<Vec<_>>(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()

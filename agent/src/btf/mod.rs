@@ -51,6 +51,10 @@ struct Type {
     kind: u32,
     vlen: u32,
     kind_flag: bool,
+    #[expect(
+        clippy::struct_field_names,
+        reason = "named after the size/type union of the kernel's struct btf_type"
+    )]
     size_or_type: u32,
     /// Byte position of the kind-specific data after the common header.
     data: usize,
@@ -90,7 +94,8 @@ impl Btf {
     fn parse(raw: Vec<u8>) -> Result<Self, String> {
         let u32_at = |raw: &[u8], at: usize| -> Result<u32, String> {
             raw.get(at..at + 4)
-                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_le_bytes)
                 .ok_or_else(|| format!("truncated at byte {at}"))
         };
         if raw.len() < 24 || raw[0..2] != [0x9f, 0xeb] {
@@ -146,7 +151,11 @@ impl Btf {
     }
 
     fn u32_at(&self, at: usize) -> u32 {
-        u32::from_le_bytes(self.raw[at..at + 4].try_into().unwrap())
+        u32::from_le_bytes(
+            self.raw[at..at + 4]
+                .try_into()
+                .expect("a 4-byte slice is a [u8; 4]"),
+        )
     }
 
     fn name(&self, off: u32) -> &str {
@@ -173,7 +182,7 @@ impl Btf {
             let t = self.get(id)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.size_or_type
+                    id = t.size_or_type;
                 }
                 _ => return Some((id, t)),
             }
@@ -262,9 +271,9 @@ impl Btf {
                 if self.name(self.u32_at(at)) == name {
                     let lo = self.u32_at(at + 4);
                     return Ok(if wide {
-                        ((self.u32_at(at + 8) as i64) << 32) | lo as i64
+                        (i64::from(self.u32_at(at + 8)) << 32) | i64::from(lo)
                     } else {
-                        lo as i32 as i64
+                        i64::from(lo as i32)
                     });
                 }
             }

@@ -179,14 +179,14 @@ fn open_path(dir: Option<&OwnedFd>, path: &Path, resolve: u64) -> std::io::Resul
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
     how.resolve = resolve;
-    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    let dirfd = dir.map_or(libc::AT_FDCWD, std::os::fd::AsRawFd::as_raw_fd);
     // SAFETY: valid C string and open_how for the call's duration.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
             dirfd,
             c.as_ptr(),
-            &how as *const libc::open_how,
+            &raw const how,
             std::mem::size_of::<libc::open_how>(),
         )
     };

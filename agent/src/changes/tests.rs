@@ -1,5 +1,6 @@
 //! Resolving, normalising and reading change logs on scratch trees.
 
+use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -57,10 +58,12 @@ fn paths_are_normalised_and_bad_ones_make_the_log_untrusted() {
     let log = |paths: &[&str]| {
         let mut s = String::from("{\"backstop_changes\":1}\n");
         for q in paths {
-            s += &format!(
-                "{{\"path\":{},\"nr\":257,\"pid\":1}}\n",
+            writeln!(
+                s,
+                "{{\"path\":{},\"nr\":257,\"pid\":1}}",
                 serde_json::json!(q)
-            );
+            )
+            .unwrap();
         }
         s += "{\"end\":{\"records\":1,\"lost\":0,\"unresolved\":0}}\n";
         std::fs::write(&p, s).unwrap();

@@ -167,5 +167,5 @@ async fn run_shadow(data: &Path, json: bool, a: RunArgs) -> Outcome {
     } else {
         print!("{}", render::shadow_text(&report));
     }
-    Ok(if report.passed() { 0 } else { 1 })
+    Ok(i32::from(!report.passed()))
 }

@@ -117,7 +117,7 @@ fn restore(store: &Store, json: bool, id: &str, verify: bool, changes: Option<Pa
         eprintln!("backstop-agent: the change log missed {p} (repaired)");
     }
     print(json, &render::json(&r), &render::restored(&r));
-    Ok(if r.verified == Some(false) { 1 } else { 0 })
+    Ok(i32::from(r.verified == Some(false)))
 }
 
 fn print(json: bool, v: &serde_json::Value, human: &str) {

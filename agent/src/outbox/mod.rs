@@ -96,7 +96,7 @@ impl Outbox {
             {
                 tighten(&path, FILE_MODE)?;
                 found.push((id, path));
-            } else if name.ends_with(".tmp") {
+            } else if path.extension().is_some_and(|e| e == "tmp") {
                 // A write that never completed.
                 let _ = std::fs::remove_file(&path);
             } else if name == "dropped" || name == "reserve" {
@@ -119,13 +119,12 @@ impl Outbox {
         };
         for (id, path) in found {
             let frame = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
-            match frame.get(4..).map(wire::decode::<AgentMsg>) {
-                Some(Ok(msg)) => outbox.remember(id, &msg, frame.len() as u64, None),
-                _ => {
-                    tracing::warn!(path = %path.display(), "dropping an unreadable outbox message");
-                    let _ = std::fs::remove_file(&path);
-                    outbox.dropped += 1;
-                }
+            if let Some(Ok(msg)) = frame.get(4..).map(wire::decode::<AgentMsg>) {
+                outbox.remember(id, &msg, frame.len() as u64, None);
+            } else {
+                tracing::warn!(path = %path.display(), "dropping an unreadable outbox message");
+                let _ = std::fs::remove_file(&path);
+                outbox.dropped += 1;
             }
         }
         outbox.hold_reserve();

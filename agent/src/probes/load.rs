@@ -69,7 +69,7 @@ impl Probes {
             offsets,
             warnings,
             logger,
-            _ebpf: ebpf,
+            ebpf,
         })
     }
 }
@@ -159,7 +159,7 @@ fn raise_memlock() {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: valid pointer to an initialised rlimit.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const rlim) };
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
@@ -225,7 +225,7 @@ pub fn block_devices(class_dir: &Path) -> Vec<(u32, u32)> {
         let disk_dir = if dir.join("partition").exists() {
             match std::fs::canonicalize(&dir)
                 .ok()
-                .and_then(|p| p.parent().map(|p| p.to_path_buf()))
+                .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
             {
                 Some(p) => p,
                 None => continue,
@@ -233,9 +233,8 @@ pub fn block_devices(class_dir: &Path) -> Vec<(u32, u32)> {
         } else {
             dir.clone()
         };
-        let stacked = std::fs::read_dir(disk_dir.join("slaves"))
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
+        let stacked =
+            std::fs::read_dir(disk_dir.join("slaves")).is_ok_and(|mut d| d.next().is_some());
         if stacked {
             continue;
         }

@@ -17,7 +17,7 @@ impl Probes {
             if item.len() >= std::mem::size_of::<ProcEvent>() {
                 // SAFETY: the probes write whole ProcEvents (repr(C), Pod);
                 // read_unaligned copes with the ring buffer's 8-byte alignment.
-                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ProcEvent) };
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcEvent>()) };
                 if ev.slot == slot {
                     f(ev);
                 } else if self.slots.get(ev.slot as usize) == Some(&true) {
@@ -49,7 +49,7 @@ impl Probes {
         while let Some(item) = self.changes.next() {
             if item.len() >= std::mem::size_of::<ChangeEvent>() {
                 // SAFETY: the probes write whole ChangeEvents (repr(C), Pod).
-                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const ChangeEvent) };
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ChangeEvent>()) };
                 if ev.slot == slot {
                     f(&ev);
                 } else if self.slots.get(ev.slot as usize) == Some(&true) {
@@ -84,7 +84,7 @@ pub(super) struct Mailboxes<T> {
 impl<T> Mailboxes<T> {
     pub(super) fn new(max: usize) -> Self {
         Mailboxes {
-            by_slot: Default::default(),
+            by_slot: std::collections::BTreeMap::new(),
             max,
         }
     }

@@ -134,7 +134,7 @@ pub struct Probes {
     pub warnings: Vec<String>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log_facade::Log>>,
     // Programs and their links; dropped (detached) last.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 // aya-log hands records to the `log` crate.

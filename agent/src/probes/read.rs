@@ -117,7 +117,7 @@ fn prog_recursion_misses(fd: BorrowedFd<'_>) -> u64 {
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
         info_len: std::mem::size_of::<bpf_prog_info>() as u32,
-        info: &mut info as *mut bpf_prog_info as u64,
+        info: &raw mut info as u64,
     };
     // SAFETY: attr and info outlive the call; the kernel accepts an attr
     // shorter than union bpf_attr and writes at most info_len bytes.
@@ -125,7 +125,7 @@ fn prog_recursion_misses(fd: BorrowedFd<'_>) -> u64 {
         libc::syscall(
             libc::SYS_bpf,
             BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut InfoAttr,
+            &raw mut attr,
             std::mem::size_of::<InfoAttr>(),
         )
     };

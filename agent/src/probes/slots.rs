@@ -45,7 +45,7 @@ impl Probes {
 
     fn attach_tracking_hooks(&mut self) -> Result<()> {
         for (prog, tp) in TRACKING_HOOKS {
-            let p: &mut RawTracePoint = program(&mut self._ebpf, prog)?;
+            let p: &mut RawTracePoint = program(&mut self.ebpf, prog)?;
             let link = p
                 .attach(tp)
                 .map_err(|e| refused(&format!("attaching {prog} to raw tracepoint {tp}"), e))?;
@@ -56,7 +56,7 @@ impl Probes {
 
     fn detach_tracking_hooks(&mut self) {
         for (prog, link) in std::mem::take(&mut self.tracking_links) {
-            if let Ok(p) = program::<RawTracePoint>(&mut self._ebpf, prog)
+            if let Ok(p) = program::<RawTracePoint>(&mut self.ebpf, prog)
                 && let Err(e) = p.detach(link)
             {
                 tracing::warn!(prog, "detaching: {e}");

@@ -70,7 +70,7 @@ impl Root {
                 libc::SYS_openat2,
                 self.fd.as_raw_fd(),
                 c.as_ptr(),
-                &how as *const libc::open_how,
+                &raw const how,
                 std::mem::size_of::<libc::open_how>(),
             )
         };
@@ -116,7 +116,7 @@ pub fn stat_at(dir: BorrowedFd, name: &CStr) -> io::Result<libc::stat> {
         libc::fstatat(
             dir.as_raw_fd(),
             name.as_ptr(),
-            &mut st,
+            &raw mut st,
             libc::AT_SYMLINK_NOFOLLOW,
         )
     })?;
@@ -131,7 +131,7 @@ pub fn fstat(fd: BorrowedFd) -> io::Result<libc::stat> {
         libc::fstatat(
             fd.as_raw_fd(),
             c"".as_ptr(),
-            &mut st,
+            &raw mut st,
             libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
         )
     })?;

@@ -14,15 +14,13 @@ use super::{Entry, Kind, Result, Scope, Snapshot, SnapshotError, Store, fsops, i
 fn realtime_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +73,7 @@ pub fn create(store: &Store, scope: &Scope) -> Result<CreateReport> {
         id: format!(
             "s{:x}{:04x}",
             now_ms(),
-            std::process::id() as u16 as u32 ^ unique() as u32
+            u32::from(std::process::id() as u16) ^ unique() as u32
         ),
         root: scope.root.clone(),
         scopes: rels,
@@ -100,8 +98,8 @@ pub fn create(store: &Store, scope: &Scope) -> Result<CreateReport> {
 fn spoil_racy(walked: &mut [(Entry, libc::stat)], started_ns: i64) {
     const RACY_NS: i128 = 100_000_000;
     for (e, _) in walked {
-        let ctime_ns = e.ident.2 as i128 * 1_000_000_000 + e.ident.3 as i128;
-        if ctime_ns >= started_ns as i128 - RACY_NS {
+        let ctime_ns = i128::from(e.ident.2) * 1_000_000_000 + i128::from(e.ident.3);
+        if ctime_ns >= i128::from(started_ns) - RACY_NS {
             e.ident.2 = i64::MIN;
         }
     }

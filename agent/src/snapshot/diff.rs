@@ -113,7 +113,7 @@ pub fn diff(snap: &Snapshot) -> Result<Diff> {
         match now.get(&e.path) {
             None => d.removed.push(show(&e.path)),
             Some(n) if relinked.contains(&e.path) || !same(e, n, &snap.root)? => {
-                d.changed.push(show(&e.path))
+                d.changed.push(show(&e.path));
             }
             Some(_) => {}
         }

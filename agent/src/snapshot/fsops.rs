@@ -24,7 +24,7 @@ pub fn lstat(p: &Path) -> io::Result<libc::stat> {
     let c = cpath(p)?;
     // SAFETY: zeroed stat is a valid out-parameter; c is NUL-terminated.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    check(unsafe { libc::lstat(c.as_ptr(), &mut st) })?;
+    check(unsafe { libc::lstat(c.as_ptr(), &raw mut st) })?;
     Ok(st)
 }
 
@@ -141,6 +141,6 @@ pub fn free_bytes(p: &Path) -> io::Result<u64> {
     let c = cpath(p)?;
     // SAFETY: zeroed statvfs is a valid out-parameter.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
+    check(unsafe { libc::statvfs(c.as_ptr(), &raw mut st) })?;
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }

@@ -162,7 +162,7 @@ impl Store {
                     .and_then(|v| <[u8; 32]>::try_from(v).ok())
                     .is_some_and(|h| live.contains(&h));
                 if !keep {
-                    let size = obj.metadata().map(|m| m.len()).unwrap_or(0);
+                    let size = obj.metadata().map_or(0, |m| m.len());
                     if std::fs::remove_file(obj.path()).is_ok() {
                         freed.0 += 1;
                         freed.1 += size;

@@ -25,7 +25,7 @@ use session::{Rings, Session};
 pub type SharedProbes = Arc<Mutex<Probes>>;
 
 pub fn lock(p: &SharedProbes) -> MutexGuard<'_, Probes> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
+    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The kernel's lifecycle record in wire form: the one conversion point.
@@ -91,7 +91,7 @@ pub fn monotonic_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -217,12 +217,12 @@ async fn run_until_exit(
                 session.drain_changes();
             }
             Some(sig) = recv(&mut signals) => forward(pid, sig, &mut deadline, opts.kill_grace),
-            _ = kill_at => {
+            () = kill_at => {
                 tracing::warn!(pid, "command still running after the grace period; sending SIGKILL");
                 signal_child(pid, libc::SIGKILL);
                 deadline = None;
             }
-            _ = time_up => {
+            () = time_up => {
                 tracing::warn!(pid, timeout = ?opts.timeout, "timeout: sending SIGKILL");
                 signal_child(pid, libc::SIGKILL);
                 timed_out = true;

@@ -53,7 +53,7 @@ pub fn run(action: Action) -> Result<i32> {
             debs,
             out,
             agent,
-        } => run_catalog(catalog, root, debs, out, agent),
+        } => run_catalog(&catalog, root, debs, out, agent),
         Action::Synth {
             out,
             seed,
@@ -64,7 +64,7 @@ pub fn run(action: Action) -> Result<i32> {
 }
 
 fn run_catalog(
-    catalog: PathBuf,
+    catalog: &std::path::Path,
     root: PathBuf,
     debs: PathBuf,
     out: PathBuf,
@@ -77,19 +77,19 @@ fn run_catalog(
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("backstop-agent"))
     });
-    let c = catalog::load(&catalog)?;
+    let c = catalog::load(catalog)?;
     let opts = catalog::RunOptions {
         agent,
         root,
         debs,
-        out: out.clone(),
+        out,
     };
     let all = catalog::run(&c, &opts, |line| eprintln!("backstop: {line}"))?;
     let failing = all.iter().filter(|d| d.failing()).count();
     println!(
         "{} deployments in {} ({} failing or degraded)",
         all.len(),
-        out.display(),
+        opts.out.display(),
         failing
     );
     Ok(0)

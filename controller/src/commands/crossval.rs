@@ -7,7 +7,12 @@ use backstop_controller::learn::{self, corpus, train};
 
 use super::learn::{EARLY, print_model, print_table, read_corpus};
 
-pub fn run(corpus_dirs: &[PathBuf], cfg: train::TrainConfig, folds: u8, json: bool) -> Result<i32> {
+pub fn run(
+    corpus_dirs: &[PathBuf],
+    cfg: &train::TrainConfig,
+    folds: u8,
+    json: bool,
+) -> Result<i32> {
     let all = read_corpus(corpus_dirs)?;
     eprintln!(
         "backstop: cross-validating over {folds} folds of {} deployments ({} failing), seed {}: one model per fold",
@@ -15,7 +20,7 @@ pub fn run(corpus_dirs: &[PathBuf], cfg: train::TrainConfig, folds: u8, json: bo
         all.iter().filter(|d| d.failing()).count(),
         cfg.seed
     );
-    let cv = learn::cross_validate(&all, &cfg, folds, |f| {
+    let cv = learn::cross_validate(&all, cfg, folds, |f| {
         eprintln!(
             "  fold {}/{folds}: trained on {}, calibrated on {}, tested on {}: recall {:.3}, FPR {:.3}, threshold {:.4}",
             f.fold + 1,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use backstop_controller::learn::{self, corpus, eval::Metrics};
 
 pub(crate) fn read_corpus(dirs: &[PathBuf]) -> Result<Vec<corpus::Record>> {
-    let refs: Vec<&Path> = dirs.iter().map(|p| p.as_path()).collect();
+    let refs: Vec<&Path> = dirs.iter().map(std::path::PathBuf::as_path).collect();
     let all = corpus::read(&refs).context("reading the corpus")?;
     if all.is_empty() {
         anyhow::bail!(

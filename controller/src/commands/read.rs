@@ -24,7 +24,7 @@ async fn read<T>(
 fn table<T: Serialize>(
     rows: &[T],
     json: bool,
-    header: String,
+    header: &str,
     line: impl Fn(&T) -> String,
 ) -> Result<i32> {
     if json {
@@ -50,7 +50,7 @@ fn ago(ms: i64) -> String {
 }
 
 fn or_dash(n: Option<i64>) -> String {
-    n.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+    n.map_or_else(|| "-".into(), |c| c.to_string())
 }
 
 pub async fn hosts(data: &Path, database: Option<String>, json: bool) -> Result<i32> {
@@ -59,7 +59,7 @@ pub async fn hosts(data: &Path, database: Option<String>, json: bool) -> Result<
         "{:<24} {:<10} {:<12} {:<12} {:>10} {:<24} os",
         "host", "state", "first seen", "last seen", "violations", "kernel"
     );
-    table(&rows, json, header, |h| {
+    table(&rows, json, &header, |h| {
         format!(
             "{:<24} {:<10} {:<12} {:<12} {:>10} {:<24} {}",
             h.name,
@@ -79,7 +79,7 @@ pub async fn deployments(data: &Path, database: Option<String>, json: bool) -> R
         "{:<33} {:<16} {:<12} {:>5} {:>8} {:<10} command",
         "id", "host", "state", "exit", "windows", "started"
     );
-    table(&rows, json, header, |d| {
+    table(&rows, json, &header, |d| {
         format!(
             "{:<33} {:<16} {:<12} {:>5} {:>8} {:<10} {}",
             d.id,
@@ -100,7 +100,10 @@ pub async fn windows(data: &Path, database: Option<String>, id: &str, json: bool
     })
     .await?;
     if json {
-        let list: Vec<_> = windows.iter().map(|w| w.to_json()).collect();
+        let list: Vec<_> = windows
+            .iter()
+            .map(backstop_common::window::Window::to_json)
+            .collect();
         println!("{}", serde_json::Value::Array(list));
         return Ok(0);
     }

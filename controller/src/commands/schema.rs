@@ -2,6 +2,10 @@
 
 use anyhow::Result;
 
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "every verb returns Result<exit code> for the one dispatch in main.rs"
+)]
 pub fn run(json: bool) -> Result<i32> {
     if json {
         println!("{}", backstop_controller::schema::to_json());

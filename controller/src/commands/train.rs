@@ -10,7 +10,7 @@ use super::learn::{print_eval, read_corpus};
 pub fn run(
     corpus_dirs: &[PathBuf],
     out: &Path,
-    cfg: train::TrainConfig,
+    cfg: &train::TrainConfig,
     json: bool,
 ) -> Result<i32> {
     let all = read_corpus(corpus_dirs)?;
@@ -20,7 +20,7 @@ pub fn run(
         all.iter().filter(|d| d.failing()).count(),
         cfg.seed
     );
-    let (m, e) = learn::train_and_evaluate(&all, &cfg).context("training")?;
+    let (m, e) = learn::train_and_evaluate(&all, cfg).context("training")?;
     m.save(out)
         .with_context(|| format!("saving the model to {}", out.display()))?;
     print_eval(&e, json);

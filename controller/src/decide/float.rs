@@ -45,8 +45,12 @@ fn from_text<E: serde::de::Error>(t: Text) -> Result<f64, E> {
 
 /// `#[serde(with = "float::any")]` on an `f64`.
 pub mod any {
-    use super::*;
+    use super::{Deserialize, Deserializer, Serialize, Serializer, Text, from_text, to_text};
 
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's `with` calls serialize(&T, S)"
+    )]
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             to_text(*v).serialize(s)
@@ -66,8 +70,9 @@ pub mod any {
 
 /// `#[serde(with = "float::option")]` on an `Option<f64>`.
 pub mod option {
-    use super::*;
+    use super::{Deserialize, Deserializer, Serialize, Serializer, Text, from_text, to_text};
 
+    #[expect(clippy::ref_option, reason = "serde's `with` calls serialize(&T, S)")]
     pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             v.map(to_text).serialize(s)
@@ -87,7 +92,7 @@ pub mod option {
 
 /// `#[serde(with = "float::vec")]` on a `Vec<f64>`.
 pub mod vec {
-    use super::*;
+    use super::{Deserialize, Deserializer, Serialize, Serializer, Text, from_text, to_text};
 
     pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {

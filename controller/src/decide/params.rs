@@ -55,7 +55,7 @@ impl Default for Params {
     fn default() -> Self {
         Params::from_policy(&Policy {
             threshold: None,
-            guards: Default::default(),
+            guards: backstop_common::manifest::Guards::default(),
         })
     }
 }

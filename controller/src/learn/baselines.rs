@@ -240,7 +240,7 @@ pub(crate) mod tests {
     #[test]
     fn static_thresholds_sit_above_healthy_and_catch_a_spike() {
         let train: Vec<_> = (0..50)
-            .map(|i| dep(&format!("h{i}"), "p", &[10.0 + (i % 5) as f64; 6], false))
+            .map(|i| dep(&format!("h{i}"), "p", &[10.0 + f64::from(i % 5); 6], false))
             .collect();
         let b = StaticThresholds::tune(&train, 0.01);
         assert!(train.iter().all(|d| b.scores(d).iter().all(|&s| s <= 1.0)));

@@ -96,7 +96,7 @@ pub fn cross_validate(
         per_fold.push(fold);
         alarms.extend(alarms_from(&m, &scored[0], &split.test));
         for (p, s) in pooled.iter_mut().zip(scored) {
-            p.name = s.name.clone();
+            p.name.clone_from(&s.name);
             p.add_relative(s);
         }
         tested.extend(split.test);

@@ -63,7 +63,7 @@ impl Scored {
         Scored {
             name,
             threshold: 0.0,
-            scores: Default::default(),
+            scores: std::collections::HashMap::new(),
         }
     }
 }

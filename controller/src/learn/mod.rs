@@ -69,7 +69,7 @@ pub struct FamilyLead {
 
 /// Per fault family, from the model's first alarms.
 pub fn by_family(alarms: &[Alarm], ds: &[Record]) -> Vec<FamilyLead> {
-    let mut fams: std::collections::BTreeMap<&str, FamilyLead> = Default::default();
+    let mut fams: std::collections::BTreeMap<&str, FamilyLead> = std::collections::BTreeMap::new();
     for d in ds.iter().filter(|d| d.failing()) {
         let f = fams.entry(&d.family).or_insert_with(|| FamilyLead {
             family: d.family.clone(),
@@ -80,7 +80,7 @@ pub fn by_family(alarms: &[Alarm], ds: &[Record]) -> Vec<FamilyLead> {
         });
         f.failing += 1;
     }
-    let mut leads: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut leads: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
     for a in alarms {
         let Some(d) = ds.iter().find(|d| d.id == a.record && d.failing()) else {
             continue;
@@ -341,8 +341,11 @@ mod tests {
                 continue;
             };
             explained += 1;
-            let names: Vec<&str> = feats.iter().map(|&i| FEATURES[i].name).collect();
-            if a.drivers.iter().any(|(f, _)| names.contains(&f.as_str())) {
+            let feature_names: Vec<&str> = feats.iter().map(|&i| FEATURES[i].name).collect();
+            if a.drivers
+                .iter()
+                .any(|(f, _)| feature_names.contains(&f.as_str()))
+            {
                 named += 1;
             }
         }

@@ -56,7 +56,10 @@ impl Default for TrainConfig {
 
 /// Every parameter from our seeded RNG, in name order: U(±1/sqrt(fan_in)).
 fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
-    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let data = varmap
+        .data()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -160,7 +163,7 @@ pub fn train(
     cfg: &TrainConfig,
     corpus_digest: String,
 ) -> Result<Model> {
-    if !train.iter().any(|d| d.failing()) || !train.iter().any(|d| !d.failing()) {
+    if !train.iter().any(super::corpus::Record::failing) || !train.iter().any(|d| !d.failing()) {
         return Err(ModelError::Data(
             "the training split needs both healthy and failing deployments".into(),
         ));

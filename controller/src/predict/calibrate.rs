@@ -53,7 +53,7 @@ mod tests {
     fn calibration_fits_the_tail_when_too_few_healthy_deployments_show_the_target() {
         // Log-odds at the normal's quantiles: the fit finds the normal.
         let logit_quantiles: Vec<f64> = (1..=45)
-            .map(|i| -2.0 + 0.5 * normal_quantile(i as f64 / 46.0))
+            .map(|i| -2.0 + 0.5 * normal_quantile(f64::from(i) / 46.0))
             .collect();
         let p = |l: f64| 1.0 / (1.0 + (-l).exp());
         let healthy: Vec<f64> = logit_quantiles.iter().map(|&l| p(l)).collect();
@@ -75,13 +75,13 @@ mod tests {
             "moved {moved}"
         );
         // With enough healthy deployments, the empirical quantile.
-        let many: Vec<f64> = (0..1000).map(|i| i as f64 / 1000.0).collect();
+        let many: Vec<f64> = (0..1000).map(|i| f64::from(i) / 1000.0).collect();
         assert_eq!(calibrate_probability(&many, 0.01), calibrate(&many, 0.01));
     }
 
     #[test]
     fn calibration_alarms_at_most_the_target_share() {
-        let healthy: Vec<f64> = (0..200).map(|i| i as f64 / 200.0).collect();
+        let healthy: Vec<f64> = (0..200).map(|i| f64::from(i) / 200.0).collect();
         let thr = calibrate(&healthy, 0.01);
         let alarmed = healthy.iter().filter(|&&s| s > thr).count();
         assert_eq!(alarmed, 2, "threshold {thr}");

@@ -140,6 +140,10 @@ pub fn context(windows: &[Vec<f64>], t: usize) -> impl Iterator<Item = &Vec<f64>
 }
 
 impl Model {
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "candle hands VarBuilder (a shared handle) by value, as candle_nn's own builders do"
+    )]
     pub(crate) fn build(
         hidden: usize,
         vb: VarBuilder,
@@ -320,7 +324,10 @@ impl Model {
         let (conv, head) = Model::build(meta.hidden, vb)?;
         let saved = candle_core::safetensors::load_buffer(weights, &Device::Cpu)?;
         {
-            let vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            let vars = varmap
+                .data()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (name, var) in vars.iter() {
                 let t = saved.get(name).ok_or_else(|| ModelError::Bad {
                     path: path.clone(),

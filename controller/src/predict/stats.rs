@@ -43,12 +43,16 @@ pub fn median(v: &[f64]) -> f64 {
     } else if n % 2 == 1 {
         s[n / 2]
     } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
+        f64::midpoint(s[n / 2 - 1], s[n / 2])
     }
 }
 
 /// Two-sided p-value of the Mann-Whitney U test (normal approximation with
 /// tie correction and continuity correction).
+#[expect(
+    clippy::many_single_char_names,
+    reason = "the names follow the test's textbook notation (n, U, z, ...)"
+)]
 pub fn mann_whitney_p(a: &[f64], b: &[f64]) -> f64 {
     let (n1, n2) = (a.len() as f64, b.len() as f64);
     if a.is_empty() || b.is_empty() {
@@ -91,10 +95,10 @@ mod tests {
 
     #[test]
     fn mann_whitney_separates_shifted_samples_and_not_equal_ones() {
-        let a: Vec<f64> = (0..8).map(|i| 100.0 + i as f64).collect();
-        let b: Vec<f64> = (0..200).map(|i| (i % 20) as f64).collect();
+        let a: Vec<f64> = (0..8).map(|i| 100.0 + f64::from(i)).collect();
+        let b: Vec<f64> = (0..200).map(|i| f64::from(i % 20)).collect();
         assert!(mann_whitney_p(&a, &b) < 1e-4);
-        let c: Vec<f64> = (0..8).map(|i| (i * 2 % 20) as f64).collect();
+        let c: Vec<f64> = (0..8).map(|i| f64::from(i * 2 % 20)).collect();
         assert!(mann_whitney_p(&c, &b) > 0.1);
         // Known value: scipy.stats.mannwhitneyu([1,2,3],[4,5,6], method="asymptotic") p = 0.0809.
         let p = mann_whitney_p(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);

@@ -9,7 +9,8 @@ use backstop_common::wire::HostFacts;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::deployments::{DeploymentState, move_deployments};
+use super::deployments::DeploymentState::{Interrupted, Running};
+use super::deployments::move_deployments;
 use super::{Store, StoreError, now_ms};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -76,7 +77,6 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // A deployment interrupted by a lost connection resumes with it.
-        use DeploymentState::{Interrupted, Running};
         move_deployments(&mut tx, Some(name), Interrupted, Running).await?;
         tx.commit().await?;
         Ok(())
@@ -100,7 +100,6 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        use DeploymentState::{Interrupted, Running};
         move_deployments(&mut tx, Some(name), Running, Interrupted).await?;
         tx.commit().await?;
         Ok(())
@@ -112,7 +111,6 @@ impl Store {
         sqlx::query("UPDATE hosts SET connected = 0")
             .execute(&mut *tx)
             .await?;
-        use DeploymentState::{Interrupted, Running};
         move_deployments(&mut tx, None, Running, Interrupted).await?;
         tx.commit().await?;
         Ok(())

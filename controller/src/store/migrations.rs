@@ -8,7 +8,7 @@
 use sqlx::{Row, SqlitePool};
 
 const MIGRATIONS: &[&str] = &[
-    r#"
+    r"
 CREATE TABLE hosts (
     name TEXT PRIMARY KEY,
     first_seen_ms INTEGER NOT NULL,
@@ -52,8 +52,8 @@ CREATE TABLE events (
     detail TEXT NOT NULL,
     UNIQUE (deployment, kind, detail)
 );
-"#,
-    r#"
+",
+    r"
 ALTER TABLE hosts ADD COLUMN identity_violations INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE certificates (
     serial TEXT PRIMARY KEY,
@@ -64,7 +64,7 @@ CREATE TABLE certificates (
     revoked_at_ms INTEGER
 );
 CREATE INDEX certificates_host ON certificates(host);
-"#,
+",
 ];
 
 /// Apply every migration the database has not applied yet.

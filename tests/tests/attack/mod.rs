@@ -180,7 +180,7 @@ pub fn wait_ready(data: &Path) -> PathBuf {
     let shadows = data.join("agent/shadows");
     let mut found = None;
     assert!(
-        eventually(Duration::from_secs(60), || {
+        eventually(Duration::from_mins(1), || {
             found = std::fs::read_dir(&shadows).ok().and_then(|rd| {
                 rd.flatten()
                     .map(|e| e.path())

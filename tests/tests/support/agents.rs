@@ -54,12 +54,11 @@ impl Proc {
     pub fn finish(mut self, limit: Duration) -> (i32, String) {
         let start = Instant::now();
         while self.running() {
-            if start.elapsed() > limit {
-                panic!(
-                    "still running after {limit:?}; killed. stderr:\n{}",
-                    self.log()
-                );
-            }
+            assert!(
+                start.elapsed() <= limit,
+                "still running after {limit:?}; killed. stderr:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let mut out = String::new();

@@ -274,7 +274,7 @@ pub fn relay(to: SocketAddr) -> Relay {
     let cut1 = cut.clone();
     std::thread::spawn(move || {
         let cut = cut1;
-        let mut buf = [0u8; 65536];
+        let mut buf = vec![0u8; 65536];
         while let Ok((n, from)) = front.recv_from(&mut buf) {
             *client.lock().unwrap() = Some(from);
             if !cut.load(Ordering::Relaxed) {
@@ -283,7 +283,7 @@ pub fn relay(to: SocketAddr) -> Relay {
         }
     });
     std::thread::spawn(move || {
-        let mut buf = [0u8; 65536];
+        let mut buf = vec![0u8; 65536];
         while let Ok(n) = b2.recv(&mut buf) {
             let to = *c2.lock().unwrap();
             if let (Some(to), false) = (to, cut2.load(Ordering::Relaxed)) {

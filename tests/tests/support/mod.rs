@@ -2,7 +2,10 @@
 //! the agent, and the loud skip rule (skip when root or BPF is missing,
 //! except under CI, where a skip is a failure).
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate includes this module and uses a different subset of it"
+)]
 
 pub mod agents;
 pub mod fleet;
@@ -56,7 +59,9 @@ pub fn is_root() -> bool {
 /// Ok(guard) when this test can load probes; otherwise a loud skip, which
 /// under CI (CI=true) is a failure.
 pub fn ebpf_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
-    let guard = EBPF.lock().unwrap_or_else(|e| e.into_inner());
+    let guard = EBPF
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let reason = if !is_root() {
         Some("not root".to_string())
     } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {

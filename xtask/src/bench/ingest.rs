@@ -45,7 +45,7 @@ pub(super) fn ingest(agents: &[usize], hz: u32, seconds: u64) -> Result<()> {
             .stderr(Stdio::piped())
             .spawn()?;
         let mut line = String::new();
-        BufReader::new(serve.stderr.take().unwrap()).read_line(&mut line)?;
+        BufReader::new(serve.stderr.take().expect("stderr is piped above")).read_line(&mut line)?;
         let mut loadgen = Command::new(bin.join("backstop-loadgen"));
         loadgen.arg("--data").arg(&data).args([
             "--controller",

@@ -1,6 +1,7 @@
 //! `cargo xtask bench overhead`: the agent's cost to the tree it watches
 //! and to the rest of the host, as paired runs without and with it.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -235,7 +236,8 @@ fn dpkg_args(scratch: &ScratchRoot, files: &[PathBuf]) -> Result<Vec<String>> {
         "-i".into(),
     ];
     for f in files {
-        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let name = f.file_name().context("a .deb path has a file name")?;
+        let name = name.to_string_lossy().into_owned();
         std::fs::copy(f, scratch.merged.join("tmp").join(&name))?;
         args.push(format!("/tmp/{name}"));
     }
@@ -299,7 +301,8 @@ impl Watcher {
             .spawn()?;
         // The first window means the probes are attached.
         let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first)?;
+        BufReader::new(child.stdout.take().expect("stdout is piped above"))
+            .read_line(&mut first)?;
         if first.is_empty() {
             bail!("the background agent exited before its first window");
         }
@@ -335,16 +338,17 @@ fn bench_crate() -> Result<PathBuf> {
     )?;
     let mut lib = String::new();
     for i in 0..300 {
-        lib.push_str(&format!(
-            "pub fn f{i}(x: &[u64]) -> u64 {{ x.iter().map(|v| v.wrapping_mul({i}) ^ (v >> 3)).fold({i}, |a, b| a.rotate_left(5) ^ b) }}\n"
-        ));
+        writeln!(
+            lib,
+            "pub fn f{i}(x: &[u64]) -> u64 {{ x.iter().map(|v| v.wrapping_mul({i}) ^ (v >> 3)).fold({i}, |a, b| a.rotate_left(5) ^ b) }}"
+        )?;
     }
     std::fs::write(dir.join("src/lib.rs"), lib)?;
     let mut main = String::from(
         "fn main() {\n    let v: Vec<u64> = (0..100).collect();\n    let mut s = 0u64;\n",
     );
     for i in 0..300 {
-        main.push_str(&format!("    s ^= bench_crate::f{i}(&v);\n"));
+        writeln!(main, "    s ^= bench_crate::f{i}(&v);")?;
     }
     main.push_str("    println!(\"{s}\");\n}\n");
     std::fs::write(dir.join("src/main.rs"), main)?;

@@ -27,7 +27,8 @@ pub(super) fn rollback(reps: usize) -> Result<()> {
         .iter()
         .map(|p| {
             let src = fixtures::deb_path(&debs, p).with_context(|| format!("{p}.deb missing"))?;
-            let name = src.file_name().unwrap().to_string_lossy().into_owned();
+            let name = src.file_name().context("a .deb path has a file name")?;
+            let name = name.to_string_lossy().into_owned();
             std::fs::copy(&src, root.join("tmp").join(&name))?;
             Ok(format!("/tmp/{name}"))
         })

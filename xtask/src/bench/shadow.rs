@@ -38,16 +38,17 @@ pub(super) fn shadow(reps: usize) -> Result<()> {
     let v: serde_json::Value = serde_json::from_str(out.trim())?;
     let ms = |k: &str| -> Vec<f64> {
         v[k].as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
             .unwrap_or_default()
     };
-    let (s, u) = (median(ms("shadow_ms")), median(ms("unshare_ms")));
+    let (shadow_ms, unshare_ms) = (median(ms("shadow_ms")), median(ms("unshare_ms")));
     // dpkg -i of a real package: in a shadow (CLI: probes loaded, tracked;
     // volatile overlay, the default, and --durable) against a plain chroot
     // of a copy of the root. Dirty pages are written out before each run
     // so that no run pays for the one before it.
     let hello = fixtures::deb_path(&debs, "hello").context("hello.deb missing")?;
-    let name = hello.file_name().unwrap().to_string_lossy().into_owned();
+    let name = hello.file_name().context("a .deb path has a file name")?;
+    let name = name.to_string_lossy().into_owned();
     let in_shadow = |extra: &[&str]| -> Result<f64> {
         let mut c = Command::new(&agent);
         c.args(["shadow", "--json", "--data"])
@@ -107,8 +108,8 @@ pub(super) fn shadow(reps: usize) -> Result<()> {
     );
     println!("\nbackstop shadow: median of {reps} (dpkg: {dpkg_reps})\n");
     println!(
-        "/bin/true in a shadow      {s:>8.1} ms   vs unshare+chroot {u:>8.1} ms   overhead {:+.1} ms   (target <= 15 ms)",
-        s - u
+        "/bin/true in a shadow      {shadow_ms:>8.1} ms   vs unshare+chroot {unshare_ms:>8.1} ms   overhead {:+.1} ms   (target <= 15 ms)",
+        shadow_ms - unshare_ms
     );
     println!(
         "dpkg -i hello in a shadow  {dv:>8.1} ms   vs chroot         {dc:>8.1} ms   overhead {:+.1}%   (target <= 5%)",

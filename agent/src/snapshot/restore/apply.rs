@@ -59,14 +59,14 @@ pub(super) fn apply<H: HostOps>(
     ops: &H,
     store: &Store,
     snap: &Snapshot,
-    current: Vec<(Entry, libc::stat)>,
+    current: &[(Entry, libc::stat)],
 ) -> Result<RestoreReport> {
     let t0 = std::time::Instant::now();
     let now_by_path: Now = current.iter().map(|c| (c.0.path.as_slice(), c)).collect();
     // Plan: which files need their content back. Unchanged files are known
     // by identity (or, after an earlier restore, by hash); only the objects
     // a restore reads need hashing before it starts.
-    let needed = files_needing_content(ops, snap, &current, &now_by_path)?;
+    let needed = files_needing_content(ops, snap, current, &now_by_path)?;
     verify_objects(ops, snap, &needed)?;
     let journal = store.dir.join(format!("restore-{}.journal", snap.id));
     let resumed = journal.exists();
@@ -91,13 +91,14 @@ pub(super) fn apply<H: HostOps>(
     let step =
         |what: &str| tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "restore: {what}");
     step("planned, objects verified");
-    remove_extra(ops, snap, &current, &mut p)?;
+    remove_extra(ops, snap, current, &mut p)?;
     step("extra entries removed");
     put_back(ops, snap, &now_by_path, &needed, &mut p)?;
     step("entries recreated");
     let reset_dirs = reset_dirs(ops, snap, &now_by_path, &mut p)?;
     step("directory metadata reset");
-    sync_dirs(ops, p.touched_dirs.iter().chain(&reset_dirs).collect());
+    let dirs: Vec<&Vec<u8>> = p.touched_dirs.iter().chain(&reset_dirs).collect();
+    sync_dirs(ops, &dirs);
     step("directories synced");
     std::fs::remove_file(&journal).map_err(io(&journal))?;
     Ok(p.report)
@@ -204,9 +205,9 @@ fn put_back<H: HostOps>(
     needed: &HashSet<Vec<u8>>,
     p: &mut Progress,
 ) -> Result<()> {
-    let groups = snap.group_sizes();
     // Each hardlink group's first path, and its inode when it was kept.
     type First = (Vec<u8>, Option<(u64, u64)>);
+    let groups = snap.group_sizes();
     let mut group_first: HashMap<u64, First> = HashMap::new();
     for e in &snap.entries {
         // The walk's view is still true for kept entries of the same kind;
@@ -302,7 +303,7 @@ fn reset_dirs<H: HostOps>(
 /// syncfs: that would also wait for unrelated dirty data on the same
 /// filesystem, which on a busy host can be gigabytes. Several at once: a
 /// journaling filesystem commits concurrent fsyncs together.
-fn sync_dirs<H: HostOps>(ops: &H, dirs: Vec<&Vec<u8>>) {
+fn sync_dirs<H: HostOps>(ops: &H, dirs: &[&Vec<u8>]) {
     let per_thread = dirs.len().div_ceil(8).max(1);
     std::thread::scope(|s| {
         for chunk in dirs.chunks(per_thread) {

@@ -50,7 +50,7 @@ impl Focus {
             .iter()
             .flat_map(|r| ancestors(r))
             .filter(|a| snap.in_scope(a) && !roots.contains(*a))
-            .map(|a| a.to_vec())
+            .map(<[u8]>::to_vec)
             .collect();
         Ok(Focus { roots, parents })
     }
@@ -167,7 +167,7 @@ fn anchored_candidates(snap: &Snapshot, changes: &ChangeSet, root: &Path) -> Vec
         }
         host.strip_prefix(root_rel)
             .and_then(|r| r.strip_prefix(b"/"))
-            .map(|r| r.to_vec())
+            .map(<[u8]>::to_vec)
     };
     let mut by_ino: HashMap<u64, Vec<&[u8]>> = HashMap::new();
     for e in &snap.entries {

@@ -118,12 +118,12 @@ pub fn restore(
                 entries = looked_at,
                 "restore: focus walked"
             );
-            let mut r = apply_beneath(store, &part, current)?;
+            let mut r = apply_beneath(store, &part, &current)?;
             r.looked_at = Some(looked_at);
             r
         }
         // One walk of the scope as it is now serves the plan and every step.
-        None => apply_beneath(store, &snap, snap.walk_now()?)?,
+        None => apply_beneath(store, &snap, &snap.walk_now()?)?,
     };
     report.full_walk_reason = full_walk_reason;
     if verify {
@@ -144,7 +144,7 @@ fn focus_of(snap: &super::Snapshot, c: &ChangeSet) -> std::result::Result<Focus,
 fn apply_beneath(
     store: &Store,
     snap: &super::Snapshot,
-    current: Vec<(super::Entry, libc::stat)>,
+    current: &[(super::Entry, libc::stat)],
 ) -> Result<RestoreReport> {
     let ops = Beneath::open(store, &snap.root).map_err(io(&snap.root))?;
     apply(&ops, store, snap, current)
@@ -172,7 +172,7 @@ fn verify_after(
         .chain(&d.removed)
         .cloned()
         .collect();
-    let again = apply_beneath(store, snap, snap.walk_now()?)?;
+    let again = apply_beneath(store, snap, &snap.walk_now()?)?;
     report.removed += again.removed;
     report.content_restored += again.content_restored;
     report.recreated += again.recreated;

@@ -2,6 +2,10 @@
 //! recording fake of [`HostOps`] in `fake.rs`. The real implementation is
 //! tested for real, as root, by tests/tests/snapshot.rs and
 //! restore_attacks.rs.
+#![expect(
+    clippy::unreadable_literal,
+    reason = "st_mode values read as ls and stat(2) print them (0o100644)"
+)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -95,7 +99,7 @@ fn restore_drifted() -> (Vec<Op>, BTreeMap<Vec<u8>, Kind>) {
     let mut fake = Recorder::new(&current);
     fake.content_ok.insert(b"etc/keep".to_vec());
     let (dir, store) = scratch_store("order");
-    let report = apply(&fake, &store, &snap, current);
+    let report = apply(&fake, &store, &snap, &current);
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = report {
         panic!(
@@ -276,7 +280,7 @@ fn a_corrupt_object_changes_nothing() {
     fake.objects.insert(H2, ObjectState::Corrupt);
     let before = fake.tree.lock().unwrap().clone();
     let (dir, store) = scratch_store("order-corrupt");
-    let r = apply(&fake, &store, &snap, current);
+    let r = apply(&fake, &store, &snap, &current);
     let journal = store.dir.join("restore-sorder.journal").exists();
     let _ = std::fs::remove_dir_all(&dir);
     match r {
