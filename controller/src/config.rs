@@ -89,13 +89,13 @@ impl SinkConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {}: {source}", path.display())]
+    #[error("config file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
     /// toml's message names the key (an unknown one included) and the line.
-    #[error("config file {}: {source}", path.display())]
+    #[error("config file {}", path.display())]
     Parse {
         path: PathBuf,
         source: toml::de::Error,
@@ -228,6 +228,17 @@ pub mod duration {
 mod tests {
     use super::*;
 
+    /// The error as the CLI prints it: every source, one after another.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s += &format!(": {c}");
+            cur = c.source();
+        }
+        s
+    }
+
     fn parse(text: &str) -> Result<ControllerConfig, ConfigError> {
         ControllerConfig::parse(text, Path::new("c.toml"))
     }
@@ -253,7 +264,7 @@ mod tests {
                 "headers",
             ),
         ] {
-            let e = parse(text).unwrap_err().to_string();
+            let e = chain(&parse(text).unwrap_err());
             assert!(e.contains(key) && e.contains("c.toml"), "{text:?}: {e}");
         }
     }
@@ -273,7 +284,7 @@ mod tests {
             ),
             ("[[alerts.sink]]\ntype = \"pager\"\nname = \"w\"", "pager"),
         ] {
-            let e = parse(text).unwrap_err().to_string();
+            let e = chain(&parse(text).unwrap_err());
             assert!(e.contains(field), "{text:?}: {e}");
         }
     }
@@ -299,8 +310,8 @@ mod tests {
     #[test]
     fn an_explicit_config_that_is_missing_is_an_error_naming_it() {
         let e = ControllerConfig::load(Some(Path::new("/nonexistent/backstop.toml")))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("/nonexistent/backstop.toml"), "{e}");
+            .unwrap_err();
+        let e = chain(&e);
+        assert!(e.contains("/nonexistent/backstop.toml") && e.contains("No such file"), "{e}");
     }
 }

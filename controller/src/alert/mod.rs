@@ -96,7 +96,7 @@ impl Alert {
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     /// No answer: refused, reset, TLS, or the request's time limit.
-    #[error("{url}: {source}")]
+    #[error("{url}")]
     Transport { url: String, source: reqwest::Error },
     /// An answer that is not 2xx.
     #[error("{url} answered {status}: {body}")]
@@ -123,6 +123,18 @@ impl DeliveryError {
     }
 }
 
+/// `e` and its sources on one line, for logs (tracing shows only Display).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// One kind of receiver. Implementations keep their own config struct in
 /// their own file; the config's `type` key picks one.
 pub trait AlertSink: Send + Sync + 'static {
@@ -132,13 +144,13 @@ pub trait AlertSink: Send + Sync + 'static {
 /// Why an alert could not be queued or the queue not opened.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
-    #[error("alert queue {}: {source}", path.display())]
+    #[error("alert queue {}", path.display())]
     Io {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("sink {sink}: {reason}")]
     Sink { sink: String, reason: String },
-    #[error("alert queue task: {source}")]
+    #[error("alert queue task")]
     Join { source: tokio::task::JoinError },
 }

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 
 use super::queue::{Entry, Layout, read_json};
-use super::{AlertSink, DeliveryError};
+use super::{AlertSink, DeliveryError, chain};
 
 /// The retry policy, from `[alerts]`.
 #[derive(Debug, Clone, Copy)]
@@ -163,13 +163,13 @@ async fn one<S: AlertSink>(
         }
         Err(error) if error.retry() => {
             c.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(sink = %name, deployment = %entry.alert.deployment, %error,
+            tracing::warn!(sink = %name, deployment = %entry.alert.deployment, error = %chain(&error),
                 attempt = attempt + 1, "alert delivery failed; will retry");
             Step::Retry
         }
         Err(error) => {
             c.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(sink = %name, deployment = %entry.alert.deployment, %error,
+            tracing::error!(sink = %name, deployment = %entry.alert.deployment, error = %chain(&error),
                 "alert refused by the receiver: moved to dead");
             bury(name, shared, path).await;
             Step::Done
