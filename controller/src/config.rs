@@ -309,9 +309,11 @@ mod tests {
 
     #[test]
     fn an_explicit_config_that_is_missing_is_an_error_naming_it() {
-        let e = ControllerConfig::load(Some(Path::new("/nonexistent/backstop.toml")))
-            .unwrap_err();
+        let e = ControllerConfig::load(Some(Path::new("/nonexistent/backstop.toml"))).unwrap_err();
         let e = chain(&e);
-        assert!(e.contains("/nonexistent/backstop.toml") && e.contains("No such file"), "{e}");
+        assert!(
+            e.contains("/nonexistent/backstop.toml") && e.contains("No such file"),
+            "{e}"
+        );
     }
 }

@@ -221,7 +221,8 @@ fn main() -> ExitCode {
     let data_given = matches
         .value_source("data")
         .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
-    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Serve { .. }) {
         // A report piped into `head` ends quietly, as other Unix tools do,
         // instead of panicking in println!. The daemon keeps Rust's

@@ -123,10 +123,16 @@ mod tests {
         let a = Alert::firing("web-1", "d01", "nginx", "1.2", "rollback", vec!["x".into()]);
         let day = Duration::from_secs(86400);
         let fire = PostableAlert::from_alert(&a, day);
-        assert!(fire.ends_at > OffsetDateTime::now_utc(), "firing: endsAt ahead");
+        assert!(
+            fire.ends_at > OffsetDateTime::now_utc(),
+            "firing: endsAt ahead"
+        );
         let later = OffsetDateTime::now_utc();
         let res = PostableAlert::from_alert(&a.resolved(later), day);
-        assert_eq!(res.labels, fire.labels, "same labels, same Alertmanager alert");
+        assert_eq!(
+            res.labels, fire.labels,
+            "same labels, same Alertmanager alert"
+        );
         assert_eq!(res.starts_at, fire.starts_at);
         assert_eq!(res.ends_at, later);
         let json = serde_json::to_value([&fire]).unwrap();

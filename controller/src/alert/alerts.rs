@@ -145,7 +145,7 @@ impl Alerts {
                 path: layout.firing(),
                 source,
             };
-            let now = OffsetDateTime::now_utc();
+            let now = super::now_ms();
             let mut n = 0;
             for (path, alert) in layout.firing_of(&package).map_err(io)? {
                 enqueue_all(&layout, &names, &alert.resolved(now))?;
@@ -167,7 +167,10 @@ impl Alerts {
             .map_err(|source| AlertError::Join { source })??;
         if n > 0 {
             let queued = (n * self.sinks.len()) as u64;
-            self.shared.counters.queued.fetch_add(queued, Ordering::Relaxed);
+            self.shared
+                .counters
+                .queued
+                .fetch_add(queued, Ordering::Relaxed);
             for s in &self.sinks {
                 s.wake.notify_one();
             }
@@ -218,12 +221,10 @@ fn enqueue_all(layout: &Layout, sinks: &[String], alert: &Alert) -> Result<usize
         alert: alert.clone(),
     };
     for s in sinks {
-        layout
-            .enqueue(s, &entry)
-            .map_err(|source| AlertError::Io {
-                path: layout.queue(s),
-                source,
-            })?;
+        layout.enqueue(s, &entry).map_err(|source| AlertError::Io {
+            path: layout.queue(s),
+            source,
+        })?;
     }
     Ok(1)
 }

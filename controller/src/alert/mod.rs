@@ -73,10 +73,12 @@ impl Alert {
             package: package.to_string(),
             version: version.to_string(),
             decision: decision.to_string(),
-            summary: format!("backstop: {decision} of {package} {version} on {host} ({deployment})"),
+            summary: format!(
+                "backstop: {decision} of {package} {version} on {host} ({deployment})"
+            ),
             reasons,
             state: AlertState::Firing,
-            starts_at: OffsetDateTime::now_utc(),
+            starts_at: now_ms(),
             ends_at: None,
             link: None,
         }
@@ -90,6 +92,13 @@ impl Alert {
             ..self.clone()
         }
     }
+}
+
+/// Now, to the millisecond: Alertmanager keeps times in milliseconds, so
+/// an alert read back from it compares equal to the one sent.
+pub fn now_ms() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond()).unwrap_or(now)
 }
 
 /// Why a delivery failed, and whether trying again may help.

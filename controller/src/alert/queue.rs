@@ -133,7 +133,12 @@ impl Layout {
     /// Remember a firing alert until it is resolved.
     pub fn keep_firing(&self, alert: &Alert) -> io::Result<()> {
         let body = serde_json::to_vec(alert).map_err(io::Error::other)?;
-        write_whole(&self.firing(), &format!("{}.json", fingerprint(alert)), &body).map(|_| ())
+        write_whole(
+            &self.firing(),
+            &format!("{}.json", fingerprint(alert)),
+            &body,
+        )
+        .map(|_| ())
     }
 
     /// Every firing alert about `package`, with its file.
@@ -153,8 +158,12 @@ impl Layout {
 
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {
     let bytes = fs::read(path).map_err(|e| named(path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
 }
 
 /// What identifies an alert in Alertmanager: its labels (the deployment

@@ -48,8 +48,7 @@ impl WebhookSink {
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| bad(format!("headers: {k:?}: {e}")))?;
-            let value =
-                HeaderValue::from_str(v).map_err(|e| bad(format!("headers.{k}: {e}")))?;
+            let value = HeaderValue::from_str(v).map_err(|e| bad(format!("headers.{k}: {e}")))?;
             headers.insert(name, value);
         }
         let token = match (&cfg.bearer_token, &cfg.bearer_token_file) {

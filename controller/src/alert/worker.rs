@@ -47,9 +47,10 @@ pub(crate) struct Shared {
 /// of it fixed, half random) so many controllers retrying one receiver do
 /// not arrive in step.
 pub(crate) fn backoff(p: &Policy, attempt: u32) -> Duration {
-    let exp = p
-        .initial_backoff
-        .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX));
+    let exp = p.initial_backoff.saturating_mul(
+        1u32.checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX),
+    );
     let d = exp.min(p.max_backoff);
     let half = d / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
@@ -195,7 +196,9 @@ async fn bury(name: &str, shared: &Shared, path: &Path) {
 
 /// A gauge never wraps below zero, whoever else touched the queue.
 fn dec(a: &AtomicU64) {
-    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
+    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(1))
+    });
 }
 
 #[cfg(test)]
