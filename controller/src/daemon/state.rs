@@ -58,6 +58,9 @@ type WriteRequest = (
 /// Shared daemon state: the store, who is connected, who waits for what.
 pub struct Daemon {
     pub store: Store,
+    /// Where rollbacks raise alerts (`Alerts::fire`) and commits resolve
+    /// them; both return once the alert is queued on disk.
+    pub alerts: Arc<crate::alert::Alerts>,
     writes: mpsc::Sender<WriteRequest>,
     pub(crate) sessions: Mutex<HashMap<String, Session>>,
     waiters: Mutex<HashMap<String, Waiting>>,
@@ -79,11 +82,12 @@ pub enum ExecError {
 }
 
 impl Daemon {
-    pub fn new(store: Store) -> Arc<Self> {
+    pub fn new(store: Store, alerts: crate::alert::Alerts) -> Arc<Self> {
         let (writes, queue) = mpsc::channel(4096);
         tokio::spawn(writer(store.clone(), queue));
         Arc::new(Daemon {
             store,
+            alerts: Arc::new(alerts),
             writes,
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
