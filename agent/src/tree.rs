@@ -20,6 +20,9 @@ pub enum Stdout {
     Inherit,
     /// To our stderr, keeping our stdout for machine-readable output.
     Stderr,
+    /// To a pipe the caller reads (`Child::stdout` of [`Exit::Child`]): a
+    /// deployment's step runner reports its progress on it.
+    Piped,
 }
 
 pub struct Tracked {
@@ -77,6 +80,9 @@ pub fn spawn_tracked(
         if dup >= 0 {
             cmd.stdout(Stdio::from(unsafe { OwnedFd::from_raw_fd(dup) }));
         }
+    }
+    if stdout == Stdout::Piped {
+        cmd.stdout(Stdio::piped());
     }
     let (w, r) = (pid_w.as_raw_fd(), ack_r.as_raw_fd());
     let (parent_r, parent_w) = (pid_r.as_raw_fd(), ack_w.as_raw_fd());
