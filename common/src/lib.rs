@@ -11,6 +11,8 @@ pub mod kernel;
 #[cfg(feature = "std")]
 pub mod features;
 #[cfg(feature = "std")]
+pub mod manifest;
+#[cfg(feature = "std")]
 pub mod private;
 #[cfg(feature = "quic")]
 pub mod quic;
