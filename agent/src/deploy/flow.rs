@@ -16,6 +16,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use super::cgroup::LiveCgroup;
 use super::journal::{Journal, Phase, deployment_dir};
 use super::live::{self, LiveOutcome, LivePlan};
+use super::plan::{stage, unstage};
 use super::policy::{Decision, Evidence, local_decision};
 use super::rollback::{self, Host};
 use super::{DeployError, DeployEvent, EventTx, Order, Outcome, Plan, StreamSink};
@@ -96,19 +97,27 @@ pub async fn run(
         note: None,
     };
     j.save(&ctx.data)?;
+    if let Some(build) = &plan.build {
+        let r = rollback::run_cmd(0, build, Path::new("/")).await;
+        if r.exit_code != Some(0) {
+            let reason = format!("the build {} failed: exit {:?}", build.name, r.exit_code);
+            let _ = tx.send(DeployEvent::Step {
+                stream: Stream::Live,
+                step: r,
+            });
+            return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
+        }
+    }
     j.snapshot = Some(take_snapshot(&ctx.data, plan).await?);
+    j.save(&ctx.data)?;
     let mut orders = Orders { rx: orders };
     if plan.mode == super::Mode::ShadowFirst && plan.shadow.is_some() {
         j.advance(&ctx.data, Phase::Shadowing)?;
-        let report = run_shadow(ctx, plan, tx.clone()).await?;
-        let passed = report.passed();
-        let _ = tx.send(DeployEvent::Shadow {
-            report: Box::new(report),
-        });
-        if !passed {
-            let reason = "the shadow failed; live was not started".to_string();
+        if let Some(reason) = shadow_first(ctx, plan, &j, &tx).await? {
             return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
         }
+    } else {
+        stage(plan)?;
     }
     let cgroup = LiveCgroup::create(id)?;
     j.cgroup = Some(cgroup.path.clone());
@@ -123,6 +132,7 @@ pub async fn run(
     match decision {
         Order::Commit => {
             release(&cgroup);
+            unstage(plan);
             shadow_done(shadow, &tx).await;
             finish(ctx, &mut j, Outcome::Committed, &tx)
         }
@@ -141,6 +151,41 @@ pub async fn run(
             finish(ctx, &mut j, Outcome::RolledBack { reason }, &tx)
         }
     }
+}
+
+/// Shadow-first: stage the artifact, run the shadow; when it fails, put
+/// the scope (and the staged copy's /tmp) back and say why.
+async fn shadow_first(
+    ctx: &Context,
+    plan: &Plan,
+    j: &Journal,
+    tx: &EventTx,
+) -> Result<Option<String>, DeployError> {
+    stage(plan)?;
+    let report = run_shadow(ctx, plan, tx.clone()).await?;
+    let passed = report.passed();
+    let _ = tx.send(DeployEvent::Shadow {
+        report: Box::new(report),
+    });
+    if passed {
+        return Ok(None);
+    }
+    if plan.staging.is_some() {
+        let mut host = Host {
+            data: &ctx.data,
+            plan,
+            cgroup: None,
+            snapshot: j.snapshot.clone(),
+            changes: None,
+        };
+        rollback::HostActions::restore(&mut host)
+            .await
+            .map_err(|reason| DeployError::Plan {
+                field: "artifact".into(),
+                reason: format!("removing the staged copy: {reason}"),
+            })?;
+    }
+    Ok(Some("the shadow failed; live was not started".into()))
 }
 
 /// A plan the agent can carry out: a root with a shell for chroot'ed
@@ -323,22 +368,27 @@ fn evidence(o: &LiveOutcome, seen: &Seen) -> Evidence {
     }
 }
 
-/// Probe every interval for the monitoring period; an order ends it early.
+/// Run each probe at its interval for the monitoring period (each at
+/// least once); an order ends it early.
 async fn monitor(plan: &Plan, orders: &mut Orders, tx: &EventTx) -> Option<Order> {
-    let end = tokio::time::Instant::now() + plan.monitor;
-    let interval = plan.probe_interval.max(Duration::from_millis(100));
+    let start = tokio::time::Instant::now();
+    let end = start + plan.monitor;
+    let mut due = vec![start; plan.probes.len()];
     loop {
-        for p in &plan.probes {
-            let probe = super::health::probe(p, &plan.root).await;
-            let _ = tx.send(DeployEvent::Probe { probe });
+        for (p, at) in plan.probes.iter().zip(due.iter_mut()) {
+            if *at <= tokio::time::Instant::now() {
+                let probe = super::health::probe(p, &plan.root).await;
+                let _ = tx.send(DeployEvent::Probe { probe });
+                *at = tokio::time::Instant::now() + p.interval.max(Duration::from_millis(100));
+            }
         }
-        let next = tokio::time::Instant::now() + interval;
-        if next > end {
-            return None;
-        }
+        let next = due.iter().copied().min().unwrap_or(end).min(end);
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             Some(o) = orders.next(), if !orders.local() => return Some(o),
+        }
+        if tokio::time::Instant::now() >= end {
+            return None;
         }
     }
 }
@@ -370,10 +420,10 @@ async fn run_shadow(ctx: &Context, plan: &Plan, tx: EventTx) -> Result<ShadowRep
         },
         cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
         tests: s.tests.iter().map(|t| quote(&t.argv)).collect(),
-        copy_in: s.copy_in.clone(),
+        copy_in: Vec::new(),
         window: ctx.window,
         timeout: Some(timeout),
-        upper_size: None,
+        upper_size: s.upper_bytes,
         durable: false,
     };
     let mut sink = StreamSink {

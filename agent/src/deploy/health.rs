@@ -30,6 +30,8 @@ pub enum ProbeKind {
 pub struct ProbeSpec {
     pub name: String,
     pub kind: ProbeKind,
+    /// Time between two runs during the monitoring period.
+    pub interval: Duration,
     pub timeout: Duration,
     /// A probe slower than this fails even when it answered.
     pub latency_budget: Option<Duration>,
@@ -179,6 +181,7 @@ mod tests {
         ProbeSpec {
             name: "p".into(),
             kind,
+            interval: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
             latency_budget: None,
         }

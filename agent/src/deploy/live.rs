@@ -128,6 +128,9 @@ pub async fn install(
     let script = plan.io.join("run.sh");
     crate::datadir::private_dir(&plan.io)?;
     super::journal::write_private(&script, &runner_script(&plan.io, &plan.root, &plan.steps))?;
+    // 0600 from the start: the change log keeps the mode of the file it
+    // opens, and names every path the install touched.
+    super::journal::write_private(&plan.changes, b"")?;
     let argv: Vec<OsString> = vec!["/bin/sh".into(), script.into_os_string()];
     let (pipe_tx, pipe_rx) = tokio::sync::oneshot::channel();
     let launch = |register: &mut dyn FnMut(u32) -> crate::Result<()>| {

@@ -15,6 +15,7 @@ mod flow;
 pub mod health;
 pub mod journal;
 pub mod live;
+pub mod plan;
 pub mod policy;
 pub mod recover;
 pub mod rollback;
@@ -45,14 +46,7 @@ pub struct Cmd {
     pub env: Vec<(String, String)>,
 }
 
-/// `concurrent`: live and shadow at once. `shadow-first`: live starts
-/// only after a clean shadow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    Concurrent,
-    ShadowFirst,
-}
+pub use backstop_common::manifest::Mode;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowPlan {
@@ -60,8 +54,8 @@ pub struct ShadowPlan {
     pub memory_bytes: Option<i64>,
     pub pids: Option<i64>,
     pub cpu_quota_us: Option<i64>,
-    /// Files the shadow sees at /.backstop-shadow/in/NAME (the artifact).
-    pub copy_in: Vec<PathBuf>,
+    /// The size of the shadow's writable layer (a tmpfs).
+    pub upper_bytes: Option<u64>,
 }
 
 /// What the agent needs of a manifest, in the agent's terms: built from
@@ -76,9 +70,15 @@ pub struct Plan {
     /// Absolute paths inside the root.
     pub scope: Vec<PathBuf>,
     pub excludes: Vec<String>,
+    /// Host files copied into the root's `staging` directory (root other
+    /// than "/"; see `plan.rs`).
+    pub artifact: Vec<PathBuf>,
+    pub staging: Option<PathBuf>,
+    /// Run on the host before the snapshot; a failure ends the deployment
+    /// before anything changed.
+    pub build: Option<Cmd>,
     pub shadow: Option<ShadowPlan>,
     pub probes: Vec<ProbeSpec>,
-    pub probe_interval: Duration,
     /// How long the service is watched after the install before commit.
     pub monitor: Duration,
     pub rollback_hooks: Vec<Cmd>,
@@ -232,16 +232,19 @@ pub(crate) mod tests {
             steps: vec![cmd("install", &["true"])],
             scope: vec!["/etc".into()],
             excludes: Vec::new(),
+            artifact: Vec::new(),
+            staging: None,
+            build: None,
             shadow: None,
             probes: vec![ProbeSpec {
                 name: "up".into(),
                 kind: ProbeKind::Tcp {
                     addr: "127.0.0.1:1".into(),
                 },
+                interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(1),
                 latency_budget: None,
             }],
-            probe_interval: Duration::from_secs(1),
             monitor: Duration::ZERO,
             rollback_hooks: vec![cmd("restart-1", &["true"]), cmd("restart-2", &["true"])],
         }
