@@ -125,7 +125,14 @@ impl HostActions for Host<'_> {
             .ok_or("no snapshot was taken before the install")?;
         let data = self.data.to_path_buf();
         let changes = self.changes.clone();
-        tokio::task::spawn_blocking(move || restore_blocking(&data, &id, changes))
+        // The staged artifact was copied by the agent, not the install:
+        // the probes never saw it, so the change log is told here.
+        let staged = self
+            .plan
+            .staging
+            .as_ref()
+            .map(|s| self.plan.root.join(s.strip_prefix("/").unwrap_or(s)));
+        tokio::task::spawn_blocking(move || restore_blocking(&data, &id, changes, staged))
             .await
             .map_err(|e| e.to_string())?
     }
@@ -145,11 +152,15 @@ fn restore_blocking(
     data: &std::path::Path,
     id: &str,
     changes: Option<PathBuf>,
+    staged: Option<PathBuf>,
 ) -> Result<RestoreSummary, String> {
     let start = Instant::now();
     let store = Store::open(data).map_err(|e| e.to_string())?;
     let log = match changes.as_deref().map(ChangeSet::read) {
-        Some(Ok(set)) => Some(set),
+        Some(Ok(mut set)) => {
+            set.paths.extend(staged);
+            Some(set)
+        }
         Some(Err(e)) => {
             tracing::warn!("change log unreadable, walking the whole scope: {e}");
             None
