@@ -315,7 +315,10 @@ run = ["true"]
     );
     assert_eq!(rb["report"]["hooks"][0]["exit_code"], 0, "{rb}");
     // The probes' change log was complete: the restore followed it alone.
-    assert!(rb["report"]["restore"]["full_walk_reason"].is_null(), "{rb}");
+    assert!(
+        rb["report"]["restore"]["full_walk_reason"].is_null(),
+        "{rb}"
+    );
     assert_same_root(&before, &s.root, "after the rollback of a failed postinst");
     assert_eq!(s.journal(&id)["phase"], "rolled-back");
     assert!(
@@ -488,7 +491,10 @@ enabled = false
     assert_eq!(rec["found"], "installing", "{rec}");
     assert!(rec["rollback"]["restore"].is_object(), "restored: {rec}");
     // The dead agent never closed its change log: the whole scope is walked.
-    assert!(rec["rollback"]["restore"]["full_walk_reason"].is_string(), "{rec}");
+    assert!(
+        rec["rollback"]["restore"]["full_walk_reason"].is_string(),
+        "{rec}"
+    );
     let j = s.journal(&id);
     assert_eq!(j["phase"], "interrupted", "{j}");
     for pid in orphans {

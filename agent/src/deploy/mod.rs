@@ -13,12 +13,14 @@
 pub mod cgroup;
 mod flow;
 pub mod health;
+mod install;
 pub mod journal;
 pub mod live;
 pub mod plan;
 pub mod policy;
 pub mod recover;
 pub mod rollback;
+mod shadowing;
 
 use std::path::PathBuf;
 use std::time::Duration;
