@@ -511,3 +511,47 @@ enabled = false
     );
     s.sentinel_untouched();
 }
+
+#[test]
+fn a_step_past_its_timeout_gets_its_cgroup_killed_and_is_rolled_back() {
+    let Some(_g) = ebpf_or_skip("deploy timeout") else {
+        return;
+    };
+    let Some(s) = Scene::new("timeout") else {
+        return;
+    };
+    let m = s.manifest(&format!(
+        r#"name = "hangs"
+[artifact]
+debs = [{:?}]
+[[steps]]
+name = "hang"
+run = ["sh", "-c", "echo changed >/opt/marker; exec sleep 1000"]
+timeout = "2s"
+[scope]
+paths = ["/opt"]
+[shadow]
+enabled = false
+"#,
+        deb_file("hello").display().to_string()
+    ));
+    let before = root_walk(&s.root);
+    let out = s.deploy(&m).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let evs = events(&stdout);
+    let step = event(&evs, "step").expect("the hanging step reported");
+    assert_eq!(step["step"]["timed_out"], true, "{step}");
+    let fin = event(&evs, "finished").unwrap();
+    assert_eq!(
+        fin["outcome"]["reason"], "step hang ran past its timeout",
+        "{fin}"
+    );
+    assert_same_root(&before, &s.root, "after a step timed out");
+    s.sentinel_untouched();
+}
