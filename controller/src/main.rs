@@ -194,6 +194,11 @@ enum Command {
         #[arg(long, default_value_t = 10000)]
         calls: usize,
     },
+    /// Deployment manifests: `check FILE` validates one as `deploy` would.
+    Manifest {
+        #[command(subcommand)]
+        action: commands::manifest::Action,
+    },
     /// Print the feature schema: every window value's name, unit and meaning, in order.
     Schema {
         #[arg(long)]
@@ -283,6 +288,7 @@ async fn dispatch(data: PathBuf, command: Command) -> anyhow::Result<i32> {
         Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
         Command::Model { json } => commands::model::run(&data, json),
         Command::Schema { json } => commands::schema::run(json),
+        Command::Manifest { action } => commands::manifest::run(action),
     }
 }
 
