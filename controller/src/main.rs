@@ -201,6 +201,11 @@ enum Command {
         #[arg(long, default_value_t = 10000)]
         calls: usize,
     },
+    /// Deployment manifests: `check FILE` validates one as `deploy` would.
+    Manifest {
+        #[command(subcommand)]
+        action: commands::manifest::Action,
+    },
     /// Print the feature schema: every window value's name, unit and meaning, in order.
     Schema {
         #[arg(long)]
@@ -309,6 +314,7 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
         Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
         Command::Model { json } => commands::model::run(&data, json),
         Command::Schema { json } => commands::schema::run(json),
+        Command::Manifest { action } => commands::manifest::run(action),
     }
 }
 

@@ -98,6 +98,14 @@ fn scope(m: &Manifest) -> Result<()> {
         if glob.split('/').any(|c| c == "..") {
             return Err(invalid(&field, format!("{glob:?} holds '..'")));
         }
+        // The agent's snapshot compiles excludes with globset: the same
+        // parser here refuses what it would refuse, before anything runs.
+        if let Err(e) = globset::Glob::new(glob) {
+            return Err(invalid(
+                &field,
+                format!("{glob:?} is not a glob: {}", e.kind()),
+            ));
+        }
         let literal: Vec<&str> = glob
             .split('/')
             .take_while(|c| !c.contains(['*', '?', '[', ']', '{', '}', '\\']))

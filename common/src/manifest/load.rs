@@ -32,7 +32,11 @@ impl Manifest {
             path: path.to_path_buf(),
             source: Box::new(e),
         };
-        let text = read_limited(path).map_err(in_file)?;
+        let text = match read_limited(path) {
+            Ok(t) => t,
+            Err(e @ ManifestError::Read { .. }) => return Err(e),
+            Err(e) => return Err(in_file(e)),
+        };
         let dir = path.parent().map(|d| {
             if d.as_os_str().is_empty() {
                 Path::new(".")

@@ -314,10 +314,12 @@ impl Default for Guards {
     }
 }
 
-/// Why a manifest was refused.
+/// Why a manifest was refused. Display gives this level only; the cause
+/// is `source()` (print the chain, as anyhow's `{:#}` does).
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("reading manifest {path}: {source}")]
+    /// The file could not be read (it is not judged).
+    #[error("reading manifest {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -331,8 +333,8 @@ pub enum ManifestError {
     /// `field` is its full dotted path (`steps[2].timeout`).
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// Any of the above, in the file `path`.
-    #[error("{path}: {source}")]
+    /// What was wrong with the file `path` (not `Read`, which names it).
+    #[error("{path}")]
     File {
         path: PathBuf,
         source: Box<ManifestError>,

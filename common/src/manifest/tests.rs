@@ -169,6 +169,8 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ("exclude = [\"/etc/*.bak\", \"/usr/bin/**/cache\"]", "exclude = [\"etc/*.bak\"]", "scope.exclude[0]", "not absolute"),
     ("exclude = [\"/etc/*.bak\", \"/usr/bin/**/cache\"]", "exclude = [\"/etc/../var/*\"]", "scope.exclude[0]", "'..'"),
     ("exclude = [\"/etc/*.bak\", \"/usr/bin/**/cache\"]", "exclude = [\"/etc\"]", "scope.exclude[0]", "whole scope path"),
+    ("exclude = [\"/etc/*.bak\", \"/usr/bin/**/cache\"]", "exclude = [\"/etc/[a-\"]", "scope.exclude[0]", "not a glob"),
+    ("exclude = [\"/etc/*.bak\", \"/usr/bin/**/cache\"]", "exclude = [\"/etc/{a,b\"]", "scope.exclude[0]", "not a glob"),
     ("limits = { memory_mb = 512, pids = 256 }", "limits = { memory_mb = 1 }", "shadow.limits.memory_mb", "outside"),
     ("limits = { memory_mb = 512, pids = 256 }", "limits = { memory = 1 }", "shadow.limits.memory", "unknown field"),
     ("tests = [{ name = \"runs\", run = [\"hello\"], timeout = \"10s\" }]", "enabled = \"yes\"", "shadow.enabled", "true or false"),
@@ -358,4 +360,30 @@ fn every_example_parses_and_validates() {
         "expected at least 3 examples in {}, found {seen}",
         dir.display()
     );
+}
+
+#[test]
+fn load_names_the_file_and_keeps_the_cause() {
+    let dir = std::env::temp_dir().join(format!("backstop-manifest-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing.toml");
+    let err = Manifest::load(&missing).unwrap_err();
+    assert!(
+        matches!(&err, ManifestError::Read { path, .. } if *path == missing),
+        "{err:?}"
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, variant("timeout = \"2m\"", "timeout = \"0s\"")).unwrap();
+    let err = Manifest::load(&bad).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        bad.display().to_string(),
+        "Display is this level only"
+    );
+    assert_eq!(err.field(), Some("steps[0].timeout"));
+    let cause = std::error::Error::source(&err)
+        .expect("the cause is the source")
+        .to_string();
+    assert!(cause.starts_with("steps[0].timeout: "), "{cause}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
