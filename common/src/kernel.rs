@@ -215,9 +215,11 @@ pub struct ChangeEvent {
 /// A lifecycle record on the ring buffer (exec, exit, OOM kill). Counts do
 /// not depend on these: they are aggregated in the kernel; the records carry
 /// the detail (who, which file, which exit code) for the evidence log.
+/// The kernel's layout; what leaves the agent is `wire::ProcEvent`,
+/// converted by its `From<&ProcRecord>`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ProcEvent {
+pub struct ProcRecord {
     pub kind: u32,
     pub slot: u32,
     pub pid: u32,
@@ -373,7 +375,7 @@ mod pod {
     unsafe impl aya::Pod for super::BioStart {}
     unsafe impl aya::Pod for super::BioKey {}
     unsafe impl aya::Pod for super::SockOwner {}
-    unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::ProcRecord {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ChangeEvent {}
 }
@@ -416,7 +418,7 @@ mod tests {
             core::mem::size_of::<SlotCounters>(),
             8 * (counter::COUNT + HIST_BUCKETS * hist::COUNT)
         );
-        assert_eq!(core::mem::size_of::<ProcEvent>(), 32 + 16 + FILENAME_LEN);
+        assert_eq!(core::mem::size_of::<ProcRecord>(), 32 + 16 + FILENAME_LEN);
         assert_eq!(core::mem::size_of::<ChangeEvent>(), 48 + 2 * PATH_LEN);
     }
 }

@@ -9,13 +9,19 @@
 pub mod kernel;
 
 #[cfg(feature = "std")]
+pub mod control;
+#[cfg(feature = "std")]
 pub mod features;
+#[cfg(feature = "std")]
+pub mod fsdiff;
 #[cfg(feature = "std")]
 pub mod private;
 #[cfg(feature = "quic")]
 pub mod quic;
 #[cfg(feature = "std")]
 pub mod root;
+#[cfg(feature = "std")]
+pub mod shadow;
 #[cfg(feature = "std")]
 pub mod window;
 #[cfg(feature = "std")]

@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use backstop_common::control::ExecEnd;
 use backstop_common::quic::{ReadError, read_frame, write_frame};
 use backstop_common::wire::{AgentMsg, ControllerMsg, PROTOCOL_VERSION, check_hello};
 use tokio::sync::mpsc;
 
-use super::state::{Daemon, Outcome, Session};
+use super::state::{Daemon, Session};
 /// Close codes an agent sees (listed in the README).
 pub mod close {
     pub const NORMAL: u32 = 0;
@@ -263,7 +264,7 @@ async fn handle(
             lost_events,
         } => {
             tracing::info!(host, deployment, exit_code, windows, "deployment finished");
-            let outcome = Outcome::Finished {
+            let outcome = ExecEnd::Finished {
                 exit_code,
                 windows,
                 lost_events,
@@ -295,7 +296,7 @@ async fn handle(
         }
         AgentMsg::Failed { deployment, reason } => {
             tracing::warn!(host, deployment, reason, "deployment failed to start");
-            ended(daemon, tx, deployment, Outcome::Failed { reason })
+            ended(daemon, tx, deployment, ExecEnd::Failed { reason })
                 .await
                 .map_err(store_err)?;
         }
@@ -309,10 +310,10 @@ async fn ended(
     daemon: &Arc<Daemon>,
     tx: &mpsc::Sender<ControllerMsg>,
     deployment: String,
-    outcome: Outcome,
+    outcome: ExecEnd,
 ) -> Result<(), crate::store::StoreError> {
     let (state, exit_code, windows, lost_events, reason) = match &outcome {
-        Outcome::Finished {
+        ExecEnd::Finished {
             exit_code,
             windows,
             lost_events,
@@ -323,8 +324,8 @@ async fn ended(
             Some(*lost_events),
             None,
         ),
-        Outcome::Failed { reason } => ("failed", None, None, None, Some(reason.as_str())),
-        Outcome::Interrupted { reason } => ("interrupted", None, None, None, Some(reason.as_str())),
+        ExecEnd::Failed { reason } => ("failed", None, None, None, Some(reason.as_str())),
+        ExecEnd::Interrupted { reason } => ("interrupted", None, None, None, Some(reason.as_str())),
     };
     daemon
         .store
