@@ -212,11 +212,8 @@ pub struct ChangeEvent {
     pub path1: [u8; PATH_LEN],
 }
 
-/// A lifecycle record on the ring buffer (exec, exit, OOM kill). Counts do
-/// not depend on these: they are aggregated in the kernel; the records carry
-/// the detail (who, which file, which exit code) for the evidence log.
-/// The kernel's layout; what leaves the agent is `wire::ProcEvent`,
-/// converted by its `From<&ProcRecord>`.
+/// A lifecycle record on the ring buffer (exec, exit, OOM kill); no count
+/// depends on it. It leaves the agent as `wire::ProcEvent` (its `From`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ProcRecord {
