@@ -89,7 +89,7 @@ enum Command {
         /// goes on on the host.
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = backstop_common::window::DEFAULT_WINDOW_MS)]
         window_ms: u32,
         #[arg(long)]
         json: bool,

@@ -146,7 +146,11 @@ fn text(ev: &DeployEvent) -> Option<String> {
         DeployEvent::Shadow { report } => format!(
             "shadow {}: {}",
             report.id,
-            if report.passed() { "passed" } else { "failed" }
+            if report.verdict().passed() {
+                "passed"
+            } else {
+                "failed"
+            }
         ),
         DeployEvent::RolledBack { report } => {
             let restore = match &report.restore {

@@ -204,10 +204,10 @@ impl WindowSink for StreamSink {
         let _ = self.tx.send(DeployEvent::Window { window: w.clone() });
         Ok(())
     }
-    fn event(&mut self, ev: &backstop_common::ProcEvent) -> crate::Result<()> {
+    fn event(&mut self, ev: &backstop_common::kernel::ProcRecord) -> crate::Result<()> {
         let _ = self.tx.send(DeployEvent::Process {
             stream: self.stream,
-            process: crate::track::to_wire(ev),
+            process: ev.into(),
         });
         Ok(())
     }

@@ -26,7 +26,7 @@ pub(super) async fn shadow_first(
 ) -> Result<Option<String>, DeployError> {
     stage(plan)?;
     let report = run_shadow(ctx, plan, tx.clone()).await?;
-    let passed = report.passed();
+    let passed = report.verdict().passed();
     let _ = tx.send(DeployEvent::Shadow {
         report: Box::new(report),
     });
