@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, PENDING_EXEC, ProcEvent, counter};
+use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, PENDING_EXEC, ProcRecord, counter};
 
 use crate::{
     CPU_SYSCALL, EVENTS, OFFSETS, THREADS, add, current_tgid, current_tid, lost, now, raw_slot,
@@ -51,11 +51,11 @@ fn emit(
     pid: u32,
     tgid: u32,
     exit_code: i32,
-) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<ProcEvent>> {
-    match EVENTS.reserve::<ProcEvent>(0) {
+) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<ProcRecord>> {
+    match EVENTS.reserve::<ProcRecord>(0) {
         Some(mut e) => {
             let ev = e.as_mut_ptr();
-            // SAFETY: the reservation is sized for a ProcEvent; every field
+            // SAFETY: the reservation is sized for a ProcRecord; every field
             // is written before submit.
             unsafe {
                 (*ev).kind = kind;

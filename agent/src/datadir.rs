@@ -113,12 +113,13 @@ impl DataLock {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use backstop_common::private::{ScratchDir, mode_of};
+
     use super::*;
 
     #[test]
     fn a_second_lock_is_refused_naming_the_holder() {
-        let data = std::env::temp_dir().join(format!("backstop-datalock-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
+        let data = ScratchDir::new("datalock");
         let first = DataLock::take(&data).unwrap();
         match DataLock::take(&data) {
             Err(AgentError::Locked { path, holder }) => {
@@ -127,23 +128,20 @@ mod tests {
             }
             other => panic!("second lock: {other:?}"),
         }
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mode = |p: &Path| mode_of(p).unwrap();
         assert_eq!(mode(&data.join("agent")), 0o700);
         assert_eq!(mode(&first.path), 0o600);
         drop(first);
         DataLock::take(&data).expect("free again once the first is gone");
-        let _ = std::fs::remove_dir_all(&data);
     }
 
     #[test]
     fn looser_modes_are_tightened() {
-        let dir = std::env::temp_dir().join(format!("backstop-tighten-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = ScratchDir::new("tighten");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         private_dir(&dir).unwrap();
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        let mode = mode_of(&dir).unwrap();
         assert_eq!(mode, 0o700);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

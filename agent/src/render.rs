@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use backstop_agent::shadow::{Collect, ShadowReport};
-use backstop_agent::snapshot::{CreateReport, Diff, RestoreReport, Snapshot};
+use backstop_agent::shadow::ShadowReport;
+use backstop_agent::snapshot::{CreateReport, FsDiff, RestoreReport, Snapshot};
 
 /// A report's `--json` form: its serde fields, as they are.
 pub fn json(report: &impl serde::Serialize) -> serde_json::Value {
@@ -32,14 +32,6 @@ pub fn sweep(swept: &[String], problems: &[String], json: bool) -> String {
         format!(": {}", swept.join(" "))
     };
     format!("swept {} shadow(s){names}\n", swept.len())
-}
-
-/// `shadow run --json`: the report, its windows and its lifecycle records.
-pub fn shadow_json(r: &ShadowReport, sink: &Collect) -> serde_json::Value {
-    let mut v = json(r);
-    v["windows"] = serde_json::Value::Array(sink.windows.iter().map(|w| w.to_json()).collect());
-    v["events"] = serde_json::to_value(&sink.events).unwrap_or_default();
-    v
 }
 
 /// `shadow run`: steps, verdict-relevant flags, the filesystem listing and,
@@ -79,12 +71,13 @@ pub fn shadow_text(r: &ShadowReport) -> String {
         d.changed.len(),
         d.removed.len()
     );
-    for (mark, paths) in [("+", &d.added), ("~", &d.changed), ("-", &d.removed)] {
-        for p in paths {
-            let _ = writeln!(s, "    {mark} {p}");
-        }
-    }
-    let _ = writeln!(s, "  {} windows, {} lost events", r.windows, r.lost_events);
+    s.push_str(&d.listing("    "));
+    let _ = writeln!(
+        s,
+        "  {} windows, {} lost events",
+        r.windows.len(),
+        r.lost_events
+    );
     if !r.cmd.output_tail.is_empty() && r.cmd.exit_code != Some(0) {
         let _ = writeln!(s, "  cmd output (tail):\n{}", r.cmd.output_tail);
     }
@@ -189,12 +182,8 @@ pub fn show(s: &Snapshot) -> String {
 }
 
 /// `snapshot diff`: `+ added`, `~ changed`, `- removed`, one per line.
-pub fn diff(d: &Diff) -> String {
-    let mut lines = Vec::new();
-    lines.extend(d.added.iter().map(|p| format!("+ {p}")));
-    lines.extend(d.changed.iter().map(|p| format!("~ {p}")));
-    lines.extend(d.removed.iter().map(|p| format!("- {p}")));
-    lines.join("\n")
+pub fn diff(d: &FsDiff) -> String {
+    d.to_string()
 }
 
 /// `snapshot gc --json`.

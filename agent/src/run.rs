@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop_common::quic::{self, ReadError, read_frame};
-use backstop_common::window::{Stream, Window};
+use backstop_common::window::{MIN_WINDOW_MS, Stream, Window};
 use backstop_common::wire::{self, AgentMsg, ControllerMsg, HostFacts, PROTOCOL_VERSION};
 use tokio::sync::Notify;
 
@@ -141,8 +141,8 @@ impl WindowSink for OutboxSink {
         Ok(())
     }
 
-    fn event(&mut self, ev: &backstop_common::ProcEvent) -> Result<()> {
-        self.events.push(crate::track::to_wire(ev));
+    fn event(&mut self, ev: &backstop_common::ProcRecord) -> Result<()> {
+        self.events.push(ev.into());
         Ok(())
     }
 }
@@ -341,7 +341,7 @@ fn start_deployment(
     tokio::spawn(async move {
         let opts = TrackOptions {
             stream: Stream::Live,
-            window: Duration::from_millis(window_ms.max(10) as u64),
+            window: Duration::from_millis(u64::from(window_ms.max(MIN_WINDOW_MS))),
             scope: PathBuf::from("/"),
             stdout: Stdout::Stderr,
             kill_grace: Duration::from_secs(10),

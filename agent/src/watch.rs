@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop_common::ProcEvent;
+use backstop_common::ProcRecord;
 use backstop_common::features::{FEATURES, SCHEMA_VERSION};
 use backstop_common::window::{Stream, Window};
 
 use crate::error::{AgentError, Result};
 use crate::probes::{ProbeOptions, Probes};
-use crate::track::{SharedProbes, StopSignals, Summary, TrackOptions, WindowSink, to_wire, track};
+use crate::track::{SharedProbes, StopSignals, Summary, TrackOptions, WindowSink, track};
 use crate::tree::Stdout;
 
 #[derive(Debug, Clone)]
@@ -117,12 +117,12 @@ impl WindowSink for Printer<'_> {
         res.and_then(|()| out.flush()).map_err(write_err)
     }
 
-    fn event(&mut self, ev: &ProcEvent) -> Result<()> {
+    fn event(&mut self, ev: &ProcRecord) -> Result<()> {
         if !self.events {
             return Ok(());
         }
         let out = &mut *self.out;
-        let e = to_wire(ev);
+        let e = backstop_common::wire::ProcEvent::from(ev);
         let res = if self.json {
             let mut j = serde_json::json!({"kind": e.kind, "pid": e.pid, "tgid": e.tgid, "ts_ns": e.ts_ns, "comm": e.comm});
             if let Some(f) = &e.filename {

@@ -167,12 +167,11 @@ pub struct ChangeEvent {
     pub path1: [u8; PATH_LEN],
 }
 
-/// A lifecycle record on the ring buffer (exec, exit, OOM kill). Counts do
-/// not depend on these: they are aggregated in the kernel; the records carry
-/// the detail (who, which file, which exit code) for the evidence log.
+/// A lifecycle record on the ring buffer (exec, exit, OOM kill); no count
+/// depends on it. It leaves the agent as `wire::ProcEvent` (its `From`).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ProcEvent {
+pub struct ProcRecord {
     pub kind: u32,
     pub slot: u32,
     pub pid: u32,
@@ -260,7 +259,7 @@ mod pod {
     unsafe impl aya::Pod for super::BioStart {}
     unsafe impl aya::Pod for super::BioKey {}
     unsafe impl aya::Pod for super::SockOwner {}
-    unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::ProcRecord {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ChangeEvent {}
 }
@@ -276,7 +275,7 @@ mod tests {
             core::mem::size_of::<SlotCounters>(),
             8 * (counter::COUNT + HIST_BUCKETS * hist::COUNT)
         );
-        assert_eq!(core::mem::size_of::<ProcEvent>(), 32 + 16 + FILENAME_LEN);
+        assert_eq!(core::mem::size_of::<ProcRecord>(), 32 + 16 + FILENAME_LEN);
         assert_eq!(core::mem::size_of::<ChangeEvent>(), 48 + 2 * PATH_LEN);
     }
 }

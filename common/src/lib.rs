@@ -9,7 +9,11 @@
 pub mod kernel;
 
 #[cfg(feature = "std")]
+pub mod control;
+#[cfg(feature = "std")]
 pub mod features;
+#[cfg(feature = "std")]
+pub mod fsdiff;
 #[cfg(feature = "std")]
 pub mod manifest;
 #[cfg(feature = "std")]
@@ -18,6 +22,8 @@ pub mod private;
 pub mod quic;
 #[cfg(feature = "std")]
 pub mod root;
+#[cfg(feature = "std")]
+pub mod shadow;
 #[cfg(feature = "std")]
 pub mod window;
 #[cfg(feature = "std")]

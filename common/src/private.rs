@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Every directory backstop keeps data in.
 pub const DIR_MODE: u32 = 0o700;
@@ -52,6 +52,47 @@ pub fn make_dirs(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(DIR_MODE)
         .create(dir)
+}
+
+/// The permission bits (`0o7777`) of `path` itself, never a link's target:
+/// what every check of "is this private" compares.
+pub fn mode_of(path: &Path) -> io::Result<u32> {
+    Ok(std::fs::symlink_metadata(path)?.mode() & 0o7777)
+}
+
+/// A throw-away directory for tests and experiments:
+/// `$TMPDIR/backstop-NAME-PID`, emptied when made and removed when dropped.
+/// Made only on demand (a test that wants its code to create the directory
+/// gets a path that does not exist yet).
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(name: &str) -> ScratchDir {
+        let path = std::env::temp_dir().join(format!("backstop-{name}-{}", std::process::id()));
+        // A leftover of an earlier process with the same pid.
+        let _ = std::fs::remove_dir_all(&path);
+        ScratchDir(path)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ScratchDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::{FEATURES, SCHEMA_VERSION};
 
+/// A window's length when nobody says otherwise. Lengths are `u32`
+/// milliseconds everywhere (CLI flags, control requests, the wire, training
+/// records): the wire carries a `u32`, and 49 days is long enough.
+pub const DEFAULT_WINDOW_MS: u32 = 1000;
+/// The shortest window the agent takes (a shorter `--window-ms` is refused).
+pub const MIN_WINDOW_MS: u32 = 10;
+
 /// Which install a window describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

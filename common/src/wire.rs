@@ -87,6 +87,32 @@ pub struct ProcEvent {
     pub signal: Option<i32>,
 }
 
+/// The kernel's record in wire form: the one conversion point, at the edge
+/// where a record leaves the agent.
+impl From<&crate::kernel::ProcRecord> for ProcEvent {
+    fn from(ev: &crate::kernel::ProcRecord) -> Self {
+        use crate::kernel::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, c_str};
+        let cstr = |b: &[u8]| String::from_utf8_lossy(c_str(b)).into_owned();
+        let kind = match ev.kind {
+            EVENT_EXEC => "exec",
+            EVENT_EXIT => "exit",
+            EVENT_OOM_KILL => "oom_kill",
+            _ => "unknown",
+        };
+        let exit = ev.kind == EVENT_EXIT;
+        ProcEvent {
+            kind: kind.to_string(),
+            pid: ev.pid,
+            tgid: ev.tgid,
+            ts_ns: ev.ts_ns,
+            comm: cstr(&ev.comm),
+            filename: (ev.kind == EVENT_EXEC).then(|| cstr(&ev.filename)),
+            exit_code: exit.then_some((ev.exit_code >> 8) & 0xff),
+            signal: exit.then_some(ev.exit_code & 0x7f),
+        }
+    }
+}
+
 /// Controller to agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ControllerMsg {

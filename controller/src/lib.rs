@@ -2,6 +2,8 @@
 //! agents connect to, and the local control channel the CLI uses. The
 //! `backstop` binary only parses flags and calls in here.
 
+pub mod alert;
+pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod learn;

@@ -64,13 +64,20 @@ enum Command {
     /// next handshake on, and closes HOST's live session if it runs.
     Revoke { host: String },
     /// Run the controller daemon: QUIC with mutual TLS for agents, a Unix
-    /// socket (DATA/control.sock, 0600) for this CLI.
+    /// socket (DATA/control.sock, 0600) for this CLI. Flags override the
+    /// config file.
     Serve {
-        #[arg(long, default_value = "0.0.0.0:7870")]
-        listen: SocketAddr,
-        /// Database URL (default: sqlite://DATA/backstop.db).
+        /// Where agents connect [default: the config's, else 0.0.0.0:7870].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Database URL (default: the config's, else sqlite://DATA/backstop.db).
         #[arg(long)]
         database: Option<String>,
+        /// Config file (TOML; see examples/controller.toml). Default:
+        /// /etc/backstop/controller.toml when it exists, else built-in
+        /// defaults. A --config that does not exist is an error.
+        #[arg(long, env = "BACKSTOP_CONFIG", value_name = "PATH")]
+        config: Option<PathBuf>,
     },
     /// Run CMD under the probes on HOST's agent; prints the deployment id
     /// and exits with CMD's exit code (124: --timeout ran out; 125: the
@@ -82,7 +89,7 @@ enum Command {
         /// goes on on the host.
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = backstop_common::window::DEFAULT_WINDOW_MS)]
         window_ms: u32,
         #[arg(long)]
         json: bool,
@@ -194,6 +201,11 @@ enum Command {
         #[arg(long, default_value_t = 10000)]
         calls: usize,
     },
+    /// Deployment manifests: `check FILE` validates one as `deploy` would.
+    Manifest {
+        #[command(subcommand)]
+        action: commands::manifest::Action,
+    },
     /// Print the feature schema: every window value's name, unit and meaning, in order.
     Schema {
         #[arg(long)]
@@ -208,7 +220,14 @@ fn main() -> ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // `serve` lets its config file set DATA unless a flag or
+    // BACKSTOP_DATA did: only clap knows whether the default was used.
+    let data_given = matches
+        .value_source("data")
+        .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if !matches!(cli.command, Command::Serve { .. }) {
         // A report piped into `head` ends quietly, as other Unix tools do,
         // instead of panicking in println!. The daemon keeps Rust's
@@ -229,12 +248,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = rt.block_on(dispatch(cli.data, cli.command));
+    let result = rt.block_on(dispatch(cli.data, data_given, cli.command));
     exit_code(result)
 }
 
 /// The one dispatch: each verb is a file in `commands/`.
-async fn dispatch(data: PathBuf, command: Command) -> anyhow::Result<i32> {
+async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Init { host, names } => commands::init::run(&data, host, &names).await,
         Command::Enroll {
@@ -244,7 +263,19 @@ async fn dispatch(data: PathBuf, command: Command) -> anyhow::Result<i32> {
             force,
         } => commands::enroll::run(&data, &host, &out, valid_days, force).await,
         Command::Revoke { host } => commands::revoke::run(&data, &host).await,
-        Command::Serve { listen, database } => commands::serve::run(data, listen, database).await,
+        Command::Serve {
+            listen,
+            database,
+            config,
+        } => {
+            let flags = commands::serve::Flags {
+                data: data_given.then_some(data),
+                listen,
+                database,
+                config,
+            };
+            commands::serve::run(flags).await
+        }
         Command::Exec {
             host,
             timeout,
@@ -283,6 +314,7 @@ async fn dispatch(data: PathBuf, command: Command) -> anyhow::Result<i32> {
         Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
         Command::Model { json } => commands::model::run(&data, json),
         Command::Schema { json } => commands::schema::run(json),
+        Command::Manifest { action } => commands::manifest::run(action),
     }
 }
 

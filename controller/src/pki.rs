@@ -323,18 +323,18 @@ pub fn host_of(cert: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use backstop_common::private::{ScratchDir, mode_of};
+
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn init_then_enroll() {
-        let dir = std::env::temp_dir().join(format!("backstop-pki-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = ScratchDir::new("pki");
         let made = init(&dir, "web-1", &[]).unwrap();
-        let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode_of(&Pki::new(&dir).ca_key()), 0o600);
-        assert_eq!(mode_of(&Pki::new(&dir).server_key()), 0o600);
-        assert_eq!(mode_of(&made.agent_bundle), 0o600);
+        let mode = |p: &Path| mode_of(p).unwrap();
+        assert_eq!(mode(&Pki::new(&dir).ca_key()), 0o600);
+        assert_eq!(mode(&Pki::new(&dir).server_key()), 0o600);
+        assert_eq!(mode(&made.agent_bundle), 0o600);
         let b = backstop_common::quic::read_bundle(&made.agent_bundle).unwrap();
         assert_eq!(host_of(&b.cert).as_deref(), Some("web-1"));
         assert_eq!(serial_of(&b.cert), Some(made.agent_cert.serial.clone()));
@@ -360,6 +360,5 @@ mod tests {
             enroll(&dir, "web-2", &out, 30).is_err(),
             "an existing bundle is never overwritten"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -130,10 +130,9 @@ mod tests {
 
     #[test]
     fn loose_modes_are_narrowed_never_widened() {
-        let d = std::env::temp_dir().join(format!("backstop-private-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let d = backstop_common::private::ScratchDir::new("private");
         dir(&d).unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let mode = |p: &Path| backstop_common::private::mode_of(p).unwrap();
         assert_eq!(mode(&d), 0o700);
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         let db = d.join("backstop.db");
@@ -154,6 +153,5 @@ mod tests {
         std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o400)).unwrap();
         assert!(!fix_mode(&db, FILE_MODE).unwrap(), "stricter is kept");
         assert_eq!(mode(&db), 0o400);
-        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -3,7 +3,7 @@
 //! directories.
 #![no_main]
 
-use backstop_controller::predict::catalog;
+use backstop_controller::learn::catalog;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

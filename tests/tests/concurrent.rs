@@ -17,7 +17,7 @@ use backstop_agent::probes::{ProbeOptions, Probes};
 use backstop_agent::track::{SharedProbes, TrackOptions, WindowSink, track};
 use backstop_agent::tree::Stdout;
 use backstop_common::window::{Stream, Window};
-use backstop_common::{EVENT_EXEC, ProcEvent, c_str};
+use backstop_common::{EVENT_EXEC, ProcRecord, c_str};
 use support::ebpf_or_skip;
 
 #[derive(Default)]
@@ -27,7 +27,7 @@ impl WindowSink for Execs {
     fn window(&mut self, _w: &Window) -> backstop_agent::error::Result<()> {
         Ok(())
     }
-    fn event(&mut self, ev: &ProcEvent) -> backstop_agent::error::Result<()> {
+    fn event(&mut self, ev: &ProcRecord) -> backstop_agent::error::Result<()> {
         if ev.kind == EVENT_EXEC {
             self.0
                 .push(String::from_utf8_lossy(c_str(&ev.filename)).into_owned());

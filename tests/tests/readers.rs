@@ -194,3 +194,43 @@ timeout_secs = 30
         "{ok} read, {err} refused: the mutations miss the parser"
     );
 }
+
+#[test]
+fn the_deployment_manifest_reader_never_panics_on_mutations() {
+    use backstop_common::manifest::Manifest;
+    let seed = include_bytes!("../../examples/web-service.toml");
+    assert!(
+        Manifest::from_toml(std::str::from_utf8(seed).unwrap()).is_ok(),
+        "the seed itself must be a valid manifest"
+    );
+    let (ok, err) = fuzz(seed, 0x6a09_e667_f3bc_c908, |input| {
+        let Ok(text) = std::str::from_utf8(input) else {
+            return false;
+        };
+        match Manifest::from_toml(text) {
+            Ok(m) => {
+                // Whatever is accepted keeps its scope inside the root
+                // and survives the wire unchanged.
+                for p in &m.scope.paths {
+                    assert!(
+                        p.is_absolute() && !p.components().any(|c| c.as_os_str() == ".."),
+                        "accepted scope path {p:?} from {text:?}"
+                    );
+                }
+                let bytes = postcard::to_allocvec(&m).expect("encodes");
+                let back: Manifest = postcard::from_bytes(&bytes).expect("decodes");
+                assert_eq!(back, m, "the wire changed {text:?}");
+                true
+            }
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                false
+            }
+        }
+    });
+    eprintln!("manifest: {ok} read, {err} refused of {CASES}");
+    assert!(
+        ok > 100 && err > 100,
+        "{ok} read, {err} refused: the mutations miss the parser"
+    );
+}

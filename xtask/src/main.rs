@@ -52,7 +52,8 @@ enum Task {
     /// Fuzz the readers of untrusted input with cargo-fuzz (libFuzzer),
     /// each target for a bounded time; installs cargo-fuzz if missing.
     /// Targets: frame (the wire's frame decoder), changes (the change-log
-    /// reader), catalog (the catalog reader).
+    /// reader), catalog (the catalog reader), manifest (the deployment
+    /// manifest reader).
     /// Example: `cargo xtask fuzz --target changes --seconds 30`
     Fuzz {
         /// Seconds per target.
@@ -154,8 +155,9 @@ fn test(args: &[String]) -> Result<()> {
 
 /// fuzz/'s targets, with the feature of fuzz/Cargo.toml each needs (the
 /// agent and the controller are optional there, so `frame` builds alone).
-const FUZZ_TARGETS: [(&str, Option<&str>); 3] = [
+const FUZZ_TARGETS: [(&str, Option<&str>); 4] = [
     ("frame", None),
+    ("manifest", None),
     ("changes", Some("agent")),
     ("catalog", Some("controller")),
 ];

@@ -14,7 +14,10 @@ use crate::util;
 /// debootstrap + rsync: rootfs fixtures and the rollback benchmark;
 /// libseccomp-dev: youki's seccomp; libelf-dev + zlib1g-dev + make: the
 /// libbpf that libcgroups' `cgroupsv2_devices` builds (its eBPF device
-/// filter on cgroup v2); dpkg-dev: repacking .debs.
+/// filter on cgroup v2); dpkg-dev: repacking .debs;
+/// prometheus-alertmanager: the real Alertmanager tests/tests/alerts.rs
+/// posts alerts to (its service is not started: no systemd here, and the
+/// test runs its own on loopback).
 const DEBIAN_PACKAGES: &[&str] = &[
     "debootstrap",
     "rsync",
@@ -24,6 +27,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "make",
     "pkg-config",
     "dpkg-dev",
+    "prometheus-alertmanager",
 ];
 
 pub fn run() -> Result<()> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use backstop_agent::probes::{ProbeOptions, Probes};
 use backstop_agent::shadow;
 use backstop_common::root::require_root;
+use backstop_common::window::{DEFAULT_WINDOW_MS, MIN_WINDOW_MS};
 
 use super::{Outcome, StoreArgs};
 use crate::render;
@@ -75,8 +76,8 @@ struct RunArgs {
     #[arg(long = "copy-in", value_name = "FILE")]
     copy_in: Vec<PathBuf>,
     /// Window length in milliseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
-    window_ms: u64,
+    #[arg(long, default_value_t = DEFAULT_WINDOW_MS, value_parser = clap::value_parser!(u32).range(i64::from(MIN_WINDOW_MS)..))]
+    window_ms: u32,
     /// Kill the shadow after this many seconds (CMD and tests together);
     /// the report says timed_out.
     #[arg(long)]
@@ -152,7 +153,7 @@ async fn run_shadow(data: &Path, json: bool, a: RunArgs) -> Outcome {
         cmd: a.cmd,
         tests: a.tests,
         copy_in: a.copy_in,
-        window: Duration::from_millis(a.window_ms),
+        window: Duration::from_millis(u64::from(a.window_ms)),
         timeout: a.timeout_secs.map(Duration::from_secs),
         upper_size: a.upper_size.map(|b| b as u64),
         durable: a.durable,
@@ -162,10 +163,11 @@ async fn run_shadow(data: &Path, json: bool, a: RunArgs) -> Outcome {
     })?));
     let mut sink = shadow::Collect::default();
     let report = shadow::run(&probes, data, &opts, &mut sink).await?;
+    let report = sink.into_report(report);
     if json {
-        println!("{}", render::shadow_json(&report, &sink));
+        println!("{}", render::json(&report));
     } else {
         print!("{}", render::shadow_text(&report));
     }
-    Ok(i32::from(!report.passed()))
+    Ok(i32::from(!report.verdict().passed()))
 }

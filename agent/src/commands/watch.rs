@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use backstop_agent::probes::ProbeOptions;
 use backstop_agent::watch::WatchOptions;
+use backstop_common::window::{DEFAULT_WINDOW_MS, MIN_WINDOW_MS};
 
 use super::Outcome;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Window length in milliseconds.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
-    window_ms: u64,
+    #[arg(long, default_value_t = DEFAULT_WINDOW_MS, value_parser = clap::value_parser!(u32).range(i64::from(MIN_WINDOW_MS)..))]
+    window_ms: u32,
     /// One JSON object per window on stdout, then a summary line; CMD's
     /// stdout goes to stderr so stdout stays machine-readable.
     #[arg(long)]
@@ -46,7 +47,7 @@ pub struct Args {
 /// Exits with CMD's own exit code.
 pub async fn watch(args: Args) -> Outcome {
     let opts = WatchOptions {
-        window: Duration::from_millis(args.window_ms),
+        window: Duration::from_millis(u64::from(args.window_ms)),
         json: args.json,
         events: args.events,
         scope: args.scope,

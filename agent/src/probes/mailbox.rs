@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use backstop_common::{ChangeEvent, ProcEvent};
+use backstop_common::{ChangeEvent, ProcRecord};
 
 use super::{Probes, map_err};
 use crate::error::Result;
@@ -11,13 +11,13 @@ use crate::error::Result;
 impl Probes {
     /// Hand `slot`'s queued lifecycle records to `f`, in order; other
     /// slots' records wait in their mailboxes.
-    pub fn drain_events(&mut self, slot: u32, mut f: impl FnMut(ProcEvent)) {
+    pub fn drain_events(&mut self, slot: u32, mut f: impl FnMut(ProcRecord)) {
         self.event_mail.take(slot).into_iter().for_each(&mut f);
         while let Some(item) = self.events.next() {
-            if item.len() >= std::mem::size_of::<ProcEvent>() {
-                // SAFETY: the probes write whole ProcEvents (repr(C), Pod);
+            if item.len() >= std::mem::size_of::<ProcRecord>() {
+                // SAFETY: the probes write whole ProcRecords (repr(C), Pod);
                 // read_unaligned copes with the ring buffer's 8-byte alignment.
-                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcEvent>()) };
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcRecord>()) };
                 if ev.slot == slot {
                     f(ev);
                 } else if self.slots.get(ev.slot as usize) == Some(&true) {

@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use backstop_common::{
-    ChangeEvent, HIST_BUCKETS, KernelOffsets, MAX_SLOTS, MAX_SYSCALLS, ProcEvent, SlotCounters,
+    ChangeEvent, HIST_BUCKETS, KernelOffsets, MAX_SLOTS, MAX_SYSCALLS, ProcRecord, SlotCounters,
     SyscallCounts, ThreadState, counter, hist,
 };
 
@@ -123,7 +123,7 @@ pub struct Probes {
     slots: [bool; MAX_SLOTS as usize],
     last_slot: usize,
     /// Records a tree read from a shared ring buffer for other trees.
-    event_mail: Mailboxes<ProcEvent>,
+    event_mail: Mailboxes<ProcRecord>,
     change_mail: Mailboxes<ChangeEvent>,
     /// Links of the tracking hooks while attached.
     tracking_links: Vec<(

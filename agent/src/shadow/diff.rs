@@ -7,16 +7,9 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use backstop_common::fsdiff::FsDiff;
 
 use crate::error::{AgentError, Result};
-
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct FsDiff {
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-}
 
 /// Mount points libcontainer or the runner create in the root; not the
 /// install's doing.

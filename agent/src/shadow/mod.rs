@@ -28,15 +28,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backstop_common::window::{Stream, Window};
-use serde::Serialize;
 
 use crate::error::{AgentError, Result};
 use crate::track::{SharedProbes, Summary, TrackOptions, WindowSink, track_with};
 use crate::tree::{Exit, Stdout, Tracked};
+pub use backstop_common::fsdiff::FsDiff;
+pub use backstop_common::shadow::{ShadowReport, StepResult, Verdict};
 #[cfg(feature = "test-seams")]
 pub use bench::bench_true;
 pub use container::Limits;
-pub use diff::FsDiff;
 use steps::{read_step, runner_script};
 
 #[derive(Debug, Clone)]
@@ -62,43 +62,6 @@ pub struct ShadowOptions {
     /// the live install runs. On, the shadow's I/O windows look like a
     /// live install's (the corpus runner turns it on).
     pub durable: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StepResult {
-    pub command: String,
-    /// None when the step never finished (the shadow was killed).
-    pub exit_code: Option<i32>,
-    pub duration_ms: Option<f64>,
-    pub output_tail: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ShadowReport {
-    pub id: String,
-    pub root: PathBuf,
-    pub cmd: StepResult,
-    pub tests: Vec<StepResult>,
-    /// The timeout ran out and the shadow was killed.
-    pub timed_out: bool,
-    /// The memory cgroup OOM-killed something in the shadow.
-    pub oom_killed: bool,
-    pub oom_kills: u64,
-    pub diff: FsDiff,
-    pub windows: u64,
-    pub lost_events: u64,
-    /// Whatever teardown could not do (should be empty).
-    pub cleanup_problems: Vec<String>,
-}
-
-impl ShadowReport {
-    /// CMD and every test exited 0 and nothing was OOM-killed.
-    pub fn passed(&self) -> bool {
-        !self.oom_killed
-            && !self.timed_out
-            && self.cmd.exit_code == Some(0)
-            && self.tests.iter().all(|t| t.exit_code == Some(0))
-    }
 }
 
 /// Where shadows live under the data directory, as an absolute path: the
@@ -151,7 +114,9 @@ fn check_inputs(opts: &ShadowOptions) -> Result<PathBuf> {
     Ok(root)
 }
 
-/// Run CMD and the tests in a fresh shadow, windows to `sink`.
+/// Run CMD and the tests in a fresh shadow, windows and lifecycle records
+/// to `sink`. The report's `windows` and `events` are left empty: they are
+/// the sink's (a [`Collect`] keeps them for the report).
 pub async fn run(
     probes: &SharedProbes,
     data: &Path,
@@ -208,7 +173,8 @@ pub async fn run(
         oom_killed: oom_kills > 0,
         oom_kills,
         diff: diff?,
-        windows: summary.windows,
+        windows: Vec::new(),
+        events: Vec::new(),
         lost_events: summary.lost_events,
         cleanup_problems,
     })
@@ -320,11 +286,22 @@ fn wait_pid(pid: i32) -> std::io::Result<std::process::ExitStatus> {
     }
 }
 
-/// A sink that keeps the windows (for `--json`) and lifecycle records.
+/// A sink that keeps the windows and lifecycle records for the report.
 #[derive(Default)]
 pub struct Collect {
     pub windows: Vec<Window>,
     pub events: Vec<backstop_common::wire::ProcEvent>,
+}
+
+impl Collect {
+    /// The report with what this sink kept.
+    pub fn into_report(self, report: ShadowReport) -> ShadowReport {
+        ShadowReport {
+            windows: self.windows,
+            events: self.events,
+            ..report
+        }
+    }
 }
 
 impl WindowSink for Collect {
@@ -332,8 +309,8 @@ impl WindowSink for Collect {
         self.windows.push(w.clone());
         Ok(())
     }
-    fn event(&mut self, ev: &backstop_common::ProcEvent) -> Result<()> {
-        self.events.push(crate::track::to_wire(ev));
+    fn event(&mut self, ev: &backstop_common::ProcRecord) -> Result<()> {
+        self.events.push(ev.into());
         Ok(())
     }
 }

@@ -5,24 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{Entry, Kind, Result, Snapshot, check_scope_ancestors, io, join, links_wanted};
 
-/// How the tree differs from a snapshot, piuparts style.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Diff {
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
-}
-
-impl Diff {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
-    }
-}
+/// How the tree differs from a snapshot: the same type as a shadow's diff.
+pub use backstop_common::fsdiff::FsDiff;
 
 /// Owner, mode, mtime, xattrs, symlink target and device number as recorded.
 pub(super) fn metadata_equal(now: &Entry, want: &Entry) -> bool {
@@ -94,7 +82,7 @@ pub fn hash_file(p: &Path) -> Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
-pub fn diff(snap: &Snapshot) -> Result<Diff> {
+pub fn diff(snap: &Snapshot) -> Result<FsDiff> {
     check_scope_ancestors(&snap.root, &snap.scopes)?;
     let walked = snap.walk_now()?;
     let relinked = links_differ(snap, &walked);
@@ -108,7 +96,7 @@ pub fn diff(snap: &Snapshot) -> Result<Diff> {
         .map(|e| (e.path.as_slice(), e))
         .collect();
     let show = |p: &[u8]| format!("/{}", String::from_utf8_lossy(p));
-    let mut d = Diff::default();
+    let mut d = FsDiff::default();
     for e in &snap.entries {
         match now.get(&e.path) {
             None => d.removed.push(show(&e.path)),

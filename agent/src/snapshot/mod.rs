@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use create::{CreateReport, create};
-pub use diff::{Diff, diff, hash_file};
+pub use diff::{FsDiff, diff, hash_file};
 pub use private::StoreLock;
 pub use restore::{HostOps, ObjectState, RestoreReport, restore};
 pub use store::Store;

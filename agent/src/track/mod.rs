@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use backstop_common::ProcEvent;
+use backstop_common::ProcRecord;
 use backstop_common::window::{Stream, Window};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -28,32 +28,10 @@ pub fn lock(p: &SharedProbes) -> MutexGuard<'_, Probes> {
     p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The kernel's lifecycle record in wire form: the one conversion point.
-pub fn to_wire(ev: &ProcEvent) -> backstop_common::wire::ProcEvent {
-    let cstr = |b: &[u8]| String::from_utf8_lossy(backstop_common::c_str(b)).into_owned();
-    let kind = match ev.kind {
-        backstop_common::EVENT_EXEC => "exec",
-        backstop_common::EVENT_EXIT => "exit",
-        backstop_common::EVENT_OOM_KILL => "oom_kill",
-        _ => "unknown",
-    };
-    let exit = ev.kind == backstop_common::EVENT_EXIT;
-    backstop_common::wire::ProcEvent {
-        kind: kind.to_string(),
-        pid: ev.pid,
-        tgid: ev.tgid,
-        ts_ns: ev.ts_ns,
-        comm: cstr(&ev.comm),
-        filename: (ev.kind == backstop_common::EVENT_EXEC).then(|| cstr(&ev.filename)),
-        exit_code: exit.then_some((ev.exit_code >> 8) & 0xff),
-        signal: exit.then_some(ev.exit_code & 0x7f),
-    }
-}
-
 /// Where a tracked tree's windows and lifecycle records go.
 pub trait WindowSink: Send {
     fn window(&mut self, w: &Window) -> Result<()>;
-    fn event(&mut self, _ev: &ProcEvent) -> Result<()> {
+    fn event(&mut self, _ev: &ProcRecord) -> Result<()> {
         Ok(())
     }
 }

@@ -29,7 +29,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let unit = &rest[..letters];
         rest = &rest[letters..];
         let Some(i) = UNITS.iter().position(|(u, _)| *u == unit) else {
-            return Err(format!("{text:?}: unit {unit:?} is not one of h, m, s, ms"));
+            return Err(format!(
+                "{text:?} is not a duration: unit {unit:?} is not one of h, m, s, ms"
+            ));
         };
         if i < next_unit {
             return Err(format!("{text:?}: units must go h, m, s, ms, each once"));

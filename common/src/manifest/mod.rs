@@ -18,18 +18,22 @@
 //! disk except [`Manifest::load`], which reads the one file.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 mod check;
 mod duration;
+mod load;
 mod parse;
+mod probe;
+mod read;
 #[cfg(test)]
 mod tests;
 
 pub use duration::{format_duration, parse_duration};
+pub use probe::split_http_url;
 
 /// The largest manifest file read, in bytes: a manifest is a page of
 /// text, and the parser holds all of it in memory.
@@ -310,10 +314,12 @@ impl Default for Guards {
     }
 }
 
-/// Why a manifest was refused.
+/// Why a manifest was refused. Display gives this level only; the cause
+/// is `source()` (print the chain, as anyhow's `{:#}` does).
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("reading manifest {path}: {source}")]
+    /// The file could not be read (it is not judged).
+    #[error("reading manifest {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -327,8 +333,8 @@ pub enum ManifestError {
     /// `field` is its full dotted path (`steps[2].timeout`).
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// Any of the above, in the file `path`.
-    #[error("{path}: {source}")]
+    /// What was wrong with the file `path` (not `Read`, which names it).
+    #[error("{path}")]
     File {
         path: PathBuf,
         source: Box<ManifestError>,
@@ -344,73 +350,4 @@ impl ManifestError {
             _ => None,
         }
     }
-}
-
-impl Manifest {
-    /// Parse and validate a manifest. Relative paths are refused: use
-    /// [`Manifest::load`] for a file whose artifact sits beside it.
-    pub fn from_toml(text: &str) -> Result<Manifest, ManifestError> {
-        Self::from_toml_in(text, None)
-    }
-
-    /// Parse and validate; relative artifact and root paths are taken
-    /// from `base` when given, refused when not.
-    pub fn from_toml_in(text: &str, base: Option<&Path>) -> Result<Manifest, ManifestError> {
-        if text.len() > MAX_BYTES {
-            return Err(ManifestError::TooLarge { limit: MAX_BYTES });
-        }
-        let m = parse::manifest(text, base)?;
-        check::manifest(&m)?;
-        Ok(m)
-    }
-
-    /// Read, parse and validate the file at `path`. Relative `root`,
-    /// `artifact.debs` and `artifact.dir` are taken from the file's
-    /// directory, so a manifest can name the package beside it.
-    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let in_file = |e| ManifestError::File {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        };
-        let text = read_limited(path).map_err(in_file)?;
-        let dir = path.parent().map(|d| {
-            if d.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                d
-            }
-        });
-        let base = match dir.map(std::path::absolute) {
-            Some(Ok(d)) => Some(d),
-            Some(Err(source)) => {
-                return Err(ManifestError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-            None => None,
-        };
-        Self::from_toml_in(&text, base.as_deref()).map_err(in_file)
-    }
-}
-
-/// The file's text, refusing one over [`MAX_BYTES`] without reading it all.
-fn read_limited(path: &Path) -> Result<String, ManifestError> {
-    use std::io::Read;
-    let read = |source| ManifestError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = std::fs::File::open(path).map_err(read)?;
-    let mut buf = Vec::new();
-    f.take(MAX_BYTES as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(read)?;
-    if buf.len() > MAX_BYTES {
-        return Err(ManifestError::TooLarge { limit: MAX_BYTES });
-    }
-    String::from_utf8(buf).map_err(|e| ManifestError::Syntax {
-        line: 1,
-        reason: format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to()),
-    })
 }

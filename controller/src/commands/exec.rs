@@ -2,6 +2,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use backstop_common::control::{ExecEnd, Reply, Request};
 use backstop_controller::daemon::control::socket_path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -30,8 +31,12 @@ pub async fn run(
             )
         })?;
     let (r, mut w) = stream.into_split();
-    let req = serde_json::json!({"op": "exec", "host": host, "argv": argv, "window_ms": window_ms});
-    w.write_all(format!("{req}\n").as_bytes()).await?;
+    let req = Request::Exec {
+        host: host.to_string(),
+        argv,
+        window_ms,
+    };
+    w.write_all(req.line().as_bytes()).await?;
     let mut lines = BufReader::new(r).lines();
     let mut deployment = None;
     let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
@@ -44,20 +49,22 @@ pub async fn run(
             None => lines.next_line().await?,
         };
         let Some(line) = next else { break };
-        let v: serde_json::Value =
+        let reply: Reply =
             serde_json::from_str(&line).with_context(|| format!("daemon sent {line:?}"))?;
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-            bail!("exec on {host}: {e}");
-        }
-        if let Some(id) = v.get("deployment").and_then(|d| d.as_str()) {
-            deployment = Some(id.to_string());
-            if !json {
-                println!("deployment {id}");
+        match reply {
+            Reply::Error { message } => bail!("exec on {host}: {message}"),
+            Reply::Started { deployment: id } => {
+                if !json {
+                    println!("deployment {id}");
+                }
+                deployment = Some(id);
             }
-        }
-        if let Some(o) = v.get("outcome") {
-            let id = deployment.clone().unwrap_or_default();
-            return outcome(host, &id, o, json);
+            Reply::Ended {
+                deployment: id,
+                end,
+            } => return ended(host, &id, &end, json),
+            Reply::Progress(_) => {}
+            other => bail!("the daemon answered exec with {other:?}"),
         }
     }
     bail!("the daemon closed the connection before the deployment ended")
@@ -79,30 +86,27 @@ fn timed_out(host: &str, id: Option<&str>, timeout: Option<u64>, json: bool) -> 
     TIMED_OUT
 }
 
-fn outcome(host: &str, id: &str, o: &serde_json::Value, json: bool) -> Result<i32> {
+fn ended(host: &str, id: &str, end: &ExecEnd, json: bool) -> Result<i32> {
     if json {
-        println!("{}", serde_json::json!({"deployment": id, "outcome": o}));
+        println!("{}", serde_json::json!({"deployment": id, "outcome": end}));
     }
-    if let Some(f) = o.get("finished") {
-        let code = f["exit_code"].as_i64().unwrap_or(1) as i32;
-        if !json {
-            println!(
-                "exit code {code} ({} windows, {} lost events)",
-                f["windows"], f["lost_events"]
-            );
+    match end {
+        ExecEnd::Finished {
+            exit_code,
+            windows,
+            lost_events,
+        } => {
+            if !json {
+                println!("exit code {exit_code} ({windows} windows, {lost_events} lost events)");
+            }
+            Ok(*exit_code)
         }
-        return Ok(code);
+        ExecEnd::Interrupted { reason } => Err(anyhow::anyhow!(
+            "deployment {id} on {host} was interrupted: {reason}"
+        )
+        .context(Exit(INTERRUPTED))),
+        ExecEnd::Failed { reason } => {
+            bail!("deployment {id} failed to start on {host}: {reason}")
+        }
     }
-    if let Some(i) = o.get("interrupted") {
-        let reason = i["reason"].as_str().unwrap_or("host gone");
-        return Err(
-            anyhow::anyhow!("deployment {id} on {host} was interrupted: {reason}")
-                .context(Exit(INTERRUPTED)),
-        );
-    }
-    let reason = o
-        .get("failed")
-        .and_then(|f| f["reason"].as_str())
-        .unwrap_or("unknown");
-    bail!("deployment {id} failed to start on {host}: {reason}");
 }

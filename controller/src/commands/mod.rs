@@ -8,6 +8,7 @@ pub mod eval;
 pub mod exec;
 pub mod init;
 pub mod learn;
+pub mod manifest;
 pub mod model;
 pub mod read;
 pub mod revoke;

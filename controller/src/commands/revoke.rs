@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use backstop_common::control::{Reply, Request};
 use backstop_controller::daemon::control::socket_path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -26,10 +27,14 @@ pub async fn run(data: &Path, host: &str) -> Result<i32> {
 async fn tell_daemon(data: &Path, host: &str) -> std::io::Result<bool> {
     let stream = tokio::net::UnixStream::connect(socket_path(data)).await?;
     let (r, mut w) = stream.into_split();
-    let req = serde_json::json!({"op": "revoked", "host": host});
-    w.write_all(format!("{req}\n").as_bytes()).await?;
+    let req = Request::Revoked {
+        host: host.to_string(),
+    };
+    w.write_all(req.line().as_bytes()).await?;
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-    Ok(v["closed"].as_bool().unwrap_or(false))
+    Ok(matches!(
+        serde_json::from_str(&line),
+        Ok(Reply::Revoked { closed: true })
+    ))
 }

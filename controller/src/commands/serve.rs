@@ -2,12 +2,42 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use backstop_controller::config::ControllerConfig;
 use backstop_controller::daemon::start::{ServeConfig, serve};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Exit;
 
-pub async fn run(data: PathBuf, listen: SocketAddr, database: Option<String>) -> Result<i32> {
+/// Where agents connect when neither a flag nor the config says.
+const DEFAULT_LISTEN: &str = "0.0.0.0:7870";
+/// DATA when neither a flag, BACKSTOP_DATA nor the config says.
+const DEFAULT_DATA: &str = "/var/lib/backstop";
+
+/// `serve`'s flags; each one given wins over the config file.
+pub struct Flags {
+    /// `--data` or BACKSTOP_DATA, when given (not clap's default).
+    pub data: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub database: Option<String>,
+    pub config: Option<PathBuf>,
+}
+
+pub async fn run(flags: Flags) -> Result<i32> {
+    // Config first, before anything is created or bound: a bad file is
+    // exit code 2 with the file and the key named.
+    let explicit = flags.config.clone();
+    let file = tokio::task::spawn_blocking(move || ControllerConfig::load(explicit.as_deref()))
+        .await?
+        .map_err(|e| anyhow::Error::new(e).context(Exit(2)))?;
+    let data = flags
+        .data
+        .or(file.data)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
+    let listen = match flags.listen.or(file.listen) {
+        Some(l) => l,
+        None => DEFAULT_LISTEN.parse()?,
+    };
+    let database = flags.database.or(file.database);
     // The daemon makes nothing another local user should read: its
     // database, socket and any file it creates are born private, with no
     // window between creation and a chmod. (It runs no child processes.)
@@ -32,6 +62,7 @@ pub async fn run(data: PathBuf, listen: SocketAddr, database: Option<String>) ->
             data,
             listen,
             database,
+            alerts: file.alerts,
         },
         shutdown,
     )

@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use backstop_common::control::ExecEnd;
 use backstop_common::quic::{ReadError, read_frame, write_frame};
 use backstop_common::wire::{AgentMsg, ControllerMsg, PROTOCOL_VERSION, check_hello};
 use tokio::sync::mpsc;
 
-use super::state::{Daemon, Outcome, Session};
+use super::state::{Daemon, Session};
 use crate::store::DeploymentState;
 
 /// Close codes an agent sees (listed in the README).
@@ -265,7 +266,7 @@ async fn handle(
             lost_events,
         } => {
             tracing::info!(host, deployment, exit_code, windows, "deployment finished");
-            let outcome = Outcome::Finished {
+            let outcome = ExecEnd::Finished {
                 exit_code,
                 windows,
                 lost_events,
@@ -297,7 +298,7 @@ async fn handle(
         }
         AgentMsg::Failed { deployment, reason } => {
             tracing::warn!(host, deployment, reason, "deployment failed to start");
-            ended(daemon, tx, deployment, Outcome::Failed { reason })
+            ended(daemon, tx, deployment, ExecEnd::Failed { reason })
                 .await
                 .map_err(store_err)?;
         }
@@ -311,11 +312,11 @@ async fn ended(
     daemon: &Arc<Daemon>,
     tx: &mpsc::Sender<ControllerMsg>,
     deployment: String,
-    outcome: Outcome,
+    outcome: ExecEnd,
 ) -> Result<(), crate::store::StoreError> {
     use DeploymentState::{Failed, Finished, Interrupted};
     let (state, exit_code, windows, lost_events, reason) = match &outcome {
-        Outcome::Finished {
+        ExecEnd::Finished {
             exit_code,
             windows,
             lost_events,
@@ -326,8 +327,8 @@ async fn ended(
             Some(*lost_events),
             None,
         ),
-        Outcome::Failed { reason } => (Failed, None, None, None, Some(reason.as_str())),
-        Outcome::Interrupted { reason } => (Interrupted, None, None, None, Some(reason.as_str())),
+        ExecEnd::Failed { reason } => (Failed, None, None, None, Some(reason.as_str())),
+        ExecEnd::Interrupted { reason } => (Interrupted, None, None, None, Some(reason.as_str())),
     };
     daemon
         .store

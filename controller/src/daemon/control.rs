@@ -4,22 +4,15 @@
 //! rather than QUIC: the CLI runs on the controller's host, and file
 //! permissions are the simplest authentication there is.
 //!
-//! Requests:
-//! - `{"op":"exec","host":H,"argv":[..],"window_ms":N}` answers
-//!   `{"deployment":ID}` at once, then `{"outcome":{...}}` when the command ends.
-//!   The outcome is `finished`, `failed`, or `interrupted` when the host
-//!   went away for good (see `daemon::HOST_GONE_GRACE`).
-//! - `{"op":"ping"}` answers `{"ok":true}`.
-//! - `{"op":"revoked","host":H}` (sent by `backstop revoke`): the daemon
-//!   closes H's live session if its certificate is no longer good, and
-//!   answers `{"closed":BOOL}`.
+//! The requests and replies, and the line protocol they follow, are
+//! `backstop_common::control`'s; this file binds the socket and answers.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use backstop_common::control::{Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -27,25 +20,6 @@ use super::state::Daemon;
 
 pub fn socket_path(data: &Path) -> PathBuf {
     data.join("control.sock")
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    Exec {
-        host: String,
-        argv: Vec<String>,
-        #[serde(default = "default_window_ms")]
-        window_ms: u32,
-    },
-    Ping,
-    Revoked {
-        host: String,
-    },
-}
-
-fn default_window_ms() -> u32 {
-    1000
 }
 
 /// Bind the socket. A socket file left by a dead daemon is replaced; one
@@ -121,54 +95,37 @@ async fn answer(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> 
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
-    let reply = |v: serde_json::Value| format!("{v}\n");
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
-        Err(e) => {
-            w.write_all(
-                reply(serde_json::json!({"error": format!("bad request: {e}")})).as_bytes(),
-            )
-            .await?;
-            return Ok(());
-        }
+        Err(e) => return send(&mut w, Reply::error(format!("bad request: {e}"))).await,
     };
     match req {
         Request::Revoked { host } => {
             let closed = daemon.recheck_certificate(&host).await;
-            w.write_all(reply(serde_json::json!({ "closed": closed })).as_bytes())
-                .await?
+            send(&mut w, Reply::Revoked { closed }).await
         }
-        Request::Ping => {
-            w.write_all(reply(serde_json::json!({"ok": true})).as_bytes())
-                .await?
-        }
+        Request::Ping => send(&mut w, Reply::Pong).await,
         Request::Exec {
             host,
             argv,
             window_ms,
         } => match daemon.exec(&host, argv, window_ms).await {
-            Err(e) => {
-                w.write_all(reply(serde_json::json!({"error": e.to_string()})).as_bytes())
-                    .await?
-            }
-            Ok((id, outcome)) => {
-                w.write_all(reply(serde_json::json!({"deployment": id})).as_bytes())
-                    .await?;
-                match outcome.await {
-                    Ok(o) => {
-                        w.write_all(reply(serde_json::json!({"outcome": o})).as_bytes())
-                            .await?
-                    }
-                    Err(_) => {
-                        w.write_all(
-                            reply(serde_json::json!({"error": "the daemon stopped before the deployment ended"}))
-                                .as_bytes(),
-                        )
-                        .await?
-                    }
-                }
+            Err(e) => send(&mut w, Reply::error(e.to_string())).await,
+            Ok((deployment, end)) => {
+                let started = Reply::Started {
+                    deployment: deployment.clone(),
+                };
+                send(&mut w, started).await?;
+                let last = match end.await {
+                    Ok(end) => Reply::Ended { deployment, end },
+                    Err(_) => Reply::error("the daemon stopped before the deployment ended"),
+                };
+                send(&mut w, last).await
             }
         },
     }
-    Ok(())
+}
+
+async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: Reply) -> std::io::Result<()> {
+    w.write_all(reply.line().as_bytes()).await
 }

@@ -12,4 +12,4 @@ pub mod identity;
 pub mod start;
 mod state;
 
-pub use state::{Daemon, ExecError, HOST_GONE_GRACE, Outcome};
+pub use state::{Daemon, ExecError, HOST_GONE_GRACE};

@@ -11,6 +11,7 @@ use backstop_common::quic::{TlsError, read_pem, server_config};
 use super::agents::{accept_loop, close};
 use super::control;
 use super::state::Daemon;
+use crate::alert::Alerts;
 use crate::pki::Pki;
 use crate::store::{Store, StoreError, default_url};
 
@@ -20,6 +21,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Defaults to SQLite at DATA/backstop.db.
     pub database: Option<String>,
+    /// The config file's `[alerts]` (sinks and retry policy).
+    pub alerts: crate::config::AlertsConfig,
 }
 
 /// Why the daemon did not start (or stopped). Each message is one line the
@@ -49,6 +52,10 @@ pub enum ServeError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    /// The alert queue cannot be opened or a sink cannot be built (its CA
+    /// or token file).
+    #[error("{}", crate::alert::chain(error))]
+    Alerts { error: crate::alert::AlertError },
     #[error("control socket in {}: {error}", data.display())]
     ControlSocket {
         data: PathBuf,
@@ -96,6 +103,11 @@ pub async fn serve(
         .await
         .map_err(|error| ServeError::Join { error })??;
 
+    // Before binding: a sink whose CA file is missing is bad config.
+    let alerts = Alerts::start(&cfg.data, &cfg.alerts)
+        .await
+        .map_err(|error| ServeError::Alerts { error })?;
+
     let endpoint =
         quinn::Endpoint::server(server, cfg.listen).map_err(|error| ServeError::Listen {
             addr: cfg.listen,
@@ -108,7 +120,7 @@ pub async fn serve(
             error,
         })?;
 
-    let daemon = Daemon::new(store);
+    let daemon = Daemon::new(store, alerts);
     let local = endpoint
         .local_addr()
         .map(|a| a.to_string())

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use backstop_common::control::ExecEnd;
 use backstop_common::wire::ControllerMsg;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -17,25 +18,6 @@ use crate::store::{DeploymentKind, Store};
 /// whoever waits for its deployments is told they were interrupted.
 pub const HOST_GONE_GRACE: std::time::Duration = std::time::Duration::from_secs(6);
 
-/// How a deployment ended, as `backstop exec` reports it.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Finished {
-        exit_code: i32,
-        windows: u64,
-        lost_events: u64,
-    },
-    Failed {
-        reason: String,
-    },
-    /// The host went away for good (see [`HOST_GONE_GRACE`]) before the
-    /// deployment ended; it may still end if the host comes back.
-    Interrupted {
-        reason: String,
-    },
-}
-
 pub(crate) struct Session {
     pub(crate) id: u64,
     pub(super) tx: mpsc::Sender<ControllerMsg>,
@@ -45,7 +27,7 @@ pub(crate) struct Session {
 /// Control-socket clients waiting for one deployment's outcome.
 struct Waiting {
     host: String,
-    senders: Vec<oneshot::Sender<Outcome>>,
+    senders: Vec<oneshot::Sender<ExecEnd>>,
 }
 
 /// Windows waiting for the writer, with where to send the result.
@@ -58,6 +40,9 @@ type WriteRequest = (
 /// Shared daemon state: the store, who is connected, who waits for what.
 pub struct Daemon {
     pub store: Store,
+    /// Where rollbacks raise alerts (`Alerts::fire`) and commits resolve
+    /// them; both return once the alert is queued on disk.
+    pub alerts: Arc<crate::alert::Alerts>,
     writes: mpsc::Sender<WriteRequest>,
     pub(crate) sessions: Mutex<HashMap<String, Session>>,
     waiters: Mutex<HashMap<String, Waiting>>,
@@ -79,11 +64,12 @@ pub enum ExecError {
 }
 
 impl Daemon {
-    pub fn new(store: Store) -> Arc<Self> {
+    pub fn new(store: Store, alerts: crate::alert::Alerts) -> Arc<Self> {
         let (writes, queue) = mpsc::channel(4096);
         tokio::spawn(writer(store.clone(), queue));
         Arc::new(Daemon {
             store,
+            alerts: Arc::new(alerts),
             writes,
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
@@ -125,7 +111,7 @@ impl Daemon {
         host: &str,
         argv: Vec<String>,
         window_ms: u32,
-    ) -> Result<(String, oneshot::Receiver<Outcome>), ExecError> {
+    ) -> Result<(String, oneshot::Receiver<ExecEnd>), ExecError> {
         if argv.is_empty() {
             return Err(ExecError::NoCommand);
         }
@@ -164,7 +150,7 @@ impl Daemon {
         Ok((id, orx))
     }
 
-    pub(super) async fn notify(&self, deployment: &str, outcome: Outcome) {
+    pub(super) async fn notify(&self, deployment: &str, outcome: ExecEnd) {
         if let Some(w) = self.waiters.lock().await.remove(deployment) {
             for s in w.senders {
                 let _ = s.send(outcome.clone());
@@ -218,7 +204,7 @@ impl Daemon {
             };
             for (id, w) in ended {
                 tracing::warn!(host, deployment = %id, "host gone: its waiters are told the deployment was interrupted");
-                let outcome = Outcome::Interrupted {
+                let outcome = ExecEnd::Interrupted {
                     reason: format!(
                         "host {host} disconnected and did not come back within {} s",
                         HOST_GONE_GRACE.as_secs()

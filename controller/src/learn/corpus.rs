@@ -19,13 +19,8 @@ use sha2::{Digest, Sha256};
 // Splitting lives in its own file; its names stay reachable from here.
 pub use super::split::{Folds, Split, folds, names, split};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Ok,
-    Failed,
-    Degraded,
-}
+/// A record's label is the shadow verdict's outcome: one type for both.
+pub use backstop_common::shadow::Outcome;
 
 /// The variant name of a deployment with no fault injected.
 pub const HEALTHY: &str = "none";
@@ -54,7 +49,7 @@ pub struct Record {
     /// Whether an exit code or a health probe shows the failure at all
     /// (a slowdown may not).
     pub visible_to_checks: bool,
-    pub window_ms: u64,
+    pub window_ms: u32,
     pub schema: String,
     /// Feature values per window, in [`FEATURES`] order.
     pub windows: Vec<Vec<f64>>,

@@ -57,7 +57,7 @@ pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Record]) -> Metrics {
         .zip(&out)
         .filter_map(|(d, o)| {
             let (onset, alarm) = (d.onset_window?, o.2?);
-            (o.0 && alarm < onset).then(|| ((onset - alarm) as u64 * d.window_ms) as f64)
+            (o.0 && alarm < onset).then(|| ((onset - alarm) as u64 * u64::from(d.window_ms)) as f64)
         })
         .collect();
     leads.sort_by(f64::total_cmp);

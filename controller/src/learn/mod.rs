@@ -96,7 +96,7 @@ pub fn by_family(alarms: &[Alarm], ds: &[Record]) -> Vec<FamilyLead> {
             leads
                 .entry(d.family.clone())
                 .or_default()
-                .push(((o - a.window) as u64 * d.window_ms) as f64);
+                .push(((o - a.window) as u64 * u64::from(d.window_ms)) as f64);
         }
     }
     fams.into_values()

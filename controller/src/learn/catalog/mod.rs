@@ -48,7 +48,7 @@ pub struct Catalog {
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     #[serde(default = "default_window_ms")]
-    pub window_ms: u64,
+    pub window_ms: u32,
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
     /// Memory limit of every shadow, bytes.
@@ -56,7 +56,7 @@ pub struct Defaults {
     pub memory: u64,
 }
 
-fn default_window_ms() -> u64 {
+fn default_window_ms() -> u32 {
     500
 }
 fn default_timeout() -> u64 {

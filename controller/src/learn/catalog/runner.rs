@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use backstop_common::features::{FEATURES, SCHEMA_VERSION};
+use backstop_common::features::SCHEMA_VERSION;
+use backstop_common::shadow::ShadowReport;
 
 use super::inject::{fault_script, main_deb, repack};
 use super::*;
@@ -35,14 +36,14 @@ pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result
     let out = cmd
         .output()
         .map_err(io(format!("running {}", o.agent.display())))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+    let report: ShadowReport = serde_json::from_slice(&out.stdout).map_err(|e| {
         fail(format!(
             "the shadow printed no report ({e}): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     })?;
     let _ = std::fs::remove_dir_all(&work);
-    record_from_report(s, &v, defaults.window_ms).map_err(fail)
+    record_from_report(s, &report, defaults.window_ms).map_err(fail)
 }
 
 /// The .debs to install, sorted, the package's own repacked with the
@@ -127,54 +128,29 @@ fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[Pat
     cmd
 }
 
-/// Outcome and onset from a shadow report.
+/// Outcome and onset from a shadow report: the outcome is the report's
+/// verdict, the onset the end of the step that showed it.
 pub fn record_from_report(
     s: &Scenario,
-    v: &serde_json::Value,
-    window_ms: u64,
+    r: &ShadowReport,
+    window_ms: u32,
 ) -> std::result::Result<Record, String> {
-    let windows: Vec<Vec<f64>> = v["windows"]
-        .as_array()
-        .ok_or("no windows in the report")?
-        .iter()
-        .map(|w| {
-            FEATURES
-                .iter()
-                .map(|f| w["features"][f.name].as_f64().unwrap_or(0.0))
-                .collect()
-        })
-        .collect();
+    let windows: Vec<Vec<f64>> = r.windows.iter().map(|w| w.features.clone()).collect();
     if windows.is_empty() {
         return Err("no windows in the report".into());
     }
-    let cmd_ok = v["cmd"]["exit_code"] == 0;
-    let timed_out = v["timed_out"] == true;
-    let oom = v["oom_killed"] == true;
-    let tests_ok = v["tests"]
-        .as_array()
-        .is_none_or(|t| t.iter().all(|t| t["exit_code"] == 0));
-    let outcome = if !cmd_ok || timed_out || oom {
-        Outcome::Failed
-    } else if !tests_ok {
-        Outcome::Degraded
-    } else {
-        Outcome::Ok
-    };
+    let outcome = r.verdict().outcome();
     // When it showed: the failing step's end (CMD, or CMD then the test).
-    let cmd_ms = v["cmd"]["duration_ms"].as_f64();
+    let cmd_ms = r.cmd.duration_ms;
     let onset_ms = match outcome {
         Outcome::Ok => None,
         Outcome::Failed => Some(cmd_ms.unwrap_or(f64::MAX)),
-        Outcome::Degraded => Some(
-            cmd_ms.unwrap_or(0.0)
-                + v["tests"]
-                    .as_array()
-                    .map(|t| t.iter().filter_map(|t| t["duration_ms"].as_f64()).sum())
-                    .unwrap_or(0.0),
-        ),
+        Outcome::Degraded => {
+            Some(cmd_ms.unwrap_or(0.0) + r.tests.iter().filter_map(|t| t.duration_ms).sum::<f64>())
+        }
     };
     let last = windows.len() - 1;
-    let onset_window = onset_ms.map(|ms| ((ms / window_ms as f64) as usize).min(last));
+    let onset_window = onset_ms.map(|ms| ((ms / f64::from(window_ms)) as usize).min(last));
     Ok(Record {
         id: s.id(),
         package: s.package.clone(),
@@ -246,7 +222,42 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
+    use backstop_common::features::feature;
+    use backstop_common::fsdiff::FsDiff;
+    use backstop_common::shadow::StepResult;
+    use backstop_common::window::{Stream, Window};
+
     use super::*;
+
+    fn step(exit_code: i32, duration_ms: f64) -> StepResult {
+        StepResult {
+            command: String::new(),
+            exit_code: Some(exit_code),
+            duration_ms: Some(duration_ms),
+            output_tail: String::new(),
+        }
+    }
+
+    /// A report as the agent prints it, read back the way the runner reads it.
+    fn report(n: usize, cmd: StepResult, tests: Vec<StepResult>) -> ShadowReport {
+        let mut w = Window::new(Stream::Shadow, 0, 0, 0);
+        w.features[feature::SYSCALLS_TOTAL] = 5.0;
+        let r = ShadowReport {
+            id: "sh-1".into(),
+            root: "/".into(),
+            cmd,
+            tests,
+            timed_out: false,
+            oom_killed: false,
+            oom_kills: 0,
+            diff: FsDiff::default(),
+            windows: vec![w; n],
+            events: Vec::new(),
+            lost_events: 0,
+            cleanup_problems: Vec::new(),
+        };
+        serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap()
+    }
 
     #[test]
     fn outcome_and_onset_from_a_report() {
@@ -259,21 +270,12 @@ mod tests {
             seed: 0,
             timeout_secs: None,
         };
-        let w = serde_json::json!({"features": {"syscalls_total": 5.0}});
-        let v = serde_json::json!({
-            "windows": [w, w, w, w, w, w],
-            "cmd": {"exit_code": 1, "duration_ms": 1600.0},
-            "tests": [], "timed_out": false, "oom_killed": false
-        });
+        let v = report(6, step(1, 1600.0), vec![]);
         let d = record_from_report(&s, &v, 500).unwrap();
         assert_eq!(d.outcome, Outcome::Failed);
         assert_eq!(d.onset_window, Some(3));
         assert_eq!(d.windows[0][0], 5.0);
-        let v = serde_json::json!({
-            "windows": [w, w, w],
-            "cmd": {"exit_code": 0, "duration_ms": 100.0},
-            "tests": [{"exit_code": 1, "duration_ms": 600.0}], "timed_out": false, "oom_killed": false
-        });
+        let v = report(3, step(0, 100.0), vec![step(1, 600.0)]);
         let d = record_from_report(&s, &v, 500).unwrap();
         assert_eq!(d.outcome, Outcome::Degraded);
         assert_eq!(d.onset_window, Some(1));
