@@ -120,7 +120,7 @@ pub fn spawn_tracked(
                 return Err(std::io::Error::last_os_error());
             }
             let mut ack = 0u8;
-            if libc::read(r, (&mut ack as *mut u8).cast(), 1) != 1 || ack != 1 {
+            if libc::read(r, (&raw mut ack).cast(), 1) != 1 || ack != 1 {
                 return Err(std::io::Error::from_raw_os_error(libc::ECANCELED));
             }
             Ok(())
@@ -131,7 +131,7 @@ pub fn spawn_tracked(
     let handle = tokio::runtime::Handle::current();
     // spawn() returns only after exec, which waits for our ack: run it on
     // its own thread while this one registers the pid.
-    let spawner = std::thread::spawn(move || {
+    let spawn_thread = std::thread::spawn(move || {
         let _rt = handle.enter();
         let r = cmd.spawn();
         // Our copies of the child's ends: closed so a child that dies before
@@ -149,7 +149,7 @@ pub fn spawn_tracked(
     };
     let go = [u8::from(got_pid && registered.is_ok())];
     let _ = std::fs::File::from(ack_w).write_all(&go);
-    let spawned = spawner.join().map_err(|_| AgentError::Io {
+    let spawned = spawn_thread.join().map_err(|_| AgentError::Io {
         context: "the spawning thread panicked".into(),
         source: std::io::Error::other("panic"),
     })?;

@@ -3,7 +3,7 @@
 //! with the tree now (`backstop-agent snapshot diff`) and a shadow's
 //! overlay upper directory (`shadow run`). Its listing is written here, once.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +33,11 @@ impl FsDiff {
     /// The listing, one `MARK PATH` line after `indent` each, every line
     /// ending in a newline.
     pub fn listing(&self, indent: &str) -> String {
-        self.marked()
-            .map(|(m, p)| format!("{indent}{m} {p}\n"))
-            .collect()
+        let mut out = String::new();
+        for (m, p) in self.marked() {
+            let _ = writeln!(out, "{indent}{m} {p}");
+        }
+        out
     }
 }
 

@@ -1,6 +1,10 @@
 //! Kernel <-> user layouts: the per-stream counters the probes aggregate in
 //! per-CPU maps, the lifecycle records on the ring buffer, and the
 //! histogram bucketing both halves must agree on (`kernel/bucket.rs`).
+#![expect(
+    clippy::pub_underscore_fields,
+    reason = "`_pad` makes repr(C) padding explicit; the probes set it to 0 and nothing reads it"
+)]
 
 mod bucket;
 

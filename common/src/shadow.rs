@@ -145,7 +145,7 @@ fn named_in<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Window>, D::Error> {
                 .map(|f| {
                     n.features
                         .get(f.name)
-                        .and_then(|v| v.as_f64())
+                        .and_then(serde_json::Value::as_f64)
                         .unwrap_or(0.0)
                 })
                 .collect(),

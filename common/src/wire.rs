@@ -190,7 +190,11 @@ pub fn decode_stream<T: for<'de> Deserialize<'de>>(
     let mut out = Vec::new();
     let mut at = 0;
     while buf.len() - at >= 4 {
-        let len = check_len(buf[at..at + 4].try_into().unwrap())?;
+        let len = check_len(
+            buf[at..at + 4]
+                .try_into()
+                .expect("a 4-byte slice is a [u8; 4]"),
+        )?;
         if buf.len() - at - 4 < len {
             break;
         }

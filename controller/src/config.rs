@@ -60,10 +60,10 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(300),
-            max_age: Duration::from_secs(24 * 3600),
+            max_backoff: Duration::from_mins(5),
+            max_age: Duration::from_hours(24),
             timeout: Duration::from_secs(10),
-            firing_for: Duration::from_secs(7 * 24 * 3600),
+            firing_for: Duration::from_hours(168),
             sinks: Vec::new(),
         }
     }
@@ -226,6 +226,8 @@ pub mod duration {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
 
     /// The error as the CLI prints it: every source, one after another.
@@ -233,7 +235,7 @@ mod tests {
         let mut s = e.to_string();
         let mut cur = e.source();
         while let Some(c) = cur {
-            s += &format!(": {c}");
+            let _ = write!(s, ": {c}");
             cur = c.source();
         }
         s
@@ -247,7 +249,7 @@ mod tests {
     fn an_empty_file_is_the_defaults() {
         let c = parse("").unwrap();
         assert!(c.listen.is_none() && c.alerts.sinks.is_empty());
-        assert_eq!(c.alerts.max_age, Duration::from_secs(86400));
+        assert_eq!(c.alerts.max_age, Duration::from_hours(24));
     }
 
     #[test]
@@ -292,8 +294,8 @@ mod tests {
     #[test]
     fn durations_read_as_an_sre_writes_them() {
         assert_eq!(duration::parse("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(duration::parse("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(duration::parse("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(duration::parse("5m"), Ok(Duration::from_mins(5)));
+        assert_eq!(duration::parse("7d"), Ok(Duration::from_hours(168)));
         assert!(duration::parse("5").is_err() && duration::parse("m").is_err());
     }
 

@@ -331,16 +331,16 @@ mod tests {
     fn init_then_enroll() {
         let dir = ScratchDir::new("pki");
         let made = init(&dir, "web-1", &[]).unwrap();
-        let mode = |p: &Path| mode_of(p).unwrap();
-        assert_eq!(mode(&Pki::new(&dir).ca_key()), 0o600);
-        assert_eq!(mode(&Pki::new(&dir).server_key()), 0o600);
-        assert_eq!(mode(&made.agent_bundle), 0o600);
+        let perms = |p: &Path| mode_of(p).unwrap();
+        assert_eq!(perms(&Pki::new(&dir).ca_key()), 0o600);
+        assert_eq!(perms(&Pki::new(&dir).server_key()), 0o600);
+        assert_eq!(perms(&made.agent_bundle), 0o600);
         let b = backstop_common::quic::read_bundle(&made.agent_bundle).unwrap();
         assert_eq!(host_of(&b.cert).as_deref(), Some("web-1"));
         assert_eq!(serial_of(&b.cert), Some(made.agent_cert.serial.clone()));
         assert_eq!(made.agent_cert.serial.len(), 32, "128-bit serial");
-        assert_eq!(mode_of(&dir.join("pki")), 0o700);
-        assert_eq!(mode_of(&dir.join("pki/agents")), 0o700);
+        assert_eq!(perms(&dir.join("pki")), 0o700);
+        assert_eq!(perms(&dir.join("pki/agents")), 0o700);
         assert!(matches!(
             init(&dir, "web-1", &[]),
             Err(PkiError::Exists { .. })

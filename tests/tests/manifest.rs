@@ -1,6 +1,10 @@
 //! `backstop manifest check`, the real binary: a good manifest passes with
 //! its summary, a bad one exits 2 naming the field on stderr, and every
 //! shipped example passes as an SRE's CI would run it.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 

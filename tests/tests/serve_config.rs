@@ -1,6 +1,10 @@
 //! `backstop serve` and its config file, through the real binary: a
 //! missing or misspelt file stops it before it binds (exit code 2, the
 //! path and the key named); the file's values are used, and flags win.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

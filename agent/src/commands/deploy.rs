@@ -6,6 +6,7 @@
 //! Exit codes: 0 committed, 3 rolled back (or refused: nothing was
 //! installed), 2 an invalid manifest (or cannot run here), 1 an error.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,11 +88,7 @@ fn new_id() -> String {
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut b);
     }
-    format!("dep-{}", hex(&b))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!("dep-{}", hex::encode(b))
 }
 
 fn print_json_or<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) {
@@ -170,11 +167,10 @@ fn text(ev: &DeployEvent) -> Option<String> {
                 report.killed_pids.len(),
                 report.hooks.len(),
                 report.probes.iter().filter(|p| p.ok).count(),
-                report
-                    .problems
-                    .iter()
-                    .map(|p| format!("; problem: {p}"))
-                    .collect::<String>()
+                report.problems.iter().fold(String::new(), |mut s, p| {
+                    let _ = write!(s, "; problem: {p}");
+                    s
+                })
             )
         }
         DeployEvent::Finished { id, outcome } => match outcome {

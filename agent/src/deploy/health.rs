@@ -267,7 +267,7 @@ mod tests {
         let cmd = |argv: &[&str]| {
             ProbeKind::Command(Cmd {
                 name: "c".into(),
-                argv: argv.iter().map(|s| s.to_string()).collect(),
+                argv: argv.iter().map(std::string::ToString::to_string).collect(),
                 timeout: Duration::from_secs(5),
                 env: Vec::new(),
             })

@@ -31,13 +31,12 @@ impl Orders {
     /// is gone.
     async fn next(&mut self) -> Option<Order> {
         let rx = self.rx.as_mut()?;
-        match rx.recv().await {
-            Some(o) => Some(o),
-            None => {
-                tracing::warn!("the controller is gone: the local policy decides");
-                self.rx = None;
-                None
-            }
+        if let Some(o) = rx.recv().await {
+            Some(o)
+        } else {
+            tracing::warn!("the controller is gone: the local policy decides");
+            self.rx = None;
+            None
         }
     }
 }
@@ -194,7 +193,7 @@ async fn monitor(plan: &Plan, orders: &mut Orders, tx: &EventTx) -> Option<Order
         }
         let next = due.iter().copied().min().unwrap_or(end).min(end);
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            () = tokio::time::sleep_until(next) => {}
             Some(o) = orders.next(), if !orders.local() => return Some(o),
         }
         if tokio::time::Instant::now() >= end {

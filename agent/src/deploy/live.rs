@@ -190,7 +190,7 @@ async fn watch_progress(
         let expired = async {
             match deadline {
                 Some(d) if timed_out.is_none() => {
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
                 }
                 _ => std::future::pending().await,
             }
@@ -205,8 +205,8 @@ async fn watch_progress(
                 }
                 _ => break,
             },
-            _ = expired => {
-                let n = running.map(|(n, _)| n).unwrap_or(0);
+            () = expired => {
+                let n = running.map_or(0, |(n, _)| n);
                 tracing::warn!(step = n, "live step over its timeout: killing the deployment's cgroup");
                 timed_out = Some(n);
                 let cg = cgroup.clone();
@@ -248,10 +248,7 @@ fn progress(
         }
         "end" => {
             let rc = w.next().and_then(|c| c.parse().ok());
-            let at = running
-                .take()
-                .map(|(_, at)| at)
-                .unwrap_or_else(Instant::now);
+            let at = running.take().map_or_else(Instant::now, |(_, at)| at);
             Some(result(plan, n, rc, at.elapsed(), timed_out == Some(n)))
         }
         _ => None,
@@ -290,7 +287,7 @@ pub fn tail(path: &Path) -> String {
     if !f.metadata().is_ok_and(|m| m.is_file()) {
         return format!("[backstop: {} is not a regular file]", path.display());
     }
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let len = f.metadata().map_or(0, |m| m.len());
     let _ = f.seek(std::io::SeekFrom::Start(
         len.saturating_sub(TAIL_BYTES as u64),
     ));
@@ -306,7 +303,7 @@ mod tests {
     fn cmd(argv: &[&str]) -> Cmd {
         Cmd {
             name: "s".into(),
-            argv: argv.iter().map(|s| s.to_string()).collect(),
+            argv: argv.iter().map(std::string::ToString::to_string).collect(),
             timeout: Duration::from_secs(1),
             env: vec![("DEBIAN_FRONTEND".into(), "noninteractive".into())],
         }

@@ -220,7 +220,7 @@ pub(crate) mod tests {
     pub(crate) fn cmd(name: &str, argv: &[&str]) -> Cmd {
         Cmd {
             name: name.into(),
-            argv: argv.iter().map(|s| s.to_string()).collect(),
+            argv: argv.iter().map(std::string::ToString::to_string).collect(),
             timeout: Duration::from_secs(5),
             env: Vec::new(),
         }

@@ -79,7 +79,7 @@ impl Plan {
                 memory_bytes: Some((l.memory_mb * 1024 * 1024) as i64),
                 pids: Some(l.pids as i64),
                 // Percent of one CPU, as microseconds per 100 ms period.
-                cpu_quota_us: l.cpu_percent.map(|p| p as i64 * 1000),
+                cpu_quota_us: l.cpu_percent.map(|p| i64::from(p) * 1000),
                 upper_bytes: l.disk_mb.map(|mb| mb * 1024 * 1024),
             }),
             probes: m.probes.iter().map(|p| probe(p, &art)).collect(),
@@ -96,7 +96,7 @@ fn probe(p: &backstop_common::manifest::Probe, art: &[PathBuf]) -> ProbeSpec {
                 name: p.name.clone(),
                 run: run.clone(),
                 timeout: p.timeout,
-                env: Default::default(),
+                env: std::collections::BTreeMap::default(),
             },
             art,
         )),

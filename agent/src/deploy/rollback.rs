@@ -132,9 +132,11 @@ impl HostActions for Host<'_> {
             .staging
             .as_ref()
             .map(|s| self.plan.root.join(s.strip_prefix("/").unwrap_or(s)));
-        tokio::task::spawn_blocking(move || restore_blocking(&data, &id, changes, staged))
-            .await
-            .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || {
+            restore_blocking(&data, &id, changes.as_deref(), staged)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     async fn hook(&mut self, index: usize, hook: &Cmd) -> StepResult {
@@ -151,12 +153,12 @@ impl HostActions for Host<'_> {
 fn restore_blocking(
     data: &std::path::Path,
     id: &str,
-    changes: Option<PathBuf>,
+    changes: Option<&std::path::Path>,
     staged: Option<PathBuf>,
 ) -> Result<RestoreSummary, String> {
     let start = Instant::now();
     let store = Store::open(data).map_err(|e| e.to_string())?;
-    let log = match changes.as_deref().map(ChangeSet::read) {
+    let log = match changes.map(ChangeSet::read) {
         Some(Ok(mut set)) => {
             set.paths.extend(staged);
             Some(set)

@@ -275,7 +275,7 @@ fn wait_pid(pid: i32) -> std::io::Result<std::process::ExitStatus> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
         if r == pid {
             return Ok(std::process::ExitStatus::from_raw(status));
         }

@@ -28,7 +28,10 @@ pub struct Limits {
 /// made in a shadow (the device cgroup and nodev mounts would also stop
 /// one from being opened; this stops it existing).
 fn default_caps() -> HashSet<Capability> {
-    use Capability::*;
+    use Capability::{
+        AuditWrite, Chown, DacOverride, Fowner, Fsetid, Kill, NetBindService, NetRaw, Setfcap,
+        Setgid, Setpcap, Setuid, SysChroot,
+    };
     [
         Chown,
         DacOverride,
@@ -108,7 +111,11 @@ const CLONE_NS_FLAGS: &[i32] = &[
 /// The seccomp rules on top of the allow-by-default action.
 fn seccomp_rules()
 -> std::result::Result<Vec<libcontainer::oci_spec::runtime::LinuxSyscall>, OciSpecError> {
-    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let names = |v: &[&str]| {
+        v.iter()
+            .map(std::string::ToString::to_string)
+            .collect::<Vec<_>>()
+    };
     let mut rules = vec![
         LinuxSyscallBuilder::default()
             .names(names(DENIED_SYSCALLS))

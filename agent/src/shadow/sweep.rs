@@ -40,7 +40,7 @@ impl Owner {
             .map_err(err(format!("writing {}", tmp.join("owner").display())))?;
         std::fs::rename(&tmp, &l.dir).map_err(err(format!("creating {}", l.dir.display())))?;
         LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(l.id.clone());
         Ok(Owner { id: l.id.clone() })
     }
@@ -49,7 +49,7 @@ impl Owner {
     fn alive(dir: &Path, id: &str) -> bool {
         if LIVE
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .any(|l| l == id)
         {
@@ -71,7 +71,7 @@ impl Owner {
 impl Drop for Owner {
     fn drop(&mut self) {
         LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|l| l != &self.id);
     }
 }

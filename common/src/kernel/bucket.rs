@@ -5,6 +5,10 @@ use super::{HIST_BUCKETS, counter};
 
 /// Map a nanosecond value to its histogram bucket. Written without loops or
 /// `leading_zeros` so the eBPF verifier and LLVM's BPF backend accept it.
+#[expect(
+    clippy::inline_always,
+    reason = "called from the eBPF hooks, where it must be inlined rather than a BPF-to-BPF call"
+)]
 #[inline(always)]
 pub fn hist_bucket(v: u64) -> usize {
     if v < 4 {
@@ -56,6 +60,10 @@ pub fn hist_bucket_floor(idx: usize) -> u64 {
 
 /// Errno classes for failed syscalls, shared so the kernel's choice and the
 /// feature names cannot disagree.
+#[expect(
+    clippy::inline_always,
+    reason = "called from the eBPF hooks, where it must be inlined rather than a BPF-to-BPF call"
+)]
 #[inline(always)]
 pub fn errno_counter(errno: i64) -> usize {
     match errno {

@@ -2,6 +2,7 @@
 //! or a TOML integer of seconds. One format, parsed here and printed here,
 //! so `backstop manifest check --json` prints what the file may say.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Parse `"1h30m"`, `"30s"`, `"250ms"`: one or more `<digits><unit>`
@@ -58,7 +59,7 @@ pub fn format_duration(d: Duration) -> String {
     let (s, ms) = (rest / 1000, rest % 1000);
     for (n, unit) in [(h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
         if n > 0 {
-            out.push_str(&format!("{n}{unit}"));
+            let _ = write!(out, "{n}{unit}");
         }
     }
     out
@@ -96,6 +97,7 @@ pub mod serde_human_opt {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+    #[expect(clippy::ref_option, reason = "serde's `with` calls serialize(&T, S)")]
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             d.map(super::format_duration).serialize(s)

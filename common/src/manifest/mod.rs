@@ -49,7 +49,7 @@ pub const MAX_PATHS: usize = 256;
 /// The longest timeout, interval or monitoring period accepted: a day. A
 /// longer one is a typo (`"30h"` for `"30m"`), and a deployment that
 /// holds a host's rollback open for longer is not what anyone meant.
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_DURATION: Duration = Duration::from_hours(24);
 
 /// A validated deployment manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

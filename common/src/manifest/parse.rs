@@ -9,7 +9,10 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::read::{Obj, Result, absolute, array, host_path, invalid, name, string};
-use super::*;
+use super::{
+    Artifact, Guards, Limits, MAX_ARGV, MAX_COMMANDS, MAX_PATHS, Manifest, ManifestError, Mode,
+    Monitor, PackageRef, Policy, Scope, ShadowPlan, Step,
+};
 
 pub(super) const MS: Duration = Duration::from_millis(1);
 
@@ -201,7 +204,7 @@ fn command(path: &str, v: Value, default_name: Option<&str>) -> Result<Step> {
     };
     let (f, v) = o.req("run")?;
     let run = argv(&f, v)?;
-    let timeout = o.duration("timeout", Duration::from_secs(300), MS)?;
+    let timeout = o.duration("timeout", Duration::from_mins(5), MS)?;
     let mut env = BTreeMap::new();
     if let Some((f, v)) = o.take("env") {
         let Value::Table(t) = v else {

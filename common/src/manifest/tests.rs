@@ -68,10 +68,10 @@ fn good() -> Manifest {
 fn a_good_manifest_parses_with_its_defaults() {
     let m = good();
     assert_eq!(m.root, PathBuf::from("/srv/rootfs"));
-    assert_eq!(m.steps[0].timeout, Duration::from_secs(120));
+    assert_eq!(m.steps[0].timeout, Duration::from_mins(2));
     assert_eq!(
         m.steps[1].timeout,
-        Duration::from_secs(300),
+        Duration::from_mins(5),
         "default step timeout"
     );
     assert_eq!(
@@ -200,9 +200,8 @@ const BAD: &[(&str, &str, &str, &str)] = &[
 fn each_bad_manifest_is_refused_naming_its_field() {
     for (from, to, field, reason) in BAD {
         let text = variant(from, to);
-        let err = match Manifest::from_toml(&text) {
-            Ok(_) => panic!("accepted a manifest with {from:?} -> {to:?}"),
-            Err(e) => e,
+        let Err(err) = Manifest::from_toml(&text) else {
+            panic!("accepted a manifest with {from:?} -> {to:?}");
         };
         let shown = err.to_string();
         assert_eq!(

@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn a_resolve_carries_exactly_the_firing_labels_and_an_end_in_the_past() {
         let a = Alert::firing("web-1", "d01", "nginx", "1.2", "rollback", vec!["x".into()]);
-        let day = Duration::from_secs(86400);
+        let day = Duration::from_hours(24);
         let fire = PostableAlert::from_alert(&a, day);
         assert!(
             fire.ends_at > OffsetDateTime::now_utc(),

@@ -54,22 +54,24 @@ impl Alerts {
     pub async fn start(data: &Path, cfg: &AlertsConfig) -> Result<Alerts, AlertError> {
         let layout = Layout::new(data);
         let names: Vec<String> = cfg.sinks.iter().map(|s| s.name().to_string()).collect();
-        let (l, n, c) = (layout.clone(), names.clone(), cfg.clone());
+        let (task_layout, task_names, task_cfg) = (layout.clone(), names.clone(), cfg.clone());
         // Opening the queue and building the sinks read files (CA bundles,
         // token files): blocking work.
         let (built, queued) = tokio::task::spawn_blocking(move || {
-            l.open(&n).map_err(|source| AlertError::Io {
-                path: l.root.clone(),
-                source,
-            })?;
+            task_layout
+                .open(&task_names)
+                .map_err(|source| AlertError::Io {
+                    path: task_layout.root.clone(),
+                    source,
+                })?;
             let mut queued = 0;
-            for s in &n {
-                queued += l.depth(s).map_err(|source| AlertError::Io {
-                    path: l.queue(s),
+            for s in &task_names {
+                queued += task_layout.depth(s).map_err(|source| AlertError::Io {
+                    path: task_layout.queue(s),
                     source,
                 })? as u64;
             }
-            Ok::<_, AlertError>((build(&c)?, queued))
+            Ok::<_, AlertError>((build(&task_cfg)?, queued))
         })
         .await
         .map_err(|source| AlertError::Join { source })??;
@@ -89,10 +91,15 @@ impl Alerts {
         let mut tasks = Vec::new();
         for (name, sink) in names.into_iter().zip(built) {
             let wake = Arc::new(Notify::new());
-            let (s, w, r, n) = (shared.clone(), wake.clone(), rx.clone(), name.clone());
+            let (task_name, task_shared, task_wake, task_rx) =
+                (name.clone(), shared.clone(), wake.clone(), rx.clone());
             tasks.push(match sink {
-                Built::Alertmanager(k) => tokio::spawn(worker::run(n, k, s, w, r)),
-                Built::Webhook(k) => tokio::spawn(worker::run(n, k, s, w, r)),
+                Built::Alertmanager(k) => {
+                    tokio::spawn(worker::run(task_name, k, task_shared, task_wake, task_rx))
+                }
+                Built::Webhook(k) => {
+                    tokio::spawn(worker::run(task_name, k, task_shared, task_wake, task_rx))
+                }
             });
             sinks.push(SinkTask { name, wake });
         }
@@ -119,7 +126,9 @@ impl Alerts {
         };
         let (layout, disk, names) = (self.shared.layout.clone(), self.disk.clone(), self.names());
         self.write(move || {
-            let _held = disk.lock().unwrap_or_else(|e| e.into_inner());
+            let _held = disk
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = enqueue_all(&layout, &names, &alert)?;
             layout
                 .keep_firing(&alert)
@@ -140,7 +149,9 @@ impl Alerts {
         let (layout, disk, names) = (self.shared.layout.clone(), self.disk.clone(), self.names());
         let package = package.to_string();
         self.write(move || {
-            let _held = disk.lock().unwrap_or_else(|e| e.into_inner());
+            let _held = disk
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let io = |source| AlertError::Io {
                 path: layout.firing(),
                 source,

@@ -85,6 +85,7 @@ impl Alert {
     }
 
     /// This alert, resolved at `at`.
+    #[must_use]
     pub fn resolved(&self, at: OffsetDateTime) -> Alert {
         Alert {
             state: AlertState::Resolved,

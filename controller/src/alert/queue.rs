@@ -63,9 +63,9 @@ impl Layout {
             dirs.push(self.dead(s));
         }
         for d in &dirs {
-            private::make_dirs(d).map_err(|e| named(d, e))?;
+            private::make_dirs(d).map_err(|e| named(d, &e))?;
             crate::private::fix_mode(d, DIR_MODE)?;
-            for e in fs::read_dir(d).map_err(|e| named(d, e))?.flatten() {
+            for e in fs::read_dir(d).map_err(|e| named(d, &e))?.flatten() {
                 let p = e.path();
                 if e.file_name().to_string_lossy().starts_with('.') {
                     let _ = fs::remove_file(&p);
@@ -93,16 +93,16 @@ impl Layout {
 
     /// The oldest queued delivery of `sink`.
     pub fn head(&self, sink: &str) -> io::Result<Option<PathBuf>> {
-        Ok(self.list(&self.queue(sink))?.into_iter().next())
+        Ok(Self::list(&self.queue(sink))?.into_iter().next())
     }
 
     pub fn depth(&self, sink: &str) -> io::Result<usize> {
-        Ok(self.list(&self.queue(sink))?.len())
+        Ok(Self::list(&self.queue(sink))?.len())
     }
 
-    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+    fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = fs::read_dir(dir)
-            .map_err(|e| named(dir, e))?
+            .map_err(|e| named(dir, &e))?
             .flatten()
             .filter(|e| {
                 let n = e.file_name();
@@ -118,14 +118,18 @@ impl Layout {
     /// Move a queued delivery to `dead/SINK/`, keeping its name.
     pub fn bury(&self, sink: &str, path: &Path) -> io::Result<PathBuf> {
         let to = self.dead(sink).join(path.file_name().unwrap_or_default());
-        fs::rename(path, &to).map_err(|e| named(path, e))?;
+        fs::rename(path, &to).map_err(|e| named(path, &e))?;
         sync_dir(&self.dead(sink))?;
         Ok(to)
     }
 
+    #[expect(
+        clippy::unused_self,
+        reason = "a queue operation like bury and head, called through the Layout that owns the queue"
+    )]
     pub fn remove(&self, path: &Path) -> io::Result<()> {
         match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(named(path, e)),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(named(path, &e)),
             _ => Ok(()),
         }
     }
@@ -144,7 +148,7 @@ impl Layout {
     /// Every firing alert about `package`, with its file.
     pub fn firing_of(&self, package: &str) -> io::Result<Vec<(PathBuf, Alert)>> {
         let mut out = Vec::new();
-        for p in self.list(&self.firing())? {
+        for p in Self::list(&self.firing())? {
             match read_json::<Alert>(&p) {
                 Ok(a) if a.package == package => out.push((p, a)),
                 Ok(_) => {}
@@ -157,7 +161,7 @@ impl Layout {
 }
 
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {
-    let bytes = fs::read(path).map_err(|e| named(path, e))?;
+    let bytes = fs::read(path).map_err(|e| named(path, &e))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -194,13 +198,13 @@ fn write_whole(dir: &Path, name: &str, body: &[u8]) -> io::Result<PathBuf> {
         .create_new(true)
         .mode(FILE_MODE)
         .open(&tmp)
-        .map_err(|e| named(&tmp, e))?;
+        .map_err(|e| named(&tmp, &e))?;
     f.write_all(body)
         .and_then(|()| f.sync_all())
         .and_then(|()| fs::rename(&tmp, &to))
         .map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            named(&to, e)
+            named(&to, &e)
         })?;
     sync_dir(dir)?;
     Ok(to)
@@ -209,9 +213,9 @@ fn write_whole(dir: &Path, name: &str, body: &[u8]) -> io::Result<PathBuf> {
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| named(dir, e))
+        .map_err(|e| named(dir, &e))
 }
 
-fn named(path: &Path, e: io::Error) -> io::Error {
+fn named(path: &Path, e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }

@@ -210,7 +210,7 @@ mod tests {
         let p = Policy {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
-            max_age: Duration::from_secs(60),
+            max_age: Duration::from_mins(1),
             timeout: Duration::from_secs(1),
         };
         for (attempt, full) in [(1, 100), (2, 200), (4, 800), (5, 1000), (40, 1000)] {

@@ -66,6 +66,10 @@ fn check(file: &Path, json: bool) -> Result<i32> {
 }
 
 /// The manifest as an SRE checks it: one line per part, defaults filled.
+#[expect(
+    clippy::many_single_char_names,
+    reason = "each short name lives for the one line that prints its part"
+)]
 fn summary(file: &Path, m: &Manifest) -> String {
     let mut s = String::new();
     let w = &mut s;

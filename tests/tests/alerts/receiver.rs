@@ -78,7 +78,7 @@ impl Receiver {
                         let body = body
                             .collect()
                             .await
-                            .map(|b| b.to_bytes())
+                            .map(http_body_util::Collected::to_bytes)
                             .unwrap_or_default();
                         g.lock().unwrap().push(Got {
                             method: parts.method.to_string(),

@@ -62,9 +62,10 @@ pub(super) fn main_deb(dir: &Path, package: &str) -> Result<PathBuf> {
     rd.flatten()
         .map(|e| e.path())
         .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")))
         })
         .ok_or_else(|| CatalogError::Scenario {
             scenario: package.into(),

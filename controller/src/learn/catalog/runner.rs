@@ -9,7 +9,7 @@ use backstop_common::features::SCHEMA_VERSION;
 use backstop_common::shadow::ShadowReport;
 
 use super::inject::{fault_script, main_deb, repack};
-use super::*;
+use super::{Catalog, CatalogError, Defaults, Family, Outcome, Record, Result, Scenario, io};
 
 /// Where the runner finds things.
 pub struct RunOptions {
@@ -63,7 +63,7 @@ fn debs_for(s: &Scenario, pkg_dir: &Path, main: &Path, work: &Path) -> Result<Ve
     let repacked = repack(main, &fault_script(s).unwrap_or_default(), work)?;
     for d in &mut debs {
         if *d == main {
-            *d = repacked.clone();
+            d.clone_from(&repacked);
         }
     }
     Ok(debs)
