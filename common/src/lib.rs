@@ -9,6 +9,8 @@
 pub mod kernel;
 
 #[cfg(feature = "std")]
+pub mod deploy;
+#[cfg(feature = "std")]
 pub mod features;
 #[cfg(feature = "std")]
 pub mod manifest;
