@@ -272,6 +272,16 @@ async fn session(
                     argv,
                     window_ms,
                 }) => start_deployment(probes.clone(), outbox.clone(), deployment, argv, window_ms),
+                Ok(ControllerMsg::Deploy { deployment, .. }) => {
+                    refuse_deploy(&outbox, deployment).await
+                }
+                Ok(ControllerMsg::Decision { deployment, order }) => {
+                    tracing::warn!(
+                        deployment,
+                        ?order,
+                        "an order for a deployment this agent does not run"
+                    );
+                }
                 Ok(ControllerMsg::Welcome { .. }) => {}
                 Err(ReadError::Finished) => return Ok(()),
                 Err(e) => return Err(closed(&read_reason(e, &conn))),
@@ -363,4 +373,23 @@ fn start_deployment(
         };
         outbox.push_outcome(end).await;
     });
+}
+
+/// Until the deployment executor (agent/src/deploy) is wired in here, a
+/// `Deploy` is answered with a final `Failed` event naming why, so the
+/// controller's deployment ends instead of waiting forever. Nothing on the
+/// host is touched.
+async fn refuse_deploy(outbox: &Outbox, deployment: String) {
+    tracing::warn!(
+        deployment,
+        "deploy refused: this agent has no deployment executor"
+    );
+    let msg = AgentMsg::Deployment {
+        deployment,
+        seq: 0,
+        event: backstop_common::deploy::DeployEvent::Failed {
+            reason: "this agent build has no deployment executor yet (agent/src/deploy); nothing was changed".into(),
+        },
+    };
+    outbox.push_outcome(msg).await;
 }

@@ -15,6 +15,11 @@ use backstop_common::wire::HostFacts;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+// `backstop deploy`'s tables and queries (see that file).
+#[path = "store_deploy.rs"]
+mod deploy;
+pub use deploy::{DecisionRow, DeployEventRow, DeployRow, DeployState};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {url}: {source}")]
@@ -87,6 +92,7 @@ CREATE TABLE certificates (
 );
 CREATE INDEX certificates_host ON certificates(host);
 "#,
+    deploy::MIGRATION,
 ];
 
 /// The serial of the row `revoke` records for a host none of whose

@@ -3,6 +3,7 @@
 pub mod bench_predict;
 pub mod corpus;
 pub mod crossval;
+pub mod deploy;
 pub mod enroll;
 pub mod eval;
 pub mod exec;

@@ -9,6 +9,10 @@
 //!   `{"deployment":ID}` at once, then `{"outcome":{...}}` when the command ends.
 //!   The outcome is `finished`, `failed`, or `interrupted` when the host
 //!   went away for good (see `daemon::HOST_GONE_GRACE`).
+//! - `{"op":"deploy","host":H,"manifest":TOML,"base":DIR,"window_ms":N,
+//!   "dry_run":B,"wait":B}` answers `{"deployment":ID}`, then with `wait`
+//!   one progress line per event until the final one; `{"op":"cancel",
+//!   "id":ID}` answers `{"cancelled":ID}` (see `deploy.rs`).
 //! - `{"op":"ping"}` answers `{"ok":true}`.
 //! - `{"op":"revoked","host":H}` (sent by `backstop revoke`): the daemon
 //!   closes H's live session if its certificate is no longer good, and
@@ -41,6 +45,12 @@ pub enum Request {
     Ping,
     Revoked {
         host: String,
+    },
+    /// `backstop deploy` (see `deploy.rs`).
+    Deploy(super::deploy::DeployRequest),
+    /// `backstop cancel ID`: order a rollback.
+    Cancel {
+        id: String,
     },
 }
 
@@ -137,6 +147,14 @@ async fn answer(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> 
             let closed = daemon.recheck_certificate(&host).await;
             w.write_all(reply(serde_json::json!({ "closed": closed })).as_bytes())
                 .await?
+        }
+        Request::Deploy(req) => super::deploy::answer(&daemon, req, &mut w).await?,
+        Request::Cancel { id } => {
+            let v = match daemon.cancel(&id).await {
+                Ok(()) => serde_json::json!({"cancelled": id}),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            };
+            w.write_all(reply(v).as_bytes()).await?
         }
         Request::Ping => {
             w.write_all(reply(serde_json::json!({"ok": true})).as_bytes())
