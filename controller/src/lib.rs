@@ -3,6 +3,7 @@
 //! `backstop` binary only parses flags and calls in here.
 
 pub mod daemon;
+pub mod decide;
 pub mod learn;
 pub mod pki;
 pub mod predict;

@@ -1,0 +1,287 @@
+//! What the engine answers: a verdict and the evidence behind it, each
+//! reason a sentence an SRE reads in an alert or `backstop report`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::evidence::StepStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Put the host back: the evidence says the install failed or harms.
+    Rollback,
+    /// The install is done, monitored and healthy: keep it.
+    Commit,
+    /// Monitoring is over, something alarmed and nothing confirmed it: the
+    /// install stays and a human looks at the reasons.
+    Inconclusive,
+    /// No decision yet: the deployment is still running.
+    Continue,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Rollback => "rollback",
+            Verdict::Commit => "commit",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Continue => "continue",
+        })
+    }
+}
+
+/// A verdict and its reasons, most decisive first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reasons: Vec<Reason>,
+}
+
+/// One piece of evidence the verdict rests on, with its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reason {
+    /// A live install step failed (exit, signal, timeout, OOM kill).
+    LiveStep {
+        name: String,
+        status: StepStatus,
+    },
+    /// A run of live windows over the threshold, from `window`.
+    LiveModel {
+        window: u64,
+        windows: u32,
+        p: f64,
+        threshold: f64,
+    },
+    /// A shadow window over the threshold.
+    ShadowModel {
+        window: u64,
+        p: f64,
+        threshold: f64,
+    },
+    ShadowStep {
+        name: String,
+        status: StepStatus,
+    },
+    ShadowTest {
+        name: String,
+        status: StepStatus,
+    },
+    /// The shadow's memory cgroup killed processes.
+    ShadowOom {
+        kills: u64,
+    },
+    /// Live and shadow behaved apart at `window`.
+    Divergence {
+        window: u64,
+        share: f64,
+        limit: f64,
+        feature: String,
+        live_minus_shadow: f64,
+    },
+    /// A health probe failed `failures` times in a row, the last at
+    /// `window`.
+    Probe {
+        name: String,
+        window: u64,
+        failures: u32,
+        detail: String,
+    },
+    /// A measure rose during monitoring against before the deployment.
+    Performance {
+        metric: String,
+        unit: String,
+        before_median: f64,
+        during_median: f64,
+        effect: f64,
+        p_value: f64,
+    },
+    /// The fleet's history of this package.
+    History {
+        version_rolled_back: u32,
+        version_committed: u32,
+        package_recent_rollbacks: u32,
+    },
+    /// Something that must have finished by the end had not.
+    Unfinished {
+        what: String,
+    },
+    /// An input the engine cannot read (a P(failure) that is not a
+    /// number): never committed on.
+    BadEvidence {
+        what: String,
+    },
+    /// Why a commit is a commit: what was checked and found healthy.
+    Clean {
+        windows: u64,
+        probes: u32,
+        shadow: bool,
+    },
+}
+
+fn status(f: &mut fmt::Formatter<'_>, s: &StepStatus) -> fmt::Result {
+    match s {
+        StepStatus::Running => f.write_str("is still running"),
+        StepStatus::Exited { code } => write!(f, "failed (exit {code})"),
+        StepStatus::Killed { signal: Some(sig) } => write!(f, "was killed by signal {sig}"),
+        StepStatus::Killed { signal: None } => f.write_str("was killed before it exited"),
+        StepStatus::TimedOut => f.write_str("timed out"),
+        StepStatus::OomKilled => f.write_str("was killed by the OOM killer"),
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::LiveStep { name, status: s } => {
+                write!(f, "live step `{name}` ")?;
+                status(f, s)
+            }
+            Reason::ShadowStep { name, status: s } => {
+                write!(f, "shadow step `{name}` ")?;
+                status(f, s)
+            }
+            Reason::ShadowTest { name, status: s } => {
+                write!(f, "shadow test `{name}` ")?;
+                status(f, s)
+            }
+            Reason::ShadowOom { kills } => {
+                write!(f, "the OOM killer killed {kills} process(es) in the shadow")
+            }
+            Reason::LiveModel {
+                window,
+                windows,
+                p,
+                threshold,
+            } => write!(
+                f,
+                "live P(failure) {p:.2} over threshold {threshold:.2} for {windows} window(s) from window {window}"
+            ),
+            Reason::ShadowModel {
+                window,
+                p,
+                threshold,
+            } => write!(
+                f,
+                "shadow P(failure) {p:.2} over threshold {threshold:.2} at window {window}"
+            ),
+            Reason::Unfinished { what } => write!(f, "not finished when monitoring ended: {what}"),
+            Reason::BadEvidence { what } => write!(f, "unreadable evidence: {what}"),
+            Reason::Divergence { .. }
+            | Reason::Probe { .. }
+            | Reason::Performance { .. }
+            | Reason::History { .. }
+            | Reason::Clean { .. } => self.fmt_signal(f),
+        }
+    }
+}
+
+impl Reason {
+    /// The signals' sentences (split from `fmt` to keep each short).
+    fn fmt_signal(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Divergence {
+                window,
+                share,
+                limit,
+                feature,
+                live_minus_shadow,
+            } => write!(
+                f,
+                "live and shadow diverge at window {window}: {:.0}% of behaviour features apart (limit {:.0}%), most `{feature}` ({} higher)",
+                share * 100.0,
+                limit * 100.0,
+                if *live_minus_shadow >= 0.0 {
+                    "live"
+                } else {
+                    "shadow"
+                }
+            ),
+            Reason::Probe {
+                name,
+                window,
+                failures,
+                detail,
+            } => write!(
+                f,
+                "health probe `{name}` failed {failures} time(s) in a row to window {window} (last: {detail})"
+            ),
+            Reason::Performance {
+                metric,
+                unit,
+                before_median,
+                during_median,
+                effect,
+                p_value,
+            } => write!(
+                f,
+                "{metric} regressed: median {before_median:.3} -> {during_median:.3} {unit} ({:+.0}%, Mann-Whitney p {p_value:.4})",
+                effect * 100.0
+            ),
+            Reason::History {
+                version_rolled_back,
+                version_committed,
+                package_recent_rollbacks,
+            } => write!(
+                f,
+                "history: this version was rolled back on {version_rolled_back} other host(s) and committed on {version_committed}; the package was rolled back {package_recent_rollbacks} time(s) in the fleet recently"
+            ),
+            Reason::Clean {
+                windows,
+                probes,
+                shadow,
+            } => write!(
+                f,
+                "{windows} live window(s) under threshold, {probes} health probe(s) healthy at the end{}",
+                if *shadow {
+                    ", shadow passed"
+                } else {
+                    ", no shadow"
+                }
+            ),
+            // `fmt` sends only the arms above here.
+            other => write!(f, "{other:?}"),
+        }
+    }
+    /// Where an SRE should look next when this reason left a deployment
+    /// inconclusive.
+    pub fn look_at(&self) -> Option<String> {
+        Some(match self {
+            Reason::LiveModel { window, .. } => format!(
+                "the features that drove the live score at window {window} (`backstop report`), and whether the service behaves"
+            ),
+            Reason::ShadowModel { window, .. } => format!(
+                "the shadow's windows near window {window}: the shadow has no network and its own limits, so it may be the odd one"
+            ),
+            Reason::Divergence {
+                window, feature, ..
+            } => format!(
+                "`{feature}` in the live and the shadow stream side by side near window {window}"
+            ),
+            Reason::Probe { name, .. } => {
+                format!("probe `{name}`'s last results and the service's logs")
+            }
+            Reason::Unfinished { what } => format!("why {what} did not finish"),
+            Reason::BadEvidence { what } => format!("the model and the stored windows: {what}"),
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.verdict)?;
+        for (i, r) in self.reasons.iter().enumerate() {
+            write!(f, "{} {r}", if i == 0 { ":" } else { ";" })?;
+        }
+        if self.verdict == Verdict::Inconclusive {
+            let hints: Vec<String> = self.reasons.iter().filter_map(Reason::look_at).collect();
+            if !hints.is_empty() {
+                write!(f, ". Look at: {}", hints.join("; "))?;
+            }
+        }
+        Ok(())
+    }
+}

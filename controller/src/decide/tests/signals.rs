@@ -1,0 +1,252 @@
+//! The signals that confirm or add to the live model, one table each:
+//! the shadow's model, divergence, health probes, performance, history.
+
+use backstop_common::manifest::{Guards, Policy};
+
+use super::*;
+
+fn policy(threshold: Option<f32>, guards: Guards) -> Params {
+    Params::from_policy(&Policy { threshold, guards })
+}
+
+#[test]
+fn the_shadow_model() {
+    let p = Params::default;
+    let i = || clean(Phase::Installing, 30);
+    check(&[
+        (
+            "shadow alone over, while running",
+            shadow_p(i(), &[(4, 0.9), (5, 0.9)]),
+            p(),
+            Verdict::Continue,
+            "shadow P(failure) 0.90 over threshold 0.50 at window 4",
+        ),
+        (
+            "shadow alone over at the end",
+            shadow_p(clean(Phase::Done, 10), &[(4, 0.9)]),
+            p(),
+            Verdict::Inconclusive,
+            "the shadow has no network",
+        ),
+        (
+            "live and shadow agree in one window",
+            shadow_p(live(i(), &[(4, 0.7)]), &[(4, 0.8)]),
+            p(),
+            Verdict::Rollback,
+            "live P(failure) 0.70 over threshold 0.50 for 1 window(s) from window 4; shadow P(failure) 0.80",
+        ),
+        (
+            "the shadow a few windows ahead still agrees",
+            shadow_p(live(i(), &[(12, 0.7)]), &[(5, 0.8)]),
+            p(),
+            Verdict::Rollback,
+            "at window 5",
+        ),
+        (
+            "the shadow too far away does not",
+            shadow_p(live(i(), &[(25, 0.7)]), &[(5, 0.8)]),
+            p(),
+            Verdict::Continue,
+            "continue",
+        ),
+    ]);
+}
+
+#[test]
+fn divergence() {
+    let p = Params::default;
+    let i = || clean(Phase::Installing, 10);
+    check(&[
+        (
+            "divergence alone while running",
+            diverge(i(), 5, 0.5),
+            p(),
+            Verdict::Continue,
+            "live and shadow diverge at window 5: 50% of behaviour features apart (limit 20%), most `syscall_errors_enospc` (live higher)",
+        ),
+        (
+            "divergence alone at the end",
+            diverge(clean(Phase::Done, 10), 5, 0.5),
+            p(),
+            Verdict::Inconclusive,
+            "Look at: `syscall_errors_enospc` in the live and the shadow stream",
+        ),
+        (
+            "divergence and a live alarm",
+            diverge(live(i(), &[(6, 0.7)]), 5, 0.5),
+            p(),
+            Verdict::Rollback,
+            "diverge at window 5",
+        ),
+        (
+            "at the limit is not over it",
+            diverge(clean(Phase::Done, 10), 5, 0.2),
+            p(),
+            Verdict::Commit,
+            "commit",
+        ),
+        (
+            "the manifest's max_divergence",
+            diverge(clean(Phase::Done, 10), 5, 0.5),
+            policy(
+                None,
+                Guards {
+                    max_divergence: Some(0.6),
+                    ..Guards::default()
+                },
+            ),
+            Verdict::Commit,
+            "commit",
+        ),
+    ]);
+}
+
+#[test]
+fn health_probes() {
+    let p = Params::default;
+    let m = || clean(Phase::Monitoring, 10);
+    check(&[
+        (
+            "two failures in a row after the install",
+            probes(m(), &[true, false, false]),
+            p(),
+            Verdict::Rollback,
+            "health probe `http` failed 2 time(s) in a row to window 9 (last: status 503)",
+        ),
+        (
+            "one failure, then it recovers",
+            probes(clean(Phase::Done, 10), &[true, false, true, true]),
+            p(),
+            Verdict::Commit,
+            "commit",
+        ),
+        (
+            "failures that never run two in a row",
+            probes(m(), &[false, true, false, true, false]),
+            p(),
+            Verdict::Continue,
+            "health probe `http`",
+        ),
+        (
+            "still failing when monitoring ends",
+            probes(clean(Phase::Done, 10), &[true, true, false]),
+            p(),
+            Verdict::Inconclusive,
+            "Look at: probe `http`'s last results",
+        ),
+        (
+            "never ran",
+            probes(clean(Phase::Done, 10), &[]),
+            p(),
+            Verdict::Inconclusive,
+            "health probe `http` (never ran)",
+        ),
+    ]);
+}
+
+#[test]
+fn performance() {
+    let p = Params::default;
+    let m = || clean(Phase::Monitoring, 10);
+    check(&[
+        (
+            "latency up 50% during monitoring",
+            latency(m(), 100.0, 150.0, 20),
+            p(),
+            Verdict::Rollback,
+            "probe `http` latency regressed: median",
+        ),
+        (
+            "a tiny but significant shift",
+            latency(clean(Phase::Done, 10), 100.0, 103.0, 200),
+            p(),
+            Verdict::Commit,
+            "commit",
+        ),
+        (
+            "too few samples to judge",
+            latency(clean(Phase::Done, 10), 100.0, 300.0, 4),
+            p(),
+            Verdict::Commit,
+            "commit",
+        ),
+        (
+            "the manifest's larger guard",
+            latency(m(), 100.0, 150.0, 20),
+            policy(
+                None,
+                Guards {
+                    max_latency_increase: 0.8,
+                    ..Guards::default()
+                },
+            ),
+            Verdict::Continue,
+            "continue",
+        ),
+    ]);
+}
+
+#[test]
+fn history() {
+    let p = Params::default;
+    let with = |e: Evidence, rb: u32, ok: u32, recent: u32| {
+        let mut e = e;
+        e.history = History {
+            version_committed: ok,
+            version_rolled_back: rb,
+            package_recent_rollbacks: recent,
+        };
+        e
+    };
+    let alarm = || live(clean(Phase::Done, 10), &[(4, 0.7)]);
+    check(&[
+        (
+            "a live alarm, and this version rolled back elsewhere",
+            with(alarm(), 3, 1, 0),
+            p(),
+            Verdict::Rollback,
+            "history: this version was rolled back on 3 other host(s) and committed on 1",
+        ),
+        (
+            "a live alarm, and the package rolled back often lately",
+            with(alarm(), 0, 5, 3),
+            p(),
+            Verdict::Rollback,
+            "rolled back 3 time(s) in the fleet recently",
+        ),
+        (
+            "one rollback elsewhere is not enough",
+            with(alarm(), 1, 0, 0),
+            p(),
+            Verdict::Inconclusive,
+            "live P(failure) 0.70",
+        ),
+        (
+            "more commits than rollbacks",
+            with(alarm(), 2, 9, 0),
+            p(),
+            Verdict::Inconclusive,
+            "live P(failure) 0.70",
+        ),
+        (
+            "history alone never blocks a clean deployment",
+            with(clean(Phase::Done, 10), 9, 0, 9),
+            p(),
+            Verdict::Commit,
+            "commit",
+        ),
+        (
+            "the manifest turns history off",
+            with(alarm(), 9, 0, 9),
+            policy(
+                None,
+                Guards {
+                    history: false,
+                    ..Guards::default()
+                },
+            ),
+            Verdict::Inconclusive,
+            "live P(failure) 0.70",
+        ),
+    ]);
+}
