@@ -117,6 +117,15 @@ enum Command {
     },
     /// Order a running deployment rolled back.
     Cancel { id: String },
+    /// Run the correlation engine again over every stored decision of a
+    /// deployment; exit 1 unless each is reproduced.
+    Replay {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Hosts that have connected: first/last seen, connected, kernel, OS.
     Hosts {
         #[arg(long)]
@@ -302,6 +311,9 @@ async fn dispatch(data: PathBuf, command: Command) -> anyhow::Result<i32> {
             commands::deploy::show(&data, database, &id, json).await
         }
         Command::Cancel { id } => commands::deploy::cancel(&data, &id).await,
+        Command::Replay { id, json, database } => {
+            commands::replay::run(&data, database, &id, json).await
+        }
         Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
         Command::Deployments { json, database } => {
             commands::read::deployments(&data, database, json).await

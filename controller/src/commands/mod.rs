@@ -11,6 +11,7 @@ pub mod init;
 pub mod learn;
 pub mod model;
 pub mod read;
+pub mod replay;
 pub mod revoke;
 pub mod schema;
 pub mod serve;

@@ -10,6 +10,7 @@ pub mod agents;
 pub mod control;
 pub mod deploy;
 pub mod identity;
+pub mod record;
 pub mod start;
 mod state;
 
