@@ -273,7 +273,7 @@ async fn session(
                     window_ms,
                 }) => start_deployment(probes.clone(), outbox.clone(), deployment, argv, window_ms),
                 Ok(ControllerMsg::Deploy { deployment, .. }) => {
-                    refuse_deploy(&outbox, deployment).await
+                    refuse_deploy(outbox, deployment).await
                 }
                 Ok(ControllerMsg::Decision { deployment, order }) => {
                     tracing::warn!(
@@ -387,9 +387,9 @@ async fn refuse_deploy(outbox: &Outbox, deployment: String) {
     let msg = AgentMsg::Deployment {
         deployment,
         seq: 0,
-        event: backstop_common::deploy::DeployEvent::Failed {
+        event: Box::new(backstop_common::deploy::DeployEvent::Failed {
             reason: "this agent build has no deployment executor yet (agent/src/deploy); nothing was changed".into(),
-        },
+        }),
     };
     outbox.push_outcome(msg).await;
 }

@@ -277,7 +277,7 @@ mod tests {
             let msg = AgentMsg::Deployment {
                 deployment: "d-7".into(),
                 seq: seq as u64,
-                event: event.clone(),
+                event: Box::new(event.clone()),
             };
             let frame = encode(&msg);
             assert_eq!(decode::<AgentMsg>(&frame[4..]).unwrap(), msg, "{event:?}");

@@ -74,7 +74,8 @@ pub enum AgentMsg {
     Deployment {
         deployment: String,
         seq: u64,
-        event: crate::deploy::DeployEvent,
+        /// Boxed: a rollback's report is large next to the other variants.
+        event: Box<crate::deploy::DeployEvent>,
     },
 }
 

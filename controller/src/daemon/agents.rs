@@ -297,7 +297,7 @@ async fn handle(
             deployment,
             seq,
             event,
-        } => super::deploy::on_event(daemon, host, deployment, seq, event, tx)
+        } => super::deploy::on_event(daemon, host, deployment, seq, *event, tx)
             .await
             .map_err(store_err)?,
         AgentMsg::Failed { deployment, reason } => {
