@@ -130,6 +130,17 @@ fn a_deployment_goes_to_the_agent_and_its_events_come_back_once() {
             ))
             .await;
         agent.send(&event(&id, 1, step.clone())).await;
+        // The controller's engine sees the failed step and orders a rollback.
+        let order = loop {
+            if let ControllerMsg::Decision { deployment, order } = agent.next().await {
+                assert_eq!(deployment, id);
+                break order;
+            }
+        };
+        assert!(
+            matches!(&order, Order::Rollback { reason } if reason.contains("install")),
+            "{order:?}"
+        );
         // Redelivered after a reconnect, as the outbox does: stored once.
         agent.send(&event(&id, 1, step.clone())).await;
         let last = DeployEvent::RolledBack {
@@ -174,6 +185,17 @@ fn a_deployment_goes_to_the_agent_and_its_events_come_back_once() {
     assert_eq!(shown["events"].as_array().unwrap().len(), 3);
     assert_eq!(shown["manifest"]["name"], "hello");
     assert_eq!(ctl.deployment(&id).0["state"], "rolled_back");
+    let decisions = shown["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 1, "exactly one decision: {decisions:?}");
+    assert_eq!(decisions[0]["verdict"], "rollback");
+    assert_eq!(decisions[0]["acted"], true);
+    let replay = ctl.cli(&["replay", &id]);
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert_eq!(replay.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("1 decision(s), every one reproduced"),
+        "{text}"
+    );
     // An ended deployment cannot be cancelled.
     let again = ctl.cli(&["cancel", &id]);
     assert_eq!(again.status.code(), Some(1));
@@ -216,4 +238,62 @@ fn cancel_sends_a_rollback_order_and_dry_run_reaches_the_agent() {
     assert!(String::from_utf8_lossy(&replay.stdout).contains("0 decision(s)"));
     let unknown = ctl.cli(&["replay", "dnope"]);
     assert_ne!(unknown.status.code(), Some(0), "an unknown id is no pass");
+}
+
+#[test]
+fn a_dry_run_records_the_would_be_decision_and_never_orders_it() {
+    let mut ctl = Ctl::new("deploy-dry");
+    ctl.serve();
+    let ca = ctl.data.join("pki/ca.pem");
+    let bundle = ctl.data.join("pki/agents/web-1.bundle");
+    let rt = runtime();
+    let mut agent = rt.block_on(connect(ctl.addr, &ca, &bundle)).unwrap();
+    assert!(connected(&ctl), "the agent never showed as connected");
+    let before = support::fleet::now_ns() / 1_000_000;
+    ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1", "--dry-run"]);
+    let (id, _, dry_run) = rt.block_on(next_deploy(&mut agent));
+    assert!(dry_run);
+    let failed = DeployEvent::Step {
+        stream: Stream::Live,
+        step: StepResult {
+            name: "install".into(),
+            exit_code: Some(1),
+            ..StepResult::default()
+        },
+    };
+    rt.block_on(async {
+        agent.send(&event(&id, 0, failed)).await;
+        agent
+            .send(&event(&id, 1, DeployEvent::Committed { local: true }))
+            .await;
+        // Everything the controller says until it acknowledges the end:
+        // no order among it.
+        loop {
+            match agent.next().await {
+                ControllerMsg::Decision { order, .. } => panic!("a dry run ordered {order:?}"),
+                ControllerMsg::Ack { finished: true, .. } => break,
+                _ => {}
+            }
+        }
+    });
+    let shown = ctl.json(&["show", &id, "--json"]);
+    assert_eq!(
+        shown["deployment"]["state"], "committed",
+        "nothing was rolled back"
+    );
+    let d = &shown["decisions"][0];
+    assert_eq!(d["verdict"], "rollback", "the would-be decision: {shown}");
+    assert_eq!(d["acted"], false);
+    let at = d["at_ms"].as_i64().unwrap() as u128;
+    assert!(at >= before, "stored with the time it would have fired");
+    let replay = ctl.cli(&["replay", &id, "--json"]);
+    assert_eq!(replay.status.code(), Some(0));
+    let line: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&replay.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(line["reproduced"], true);
 }

@@ -175,6 +175,9 @@ pub(super) async fn on_event(
             })
             .await;
     }
+    if new && state.is_none() {
+        super::decider::after_event(daemon, &deployment).await?;
+    }
     if new {
         let line = progress_line(&deployment, seq, &event);
         daemon

@@ -8,6 +8,7 @@
 
 pub mod agents;
 pub mod control;
+pub mod decider;
 pub mod deploy;
 pub mod identity;
 pub mod record;
