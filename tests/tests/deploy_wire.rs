@@ -263,11 +263,18 @@ fn a_dry_run_records_the_would_be_decision_and_never_orders_it() {
     };
     rt.block_on(async {
         agent.send(&event(&id, 0, failed)).await;
+        // The agent is told to keep the install (it waits for an order
+        // once its monitoring is over) ...
+        loop {
+            if let ControllerMsg::Decision { order, .. } = agent.next().await {
+                assert_eq!(order, Order::Commit, "a dry run never rolls back");
+                break;
+            }
+        }
         agent
-            .send(&event(&id, 1, DeployEvent::Committed { local: true }))
+            .send(&event(&id, 1, DeployEvent::Committed { local: false }))
             .await;
-        // Everything the controller says until it acknowledges the end:
-        // no order among it.
+        // ... and nothing else is ordered until the controller has its end.
         loop {
             match agent.next().await {
                 ControllerMsg::Decision { order, .. } => panic!("a dry run ordered {order:?}"),
@@ -296,4 +303,48 @@ fn a_dry_run_records_the_would_be_decision_and_never_orders_it() {
     )
     .unwrap();
     assert_eq!(line["reproduced"], true);
+}
+
+#[test]
+fn a_healthy_install_is_committed_after_its_monitoring_period() {
+    let mut ctl = Ctl::new("deploy-commit");
+    ctl.serve();
+    let ca = ctl.data.join("pki/ca.pem");
+    let bundle = ctl.data.join("pki/agents/web-1.bundle");
+    let rt = runtime();
+    let mut agent = rt.block_on(connect(ctl.addr, &ca, &bundle)).unwrap();
+    assert!(connected(&ctl), "the agent never showed as connected");
+    ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1"]);
+    let (id, _, _) = rt.block_on(next_deploy(&mut agent));
+    let passed = DeployEvent::Step {
+        stream: Stream::Live,
+        step: StepResult {
+            name: "install".into(),
+            exit_code: Some(0),
+            ..StepResult::default()
+        },
+    };
+    rt.block_on(async {
+        agent.send(&event(&id, 0, passed)).await;
+        // hello.toml monitors for 5 s; the order comes after that.
+        let order = loop {
+            if let ControllerMsg::Decision { order, .. } = agent.next().await {
+                break order;
+            }
+        };
+        assert_eq!(order, Order::Commit);
+        agent
+            .send(&event(&id, 1, DeployEvent::Committed { local: false }))
+            .await;
+    });
+    assert!(eventually(Duration::from_secs(10), || {
+        ctl.json(&["show", &id, "--json"])["deployment"]["state"] == "committed"
+    }));
+    let shown = ctl.json(&["show", &id, "--json"]);
+    let d = &shown["decisions"][0];
+    assert_eq!(
+        (d["verdict"].as_str(), d["acted"].as_bool()),
+        (Some("commit"), Some(true))
+    );
+    assert_eq!(ctl.cli(&["replay", &id]).status.code(), Some(0));
 }

@@ -97,10 +97,49 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
 
 /// After a new, non-final event of `id`: decide once from everything
 /// stored, and act on the first verdict that is not `continue`.
-pub(super) async fn after_event(daemon: &Arc<Daemon>, id: &str) -> Result<(), StoreError> {
+pub(super) async fn after_event(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    event: &DeployEvent,
+) -> Result<(), StoreError> {
+    let done = decide_now(daemon, id, false).await?;
+    let last_step = matches!(event, DeployEvent::Step { stream: Stream::Live, step }
+        if step.passed() && step.index + 1 == done.steps);
+    if !done.decided && last_step {
+        // The install is done: decide for good when the monitoring period
+        // the agent runs is over.
+        let (daemon, id, period) = (daemon.clone(), id.to_string(), done.monitor);
+        tokio::spawn(async move {
+            tokio::time::sleep(period).await;
+            if let Err(e) = decide_now(&daemon, &id, true).await {
+                tracing::error!(deployment = id, "deciding after monitoring: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+struct Progress {
+    decided: bool,
+    steps: usize,
+    monitor: std::time::Duration,
+}
+
+/// Decide from what is stored (`finished`: the monitoring period is over,
+/// phase `done`), store the first verdict other than `continue`, and act.
+async fn decide_now(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    finished: bool,
+) -> Result<Progress, StoreError> {
     let (row_, manifest) = daemon.store.deploy(id).await?;
+    let mut progress = Progress {
+        decided: true,
+        steps: manifest.steps.len(),
+        monitor: manifest.monitor.period,
+    };
     if row_.state != DeployState::Running || !daemon.store.decisions(id).await?.is_empty() {
-        return Ok(());
+        return Ok(progress);
     }
     let events: Vec<DeployEvent> = daemon
         .store
@@ -109,15 +148,19 @@ pub(super) async fn after_event(daemon: &Arc<Daemon>, id: &str) -> Result<(), St
         .into_iter()
         .map(|r| r.event)
         .collect();
-    let inputs = Inputs {
+    let mut inputs = Inputs {
         evidence: evidence(&events, manifest.steps.len()),
         params: Params::from_policy(&manifest.policy),
     };
+    if finished {
+        inputs.evidence.phase = Phase::Done;
+    }
     let decision = decide(&inputs.evidence, &inputs.params);
     if decision.verdict == Verdict::Continue {
-        return Ok(());
+        progress.decided = false;
+        return Ok(progress);
     }
-    let acted = !row_.dry_run && decision.verdict == Verdict::Rollback;
+    let acted = !row_.dry_run && decision.verdict != Verdict::Inconclusive;
     daemon
         .store
         .add_decision(id, &row(&inputs, &decision, now_ms(), acted))
@@ -125,7 +168,16 @@ pub(super) async fn after_event(daemon: &Arc<Daemon>, id: &str) -> Result<(), St
     let reason: Vec<String> = decision.reasons.iter().map(|r| r.to_string()).collect();
     let reason = reason.join("; ");
     tracing::info!(deployment = id, verdict = %decision.verdict, dry_run = row_.dry_run, reason, "decision");
-    if acted {
+    // A dry run, an inconclusive verdict, a commit: the install stays, and
+    // the agent, which waits for an order once monitoring is over, is told
+    // so (a dry run at once: nothing it decides is acted on).
+    if !acted || decision.verdict == Verdict::Commit {
+        if finished || row_.dry_run {
+            let _ = daemon.order(&row_.host, id, Order::Commit).await;
+        }
+        return Ok(progress);
+    }
+    {
         let order = Order::Rollback {
             reason: reason.clone(),
         };
@@ -140,5 +192,5 @@ pub(super) async fn after_event(daemon: &Arc<Daemon>, id: &str) -> Result<(), St
             .set_deploy_state(id, DeployState::RollingBack, Some(&reason))
             .await?;
     }
-    Ok(())
+    Ok(progress)
 }

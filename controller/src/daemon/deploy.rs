@@ -176,7 +176,7 @@ pub(super) async fn on_event(
             .await;
     }
     if new && state.is_none() {
-        super::decider::after_event(daemon, &deployment).await?;
+        super::decider::after_event(daemon, &deployment, &event).await?;
     }
     if new {
         let line = progress_line(&deployment, seq, &event);
