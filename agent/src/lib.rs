@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod changes;
 pub mod datadir;
+pub mod deploy;
 pub mod error;
 pub mod fold;
 pub mod host;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{run, shadow, snapshot, watch};
+use commands::{deploy, run, shadow, snapshot, watch};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +57,14 @@ enum Command {
     /// controller that is away or restarts loses nothing below
     /// --outbox-max-bytes; above it the oldest are dropped and counted.
     Run(run::Args),
+    /// Run one deployment from a manifest on this host, without a
+    /// controller: snapshot, live install in its own cgroup (and the
+    /// shadow), health probes, then commit, or roll back on a hard failure.
+    ///
+    /// Exit codes: 0 committed, 3 rolled back, 2 invalid manifest, 1 error.
+    ///
+    /// Example: backstop-agent deploy examples/hello.toml
+    Deploy(deploy::Args),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +93,7 @@ fn main() -> ExitCode {
             Command::Shadow(args) => shadow::shadow(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args),
             Command::Run(args) => run::run(args).await,
+            Command::Deploy(args) => deploy::deploy(args).await,
         }
     });
     let code = result.unwrap_or_else(|e| {

@@ -20,6 +20,9 @@ pub enum Stdout {
     Inherit,
     /// To our stderr, keeping our stdout for machine-readable output.
     Stderr,
+    /// To a pipe the caller reads (`Child::stdout` of [`Exit::Child`]): a
+    /// deployment's step runner reports its progress on it.
+    Piped,
 }
 
 pub struct Tracked {
@@ -58,6 +61,23 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+fn set_stdout(cmd: &mut std::process::Command, stdout: Stdout) {
+    match stdout {
+        Stdout::Inherit => {}
+        Stdout::Stderr => {
+            let err = std::io::stderr().as_raw_fd();
+            // SAFETY: dup of our own stderr; the new descriptor is owned here.
+            let dup = unsafe { libc::fcntl(err, libc::F_DUPFD_CLOEXEC, 3) };
+            if dup >= 0 {
+                cmd.stdout(Stdio::from(unsafe { OwnedFd::from_raw_fd(dup) }));
+            }
+        }
+        Stdout::Piped => {
+            cmd.stdout(Stdio::piped());
+        }
+    }
+}
+
 /// Spawn `argv` (must be inside a tokio runtime); `register` is called with
 /// the child's pid before it execs, and the child execs only if it succeeds.
 pub fn spawn_tracked(
@@ -70,14 +90,7 @@ pub fn spawn_tracked(
     let (ack_r, ack_w) = pipe()?;
     let mut cmd = std::process::Command::new(program);
     cmd.args(&argv[1..]);
-    if stdout == Stdout::Stderr {
-        let err = std::io::stderr().as_raw_fd();
-        // SAFETY: dup of our own stderr; the new descriptor is owned here.
-        let dup = unsafe { libc::fcntl(err, libc::F_DUPFD_CLOEXEC, 3) };
-        if dup >= 0 {
-            cmd.stdout(Stdio::from(unsafe { OwnedFd::from_raw_fd(dup) }));
-        }
-    }
+    set_stdout(&mut cmd, stdout);
     let (w, r) = (pid_w.as_raw_fd(), ack_r.as_raw_fd());
     let (parent_r, parent_w) = (pid_r.as_raw_fd(), ack_w.as_raw_fd());
     // SAFETY: between fork and exec only async-signal-safe calls are made:

@@ -5,6 +5,7 @@
 //! code, or the library's typed error for `main` to print and map with
 //! [`AgentError::exit_code`](backstop_agent::AgentError::exit_code).
 
+pub mod deploy;
 pub mod run;
 pub mod shadow;
 pub mod snapshot;

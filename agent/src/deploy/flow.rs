@@ -1,0 +1,211 @@
+//! `deploy::run`: one deployment from snapshot to commit or rollback.
+//!
+//! The order: journal, build, snapshot, (shadow-first: the shadow, and a
+//! stop unless it passed), live cgroup and journal, then the live install
+//! (with the shadow beside it in concurrent mode), the monitoring period,
+//! and the decision (`install.rs`): an order from outside, or the local
+//! policy when there is no controller (see `policy.rs`). Only this file
+//! and `install.rs` move a deployment's journal through its phases while
+//! it runs; `recover.rs` finishes the ones a stopped agent left.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backstop_common::window::Stream;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::cgroup::LiveCgroup;
+use super::install::{Orders, install_and_monitor};
+use super::journal::{Journal, Phase, deployment_dir};
+use super::plan::{stage, unstage};
+use super::rollback::{self, Host};
+use super::shadowing::{shadow_done, shadow_first};
+use super::{DeployError, DeployEvent, EventTx, Order, Outcome, Plan};
+use crate::snapshot::{self, Scope, Store};
+use crate::track::SharedProbes;
+
+/// What every deployment of one agent shares.
+#[derive(Clone)]
+pub struct Context {
+    pub probes: SharedProbes,
+    pub data: PathBuf,
+    pub window: Duration,
+}
+
+/// Run deployment `id`. Events go to `tx`; `orders` is the controller's
+/// channel (None: decide by the local policy alone).
+pub async fn run(
+    ctx: &Context,
+    id: &str,
+    plan: &Plan,
+    orders: Option<UnboundedReceiver<Order>>,
+    tx: EventTx,
+) -> Result<Outcome, DeployError> {
+    check(plan)?;
+    let dir = deployment_dir(&ctx.data, id)?;
+    let mut j = Journal {
+        id: id.to_string(),
+        plan: plan.clone(),
+        snapshot: None,
+        cgroup: None,
+        phase: Phase::Snapshotting,
+        note: None,
+    };
+    j.save(&ctx.data)?;
+    if let Some(build) = &plan.build {
+        let r = rollback::run_cmd(0, build, Path::new("/")).await;
+        if r.exit_code != Some(0) {
+            let reason = format!("the build {} failed: exit {:?}", build.name, r.exit_code);
+            let _ = tx.send(DeployEvent::Step {
+                stream: Stream::Live,
+                step: r,
+            });
+            return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
+        }
+    }
+    j.snapshot = Some(take_snapshot(&ctx.data, plan).await?);
+    j.save(&ctx.data)?;
+    let mut orders = Orders { rx: orders };
+    if plan.mode == super::Mode::ShadowFirst && plan.shadow.is_some() {
+        j.advance(&ctx.data, Phase::Shadowing)?;
+        if let Some(reason) = shadow_first(ctx, plan, &j, &tx).await? {
+            return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
+        }
+    } else {
+        stage(plan)?;
+    }
+    let cgroup = LiveCgroup::create(id)?;
+    j.cgroup = Some(cgroup.path.clone());
+    j.advance(&ctx.data, Phase::Installing)?;
+    let _ = tx.send(DeployEvent::Started {
+        id: id.to_string(),
+        snapshot: j.snapshot.clone().unwrap_or_default(),
+        cgroup: j.cgroup.clone(),
+    });
+    let (decision, shadow) =
+        install_and_monitor(ctx, &dir, plan, &cgroup, &mut orders, &mut j, &tx).await?;
+    match decision {
+        Order::Commit => {
+            release(&cgroup);
+            unstage(plan);
+            shadow_done(shadow, &tx).await;
+            finish(ctx, &mut j, Outcome::Committed, &tx)
+        }
+        Order::Rollback { reason } => {
+            j.advance(&ctx.data, Phase::RollingBack)?;
+            let mut host = Host {
+                data: &ctx.data,
+                plan,
+                cgroup: Some(cgroup),
+                snapshot: j.snapshot.clone(),
+                changes: Some(dir.join("changes")),
+            };
+            let report = rollback::rollback(&mut host, plan, &reason).await;
+            let _ = tx.send(DeployEvent::RolledBack { report });
+            shadow_done(shadow, &tx).await;
+            finish(ctx, &mut j, Outcome::RolledBack { reason }, &tx)
+        }
+    }
+}
+
+/// A plan the agent can carry out: a root with a shell for chroot'ed
+/// steps, something to install, something to snapshot.
+fn check(plan: &Plan) -> Result<(), DeployError> {
+    let bad = |field: &str, reason: String| DeployError::Plan {
+        field: field.into(),
+        reason,
+    };
+    if plan.steps.is_empty() {
+        return Err(bad("steps", "no step to run".into()));
+    }
+    if plan.scope.is_empty() {
+        return Err(bad("scope.paths", "nothing to snapshot".into()));
+    }
+    if plan.root != Path::new("/") && !plan.root.join("bin/sh").exists() {
+        let root = plan.root.display();
+        return Err(bad("root", format!("{root} has no /bin/sh to chroot into")));
+    }
+    Ok(())
+}
+
+async fn take_snapshot(data: &Path, plan: &Plan) -> Result<String, DeployError> {
+    let scope = Scope {
+        root: plan.root.clone(),
+        paths: plan.scope.clone(),
+        excludes: plan.excludes.clone(),
+    };
+    let data = data.to_path_buf();
+    let r = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&data)?;
+        snapshot::create(&store, &scope)
+    })
+    .await
+    .map_err(|e| DeployError::Io {
+        context: "the snapshot thread".into(),
+        source: std::io::Error::other(e),
+    })??;
+    Ok(r.id)
+}
+
+pub(super) fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, DeployError> {
+    r.map_err(|e| DeployError::Io {
+        context: "a deployment task".into(),
+        source: std::io::Error::other(e),
+    })
+}
+
+/// After a commit: an empty live cgroup is removed; one with tasks (the
+/// service the install started) stays until they end, and the next
+/// agent's sweep removes it then.
+fn release(cgroup: &LiveCgroup) {
+    if !cgroup.populated().unwrap_or(true)
+        && let Err(e) = cgroup.remove()
+    {
+        tracing::warn!("{e}");
+    }
+}
+
+fn finish(
+    ctx: &Context,
+    j: &mut Journal,
+    outcome: Outcome,
+    tx: &EventTx,
+) -> Result<Outcome, DeployError> {
+    let (phase, note) = match &outcome {
+        Outcome::Committed => (Phase::Committed, None),
+        Outcome::RolledBack { reason } | Outcome::Refused { reason } => {
+            (Phase::RolledBack, Some(reason.clone()))
+        }
+    };
+    j.note = note;
+    j.advance(&ctx.data, phase)?;
+    let _ = tx.send(DeployEvent::Finished {
+        id: j.id.clone(),
+        outcome: outcome.clone(),
+    });
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The long-running agent runs deployments on spawned tasks.
+    #[test]
+    fn a_deployment_and_a_recovery_can_run_on_a_spawned_task() {
+        fn send<T: Send>(_: &T) {}
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let probes_unloaded = |ctx: &Context| {
+            let plan = super::super::tests::plan();
+            let f = run(ctx, "d", &plan, None, tx.clone());
+            send(&f);
+        };
+        let _ = probes_unloaded;
+        let f = super::super::recover::recover(Path::new("/nonexistent"));
+        send(&f);
+    }
+}

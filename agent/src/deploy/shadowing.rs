@@ -1,0 +1,109 @@
+//! The shadow install of a deployment: its options from the plan, the
+//! shadow-first gate, and the report of a concurrent one.
+
+use std::time::Duration;
+
+use backstop_common::window::Stream;
+
+use super::flow::{Context, joined};
+use super::journal::Journal;
+use super::plan::stage;
+use super::rollback::{self, Host};
+use super::{DeployError, DeployEvent, EventTx, Plan, StreamSink};
+use crate::shadow::{self, ShadowOptions, ShadowReport};
+
+/// A concurrent shadow still running: awaited after the decision is
+/// carried out, so it never delays a rollback.
+pub(super) type ShadowTask = Option<tokio::task::JoinHandle<Result<ShadowReport, DeployError>>>;
+
+/// Shadow-first: stage the artifact, run the shadow; when it fails, put
+/// the scope (and the staged copy's /tmp) back and say why.
+pub(super) async fn shadow_first(
+    ctx: &Context,
+    plan: &Plan,
+    j: &Journal,
+    tx: &EventTx,
+) -> Result<Option<String>, DeployError> {
+    stage(plan)?;
+    let report = run_shadow(ctx, plan, tx.clone()).await?;
+    let passed = report.passed();
+    let _ = tx.send(DeployEvent::Shadow {
+        report: Box::new(report),
+    });
+    if passed {
+        return Ok(None);
+    }
+    if plan.staging.is_some() {
+        let mut host = Host {
+            data: &ctx.data,
+            plan,
+            cgroup: None,
+            snapshot: j.snapshot.clone(),
+            changes: None,
+        };
+        rollback::HostActions::restore(&mut host)
+            .await
+            .map_err(|reason| DeployError::Plan {
+                field: "artifact".into(),
+                reason: format!("removing the staged copy: {reason}"),
+            })?;
+    }
+    Ok(Some("the shadow failed; live was not started".into()))
+}
+
+/// Wait for a concurrent shadow and pass its report on.
+pub(super) async fn shadow_done(task: ShadowTask, tx: &EventTx) {
+    let Some(h) = task else { return };
+    match joined(h.await).and_then(|r| r) {
+        Ok(report) => {
+            let _ = tx.send(DeployEvent::Shadow {
+                report: Box::new(report),
+            });
+        }
+        Err(e) => tracing::error!("the shadow install failed to run: {e}"),
+    }
+}
+
+pub(super) async fn run_shadow(
+    ctx: &Context,
+    plan: &Plan,
+    tx: EventTx,
+) -> Result<ShadowReport, DeployError> {
+    let s = plan
+        .shadow
+        .clone()
+        .unwrap_or_else(|| unreachable!("checked by the caller"));
+    let quote = |argv: &[String]| {
+        argv.iter()
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let script = plan
+        .steps
+        .iter()
+        .map(|st| quote(&st.argv))
+        .collect::<Vec<_>>()
+        .join(" && ");
+    let timeout: Duration = plan.steps.iter().chain(&s.tests).map(|c| c.timeout).sum();
+    let opts = ShadowOptions {
+        root: plan.root.clone(),
+        limits: shadow::Limits {
+            memory_bytes: s.memory_bytes,
+            pids: s.pids,
+            cpu_quota_us: s.cpu_quota_us,
+        },
+        cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        tests: s.tests.iter().map(|t| quote(&t.argv)).collect(),
+        copy_in: Vec::new(),
+        window: ctx.window,
+        timeout: Some(timeout),
+        upper_size: s.upper_bytes,
+        durable: false,
+    };
+    let mut sink = StreamSink {
+        tx,
+        stream: Stream::Shadow,
+    };
+    Ok(shadow::run(&ctx.probes, &ctx.data, &opts, &mut sink).await?)
+}
