@@ -21,6 +21,10 @@ use crate::error::{AgentError, Result};
 use crate::probes::{ProbeOptions, Probes};
 use crate::spool::Spool;
 use crate::track::{SharedProbes, TrackOptions, WindowSink, track};
+
+// `ControllerMsg::Deploy`: the executor, started from here.
+#[path = "run_deploy.rs"]
+mod run_deploy;
 use crate::tree::Stdout;
 
 #[derive(Debug, Clone)]
@@ -196,11 +200,16 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
         source,
     })?;
     let facts = host_facts();
+    let running = run_deploy::Running::default();
     let connect_loop = async {
         let mut backoff = Duration::from_millis(200);
         loop {
             let started = tokio::time::Instant::now();
-            match session(&endpoint, &client, &opts, &facts, &outbox, &probes).await {
+            match session(
+                &endpoint, &client, &opts, &facts, &outbox, &probes, &running,
+            )
+            .await
+            {
                 Ok(()) => tracing::info!("controller closed the connection"),
                 Err(e) => tracing::warn!(controller = %opts.controller, "{e}"),
             }
@@ -235,6 +244,7 @@ async fn session(
     facts: &HostFacts,
     outbox: &Outbox,
     probes: &SharedProbes,
+    running: &run_deploy::Running,
 ) -> std::result::Result<(), SessionError> {
     let (dropped, pending) = outbox.with(|s| (s.dropped(), s.len())).await;
     let hello = AgentMsg::Hello {
@@ -272,15 +282,28 @@ async fn session(
                     argv,
                     window_ms,
                 }) => start_deployment(probes.clone(), outbox.clone(), deployment, argv, window_ms),
-                Ok(ControllerMsg::Deploy { deployment, .. }) => {
-                    refuse_deploy(outbox, deployment).await
+                Ok(ControllerMsg::Deploy {
+                    deployment,
+                    manifest,
+                    window_ms,
+                    dry_run: _,
+                }) => {
+                    // A dry run needs nothing of the agent: the controller
+                    // orders a commit whatever it would have decided.
+                    let ctx = crate::deploy::Context {
+                        probes: probes.clone(),
+                        data: opts.data.clone(),
+                        window: Duration::from_millis(window_ms.max(10) as u64),
+                    };
+                    run_deploy::start(ctx, outbox.clone(), running.clone(), deployment, *manifest)
                 }
                 Ok(ControllerMsg::Decision { deployment, order }) => {
-                    tracing::warn!(
-                        deployment,
-                        ?order,
-                        "an order for a deployment this agent does not run"
-                    );
+                    if !running.order(&deployment, order) {
+                        tracing::warn!(
+                            deployment,
+                            "an order for a deployment this agent does not run"
+                        );
+                    }
                 }
                 Ok(ControllerMsg::Welcome { .. }) => {}
                 Err(ReadError::Finished) => return Ok(()),
@@ -373,23 +396,4 @@ fn start_deployment(
         };
         outbox.push_outcome(end).await;
     });
-}
-
-/// Until the deployment executor (agent/src/deploy) is wired in here, a
-/// `Deploy` is answered with a final `Failed` event naming why, so the
-/// controller's deployment ends instead of waiting forever. Nothing on the
-/// host is touched.
-async fn refuse_deploy(outbox: &Outbox, deployment: String) {
-    tracing::warn!(
-        deployment,
-        "deploy refused: this agent has no deployment executor"
-    );
-    let msg = AgentMsg::Deployment {
-        deployment,
-        seq: 0,
-        event: Box::new(backstop_common::deploy::DeployEvent::Failed {
-            reason: "this agent build has no deployment executor yet (agent/src/deploy); nothing was changed".into(),
-        }),
-    };
-    outbox.push_outcome(msg).await;
 }
