@@ -4,7 +4,9 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,20 +14,87 @@ use support::agents::{Fleet, Proc};
 use support::sentinel;
 use support::{deb_file, ebpf_or_skip, eventually, rootfs};
 
+/// The root as a rollback must leave it: the walk without inode numbers.
+fn root_walk(root: &Path) -> BTreeMap<String, String> {
+    sentinel::walk(root)
+        .into_iter()
+        .map(|(k, n)| {
+            let v = format!(
+                "mode {:o} uid {} gid {} size {} mtime {:?} content {:x} target {:?}",
+                n.mode, n.uid, n.gid, n.size, n.mtime, n.content, n.target
+            );
+            (k, v)
+        })
+        .collect()
+}
+
+/// hello repacked with a postinst that exits 1.
+fn failing_hello(dir: &Path) -> PathBuf {
+    let work = dir.join("repack");
+    let ok = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(deb_file("hello"))
+        .arg(&work)
+        .status();
+    assert!(ok.unwrap().success());
+    let postinst = work.join("DEBIAN/postinst");
+    std::fs::write(
+        &postinst,
+        "#!/bin/sh\necho failing on purpose >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deb = dir.join("hello-bad.deb");
+    let built = Command::new("dpkg-deb")
+        .arg("-b")
+        .arg(&work)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    deb
+}
+
 #[test]
 fn a_healthy_real_package_is_committed_through_the_controller() {
     let Some(_g) = ebpf_or_skip("deploy through the controller") else {
         return;
     };
     let Some(cached) = rootfs() else { return };
-    let fleet = Fleet::new("deploy-e2e");
-    let base = PathBuf::from("/var/tmp").join(format!("backstop-e2e-{}", std::process::id()));
+    run(&cached, "ok", None);
+}
+
+#[test]
+fn a_failing_postinst_is_rolled_back_through_the_controller() {
+    let Some(_g) = ebpf_or_skip("deploy rollback through the controller") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let scratch =
+        PathBuf::from("/var/tmp").join(format!("backstop-e2e-deb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let bad = failing_hello(&scratch);
+    run(&cached, "bad", Some(&bad));
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Deploy hello (or `bad`, a failing build of it) through a real
+/// controller and agent and check the outcome each should have.
+fn run(cached: &Path, name: &str, bad: Option<&Path>) {
+    let fleet = Fleet::new(&format!("deploy-e2e-{name}"));
+    let base =
+        PathBuf::from("/var/tmp").join(format!("backstop-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
     let root = base.join("root");
     let copied = Command::new("cp")
         .args(["-a", "--reflink=auto"])
-        .arg(&cached)
+        .arg(cached)
         .arg(&root)
         .status()
         .unwrap();
@@ -55,10 +124,11 @@ enabled = false
 period = "0s"
 "#,
             root.display().to_string(),
-            deb_file("hello").display().to_string()
+            bad.map_or(deb_file("hello"), Path::to_path_buf).display().to_string()
         ),
     )
     .unwrap();
+    let root_before = root_walk(&root);
     let _serve = fleet.serve();
     let agent = Proc::spawn(&mut fleet.agent_cmd(&base.join("agent-data")));
     fleet.wait_connected(&agent);
@@ -75,10 +145,11 @@ period = "0s"
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let committed = bad.is_none();
     assert_eq!(
         out.status.code(),
-        Some(0),
-        "committed exits 0\n{stdout}\n{}\nagent: {}",
+        Some(if committed { 0 } else { 1 }),
+        "{stdout}\n{}\nagent: {}",
         String::from_utf8_lossy(&out.stderr),
         agent.log()
     );
@@ -87,15 +158,47 @@ period = "0s"
         .as_str()
         .unwrap()
         .to_string();
+    let want = if committed {
+        "committed"
+    } else {
+        "rolled_back"
+    };
     assert!(eventually(Duration::from_secs(10), || {
-        fleet.json(&["show", &id, "--json"])["deployment"]["state"] == "committed"
+        fleet.json(&["show", &id, "--json"])["deployment"]["state"] == want
     }));
-    let hello = Command::new("chroot")
-        .arg(&root)
-        .arg("hello")
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&hello.stdout), "Hello, world!\n");
+    let shown = fleet.json(&["show", &id, "--json"]);
+    if committed {
+        let hello = Command::new("chroot")
+            .arg(&root)
+            .arg("hello")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&hello.stdout), "Hello, world!\n");
+    } else {
+        let d = &shown["decisions"][0];
+        assert_eq!(
+            (d["verdict"].as_str(), d["acted"].as_bool()),
+            (Some("rollback"), Some(true)),
+            "{shown}"
+        );
+        let after = root_walk(&root);
+        let diffs: Vec<_> = root_before
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .chain(
+                after
+                    .keys()
+                    .filter(|k| !root_before.contains_key(*k))
+                    .cloned(),
+            )
+            .take(20)
+            .collect();
+        assert!(
+            diffs.is_empty(),
+            "the root differs after the rollback: {diffs:?}"
+        );
+    }
     sentinel::assert_untouched(&outside, &before, "deploy");
     assert_eq!(fleet.cli(&["replay", &id]).status.code(), Some(0));
     drop(agent);
