@@ -65,7 +65,7 @@ fn a_healthy_real_package_is_committed_through_the_controller() {
         return;
     };
     let Some(cached) = rootfs() else { return };
-    run(&cached, "ok", None);
+    run(&cached, "ok", None, false);
 }
 
 #[test]
@@ -79,13 +79,28 @@ fn a_failing_postinst_is_rolled_back_through_the_controller() {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
     let bad = failing_hello(&scratch);
-    run(&cached, "bad", Some(&bad));
+    run(&cached, "bad", Some(&bad), false);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn a_dry_run_of_a_failing_install_rolls_nothing_back_and_stores_the_decision() {
+    let Some(_g) = ebpf_or_skip("deploy dry run through the controller") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let scratch =
+        PathBuf::from("/var/tmp").join(format!("backstop-e2e-debs-dry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let bad = failing_hello(&scratch);
+    run(&cached, "dry", Some(&bad), true);
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
 /// Deploy hello (or `bad`, a failing build of it) through a real
 /// controller and agent and check the outcome each should have.
-fn run(cached: &Path, name: &str, bad: Option<&Path>) {
+fn run(cached: &Path, name: &str, bad: Option<&Path>, dry: bool) {
     let fleet = Fleet::new(&format!("deploy-e2e-{name}"));
     let base =
         PathBuf::from("/var/tmp").join(format!("backstop-e2e-{name}-{}", std::process::id()));
@@ -132,20 +147,16 @@ period = "0s"
     let _serve = fleet.serve();
     let agent = Proc::spawn(&mut fleet.agent_cmd(&base.join("agent-data")));
     fleet.wait_connected(&agent);
-    let out = fleet
-        .backstop()
-        .args([
-            "deploy",
-            manifest.to_str().unwrap(),
-            "--host",
-            "web-1",
-            "--wait",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let mut deploy = fleet.backstop();
+    let target = manifest.to_str().unwrap();
+    deploy.args(["deploy", target, "--host", "web-1", "--wait", "--json"]);
+    if dry {
+        deploy.arg("--dry-run");
+    }
+    let out = deploy.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let committed = bad.is_none();
+    // A dry run never acts: the failing install stays, committed.
+    let committed = bad.is_none() || dry;
     assert_eq!(
         out.status.code(),
         Some(if committed { 0 } else { 1 }),
@@ -167,7 +178,19 @@ period = "0s"
         fleet.json(&["show", &id, "--json"])["deployment"]["state"] == want
     }));
     let shown = fleet.json(&["show", &id, "--json"]);
-    if committed {
+    if dry {
+        let d = &shown["decisions"][0];
+        assert_eq!(
+            (d["verdict"].as_str(), d["acted"].as_bool()),
+            (Some("rollback"), Some(false)),
+            "{shown}"
+        );
+        assert!(d["at_ms"].as_i64().unwrap() > 0, "stored with its time");
+        assert!(
+            root.join("usr/bin/hello").exists(),
+            "nothing was rolled back"
+        );
+    } else if committed {
         let hello = Command::new("chroot")
             .arg(&root)
             .arg("hello")
