@@ -21,6 +21,10 @@ use crate::error::{AgentError, Result};
 use crate::outbox::Outbox;
 use crate::probes::{ProbeOptions, Probes};
 use crate::track::{SharedProbes, TrackOptions, WindowSink, track};
+
+// `ControllerMsg::Deploy`: the executor, started from here.
+#[path = "run_deploy.rs"]
+mod run_deploy;
 use crate::tree::Stdout;
 
 #[derive(Debug, Clone)]
@@ -201,11 +205,16 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
         source,
     })?;
     let facts = host_facts();
+    let running = run_deploy::Running::default();
     let connect_loop = async {
         let mut backoff = Duration::from_millis(200);
         loop {
             let started = tokio::time::Instant::now();
-            match session(&endpoint, &client, &opts, &facts, &outbox, &probes).await {
+            match session(
+                &endpoint, &client, &opts, &facts, &outbox, &probes, &running,
+            )
+            .await
+            {
                 Ok(()) => tracing::info!("controller closed the connection"),
                 Err(e) => tracing::warn!(controller = %opts.controller, "{e}"),
             }
@@ -240,6 +249,7 @@ async fn session(
     facts: &HostFacts,
     outbox: &OutboxHandle,
     probes: &SharedProbes,
+    running: &run_deploy::Running,
 ) -> std::result::Result<(), SessionError> {
     let (dropped, pending) = outbox.with(|s| (s.dropped(), s.len())).await;
     let hello = AgentMsg::Hello {
@@ -277,6 +287,29 @@ async fn session(
                     argv,
                     window_ms,
                 }) => start_deployment(probes.clone(), outbox.clone(), deployment, argv, window_ms),
+                Ok(ControllerMsg::Deploy {
+                    deployment,
+                    manifest,
+                    window_ms,
+                    dry_run: _,
+                }) => {
+                    // A dry run needs nothing of the agent: the controller
+                    // orders a commit whatever it would have decided.
+                    let ctx = crate::deploy::Context {
+                        probes: probes.clone(),
+                        data: opts.data.clone(),
+                        window: Duration::from_millis(window_ms.max(10) as u64),
+                    };
+                    run_deploy::start(ctx, outbox.clone(), running.clone(), deployment, *manifest)
+                }
+                Ok(ControllerMsg::Decision { deployment, order }) => {
+                    if !running.order(&deployment, order) {
+                        tracing::warn!(
+                            deployment,
+                            "an order for a deployment this agent does not run"
+                        );
+                    }
+                }
                 Ok(ControllerMsg::Welcome { .. }) => {}
                 Err(ReadError::Finished) => return Ok(()),
                 Err(e) => return Err(closed(&read_reason(e, &conn))),

@@ -37,6 +37,14 @@ pub enum Request {
     Revoked {
         host: String,
     },
+    /// `backstop deploy`: answered by `Started`, then (with `wait`) one
+    /// `Event` per deployment event until the final one.
+    Deploy(DeployRequest),
+    /// `backstop cancel ID`: order the deployment rolled back; answered by
+    /// `Cancelled` or `Error`.
+    Cancel {
+        id: String,
+    },
 }
 
 fn default_window_ms() -> u32 {
@@ -66,7 +74,50 @@ pub enum Reply {
     /// The request failed: the last line.
     Error {
         message: String,
+        /// The manifest field at fault, when the error is a refused
+        /// manifest (the CLI exits 2 then).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
     },
+    /// One event of a deployment being watched (`deploy --wait`).
+    Event(DeployLine),
+    /// A slow watcher missed this many events (the daemon never waits for
+    /// a watcher); `backstop show` has them all.
+    Missed {
+        count: u64,
+    },
+    /// `backstop cancel`: the rollback order is sent.
+    Cancelled {
+        id: String,
+    },
+}
+
+/// `backstop deploy`'s request. The manifest travels as its TOML text and
+/// is validated by the daemon again: it acts only on a manifest that passed
+/// every check, whoever wrote the request. `base` is the directory relative
+/// artifact paths are read against (the manifest file's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub host: String,
+    pub manifest: String,
+    pub base: Option<std::path::PathBuf>,
+    pub window_ms: u32,
+    pub dry_run: bool,
+    pub wait: bool,
+}
+
+/// One stored event of a deployment, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployLine {
+    pub deployment: String,
+    pub seq: u64,
+    /// `DeployEvent::kind`, repeated so a script needs no knowledge of the
+    /// event's shape to follow the steps.
+    pub kind: String,
+    /// The deployment's last event: nothing follows.
+    #[serde(rename = "final")]
+    pub last: bool,
+    pub event: crate::deploy::DeployEvent,
 }
 
 /// How an `exec` deployment ended.
@@ -128,12 +179,17 @@ impl Reply {
     pub fn error(message: impl Into<String>) -> Reply {
         Reply::Error {
             message: message.into(),
+            field: None,
         }
     }
 
     /// No line follows this one.
     pub fn is_final(&self) -> bool {
-        !matches!(self, Reply::Started { .. } | Reply::Progress(_))
+        match self {
+            Reply::Started { .. } | Reply::Progress(_) | Reply::Missed { .. } => false,
+            Reply::Event(line) => line.last,
+            _ => true,
+        }
     }
 }
 

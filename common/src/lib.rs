@@ -11,6 +11,8 @@ pub mod kernel;
 #[cfg(feature = "std")]
 pub mod control;
 #[cfg(feature = "std")]
+pub mod deploy;
+#[cfg(feature = "std")]
 pub mod features;
 #[cfg(feature = "std")]
 pub mod fsdiff;

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::window::Window;
 
 // 2: AgentMsg::Dropped.
-pub const PROTOCOL_VERSION: u32 = 2;
+// 3: ControllerMsg::Deploy / Decision, AgentMsg::Deployment.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Frames larger than this are refused before they are read. A batch of
 /// windows is small (a window is ~400 bytes); the limit only bounds memory.
@@ -67,6 +68,15 @@ pub enum AgentMsg {
     /// outbox was full or its disk refused writes). Sent live, not kept in
     /// the outbox: the next Hello carries the count anyway.
     Dropped { dropped_windows: u64 },
+    /// Something happened in a deployment the controller ordered with
+    /// `ControllerMsg::Deploy`. `seq` counts this deployment's events from
+    /// 0, so a redelivered event is stored once.
+    Deployment {
+        deployment: String,
+        seq: u64,
+        /// Boxed: a rollback's report is large next to the other variants.
+        event: Box<crate::deploy::DeployEvent>,
+    },
 }
 
 /// One lifecycle record of a tracked tree.
@@ -131,6 +141,22 @@ pub enum ControllerMsg {
         deployment: String,
         through_seq: Option<u64>,
         finished: bool,
+    },
+    /// Carry out `manifest` as `deployment`: snapshot, install live and in
+    /// the shadow, stream windows (`window_ms` each) and events, and wait
+    /// for a `Decision`. With `dry_run` the agent never rolls back on its
+    /// own either: the controller only records what it would have decided.
+    Deploy {
+        deployment: String,
+        /// Boxed: a manifest is large next to the other variants.
+        manifest: Box<crate::manifest::Manifest>,
+        window_ms: u32,
+        dry_run: bool,
+    },
+    /// The controller's decision about a running deployment.
+    Decision {
+        deployment: String,
+        order: crate::deploy::Order,
     },
 }
 

@@ -96,6 +96,43 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
+    /// Carry the deployment manifest FILE out on HOST: snapshot, live and
+    /// shadow installs, probes, then commit or roll back. Prints the
+    /// deployment id; with --wait, one progress line per event and exit 1
+    /// unless it was committed. An invalid manifest exits 2, naming the field.
+    Deploy {
+        file: PathBuf,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        wait: bool,
+        /// Predict and decide, but never act: the decision is only recorded.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1000)]
+        window_ms: u32,
+    },
+    /// One deployment of `backstop deploy`: state, events, decisions.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Order a running deployment rolled back.
+    Cancel { id: String },
+    /// Run the correlation engine again over every stored decision of a
+    /// deployment; exit 1 unless each is reproduced.
+    Replay {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Hosts that have connected: first/last seen, connected, kernel, OS.
     Hosts {
         #[arg(long)]
@@ -283,6 +320,31 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
             json,
             cmd,
         } => commands::exec::run(&data, &host, cmd, window_ms, json, timeout).await,
+        Command::Deploy {
+            file,
+            host,
+            wait,
+            dry_run,
+            json,
+            window_ms,
+        } => {
+            let args = commands::deploy::DeployArgs {
+                file: &file,
+                host: &host,
+                wait,
+                dry_run,
+                json,
+                window_ms,
+            };
+            commands::deploy::run(&data, args).await
+        }
+        Command::Show { id, json, database } => {
+            commands::deploy::show(&data, database, &id, json).await
+        }
+        Command::Cancel { id } => commands::deploy::cancel(&data, &id).await,
+        Command::Replay { id, json, database } => {
+            commands::replay::run(&data, database, &id, json).await
+        }
         Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
         Command::Deployments { json, database } => {
             commands::read::deployments(&data, database, json).await

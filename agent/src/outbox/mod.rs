@@ -197,6 +197,11 @@ impl Outbox {
             }
             // Acknowledged with the deployment's end.
             AgentMsg::Events { deployment, .. } => (deployment.clone(), None, false),
+            // A deploy's events: acknowledged with its end; the final one
+            // is an outcome (kept when over the bound).
+            AgentMsg::Deployment {
+                deployment, event, ..
+            } => (deployment.clone(), None, event.is_final()),
             AgentMsg::Hello { .. } | AgentMsg::Dropped { .. } => return,
         };
         self.bytes += bytes;
@@ -227,7 +232,11 @@ impl Outbox {
         let id = self.next_id;
         self.next_id += 1;
         let path = self.path(id);
-        let terminal = matches!(msg, AgentMsg::Finished { .. } | AgentMsg::Failed { .. });
+        let terminal = match msg {
+            AgentMsg::Finished { .. } | AgentMsg::Failed { .. } => true,
+            AgentMsg::Deployment { event, .. } => event.is_final(),
+            _ => false,
+        };
         let mut written = write_atomic(&path, &frame);
         if written.is_err() && terminal && self.reserve_held {
             self.release_reserve();

@@ -3,8 +3,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use backstop_common::control::{ExecEnd, Reply, Request};
-use backstop_controller::daemon::control::socket_path;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::Exit;
 
@@ -21,23 +19,12 @@ pub async fn run(
     json: bool,
     timeout: Option<u64>,
 ) -> Result<i32> {
-    let path = socket_path(data);
-    let stream = tokio::net::UnixStream::connect(&path)
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to the daemon at {} (is `backstop serve` running?)",
-                path.display()
-            )
-        })?;
-    let (r, mut w) = stream.into_split();
     let req = Request::Exec {
         host: host.to_string(),
         argv,
         window_ms,
     };
-    w.write_all(req.line().as_bytes()).await?;
-    let mut lines = BufReader::new(r).lines();
+    let mut lines = super::deploy::request(data, &req).await?;
     let mut deployment = None;
     let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     loop {
@@ -52,7 +39,7 @@ pub async fn run(
         let reply: Reply =
             serde_json::from_str(&line).with_context(|| format!("daemon sent {line:?}"))?;
         match reply {
-            Reply::Error { message } => bail!("exec on {host}: {message}"),
+            Reply::Error { message, .. } => bail!("exec on {host}: {message}"),
             Reply::Started { deployment: id } => {
                 if !json {
                     println!("deployment {id}");

@@ -3,6 +3,7 @@
 pub mod bench_predict;
 pub mod corpus;
 pub mod crossval;
+pub mod deploy;
 pub mod enroll;
 pub mod eval;
 pub mod exec;
@@ -11,6 +12,7 @@ pub mod learn;
 pub mod manifest;
 pub mod model;
 pub mod read;
+pub mod replay;
 pub mod revoke;
 pub mod schema;
 pub mod serve;

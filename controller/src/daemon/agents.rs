@@ -296,6 +296,13 @@ async fn handle(
                 .await
                 .map_err(store_err)?;
         }
+        AgentMsg::Deployment {
+            deployment,
+            seq,
+            event,
+        } => super::deploy::on_event(daemon, host, deployment, seq, *event, tx)
+            .await
+            .map_err(store_err)?,
         AgentMsg::Failed { deployment, reason } => {
             tracing::warn!(host, deployment, reason, "deployment failed to start");
             ended(daemon, tx, deployment, ExecEnd::Failed { reason })

@@ -104,6 +104,14 @@ async fn answer(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> 
             let closed = daemon.recheck_certificate(&host).await;
             send(&mut w, Reply::Revoked { closed }).await
         }
+        Request::Deploy(req) => super::deploy::answer(&daemon, req, &mut w).await,
+        Request::Cancel { id } => {
+            let reply = match daemon.cancel(&id).await {
+                Ok(()) => Reply::Cancelled { id },
+                Err(e) => Reply::error(e.to_string()),
+            };
+            send(&mut w, reply).await
+        }
         Request::Ping => send(&mut w, Reply::Pong).await,
         Request::Exec {
             host,
@@ -126,6 +134,9 @@ async fn answer(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> 
     }
 }
 
-async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: Reply) -> std::io::Result<()> {
+pub(super) async fn send(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    reply: Reply,
+) -> std::io::Result<()> {
     w.write_all(reply.line().as_bytes()).await
 }

@@ -161,7 +161,8 @@ impl Owned {
             AgentMsg::Windows { deployment, .. }
             | AgentMsg::Finished { deployment, .. }
             | AgentMsg::Failed { deployment, .. }
-            | AgentMsg::Events { deployment, .. } => deployment,
+            | AgentMsg::Events { deployment, .. }
+            | AgentMsg::Deployment { deployment, .. } => deployment,
         };
         if self.0.contains(deployment) {
             return Ok(());

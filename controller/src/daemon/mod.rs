@@ -8,7 +8,10 @@
 
 pub mod agents;
 pub mod control;
+pub mod decider;
+pub mod deploy;
 pub mod identity;
+pub mod record;
 pub mod start;
 mod state;
 

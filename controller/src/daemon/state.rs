@@ -49,6 +49,8 @@ pub struct Daemon {
     /// The newest session id each host had.
     pub(super) last_session: Mutex<HashMap<String, u64>>,
     pub(super) next_session: AtomicU64,
+    /// `backstop deploy`'s running deployments (see `deploy.rs`).
+    pub(super) deploys: super::deploy::Registry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ impl Daemon {
             waiters: Mutex::new(HashMap::new()),
             last_session: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            deploys: Default::default(),
         })
     }
 
@@ -99,7 +102,7 @@ impl Daemon {
     /// `d` and 128 bits from the OS RNG in hex: an id another agent cannot
     /// guess (the ownership check stops it anyway; this stops it finding
     /// targets).
-    fn deployment_id() -> Result<String, ExecError> {
+    pub(super) fn deployment_id() -> Result<String, ExecError> {
         let bits = crate::pki::os_random::<16>().map_err(|e| ExecError::Random(e.to_string()))?;
         Ok(format!("d{}", hex::encode(bits)))
     }

@@ -65,6 +65,7 @@ CREATE TABLE certificates (
 );
 CREATE INDEX certificates_host ON certificates(host);
 ",
+    super::deploy::MIGRATION,
 ];
 
 /// Apply every migration the database has not applied yet.

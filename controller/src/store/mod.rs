@@ -23,6 +23,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool};
 
 mod certs;
+mod deploy;
 mod deployments;
 mod events;
 mod hosts;
@@ -30,6 +31,7 @@ mod migrations;
 mod windows;
 
 pub use certs::{CertRow, CertStatus};
+pub use deploy::{DecisionRow, DeployEventRow, DeployRow, DeployState};
 pub use deployments::{DeploymentKind, DeploymentRow, DeploymentState, UnknownValue};
 pub use hosts::HostRow;
 

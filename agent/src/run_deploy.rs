@@ -1,0 +1,203 @@
+//! The long-running agent's side of `ControllerMsg::Deploy`: start the
+//! executor (`deploy::run`) in the background, forward the controller's
+//! `Decision` orders to it, and put what it reports into the durable
+//! outbox: windows as `AgentMsg::Windows`, lifecycle records as
+//! `AgentMsg::Events`, everything else as `AgentMsg::Deployment` in
+//! common's `DeployEvent` (converted here, at the edge), numbered per
+//! deployment so a redelivered event is stored once. Unacknowledged
+//! messages are redelivered on the next connection, as for `exec`; when
+//! the orders channel closes, the executor's local policy decides.
+//!
+//! A child module of `run` (for its outbox).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use backstop_common::deploy as wire;
+use backstop_common::manifest::Manifest;
+use backstop_common::wire::AgentMsg;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use super::OutboxHandle;
+use crate::deploy::{self, DeployEvent, Order, Outcome, Plan};
+
+/// The orders channel of each deployment this agent runs.
+#[derive(Clone, Default)]
+pub(super) struct Running(Arc<Mutex<HashMap<String, UnboundedSender<Order>>>>);
+
+impl Running {
+    /// Forward the controller's order; false when no such deployment runs.
+    pub(super) fn order(&self, id: &str, order: wire::Order) -> bool {
+        let order = match order {
+            wire::Order::Rollback { reason } => Order::Rollback { reason },
+            wire::Order::Commit => Order::Commit,
+        };
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).is_some_and(|tx| tx.send(order).is_ok())
+    }
+}
+
+/// Start deployment `id` in the background; it outlives the connection.
+pub(super) fn start(
+    ctx: deploy::Context,
+    outbox: OutboxHandle,
+    running: Running,
+    id: String,
+    manifest: Manifest,
+) {
+    let plan = Plan::from_manifest(&manifest, &id);
+    let (otx, orx) = unbounded_channel();
+    let (etx, mut erx) = unbounded_channel();
+    running
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), otx);
+    let out = outbox.clone();
+    let fid = id.clone();
+    let forwarder = tokio::spawn(async move {
+        let mut seq = 0u64;
+        while let Some(ev) = erx.recv().await {
+            forward(&out, &fid, &mut seq, ev).await;
+        }
+        seq
+    });
+    tokio::spawn(async move {
+        tracing::info!(deployment = id, "deploy");
+        let result = deploy::run(&ctx, &id, &plan, Some(orx), etx).await;
+        running
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let seq = forwarder.await.unwrap_or(0);
+        if let Err(e) = result {
+            let msg = AgentMsg::Deployment {
+                deployment: id.clone(),
+                seq,
+                event: Box::new(wire::DeployEvent::Failed {
+                    reason: e.to_string(),
+                }),
+            };
+            outbox.push_outcome(msg).await;
+        }
+    });
+}
+
+async fn forward(outbox: &OutboxHandle, id: &str, seq: &mut u64, ev: DeployEvent) {
+    let deployment = id.to_string();
+    let event = match ev {
+        DeployEvent::Window { window } => {
+            let windows = vec![window];
+            return outbox.push(AgentMsg::Windows {
+                deployment,
+                windows,
+            });
+        }
+        DeployEvent::Process { process, .. } => {
+            let events = vec![process];
+            return outbox.push(AgentMsg::Events { deployment, events });
+        }
+        other => match convert(other) {
+            Some(e) => e,
+            None => return,
+        },
+    };
+    let msg = AgentMsg::Deployment {
+        deployment,
+        seq: *seq,
+        event: Box::new(event.clone()),
+    };
+    *seq += 1;
+    // Never shed: a lost step or probe result would change the decision.
+    outbox.push_outcome(msg).await
+}
+
+fn step(s: deploy::StepResult) -> wire::StepResult {
+    wire::StepResult {
+        index: s.index,
+        name: s.name,
+        exit_code: s.exit_code,
+        duration_ms: s.duration_ms,
+        timed_out: s.timed_out,
+        output_tail: s.output_tail,
+    }
+}
+
+fn probe(p: deploy::ProbeResult) -> wire::ProbeResult {
+    wire::ProbeResult {
+        name: p.name,
+        ok: p.ok,
+        latency_ms: p.latency_ms,
+        detail: p.detail,
+    }
+}
+
+fn rollback(r: deploy::RollbackReport) -> wire::RollbackReport {
+    wire::RollbackReport {
+        reason: r.reason,
+        killed_pids: r.killed_pids,
+        restore: r.restore.map(|s| wire::RestoreSummary {
+            snapshot: s.snapshot,
+            full_walk_reason: s.full_walk_reason,
+            duration_ms: s.duration_ms,
+        }),
+        hooks: r.hooks.into_iter().map(step).collect(),
+        probes: r.probes.into_iter().map(probe).collect(),
+        problems: r.problems,
+    }
+}
+
+fn shadow_step(index: usize, s: crate::shadow::StepResult) -> wire::StepResult {
+    wire::StepResult {
+        index,
+        name: s.command,
+        exit_code: s.exit_code,
+        duration_ms: s.duration_ms.unwrap_or(0.0),
+        timed_out: false,
+        output_tail: s.output_tail,
+    }
+}
+
+/// The executor's event in the wire's terms; None for what the wire does
+/// not carry (a committed or rolled-back `Finished`, already reported).
+fn convert(ev: DeployEvent) -> Option<wire::DeployEvent> {
+    Some(match ev {
+        DeployEvent::Started { snapshot, .. } => wire::DeployEvent::Started { snapshot },
+        DeployEvent::Step { stream, step: s } => wire::DeployEvent::Step {
+            stream,
+            step: step(s),
+        },
+        DeployEvent::Probe { probe: p } => wire::DeployEvent::Probe { probe: probe(p) },
+        DeployEvent::Shadow { report } => {
+            let r = *report;
+            let changed = r.diff.added.len() + r.diff.changed.len() + r.diff.removed.len();
+            wire::DeployEvent::Shadow {
+                report: wire::ShadowSummary {
+                    steps: vec![shadow_step(0, r.cmd)],
+                    tests: r
+                        .tests
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, t)| shadow_step(i, t))
+                        .collect(),
+                    timed_out: r.timed_out,
+                    oom_killed: r.oom_killed,
+                    oom_kills: r.oom_kills,
+                    changed_paths: changed as u64,
+                    cleanup_problems: r.cleanup_problems,
+                },
+            }
+        }
+        DeployEvent::RolledBack { report } => wire::DeployEvent::RolledBack {
+            report: rollback(report),
+            local: false,
+        },
+        DeployEvent::Finished { outcome, .. } => match outcome {
+            Outcome::Committed => wire::DeployEvent::Committed { local: false },
+            Outcome::Refused { reason } => wire::DeployEvent::Refused { reason },
+            Outcome::RolledBack { .. } => return None,
+        },
+        DeployEvent::Window { .. } | DeployEvent::Process { .. } => return None,
+    })
+}

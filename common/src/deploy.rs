@@ -1,0 +1,337 @@
+//! What one deployment says over the wire: the events an agent reports as
+//! it carries a deployment out ([`DeployEvent`], inside
+//! `AgentMsg::Deployment`), and the orders the controller gives it
+//! ([`Order`], inside `ControllerMsg::Decision`).
+//!
+//! Why these live in `common` and not in the agent: the controller stores
+//! them, builds the correlation engine's evidence from them and shows
+//! them; one type per idea on both ends means no hand-kept copy drifts.
+//! Windows and lifecycle records are not here: they keep flowing as
+//! `AgentMsg::Windows` / `AgentMsg::Events` (a window carries its stream,
+//! live or shadow), so the store and model see one kind of window.
+//!
+//! Postcard rule (see `wire.rs`): externally tagged enums only, no
+//! `flatten`, no `skip_serializing_if`. The JSON spelling (stored events,
+//! `backstop show --json`) is serde's default for these shapes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::window::Stream;
+
+/// One command's result: a live install step, a shadow step or test, a
+/// rollback hook.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Position in its list (steps, tests or hooks), from 0.
+    pub index: usize,
+    pub name: String,
+    /// None when it never exited on its own (killed, timed out).
+    pub exit_code: Option<i32>,
+    pub duration_ms: f64,
+    pub timed_out: bool,
+    /// The last few KiB of its output, for the SRE reading `show`.
+    pub output_tail: String,
+}
+
+impl StepResult {
+    /// Exited 0 within its timeout.
+    pub fn passed(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// One run of a health probe, judged by the agent against the manifest's
+/// expectation (exit 0, a connect, the status, the latency budget).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub name: String,
+    pub ok: bool,
+    pub latency_ms: f64,
+    /// What it saw: the status, the exit code, or the error.
+    pub detail: String,
+}
+
+/// What the shadow install reported, reduced to what the controller
+/// decides from and shows. The full filesystem diff stays on the agent
+/// (it goes into the diagnostics bundle, not over the wire).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowSummary {
+    /// The install steps as the shadow ran them.
+    pub steps: Vec<StepResult>,
+    /// The manifest's shadow tests.
+    pub tests: Vec<StepResult>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    pub oom_kills: u64,
+    /// Paths the shadow install added, changed or removed in its overlay.
+    pub changed_paths: u64,
+    /// Whatever teardown could not do (should be empty).
+    pub cleanup_problems: Vec<String>,
+}
+
+impl ShadowSummary {
+    /// Every step and test exited 0 and nothing was OOM-killed.
+    pub fn passed(&self) -> bool {
+        !self.timed_out
+            && !self.oom_killed
+            && self.steps.iter().all(StepResult::passed)
+            && self.tests.iter().all(StepResult::passed)
+    }
+
+    /// The first test that did not pass, for a reason such as "shadow
+    /// test `greets` exited 1".
+    pub fn first_failed_test(&self) -> Option<&StepResult> {
+        self.tests.iter().find(|t| !t.passed())
+    }
+}
+
+/// What the restore part of a rollback did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestoreSummary {
+    pub snapshot: String,
+    /// Why the whole scope was walked instead of the change log's paths.
+    pub full_walk_reason: Option<String>,
+    pub duration_ms: f64,
+}
+
+/// The agent's account of one rollback, in its order: kill the live
+/// cgroup, restore the snapshot, run the hooks, re-run the probes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RollbackReport {
+    pub reason: String,
+    /// The pids still in the live cgroup when it was killed.
+    pub killed_pids: Vec<u32>,
+    /// None when the restore did not happen (see `problems`).
+    pub restore: Option<RestoreSummary>,
+    pub hooks: Vec<StepResult>,
+    /// The health probes, re-run against the restored state.
+    pub probes: Vec<ProbeResult>,
+    /// What went wrong on the way (empty when all went well).
+    pub problems: Vec<String>,
+}
+
+impl RollbackReport {
+    /// Restored exactly, every hook exited 0, every probe passed.
+    pub fn clean(&self) -> bool {
+        self.problems.is_empty()
+            && self.restore.is_some()
+            && self.hooks.iter().all(StepResult::passed)
+            && self.probes.iter().all(|p| p.ok)
+    }
+}
+
+/// What an agent reports about a deployment, in the order it happens.
+/// Exactly one of `RolledBack`, `Committed`, `Interrupted`, `Refused`,
+/// `Failed` ends a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployEvent {
+    /// The snapshot is taken and the installs start.
+    Started { snapshot: String },
+    /// A step of the live install or of the shadow's install ended.
+    Step { stream: Stream, step: StepResult },
+    /// A shadow test ended.
+    ShadowTest { step: StepResult },
+    /// A health probe ran (during the install or the monitoring period).
+    Probe { probe: ProbeResult },
+    /// The shadow finished and was torn down.
+    Shadow { report: ShadowSummary },
+    /// The live install finished its steps (all passed when `ok`); the
+    /// monitoring period begins.
+    Installed { ok: bool },
+    /// Rolled back, on an order or by the agent's local policy (`local`).
+    RolledBack { report: RollbackReport, local: bool },
+    /// Committed: the snapshot is released and the change stays.
+    Committed { local: bool },
+    /// An agent found this deployment unfinished when it started (it was
+    /// killed mid-install) and rolled it back.
+    Interrupted { report: RollbackReport },
+    /// Shadow-first: the shadow failed, so the live install never ran.
+    Refused { reason: String },
+    /// The deployment could not start (a bad plan, no room for the
+    /// snapshot, a failing build); nothing on the host changed.
+    Failed { reason: String },
+}
+
+impl DeployEvent {
+    /// This event ends the deployment.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            DeployEvent::RolledBack { .. }
+                | DeployEvent::Committed { .. }
+                | DeployEvent::Interrupted { .. }
+                | DeployEvent::Refused { .. }
+                | DeployEvent::Failed { .. }
+        )
+    }
+
+    /// A short name, for the store's `kind` column and progress lines.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeployEvent::Started { .. } => "started",
+            DeployEvent::Step { .. } => "step",
+            DeployEvent::ShadowTest { .. } => "shadow_test",
+            DeployEvent::Probe { .. } => "probe",
+            DeployEvent::Shadow { .. } => "shadow",
+            DeployEvent::Installed { .. } => "installed",
+            DeployEvent::RolledBack { .. } => "rolled_back",
+            DeployEvent::Committed { .. } => "committed",
+            DeployEvent::Interrupted { .. } => "interrupted",
+            DeployEvent::Refused { .. } => "refused",
+            DeployEvent::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// The controller's order about a running deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Kill the live tree, restore, run the hooks, re-probe, report.
+    Rollback { reason: String },
+    /// Keep the change: release the snapshot and finish.
+    Commit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{AgentMsg, ControllerMsg, decode, encode};
+
+    fn step(name: &str, code: Option<i32>) -> StepResult {
+        StepResult {
+            index: 1,
+            name: name.into(),
+            exit_code: code,
+            duration_ms: 12.5,
+            timed_out: code.is_none(),
+            output_tail: "dpkg: error processing package".into(),
+        }
+    }
+
+    fn rollback() -> RollbackReport {
+        RollbackReport {
+            reason: "shadow test `greets` exited 1".into(),
+            killed_pids: vec![41, 42],
+            restore: Some(RestoreSummary {
+                snapshot: "s-1".into(),
+                full_walk_reason: Some("change log lost events".into()),
+                duration_ms: 3.25,
+            }),
+            hooks: vec![step("restart", Some(0))],
+            probes: vec![ProbeResult {
+                name: "http".into(),
+                ok: true,
+                latency_ms: 1.5,
+                detail: "200".into(),
+            }],
+            problems: Vec::new(),
+        }
+    }
+
+    fn every_event() -> Vec<DeployEvent> {
+        vec![
+            DeployEvent::Started {
+                snapshot: "s-1".into(),
+            },
+            DeployEvent::Step {
+                stream: Stream::Shadow,
+                step: step("install", Some(1)),
+            },
+            DeployEvent::ShadowTest {
+                step: step("greets", None),
+            },
+            DeployEvent::Probe {
+                probe: ProbeResult::default(),
+            },
+            DeployEvent::Shadow {
+                report: ShadowSummary {
+                    steps: vec![step("install", Some(0))],
+                    tests: vec![step("greets", Some(1))],
+                    oom_kills: 2,
+                    changed_paths: 17,
+                    cleanup_problems: vec!["umount: busy".into()],
+                    ..ShadowSummary::default()
+                },
+            },
+            DeployEvent::Installed { ok: false },
+            DeployEvent::RolledBack {
+                report: rollback(),
+                local: true,
+            },
+            DeployEvent::Committed { local: false },
+            DeployEvent::Interrupted { report: rollback() },
+            DeployEvent::Refused {
+                reason: "shadow failed".into(),
+            },
+            DeployEvent::Failed {
+                reason: "no room".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips_in_postcard_and_json() {
+        for (seq, event) in every_event().into_iter().enumerate() {
+            let msg = AgentMsg::Deployment {
+                deployment: "d-7".into(),
+                seq: seq as u64,
+                event: Box::new(event.clone()),
+            };
+            let frame = encode(&msg);
+            assert_eq!(decode::<AgentMsg>(&frame[4..]).unwrap(), msg, "{event:?}");
+            let json = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::from_str::<DeployEvent>(&json).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn deploy_and_decision_orders_round_trip() {
+        let text = include_str!("../../examples/hello.toml");
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let manifest = crate::manifest::Manifest::from_toml_in(text, Some(&base)).unwrap();
+        let msgs = vec![
+            ControllerMsg::Deploy {
+                deployment: "d-7".into(),
+                manifest: Box::new(manifest),
+                window_ms: 250,
+                dry_run: true,
+            },
+            ControllerMsg::Decision {
+                deployment: "d-7".into(),
+                order: Order::Rollback {
+                    reason: "P(failure) 0.93 over 0.5".into(),
+                },
+            },
+            ControllerMsg::Decision {
+                deployment: "d-7".into(),
+                order: Order::Commit,
+            },
+        ];
+        for msg in msgs {
+            let frame = encode(&msg);
+            assert_eq!(decode::<ControllerMsg>(&frame[4..]).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn verdict_helpers_read_the_reports() {
+        assert!(rollback().clean());
+        let mut r = rollback();
+        r.restore = None;
+        assert!(!r.clean(), "no restore is not clean");
+        let mut r = rollback();
+        r.hooks[0].exit_code = Some(3);
+        assert!(!r.clean(), "a failed hook is not clean");
+        let s = ShadowSummary {
+            tests: vec![step("a", Some(0)), step("b", Some(2))],
+            ..ShadowSummary::default()
+        };
+        assert!(!s.passed());
+        assert_eq!(s.first_failed_test().unwrap().name, "b");
+        assert!(ShadowSummary::default().passed());
+        let finals: Vec<_> = every_event().iter().map(DeployEvent::is_final).collect();
+        assert_eq!(finals.iter().filter(|f| **f).count(), 5);
+    }
+}

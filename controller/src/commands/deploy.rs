@@ -1,0 +1,186 @@
+//! `backstop deploy`, `backstop show` and `backstop cancel`: the CLI's side
+//! of a deployment. `deploy` validates the manifest here first, so an
+//! invalid one is refused (exit 2, the field named) before the daemon or
+//! any host sees it; the daemon validates it again before acting.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use backstop_common::control::{DeployRequest, Reply, Request};
+use backstop_common::manifest::Manifest;
+use backstop_controller::daemon::control::socket_path;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::Exit;
+
+/// Exit code of `deploy --wait` when the deployment was rolled back,
+/// refused, interrupted or failed.
+pub const NOT_COMMITTED: i32 = 1;
+
+pub struct DeployArgs<'a> {
+    pub file: &'a Path,
+    pub host: &'a str,
+    pub wait: bool,
+    pub dry_run: bool,
+    pub json: bool,
+    pub window_ms: u32,
+}
+
+pub async fn run(data: &Path, a: DeployArgs<'_>) -> Result<i32> {
+    if let Err(e) = Manifest::load(a.file) {
+        return Err(anyhow::Error::new(e).context(Exit(2)));
+    }
+    let text =
+        std::fs::read_to_string(a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let base = std::path::absolute(a.file)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let req = DeployRequest {
+        host: a.host.to_string(),
+        manifest: text,
+        base,
+        window_ms: a.window_ms,
+        dry_run: a.dry_run,
+        wait: a.wait,
+    };
+    let mut lines = request(data, &Request::Deploy(req)).await?;
+    let mut code = 0;
+    while let Some(line) = lines.next_line().await? {
+        let reply: Reply =
+            serde_json::from_str(&line).with_context(|| format!("daemon sent {line:?}"))?;
+        match &reply {
+            Reply::Error { message, field } => {
+                let exit = if field.is_some() { 2 } else { 1 };
+                let e = anyhow::anyhow!("deploy to {}: {message}", a.host);
+                return Err(e.context(Exit(exit)));
+            }
+            _ if a.json => print!("{}", reply.line()),
+            Reply::Started { deployment } => println!("{deployment}"),
+            Reply::Event(l) => println!("{}", progress_text(&serde_json::to_value(l)?)),
+            Reply::Missed { count } => {
+                println!("({count} events missed; `backstop show` has them)")
+            }
+            other => bail!("the daemon answered a deploy with {other:?}"),
+        }
+        if let Reply::Event(l) = &reply
+            && l.last
+            && l.kind != "committed"
+        {
+            code = NOT_COMMITTED;
+        }
+    }
+    Ok(code)
+}
+
+/// One progress line for a human.
+fn progress_text(v: &serde_json::Value) -> String {
+    let e = &v["event"];
+    let body = |k: &str| e.get(k).cloned().unwrap_or_default();
+    match v["kind"].as_str().unwrap_or("?") {
+        "step" => {
+            let s = &body("step")["step"];
+            format!(
+                "step {} ({}): exit {} in {:.0} ms",
+                s["name"].as_str().unwrap_or("?"),
+                body("step")["stream"].as_str().unwrap_or("?"),
+                s["exit_code"],
+                s["duration_ms"].as_f64().unwrap_or(0.0)
+            )
+        }
+        "probe" => {
+            let p = &body("probe")["probe"];
+            let ok = if p["ok"] == true { "ok" } else { "FAILED" };
+            format!(
+                "probe {}: {ok} ({:.1} ms, {})",
+                p["name"].as_str().unwrap_or("?"),
+                p["latency_ms"].as_f64().unwrap_or(0.0),
+                p["detail"].as_str().unwrap_or("")
+            )
+        }
+        "rolled_back" | "interrupted" => {
+            let key = v["kind"].as_str().unwrap_or("");
+            let r = &body(key)["report"];
+            format!(
+                "{key}: {} (restored: {})",
+                r["reason"].as_str().unwrap_or("?"),
+                if r["restore"].is_null() { "no" } else { "yes" }
+            )
+        }
+        kind => format!("{kind}: {}", body(kind)),
+    }
+}
+
+/// `backstop cancel ID`: order the deployment rolled back.
+pub async fn cancel(data: &Path, id: &str) -> Result<i32> {
+    let req = Request::Cancel { id: id.to_string() };
+    let mut lines = request(data, &req).await?;
+    let line = lines
+        .next_line()
+        .await?
+        .context("the daemon closed the connection without an answer")?;
+    match serde_json::from_str(&line)? {
+        Reply::Cancelled { .. } => {}
+        Reply::Error { message, .. } => bail!("cancel {id}: {message}"),
+        other => bail!("the daemon answered a cancel with {other:?}"),
+    }
+    println!("rollback ordered for {id}");
+    Ok(0)
+}
+
+/// `backstop show ID`: the deployment, its events and its decisions.
+pub async fn show(data: &Path, database: Option<String>, id: &str, json: bool) -> Result<i32> {
+    let store = super::open_store(data, database, false).await?;
+    let (row, manifest) = store.deploy(id).await?;
+    let events = store.deploy_events(id).await?;
+    let decisions = store.decisions(id).await?;
+    if json {
+        let v = serde_json::json!({
+            "deployment": row, "manifest": manifest, "events": events, "decisions": decisions,
+        });
+        println!("{v}");
+        return Ok(0);
+    }
+    println!(
+        "{} on {}: {}{} ({})",
+        row.id,
+        row.host,
+        row.state.as_str(),
+        if row.dry_run { " [dry run]" } else { "" },
+        row.reason.as_deref().unwrap_or("-")
+    );
+    for e in &events {
+        let v = serde_json::json!({"kind": e.event.kind(), "event": e.event});
+        println!("  {:>4} {} {}", e.seq, e.at_ms, progress_text(&v));
+    }
+    for d in &decisions {
+        let acted = if d.acted {
+            "acted"
+        } else {
+            "not acted (dry run)"
+        };
+        println!(
+            "  decision at {}: {} [{acted}] {}",
+            d.at_ms, d.verdict, d.reasons
+        );
+    }
+    Ok(0)
+}
+
+/// Send one request on the control socket; the reply lines follow.
+pub(super) async fn request(
+    data: &Path,
+    req: &Request,
+) -> Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>> {
+    let path = socket_path(data);
+    let stream = tokio::net::UnixStream::connect(&path)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to the daemon at {} (is `backstop serve` running?)",
+                path.display()
+            )
+        })?;
+    let (r, mut w) = stream.into_split();
+    w.write_all(req.line().as_bytes()).await?;
+    Ok(BufReader::new(r).lines())
+}

@@ -1,0 +1,196 @@
+//! The per-deployment decision, driven by the agent's events: after each
+//! new event the daemon rebuilds the deployment's `Evidence` from what is
+//! stored, calls the correlation engine (`decide`), and on its first
+//! verdict other than `continue` stores it with its inputs and time and
+//! acts: a rollback order goes to the agent, unless the deployment is a
+//! dry run (then only the would-be decision and its time are stored).
+//!
+//! What is not here yet: model scores per window (the evidence's
+//! `windows` stay empty, so the model never votes), the end of the
+//! monitoring period (phase `done`, which would give commit), history,
+//! and alerts. A deployment decides from its steps, the shadow and the
+//! probes alone until then.
+
+use std::sync::Arc;
+
+use backstop_common::deploy::{DeployEvent, Order, StepResult};
+use backstop_common::window::Stream;
+
+use super::record::{Inputs, row};
+use super::state::Daemon;
+use crate::decide::evidence::{
+    Phase, ProbeEvidence, ProbeResult, ShadowEvidence, StepOutcome, StepStatus,
+};
+use crate::decide::{Evidence, Params, Verdict, decide};
+use crate::store::{DeployState, StoreError, now_ms};
+
+fn outcome(s: &StepResult) -> StepOutcome {
+    StepOutcome {
+        name: s.name.clone(),
+        status: StepStatus::finished(s.exit_code, s.timed_out, false),
+    }
+}
+
+fn shadow_mut(e: &mut Evidence) -> &mut ShadowEvidence {
+    e.shadow.get_or_insert_with(|| ShadowEvidence {
+        steps: Vec::new(),
+        tests: Vec::new(),
+        oom_kills: 0,
+        finished: false,
+    })
+}
+
+/// The evidence the stored events give (no model scores: see the module
+/// doc).
+pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
+    let mut e = Evidence {
+        phase: Phase::Installing,
+        windows: Vec::new(),
+        live_steps: Vec::new(),
+        shadow: None,
+        probes: Vec::new(),
+        performance: Vec::new(),
+        history: Default::default(),
+    };
+    for ev in events {
+        match ev {
+            DeployEvent::Step {
+                stream: Stream::Live,
+                step,
+            } => e.live_steps.push(outcome(step)),
+            DeployEvent::Step {
+                stream: Stream::Shadow,
+                step,
+            } => shadow_mut(&mut e).steps.push(outcome(step)),
+            DeployEvent::ShadowTest { step } => shadow_mut(&mut e).tests.push(outcome(step)),
+            DeployEvent::Shadow { report } => {
+                e.shadow = Some(ShadowEvidence {
+                    steps: report.steps.iter().map(outcome).collect(),
+                    tests: report.tests.iter().map(outcome).collect(),
+                    oom_kills: report.oom_kills,
+                    finished: true,
+                })
+            }
+            DeployEvent::Probe { probe } => {
+                let r = ProbeResult {
+                    window: 0,
+                    ok: probe.ok,
+                    latency_ms: Some(probe.latency_ms),
+                    detail: probe.detail.clone(),
+                };
+                match e.probes.iter_mut().find(|p| p.name == probe.name) {
+                    Some(p) => p.results.push(r),
+                    None => e.probes.push(ProbeEvidence {
+                        name: probe.name.clone(),
+                        results: vec![r],
+                    }),
+                }
+            }
+            _ => {}
+        }
+    }
+    if e.live_steps.len() >= steps && steps > 0 {
+        e.phase = Phase::Monitoring;
+    }
+    e
+}
+
+/// After a new, non-final event of `id`: decide once from everything
+/// stored, and act on the first verdict that is not `continue`.
+pub(super) async fn after_event(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    event: &DeployEvent,
+) -> Result<(), StoreError> {
+    let done = decide_now(daemon, id, false).await?;
+    let last_step = matches!(event, DeployEvent::Step { stream: Stream::Live, step }
+        if step.passed() && step.index + 1 == done.steps);
+    if !done.decided && last_step {
+        // The install is done: decide for good when the monitoring period
+        // the agent runs is over.
+        let (daemon, id, period) = (daemon.clone(), id.to_string(), done.monitor);
+        tokio::spawn(async move {
+            tokio::time::sleep(period).await;
+            if let Err(e) = decide_now(&daemon, &id, true).await {
+                tracing::error!(deployment = id, "deciding after monitoring: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+struct Progress {
+    decided: bool,
+    steps: usize,
+    monitor: std::time::Duration,
+}
+
+/// Decide from what is stored (`finished`: the monitoring period is over,
+/// phase `done`), store the first verdict other than `continue`, and act.
+async fn decide_now(
+    daemon: &Arc<Daemon>,
+    id: &str,
+    finished: bool,
+) -> Result<Progress, StoreError> {
+    let (row_, manifest) = daemon.store.deploy(id).await?;
+    let mut progress = Progress {
+        decided: true,
+        steps: manifest.steps.len(),
+        monitor: manifest.monitor.period,
+    };
+    if row_.state != DeployState::Running || !daemon.store.decisions(id).await?.is_empty() {
+        return Ok(progress);
+    }
+    let events: Vec<DeployEvent> = daemon
+        .store
+        .deploy_events(id)
+        .await?
+        .into_iter()
+        .map(|r| r.event)
+        .collect();
+    let mut inputs = Inputs {
+        evidence: evidence(&events, manifest.steps.len()),
+        params: Params::from_policy(&manifest.policy),
+    };
+    if finished {
+        inputs.evidence.phase = Phase::Done;
+    }
+    let decision = decide(&inputs.evidence, &inputs.params);
+    if decision.verdict == Verdict::Continue {
+        progress.decided = false;
+        return Ok(progress);
+    }
+    let acted = !row_.dry_run && decision.verdict != Verdict::Inconclusive;
+    daemon
+        .store
+        .add_decision(id, &row(&inputs, &decision, now_ms(), acted))
+        .await?;
+    let reason: Vec<String> = decision.reasons.iter().map(|r| r.to_string()).collect();
+    let reason = reason.join("; ");
+    tracing::info!(deployment = id, verdict = %decision.verdict, dry_run = row_.dry_run, reason, "decision");
+    // A dry run, an inconclusive verdict, a commit: the install stays, and
+    // the agent, which waits for an order once monitoring is over, is told
+    // so (a dry run at once: nothing it decides is acted on).
+    if !acted || decision.verdict == Verdict::Commit {
+        if finished || row_.dry_run {
+            let _ = daemon.order(&row_.host, id, Order::Commit).await;
+        }
+        return Ok(progress);
+    }
+    {
+        let order = Order::Rollback {
+            reason: reason.clone(),
+        };
+        if let Err(e) = daemon.order(&row_.host, id, order).await {
+            tracing::warn!(
+                deployment = id,
+                "rollback order not sent: {e}; the agent's local policy applies"
+            );
+        }
+        daemon
+            .store
+            .set_deploy_state(id, DeployState::RollingBack, Some(&reason))
+            .await?;
+    }
+    Ok(progress)
+}

@@ -1,0 +1,68 @@
+//! The deploy tables' queries against a real SQLite file.
+
+use super::*;
+use backstop_common::deploy::RollbackReport;
+
+async fn store() -> (Store, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("backstop-store-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("db.sqlite").display());
+    (Store::open(&url, true).await.unwrap(), dir)
+}
+
+fn manifest() -> Manifest {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let text = std::fs::read_to_string(base.join("hello.toml")).unwrap();
+    Manifest::from_toml_in(&text, Some(&base)).unwrap()
+}
+
+#[tokio::test]
+async fn a_deployment_its_events_and_decisions_round_trip() {
+    let (s, dir) = store().await;
+    let m = manifest();
+    s.new_deploy("d1", "web-1", &m, true).await.unwrap();
+    assert_eq!(
+        s.deployment_host("d1").await.unwrap().as_deref(),
+        Some("web-1")
+    );
+    let ev = DeployEvent::RolledBack {
+        report: RollbackReport::default(),
+        local: false,
+    };
+    assert!(s.add_deploy_event("d1", 0, &ev).await.unwrap());
+    assert!(
+        !s.add_deploy_event("d1", 0, &ev).await.unwrap(),
+        "redelivery"
+    );
+    s.set_deploy_state("d1", DeployState::RolledBack, Some("shadow test"))
+        .await
+        .unwrap();
+    s.set_deploy_state("d1", DeployState::Committed, None)
+        .await
+        .unwrap();
+    let (row, back) = s.deploy("d1").await.unwrap();
+    assert_eq!(back, m, "the manifest comes back as sent");
+    assert_eq!(row.state, DeployState::RolledBack, "an ended state stays");
+    assert!(row.dry_run && row.ended_ms.is_some());
+    assert_eq!(row.package.as_deref(), Some("hello"));
+    let events = s.deploy_events("d1").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, ev);
+    let d = DecisionRow {
+        at_ms: 5,
+        verdict: "rollback".into(),
+        reasons: serde_json::json!(["step install exited 1"]),
+        evidence: serde_json::json!({"phase": "installing"}),
+        acted: false,
+    };
+    s.add_decision("d1", &d).await.unwrap();
+    let got = s.decisions("d1").await.unwrap();
+    assert_eq!((got[0].at_ms, got[0].acted), (5, false));
+    assert_eq!(got[0].evidence, d.evidence);
+    assert!(matches!(
+        s.deploy("nope").await,
+        Err(StoreError::NoDeployment { .. })
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,229 @@
+//! `backstop deploy` end to end: the real controller and the real agent
+//! over QUIC with mutual TLS, real probes, real dpkg in a copy of the
+//! cached Debian rootfs as the target root, and a sentinel outside it.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::agents::{Fleet, Proc};
+use support::sentinel;
+use support::{deb_file, ebpf_or_skip, eventually, rootfs};
+
+/// The root as a rollback must leave it: the walk without inode numbers.
+fn root_walk(root: &Path) -> BTreeMap<String, String> {
+    sentinel::walk(root)
+        .into_iter()
+        .map(|(k, n)| {
+            let v = format!(
+                "mode {:o} uid {} gid {} size {} mtime {:?} content {:x} target {:?}",
+                n.mode, n.uid, n.gid, n.size, n.mtime, n.content, n.target
+            );
+            (k, v)
+        })
+        .collect()
+}
+
+/// hello repacked with a postinst that exits 1.
+fn failing_hello(dir: &Path) -> PathBuf {
+    let work = dir.join("repack");
+    let ok = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(deb_file("hello"))
+        .arg(&work)
+        .status();
+    assert!(ok.unwrap().success());
+    let postinst = work.join("DEBIAN/postinst");
+    std::fs::write(
+        &postinst,
+        "#!/bin/sh\necho failing on purpose >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deb = dir.join("hello-bad.deb");
+    let built = Command::new("dpkg-deb")
+        .arg("-b")
+        .arg(&work)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    deb
+}
+
+#[test]
+fn a_healthy_real_package_is_committed_through_the_controller() {
+    let Some(_g) = ebpf_or_skip("deploy through the controller") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    run(&cached, "ok", None, false);
+}
+
+#[test]
+fn a_failing_postinst_is_rolled_back_through_the_controller() {
+    let Some(_g) = ebpf_or_skip("deploy rollback through the controller") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let scratch =
+        PathBuf::from("/var/tmp").join(format!("backstop-e2e-deb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let bad = failing_hello(&scratch);
+    run(&cached, "bad", Some(&bad), false);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn a_dry_run_of_a_failing_install_rolls_nothing_back_and_stores_the_decision() {
+    let Some(_g) = ebpf_or_skip("deploy dry run through the controller") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let scratch =
+        PathBuf::from("/var/tmp").join(format!("backstop-e2e-debs-dry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let bad = failing_hello(&scratch);
+    run(&cached, "dry", Some(&bad), true);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Deploy hello (or `bad`, a failing build of it) through a real
+/// controller and agent and check the outcome each should have.
+fn run(cached: &Path, name: &str, bad: Option<&Path>, dry: bool) {
+    let fleet = Fleet::new(&format!("deploy-e2e-{name}"));
+    let base =
+        PathBuf::from("/var/tmp").join(format!("backstop-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let root = base.join("root");
+    let copied = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(cached)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "copying the rootfs");
+    let outside = base.join("sentinel");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("keep"), b"outside the root").unwrap();
+    let before = sentinel::walk(&outside);
+    let manifest = base.join("hello.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"name = "hello"
+root = {:?}
+[artifact]
+debs = [{:?}]
+[[steps]]
+name = "install"
+run = ["dpkg", "-i", "{{artifact}}"]
+timeout = "2m"
+env = {{ DEBIAN_FRONTEND = "noninteractive" }}
+[scope]
+paths = ["/usr/bin", "/usr/share/doc", "/usr/share/info", "/usr/share/locale", "/usr/share/man", "/var/lib/dpkg", "/var/log"]
+[shadow]
+enabled = false
+[monitor]
+period = "0s"
+"#,
+            root.display().to_string(),
+            bad.map_or(deb_file("hello"), Path::to_path_buf).display().to_string()
+        ),
+    )
+    .unwrap();
+    let root_before = root_walk(&root);
+    let _serve = fleet.serve();
+    let agent = Proc::spawn(&mut fleet.agent_cmd(&base.join("agent-data")));
+    fleet.wait_connected(&agent);
+    let mut deploy = fleet.backstop();
+    let target = manifest.to_str().unwrap();
+    deploy.args(["deploy", target, "--host", "web-1", "--wait", "--json"]);
+    if dry {
+        deploy.arg("--dry-run");
+    }
+    let out = deploy.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // A dry run never acts: the failing install stays, committed.
+    let committed = bad.is_none() || dry;
+    assert_eq!(
+        out.status.code(),
+        Some(if committed { 0 } else { 1 }),
+        "{stdout}\n{}\nagent: {}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    let id = serde_json::from_str::<serde_json::Value>(stdout.lines().next().unwrap()).unwrap()
+        ["deployment"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = if committed {
+        "committed"
+    } else {
+        "rolled_back"
+    };
+    assert!(eventually(Duration::from_secs(10), || {
+        fleet.json(&["show", &id, "--json"])["deployment"]["state"] == want
+    }));
+    let shown = fleet.json(&["show", &id, "--json"]);
+    if dry {
+        let d = &shown["decisions"][0];
+        assert_eq!(
+            (d["verdict"].as_str(), d["acted"].as_bool()),
+            (Some("rollback"), Some(false)),
+            "{shown}"
+        );
+        assert!(d["at_ms"].as_i64().unwrap() > 0, "stored with its time");
+        assert!(
+            root.join("usr/bin/hello").exists(),
+            "nothing was rolled back"
+        );
+    } else if committed {
+        let hello = Command::new("chroot")
+            .arg(&root)
+            .arg("hello")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&hello.stdout), "Hello, world!\n");
+    } else {
+        let d = &shown["decisions"][0];
+        assert_eq!(
+            (d["verdict"].as_str(), d["acted"].as_bool()),
+            (Some("rollback"), Some(true)),
+            "{shown}"
+        );
+        let after = root_walk(&root);
+        let diffs: Vec<_> = root_before
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .chain(
+                after
+                    .keys()
+                    .filter(|k| !root_before.contains_key(*k))
+                    .cloned(),
+            )
+            .take(20)
+            .collect();
+        assert!(
+            diffs.is_empty(),
+            "the root differs after the rollback: {diffs:?}"
+        );
+    }
+    sentinel::assert_untouched(&outside, &before, "deploy");
+    assert_eq!(fleet.cli(&["replay", &id]).status.code(), Some(0));
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&base);
+}
