@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backstop_common::quic::{self, ReadError, read_frame};
@@ -74,7 +74,7 @@ impl OutboxHandle {
             .name("outbox-writer".into())
             .spawn(move || {
                 for msg in queue {
-                    let mut s = outbox.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut s = outbox.lock().unwrap_or_else(PoisonError::into_inner);
                     s.add_dropped(shed.swap(0, Ordering::Relaxed));
                     s.push(&msg);
                     drop(s);
@@ -114,7 +114,7 @@ impl OutboxHandle {
     ) -> T {
         let outbox = self.outbox.clone();
         tokio::task::spawn_blocking(move || {
-            f(&mut outbox.lock().unwrap_or_else(|e| e.into_inner()))
+            f(&mut outbox.lock().unwrap_or_else(PoisonError::into_inner))
         })
         .await
         .expect("outbox task panicked")
@@ -196,9 +196,9 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     }
     let probes: SharedProbes = Arc::new(Mutex::new(probes));
     let bind: SocketAddr = if opts.controller.is_ipv6() {
-        "[::]:0".parse().unwrap()
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
-        "0.0.0.0:0".parse().unwrap()
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
     let endpoint = quinn::Endpoint::client(bind).map_err(|source| AgentError::Io {
         context: format!("binding a UDP socket on {bind}"),
@@ -228,7 +228,7 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     };
     tokio::select! {
         _ = connect_loop => {}
-        _ = shutdown => tracing::info!("shutting down"),
+        () = shutdown => tracing::info!("shutting down"),
     }
     endpoint.close(0u32.into(), b"agent shutting down");
     Ok(())
@@ -280,7 +280,7 @@ async fn session(
                 }) => {
                     outbox
                         .with(move |s| s.ack(&deployment, through_seq, finished))
-                        .await
+                        .await;
                 }
                 Ok(ControllerMsg::Exec {
                     deployment,
@@ -298,9 +298,9 @@ async fn session(
                     let ctx = crate::deploy::Context {
                         probes: probes.clone(),
                         data: opts.data.clone(),
-                        window: Duration::from_millis(window_ms.max(10) as u64),
+                        window: Duration::from_millis(u64::from(window_ms.max(10))),
                     };
-                    run_deploy::start(ctx, outbox.clone(), running.clone(), deployment, *manifest)
+                    run_deploy::start(ctx, outbox.clone(), running.clone(), deployment, &manifest);
                 }
                 Ok(ControllerMsg::Decision { deployment, order }) => {
                     if !running.order(&deployment, order) {
@@ -312,7 +312,7 @@ async fn session(
                 }
                 Ok(ControllerMsg::Welcome { .. }) => {}
                 Err(ReadError::Finished) => return Ok(()),
-                Err(e) => return Err(closed(&read_reason(e, &conn))),
+                Err(e) => return Err(closed(&read_reason(&e, &conn))),
             }
         }
     };
@@ -358,7 +358,7 @@ async fn send_loop(
 }
 
 /// The controller's close reason, when it closed the connection on us.
-fn read_reason(e: ReadError, conn: &quinn::Connection) -> String {
+fn read_reason(e: &ReadError, conn: &quinn::Connection) -> String {
     quic::close_reason(conn).unwrap_or_else(|| e.to_string())
 }
 

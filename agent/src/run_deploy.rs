@@ -11,7 +11,7 @@
 //! A child module of `run` (for its outbox).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use backstop_common::deploy as wire;
 use backstop_common::manifest::Manifest;
@@ -32,7 +32,7 @@ impl Running {
             wire::Order::Rollback { reason } => Order::Rollback { reason },
             wire::Order::Commit => Order::Commit,
         };
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(id).is_some_and(|tx| tx.send(order).is_ok())
     }
 }
@@ -43,15 +43,15 @@ pub(super) fn start(
     outbox: OutboxHandle,
     running: Running,
     id: String,
-    manifest: Manifest,
+    manifest: &Manifest,
 ) {
-    let plan = Plan::from_manifest(&manifest, &id);
+    let plan = Plan::from_manifest(manifest, &id);
     let (otx, orx) = unbounded_channel();
     let (etx, mut erx) = unbounded_channel();
     running
         .0
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(PoisonError::into_inner)
         .insert(id.clone(), otx);
     let out = outbox.clone();
     let fid = id.clone();
@@ -68,7 +68,7 @@ pub(super) fn start(
         running
             .0
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         let seq = forwarder.await.unwrap_or(0);
         if let Err(e) = result {
@@ -110,7 +110,7 @@ async fn forward(outbox: &OutboxHandle, id: &str, seq: &mut u64, ev: DeployEvent
     };
     *seq += 1;
     // Never shed: a lost step or probe result would change the decision.
-    outbox.push_outcome(msg).await
+    outbox.push_outcome(msg).await;
 }
 
 fn step(s: deploy::StepResult) -> wire::StepResult {

@@ -1,6 +1,10 @@
 //! `backstop deploy` end to end: the real controller and the real agent
 //! over QUIC with mutual TLS, real probes, real dpkg in a copy of the
 //! cached Debian rootfs as the target root, and a sentinel outside it.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -100,6 +104,10 @@ fn a_dry_run_of_a_failing_install_rolls_nothing_back_and_stores_the_decision() {
 
 /// Deploy hello (or `bad`, a failing build of it) through a real
 /// controller and agent and check the outcome each should have.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one end-to-end deployment whose checks read in the order it runs"
+)]
 fn run(cached: &Path, name: &str, bad: Option<&Path>, dry: bool) {
     let fleet = Fleet::new(&format!("deploy-e2e-{name}"));
     let base =
@@ -159,7 +167,7 @@ period = "0s"
     let committed = bad.is_none() || dry;
     assert_eq!(
         out.status.code(),
-        Some(if committed { 0 } else { 1 }),
+        Some(i32::from(!committed)),
         "{stdout}\n{}\nagent: {}",
         String::from_utf8_lossy(&out.stderr),
         agent.log()

@@ -5,6 +5,10 @@
 //! sequences (a redelivered event, a local rollback) that a real install
 //! would give only by chance; the real agent's executor is proven by
 //! deploy_local.rs on the executor's branch. Needs no root or eBPF.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -71,6 +75,10 @@ fn an_invalid_manifest_is_refused_before_anything_runs() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one deployment over the real wire, asserted step by step in the order it runs"
+)]
 fn a_deployment_goes_to_the_agent_and_its_events_come_back_once() {
     let mut ctl = Ctl::new("deploy-wire");
     ctl.serve();

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use backstop_common::ProcRecord;
@@ -25,7 +25,7 @@ use session::{Rings, Session};
 pub type SharedProbes = Arc<Mutex<Probes>>;
 
 pub fn lock(p: &SharedProbes) -> MutexGuard<'_, Probes> {
-    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    p.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Where a tracked tree's windows and lifecycle records go.

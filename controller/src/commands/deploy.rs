@@ -58,7 +58,7 @@ pub async fn run(data: &Path, a: DeployArgs<'_>) -> Result<i32> {
             Reply::Started { deployment } => println!("{deployment}"),
             Reply::Event(l) => println!("{}", progress_text(&serde_json::to_value(l)?)),
             Reply::Missed { count } => {
-                println!("({count} events missed; `backstop show` has them)")
+                println!("({count} events missed; `backstop show` has them)");
             }
             other => bail!("the daemon answered a deploy with {other:?}"),
         }

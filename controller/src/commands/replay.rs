@@ -37,5 +37,5 @@ pub async fn run(data: &Path, database: Option<String>, id: &str, json: bool) ->
             }
         );
     }
-    Ok(if all { 0 } else { 1 })
+    Ok(i32::from(!all))
 }

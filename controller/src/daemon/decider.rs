@@ -19,7 +19,7 @@ use backstop_common::window::Stream;
 use super::record::{Inputs, row};
 use super::state::Daemon;
 use crate::decide::evidence::{
-    Phase, ProbeEvidence, ProbeResult, ShadowEvidence, StepOutcome, StepStatus,
+    History, Phase, ProbeEvidence, ProbeResult, ShadowEvidence, StepOutcome, StepStatus,
 };
 use crate::decide::{Evidence, Params, Verdict, decide};
 use crate::store::{DeployState, StoreError, now_ms};
@@ -50,7 +50,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
         shadow: None,
         probes: Vec::new(),
         performance: Vec::new(),
-        history: Default::default(),
+        history: History::default(),
     };
     for ev in events {
         match ev {
@@ -69,7 +69,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
                     tests: report.tests.iter().map(outcome).collect(),
                     oom_kills: report.oom_kills,
                     finished: true,
-                })
+                });
             }
             DeployEvent::Probe { probe } => {
                 let r = ProbeResult {
@@ -165,7 +165,11 @@ async fn decide_now(
         .store
         .add_decision(id, &row(&inputs, &decision, now_ms(), acted))
         .await?;
-    let reason: Vec<String> = decision.reasons.iter().map(|r| r.to_string()).collect();
+    let reason: Vec<String> = decision
+        .reasons
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     let reason = reason.join("; ");
     tracing::info!(deployment = id, verdict = %decision.verdict, dry_run = row_.dry_run, reason, "decision");
     // A dry run, an inconclusive verdict, a commit: the install stays, and

@@ -141,7 +141,12 @@ impl Daemon {
     /// Subscribe to a running deployment's progress (None when it is not
     /// running in this daemon).
     pub async fn watch_deploy(&self, id: &str) -> Option<broadcast::Receiver<DeployLine>> {
-        self.deploys.0.lock().await.get(id).map(|t| t.subscribe())
+        self.deploys
+            .0
+            .lock()
+            .await
+            .get(id)
+            .map(broadcast::Sender::subscribe)
     }
 }
 

@@ -35,6 +35,10 @@ pub(super) fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'stat
         .and_then(|certs| certs.first().cloned())
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "a map_err adapter: it takes the error as map_err hands it over"
+)]
 fn internal(e: crate::store::StoreError) -> Ended {
     Ended::new(close::INTERNAL, format!("store: {e}"))
 }
@@ -138,7 +142,7 @@ async fn alive(conn: &quinn::Connection) -> bool {
     let before = conn.stats().udp_rx.datagrams;
     tokio::select! {
         _ = conn.closed() => return false,
-        _ = tokio::time::sleep(LIVENESS_PROBE) => {}
+        () = tokio::time::sleep(LIVENESS_PROBE) => {}
     }
     conn.close_reason().is_none() && conn.stats().udp_rx.datagrams > before
 }

@@ -87,11 +87,11 @@ mod tests {
                 shadow: None,
                 probes: Vec::new(),
                 performance: Vec::new(),
-                history: Default::default(),
+                history: crate::decide::evidence::History::default(),
             },
             params: Params::from_policy(&backstop_common::manifest::Policy {
                 threshold: None,
-                guards: Default::default(),
+                guards: backstop_common::manifest::Guards::default(),
             }),
         }
     }

@@ -77,7 +77,7 @@ impl Daemon {
             waiters: Mutex::new(HashMap::new()),
             last_session: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            deploys: Default::default(),
+            deploys: super::deploy::Registry::default(),
         })
     }
 

@@ -15,7 +15,7 @@ use sqlx::Row;
 use super::{Store, StoreError, now_ms};
 
 /// The tables of this module, as one migration.
-pub(super) const MIGRATION: &str = r#"
+pub(super) const MIGRATION: &str = r"
 CREATE TABLE deploys (
     id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
@@ -48,7 +48,7 @@ CREATE TABLE decisions (
     acted INTEGER NOT NULL
 );
 CREATE INDEX decisions_deployment ON decisions(deployment, id);
-"#;
+";
 
 /// Where a deployment is. Stored as its snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
