@@ -109,6 +109,11 @@ fn windows_over_the_threshold_roll_back_on_the_model_alone() {
     assert_eq!(r["kind"], "live_model", "{shown}");
     let (p, t) = (r["p"].as_f64().unwrap(), r["threshold"].as_f64().unwrap());
     assert!(p > t, "p {p} over threshold {t}");
+    let model = d["evidence"]["model"].as_str().unwrap_or("");
+    assert!(
+        model.ends_with("models/current"),
+        "the installed model: {model}"
+    );
     let ev = &d["evidence"]["evidence"]["windows"];
     assert!(ev.as_array().is_some_and(|w| w.len() >= 2), "{ev}");
     let replay = ctl.cli(&["replay", &id]);
@@ -152,6 +157,11 @@ fn quiet_windows_give_the_model_no_reason_and_a_commit() {
     let shown = ctl.json(&["show", &id, "--json"]);
     let d = &shown["decisions"][0];
     assert_eq!(d["verdict"], "commit", "{shown}");
+    let model = d["evidence"]["model"].as_str().unwrap_or("");
+    assert!(
+        model.ends_with("models/current"),
+        "the installed model: {model}"
+    );
     let reasons = d["reasons"].to_string();
     assert!(!reasons.contains("_model"), "no model reason: {reasons}");
     let ws = d["evidence"]["evidence"]["windows"]

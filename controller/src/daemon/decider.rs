@@ -168,14 +168,15 @@ async fn decide_now(
     let mut inputs = Inputs {
         evidence: evidence(&events, manifest.steps.len()),
         params: Params::from_policy(&manifest.policy),
+        model: String::new(),
     };
     if finished {
         inputs.evidence.phase = Phase::Done;
     }
-    let (windows, model_threshold) = super::scoring::windows(daemon, id).await;
-    inputs.evidence.windows = windows;
+    let scored = super::scoring::windows(daemon, id).await;
+    (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     let decision = decide(&inputs.evidence, &inputs.params);
-    let threshold = model_threshold.map(|t| inputs.params.threshold_for(t));
+    let threshold = scored.threshold.map(|t| inputs.params.threshold_for(t));
     super::scoring::progress(daemon, &row_, &inputs.evidence, threshold).await;
     if decision.verdict == Verdict::Continue {
         progress.decided = false;

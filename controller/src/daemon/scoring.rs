@@ -107,33 +107,49 @@ pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, M
         .collect())
 }
 
+/// What a decision's inputs name when the daemon has no model.
+pub const NO_MODEL: &str = "no model";
+
+/// A deployment's windows as the model saw them.
+pub(super) struct Scored {
+    pub windows: Vec<WindowEvidence>,
+    /// The model's calibrated threshold; `None` without a model.
+    pub threshold: Option<f64>,
+    /// Where the model came from, or [`NO_MODEL`].
+    pub model: String,
+}
+
 /// The scored windows of deployment `id` from the store, off the async
 /// runtime. No model, or an error (logged): no window evidence, and the
 /// deployment decides from the rest.
-pub(super) async fn windows(daemon: &Daemon, id: &str) -> (Vec<WindowEvidence>, Option<f64>) {
+pub(super) async fn windows(daemon: &Daemon, id: &str) -> Scored {
     let Some(scorer) = daemon.model.get() else {
-        return (Vec::new(), None);
+        let model = NO_MODEL.to_string();
+        return Scored {
+            windows: Vec::new(),
+            threshold: None,
+            model,
+        };
+    };
+    let mut out = Scored {
+        windows: Vec::new(),
+        threshold: Some(scorer.model.meta.threshold),
+        model: scorer.source.clone(),
     };
     let stored = match daemon.store.windows(id).await {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(deployment = id, "reading windows to score: {e}");
-            return (Vec::new(), None);
+            return out;
         }
     };
-    let threshold = scorer.model.meta.threshold;
     let scored = tokio::task::spawn_blocking(move || score(&scorer.model, &stored)).await;
     match scored {
-        Ok(Ok(w)) => (w, Some(threshold)),
-        Ok(Err(e)) => {
-            tracing::error!(deployment = id, "scoring windows: {e}");
-            (Vec::new(), Some(threshold))
-        }
-        Err(e) => {
-            tracing::error!(deployment = id, "the scoring task failed: {e}");
-            (Vec::new(), Some(threshold))
-        }
+        Ok(Ok(w)) => out.windows = w,
+        Ok(Err(e)) => tracing::error!(deployment = id, "scoring windows: {e}"),
+        Err(e) => tracing::error!(deployment = id, "the scoring task failed: {e}"),
     }
+    out
 }
 
 /// Tell `deploy --wait` where the deployment is: the last step started,
