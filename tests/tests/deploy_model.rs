@@ -9,14 +9,15 @@
 
 mod support;
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use backstop_common::deploy::{DeployEvent, Order, StepResult};
+use backstop_common::deploy::{DeployEvent, Order, RollbackReport, StepResult};
 use backstop_common::features::{FEATURES, feature};
 use backstop_common::window::{Stream, Window};
 use backstop_common::wire::{AgentMsg, ControllerMsg};
-use support::eventually;
 use support::fleet::{Ctl, Fake, connect, runtime};
+use support::{bin_dir, eventually};
 
 fn hello_manifest() -> String {
     format!("{}/../examples/hello.toml", env!("CARGO_MANIFEST_DIR"))
@@ -83,7 +84,15 @@ fn served(name: &str) -> (Ctl, tokio::runtime::Runtime, Fake) {
 #[test]
 fn windows_over_the_threshold_roll_back_on_the_model_alone() {
     let (ctl, rt, mut agent) = served("model-high");
-    ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1"]);
+    let waiting = Command::new(bin_dir().join("backstop"))
+        .arg("--data")
+        .arg(&ctl.data)
+        .args(["deploy", &hello_manifest(), "--host", "web-1"])
+        .args(["--wait", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let order = rt.block_on(async {
         let id = start(&mut agent).await;
         let live = AgentMsg::Windows {
@@ -102,6 +111,35 @@ fn windows_over_the_threshold_roll_back_on_the_model_alone() {
         panic!("windows over the threshold gave {order:?}")
     };
     assert!(reason.contains("live P(failure)"), "{reason}");
+    let report = RollbackReport {
+        reason: reason.clone(),
+        ..RollbackReport::default()
+    };
+    let last = DeployEvent::RolledBack {
+        report,
+        local: false,
+    };
+    let end = AgentMsg::Deployment {
+        deployment: id.clone(),
+        seq: 0,
+        event: Box::new(last),
+    };
+    rt.block_on(agent.send(&end));
+    // `--wait` showed P(failure) against the threshold as windows came.
+    let out = waiting.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let over = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["reply"] == "progress")
+        .any(|l| {
+            let (p, t) = (l["p_failure_live"].as_f64(), l["threshold"].as_f64());
+            p.zip(t).is_some_and(|(p, t)| p > t)
+        });
+    assert!(
+        over,
+        "a progress line with live P over the threshold: {stdout}"
+    );
     let shown = ctl.json(&["show", &id, "--json"]);
     let d = &shown["decisions"][0];
     assert_eq!(d["verdict"], "rollback", "{shown}");
