@@ -238,6 +238,14 @@ enum Command {
         #[arg(long, default_value_t = 10000)]
         calls: usize,
     },
+    /// Benchmark a window's way to a decision: scoring and `decide`, per window.
+    #[command(hide = true)]
+    BenchDecide {
+        #[arg(long, value_name = "MODEL_DIR")]
+        model: PathBuf,
+        #[arg(long, default_value_t = 40)]
+        installs: usize,
+    },
     /// Deployment manifests: `check FILE` validates one as `deploy` would.
     Manifest {
         #[command(subcommand)]
@@ -374,6 +382,7 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
         } => commands::eval::run(&model, &corpus, json),
         Command::Corpus { action } => commands::corpus::run(action),
         Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
+        Command::BenchDecide { model, installs } => commands::bench_decide::run(&model, installs),
         Command::Model { json } => commands::model::run(&data, json),
         Command::Schema { json } => commands::schema::run(json),
         Command::Manifest { action } => commands::manifest::run(action),

@@ -57,6 +57,7 @@ pub async fn run(data: &Path, a: DeployArgs<'_>) -> Result<i32> {
             _ if a.json => print!("{}", reply.line()),
             Reply::Started { deployment } => println!("{deployment}"),
             Reply::Event(l) => println!("{}", progress_text(&serde_json::to_value(l)?)),
+            Reply::Progress(p) => println!("{}", status_text(p)),
             Reply::Missed { count } => {
                 println!("({count} events missed; `backstop show` has them)");
             }
@@ -70,6 +71,26 @@ pub async fn run(data: &Path, a: DeployArgs<'_>) -> Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// One status line for a human: P(failure) live and shadow against the
+/// threshold, after each window batch the daemon scored.
+fn status_text(p: &backstop_common::control::Progress) -> String {
+    let p_ = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let mut s = format!(
+        "{:.1} s, step {}: P(failure) live {} shadow {} threshold {}",
+        p.elapsed_ms as f64 / 1000.0,
+        p.step.as_deref().unwrap_or("-"),
+        p_(p.p_failure_live),
+        p_(p.p_failure_shadow),
+        p.threshold
+            .map_or("- (no model)".to_string(), |t| format!("{t:.2}")),
+    );
+    for probe in &p.probes {
+        let ok = if probe.ok { "ok" } else { "FAILED" };
+        s.push_str(&format!(", probe {} {ok}", probe.name));
+    }
+    s
 }
 
 /// One progress line for a human.

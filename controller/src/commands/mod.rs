@@ -1,5 +1,6 @@
 //! One file per subcommand: each calls the library and adds context.
 
+pub mod bench_decide;
 pub mod bench_predict;
 pub mod corpus;
 pub mod crossval;

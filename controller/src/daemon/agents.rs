@@ -251,6 +251,7 @@ async fn handle(
                 .await
                 .map_err(store_err)?;
             tracing::debug!(host, deployment, received = count, new, "windows stored");
+            super::decider::after_windows(daemon, &deployment).await;
             let _ = tx
                 .send(ControllerMsg::Ack {
                     deployment,

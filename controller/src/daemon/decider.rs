@@ -5,11 +5,12 @@
 //! acts: a rollback order goes to the agent, unless the deployment is a
 //! dry run (then only the would-be decision and its time are stored).
 //!
-//! What is not here yet: model scores per window (the evidence's
-//! `windows` stay empty, so the model never votes), the end of the
-//! monitoring period (phase `done`, which would give commit), history,
-//! and alerts. A deployment decides from its steps, the shadow and the
-//! probes alone until then.
+//! The model votes through the evidence's `windows`: `scoring.rs` scores
+//! the stored live and shadow windows before every decision, and a batch
+//! of windows is a trigger too (`after_windows`), so a deployment is
+//! decided within the window that carries the evidence, not at its next
+//! event. Decisions run one at a time (`ModelSlot::serial`), so two
+//! triggers never both store one. Not here yet: history.
 
 use std::sync::Arc;
 
@@ -119,6 +120,21 @@ pub(super) async fn after_event(
     Ok(())
 }
 
+/// After a batch of windows of `id` was stored: decide again, in a task
+/// of its own (scoring must not hold up the agent's session), when `id` is
+/// a deployment running here (an `exec` has no decision).
+pub(super) async fn after_windows(daemon: &Arc<Daemon>, id: &str) {
+    if !daemon.deploys.running(id).await {
+        return;
+    }
+    let (daemon, id) = (daemon.clone(), id.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = decide_now(&daemon, &id, false).await {
+            tracing::error!(deployment = id, "deciding after windows: {e}");
+        }
+    });
+}
+
 struct Progress {
     decided: bool,
     steps: usize,
@@ -132,6 +148,7 @@ async fn decide_now(
     id: &str,
     finished: bool,
 ) -> Result<Progress, StoreError> {
+    let _one_at_a_time = daemon.model.serial.lock().await;
     let (row_, manifest) = daemon.store.deploy(id).await?;
     let mut progress = Progress {
         decided: true,
@@ -151,11 +168,16 @@ async fn decide_now(
     let mut inputs = Inputs {
         evidence: evidence(&events, manifest.steps.len()),
         params: Params::from_policy(&manifest.policy),
+        model: String::new(),
     };
     if finished {
         inputs.evidence.phase = Phase::Done;
     }
+    let scored = super::scoring::windows(daemon, id).await;
+    (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     let decision = decide(&inputs.evidence, &inputs.params);
+    let threshold = scored.threshold.map(|t| inputs.params.threshold_for(t));
+    super::scoring::progress(daemon, &row_, &inputs.evidence, threshold).await;
     if decision.verdict == Verdict::Continue {
         progress.decided = false;
         return Ok(progress);

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use backstop_common::control::{DeployLine, DeployRequest, Reply};
+use backstop_common::control::{DeployLine, DeployRequest, Progress, Reply};
 use backstop_common::deploy::{DeployEvent, Order};
 use backstop_common::manifest::Manifest;
 use backstop_common::wire::ControllerMsg;
@@ -25,17 +25,29 @@ const PROGRESS_BACKLOG: usize = 256;
 
 /// The running deployments' progress channels.
 #[derive(Default)]
-pub struct Registry(Mutex<HashMap<String, broadcast::Sender<DeployLine>>>);
+pub struct Registry(Mutex<HashMap<String, broadcast::Sender<Reply>>>);
 
 impl Registry {
     async fn publish(&self, id: &str, line: DeployLine, last: bool) {
         let mut map = self.0.lock().await;
         if let Some(tx) = map.get(id) {
-            let _ = tx.send(line);
+            let _ = tx.send(Reply::Event(line));
         }
         if last {
             map.remove(id);
         }
+    }
+
+    /// Tell `id`'s watchers where it is (`Reply::Progress`).
+    pub(super) async fn progress(&self, id: &str, p: Progress) {
+        if let Some(tx) = self.0.lock().await.get(id) {
+            let _ = tx.send(Reply::Progress(p));
+        }
+    }
+
+    /// Whether `id` is a deployment running in this daemon.
+    pub(super) async fn running(&self, id: &str) -> bool {
+        self.0.lock().await.contains_key(id)
     }
 }
 
@@ -70,7 +82,7 @@ impl Daemon {
         window_ms: u32,
         dry_run: bool,
         watch: bool,
-    ) -> Result<(String, Option<broadcast::Receiver<DeployLine>>), DeployError> {
+    ) -> Result<(String, Option<broadcast::Receiver<Reply>>), DeployError> {
         let tx = self.session_tx(host).await?;
         let id = Self::deployment_id()?;
         self.store.new_deploy(&id, host, &manifest, dry_run).await?;
@@ -140,7 +152,7 @@ impl Daemon {
 
     /// Subscribe to a running deployment's progress (None when it is not
     /// running in this daemon).
-    pub async fn watch_deploy(&self, id: &str) -> Option<broadcast::Receiver<DeployLine>> {
+    pub async fn watch_deploy(&self, id: &str) -> Option<broadcast::Receiver<Reply>> {
         self.deploys
             .0
             .lock()
@@ -239,9 +251,9 @@ pub(super) async fn answer(
     let Some(mut rx) = rx else { return Ok(()) };
     loop {
         match rx.recv().await {
-            Ok(line) => {
-                let last = line.last;
-                send(w, Reply::Event(line)).await?;
+            Ok(reply) => {
+                let last = reply.is_final();
+                send(w, reply).await?;
                 if last {
                     return Ok(());
                 }

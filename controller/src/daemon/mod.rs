@@ -12,6 +12,7 @@ pub mod decider;
 pub mod deploy;
 pub mod identity;
 pub mod record;
+pub mod scoring;
 pub mod start;
 mod state;
 

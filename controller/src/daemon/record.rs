@@ -14,6 +14,10 @@ use crate::store::DecisionRow;
 pub struct Inputs {
     pub evidence: Evidence,
     pub params: Params,
+    /// The model that scored the windows (where it was loaded from), or
+    /// "no model"; empty in decisions stored before the model voted.
+    #[serde(default)]
+    pub model: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,7 @@ pub fn replay(stored: &DecisionRow) -> Result<Replayed, ReplayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::scoring::NO_MODEL;
     use crate::decide::evidence::{Phase, StepOutcome, StepStatus};
 
     fn inputs(code: i32) -> Inputs {
@@ -93,6 +98,7 @@ mod tests {
                 threshold: None,
                 guards: backstop_common::manifest::Guards::default(),
             }),
+            model: NO_MODEL.into(),
         }
     }
 

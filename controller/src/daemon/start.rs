@@ -121,6 +121,7 @@ pub async fn serve(
         })?;
 
     let daemon = Daemon::new(store, alerts);
+    daemon.model.load(&cfg.data);
     let local = endpoint
         .local_addr()
         .map(|a| a.to_string())

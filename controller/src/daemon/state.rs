@@ -51,6 +51,8 @@ pub struct Daemon {
     pub(super) next_session: AtomicU64,
     /// `backstop deploy`'s running deployments (see `deploy.rs`).
     pub(super) deploys: super::deploy::Registry,
+    /// The model deployments are scored with (`scoring.rs`), set at start.
+    pub model: super::scoring::ModelSlot,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,7 @@ impl Daemon {
             last_session: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             deploys: super::deploy::Registry::default(),
+            model: super::scoring::ModelSlot::default(),
         })
     }
 

@@ -12,6 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
+mod decide;
 mod ingest;
 mod overhead;
 mod predict;
@@ -29,6 +30,9 @@ pub enum Which {
     /// The model: inference per window on one core, and its size on disk
     /// (a model trained on a generated corpus of the same shape).
     Predict,
+    /// A window's way to a decision: scoring every window so far and
+    /// `decide`, per window, against the window length.
+    Decide,
     /// Snapshots and restore of /usr of the Debian rootfs against cp -a and
     /// rsync -a --delete.
     Rollback {
@@ -71,6 +75,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Rollback { reps } => rollback::rollback(reps.max(1)),
         Which::Shadow { reps } => shadow::shadow(reps.max(1)),
         Which::Predict => predict::predict(),
+        Which::Decide => decide::decide(),
         Which::Ingest {
             agents,
             hz,

@@ -1,0 +1,237 @@
+//! The model's vote in a deployment: the daemon loads the current model
+//! once at start (`DATA/models/current`, else the built-in default; none:
+//! deployments decide from steps, shadow and probes alone), and before each
+//! decision scores the deployment's stored windows, live and shadow, into
+//! the evidence's per-window P(failure), threshold and divergence.
+//!
+//! Why rescore every stored window each time: a score at window t is made
+//! of the K windows up to t, and windows may arrive late or twice (the
+//! agent's outbox redelivers); scoring the ordered, deduplicated stream the
+//! store holds gives the same evidence whatever the arrival order. It is a
+//! few ms for a deployment's hundreds of windows.
+//!
+//! Inference runs in `spawn_blocking`: a slow model never stalls the agents'
+//! sessions on the async runtime.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use backstop_common::control::{ProbeStatus, Progress};
+use backstop_common::window::{Stream, Window};
+
+use super::state::Daemon;
+use crate::decide::Evidence;
+use crate::decide::divergence::divergence;
+use crate::decide::evidence::WindowEvidence;
+use crate::predict::model::{Model, ModelError};
+use crate::store::{DeployRow, now_ms};
+
+/// The model in use and where it came from.
+pub struct Scorer {
+    pub model: Model,
+    pub source: String,
+}
+
+/// The daemon's model, set once at start (`None` inside: no model).
+#[derive(Default)]
+pub struct ModelSlot {
+    model: OnceLock<Option<Arc<Scorer>>>,
+    /// Held by the decider while it decides: one decision at a time.
+    pub(super) serial: tokio::sync::Mutex<()>,
+}
+
+impl ModelSlot {
+    /// Load the current model of `data`; with none, log that deployments
+    /// decide without it.
+    pub fn load(&self, data: &Path) {
+        let scorer = match Model::current(data) {
+            Ok((model, source)) => {
+                tracing::info!(model = source, "deployments are scored with this model");
+                Some(Arc::new(Scorer { model, source }))
+            }
+            Err(e) => {
+                tracing::warn!("no model ({e}): deployments decide without P(failure)");
+                None
+            }
+        };
+        self.set(scorer);
+    }
+
+    /// Use `scorer` (tests and the benchmark set their own). A second call
+    /// changes nothing.
+    pub fn set(&self, scorer: Option<Arc<Scorer>>) {
+        let _ = self.model.set(scorer);
+    }
+
+    pub fn get(&self) -> Option<Arc<Scorer>> {
+        self.model.get().cloned().flatten()
+    }
+}
+
+/// One stream's feature rows, in seq order (the store's order; sorted
+/// again so any caller's order works).
+fn stream(windows: &[Window], s: Stream) -> (Vec<u64>, Vec<Vec<f64>>) {
+    let mut ws: Vec<&Window> = windows.iter().filter(|w| w.stream == s).collect();
+    ws.sort_by_key(|w| w.seq);
+    ws.dedup_by_key(|w| w.seq);
+    ws.into_iter().map(|w| (w.seq, w.features.clone())).unzip()
+}
+
+fn predict(model: &Model, rows: &[Vec<f64>]) -> Result<Vec<f64>, ModelError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    model.predict(rows)
+}
+
+/// The evidence of every live window: its P(failure), the shadow's at the
+/// same position (the same seconds since its install started), the
+/// model's calibrated threshold, and the divergence over the model's
+/// normaliser.
+pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, ModelError> {
+    let (seqs, live) = stream(windows, Stream::Live);
+    let (_, shadow) = stream(windows, Stream::Shadow);
+    let live_p = predict(model, &live)?;
+    let shadow_p = predict(model, &shadow)?;
+    let norm = &model.meta.normalizer;
+    Ok(live_p
+        .iter()
+        .enumerate()
+        .map(|(t, &p)| WindowEvidence {
+            index: seqs[t],
+            live_p: p,
+            shadow_p: shadow_p.get(t).copied(),
+            threshold: model.meta.threshold,
+            divergence: divergence(norm, &live, &shadow, t),
+        })
+        .collect())
+}
+
+/// What a decision's inputs name when the daemon has no model.
+pub const NO_MODEL: &str = "no model";
+
+/// A deployment's windows as the model saw them.
+pub(super) struct Scored {
+    pub windows: Vec<WindowEvidence>,
+    /// The model's calibrated threshold; `None` without a model.
+    pub threshold: Option<f64>,
+    /// Where the model came from, or [`NO_MODEL`].
+    pub model: String,
+}
+
+/// The scored windows of deployment `id` from the store, off the async
+/// runtime. No model, or an error (logged): no window evidence, and the
+/// deployment decides from the rest.
+pub(super) async fn windows(daemon: &Daemon, id: &str) -> Scored {
+    let Some(scorer) = daemon.model.get() else {
+        let model = NO_MODEL.to_string();
+        return Scored {
+            windows: Vec::new(),
+            threshold: None,
+            model,
+        };
+    };
+    let mut out = Scored {
+        windows: Vec::new(),
+        threshold: Some(scorer.model.meta.threshold),
+        model: scorer.source.clone(),
+    };
+    let stored = match daemon.store.windows(id).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(deployment = id, "reading windows to score: {e}");
+            return out;
+        }
+    };
+    let scored = tokio::task::spawn_blocking(move || score(&scorer.model, &stored)).await;
+    match scored {
+        Ok(Ok(w)) => out.windows = w,
+        Ok(Err(e)) => tracing::error!(deployment = id, "scoring windows: {e}"),
+        Err(e) => tracing::error!(deployment = id, "the scoring task failed: {e}"),
+    }
+    out
+}
+
+/// Tell `deploy --wait` where the deployment is: the last step started,
+/// the time since it was sent, the newest window's P(failure) live and
+/// shadow, the threshold in force, and each probe's latest result.
+pub(super) async fn progress(
+    daemon: &Daemon,
+    row: &DeployRow,
+    e: &Evidence,
+    threshold: Option<f64>,
+) {
+    let last = e.windows.last();
+    let p = Progress {
+        deployment: row.id.clone(),
+        step: e.live_steps.last().map(|s| s.name.clone()),
+        elapsed_ms: u64::try_from(now_ms() - row.created_ms).unwrap_or(0),
+        p_failure_live: last.map(|w| w.live_p),
+        p_failure_shadow: last.and_then(|w| w.shadow_p),
+        threshold,
+        probes: e
+            .probes
+            .iter()
+            .filter_map(|p| {
+                p.results.last().map(|r| ProbeStatus {
+                    name: p.name.clone(),
+                    ok: r.ok,
+                    detail: r.detail.clone(),
+                })
+            })
+            .collect(),
+    };
+    daemon.deploys.progress(&row.id, p).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use backstop_common::window::Window;
+
+    use super::*;
+    use crate::learn::corpus::synthetic;
+    use crate::learn::train::{TrainConfig, train};
+
+    fn windows(s: Stream, rows: &[Vec<f64>]) -> Vec<Window> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut w = Window::new(s, i as u64 + 1, 0, 1);
+                w.features = r.clone();
+                w
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scoring_gives_each_live_window_both_streams_p_and_the_threshold() {
+        let all = synthetic(5, 4, 4);
+        let cfg = TrainConfig {
+            epochs: 2,
+            ..Default::default()
+        };
+        let model = train(&all, &all, &cfg, "x".into()).expect("a tiny model trains");
+        let failing = all.iter().find(|r| r.failing()).expect("a failing record");
+        let healthy = all.iter().find(|r| !r.failing()).expect("a healthy record");
+        // Live: the failing install; shadow: a healthy one, shorter.
+        let shadow_rows = &healthy.windows[..healthy.windows.len().min(5)];
+        let mut stored = windows(Stream::Shadow, shadow_rows);
+        // Out of order and once redelivered: scoring must not care.
+        let mut live = windows(Stream::Live, &failing.windows);
+        live.reverse();
+        live.push(live[0].clone());
+        stored.extend(live);
+        let ev = score(&model, &stored).expect("scores");
+        assert_eq!(ev.len(), failing.windows.len(), "one entry per live window");
+        let want = model.predict(&failing.windows).expect("predicts");
+        let want_shadow = model.predict(shadow_rows).expect("predicts");
+        for (t, w) in ev.iter().enumerate() {
+            assert_eq!(w.index, t as u64 + 1);
+            assert_eq!(w.live_p, want[t], "window {t}");
+            assert_eq!(w.shadow_p, want_shadow.get(t).copied(), "window {t}");
+            assert_eq!(w.threshold, model.meta.threshold);
+            assert_eq!(w.divergence.is_some(), t < shadow_rows.len());
+        }
+        assert!(score(&model, &[]).expect("no windows").is_empty());
+    }
+}

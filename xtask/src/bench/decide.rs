@@ -1,0 +1,57 @@
+//! `cargo xtask bench decide`: (a) of issue 15, the time from a window
+//! reaching the controller to the decision, against the window length.
+//! In process (`backstop bench-decide`): scoring every window so far and
+//! `decide`, as the daemon does per window batch; QUIC and the store are
+//! `bench ingest`'s. (b) and (c), restore time against an exit-code-only
+//! baseline, are not measured yet.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::util;
+
+pub(super) fn decide() -> Result<()> {
+    util::step(
+        "cargo build --release (backstop-controller)",
+        util::cargo(&["build", "--release", "-p", "backstop-controller"]),
+    )?;
+    let backstop = util::target_dir().join("release/backstop");
+    let base = util::cache_dir().join("bench-decide");
+    let _ = std::fs::remove_dir_all(&base);
+    let synth = ["corpus", "synth", "--packages", "80", "--per-package", "16"];
+    util::output(
+        Command::new(&backstop)
+            .args(synth)
+            .args(["--seed", "5", "--out"])
+            .arg(base.join("corpus")),
+    )?;
+    util::output(
+        Command::new(&backstop)
+            .args(["train", "--json", "--seed", "1", "--corpus"])
+            .arg(base.join("corpus"))
+            .arg("--out")
+            .arg(base.join("model")),
+    )?;
+    let out = util::output(
+        Command::new(&backstop)
+            .env("RAYON_NUM_THREADS", "1")
+            .args(["bench-decide", "--model"])
+            .arg(base.join("model")),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "\nbackstop decide: window arrived -> scored -> decided, one core, {} decisions over {} failing installs ({} rolled back)\n",
+        v["decisions"], v["failing_installs"], v["rolled_back"]
+    );
+    println!("  median   {:>9.0} µs", f("median_us"));
+    println!("  p99      {:>9.0} µs", f("p99_us"));
+    println!("  max      {:>9.0} µs", f("max_us"));
+    println!(
+        "  p99 / window ({} ms): {:.4} (target: within 1 window, < 1)",
+        v["window_ms"],
+        f("p99_over_window")
+    );
+    Ok(())
+}
