@@ -6,6 +6,10 @@
 //! The windows are crafted against that model: every feature at 10 per
 //! window scores about 0, and the training means with connect failures
 //! growing fourfold per window score about 1, far from its calibrated threshold either way.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -49,7 +53,7 @@ fn windows(ctl: &Ctl, stream: Stream, n: u64, failing: bool) -> Vec<Window> {
             let mut w = Window::new(stream, seq, seq * 1_000_000_000, (seq + 1) * 1_000_000_000);
             w.features = vec![10.0; FEATURES.len()];
             if failing {
-                w.features = mean.clone();
+                w.features.clone_from(&mean);
                 w.features[feature::NET_CONNECT_FAILURES] = 10.0 * 4f64.powi(seq as i32);
             }
             w

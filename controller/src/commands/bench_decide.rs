@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use backstop_common::window::{Stream, Window};
 use backstop_controller::daemon::scoring::score;
-use backstop_controller::decide::evidence::Phase;
+use backstop_controller::decide::evidence::{History, Phase};
 use backstop_controller::decide::{Evidence, Params, Verdict, decide};
 use backstop_controller::learn::corpus;
 use backstop_controller::predict::model::Model;
@@ -19,7 +19,8 @@ use backstop_controller::predict::model::Model;
 /// JSON on stdout: per-window latency (median, p99, max) against the
 /// window length, and how many failing installs were decided rollback.
 pub fn run(model_dir: &Path, installs: usize) -> Result<i32> {
-    let m = Model::load(model_dir).with_context(|| format!("--model {}", model_dir.display()))?;
+    let model =
+        Model::load(model_dir).with_context(|| format!("--model {}", model_dir.display()))?;
     let records = corpus::synthetic(11, installs.max(1), 2);
     let failing: Vec<_> = records.iter().filter(|r| r.failing()).collect();
     let params = Params::default();
@@ -29,21 +30,21 @@ pub fn run(model_dir: &Path, installs: usize) -> Result<i32> {
         let mut arrived: Vec<Window> = Vec::new();
         for (i, f) in r.windows.iter().enumerate() {
             let mut w = Window::new(Stream::Live, i as u64, 0, 0);
-            w.features = f.clone();
+            w.features.clone_from(f);
             arrived.push(w);
-            let t = Instant::now();
-            let e = Evidence {
+            let started = Instant::now();
+            let evidence = Evidence {
                 phase: Phase::Installing,
-                windows: score(&m, &arrived)?,
+                windows: score(&model, &arrived)?,
                 live_steps: Vec::new(),
                 shadow: None,
                 probes: Vec::new(),
                 performance: Vec::new(),
-                history: Default::default(),
+                history: History::default(),
             };
-            let d = decide(&e, &params);
-            us.push(t.elapsed().as_secs_f64() * 1e6);
-            if d.verdict == Verdict::Rollback {
+            let decision = decide(&evidence, &params);
+            us.push(started.elapsed().as_secs_f64() * 1e6);
+            if decision.verdict == Verdict::Rollback {
                 rolled_back += 1;
                 break;
             }
@@ -51,13 +52,13 @@ pub fn run(model_dir: &Path, installs: usize) -> Result<i32> {
     }
     us.sort_by(f64::total_cmp);
     let at = |q: f64| us[((us.len() - 1) as f64 * q) as usize];
-    let window_us = f64::from(window_ms) * 1000.0;
+    let window_len_us = f64::from(window_ms) * 1000.0;
     println!(
         "{}",
         serde_json::json!({
             "decisions": us.len(), "failing_installs": failing.len(), "rolled_back": rolled_back,
             "window_ms": window_ms, "median_us": at(0.5), "p99_us": at(0.99), "max_us": at(1.0),
-            "p99_over_window": at(0.99) / window_us,
+            "p99_over_window": at(0.99) / window_len_us,
         })
     );
     Ok(0)

@@ -3,6 +3,7 @@
 //! invalid one is refused (exit 2, the field named) before the daemon or
 //! any host sees it; the daemon validates it again before acting.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -88,7 +89,7 @@ fn status_text(p: &backstop_common::control::Progress) -> String {
     );
     for probe in &p.probes {
         let ok = if probe.ok { "ok" } else { "FAILED" };
-        s.push_str(&format!(", probe {} {ok}", probe.name));
+        let _ = write!(s, ", probe {} {ok}", probe.name);
     }
     s
 }

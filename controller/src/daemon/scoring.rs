@@ -143,8 +143,8 @@ pub(super) async fn windows(daemon: &Daemon, id: &str) -> Scored {
             return out;
         }
     };
-    let scored = tokio::task::spawn_blocking(move || score(&scorer.model, &stored)).await;
-    match scored {
+    let outcome = tokio::task::spawn_blocking(move || score(&scorer.model, &stored)).await;
+    match outcome {
         Ok(Ok(w)) => out.windows = w,
         Ok(Err(e)) => tracing::error!(deployment = id, "scoring windows: {e}"),
         Err(e) => tracing::error!(deployment = id, "the scoring task failed: {e}"),
