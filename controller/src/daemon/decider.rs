@@ -7,9 +7,10 @@
 //!
 //! What is not here yet: model scores per window (the evidence's
 //! `windows` stay empty, so the model never votes), the end of the
-//! monitoring period (phase `done`, which would give commit), history,
-//! and alerts. A deployment decides from its steps, the shadow and the
-//! probes alone until then.
+//! monitoring period (phase `done`, which would give commit) and history.
+//! A deployment decides from its steps, the shadow and the probes alone
+//! until then. An acted rollback fires an alert (`alerting.rs`), after
+//! its order is sent.
 
 use std::sync::Arc;
 
@@ -191,6 +192,7 @@ async fn decide_now(
             .store
             .set_deploy_state(id, DeployState::RollingBack, Some(&reason))
             .await?;
+        super::alerting::ordered(daemon, &row_, &decision).await;
     }
     Ok(progress)
 }
