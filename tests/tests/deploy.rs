@@ -227,3 +227,104 @@ period = "0s"
     drop(agent);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn an_agent_killed_mid_install_rolls_it_back_at_restart_and_reports_interrupted() {
+    let Some(_g) = ebpf_or_skip("kill -9 of the agent mid-install") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let fleet = Fleet::new("deploy-e2e-kill");
+    let base = PathBuf::from("/var/tmp").join(format!("backstop-e2e-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let root = base.join("root");
+    let copied = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&cached)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "copying the rootfs");
+    // A step that changes the root, then waits to be killed.
+    let manifest = base.join("half.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"name = "half"
+root = {:?}
+[artifact]
+debs = [{:?}]
+[[steps]]
+name = "half"
+run = ["sh", "-c", "echo half > /usr/bin/backstop-half; rm /usr/bin/touch; exec sleep 600"]
+timeout = "15m"
+[scope]
+paths = ["/usr/bin"]
+[shadow]
+enabled = false
+"#,
+            root.display().to_string(),
+            deb_file("hello").display().to_string()
+        ),
+    )
+    .unwrap();
+    let root_before = root_walk(&root);
+    let _serve = fleet.serve();
+    let data = base.join("agent-data");
+    let mut agent = Proc::spawn(&mut fleet.agent_cmd(&data));
+    fleet.wait_connected(&agent);
+    let out = fleet
+        .backstop()
+        .args(["deploy", manifest.to_str().unwrap(), "--host", "web-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        eventually(Duration::from_secs(60), || !root
+            .join("usr/bin/touch")
+            .exists()),
+        "the step never ran: {}",
+        agent.log()
+    );
+    agent.kill9();
+    let restarted = Proc::spawn(&mut fleet.agent_cmd(&data));
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            fleet.json(&["show", &id, "--json"])["deployment"]["state"] == "interrupted"
+        }),
+        "never reported interrupted: {}\n{}",
+        fleet.json(&["show", &id, "--json"]),
+        restarted.log()
+    );
+    let shown = fleet.json(&["show", &id, "--json"]);
+    let events = shown["events"].as_array().unwrap();
+    let last = events.last().expect("events");
+    assert_eq!(last["seq"], i64::MAX, "{shown}");
+    let reason = last["event"]["interrupted"]["report"]["reason"].as_str();
+    assert!(reason.is_some_and(|r| r.contains("interrupted")), "{shown}");
+    let after = root_walk(&root);
+    let diffs: Vec<_> = root_before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .chain(
+            after
+                .keys()
+                .filter(|k| !root_before.contains_key(*k))
+                .cloned(),
+        )
+        .take(20)
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "the root differs after recovery: {diffs:?}"
+    );
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&base);
+}
