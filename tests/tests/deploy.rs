@@ -3,6 +3,11 @@
 //! cached Debian rootfs as the target root, and a sentinel outside it.
 
 mod support;
+// Shared with alerts.rs, which uses all of it.
+#[allow(dead_code)]
+mod alerts {
+    pub mod receiver;
+}
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -144,7 +149,16 @@ period = "0s"
     )
     .unwrap();
     let root_before = root_walk(&root);
-    let _serve = fleet.serve();
+    // Alertmanager on loopback, through the controller's config file.
+    let rt = support::fleet::runtime();
+    let rx = rt.block_on(alerts::receiver::Receiver::start(&[]));
+    let config = base.join("controller.toml");
+    let sink = format!(
+        "[alerts]\ninitial_backoff = \"20ms\"\n[[alerts.sink]]\ntype = \"alertmanager\"\nname = \"am\"\nurl = \"{}\"\n",
+        rx.url()
+    );
+    std::fs::write(&config, sink).unwrap();
+    let _serve = fleet.serve_with(&["--config", config.to_str().unwrap()]);
     let agent = Proc::spawn(&mut fleet.agent_cmd(&base.join("agent-data")));
     fleet.wait_connected(&agent);
     let mut deploy = fleet.backstop();
@@ -224,6 +238,7 @@ period = "0s"
     }
     sentinel::assert_untouched(&outside, &before, "deploy");
     assert_eq!(fleet.cli(&["replay", &id]).status.code(), Some(0));
+    alerted(&fleet, &rx, &id, !committed);
     drop(agent);
     let _ = std::fs::remove_dir_all(&base);
 }
@@ -327,4 +342,40 @@ enabled = false
     );
     drop(restarted);
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The Alertmanager receiver got exactly the rollback's alert, or (no
+/// rollback) nothing: by the final state every alert is queued on disk.
+fn alerted(fleet: &Fleet, rx: &alerts::receiver::Receiver, id: &str, rollback: bool) {
+    let queue = fleet.data.join("alerts/queue/am");
+    let firing = std::fs::read_dir(fleet.data.join("alerts/firing")).map_or(0, |d| d.count());
+    if !rollback {
+        let queued = std::fs::read_dir(&queue).map_or(0, |d| d.count());
+        assert_eq!((queued, firing), (0, 0), "no alert fires");
+        assert!(rx.got().is_empty(), "no alert fires: {:?}", rx.got());
+        return;
+    }
+    assert_eq!(firing, 1, "the rollback's alert is firing");
+    assert!(
+        eventually(Duration::from_secs(30), || !rx.got().is_empty()),
+        "the receiver never got the alert"
+    );
+    let got = &rx.got()[0];
+    assert_eq!(
+        (got.method.as_str(), got.path.as_str()),
+        ("POST", "/api/v2/alerts")
+    );
+    let body = got.json();
+    let alerts = body.as_array().expect("postableAlerts");
+    assert_eq!(alerts.len(), 1, "{body}");
+    let want = serde_json::json!({
+        "alertname": "BackstopRollback", "host": "web-1", "deployment": id,
+        "package": "hello", "decision": "rollback",
+    });
+    assert_eq!(alerts[0]["labels"], want, "{body}");
+    let reasons = alerts[0]["annotations"]["reasons"].as_str().unwrap_or("");
+    assert!(
+        reasons.contains("install"),
+        "the reasons name the step: {body}"
+    );
 }
