@@ -145,41 +145,6 @@ async fn forward(outbox: &OutboxHandle, id: &str, seq: &mut u64, ev: DeployEvent
     outbox.push_outcome(msg).await
 }
 
-fn step(s: deploy::StepResult) -> wire::StepResult {
-    wire::StepResult {
-        index: s.index,
-        name: s.name,
-        exit_code: s.exit_code,
-        duration_ms: s.duration_ms,
-        timed_out: s.timed_out,
-        output_tail: s.output_tail,
-    }
-}
-
-fn probe(p: deploy::ProbeResult) -> wire::ProbeResult {
-    wire::ProbeResult {
-        name: p.name,
-        ok: p.ok,
-        latency_ms: p.latency_ms,
-        detail: p.detail,
-    }
-}
-
-fn rollback(r: deploy::RollbackReport) -> wire::RollbackReport {
-    wire::RollbackReport {
-        reason: r.reason,
-        killed_pids: r.killed_pids,
-        restore: r.restore.map(|s| wire::RestoreSummary {
-            snapshot: s.snapshot,
-            full_walk_reason: s.full_walk_reason,
-            duration_ms: s.duration_ms,
-        }),
-        hooks: r.hooks.into_iter().map(step).collect(),
-        probes: r.probes.into_iter().map(probe).collect(),
-        problems: r.problems,
-    }
-}
-
 fn shadow_step(index: usize, s: crate::shadow::StepResult) -> wire::StepResult {
     wire::StepResult {
         index,
@@ -196,11 +161,8 @@ fn shadow_step(index: usize, s: crate::shadow::StepResult) -> wire::StepResult {
 fn convert(ev: DeployEvent) -> Option<wire::DeployEvent> {
     Some(match ev {
         DeployEvent::Started { snapshot, .. } => wire::DeployEvent::Started { snapshot },
-        DeployEvent::Step { stream, step: s } => wire::DeployEvent::Step {
-            stream,
-            step: step(s),
-        },
-        DeployEvent::Probe { probe: p } => wire::DeployEvent::Probe { probe: probe(p) },
+        DeployEvent::Step { stream, step: s } => wire::DeployEvent::Step { stream, step: s },
+        DeployEvent::Probe { probe } => wire::DeployEvent::Probe { probe },
         DeployEvent::Shadow { report } => {
             let r = *report;
             let changed = r.diff.added.len() + r.diff.changed.len() + r.diff.removed.len();
@@ -222,7 +184,7 @@ fn convert(ev: DeployEvent) -> Option<wire::DeployEvent> {
             }
         }
         DeployEvent::RolledBack { report } => wire::DeployEvent::RolledBack {
-            report: rollback(report),
+            report,
             local: false,
         },
         DeployEvent::Finished { outcome, .. } => match outcome {

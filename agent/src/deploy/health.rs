@@ -37,14 +37,7 @@ pub struct ProbeSpec {
     pub latency_budget: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProbeResult {
-    pub name: String,
-    pub ok: bool,
-    pub latency_ms: f64,
-    /// What it saw: the status, the exit code, or the error.
-    pub detail: String,
-}
+pub use backstop_common::deploy::ProbeResult;
 
 /// Run one probe; `root` is where a command probe runs (chrooted when not
 /// "/", like the steps).

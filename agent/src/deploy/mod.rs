@@ -86,17 +86,9 @@ pub struct Plan {
     pub rollback_hooks: Vec<Cmd>,
 }
 
-/// One step's result (live step, shadow test, rollback hook).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StepResult {
-    pub index: usize,
-    pub name: String,
-    /// None when it never exited on its own (killed, timed out).
-    pub exit_code: Option<i32>,
-    pub duration_ms: f64,
-    pub timed_out: bool,
-    pub output_tail: String,
-}
+/// One step's result (live step, shadow test, rollback hook): the wire's
+/// type, so what the agent records is what the controller stores.
+pub use backstop_common::deploy::StepResult;
 
 /// How a deployment ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

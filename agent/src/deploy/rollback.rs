@@ -14,44 +14,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::cgroup::LiveCgroup;
 use super::health::{self, ProbeResult, ProbeSpec};
 use super::{Cmd, Plan, StepResult};
 use crate::changes::ChangeSet;
 use crate::snapshot::{self, Store};
 
-/// What the restore did, in short.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RestoreSummary {
-    pub snapshot: String,
-    /// Why the whole scope was walked instead of the change log's paths.
-    pub full_walk_reason: Option<String>,
-    pub duration_ms: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RollbackReport {
-    pub reason: String,
-    /// The pids still in the live cgroup when it was killed.
-    pub killed_pids: Vec<u32>,
-    pub restore: Option<RestoreSummary>,
-    pub hooks: Vec<StepResult>,
-    pub probes: Vec<ProbeResult>,
-    /// What went wrong on the way (empty when all went well).
-    pub problems: Vec<String>,
-}
-
-impl RollbackReport {
-    /// Restored, every hook exited 0, every probe passed.
-    pub fn clean(&self) -> bool {
-        self.problems.is_empty()
-            && self.restore.is_some()
-            && self.hooks.iter().all(|h| h.exit_code == Some(0))
-            && self.probes.iter().all(|p| p.ok)
-    }
-}
+pub use backstop_common::deploy::{RestoreSummary, RollbackReport};
 
 /// The host actions a rollback takes, one method per step.
 #[expect(

@@ -90,6 +90,14 @@ stored_enum! {
         Finished = "finished",
         /// The command could not be started.
         Failed = "failed",
+        /// A manifest deployment (kind `deploy`): a rollback was ordered.
+        RollingBack = "rolling_back",
+        /// A manifest deployment the agent rolled back.
+        RolledBack = "rolled_back",
+        /// A manifest deployment kept after its monitoring period.
+        Committed = "committed",
+        /// A shadow-first deployment whose shadow failed: live never ran.
+        Refused = "refused",
     }
 }
 
@@ -101,6 +109,9 @@ stored_enum! {
         /// A simulated agent's stream from `backstop-loadgen` (the ingest
         /// benchmark), which runs nothing.
         Load = "load",
+        /// A manifest carried through the steps (`backstop deploy`); its
+        /// details are in `deploys`.
+        Deploy = "deploy",
     }
 }
 
@@ -257,9 +268,21 @@ mod tests {
         }
         // The names on disk are the ones databases already hold.
         let names: Vec<_> = DeploymentState::ALL.iter().map(|s| s.as_str()).collect();
-        assert_eq!(names, ["running", "interrupted", "finished", "failed"]);
+        assert_eq!(
+            names,
+            [
+                "running",
+                "interrupted",
+                "finished",
+                "failed",
+                "rolling_back",
+                "rolled_back",
+                "committed",
+                "refused"
+            ]
+        );
         let kinds: Vec<_> = DeploymentKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(kinds, ["exec", "load"]);
+        assert_eq!(kinds, ["exec", "load", "deploy"]);
     }
 
     #[tokio::test]
