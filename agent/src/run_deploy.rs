@@ -99,13 +99,10 @@ pub(super) async fn recover(data: &std::path::Path, outbox: &OutboxHandle) {
         }
     };
     for r in found {
-        let report = r.rollback.map_or_else(
-            || wire::RollbackReport {
-                reason: "interrupted before the live install started; nothing to undo".into(),
-                ..wire::RollbackReport::default()
-            },
-            rollback,
-        );
+        let report = r.rollback.unwrap_or_else(|| wire::RollbackReport {
+            reason: "interrupted before the live install started; nothing to undo".into(),
+            ..wire::RollbackReport::default()
+        });
         tracing::warn!(deployment = r.id, found = ?r.found, "reporting an interrupted deployment");
         let msg = AgentMsg::Deployment {
             deployment: r.id,
