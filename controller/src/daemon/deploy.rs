@@ -174,6 +174,7 @@ pub(super) async fn on_event(
         .await?;
     let state = DeployState::after(&event);
     if let Some(state) = state {
+        super::alerting::ended(daemon, &deployment, &event).await;
         let reason = final_reason(&event);
         daemon
             .store
