@@ -73,7 +73,7 @@ enum Command {
         /// Database URL (default: the config's, else sqlite://DATA/backstop.db).
         #[arg(long)]
         database: Option<String>,
-        /// Config file (TOML; see examples/controller.toml). Default:
+        /// Config file (TOML; see examples/config/controller.toml). Default:
         /// /etc/backstop/controller.toml when it exists, else built-in
         /// defaults. A --config that does not exist is an error.
         #[arg(long, env = "BACKSTOP_CONFIG", value_name = "PATH")]
