@@ -31,29 +31,7 @@ pub fn render(r: &Report) -> String {
             m.detail
         );
     }
-    match &r.first_failure {
-        Some(f) => {
-            let _ = writeln!(
-                o,
-                "\nfirst failing {}: {} {} `{}` exited {}",
-                f.kind,
-                f.stream.as_str(),
-                f.index,
-                f.name,
-                f.exit_code.map_or("nothing".into(), |c| c.to_string())
-            );
-            for e in &f.errors {
-                let _ = writeln!(o, "  error: {e}");
-            }
-            let _ = writeln!(o, "  output tail:");
-            for l in &f.output_tail {
-                let _ = writeln!(o, "    {l}");
-            }
-        }
-        None => {
-            let _ = writeln!(o, "\nno step or shadow test failed");
-        }
-    }
+    failure(r, &mut o);
     match &r.decision {
         Some(d) => {
             let acted = if d.acted { "acted on" } else { "not acted on" };
@@ -89,4 +67,30 @@ pub fn render(r: &Report) -> String {
         );
     }
     o
+}
+
+fn failure(r: &Report, o: &mut String) {
+    match &r.first_failure {
+        Some(f) => {
+            let _ = writeln!(
+                o,
+                "\nfirst failing {}: {} {} `{}` exited {}",
+                f.kind,
+                f.stream.as_str(),
+                f.index,
+                f.name,
+                f.exit_code.map_or("nothing".into(), |c| c.to_string())
+            );
+            for e in &f.errors {
+                let _ = writeln!(o, "  error: {e}");
+            }
+            let _ = writeln!(o, "  output tail:");
+            for l in &f.output_tail {
+                let _ = writeln!(o, "    {l}");
+            }
+        }
+        None => {
+            let _ = writeln!(o, "\nno step or shadow test failed");
+        }
+    }
 }
