@@ -133,6 +133,16 @@ enum Command {
         #[arg(long)]
         database: Option<String>,
     },
+    /// The post-rollback analysis of one deployment: timeline, the
+    /// features that deviated most from the package's healthy history, the
+    /// first failing step, live against shadow. Exit 1 for an unknown id.
+    Report {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Hosts that have connected: first/last seen, connected, kernel, OS.
     Hosts {
         #[arg(long)]
@@ -352,6 +362,9 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
         Command::Cancel { id } => commands::deploy::cancel(&data, &id).await,
         Command::Replay { id, json, database } => {
             commands::replay::run(&data, database, &id, json).await
+        }
+        Command::Report { id, json, database } => {
+            commands::report::run(&data, database, &id, json).await
         }
         Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
         Command::Deployments { json, database } => {

@@ -235,6 +235,7 @@ period = "0s"
             diffs.is_empty(),
             "the root differs after the rollback: {diffs:?}"
         );
+        assert_bundle(&fleet, &id);
     }
     sentinel::assert_untouched(&outside, &before, "deploy");
     assert_eq!(fleet.cli(&["replay", &id]).status.code(), Some(0));
@@ -378,4 +379,42 @@ fn alerted(fleet: &Fleet, rx: &alerts::receiver::Receiver, id: &str, rollback: b
         reasons.contains("install"),
         "the reasons name the step: {body}"
     );
+}
+
+/// The rolled-back deployment's diagnostics: a 0600 bundle holding the
+/// real install's process tree and step output, and a report that names
+/// the failing step and the decision.
+fn assert_bundle(fleet: &Fleet, id: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = fleet.data.join(format!("bundles/{id}.tar.gz"));
+    assert!(
+        eventually(Duration::from_secs(30), || path.exists()),
+        "no bundle at {}",
+        path.display()
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    let steps = Command::new("tar")
+        .arg("-xzOf")
+        .arg(&path)
+        .arg(format!("{id}/steps.json"))
+        .output()
+        .unwrap();
+    let steps = String::from_utf8_lossy(&steps.stdout);
+    assert!(steps.contains("\"install\""), "{steps}");
+    let tree = Command::new("tar")
+        .arg("-xzOf")
+        .arg(&path)
+        .arg(format!("{id}/process_tree.json"))
+        .output()
+        .unwrap();
+    let tree: serde_json::Value = serde_json::from_slice(&tree.stdout).unwrap();
+    assert!(
+        tree["processes"].as_array().is_some_and(|p| !p.is_empty()),
+        "the real install's processes: {tree}"
+    );
+    let r = fleet.json(&["report", id, "--json"]);
+    assert_eq!(r["first_failure"]["name"], "install", "{r}");
+    assert_eq!(r["decision"]["verdict"], "rollback");
+    assert_eq!(r["bundle"], path.display().to_string());
 }

@@ -192,6 +192,7 @@ pub(super) async fn on_event(
     if new && state.is_none() {
         super::decider::after_event(daemon, &deployment, &event).await?;
     }
+    crate::report::bundle::after_end(daemon, &deployment, state.filter(|_| new));
     if new {
         let line = progress_line(&deployment, seq, &event);
         daemon
