@@ -190,6 +190,7 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
         opts.outbox_max_bytes,
     )?;
     let outbox = OutboxHandle::start(disk)?;
+    run_deploy::recover(&opts.data, &outbox).await;
     let probes = Probes::load(&opts.probes)?;
     for w in &probes.warnings {
         tracing::warn!("{w}");

@@ -7,6 +7,8 @@
 //! deployment so a redelivered event is stored once. Unacknowledged
 //! messages are redelivered on the next connection, as for `exec`; when
 //! the orders channel closes, the executor's local policy decides.
+//! At the agent's start, `recover` rolls back what a killed agent left
+//! unfinished and reports each as `Interrupted` through the same outbox.
 //!
 //! A child module of `run` (for its outbox).
 
@@ -82,6 +84,33 @@ pub(super) fn start(
             outbox.push_outcome(msg).await;
         }
     });
+}
+
+/// Roll back the deployments a killed agent left unfinished and queue an
+/// `Interrupted` report for each, delivered when a session comes up. A
+/// recovery that fails is logged: the agent runs on, and the next start
+/// tries again (the journals stay unfinished).
+pub(super) async fn recover(data: &std::path::Path, outbox: &OutboxHandle) {
+    let found = match deploy::recover::recover(data).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!("recovering unfinished deployments: {e}");
+            return;
+        }
+    };
+    for r in found {
+        let report = r.rollback.unwrap_or_else(|| wire::RollbackReport {
+            reason: "interrupted before the live install started; nothing to undo".into(),
+            ..wire::RollbackReport::default()
+        });
+        tracing::warn!(deployment = r.id, found = ?r.found, "reporting an interrupted deployment");
+        let msg = AgentMsg::Deployment {
+            deployment: r.id,
+            seq: wire::INTERRUPTED_SEQ,
+            event: Box::new(wire::DeployEvent::Interrupted { report }),
+        };
+        outbox.push_outcome(msg).await;
+    }
 }
 
 async fn forward(outbox: &OutboxHandle, id: &str, seq: &mut u64, ev: DeployEvent) {

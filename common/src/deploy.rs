@@ -120,6 +120,11 @@ impl RollbackReport {
     }
 }
 
+/// The seq of the `Interrupted` event an agent reports at its start for a
+/// deployment a killed agent left: the dead agent's count is lost with it,
+/// so the report takes a seq after any it could have used.
+pub const INTERRUPTED_SEQ: u64 = i64::MAX as u64;
+
 /// What an agent reports about a deployment, in the order it happens.
 /// Exactly one of `RolledBack`, `Committed`, `Interrupted`, `Refused`,
 /// `Failed` ends a deployment.

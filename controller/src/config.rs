@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_parses_and_names_both_sinks() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/controller.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config/controller.toml");
         let c = ControllerConfig::read(&path).unwrap();
         let names: Vec<&str> = c.alerts.sinks.iter().map(SinkConfig::name).collect();
         assert_eq!(names, ["alertmanager", "ops-webhook"]);

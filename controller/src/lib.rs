@@ -10,5 +10,6 @@ pub mod learn;
 pub mod pki;
 pub mod predict;
 pub mod private;
+pub mod report;
 pub mod schema;
 pub mod store;

@@ -73,7 +73,7 @@ enum Command {
         /// Database URL (default: the config's, else sqlite://DATA/backstop.db).
         #[arg(long)]
         database: Option<String>,
-        /// Config file (TOML; see examples/controller.toml). Default:
+        /// Config file (TOML; see examples/config/controller.toml). Default:
         /// /etc/backstop/controller.toml when it exists, else built-in
         /// defaults. A --config that does not exist is an error.
         #[arg(long, env = "BACKSTOP_CONFIG", value_name = "PATH")]
@@ -127,6 +127,16 @@ enum Command {
     /// Run the correlation engine again over every stored decision of a
     /// deployment; exit 1 unless each is reproduced.
     Replay {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// The post-rollback analysis of one deployment: timeline, the
+    /// features that deviated most from the package's healthy history, the
+    /// first failing step, live against shadow. Exit 1 for an unknown id.
+    Report {
         id: String,
         #[arg(long)]
         json: bool,
@@ -352,6 +362,9 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
         Command::Cancel { id } => commands::deploy::cancel(&data, &id).await,
         Command::Replay { id, json, database } => {
             commands::replay::run(&data, database, &id, json).await
+        }
+        Command::Report { id, json, database } => {
+            commands::report::run(&data, database, &id, json).await
         }
         Command::Hosts { json, database } => commands::read::hosts(&data, database, json).await,
         Command::Deployments { json, database } => {

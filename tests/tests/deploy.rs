@@ -7,6 +7,11 @@
 )]
 
 mod support;
+// Shared with alerts.rs, which uses all of it.
+#[allow(dead_code)]
+mod alerts {
+    pub mod receiver;
+}
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -152,7 +157,16 @@ period = "0s"
     )
     .unwrap();
     let root_before = root_walk(&root);
-    let _serve = fleet.serve();
+    // Alertmanager on loopback, through the controller's config file.
+    let rt = support::fleet::runtime();
+    let rx = rt.block_on(alerts::receiver::Receiver::start(&[]));
+    let config = base.join("controller.toml");
+    let sink = format!(
+        "[alerts]\ninitial_backoff = \"20ms\"\n[[alerts.sink]]\ntype = \"alertmanager\"\nname = \"am\"\nurl = \"{}\"\n",
+        rx.url()
+    );
+    std::fs::write(&config, sink).unwrap();
+    let _serve = fleet.serve_with(&["--config", config.to_str().unwrap()]);
     let agent = Proc::spawn(&mut fleet.agent_cmd(&base.join("agent-data")));
     fleet.wait_connected(&agent);
     let mut deploy = fleet.backstop();
@@ -229,9 +243,186 @@ period = "0s"
             diffs.is_empty(),
             "the root differs after the rollback: {diffs:?}"
         );
+        assert_bundle(&fleet, &id);
     }
     sentinel::assert_untouched(&outside, &before, "deploy");
     assert_eq!(fleet.cli(&["replay", &id]).status.code(), Some(0));
+    alerted(&fleet, &rx, &id, !committed);
     drop(agent);
     let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn an_agent_killed_mid_install_rolls_it_back_at_restart_and_reports_interrupted() {
+    let Some(_g) = ebpf_or_skip("kill -9 of the agent mid-install") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let fleet = Fleet::new("deploy-e2e-kill");
+    let base = PathBuf::from("/var/tmp").join(format!("backstop-e2e-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let root = base.join("root");
+    let copied = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&cached)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "copying the rootfs");
+    // A step that changes the root, then waits to be killed.
+    let manifest = base.join("half.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"name = "half"
+root = {:?}
+[artifact]
+debs = [{:?}]
+[[steps]]
+name = "half"
+run = ["sh", "-c", "echo half > /usr/bin/backstop-half; rm /usr/bin/touch; exec sleep 600"]
+timeout = "15m"
+[scope]
+paths = ["/usr/bin"]
+[shadow]
+enabled = false
+"#,
+            root.display().to_string(),
+            deb_file("hello").display().to_string()
+        ),
+    )
+    .unwrap();
+    let root_before = root_walk(&root);
+    let _serve = fleet.serve();
+    let data = base.join("agent-data");
+    let mut agent = Proc::spawn(&mut fleet.agent_cmd(&data));
+    fleet.wait_connected(&agent);
+    let out = fleet
+        .backstop()
+        .args(["deploy", manifest.to_str().unwrap(), "--host", "web-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        eventually(Duration::from_secs(60), || !root
+            .join("usr/bin/touch")
+            .exists()),
+        "the step never ran: {}",
+        agent.log()
+    );
+    agent.kill9();
+    let restarted = Proc::spawn(&mut fleet.agent_cmd(&data));
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            fleet.json(&["show", &id, "--json"])["deployment"]["state"] == "interrupted"
+        }),
+        "never reported interrupted: {}\n{}",
+        fleet.json(&["show", &id, "--json"]),
+        restarted.log()
+    );
+    let shown = fleet.json(&["show", &id, "--json"]);
+    let events = shown["events"].as_array().unwrap();
+    let last = events.last().expect("events");
+    assert_eq!(last["seq"], i64::MAX, "{shown}");
+    let reason = last["event"]["interrupted"]["report"]["reason"].as_str();
+    assert!(reason.is_some_and(|r| r.contains("interrupted")), "{shown}");
+    let after = root_walk(&root);
+    let diffs: Vec<_> = root_before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .chain(
+            after
+                .keys()
+                .filter(|k| !root_before.contains_key(*k))
+                .cloned(),
+        )
+        .take(20)
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "the root differs after recovery: {diffs:?}"
+    );
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The Alertmanager receiver got exactly the rollback's alert, or (no
+/// rollback) nothing: by the final state every alert is queued on disk.
+fn alerted(fleet: &Fleet, rx: &alerts::receiver::Receiver, id: &str, rollback: bool) {
+    let queue = fleet.data.join("alerts/queue/am");
+    let firing = std::fs::read_dir(fleet.data.join("alerts/firing")).map_or(0, |d| d.count());
+    if !rollback {
+        let queued = std::fs::read_dir(&queue).map_or(0, |d| d.count());
+        assert_eq!((queued, firing), (0, 0), "no alert fires");
+        assert!(rx.got().is_empty(), "no alert fires: {:?}", rx.got());
+        return;
+    }
+    assert_eq!(firing, 1, "the rollback's alert is firing");
+    assert!(
+        eventually(Duration::from_secs(30), || !rx.got().is_empty()),
+        "the receiver never got the alert"
+    );
+    let got = &rx.got()[0];
+    assert_eq!(
+        (got.method.as_str(), got.path.as_str()),
+        ("POST", "/api/v2/alerts")
+    );
+    let body = got.json();
+    let alerts = body.as_array().expect("postableAlerts");
+    assert_eq!(alerts.len(), 1, "{body}");
+    let want = serde_json::json!({
+        "alertname": "BackstopRollback", "host": "web-1", "deployment": id,
+        "package": "hello", "decision": "rollback",
+    });
+    assert_eq!(alerts[0]["labels"], want, "{body}");
+    let reasons = alerts[0]["annotations"]["reasons"].as_str().unwrap_or("");
+    assert!(
+        reasons.contains("install"),
+        "the reasons name the step: {body}"
+    );
+}
+
+/// The rolled-back deployment's diagnostics: a 0600 bundle holding the
+/// real install's process tree and step output, and a report that names
+/// the failing step and the decision.
+fn assert_bundle(fleet: &Fleet, id: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = fleet.data.join(format!("bundles/{id}.tar.gz"));
+    assert!(
+        eventually(Duration::from_secs(30), || path.exists()),
+        "no bundle at {}",
+        path.display()
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+    let steps = Command::new("tar")
+        .arg("-xzOf")
+        .arg(&path)
+        .arg(format!("{id}/steps.json"))
+        .output()
+        .unwrap();
+    let steps = String::from_utf8_lossy(&steps.stdout);
+    assert!(steps.contains("\"install\""), "{steps}");
+    let tree = Command::new("tar")
+        .arg("-xzOf")
+        .arg(&path)
+        .arg(format!("{id}/process_tree.json"))
+        .output()
+        .unwrap();
+    let tree: serde_json::Value = serde_json::from_slice(&tree.stdout).unwrap();
+    assert!(
+        tree["processes"].as_array().is_some_and(|p| !p.is_empty()),
+        "the real install's processes: {tree}"
+    );
+    let r = fleet.json(&["report", id, "--json"]);
+    assert_eq!(r["first_failure"]["name"], "install", "{r}");
+    assert_eq!(r["decision"]["verdict"], "rollback");
+    assert_eq!(r["bundle"], path.display().to_string());
 }

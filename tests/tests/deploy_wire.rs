@@ -11,10 +11,16 @@
 )]
 
 mod support;
+// Shared with alerts.rs, which uses all of it.
+#[allow(dead_code)]
+mod alerts {
+    pub mod receiver;
+}
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use alerts::receiver::Receiver;
 use backstop_common::deploy::{DeployEvent, Order, RestoreSummary, RollbackReport, StepResult};
 use backstop_common::window::Stream;
 use backstop_common::wire::{AgentMsg, ControllerMsg};
@@ -355,4 +361,228 @@ fn a_healthy_install_is_committed_after_its_monitoring_period() {
         (Some("commit"), Some(true))
     );
     assert_eq!(ctl.cli(&["replay", &id]).status.code(), Some(0));
+}
+
+/// The next order about `id`.
+async fn next_order(agent: &mut Fake, id: &str) -> Order {
+    loop {
+        if let ControllerMsg::Decision { deployment, order } = agent.next().await {
+            assert_eq!(deployment, id);
+            return order;
+        }
+    }
+}
+
+/// Until the controller acknowledges `id`'s final event.
+async fn finished(agent: &mut Fake, id: &str) {
+    loop {
+        match agent.next().await {
+            ControllerMsg::Ack {
+                deployment,
+                finished: true,
+                ..
+            } if deployment == id => return,
+            ControllerMsg::Decision { order, .. } => panic!("ordered {order:?} after the end"),
+            _ => {}
+        }
+    }
+}
+
+fn live_step(exit_code: i32) -> DeployEvent {
+    DeployEvent::Step {
+        stream: Stream::Live,
+        step: StepResult {
+            name: "install".into(),
+            exit_code: Some(exit_code),
+            ..StepResult::default()
+        },
+    }
+}
+
+/// Files in DATA/alerts/`sub`.
+fn queued(ctl: &Ctl, sub: &str) -> usize {
+    std::fs::read_dir(ctl.data.join("alerts").join(sub))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// One Alertmanager request: its single alert's labels and endsAt.
+fn am_alert(got: &alerts::receiver::Got) -> (serde_json::Value, String) {
+    assert_eq!(got.path, "/api/v2/alerts");
+    let body = got.json();
+    let a = &body.as_array().expect("postableAlerts")[0];
+    (
+        a["labels"].clone(),
+        a["endsAt"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn a_rollback_alerts_alertmanager_and_a_later_commit_resolves_it() {
+    let rt = runtime();
+    let rx = rt.block_on(Receiver::start(&[]));
+    let mut ctl = Ctl::new("deploy-alert");
+    let config = ctl.data.join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[alerts]\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\n\
+             [[alerts.sink]]\ntype = \"alertmanager\"\nname = \"am\"\nurl = \"{}\"\n",
+            rx.url()
+        ),
+    )
+    .unwrap();
+    ctl.serve_with(&["--config", config.to_str().unwrap()]);
+    let ca = ctl.data.join("pki/ca.pem");
+    let bundle = ctl.data.join("pki/agents/web-1.bundle");
+    let mut agent = rt.block_on(connect(ctl.addr, &ca, &bundle)).unwrap();
+    assert!(connected(&ctl), "the agent never showed as connected");
+
+    // A dry run of a failing install fires nothing: by the final event's
+    // ack every alert it could raise would be on disk.
+    ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1", "--dry-run"]);
+    let (dry, _, _) = rt.block_on(next_deploy(&mut agent));
+    rt.block_on(async {
+        agent.send(&event(&dry, 0, live_step(1))).await;
+        assert_eq!(next_order(&mut agent, &dry).await, Order::Commit);
+        let end = DeployEvent::Committed { local: false };
+        agent.send(&event(&dry, 1, end)).await;
+        finished(&mut agent, &dry).await;
+    });
+    assert_eq!(queued(&ctl, "queue/am") + queued(&ctl, "firing"), 0);
+    assert!(rx.got().is_empty(), "a dry run alerted: {:?}", rx.got());
+
+    // A failed step: the rollback order, then the alert.
+    ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1"]);
+    let (id, _, _) = rt.block_on(next_deploy(&mut agent));
+    rt.block_on(async {
+        agent.send(&event(&id, 0, live_step(1))).await;
+        let order = next_order(&mut agent, &id).await;
+        assert!(matches!(order, Order::Rollback { .. }), "{order:?}");
+    });
+    assert!(
+        eventually(Duration::from_secs(30), || rx.got().len() == 1),
+        "the receiver never got the alert"
+    );
+    let (labels, ends) = am_alert(&rx.got()[0]);
+    let want = serde_json::json!({
+        "alertname": "BackstopRollback", "host": "web-1", "deployment": id,
+        "package": "hello", "decision": "rollback",
+    });
+    assert_eq!(labels, want);
+    let now = time::OffsetDateTime::now_utc();
+    let ends =
+        time::OffsetDateTime::parse(&ends, &time::format_description::well_known::Rfc3339).unwrap();
+    assert!(ends > now, "firing: endsAt in the future ({ends})");
+    // The agent's report of the ordered rollback raises no second alert.
+    let report = RollbackReport {
+        reason: "ordered".into(),
+        ..RollbackReport::default()
+    };
+    rt.block_on(async {
+        let end = DeployEvent::RolledBack {
+            report,
+            local: false,
+        };
+        agent.send(&event(&id, 1, end)).await;
+        finished(&mut agent, &id).await;
+    });
+    assert_eq!(queued(&ctl, "firing"), 1, "one firing alert kept");
+
+    // A later deployment of the same package commits: resolved, same labels.
+    ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1"]);
+    let (ok, _, _) = rt.block_on(next_deploy(&mut agent));
+    rt.block_on(async {
+        agent.send(&event(&ok, 0, live_step(0))).await;
+        assert_eq!(next_order(&mut agent, &ok).await, Order::Commit);
+        let end = DeployEvent::Committed { local: false };
+        agent.send(&event(&ok, 1, end)).await;
+        finished(&mut agent, &ok).await;
+    });
+    assert!(
+        eventually(Duration::from_secs(30), || rx.got().len() == 2),
+        "the receiver never got the resolve: {:?}",
+        rx.got().len()
+    );
+    let (labels, ends) = am_alert(&rx.got()[1]);
+    assert_eq!(labels, want, "resolved with the labels it fired with");
+    let ends =
+        time::OffsetDateTime::parse(&ends, &time::format_description::well_known::Rfc3339).unwrap();
+    assert!(
+        ends <= time::OffsetDateTime::now_utc(),
+        "resolved: endsAt not in the future"
+    );
+    assert_eq!(queued(&ctl, "firing"), 0);
+}
+
+#[test]
+fn a_local_rollback_and_an_interrupted_deployment_alert_too() {
+    let rt = runtime();
+    let rx = rt.block_on(Receiver::start(&[]));
+    let mut ctl = Ctl::new("deploy-alert-local");
+    let config = ctl.data.join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[alerts]\ninitial_backoff = \"20ms\"\n[[alerts.sink]]\n\
+             type = \"alertmanager\"\nname = \"am\"\nurl = \"{}\"\n",
+            rx.url()
+        ),
+    )
+    .unwrap();
+    ctl.serve_with(&["--config", config.to_str().unwrap()]);
+    let ca = ctl.data.join("pki/ca.pem");
+    let bundle = ctl.data.join("pki/agents/web-1.bundle");
+    let mut agent = rt.block_on(connect(ctl.addr, &ca, &bundle)).unwrap();
+    assert!(connected(&ctl), "the agent never showed as connected");
+    let mut ids = Vec::new();
+    for (i, kind) in ["rollback", "interrupted"].into_iter().enumerate() {
+        ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1"]);
+        let (id, _, _) = rt.block_on(next_deploy(&mut agent));
+        let report = RollbackReport {
+            reason: format!("case {i}"),
+            ..RollbackReport::default()
+        };
+        let (seq, end) = match kind {
+            "rollback" => (
+                0,
+                DeployEvent::RolledBack {
+                    report,
+                    local: true,
+                },
+            ),
+            // As a restarted agent reports it (agent/src/run_deploy.rs).
+            _ => (
+                backstop_common::deploy::INTERRUPTED_SEQ,
+                DeployEvent::Interrupted { report },
+            ),
+        };
+        rt.block_on(async {
+            agent.send(&event(&id, seq, end.clone())).await;
+            finished(&mut agent, &id).await;
+            // Redelivered: stored once, no second alert.
+            agent.send(&event(&id, seq, end)).await;
+            finished(&mut agent, &id).await;
+        });
+        let shown = ctl.json(&["show", &id, "--json"]);
+        let state = if kind == "rollback" {
+            "rolled_back"
+        } else {
+            "interrupted"
+        };
+        assert_eq!(shown["deployment"]["state"], state);
+        assert_eq!(shown["events"].as_array().unwrap().len(), 1);
+        ids.push((id, kind));
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || rx.got().len() == 2),
+        "two alerts, one per deployment: {}",
+        rx.got().len()
+    );
+    for (got, (id, kind)) in rx.got().iter().zip(&ids) {
+        let (labels, _) = am_alert(got);
+        assert_eq!(labels["deployment"], id.as_str());
+        assert_eq!(labels["decision"], *kind);
+        assert_eq!(labels["package"], "hello");
+    }
 }

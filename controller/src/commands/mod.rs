@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod model;
 pub mod read;
 pub mod replay;
+pub mod report;
 pub mod revoke;
 pub mod schema;
 pub mod serve;

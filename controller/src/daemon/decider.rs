@@ -10,7 +10,8 @@
 //! of windows is a trigger too (`after_windows`), so a deployment is
 //! decided within the window that carries the evidence, not at its next
 //! event. Decisions run one at a time (`ModelSlot::serial`), so two
-//! triggers never both store one. Not here yet: history.
+//! triggers never both store one. Not here yet: history. An acted rollback fires an alert (`alerting.rs`),
+//! after its order is sent.
 
 use std::sync::Arc;
 
@@ -217,6 +218,7 @@ async fn decide_now(
             .store
             .set_deploy_state(id, DeployState::RollingBack, Some(&reason))
             .await?;
+        super::alerting::ordered(daemon, &row_, &decision).await;
     }
     Ok(progress)
 }

@@ -179,6 +179,7 @@ pub(super) async fn on_event(
         .await?;
     let state = DeployState::after(&event);
     if let Some(state) = state {
+        super::alerting::ended(daemon, &deployment, &event).await;
         let reason = final_reason(&event);
         daemon
             .store
@@ -196,6 +197,7 @@ pub(super) async fn on_event(
     if new && state.is_none() {
         super::decider::after_event(daemon, &deployment, &event).await?;
     }
+    crate::report::bundle::after_end(daemon, &deployment, state.filter(|_| new));
     if new {
         let line = progress_line(&deployment, seq, &event);
         daemon

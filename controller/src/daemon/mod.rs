@@ -7,6 +7,7 @@
 //! - `state.rs`: what both sides share ([`Daemon`]).
 
 pub mod agents;
+mod alerting;
 pub mod control;
 pub mod decider;
 pub mod deploy;

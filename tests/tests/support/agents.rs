@@ -134,13 +134,16 @@ impl Fleet {
     }
 
     pub fn serve(&self) -> Proc {
-        let p = Proc::spawn(self.backstop().args([
-            "--log",
-            "info",
-            "serve",
-            "--listen",
-            &self.addr.to_string(),
-        ]));
+        self.serve_with(&[])
+    }
+
+    /// `serve` with more of serve's flags (`--config FILE`).
+    pub fn serve_with(&self, extra: &[&str]) -> Proc {
+        let p = Proc::spawn(
+            self.backstop()
+                .args(["--log", "info", "serve", "--listen", &self.addr.to_string()])
+                .args(extra),
+        );
         assert!(
             eventually(Duration::from_secs(20), || p.log().contains("listening on")),
             "controller did not start: {}",

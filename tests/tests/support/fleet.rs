@@ -73,10 +73,16 @@ impl Ctl {
     }
 
     pub fn serve(&mut self) {
+        self.serve_with(&[]);
+    }
+
+    /// `serve` with more of serve's flags (`--config FILE`).
+    pub fn serve_with(&mut self, extra: &[&str]) {
         let child = Command::new(bin_dir().join("backstop"))
             .arg("--data")
             .arg(&self.data)
             .args(["--log", "info", "serve", "--listen", &self.addr.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.log).unwrap())
