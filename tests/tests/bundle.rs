@@ -4,6 +4,10 @@
 //! rolled-back deployment leaves DATA/bundles/<id>.tar.gz (0600) holding
 //! every part, and `backstop report` names its failing step and decision;
 //! a committed one leaves no bundle. Needs no root or eBPF.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
 
 mod support;
 
@@ -106,6 +110,10 @@ fn tar_list(path: &std::path::Path) -> Vec<String> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one failed and one committed deployment, checked in the order they run"
+)]
 fn a_failed_step_leaves_a_bundle_and_a_report_a_commit_leaves_none() {
     let mut ctl = Ctl::new("bundle");
     ctl.serve();

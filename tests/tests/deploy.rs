@@ -7,8 +7,7 @@
 )]
 
 mod support;
-// Shared with alerts.rs, which uses all of it.
-#[allow(dead_code)]
+#[allow(dead_code, reason = "shared with alerts.rs, which uses all of it")]
 mod alerts {
     pub mod receiver;
 }
@@ -310,7 +309,7 @@ enabled = false
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(
-        eventually(Duration::from_secs(60), || !root
+        eventually(Duration::from_mins(1), || !root
             .join("usr/bin/touch")
             .exists()),
         "the step never ran: {}",
@@ -319,7 +318,7 @@ enabled = false
     agent.kill9();
     let restarted = Proc::spawn(&mut fleet.agent_cmd(&data));
     assert!(
-        eventually(Duration::from_secs(60), || {
+        eventually(Duration::from_mins(1), || {
             fleet.json(&["show", &id, "--json"])["deployment"]["state"] == "interrupted"
         }),
         "never reported interrupted: {}\n{}",
@@ -357,9 +356,10 @@ enabled = false
 /// rollback) nothing: by the final state every alert is queued on disk.
 fn alerted(fleet: &Fleet, rx: &alerts::receiver::Receiver, id: &str, rollback: bool) {
     let queue = fleet.data.join("alerts/queue/am");
-    let firing = std::fs::read_dir(fleet.data.join("alerts/firing")).map_or(0, |d| d.count());
+    let firing =
+        std::fs::read_dir(fleet.data.join("alerts/firing")).map_or(0, std::iter::Iterator::count);
     if !rollback {
-        let queued = std::fs::read_dir(&queue).map_or(0, |d| d.count());
+        let queued = std::fs::read_dir(&queue).map_or(0, std::iter::Iterator::count);
         assert_eq!((queued, firing), (0, 0), "no alert fires");
         assert!(rx.got().is_empty(), "no alert fires: {:?}", rx.got());
         return;

@@ -11,8 +11,7 @@
 )]
 
 mod support;
-// Shared with alerts.rs, which uses all of it.
-#[allow(dead_code)]
+#[allow(dead_code, reason = "shared with alerts.rs, which uses all of it")]
 mod alerts {
     pub mod receiver;
 }
@@ -401,9 +400,7 @@ fn live_step(exit_code: i32) -> DeployEvent {
 
 /// Files in DATA/alerts/`sub`.
 fn queued(ctl: &Ctl, sub: &str) -> usize {
-    std::fs::read_dir(ctl.data.join("alerts").join(sub))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(ctl.data.join("alerts").join(sub)).map_or(0, std::iter::Iterator::count)
 }
 
 /// One Alertmanager request: its single alert's labels and endsAt.

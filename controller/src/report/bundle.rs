@@ -82,7 +82,7 @@ pub fn after_end(daemon: &Arc<Daemon>, id: &str, state: Option<DeployState>) {
     tokio::spawn(async move {
         match write(&store, &data, &id).await {
             Ok(p) => {
-                tracing::info!(deployment = id, path = %p.display(), "diagnostics bundle written")
+                tracing::info!(deployment = id, path = %p.display(), "diagnostics bundle written");
             }
             Err(e) => tracing::error!(deployment = id, "diagnostics bundle not written: {e}"),
         }

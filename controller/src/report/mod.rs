@@ -134,7 +134,10 @@ pub struct Report {
 fn tail(text: &str, n: usize) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(n);
-    lines[from..].iter().map(|l| l.to_string()).collect()
+    lines[from..]
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect()
 }
 
 fn error_lines(text: &str) -> Vec<String> {
