@@ -117,6 +117,26 @@ pub fn disk_free(path: &Path) -> Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// What the agent tells the controller about this host when it connects.
+pub fn facts() -> backstop_common::wire::HostFacts {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_default();
+    backstop_common::wire::HostFacts {
+        kernel,
+        os,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

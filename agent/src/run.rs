@@ -151,25 +151,6 @@ impl WindowSink for OutboxSink {
     }
 }
 
-pub fn host_facts() -> HostFacts {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let os = std::fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-                .map(|v| v.trim_matches('"').to_string())
-        })
-        .unwrap_or_default();
-    HostFacts {
-        kernel,
-        os,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    }
-}
-
 /// Run until `shutdown` resolves.
 pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     // First: a second agent on this data directory stops here, having
@@ -205,7 +186,7 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
         context: format!("binding a UDP socket on {bind}"),
         source,
     })?;
-    let facts = host_facts();
+    let facts = crate::host::facts();
     let running = run_deploy::Running::default();
     let connect_loop = async {
         let mut backoff = Duration::from_millis(200);
