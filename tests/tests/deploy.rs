@@ -13,14 +13,13 @@ mod alerts {
 }
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use support::agents::{Fleet, Proc};
 use support::sentinel;
-use support::{deb_file, ebpf_or_skip, eventually, rootfs};
+use support::{deb_file, ebpf_or_skip, eventually, failing_hello, rootfs};
 
 /// The root as a rollback must leave it: the walk without inode numbers.
 fn root_walk(root: &Path) -> BTreeMap<String, String> {
@@ -34,37 +33,6 @@ fn root_walk(root: &Path) -> BTreeMap<String, String> {
             (k, v)
         })
         .collect()
-}
-
-/// hello repacked with a postinst that exits 1.
-fn failing_hello(dir: &Path) -> PathBuf {
-    let work = dir.join("repack");
-    let ok = Command::new("dpkg-deb")
-        .arg("-R")
-        .arg(deb_file("hello"))
-        .arg(&work)
-        .status();
-    assert!(ok.unwrap().success());
-    let postinst = work.join("DEBIAN/postinst");
-    std::fs::write(
-        &postinst,
-        "#!/bin/sh\necho failing on purpose >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let deb = dir.join("hello-bad.deb");
-    let built = Command::new("dpkg-deb")
-        .arg("-b")
-        .arg(&work)
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    deb
 }
 
 #[test]

@@ -12,7 +12,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::agents::Proc;
 use support::sentinel::{self, Walk};
-use support::{agent, deb_file, ebpf_or_skip, eventually, rootfs};
+use support::{agent, deb_file, ebpf_or_skip, eventually, failing_hello, rootfs};
 
 /// A scratch directory with a copy of the rootfs, a data directory and a
 /// sentinel beside them; removed when dropped.
@@ -232,38 +231,6 @@ period = "0s"
         shadows.display()
     );
     s.sentinel_untouched();
-}
-
-/// hello repacked with a postinst that exits 1.
-fn failing_hello(dir: &Path) -> PathBuf {
-    let work = dir.join("repack");
-    let ok = Command::new("dpkg-deb")
-        .arg("-R")
-        .arg(deb_file("hello"))
-        .arg(&work)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let postinst = work.join("DEBIAN/postinst");
-    std::fs::write(
-        &postinst,
-        "#!/bin/sh\necho failing on purpose >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let deb = dir.join("hello-bad.deb");
-    let built = Command::new("dpkg-deb")
-        .arg("-b")
-        .arg(&work)
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    deb
 }
 
 #[test]

@@ -206,3 +206,39 @@ pub fn rootfs() -> Option<PathBuf> {
     eprintln!("*** SKIPPED: the rootfs fixture is missing (cargo xtask test makes it) ***");
     None
 }
+
+/// hello repacked with a postinst that exits 1.
+pub fn failing_hello(dir: &std::path::Path) -> PathBuf {
+    let work = dir.join("repack");
+    let ok = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(deb_file("hello"))
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let postinst = work.join("DEBIAN/postinst");
+    std::fs::write(
+        &postinst,
+        "#!/bin/sh\necho failing on purpose >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &postinst,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let deb = dir.join("hello-bad.deb");
+    let built = Command::new("dpkg-deb")
+        .arg("-b")
+        .arg(&work)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    deb
+}
