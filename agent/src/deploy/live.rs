@@ -61,19 +61,6 @@ impl LiveOutcome {
     }
 }
 
-fn sh_quote(arg: &[u8]) -> Vec<u8> {
-    let mut out = b"'".to_vec();
-    for &b in arg {
-        if b == b'\'' {
-            out.extend_from_slice(b"'\\''");
-        } else {
-            out.push(b);
-        }
-    }
-    out.push(b'\'');
-    out
-}
-
 /// The words that run `argv` in `root` with `env`: `env K=V... chroot
 /// ROOT argv...` (no chroot when the root is "/").
 fn wrap(argv: &[String], root: &Path, env: &[(String, String)]) -> Vec<OsString> {
@@ -103,7 +90,7 @@ pub fn std_command(
 /// on stdout (the agent's pipe), and a stop at the first step that fails.
 pub fn runner_script(io: &Path, root: &Path, steps: &[Cmd]) -> Vec<u8> {
     let mut s = b"#!/bin/sh\n# backstop live step runner\nIO=".to_vec();
-    s.extend(sh_quote(io.as_os_str().as_bytes()));
+    s.extend(crate::shadow::sh_quote(io.as_os_str().as_bytes()));
     s.extend_from_slice(
         b"\nstep() {\n  n=$1; shift\n  echo \"start $n\"\n  \"$@\" </dev/null >\"$IO/$n.out\" 2>&1\n  rc=$?\n  echo \"end $n $rc\"\n  [ \"$rc\" -eq 0 ] || exit \"$rc\"\n}\ncd /\n",
     );
@@ -111,7 +98,7 @@ pub fn runner_script(io: &Path, root: &Path, steps: &[Cmd]) -> Vec<u8> {
         s.extend(format!("step {i}").as_bytes());
         for w in wrap(&step.argv, root, &step.env) {
             s.push(b' ');
-            s.extend(sh_quote(w.as_bytes()));
+            s.extend(crate::shadow::sh_quote(w.as_bytes()));
         }
         s.push(b'\n');
     }

@@ -22,6 +22,8 @@ mod spec;
 mod steps;
 mod sweep;
 
+pub(crate) use steps::sh_quote;
+
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

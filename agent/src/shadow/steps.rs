@@ -12,7 +12,10 @@ use super::container;
 /// Last bytes of a step's output kept in the report.
 const TAIL_BYTES: usize = 4096;
 
-fn sh_quote(arg: &[u8]) -> Vec<u8> {
+/// `arg` as one single-quoted POSIX shell word, whatever its bytes: the
+/// shadow's step runner and the live install's runner both build scripts
+/// from argv this way.
+pub(crate) fn sh_quote(arg: &[u8]) -> Vec<u8> {
     let mut out = b"'".to_vec();
     for &b in arg {
         if b == b'\'' {

@@ -12,27 +12,7 @@ use anyhow::Result;
 use crate::util;
 
 pub(super) fn decide() -> Result<()> {
-    util::step(
-        "cargo build --release (backstop-controller)",
-        util::cargo(&["build", "--release", "-p", "backstop-controller"]),
-    )?;
-    let backstop = util::target_dir().join("release/backstop");
-    let base = util::cache_dir().join("bench-decide");
-    let _ = std::fs::remove_dir_all(&base);
-    let synth = ["corpus", "synth", "--packages", "80", "--per-package", "16"];
-    util::output(
-        Command::new(&backstop)
-            .args(synth)
-            .args(["--seed", "5", "--out"])
-            .arg(base.join("corpus")),
-    )?;
-    util::output(
-        Command::new(&backstop)
-            .args(["train", "--json", "--seed", "1", "--corpus"])
-            .arg(base.join("corpus"))
-            .arg("--out")
-            .arg(base.join("model")),
-    )?;
+    let (backstop, base) = super::trained_model("bench-decide")?;
     let out = util::output(
         Command::new(&backstop)
             .env("RAYON_NUM_THREADS", "1")

@@ -7,35 +7,7 @@ use anyhow::Result;
 use crate::util;
 
 pub(super) fn predict() -> Result<()> {
-    util::step(
-        "cargo build --release (backstop-controller)",
-        util::cargo(&["build", "--release", "-p", "backstop-controller"]),
-    )?;
-    let backstop = util::target_dir().join("release/backstop");
-    let base = util::cache_dir().join("bench-predict");
-    let _ = std::fs::remove_dir_all(&base);
-    util::output(
-        Command::new(&backstop)
-            .args([
-                "corpus",
-                "synth",
-                "--packages",
-                "80",
-                "--per-package",
-                "16",
-                "--seed",
-                "5",
-                "--out",
-            ])
-            .arg(base.join("corpus")),
-    )?;
-    util::output(
-        Command::new(&backstop)
-            .args(["train", "--json", "--seed", "1", "--corpus"])
-            .arg(base.join("corpus"))
-            .arg("--out")
-            .arg(base.join("model")),
-    )?;
+    let (backstop, base) = super::trained_model("bench-predict")?;
     let out = util::output(
         Command::new(&backstop)
             .env("RAYON_NUM_THREADS", "1")
