@@ -4,8 +4,10 @@
 
 pub mod btf;
 pub mod changes;
+pub mod config;
 pub mod datadir;
 pub mod deploy;
+pub mod doctor;
 pub mod error;
 pub mod fold;
 pub mod host;

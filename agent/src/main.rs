@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{deploy, run, shadow, snapshot, watch};
+use commands::{deploy, doctor, run, shadow, snapshot, watch};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +65,14 @@ enum Command {
     ///
     /// Example: backstop-agent deploy examples/hello.toml
     Deploy(deploy::Args),
+    /// Check this host can run the agent (kernel, BTF, tracefs, the probes'
+    /// tracepoints, BPF permission, cgroup v2, what shadows need, disk room,
+    /// the controller's reach): ok / warn / fail per check, with the fix.
+    ///
+    /// Exit codes: 0 no check failed, 1 some check failed, 2 bad config.
+    ///
+    /// Example: backstop-agent doctor --controller 10.0.0.5:7870 --bundle /etc/backstop/agent.pem
+    Doctor(doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -94,6 +102,7 @@ fn main() -> ExitCode {
             Command::Snapshot(args) => snapshot::snapshot(args),
             Command::Run(args) => run::run(args).await,
             Command::Deploy(args) => deploy::deploy(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
         }
     });
     let code = result.unwrap_or_else(|e| {

@@ -259,6 +259,15 @@ impl Btf {
             })
     }
 
+    /// Whether the kernel defines a typedef of this name. Every tracepoint
+    /// has one, `btf_trace_<event>`, which is how a raw tracepoint is found
+    /// without tracefs (`doctor` checks the probes' hooks this way).
+    pub fn has_typedef(&self, name: &str) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == name)
+    }
+
     pub fn enum_value(&self, name: &str) -> Result<i64, BtfError> {
         for t in &self.types {
             let (step, wide) = match t.kind {

@@ -6,6 +6,7 @@
 //! [`AgentError::exit_code`](backstop_agent::AgentError::exit_code).
 
 pub mod deploy;
+pub mod doctor;
 pub mod run;
 pub mod shadow;
 pub mod snapshot;
@@ -30,4 +31,23 @@ pub struct StoreArgs {
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// DATA when neither a flag, BACKSTOP_DATA nor the config file says.
+pub const DEFAULT_DATA: &str = "/var/lib/backstop";
+/// The name on the controller's certificate (`backstop init` makes it).
+pub const DEFAULT_SERVER_NAME: &str = "backstop-controller";
+
+/// Print a config file error with its cause (toml's names the key and
+/// line); exit code 2, as for anything that cannot run here.
+pub fn config_error(e: &backstop_agent::config::ConfigError) -> i32 {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    eprintln!("backstop-agent: {msg}");
+    2
 }

@@ -1,8 +1,10 @@
 //! `backstop-agent run`: the host's agent, connected to the controller
-//! until SIGINT or SIGTERM.
+//! until SIGINT or SIGTERM. Each flag given wins over the config file
+//! (/etc/backstop/agent.toml when it exists, or `--config`).
 
 use std::path::PathBuf;
 
+use backstop_agent::config::AgentConfig;
 use backstop_agent::probes::ProbeOptions;
 use backstop_agent::run::RunOptions;
 
@@ -10,34 +12,62 @@ use super::Outcome;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The controller's QUIC address (backstop serve --listen).
+    /// The controller's QUIC address (backstop serve --listen); else the config's `controller`.
     #[arg(long)]
-    controller: std::net::SocketAddr,
-    /// This host's bundle from `backstop init` or `backstop enroll`.
+    controller: Option<std::net::SocketAddr>,
+    /// This host's bundle from `backstop init` or `backstop enroll`; else the config's `bundle`.
     #[arg(long)]
-    bundle: PathBuf,
-    /// The name on the controller's certificate.
-    #[arg(long, default_value = "backstop-controller")]
-    server_name: String,
-    /// Data directory (the outbox lives under DATA/agent/).
-    #[arg(long, env = "BACKSTOP_DATA", default_value = "/var/lib/backstop")]
-    data: PathBuf,
-    #[arg(long, default_value_t = backstop_agent::outbox::DEFAULT_MAX_BYTES)]
-    outbox_max_bytes: u64,
+    bundle: Option<PathBuf>,
+    /// The name on the controller's certificate [default: backstop-controller].
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Data directory (the outbox lives under DATA/agent/) [default: /var/lib/backstop].
+    #[arg(long, env = "BACKSTOP_DATA")]
+    data: Option<PathBuf>,
+    /// The outbox's cap in bytes [default: 256 MiB].
+    #[arg(long)]
+    outbox_max_bytes: Option<u64>,
     /// Forward the probes' own diagnostics (aya-log) to the log.
     #[arg(long)]
     probe_log: bool,
+    /// Config file (default /etc/backstop/agent.toml when it exists).
+    #[arg(long, env = "BACKSTOP_AGENT_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> Outcome {
+    // Config first, before anything is created or bound.
+    let file = match AgentConfig::load(args.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return Ok(super::config_error(&e)),
+    };
+    let (Some(controller), Some(bundle)) = (
+        args.controller.or(file.controller),
+        args.bundle.or(file.bundle),
+    ) else {
+        eprintln!(
+            "backstop-agent: run needs the controller and this host's bundle: --controller ADDR --bundle FILE, or `controller` and `bundle` in {}",
+            backstop_agent::config::DEFAULT_PATH
+        );
+        return Ok(2);
+    };
     let opts = RunOptions {
-        controller: args.controller,
-        server_name: args.server_name,
-        bundle: args.bundle,
-        data: args.data,
-        outbox_max_bytes: args.outbox_max_bytes,
+        controller,
+        server_name: args
+            .server_name
+            .or(file.server_name)
+            .unwrap_or_else(|| super::DEFAULT_SERVER_NAME.to_string()),
+        bundle,
+        data: args
+            .data
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from(super::DEFAULT_DATA)),
+        outbox_max_bytes: args
+            .outbox_max_bytes
+            .or(file.outbox_max_bytes)
+            .unwrap_or(backstop_agent::outbox::DEFAULT_MAX_BYTES),
         probes: ProbeOptions {
-            probe_log: args.probe_log,
+            probe_log: args.probe_log || file.probe_log.unwrap_or(false),
         },
     };
     backstop_agent::run::run(opts, shutdown()).await?;

@@ -151,7 +151,7 @@ fn dup_prog_fd(
         })
 }
 
-fn raise_memlock() {
+pub(super) fn raise_memlock() {
     // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to
     // the memory cgroup, where this is harmless.
     let rlim = libc::rlimit {
@@ -173,7 +173,7 @@ where
     T::try_from(map).map_err(|e| map_err(name, e))
 }
 
-fn read_pid_max() -> Result<u32> {
+pub(super) fn read_pid_max() -> Result<u32> {
     let path = Path::new("/proc/sys/kernel/pid_max");
     let s = std::fs::read_to_string(path).map_err(|source| AgentError::Proc {
         path: path.into(),

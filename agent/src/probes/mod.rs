@@ -7,12 +7,14 @@
 //! Only this module touches aya. Its files: `load` (the object, its
 //! programs, and the kernel facts the load needs), `slots` (claim,
 //! release, track), `read` (totals and other map readings), `mailbox`
-//! (the shared ring buffers and per-slot mailboxes).
+//! (the shared ring buffers and per-slot mailboxes), `verify` (the
+//! hook list and a load without attaching, for `doctor`).
 
 mod load;
 mod mailbox;
 mod read;
 mod slots;
+mod verify;
 
 use std::os::fd::OwnedFd;
 
@@ -25,6 +27,7 @@ use backstop_common::{
 
 pub use load::block_devices;
 use mailbox::Mailboxes;
+pub use verify::{Hook, HookKind, hooks, verify_load};
 
 use crate::error::{AgentError, Result};
 

@@ -1,0 +1,70 @@
+//! Room for snapshots: they live under DATA/agent/snapshots, content
+//! addressed, so a snapshot costs about what the manifest's scope holds
+//! that no earlier snapshot had. The thresholds are floors for a small
+//! scope (a package's files and /etc), not a promise for a large one.
+
+use std::path::Path;
+
+use super::Check;
+
+const NAME: &str = "disk.data";
+/// Below this, a snapshot of a typical package's scope may not fit.
+const WARN_BELOW: u64 = 2 << 30;
+/// Below this, even the outbox and journals are at risk.
+const FAIL_BELOW: u64 = 256 << 20;
+
+pub fn room(data: &Path) -> Check {
+    // The data directory may not exist yet (the agent makes it): measure
+    // the filesystem it will be on.
+    let Some(existing) = data.ancestors().find(|p| p.exists()) else {
+        return Check::fail(
+            NAME,
+            format!("no part of {} exists", data.display()),
+            "give --data an absolute path",
+        );
+    };
+    let free = match free_bytes(existing) {
+        Ok(f) => f,
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("statvfs {}: {e}", existing.display()),
+                "check the data directory's path and permissions",
+            );
+        }
+    };
+    let detail = format!(
+        "{} free on the filesystem of {}",
+        human(free),
+        data.display()
+    );
+    let fix = "free space on it, or point --data at a larger filesystem (needs about the size of the manifest's scope)";
+    if free < FAIL_BELOW {
+        Check::fail(NAME, detail, fix)
+    } else if free < WARN_BELOW {
+        Check::warn(NAME, detail, fix)
+    } else {
+        Check::ok(NAME, detail)
+    }
+}
+
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a pointer to an initialised statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &raw mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn human(bytes: u64) -> String {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a figure for people, to one decimal"
+    )]
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    format!("{gib:.1} GiB")
+}
