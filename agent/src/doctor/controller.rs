@@ -15,8 +15,9 @@ const NAME: &str = "controller";
 const HANDSHAKE: Duration = Duration::from_secs(5);
 /// In TLS 1.3 the server checks the client's certificate after the
 /// client's side of the handshake is done: a refused certificate shows as
-/// a close shortly after. Waiting this long catches it.
-const REFUSAL: Duration = Duration::from_millis(500);
+/// a close right after (the controller also checks its records of
+/// revoked certificates then). Waiting this long catches either.
+const REFUSAL: Duration = Duration::from_secs(2);
 
 pub async fn check(opts: &Options) -> Check {
     let Some(addr) = opts.controller else {
