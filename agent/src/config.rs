@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 /// Read when no `--config` is given and the file exists.
 pub const DEFAULT_PATH: &str = "/etc/backstop/agent.toml";
+/// DATA when neither a flag, BACKSTOP_DATA nor the config says.
+pub const DEFAULT_DATA: &str = "/var/lib/backstop";
+/// The name on the controller's certificate (`backstop init` makes it).
+pub const DEFAULT_SERVER_NAME: &str = "backstop-controller";
 
 /// The whole file. Every key is optional: an empty file is the defaults.
 #[derive(Debug, Clone, Default, Deserialize)]

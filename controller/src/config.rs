@@ -15,6 +15,10 @@ use crate::alert::webhook::WebhookConfig;
 
 /// Read when `backstop serve` is given no `--config` and the file exists.
 pub const DEFAULT_PATH: &str = "/etc/backstop/controller.toml";
+/// Where agents connect when neither a flag nor the config says.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7870";
+/// DATA when neither a flag, BACKSTOP_DATA nor the config says.
+pub const DEFAULT_DATA: &str = "/var/lib/backstop";
 
 /// The whole file. Every key is optional: an empty file is the defaults.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -33,10 +33,7 @@ pub struct StoreArgs {
     pub json: bool,
 }
 
-/// DATA when neither a flag, BACKSTOP_DATA nor the config file says.
-pub const DEFAULT_DATA: &str = "/var/lib/backstop";
-/// The name on the controller's certificate (`backstop init` makes it).
-pub const DEFAULT_SERVER_NAME: &str = "backstop-controller";
+pub use backstop_agent::config::{DEFAULT_DATA, DEFAULT_SERVER_NAME};
 
 /// Print a config file error with its cause (toml's names the key and
 /// line); exit code 2, as for anything that cannot run here.

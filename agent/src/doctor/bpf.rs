@@ -29,7 +29,7 @@ pub fn load() -> Check {
         Err(e) => Check::fail(
             NAME,
             e.to_string(),
-            "check `dmesg` and kernel.unprivileged_bpf_disabled; the verifier's reason is above",
+            "give the agent CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (packaging/systemd/backstop-agent.service); if it has them, the verifier's reason is above",
         ),
     }
 }

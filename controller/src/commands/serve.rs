@@ -2,16 +2,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use backstop_controller::config::ControllerConfig;
+use backstop_controller::config::{ControllerConfig, DEFAULT_DATA, DEFAULT_LISTEN};
 use backstop_controller::daemon::start::{ServeConfig, serve};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Exit;
 
-/// Where agents connect when neither a flag nor the config says.
-const DEFAULT_LISTEN: &str = "0.0.0.0:7870";
-/// DATA when neither a flag, BACKSTOP_DATA nor the config says.
-const DEFAULT_DATA: &str = "/var/lib/backstop";
 
 /// `serve`'s flags; each one given wins over the config file.
 pub struct Flags {
