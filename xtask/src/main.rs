@@ -10,6 +10,7 @@ mod corpus;
 mod demo;
 mod ebpf;
 mod fixtures;
+mod package;
 mod setup;
 mod util;
 
@@ -45,6 +46,17 @@ enum Task {
     Run {
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Debian packages `backstop` and `backstop-agent` (binaries, systemd
+    /// units, default configs as conffiles) into target/debian/.
+    Package {
+        /// Package the binaries in this directory instead of building
+        /// release ones (the tests use target/debug).
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<std::path::PathBuf>,
+        /// Where the .debs go.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
     },
     /// The main job, end to end on this machine: watch a real `dpkg -i` of a
     /// real package into a throw-away Debian root and print its windows.
@@ -97,6 +109,9 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Run { args } => run(&args),
+        Task::Package { bin_dir, out } => {
+            package::package(bin_dir.as_deref(), out.as_deref()).map(|_| ())
+        }
         Task::Demo => demo::demo(),
         Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Task::Bench { which } => bench::run(which),

@@ -17,7 +17,8 @@ use crate::util;
 /// filter on cgroup v2); dpkg-dev: repacking .debs;
 /// prometheus-alertmanager: the real Alertmanager tests/tests/alerts.rs
 /// posts alerts to (its service is not started: no systemd here, and the
-/// test runs its own on loopback).
+/// test runs its own on loopback); systemd: `systemd-analyze verify` of
+/// the packaged units (tests/tests/packaging.rs; nothing is started).
 const DEBIAN_PACKAGES: &[&str] = &[
     "debootstrap",
     "rsync",
@@ -28,6 +29,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "pkg-config",
     "dpkg-dev",
     "prometheus-alertmanager",
+    "systemd",
 ];
 
 pub fn run() -> Result<()> {

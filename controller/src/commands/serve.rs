@@ -8,7 +8,6 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::Exit;
 
-
 /// `serve`'s flags; each one given wins over the config file.
 pub struct Flags {
     /// `--data` or BACKSTOP_DATA, when given (not clap's default).
