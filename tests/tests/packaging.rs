@@ -395,3 +395,60 @@ fn the_units_minimal_capability_set_runs_doctor_watch_and_a_shadow() {
     assert_eq!(bpf["status"], "fail", "{bpf}");
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// The packaged agent.toml, with the controller and bundle filled in, is
+/// all `backstop-agent run` needs: no flag names the controller, and the
+/// agent connects. A misspelt key stops it with exit code 2 naming it.
+#[test]
+fn run_takes_its_controller_and_bundle_from_the_config_file() {
+    let Some(_g) = ebpf_or_skip("run_takes_its_controller_and_bundle_from_the_config_file") else {
+        return;
+    };
+    let fleet = support::agents::Fleet::new("pkgcfg");
+    let _serve = fleet.serve();
+    let shipped = std::fs::read_to_string(packaged("etc/backstop/agent.toml")).unwrap();
+    let bundle = fleet.data.join("pki/agents/web-1.bundle");
+    let agent_data = fleet.data.join("agent-data");
+    let text = shipped
+        .replace(
+            "# controller = \"192.0.2.10:7870\"",
+            &format!("controller = \"{}\"", fleet.addr),
+        )
+        .replace(
+            "# bundle = \"/etc/backstop/agent.bundle\"",
+            &format!("bundle = \"{}\"", bundle.display()),
+        )
+        .replace(
+            "data = \"/var/lib/backstop\"",
+            &format!("data = \"{}\"", agent_data.display()),
+        );
+    assert_ne!(text, shipped, "the example lines moved: update this test");
+    let config = fleet.data.join("agent.toml");
+    std::fs::write(&config, &text).unwrap();
+    let agent_proc = support::agents::Proc::spawn(
+        Command::new(agent())
+            .args(["--log", "info", "run", "--config"])
+            .arg(&config)
+            .env_remove("BACKSTOP_DATA"),
+    );
+    fleet.wait_connected(&agent_proc);
+    assert!(
+        agent_data.join("agent").is_dir(),
+        "the config's data directory is used"
+    );
+    drop(agent_proc);
+
+    let typo = fleet.data.join("typo.toml");
+    std::fs::write(&typo, text.replace("server_name =", "server_nam =")).unwrap();
+    let out = Command::new(agent())
+        .args(["run", "--config"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("server_nam") && err.contains(typo.to_str().unwrap()),
+        "names the key and the file: {err}"
+    );
+}
