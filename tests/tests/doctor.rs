@@ -56,10 +56,9 @@ fn doctor(prefix: &[&str], args: &[&str]) -> Output {
     if !prefix.is_empty() {
         cmd.arg(agent());
     }
-    let empty = std::env::temp_dir().join(format!("backstop-doctor-{}.toml", std::process::id()));
-    std::fs::write(&empty, "").unwrap();
     cmd.args(["doctor", "--json", "--data", data.to_str().unwrap()])
-        .args(["--config", empty.to_str().unwrap()])
+        // An empty config: never the host's /etc/backstop/agent.toml.
+        .args(["--config", "/dev/null"])
         .args(args)
         .env_remove("BACKSTOP_DATA")
         .output()
@@ -178,16 +177,12 @@ fn without_tracefs_it_says_the_agent_mounts_it_and_leaves_the_host_alone() {
     };
     // As ../shared/tools/fresh-demo does: a private mount namespace where
     // tracefs and debugfs are unmounted, as on a freshly booted VM.
-    let empty =
-        std::env::temp_dir().join(format!("backstop-doctor-ns-{}.toml", std::process::id()));
-    std::fs::write(&empty, "").unwrap();
     let script = format!(
         "for m in /sys/kernel/debug/tracing /sys/kernel/tracing /sys/kernel/debug; do umount -l $m 2>/dev/null; done; \
          if [ -n \"$(ls -A /sys/kernel/tracing 2>/dev/null)\" ]; then echo 'tracefs still mounted' >&2; exit 99; fi; \
-         {} doctor --json --data /tmp --config {} || exit $?; \
+         {} doctor --json --data /tmp --config /dev/null || exit $?; \
          if [ -n \"$(ls -A /sys/kernel/tracing 2>/dev/null)\" ]; then echo 'doctor left tracefs mounted' >&2; exit 98; fi",
-        agent().display(),
-        empty.display()
+        agent().display()
     );
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
