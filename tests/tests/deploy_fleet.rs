@@ -247,6 +247,20 @@ fn ten_deployments_to_one_agent_each_get_one_decision_and_the_roots_it_says() {
         listed,
         "the refused deployment is not stored"
     );
+    // All four run on the one agent at once before the gate opens.
+    for d in &deps[..4] {
+        assert!(
+            eventually(Duration::from_mins(1), || {
+                fleet.json(&["show", &d.id, "--json"])["events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["event"].get("started").is_some()))
+            }),
+            "{} never started: {}",
+            d.id,
+            agent.log()
+        );
+    }
+    assert_eq!(setup.state(&deps[0].id), "running", "held at its gate");
     std::fs::write(setup.roots[0].join(GATE), b"go").unwrap();
     for d in &deps[..4] {
         assert!(
