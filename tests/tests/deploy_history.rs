@@ -191,7 +191,7 @@ fn a_version_rolled_back_on_other_hosts_weighs_in_on_the_next_and_not_when_turne
 
     // The same deployment with history turned off: none is read or weighed.
     let off = ctl.data.join("hello-no-history.toml");
-    let text = std::fs::read_to_string(&hello).unwrap().replace(
+    let text = std::fs::read_to_string(hello).unwrap().replace(
         "../target/",
         &format!("{}/../target/", examples().display()),
     ) + "\n[policy]\nguards = { history = false }\n";

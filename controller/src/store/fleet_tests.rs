@@ -52,8 +52,8 @@ fn of<'a>(id: &'a str, host: &'a str, version: Option<&'a str>) -> HistoryOf<'a>
 
 #[tokio::test]
 async fn history_counts_other_hosts_per_version_and_recent_rollbacks_fleet_wide() {
-    let (s, dir) = store("history").await;
     use DeployState::{Committed, Failed, Interrupted, Refused, RolledBack, RollingBack};
+    let (s, dir) = store("history").await;
     ended(&s, "a1", "web-a", "1.0", RolledBack, false).await;
     ended(&s, "a2", "web-a", "1.0", RolledBack, false).await; // same host: one
     ended(&s, "c1", "web-c", "1.0", Refused, false).await;
