@@ -455,3 +455,101 @@ fn alerts_fired(setup: &Setup, rx: &alerts::receiver::Receiver, deps: &[Dep]) {
         assert_eq!(n, usize::from(!d.healthy), "alerts for {}: {got:?}", d.id);
     }
 }
+
+/// Execs that hold every probe slot of the agent make the next
+/// deployment's live install fail in the agent itself (it cannot be
+/// tracked): the agent rolls it back at once, so its root is as before,
+/// its cgroup is gone and the controller has it `rolled_back`, not
+/// "failed, nothing changed" with the artifact still staged in the root.
+#[test]
+fn a_deployment_the_agent_cannot_track_is_rolled_back_at_once() {
+    /// Stream slots one agent can track at once (`MAX_SLOTS - 1`).
+    const SLOTS: usize = backstop_common::kernel::MAX_SLOTS as usize - 1;
+    let Some(_g) = ebpf_or_skip("a deployment with no free probe slot") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let base = PathBuf::from("/var/tmp").join(format!("backstop-e2e-slots-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let root = base.join("root-0");
+    let copied = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&cached)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "copying the rootfs");
+    let setup = Setup {
+        fleet: Fleet::new("deploy-slots"),
+        bad: deb_file("hello"),
+        good: deb_file("hello"),
+        roots: vec![root.clone()],
+        base: base.clone(),
+    };
+    let fleet = &setup.fleet;
+    let serve = fleet.serve();
+    let agent = Proc::spawn(&mut fleet.agent_cmd(&base.join("agent-data")));
+    fleet.wait_connected(&agent);
+    let execs: Vec<Proc> = (0..SLOTS).map(|_| fleet.exec(&["sleep", "40"])).collect();
+    // Each holds its slot once it has sent a window.
+    assert!(
+        eventually(Duration::from_mins(1), || {
+            let tracked = fleet
+                .json(&["deployments", "--json"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["state"] == "running")
+                .filter(|d| !fleet.windows(d["id"].as_str().unwrap()).is_empty())
+                .count();
+            tracked == SLOTS
+        }),
+        "the execs never all ran: {}",
+        agent.log()
+    );
+    let mut d = Dep {
+        root: 0,
+        healthy: true,
+        gated: false,
+        id: String::new(),
+        before: root_walk(&root),
+    };
+    let manifest = setup.manifest(0, &d);
+    let out = fleet
+        .backstop()
+        .args(Setup::deploy_args(&manifest))
+        .args(["--wait", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not committed: {stdout}\nagent: {}",
+        agent.log()
+    );
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    d.id = first["deployment"].as_str().unwrap().to_string();
+    assert!(eventually(Duration::from_secs(20), || setup.state(&d.id)
+        == "rolled_back"));
+    let shown = fleet.json(&["show", &d.id, "--json"]);
+    let reason = shown["deployment"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("slot"),
+        "the reason names the cause: {shown}"
+    );
+    let diffs = differences(&d.before, &root_walk(&root));
+    assert!(
+        diffs.is_empty(),
+        "the root differs after the rollback: {diffs:?}"
+    );
+    for parent in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        let cg = Path::new(parent).join("backstop.deploy").join(&d.id);
+        assert!(!cg.exists(), "{} is left", cg.display());
+    }
+    drop(execs);
+    drop(agent);
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&base);
+}
