@@ -83,7 +83,9 @@ pub async fn run(
         cgroup: j.cgroup.clone(),
     });
     let (decision, shadow) =
-        install_and_monitor(ctx, &dir, plan, &cgroup, &mut orders, &mut j, &tx).await?;
+        install_and_monitor(ctx, &dir, plan, &cgroup, &mut orders, &mut j, &tx)
+            .await
+            .unwrap_or_else(|e| undo_after(id, &e));
     match decision {
         Order::Commit => {
             release(&cgroup);
@@ -106,6 +108,22 @@ pub async fn run(
             finish(ctx, &mut j, Outcome::RolledBack { reason }, &tx)
         }
     }
+}
+
+/// The agent itself failed after the live cgroup was made (no free probe
+/// slot while many deployments and execs run, an I/O error): the install
+/// may have begun and the artifact is staged, so roll back now, as for an
+/// order. Returning the error instead left the root half-changed until
+/// the next agent start recovered it, by when a later deployment to the
+/// same root (the controller saw this one end) could have run, and that
+/// recovery's restore would have undone it too.
+fn undo_after(id: &str, e: &DeployError) -> (Order, super::shadowing::ShadowTask) {
+    tracing::error!(
+        deployment = id,
+        "the live install failed in the agent: {e}; rolling back"
+    );
+    let reason = format!("the agent failed mid-install: {e}");
+    (Order::Rollback { reason }, None)
 }
 
 /// A plan the agent can carry out: a root with a shell for chroot'ed

@@ -184,6 +184,9 @@ pub async fn show(data: &Path, database: Option<String>, id: &str, json: bool) -
             "  decision at {}: {} [{acted}] {}",
             d.at_ms, d.verdict, d.reasons
         );
+        if let Some(h) = backstop_controller::daemon::history::describe(&d.evidence) {
+            println!("    {h}");
+        }
     }
     Ok(0)
 }

@@ -10,8 +10,9 @@
 //! of windows is a trigger too (`after_windows`), so a deployment is
 //! decided within the window that carries the evidence, not at its next
 //! event. Decisions run one at a time (`ModelSlot::serial`), so two
-//! triggers never both store one. Not here yet: history. An acted rollback fires an alert (`alerting.rs`),
-//! after its order is sent.
+//! triggers never both store one. The fleet's history of the package is
+//! read before every decision (`history.rs`). An acted rollback fires an
+//! alert (`alerting.rs`), after its order is sent.
 
 use std::sync::Arc;
 
@@ -174,6 +175,8 @@ async fn decide_now(
     if finished {
         inputs.evidence.phase = Phase::Done;
     }
+    inputs.evidence.history =
+        super::history::of(&daemon.store, &row_, &manifest, &inputs.params).await?;
     let scored = super::scoring::windows(daemon, id).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     let decision = decide(&inputs.evidence, &inputs.params);

@@ -11,6 +11,7 @@ mod alerting;
 pub mod control;
 pub mod decider;
 pub mod deploy;
+pub mod history;
 pub mod identity;
 pub mod record;
 pub mod scoring;

@@ -160,19 +160,16 @@ impl Store {
         dry_run: bool,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(manifest).map_err(|e| unusable("manifest", e))?;
+        let root = manifest.root.display().to_string();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO deployments (id, host, kind, argv, state, created_ms) VALUES (?, ?, 'deploy', ?, 'running', ?)",
-        )
-        .bind(id)
-        .bind(host)
-        .bind(serde_json::json!([manifest.name]).to_string())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
+        // One statement checks and inserts, so two deploys to one root at
+        // once cannot both pass (SQLite runs one writer at a time): the
+        // second sees the first's row and is refused (`RootBusy`).
+        let inserted = sqlx::query(
             "INSERT INTO deploys (id, host, name, package, version, manifest, dry_run, state, created_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?
+             WHERE NOT EXISTS (SELECT 1 FROM deploys WHERE host = ? AND state IN (?, ?)
+                               AND json_extract(manifest, '$.root') = ?)",
         )
         .bind(id)
         .bind(host)
@@ -181,6 +178,28 @@ impl Store {
         .bind(manifest.package.as_ref().and_then(|p| p.version.clone()))
         .bind(json)
         .bind(dry_run)
+        .bind(DeployState::Running.as_str())
+        .bind(now_ms())
+        .bind(host)
+        .bind(DeployState::Running.as_str())
+        .bind(DeployState::RollingBack.as_str())
+        .bind(&root)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            let running = super::fleet::running_on_root(&mut tx, host, &root).await?;
+            return Err(StoreError::RootBusy {
+                host: host.to_string(),
+                root,
+                running,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO deployments (id, host, kind, argv, state, created_ms) VALUES (?, ?, 'deploy', ?, 'running', ?)",
+        )
+        .bind(id)
+        .bind(host)
+        .bind(serde_json::json!([manifest.name]).to_string())
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;

@@ -26,6 +26,7 @@ mod certs;
 mod deploy;
 mod deployments;
 mod events;
+mod fleet;
 mod hosts;
 mod migrations;
 mod windows;
@@ -33,6 +34,7 @@ mod windows;
 pub use certs::{CertRow, CertStatus};
 pub use deploy::{DecisionRow, DeployEventRow, DeployRow, DeployState};
 pub use deployments::{DeploymentKind, DeploymentRow, DeploymentState, UnknownValue};
+pub use fleet::{HISTORY_RECENT_MS, HistoryOf};
 pub use hosts::HostRow;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,16 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("deployment {id} does not exist")]
     NoDeployment { id: String },
+    /// Another deployment runs on this host's root: two at once would
+    /// fight over dpkg's lock, and one's rollback would undo the other.
+    #[error(
+        "host {host} already runs deployment {running} on root {root}: one deployment per root at a time (wait for it to end, or `backstop cancel {running}`)"
+    )]
+    RootBusy {
+        host: String,
+        root: String,
+        running: String,
+    },
     /// A stored text column holds a value this version has no name for.
     #[error("deployment {id}: {source}")]
     BadValue { id: String, source: UnknownValue },
