@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod error;
 pub mod fold;
 pub mod host;
+pub mod metrics;
 pub mod outbox;
 pub mod probes;
 pub mod run;

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub data: PathBuf,
     pub outbox_max_bytes: u64,
     pub probes: ProbeOptions,
+    /// Where `/metrics` is served (`--metrics`), if anywhere.
+    pub metrics: Option<backstop_common::http::Access>,
 }
 
 /// Messages waiting for the writer thread; past this, windows are shed
@@ -90,6 +92,9 @@ impl OutboxHandle {
 
     /// Queue windows or events; never waits. A full queue sheds them.
     fn push(&self, msg: AgentMsg) {
+        if let AgentMsg::Windows { windows, .. } = &msg {
+            crate::metrics::windows_queued(windows);
+        }
         if let Err(TrySendError::Full(msg)) = self.writer.try_send(msg) {
             let n = match &msg {
                 AgentMsg::Windows { windows, .. } => windows.len() as u64,
@@ -188,6 +193,12 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     })?;
     let facts = crate::host::facts();
     let running = run_deploy::Running::default();
+    let _metrics = match opts.metrics.clone() {
+        Some(access) => {
+            Some(crate::metrics::serve(access, sources(&probes, &outbox, &running)).await?)
+        }
+        None => None,
+    };
     let connect_loop = async {
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -214,6 +225,23 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     }
     endpoint.close(0u32.into(), b"agent shutting down");
     Ok(())
+}
+
+/// What `/metrics` reads when scraped.
+fn sources(
+    probes: &SharedProbes,
+    outbox: &OutboxHandle,
+    running: &run_deploy::Running,
+) -> crate::metrics::Sources {
+    let (outbox, running) = (outbox.outbox.clone(), running.clone());
+    crate::metrics::Sources {
+        probes: probes.clone(),
+        outbox: Arc::new(move || {
+            let o = outbox.lock().unwrap_or_else(PoisonError::into_inner);
+            (o.len(), o.dropped())
+        }),
+        deployments: Arc::new(move || running.len()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -169,9 +169,18 @@ mod tests {
         t.family("backstop_d_seconds", "d", Kind::Histogram)
             .histogram("backstop_d_seconds", &[], &h);
         let body = t.finish();
-        assert!(body.contains("backstop_d_seconds_bucket{le=\"0.1\"} 1\n"), "{body}");
-        assert!(body.contains("backstop_d_seconds_bucket{le=\"1\"} 3\n"), "{body}");
-        assert!(body.contains("backstop_d_seconds_bucket{le=\"+Inf\"} 4\n"), "{body}");
+        assert!(
+            body.contains("backstop_d_seconds_bucket{le=\"0.1\"} 1\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("backstop_d_seconds_bucket{le=\"1\"} 3\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("backstop_d_seconds_bucket{le=\"+Inf\"} 4\n"),
+            "{body}"
+        );
         assert!(body.contains("backstop_d_seconds_sum 6.25\n"), "{body}");
         assert!(body.contains("backstop_d_seconds_count 4\n"), "{body}");
     }

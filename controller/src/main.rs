@@ -62,12 +62,16 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
             listen,
             database,
             config,
+            http,
+            http_token_file,
         } => {
             let flags = commands::serve::Flags {
                 data: data_given.then_some(data),
                 listen,
                 database,
                 config,
+                http,
+                http_token_file,
             };
             commands::serve::run(flags).await
         }

@@ -13,6 +13,7 @@ mod load;
 mod mailbox;
 mod read;
 mod slots;
+mod stats;
 
 use std::os::fd::OwnedFd;
 
@@ -25,6 +26,7 @@ use backstop_common::{
 
 pub use load::block_devices;
 use mailbox::Mailboxes;
+pub use stats::{ProgramStats, RunStats};
 
 use crate::error::{AgentError, Result};
 

@@ -187,7 +187,10 @@ mod tests {
         assert!(access("127.0.0.1:0", None).check().is_ok());
         assert!(access("[::1]:0", None).check().is_ok());
         let e = access("0.0.0.0:0", None).check().unwrap_err().to_string();
-        assert!(e.contains("--http 0.0.0.0:0") && e.contains("--http-token-file"), "{e}");
+        assert!(
+            e.contains("--http 0.0.0.0:0") && e.contains("--http-token-file"),
+            "{e}"
+        );
         assert!(access("0.0.0.0:0", Some("t")).check().is_ok());
     }
 

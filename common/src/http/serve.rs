@@ -25,14 +25,13 @@ impl Server {
     /// Check the bind rule, bind, and serve `router` in the background.
     pub async fn start(access: Access, router: Router) -> Result<Server, HttpError> {
         access.check()?;
-        let listener =
-            TcpListener::bind(access.addr)
-                .await
-                .map_err(|source| HttpError::Bind {
-                    addr: access.addr,
-                    addr_flag: access.addr_flag,
-                    source,
-                })?;
+        let listener = TcpListener::bind(access.addr)
+            .await
+            .map_err(|source| HttpError::Bind {
+                addr: access.addr,
+                addr_flag: access.addr_flag,
+                source,
+            })?;
         let local = listener.local_addr().unwrap_or(access.addr);
         let shared = Arc::new((access.token, router));
         let task = tokio::spawn(async move {

@@ -20,6 +20,8 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
     pub database: Option<String>,
     pub config: Option<PathBuf>,
+    pub http: Option<SocketAddr>,
+    pub http_token_file: Option<PathBuf>,
 }
 
 pub async fn run(flags: Flags) -> Result<i32> {
@@ -38,6 +40,11 @@ pub async fn run(flags: Flags) -> Result<i32> {
         None => DEFAULT_LISTEN.parse()?,
     };
     let database = flags.database.or(file.database);
+    let http = backstop_controller::http::access(
+        flags.http.or(file.http),
+        flags.http_token_file.or(file.http_token_file),
+    )
+    .map_err(|e| anyhow::Error::new(e).context(Exit(2)))?;
     // The daemon makes nothing another local user should read: its
     // database, socket and any file it creates are born private, with no
     // window between creation and a chmod. (It runs no child processes.)
@@ -63,6 +70,7 @@ pub async fn run(flags: Flags) -> Result<i32> {
             listen,
             database,
             alerts: file.alerts,
+            http,
         },
         shutdown,
     )

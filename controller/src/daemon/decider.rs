@@ -188,6 +188,12 @@ async fn decide_now(
         .store
         .add_decision(id, &row(&inputs, &decision, now_ms(), acted))
         .await?;
+    let verdict = decision.verdict.to_string();
+    crate::metrics::DecisionMade {
+        deployment: id,
+        verdict: &verdict,
+    }
+    .emit();
     let reason: Vec<String> = decision
         .reasons
         .iter()
