@@ -17,7 +17,9 @@ use crate::util;
 /// filter on cgroup v2); dpkg-dev: repacking .debs;
 /// prometheus-alertmanager: the real Alertmanager tests/tests/alerts.rs
 /// posts alerts to (its service is not started: no systemd here, and the
-/// test runs its own on loopback).
+/// test runs its own on loopback); prometheus: `promtool check metrics`,
+/// which tests/tests/metrics.rs runs on both /metrics bodies (on a systemd
+/// host the package starts a server on :9090; no test uses or needs it).
 const DEBIAN_PACKAGES: &[&str] = &[
     "debootstrap",
     "rsync",
@@ -28,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "pkg-config",
     "dpkg-dev",
     "prometheus-alertmanager",
+    "prometheus",
 ];
 
 pub fn run() -> Result<()> {
