@@ -43,7 +43,9 @@ impl Server {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(answer(&shared.0, &shared.1, req).await) }
+                        async move {
+                            Ok::<_, Infallible>(answer(shared.0.as_deref(), &shared.1, req).await)
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service);
@@ -69,7 +71,7 @@ impl Drop for Server {
 }
 
 async fn answer(
-    token: &Option<String>,
+    token: Option<&str>,
     router: &Router,
     req: hyper::Request<Incoming>,
 ) -> Response<Full<Bytes>> {

@@ -27,7 +27,7 @@ impl WindowsIngested<'_> {
 
     /// One event per stream of a received batch.
     pub fn batch(host: &str, windows: &[backstop_common::window::Window]) {
-        let mut by: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        let mut by = std::collections::BTreeMap::<&str, (u64, u64)>::new();
         for w in windows {
             let e = by.entry(w.stream.as_str()).or_default();
             e.0 += 1;
