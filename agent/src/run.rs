@@ -25,6 +25,9 @@ use crate::track::{SharedProbes, TrackOptions, WindowSink, track};
 // `ControllerMsg::Deploy`: the executor, started from here.
 #[path = "run_deploy.rs"]
 mod run_deploy;
+// `--metrics`: what `/metrics` reads of this agent.
+#[path = "run_metrics.rs"]
+mod run_metrics;
 use crate::tree::Stdout;
 
 #[derive(Debug, Clone)]
@@ -193,12 +196,7 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     })?;
     let facts = crate::host::facts();
     let running = run_deploy::Running::default();
-    let _metrics = match opts.metrics.clone() {
-        Some(access) => {
-            Some(crate::metrics::serve(access, sources(&probes, &outbox, &running)).await?)
-        }
-        None => None,
-    };
+    let _metrics = run_metrics::start(&opts, &probes, &outbox, &running).await?;
     let connect_loop = async {
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -225,23 +223,6 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     }
     endpoint.close(0u32.into(), b"agent shutting down");
     Ok(())
-}
-
-/// What `/metrics` reads when scraped.
-fn sources(
-    probes: &SharedProbes,
-    outbox: &OutboxHandle,
-    running: &run_deploy::Running,
-) -> crate::metrics::Sources {
-    let (outbox, running) = (outbox.outbox.clone(), running.clone());
-    crate::metrics::Sources {
-        probes: probes.clone(),
-        outbox: Arc::new(move || {
-            let o = outbox.lock().unwrap_or_else(PoisonError::into_inner);
-            (o.len(), o.dropped())
-        }),
-        deployments: Arc::new(move || running.len()),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
