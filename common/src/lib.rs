@@ -23,6 +23,8 @@ pub mod manifest;
 #[cfg(feature = "std")]
 pub mod private;
 #[cfg(feature = "std")]
+pub mod progress;
+#[cfg(feature = "std")]
 pub mod prom;
 #[cfg(feature = "quic")]
 pub mod quic;
