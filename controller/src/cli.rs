@@ -77,17 +77,8 @@ pub(crate) enum Command {
         /// defaults. A --config that does not exist is an error.
         #[arg(long, env = "BACKSTOP_CONFIG", value_name = "PATH")]
         config: Option<PathBuf>,
-        /// Serve /metrics (Prometheus) over HTTP on ADDR [default: the
-        /// config's `http`, else off]. Loopback only unless
-        /// --http-token-file is given: what it serves names hosts and
-        /// packages, and it has no TLS of its own (put a proxy in front).
-        #[arg(long, value_name = "ADDR")]
-        http: Option<SocketAddr>,
-        /// A file whose first line is the bearer token every HTTP request
-        /// must carry (`Authorization: Bearer TOKEN`); required for a
-        /// non-loopback --http [default: the config's `http_token_file`].
-        #[arg(long, value_name = "FILE")]
-        http_token_file: Option<PathBuf>,
+        #[command(flatten)]
+        http: crate::commands::serve::HttpFlags,
     },
     /// Run CMD under the probes on HOST's agent; prints the deployment id
     /// and exits with CMD's exit code (124: --timeout ran out; 125: the

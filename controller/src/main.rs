@@ -63,7 +63,6 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
             database,
             config,
             http,
-            http_token_file,
         } => {
             let flags = commands::serve::Flags {
                 data: data_given.then_some(data),
@@ -71,7 +70,6 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
                 database,
                 config,
                 http,
-                http_token_file,
             };
             commands::serve::run(flags).await
         }

@@ -244,7 +244,7 @@ async fn handle(
             deployment,
             windows,
         } => {
-            crate::metrics::WindowsIngested::batch(host, &windows);
+            crate::metrics::windows_received(host, &deployment, &windows);
             let through = windows.iter().map(|w| w.seq).max();
             let count = windows.len();
             let new = daemon
@@ -252,10 +252,6 @@ async fn handle(
                 .await
                 .map_err(store_err)?;
             tracing::debug!(host, deployment, received = count, new, "windows stored");
-            crate::metrics::EvidenceArrived {
-                deployment: &deployment,
-            }
-            .emit();
             super::decider::after_windows(daemon, &deployment).await;
             let _ = tx
                 .send(ControllerMsg::Ack {

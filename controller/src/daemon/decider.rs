@@ -188,12 +188,7 @@ async fn decide_now(
         .store
         .add_decision(id, &row(&inputs, &decision, now_ms(), acted))
         .await?;
-    let verdict = decision.verdict.to_string();
-    crate::metrics::DecisionMade {
-        deployment: id,
-        verdict: &verdict,
-    }
-    .emit();
+    crate::metrics::decided(id, &decision.verdict);
     let reason: Vec<String> = decision
         .reasons
         .iter()

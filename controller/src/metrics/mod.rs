@@ -54,6 +54,23 @@ fn with<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
     f(&mut REGISTRY.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
+/// Windows of `deployment` reached the daemon from `host`: counted, and
+/// the moment a decision's latency is measured from.
+pub fn windows_received(host: &str, deployment: &str, windows: &[backstop_common::window::Window]) {
+    WindowsIngested::batch(host, windows);
+    EvidenceArrived { deployment }.emit();
+}
+
+/// A decision about `deployment` was stored.
+pub fn decided(deployment: &str, verdict: &impl std::fmt::Display) {
+    let verdict = verdict.to_string();
+    DecisionMade {
+        deployment,
+        verdict: &verdict,
+    }
+    .emit();
+}
+
 /// The `/metrics` body. `connected` is the number of agents with a live
 /// session now (the daemon's, read by the caller).
 pub fn render(connected: usize) -> String {
