@@ -113,6 +113,7 @@ pub(super) async fn after_event(
         let (daemon, id, period) = (daemon.clone(), id.to_string(), done.monitor);
         tokio::spawn(async move {
             tokio::time::sleep(period).await;
+            crate::metrics::evidence(&id);
             if let Err(e) = decide_now(&daemon, &id, true).await {
                 tracing::error!(deployment = id, "deciding after monitoring: {e}");
             }

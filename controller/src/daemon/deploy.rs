@@ -200,10 +200,7 @@ pub(super) async fn on_event(
             .await;
     }
     if new && state.is_none() {
-        crate::metrics::EvidenceArrived {
-            deployment: &deployment,
-        }
-        .emit();
+        crate::metrics::evidence(&deployment);
         super::decider::after_event(daemon, &deployment, &event).await?;
     }
     crate::report::bundle::after_end(daemon, &deployment, state.filter(|_| new));

@@ -2,9 +2,14 @@
 //! in the daemon is one line, and what each metric means is written here,
 //! once.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::with;
+
+/// Running deployments whose evidence time is kept before old ones are
+/// pruned, and the age past which they are.
+const EVIDENCE_BOUND: usize = 1024;
+const EVIDENCE_MAX_AGE: Duration = Duration::from_hours(1);
 
 /// Windows of one batch from `host` were received (before storing:
 /// redeliveries count again, as they cost the controller again).
@@ -54,8 +59,15 @@ pub struct EvidenceArrived<'a> {
 impl EvidenceArrived<'_> {
     pub fn emit(self) {
         with(|r| {
-            r.evidence
-                .insert(self.deployment.to_string(), Instant::now());
+            let now = Instant::now();
+            // An `exec` run gets windows but never a decision or a
+            // deployment end, so its entry would stay: past a bound,
+            // entries older than any decision waits are let go.
+            if r.evidence.len() >= EVIDENCE_BOUND {
+                r.evidence
+                    .retain(|_, at| now.duration_since(*at) < EVIDENCE_MAX_AGE);
+            }
+            r.evidence.insert(self.deployment.to_string(), now);
         });
     }
 }

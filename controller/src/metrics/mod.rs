@@ -61,6 +61,12 @@ pub fn windows_received(host: &str, deployment: &str, windows: &[backstop_common
     EvidenceArrived { deployment }.emit();
 }
 
+/// New evidence about `deployment` (a step's event, the end of its
+/// monitoring period) reached the daemon.
+pub fn evidence(deployment: &str) {
+    EvidenceArrived { deployment }.emit();
+}
+
 /// A decision about `deployment` was stored.
 pub fn decided(deployment: &str, verdict: &impl std::fmt::Display) {
     let verdict = verdict.to_string();
