@@ -71,6 +71,9 @@ pub enum AgentError {
         line: usize,
         reason: String,
     },
+    /// `--metrics` refused (not loopback and no token) or not bindable.
+    #[error(transparent)]
+    Http(#[from] backstop_common::http::HttpError),
     /// Validation: nothing to run.
     #[error("no command given: put CMD after `--`")]
     NoCommand,
@@ -88,7 +91,8 @@ impl AgentError {
             | AgentError::BpfRefused { .. }
             | AgentError::ProbesMissing
             | AgentError::Locked { .. }
-            | AgentError::TracefsUnmountable { .. } => 2,
+            | AgentError::TracefsUnmountable { .. }
+            | AgentError::Http(_) => 2,
             // As a shell reports a command it could not run.
             AgentError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 127

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod error;
 pub mod fold;
 pub mod host;
+pub mod metrics;
 pub mod outbox;
 pub mod probes;
 pub mod run;

@@ -25,6 +25,9 @@ use crate::track::{SharedProbes, TrackOptions, WindowSink, track};
 // `ControllerMsg::Deploy`: the executor, started from here.
 #[path = "run_deploy.rs"]
 mod run_deploy;
+// `--metrics`: what `/metrics` reads of this agent.
+#[path = "run_metrics.rs"]
+mod run_metrics;
 use crate::tree::Stdout;
 
 #[derive(Debug, Clone)]
@@ -36,6 +39,8 @@ pub struct RunOptions {
     pub data: PathBuf,
     pub outbox_max_bytes: u64,
     pub probes: ProbeOptions,
+    /// Where `/metrics` is served (`--metrics`), if anywhere.
+    pub metrics: Option<backstop_common::http::Access>,
 }
 
 /// Messages waiting for the writer thread; past this, windows are shed
@@ -90,6 +95,9 @@ impl OutboxHandle {
 
     /// Queue windows or events; never waits. A full queue sheds them.
     fn push(&self, msg: AgentMsg) {
+        if let AgentMsg::Windows { windows, .. } = &msg {
+            crate::metrics::windows_queued(windows);
+        }
         if let Err(TrySendError::Full(msg)) = self.writer.try_send(msg) {
             let n = match &msg {
                 AgentMsg::Windows { windows, .. } => windows.len() as u64,
@@ -188,6 +196,7 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     })?;
     let facts = crate::host::facts();
     let running = run_deploy::Running::default();
+    let _metrics = run_metrics::start(&opts, &probes, &outbox, &running).await?;
     let connect_loop = async {
         let mut backoff = Duration::from_millis(200);
         loop {

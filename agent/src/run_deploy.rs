@@ -28,6 +28,11 @@ use crate::deploy::{self, DeployEvent, Order, Outcome, Plan};
 pub(super) struct Running(Arc<Mutex<HashMap<String, UnboundedSender<Order>>>>);
 
 impl Running {
+    /// How many deployments run now (for `/metrics`).
+    pub(super) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// Forward the controller's order; false when no such deployment runs.
     pub(super) fn order(&self, id: &str, order: wire::Order) -> bool {
         let order = match order {

@@ -16,10 +16,16 @@ pub mod deploy;
 pub mod features;
 #[cfg(feature = "std")]
 pub mod fsdiff;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "std")]
 pub mod manifest;
 #[cfg(feature = "std")]
 pub mod private;
+#[cfg(feature = "std")]
+pub mod progress;
+#[cfg(feature = "std")]
+pub mod prom;
 #[cfg(feature = "quic")]
 pub mod quic;
 #[cfg(feature = "std")]

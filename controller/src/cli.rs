@@ -77,6 +77,8 @@ pub(crate) enum Command {
         /// defaults. A --config that does not exist is an error.
         #[arg(long, env = "BACKSTOP_CONFIG", value_name = "PATH")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        http: crate::commands::serve::HttpFlags,
     },
     /// Run CMD under the probes on HOST's agent; prints the deployment id
     /// and exits with CMD's exit code (124: --timeout ran out; 125: the

@@ -30,6 +30,10 @@ pub struct ControllerConfig {
     pub data: Option<PathBuf>,
     /// Database URL (`--database` wins).
     pub database: Option<String>,
+    /// Where `/metrics` is served over HTTP (`--http` wins); off if unset.
+    pub http: Option<SocketAddr>,
+    /// The bearer token's file, required off loopback (`--http-token-file` wins).
+    pub http_token_file: Option<PathBuf>,
     #[serde(default)]
     pub alerts: AlertsConfig,
 }

@@ -62,12 +62,14 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
             listen,
             database,
             config,
+            http,
         } => {
             let flags = commands::serve::Flags {
                 data: data_given.then_some(data),
                 listen,
                 database,
                 config,
+                http,
             };
             commands::serve::run(flags).await
         }

@@ -19,6 +19,10 @@ use crate::util;
 /// posts alerts to (its service is not started: no systemd here, and the
 /// test runs its own on loopback); systemd: `systemd-analyze verify` of
 /// the packaged units (tests/tests/packaging.rs; nothing is started).
+
+/// test runs its own on loopback); prometheus: `promtool check metrics`,
+/// which tests/tests/metrics.rs runs on both /metrics bodies (on a systemd
+/// host the package starts a server on :9090; no test uses or needs it).
 const DEBIAN_PACKAGES: &[&str] = &[
     "debootstrap",
     "rsync",
@@ -30,6 +34,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "prometheus-alertmanager",
     "systemd",
+
+    "prometheus",
 ];
 
 pub fn run() -> Result<()> {

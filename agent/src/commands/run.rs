@@ -33,9 +33,21 @@ pub struct Args {
     /// Config file (default /etc/backstop/agent.toml when it exists).
     #[arg(long, env = "BACKSTOP_AGENT_CONFIG")]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, and keep the
+    /// kernel's BPF run statistics on meanwhile (for the probes' own run
+    /// counts). Loopback only unless --metrics-token-file is given: it has
+    /// no TLS, and what it serves describes this host.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// A file whose first line is the bearer token every metrics request
+    /// must carry (`Authorization: Bearer TOKEN`); required for a
+    /// non-loopback --metrics.
+    #[arg(long, value_name = "FILE", requires = "metrics")]
+    metrics_token_file: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> Outcome {
+    use backstop_agent::metrics::{ADDR_FLAG, TOKEN_FLAG};
     // Config first, before anything is created or bound.
     let file = match AgentConfig::load(args.config.as_deref()) {
         Ok(f) => f,
@@ -51,7 +63,27 @@ pub async fn run(args: Args) -> Outcome {
         );
         return Ok(2);
     };
+    // Refused before anything is locked or loaded: a config error.
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let token = args
+                .metrics_token_file
+                .map(|p| backstop_common::http::read_token(&p, TOKEN_FLAG))
+                .transpose()
+                .map_err(backstop_agent::AgentError::from)?;
+            let access = backstop_common::http::Access {
+                addr,
+                token,
+                addr_flag: ADDR_FLAG,
+                token_flag: TOKEN_FLAG,
+            };
+            access.check().map_err(backstop_agent::AgentError::from)?;
+            Some(access)
+        }
+        None => None,
+    };
     let opts = RunOptions {
+        metrics,
         controller,
         server_name: args
             .server_name

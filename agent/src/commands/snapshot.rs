@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use backstop_agent::changes::ChangeSet;
 use backstop_agent::snapshot::{self, Scope, Store};
+use backstop_common::progress::Reporter;
 
 use super::{Outcome, StoreArgs};
 use crate::render;
@@ -77,7 +78,9 @@ pub fn snapshot(args: Args) -> Outcome {
                 paths: scopes,
                 excludes,
             };
-            let r = snapshot::create(&store, &scope)?;
+            let progress = Reporter::new("backstop-agent: snapshot", json);
+            let r = snapshot::create_with(&store, &scope, &progress)?;
+            drop(progress);
             (render::json(&r), render::created(&r))
         }
         Action::Restore {

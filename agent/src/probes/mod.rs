@@ -16,6 +16,8 @@ mod read;
 mod slots;
 mod verify;
 
+mod stats;
+
 use std::os::fd::OwnedFd;
 
 use aya::Ebpf;
@@ -28,6 +30,8 @@ use backstop_common::{
 pub use load::block_devices;
 use mailbox::Mailboxes;
 pub use verify::{Hook, HookKind, hooks, verify_load};
+
+pub use stats::{ProgramStats, RunStats};
 
 use crate::error::{AgentError, Result};
 

@@ -103,6 +103,11 @@ impl Probes {
 }
 
 fn prog_recursion_misses(fd: BorrowedFd<'_>) -> u64 {
+    prog_info(fd).map_or(0, |i| i.recursion_misses)
+}
+
+/// The kernel's `bpf_prog_info` of one of our programs (BPF_OBJ_GET_INFO_BY_FD).
+pub(super) fn prog_info(fd: BorrowedFd<'_>) -> Option<aya_obj::generated::bpf_prog_info> {
     use aya_obj::generated::bpf_prog_info;
     /// The `info` member of `union bpf_attr` (BPF_OBJ_GET_INFO_BY_FD).
     #[repr(C)]
@@ -129,5 +134,5 @@ fn prog_recursion_misses(fd: BorrowedFd<'_>) -> u64 {
             std::mem::size_of::<InfoAttr>(),
         )
     };
-    if r == 0 { info.recursion_misses } else { 0 }
+    (r == 0).then_some(info)
 }

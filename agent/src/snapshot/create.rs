@@ -40,6 +40,15 @@ type Identity = (u64, u64, i64, i64, u64, (i64, i64));
 
 /// Take a snapshot of `scope` into `store`.
 pub fn create(store: &Store, scope: &Scope) -> Result<CreateReport> {
+    create_with(store, scope, &backstop_common::progress::Silent)
+}
+
+/// [`create`], reporting the walk and then each entry stored to `progress`.
+pub fn create_with(
+    store: &Store,
+    scope: &Scope,
+    progress: &dyn backstop_common::progress::Progress,
+) -> Result<CreateReport> {
     // Held until the manifest is saved: gc must not take what we store.
     let _lock = store.lock_create()?;
     let excludes = Excludes::new(&scope.excludes)?;
@@ -63,12 +72,15 @@ pub fn create(store: &Store, scope: &Scope) -> Result<CreateReport> {
         .map(|s| s.entries.iter().map(|e| (e.path.as_slice(), e)).collect())
         .unwrap_or_default();
     let started_ns = realtime_ns();
+    progress.note("walking the scope");
     let mut walked = walk(&scope, &excludes, &earlier)?;
     spoil_racy(&mut walked, started_ns);
     let mut known = known_content(&snapshots);
     check_room(store, &walked, &known)?;
     let mut stored = Stored::default();
-    let entries = store_content(store, &scope, walked, &mut known, &mut stored)?;
+    progress.total(walked.len() as u64);
+    progress.note("storing content");
+    let entries = store_content(store, &scope, walked, &mut known, &mut stored, progress)?;
     let snap = Snapshot {
         id: format!(
             "s{:x}{:04x}",
@@ -164,6 +176,7 @@ fn store_content(
     walked: Vec<(Entry, libc::stat)>,
     known: &mut HashMap<Identity, [u8; 32]>,
     stored: &mut Stored,
+    progress: &dyn backstop_common::progress::Progress,
 ) -> Result<Vec<Entry>> {
     let mut entries = Vec::with_capacity(walked.len());
     let mut groups: HashMap<(u64, u64), u64> = HashMap::new();
@@ -187,6 +200,7 @@ fn store_content(
             e.hash = Some(hash);
         }
         entries.push(e);
+        progress.advance(1);
     }
     Ok(entries)
 }

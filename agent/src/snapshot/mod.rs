@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use create::{CreateReport, create};
+pub use create::{CreateReport, create, create_with};
 pub use diff::{FsDiff, diff, hash_file};
 pub use private::StoreLock;
 pub use restore::{HostOps, ObjectState, RestoreReport, restore};

@@ -157,6 +157,11 @@ async fn one<S: AlertSink>(
                 tracing::error!(sink = %name, %error, "a delivered alert could not be removed");
             }
             c.delivered.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::AlertDelivery {
+                sink: name,
+                ok: true,
+            }
+            .emit();
             dec(&c.queued);
             tracing::info!(sink = %name, deployment = %entry.alert.deployment,
                 state = ?entry.alert.state, "alert delivered");
@@ -164,12 +169,22 @@ async fn one<S: AlertSink>(
         }
         Err(error) if error.retry() => {
             c.failed.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::AlertDelivery {
+                sink: name,
+                ok: false,
+            }
+            .emit();
             tracing::warn!(sink = %name, deployment = %entry.alert.deployment, error = %chain(&error),
                 attempt = attempt + 1, "alert delivery failed; will retry");
             Step::Retry
         }
         Err(error) => {
             c.failed.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::AlertDelivery {
+                sink: name,
+                ok: false,
+            }
+            .emit();
             tracing::error!(sink = %name, deployment = %entry.alert.deployment, error = %chain(&error),
                 "alert refused by the receiver: moved to dead");
             bury(name, shared, path).await;

@@ -84,7 +84,9 @@ fn run_catalog(
         debs,
         out,
     };
-    let all = catalog::run(&c, &opts, |line| eprintln!("backstop: {line}"))?;
+    let progress = backstop_common::progress::Reporter::new("backstop: corpus", false);
+    let all = catalog::run(&c, &opts, &progress)?;
+    drop(progress);
     let failing = all.iter().filter(|d| d.failing()).count();
     println!(
         "{} deployments in {} ({} failing or degraded)",

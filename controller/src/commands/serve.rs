@@ -15,6 +15,23 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
     pub database: Option<String>,
     pub config: Option<PathBuf>,
+    pub http: HttpFlags,
+}
+
+/// `serve --http` and its token.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpFlags {
+    /// Serve /metrics (Prometheus) over HTTP on ADDR [default: the
+    /// config's `http`, else off]. Loopback only unless --http-token-file
+    /// is given: what it serves names hosts and packages, and it has no
+    /// TLS of its own (put a proxy in front).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// A file whose first line is the bearer token every HTTP request must
+    /// carry (`Authorization: Bearer TOKEN`); required for a non-loopback
+    /// --http [default: the config's `http_token_file`].
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
 }
 
 pub async fn run(flags: Flags) -> Result<i32> {
@@ -33,6 +50,11 @@ pub async fn run(flags: Flags) -> Result<i32> {
         None => DEFAULT_LISTEN.parse()?,
     };
     let database = flags.database.or(file.database);
+    let http = backstop_controller::http::access(
+        flags.http.http.or(file.http),
+        flags.http.http_token_file.or(file.http_token_file),
+    )
+    .map_err(|e| anyhow::Error::new(e).context(Exit(2)))?;
     // The daemon makes nothing another local user should read: its
     // database, socket and any file it creates are born private, with no
     // window between creation and a chmod. (It runs no child processes.)
@@ -58,6 +80,7 @@ pub async fn run(flags: Flags) -> Result<i32> {
             listen,
             database,
             alerts: file.alerts,
+            http,
         },
         shutdown,
     )

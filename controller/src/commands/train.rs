@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use backstop_common::progress::{Progress, Reporter};
 use backstop_controller::learn::{self, train};
 
 use super::learn::{print_eval, read_corpus};
@@ -20,7 +21,10 @@ pub fn run(
         all.iter().filter(|d| d.failing()).count(),
         cfg.seed
     );
-    let (m, e) = learn::train_and_evaluate(&all, cfg).context("training")?;
+    let progress = Reporter::new("backstop: train", json);
+    progress.note("training epochs");
+    let (m, e) = learn::train_and_evaluate_with(&all, cfg, &progress).context("training")?;
+    drop(progress);
     m.save(out)
         .with_context(|| format!("saving the model to {}", out.display()))?;
     print_eval(&e, json);

@@ -244,6 +244,7 @@ async fn handle(
             deployment,
             windows,
         } => {
+            crate::metrics::windows_received(host, &deployment, &windows);
             let through = windows.iter().map(|w| w.seq).max();
             let count = windows.len();
             let new = daemon

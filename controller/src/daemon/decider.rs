@@ -114,6 +114,7 @@ pub(super) async fn after_event(
         let (daemon, id, period) = (daemon.clone(), id.to_string(), done.monitor);
         tokio::spawn(async move {
             tokio::time::sleep(period).await;
+            crate::metrics::evidence(&id);
             if let Err(e) = decide_now(&daemon, &id, true).await {
                 tracing::error!(deployment = id, "deciding after monitoring: {e}");
             }
@@ -191,6 +192,7 @@ async fn decide_now(
         .store
         .add_decision(id, &row(&inputs, &decision, now_ms(), acted))
         .await?;
+    crate::metrics::decided(id, &decision.verdict);
     let reason: Vec<String> = decision
         .reasons
         .iter()

@@ -100,6 +100,7 @@ impl Daemon {
             self.store
                 .set_deploy_state(&id, DeployState::Failed, Some(&reason))
                 .await?;
+            crate::metrics::DeploymentEnded::after(&self.store, &id, "failed").await;
             return Err(ExecError::NotConnected(host.to_string()).into());
         }
         tracing::info!(deployment = %id, host, dry_run, "deployment sent");
@@ -186,6 +187,10 @@ pub(super) async fn on_event(
             .set_deploy_state(&deployment, state, reason.as_deref())
             .await?;
         tracing::info!(host, deployment, state = state.as_str(), "deployment ended");
+        if new {
+            crate::metrics::DeploymentEnded::after(&daemon.store, &deployment, state.as_str())
+                .await;
+        }
         let _ = tx
             .send(ControllerMsg::Ack {
                 deployment: deployment.clone(),
@@ -195,6 +200,7 @@ pub(super) async fn on_event(
             .await;
     }
     if new && state.is_none() {
+        crate::metrics::evidence(&deployment);
         super::decider::after_event(daemon, &deployment, &event).await?;
     }
     crate::report::bundle::after_end(daemon, &deployment, state.filter(|_| new));

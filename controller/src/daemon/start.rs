@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub database: Option<String>,
     /// The config file's `[alerts]` (sinks and retry policy).
     pub alerts: crate::config::AlertsConfig,
+    /// Where `/metrics` is served, if anywhere (checked by the caller).
+    pub http: Option<backstop_common::http::Access>,
 }
 
 /// Why the daemon did not start (or stopped). Each message is one line the
@@ -60,6 +62,11 @@ pub enum ServeError {
     ControlSocket {
         data: PathBuf,
         error: std::io::Error,
+    },
+    /// The HTTP address is refused or cannot be bound.
+    #[error("{error}")]
+    Http {
+        error: backstop_common::http::HttpError,
     },
     /// A blocking start-up task panicked or was cancelled.
     #[error("{error}")]
@@ -122,6 +129,14 @@ pub async fn serve(
 
     let daemon = Daemon::new(store, alerts);
     daemon.model.load(&cfg.data);
+    let _http = match cfg.http.clone() {
+        Some(access) => Some(
+            crate::http::start(daemon.clone(), access)
+                .await
+                .map_err(|error| ServeError::Http { error })?,
+        ),
+        None => None,
+    };
     let local = endpoint
         .local_addr()
         .map(|a| a.to_string())

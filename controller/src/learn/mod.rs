@@ -240,6 +240,15 @@ pub fn test_split(model: &Model, all: &[Record]) -> model::Result<Split> {
 /// Split, train, calibrate, evaluate on the test split; the evaluation is
 /// stored in the model's metadata.
 pub fn train_and_evaluate(all: &[Record], cfg: &TrainConfig) -> model::Result<(Model, Evaluation)> {
+    train_and_evaluate_with(all, cfg, &backstop_common::progress::Silent)
+}
+
+/// [`train_and_evaluate`], reporting each training epoch to `progress`.
+pub fn train_and_evaluate_with(
+    all: &[Record],
+    cfg: &TrainConfig,
+    progress: &dyn backstop_common::progress::Progress,
+) -> model::Result<(Model, Evaluation)> {
     let split = corpus::split(all, cfg.seed);
     if split.test.is_empty() || split.validation.is_empty() {
         return Err(model::ModelError::Data(format!(
@@ -250,7 +259,13 @@ pub fn train_and_evaluate(all: &[Record], cfg: &TrainConfig) -> model::Result<(M
             split.test.len()
         )));
     }
-    let mut m = train::train(&split.train, &split.validation, cfg, corpus::digest(all))?;
+    let mut m = train::train_with(
+        &split.train,
+        &split.validation,
+        cfg,
+        corpus::digest(all),
+        progress,
+    )?;
     let e = evaluate(&m, &split);
     m.meta.evaluation = Some(serde_json::to_value(&e).expect("plain data serializes"));
     Ok((m, e))

@@ -7,6 +7,7 @@
 //! gives the same bytes.
 
 use backstop_common::features::{FEATURES, SCHEMA_VERSION};
+use backstop_common::progress::{Progress, Silent};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
@@ -119,7 +120,13 @@ fn samples(model: &Model, train: &[Record], cfg: &TrainConfig) -> Result<(Tensor
 }
 
 /// The seeded, shuffled AdamW epochs over the samples, in place.
-fn fit(model: &Model, x: &Tensor, y: &Tensor, w: &Tensor, cfg: &TrainConfig) -> Result<()> {
+fn fit(
+    model: &Model,
+    (x, y, w): (&Tensor, &Tensor, &Tensor),
+    cfg: &TrainConfig,
+    progress: &dyn Progress,
+) -> Result<()> {
+    progress.total(cfg.epochs as u64);
     let n = y.dim(0)?;
     let mut opt = AdamW::new(
         model.varmap.all_vars(),
@@ -151,6 +158,7 @@ fn fit(model: &Model, x: &Tensor, y: &Tensor, w: &Tensor, cfg: &TrainConfig) -> 
             loss = total / n.div_ceil(cfg.batch) as f64,
             "training"
         );
+        progress.advance(1);
     }
     Ok(())
 }
@@ -162,6 +170,17 @@ pub fn train(
     validation: &[Record],
     cfg: &TrainConfig,
     corpus_digest: String,
+) -> Result<Model> {
+    train_with(train, validation, cfg, corpus_digest, &Silent)
+}
+
+/// [`train`], reporting each epoch to `progress`.
+pub fn train_with(
+    train: &[Record],
+    validation: &[Record],
+    cfg: &TrainConfig,
+    corpus_digest: String,
+    progress: &dyn Progress,
 ) -> Result<Model> {
     if !train.iter().any(super::corpus::Record::failing) || !train.iter().any(|d| !d.failing()) {
         return Err(ModelError::Data(
@@ -195,7 +214,7 @@ pub fn train(
         varmap,
     };
     let (x, y, w) = samples(&model, train, cfg)?;
-    fit(&model, &x, &y, &w, cfg)?;
+    fit(&model, (&x, &y, &w), cfg, progress)?;
     let healthy_max: Vec<f64> = validation
         .iter()
         .filter(|d| !d.failing())

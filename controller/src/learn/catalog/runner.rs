@@ -171,8 +171,10 @@ pub fn record_from_report(
 pub fn run(
     catalog: &Catalog,
     o: &RunOptions,
-    mut progress: impl FnMut(&str),
+    bar: &dyn backstop_common::progress::Progress,
 ) -> Result<Vec<Record>> {
+    let progress = |line: &str| bar.note(line);
+    bar.total(catalog.scenarios.len() as u64);
     std::fs::create_dir_all(&o.out).map_err(io(format!("creating {}", o.out.display())))?;
     let ids: Vec<String> = catalog.scenarios.iter().map(Scenario::id).collect();
     let mut done: BTreeMap<String, Record> = BTreeMap::new();
@@ -198,6 +200,7 @@ pub fn run(
     }
     for (i, (s, id)) in catalog.scenarios.iter().zip(ids).enumerate() {
         if done.contains_key(&id) {
+            bar.advance(1);
             continue;
         }
         progress(&format!(
@@ -210,6 +213,7 @@ pub fn run(
         ));
         let d = run_scenario(&catalog.defaults, s, o)?;
         done.insert(id, d);
+        bar.advance(1);
         let all: Vec<Record> = done.values().cloned().collect();
         crate::learn::corpus::write(&o.out, &all).map_err(|e| CatalogError::Io {
             context: e.to_string(),

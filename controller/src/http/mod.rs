@@ -1,0 +1,53 @@
+//! The controller's HTTP side (`backstop serve --http ADDR`): the routes it
+//! serves on the shared server of `backstop_common::http`, which holds the
+//! bind rule (loopback, or a bearer token). Today that is `/metrics`; the
+//! dashboard and its `/api/v1/...` add their routes here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use backstop_common::http::{Access, HttpError, PROMETHEUS_TEXT, Reply, Router, Server};
+
+use crate::daemon::Daemon;
+
+/// The flags named in errors.
+pub const ADDR_FLAG: &str = "--http";
+pub const TOKEN_FLAG: &str = "--http-token-file";
+
+/// What `--http` and `--http-token-file` (or the config's keys) ask for,
+/// checked against the bind rule before anything starts: `None` when HTTP
+/// is off.
+pub fn access(
+    addr: Option<SocketAddr>,
+    token_file: Option<PathBuf>,
+) -> Result<Option<Access>, HttpError> {
+    let Some(addr) = addr else { return Ok(None) };
+    let token = token_file
+        .map(|p| backstop_common::http::read_token(&p, TOKEN_FLAG))
+        .transpose()?;
+    let access = Access {
+        addr,
+        token,
+        addr_flag: ADDR_FLAG,
+        token_flag: TOKEN_FLAG,
+    };
+    access.check()?;
+    Ok(Some(access))
+}
+
+/// Bind and serve the controller's routes; stops when the server is dropped.
+pub async fn start(daemon: Arc<Daemon>, access: Access) -> Result<Server, HttpError> {
+    let router = Router::new().get("/metrics", move |_| {
+        let daemon = daemon.clone();
+        async move {
+            let connected = daemon.sessions.lock().await.len();
+            Reply::ok(PROMETHEUS_TEXT, crate::metrics::render(connected))
+        }
+    });
+    let server = Server::start(access, router).await?;
+    tracing::info!(http = %server.local_addr(), "serving /metrics");
+    // A line scripts and tests can wait for, like the QUIC one.
+    eprintln!("backstop: http on {}", server.local_addr());
+    Ok(server)
+}
