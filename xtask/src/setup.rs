@@ -18,9 +18,8 @@ use crate::util;
 /// prometheus-alertmanager: the real Alertmanager tests/tests/alerts.rs
 /// posts alerts to (its service is not started: no systemd here, and the
 /// test runs its own on loopback); systemd: `systemd-analyze verify` of
-/// the packaged units (tests/tests/packaging.rs; nothing is started).
-
-/// test runs its own on loopback); prometheus: `promtool check metrics`,
+/// the packaged units (tests/tests/packaging.rs; nothing is started);
+/// prometheus: `promtool check metrics`,
 /// which tests/tests/metrics.rs runs on both /metrics bodies (on a systemd
 /// host the package starts a server on :9090; no test uses or needs it).
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -34,7 +33,6 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "prometheus-alertmanager",
     "systemd",
-
     "prometheus",
 ];
 
