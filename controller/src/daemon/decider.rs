@@ -53,6 +53,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
         probes: Vec::new(),
         performance: Vec::new(),
         history: History::default(),
+        resources: crate::decide::trend::Resources::default(),
     };
     for ev in events {
         match ev {
@@ -174,6 +175,7 @@ async fn decide_now(
     if finished {
         inputs.evidence.phase = Phase::Done;
     }
+    inputs.evidence.resources = super::resources::load(daemon, id, &manifest, &events).await;
     let scored = super::scoring::windows(daemon, id).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     let decision = decide(&inputs.evidence, &inputs.params);

@@ -13,6 +13,7 @@ pub mod decider;
 pub mod deploy;
 pub mod identity;
 pub mod record;
+pub mod resources;
 pub mod scoring;
 pub mod start;
 mod state;

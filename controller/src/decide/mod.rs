@@ -58,6 +58,7 @@ pub mod judge;
 pub mod params;
 pub mod reason;
 mod rules;
+pub mod trend;
 #[cfg(test)]
 mod tests;
 
