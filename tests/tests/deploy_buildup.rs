@@ -182,11 +182,11 @@ period = "5s"
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let id = serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("{}"))
-        .unwrap()["deployment"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no deployment id: {stdout}\n{}", agent.log()))
-        .to_string();
+    let id =
+        serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("{}")).unwrap()["deployment"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no deployment id: {stdout}\n{}", agent.log()))
+            .to_string();
     let ended = eventually(Duration::from_secs(30), || {
         let st = fleet.json(&["show", &id, "--json"])["deployment"]["state"].clone();
         st == "committed" || st == "rolled_back"
@@ -216,7 +216,10 @@ fn assert_replayed(fleet: &Fleet, id: &str, shown: &Value) {
     assert_eq!(lines.len(), stored.len(), "one replay per decision");
     for (r, d) in lines.iter().zip(stored) {
         assert_eq!(r["reproduced"], true, "{r}");
-        assert_eq!((&r["verdict"], &r["reasons"]), (&d["verdict"], &d["reasons"]));
+        assert_eq!(
+            (&r["verdict"], &r["reasons"]),
+            (&d["verdict"], &d["reasons"])
+        );
     }
 }
 
@@ -275,7 +278,10 @@ fn a_dry_run_of_a_disk_filling_postinst_decides_before_the_step_fails() {
     let deb = filling_hello(&s.base, None);
     let d = deploy(&s, "dry", &deb, true);
     let shown = &d.shown;
-    assert_eq!(shown["deployment"]["state"], "committed", "a dry run never acts");
+    assert_eq!(
+        shown["deployment"]["state"], "committed",
+        "a dry run never acts"
+    );
     let decision = &shown["decisions"][0];
     assert_exhaustion(decision);
     assert_eq!(decision["acted"], false);
@@ -295,6 +301,11 @@ fn a_dry_run_of_a_disk_filling_postinst_decides_before_the_step_fails() {
     assert!(lead["first_alarm_ms"].as_i64().unwrap() <= at, "{lead}");
     let free = free_space(&d.fleet, &d.id);
     assert!(free.iter().any(|f| *f < MIB), "filled to the end: {free:?}");
+    eprintln!(
+        "dry run: decided {} ms after the step began, {} ms before it failed",
+        at - (ended - step["duration_ms"].as_f64().unwrap().round() as i64),
+        ended - at
+    );
 }
 
 #[test]
@@ -325,7 +336,10 @@ fn a_disk_filling_postinst_is_rolled_back_before_it_fails_with_the_lead_time_sto
     let free = free_space(&d.fleet, &d.id);
     let last = free.last().copied().unwrap();
     assert!(last > MIB, "room was left when it was killed: {free:?}");
-    assert!(free.first().unwrap() - last > 8.0 * MIB, "it did fill: {free:?}");
+    assert!(
+        free.first().unwrap() - last > 8.0 * MIB,
+        "it did fill: {free:?}"
+    );
     // The timeline: first alarm <= decision < restored, and the lead to
     // the projected end of the step.
     let lead = &shown["lead"];
@@ -334,8 +348,12 @@ fn a_disk_filling_postinst_is_rolled_back_before_it_fails_with_the_lead_time_sto
     assert!(at < restored, "{lead}");
     assert_eq!(lead["step_end"], "projected", "{lead}");
     assert!(lead["lead_ms"].as_i64().unwrap() > 0, "{lead}");
+    eprintln!("rollback: {lead}; reason {}", decision["reasons"][0]);
     let text = String::from_utf8_lossy(&d.fleet.cli(&["show", &d.id]).stdout).into_owned();
-    assert!(text.contains("lead time") && text.contains("projected end"), "{text}");
+    assert!(
+        text.contains("lead time") && text.contains("projected end"),
+        "{text}"
+    );
     let report = d.fleet.json(&["report", &d.id, "--json"]);
     let moments: Vec<&str> = report["timeline"]
         .as_array()
@@ -355,7 +373,10 @@ fn a_disk_filling_postinst_is_rolled_back_before_it_fails_with_the_lead_time_sto
         .chain(after.keys().filter(|k| !before.contains_key(*k)))
         .take(20)
         .collect();
-    assert!(diffs.is_empty(), "the root differs after the rollback: {diffs:?}");
+    assert!(
+        diffs.is_empty(),
+        "the root differs after the rollback: {diffs:?}"
+    );
 }
 
 #[test]
@@ -376,7 +397,10 @@ fn a_postinst_that_writes_a_quarter_of_the_disk_and_stops_is_committed() {
     assert_eq!(step["exit_code"], 0, "{step}");
     let free = free_space(&d.fleet, &d.id);
     let fell = free.first().unwrap() - free.last().unwrap();
-    assert!(fell > 12.0 * MIB, "the control did write, the same way: {free:?}");
+    assert!(
+        fell > 12.0 * MIB,
+        "the control did write, the same way: {free:?}"
+    );
     assert_eq!(
         std::fs::read_dir(s.root.join(FILL)).unwrap().count(),
         16,

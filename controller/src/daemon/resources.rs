@@ -36,7 +36,10 @@ pub(super) async fn load(
 /// One free-space sample per live window (in seq order, once each), and
 /// the deadline in force after the live steps `events` report.
 pub fn resources(windows: &[Window], events: &[DeployEvent], manifest: &Manifest) -> Resources {
-    let mut live: Vec<&Window> = windows.iter().filter(|w| w.stream == Stream::Live).collect();
+    let mut live: Vec<&Window> = windows
+        .iter()
+        .filter(|w| w.stream == Stream::Live)
+        .collect();
     live.sort_by_key(|w| w.seq);
     live.dedup_by_key(|w| w.seq);
     let origin = live.iter().map(|w| w.start_ns).min().unwrap_or(0);

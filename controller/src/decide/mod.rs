@@ -58,9 +58,9 @@ pub mod judge;
 pub mod params;
 pub mod reason;
 mod rules;
-pub mod trend;
 #[cfg(test)]
 mod tests;
+pub mod trend;
 
 pub use evidence::{
     Divergence, Evidence, History, PerfSeries, Phase, ProbeEvidence, ProbeResult, ShadowEvidence,

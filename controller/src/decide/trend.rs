@@ -38,7 +38,8 @@ use super::rules::{Finding, Weight};
 pub const MIN_SAMPLES: usize = 5;
 /// Most recent samples fitted (the cost is quadratic in it).
 pub const MAX_SAMPLES: usize = 120;
-/// Smallest fall that counts, in bytes.
+/// Smallest fall that counts, in bytes (1 MiB, also the unit reasons are
+/// written in).
 pub const MIN_FALL_BYTES: f64 = 1024.0 * 1024.0;
 
 /// The levels of the resources an install can exhaust, one sample per live
@@ -81,7 +82,11 @@ pub struct Exhaustion {
 /// the first window it held (see the module doc for the guards).
 pub(super) fn finding(e: &Evidence) -> Option<Finding> {
     let x = disk(&e.resources)?;
-    Some(Finding::new(Weight::Hard, Some((x.first, x.last)), x.reason))
+    Some(Finding::new(
+        Weight::Hard,
+        Some((x.first, x.last)),
+        x.reason,
+    ))
 }
 
 /// The sentence of a [`Reason::Exhaustion`]: "disk filling: the scope's
@@ -99,7 +104,6 @@ pub(super) fn fmt_reason(r: &Reason, f: &mut fmt::Formatter<'_>) -> fmt::Result 
     else {
         return write!(f, "{r:?}");
     };
-    const MIB: f64 = 1024.0 * 1024.0;
     let what = if resource == "disk" {
         "disk filling: the scope's filesystem"
     } else {
@@ -108,8 +112,8 @@ pub(super) fn fmt_reason(r: &Reason, f: &mut fmt::Formatter<'_>) -> fmt::Result 
     write!(
         f,
         "{what} loses {:.1} MiB/s, {:.1} MiB free at window {window}, full in {:.0} s (falling for {:.0} s)",
-        rate_per_s / MIB,
-        free / MIB,
+        rate_per_s / MIN_FALL_BYTES,
+        free / MIN_FALL_BYTES,
         full_in_ms / 1000.0,
         falling_ms / 1000.0
     )
@@ -125,7 +129,10 @@ pub fn disk(r: &Resources) -> Option<Exhaustion> {
 
 fn project(levels: &[Level], deadline_ms: Option<f64>) -> Option<Exhaustion> {
     let tail = &levels[levels.len().saturating_sub(MAX_SAMPLES)..];
-    if tail.iter().any(|l| !l.value.is_finite() || !l.at_ms.is_finite()) {
+    if tail
+        .iter()
+        .any(|l| !l.value.is_finite() || !l.at_ms.is_finite())
+    {
         return None;
     }
     // The latest peak (`max_by` keeps the last of equals), and the fall
@@ -277,7 +284,7 @@ mod tests {
         assert_eq!(disk(&with(&noisy, None)), None);
         // A falling level with every other step a rise is not sustained.
         let saw: Vec<f64> = (0..40)
-            .map(|t| 40.0 - t as f64 + if t % 2 == 0 { 0.0 } else { 1.5 })
+            .map(|t| 40.0 - f64::from(t) + if t % 2 == 0 { 0.0 } else { 1.5 })
             .collect();
         assert_eq!(disk(&with(&saw, None)), None);
     }
@@ -299,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_fall_too_small_to_measure_is_noise() {
-        let tiny: Vec<f64> = (0..20).map(|t| 1.0 - 0.04 * t as f64).collect();
+        let tiny: Vec<f64> = (0..20).map(|t| 1.0 - 0.04 * f64::from(t)).collect();
         assert_eq!(disk(&with(&tiny, None)), None, "0.8 MB in all");
     }
 
@@ -313,7 +320,10 @@ mod tests {
             "not yet at half"
         );
         let e = disk(&with(&v, None)).expect("the first fall reached its half");
-        assert_eq!(e.last, 17, "the first moment it held, kept as evidence grows");
+        assert_eq!(
+            e.last, 17,
+            "the first moment it held, kept as evidence grows"
+        );
     }
 
     #[test]

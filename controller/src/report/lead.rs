@@ -164,9 +164,15 @@ mod tests {
 
     #[test]
     fn a_dry_run_measures_the_lead_to_the_recorded_end() {
-        let l = lead(&[step(30_000, Some(1))], &[decision(18_000, false, 15_000.0)]);
+        let l = lead(
+            &[step(30_000, Some(1))],
+            &[decision(18_000, false, 15_000.0)],
+        );
         assert_eq!(l.first_alarm_ms, Some(18_000), "the decision saw it first");
-        assert_eq!((l.step_end_ms, l.step_end), (Some(30_000), Some("recorded")));
+        assert_eq!(
+            (l.step_end_ms, l.step_end),
+            (Some(30_000), Some("recorded"))
+        );
         assert_eq!(l.lead_ms, Some(12_000));
         assert!(moment(&l).is_none());
     }
@@ -176,7 +182,10 @@ mod tests {
         let mut rolled = step(18_100, None);
         rolled.seq = 1;
         let l = lead(&[rolled], &[decision(18_000, true, 15_000.0)]);
-        assert_eq!((l.step_end_ms, l.step_end), (Some(33_000), Some("projected")));
+        assert_eq!(
+            (l.step_end_ms, l.step_end),
+            (Some(33_000), Some("projected"))
+        );
         assert_eq!(l.lead_ms, Some(15_000));
         assert_eq!(moment(&l).map(|m| m.what), Some("step_would_end"));
         let mut other = decision(18_000, true, 0.0);
