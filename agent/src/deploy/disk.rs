@@ -32,27 +32,21 @@ pub fn watched(root: &Path, scope: &[PathBuf]) -> PathBuf {
 }
 
 /// `path` (absolute, inside `root`) under `root`, or its nearest existing
-/// ancestor (a scope path the install creates); `None` when that is a
-/// symbolic link (it may lead off the root: the root's own filesystem is
-/// reported rather than a stranger's).
+/// ancestor (a scope path the install creates); `None` when any part of
+/// it is a symbolic link (it may lead off the root: the root's own
+/// filesystem is reported rather than a stranger's).
 fn existing(root: &Path, path: &Path) -> Option<PathBuf> {
-    let rel: PathBuf = path
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect();
-    let mut at = root.join(rel);
-    loop {
-        match std::fs::symlink_metadata(&at) {
+    let mut at = root.to_path_buf();
+    for c in path.components() {
+        let Component::Normal(name) = c else { continue };
+        let next = at.join(name);
+        match std::fs::symlink_metadata(&next) {
             Ok(m) if m.file_type().is_symlink() => return None,
-            Ok(_) => return Some(at),
-            Err(_) if at == root => return None,
-            Err(_) => {
-                if !at.pop() {
-                    return None;
-                }
-            }
+            Ok(_) => at = next,
+            Err(_) => break,
         }
     }
+    Some(at)
 }
 
 #[cfg(test)]
@@ -68,6 +62,7 @@ mod tests {
         assert_eq!(got, Some(root.join("var/lib")));
         std::os::unix::fs::symlink("/", root.join("etc")).unwrap();
         assert_eq!(existing(&root, Path::new("/etc")), None, "a link");
+        assert_eq!(existing(&root, Path::new("/etc/app")), None, "under a link");
         assert_eq!(watched(&root, &["/etc".into()]), root);
         std::fs::remove_dir_all(&root).unwrap();
     }
