@@ -23,7 +23,8 @@
 //! - And before the deadline in force (the running step's timeout, or the
 //!   end of monitoring): a step that will time out first is rolled back by
 //!   its timeout anyway.
-//! - A fall smaller than [`MIN_FALL_BYTES`] is measurement noise.
+//! - A fall smaller than [`MIN_FALL_BYTES`] is measurement noise, and one
+//!   that took less than [`MIN_CONSUMED`] of the room is not projected.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,11 @@ use super::rules::{Finding, Weight};
 
 /// Fewest samples (windows) of one fall before it is projected.
 pub const MIN_SAMPLES: usize = 5;
+/// Share of the room at the peak a fall must have taken before it is
+/// projected. A steady fill is projected at a half (see the module doc),
+/// so this does not delay it: it is a cheap filter that spares the
+/// quadratic fit for every small fall of a large disk, at every window.
+pub const MIN_CONSUMED: f64 = 1.0 / 3.0;
 /// Most recent samples fitted (the cost is quadratic in it).
 pub const MAX_SAMPLES: usize = 120;
 /// Smallest fall that counts, in bytes (1 MiB, also the unit reasons are
@@ -148,7 +154,8 @@ fn project(levels: &[Level], deadline_ms: Option<f64>) -> Option<Exhaustion> {
     if fall.len() < MIN_SAMPLES || falls * 4 < (fall.len() - 1) * 3 {
         return None;
     }
-    if first.value - last.value < MIN_FALL_BYTES {
+    let fallen = first.value - last.value;
+    if fallen < MIN_FALL_BYTES || fallen < first.value * MIN_CONSUMED {
         return None;
     }
     // The slower of the whole fall's rate and the latest samples' rate: a
@@ -302,6 +309,14 @@ mod tests {
         };
         assert_eq!(window, 17);
         assert!((rate_per_s / MB - 2.0).abs() < 0.1, "{rate_per_s}");
+    }
+
+    #[test]
+    fn a_small_fall_of_a_large_disk_is_not_projected() {
+        // 10 GB free losing 20 MB/s for 30 s: full in minutes, watched
+        // for seconds.
+        let big: Vec<f64> = (0..30).map(|t| 10_000.0 - 20.0 * f64::from(t)).collect();
+        assert_eq!(disk(&with(&big, None)), None);
     }
 
     #[test]
