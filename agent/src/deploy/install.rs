@@ -116,6 +116,7 @@ async fn live_until_done(
         io: dir.join("io"),
         changes: dir.join("changes"),
         window: ctx.window,
+        disk: super::disk::watched(&plan.root, &plan.scope),
     };
     let (probes, cg) = (ctx.probes.clone(), cgroup.clone());
     let mut live = tokio::spawn(async move { live::install(&probes, &live_plan, &cg, &itx).await });

@@ -44,6 +44,8 @@ pub struct LivePlan {
     /// The change log the probes write for the restore.
     pub changes: PathBuf,
     pub window: Duration,
+    /// Whose filesystem `host_disk_free_bytes` reports (`disk.rs`).
+    pub disk: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -136,7 +138,7 @@ pub async fn install(
     let opts = TrackOptions {
         stream: Stream::Live,
         window: plan.window,
-        scope: plan.root.clone(),
+        scope: plan.disk.clone(),
         stdout: Stdout::Piped,
         kill_grace: Duration::from_secs(10),
         changes: Some(plan.changes.clone()),
@@ -327,6 +329,7 @@ mod tests {
             io: "/nonexistent".into(),
             changes: "/nonexistent".into(),
             window: Duration::from_secs(1),
+            disk: "/".into(),
         };
         let mut running = None;
         assert!(progress("start 0", &mut running, &plan, None).is_none());

@@ -11,6 +11,7 @@
 //! `rollback.rs`; the live cgroup in `cgroup.rs`.
 
 pub mod cgroup;
+mod disk;
 mod flow;
 pub mod health;
 mod install;

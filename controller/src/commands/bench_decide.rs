@@ -41,6 +41,7 @@ pub fn run(model_dir: &Path, installs: usize) -> Result<i32> {
                 probes: Vec::new(),
                 performance: Vec::new(),
                 history: History::default(),
+                resources: backstop_controller::decide::trend::Resources::default(),
             };
             let decision = decide(&evidence, &params);
             us.push(started.elapsed().as_secs_f64() * 1e6);

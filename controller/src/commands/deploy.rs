@@ -155,9 +155,11 @@ pub async fn show(data: &Path, database: Option<String>, id: &str, json: bool) -
     let (row, manifest) = store.deploy(id).await?;
     let events = store.deploy_events(id).await?;
     let decisions = store.decisions(id).await?;
+    let lead = backstop_controller::report::lead::lead(&events, &decisions);
     if json {
         let v = serde_json::json!({
             "deployment": row, "manifest": manifest, "events": events, "decisions": decisions,
+            "lead": lead,
         });
         println!("{v}");
         return Ok(0);
@@ -188,6 +190,7 @@ pub async fn show(data: &Path, database: Option<String>, id: &str, json: bool) -
             println!("    {h}");
         }
     }
+    println!("  {}", backstop_controller::report::lead::text(&lead));
     Ok(0)
 }
 

@@ -54,6 +54,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
         probes: Vec::new(),
         performance: Vec::new(),
         history: History::default(),
+        resources: crate::decide::trend::Resources::default(),
     };
     for ev in events {
         match ev {
@@ -178,6 +179,8 @@ async fn decide_now(
     }
     inputs.evidence.history =
         super::history::of(&daemon.store, &row_, &manifest, &inputs.params).await?;
+
+    inputs.evidence.resources = super::resources::load(daemon, id, &manifest, &events).await;
     let scored = super::scoring::windows(daemon, id).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     let decision = decide(&inputs.evidence, &inputs.params);

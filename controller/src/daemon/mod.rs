@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod history;
 pub mod identity;
 pub mod record;
+pub mod resources;
 pub mod scoring;
 pub mod start;
 mod state;

@@ -93,6 +93,7 @@ mod tests {
                 probes: Vec::new(),
                 performance: Vec::new(),
                 history: crate::decide::evidence::History::default(),
+                resources: crate::decide::trend::Resources::default(),
             },
             params: Params::from_policy(&backstop_common::manifest::Policy {
                 threshold: None,

@@ -50,6 +50,10 @@ pub struct Evidence {
     pub performance: Vec<PerfSeries>,
     #[serde(default)]
     pub history: History,
+    /// Levels of what an install can exhaust (the scope's free space),
+    /// per live window, for [`super::trend`].
+    #[serde(default)]
+    pub resources: super::trend::Resources,
 }
 
 /// One live window as the model and the shadow saw it.

@@ -60,6 +60,7 @@ pub mod reason;
 mod rules;
 #[cfg(test)]
 mod tests;
+pub mod trend;
 
 pub use evidence::{
     Divergence, Evidence, History, PerfSeries, Phase, ProbeEvidence, ProbeResult, ShadowEvidence,

@@ -104,6 +104,17 @@ pub enum Reason {
         version_committed: u32,
         package_recent_rollbacks: u32,
     },
+    /// A resource falling steadily runs out before the deadline in force
+    /// ([`super::trend`]): `free` bytes left at `window`, falling at
+    /// `rate_per_s` for `falling_ms`, gone in `full_in_ms`.
+    Exhaustion {
+        resource: String,
+        window: u64,
+        free: f64,
+        rate_per_s: f64,
+        full_in_ms: f64,
+        falling_ms: f64,
+    },
     /// Something that must have finished by the end had not.
     Unfinished {
         what: String,
@@ -168,6 +179,7 @@ impl fmt::Display for Reason {
                 "shadow P(failure) {p:.2} over threshold {threshold:.2} at window {window}"
             ),
             Reason::Unfinished { what } => write!(f, "not finished when monitoring ended: {what}"),
+            Reason::Exhaustion { .. } => super::trend::fmt_reason(self, f),
             Reason::BadEvidence { what } => write!(f, "unreadable evidence: {what}"),
             Reason::Divergence { .. }
             | Reason::Probe { .. }

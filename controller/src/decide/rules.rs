@@ -31,7 +31,7 @@ pub(super) struct Finding {
 }
 
 impl Finding {
-    fn new(weight: Weight, span: Option<(u64, u64)>, reason: Reason) -> Finding {
+    pub(super) fn new(weight: Weight, span: Option<(u64, u64)>, reason: Reason) -> Finding {
         Finding {
             weight,
             span,
@@ -59,6 +59,7 @@ pub(super) fn findings(e: &Evidence, p: &Params) -> Vec<Finding> {
         probe_runs(probe, e.phase, p, &mut out);
     }
     performance(e, p, &mut out);
+    out.extend(super::trend::finding(e));
     live_model(e, p, &mut out);
     shadow(e, &mut out);
     shadow_windows(e, p, &mut out);

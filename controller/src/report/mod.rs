@@ -11,6 +11,7 @@
 //! and the report says which.
 
 pub mod bundle;
+pub mod lead;
 mod stats;
 mod text;
 
@@ -119,6 +120,8 @@ pub struct Report {
     pub state: &'static str,
     pub reason: Option<String>,
     pub timeline: Vec<Moment>,
+    /// The decision's lead time over the failing step's end.
+    pub lead: lead::Lead,
     pub first_failure: Option<FailedStep>,
     pub decision: Option<DecisionSummary>,
     pub baseline: Baseline,
@@ -325,6 +328,7 @@ pub fn timeline(s: &Stored) -> Vec<Moment> {
             detail: format!("{}{would}", d.verdict),
         });
     }
+    out.extend(lead::moment(&lead::lead(&s.events, &s.decisions)));
     out.extend(s.events.iter().filter_map(end_moment));
     // Stable: equal times keep the order above (a step's start before the
     // onset it is).
@@ -347,6 +351,7 @@ pub fn analyse(s: &Stored, history: &[Window]) -> Report {
         state: s.row.state.as_str(),
         reason: s.row.reason.clone(),
         timeline: timeline(s),
+        lead: lead::lead(&s.events, &s.decisions),
         first_failure: first_failure(&s.events).map(|(_, f)| f),
         decision: s.decisions.first().map(|d| DecisionSummary {
             at_ms: d.at_ms,

@@ -31,6 +31,7 @@ pub fn render(r: &Report) -> String {
             m.detail
         );
     }
+    let _ = writeln!(o, "  {}", super::lead::text(&r.lead));
     failure(r, &mut o);
     match &r.decision {
         Some(d) => {

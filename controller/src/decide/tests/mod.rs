@@ -60,6 +60,7 @@ pub(super) fn clean(phase: Phase, n: u64) -> Evidence {
         }],
         performance: vec![],
         history: History::default(),
+        resources: crate::decide::trend::Resources::default(),
     }
 }
 

@@ -1,0 +1,158 @@
+//! The levels [`crate::decide::trend`] projects, from the stored live
+//! windows, whether or not a model is loaded: a disk filling is evidence
+//! the engine reads from the raw measure, not from P(failure).
+//!
+//! The samples' clock is the first live window's start: the agent starts
+//! tracking the live install with its first step, so the running step
+//! began about the sum of the finished steps' durations after it (the
+//! runner's few ms between steps are not counted, which moves the
+//! deadline earlier, never later).
+
+use backstop_common::deploy::DeployEvent;
+use backstop_common::features::feature;
+use backstop_common::manifest::Manifest;
+use backstop_common::window::{Stream, Window};
+
+use super::state::Daemon;
+use crate::decide::trend::{Level, Resources};
+
+/// The resources of deployment `id` from the store; an error reading the
+/// windows (logged) gives none, and the deployment decides from the rest.
+pub(super) async fn load(
+    daemon: &Daemon,
+    id: &str,
+    manifest: &Manifest,
+    events: &[DeployEvent],
+) -> Resources {
+    match daemon.store.windows(id).await {
+        Ok(windows) => resources(&windows, events, manifest),
+        Err(e) => {
+            tracing::error!(deployment = id, "reading windows for the trends: {e}");
+            Resources::default()
+        }
+    }
+}
+
+/// One free-space sample per live window (in seq order, once each), and
+/// the deadline in force after the live steps `events` report.
+pub fn resources(windows: &[Window], events: &[DeployEvent], manifest: &Manifest) -> Resources {
+    let mut live: Vec<&Window> = windows
+        .iter()
+        .filter(|w| w.stream == Stream::Live)
+        .collect();
+    live.sort_by_key(|w| w.seq);
+    live.dedup_by_key(|w| w.seq);
+    let origin = live.iter().map(|w| w.start_ns).min().unwrap_or(0);
+    let disk_free = live
+        .iter()
+        .filter_map(|w| {
+            let value = *w.features.get(feature::HOST_DISK_FREE_BYTES)?;
+            Some(Level {
+                index: w.seq,
+                at_ms: w.end_ns.saturating_sub(origin) as f64 / 1e6,
+                value,
+            })
+        })
+        .collect();
+    Resources {
+        disk_free,
+        deadline_ms: deadline_ms(events, manifest),
+    }
+}
+
+/// The running live step's timeout end, or (all steps done) the end of
+/// monitoring, in ms since the install began.
+fn deadline_ms(events: &[DeployEvent], manifest: &Manifest) -> Option<f64> {
+    let done: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            DeployEvent::Step {
+                stream: Stream::Live,
+                step,
+            } => Some(step.duration_ms),
+            _ => None,
+        })
+        .collect();
+    let started: f64 = done.iter().sum();
+    let more = match manifest.steps.get(done.len()) {
+        Some(step) => step.timeout,
+        None if done.is_empty() => return None,
+        None => manifest.monitor.period,
+    };
+    Some(started + more.as_secs_f64() * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use backstop_common::deploy::StepResult;
+    use backstop_common::manifest::Manifest;
+
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let text = r#"
+name = "app"
+[artifact]
+debs = ["/tmp/app.deb"]
+[[steps]]
+name = "unpack"
+run = ["true"]
+timeout = "10s"
+[[steps]]
+name = "configure"
+run = ["true"]
+timeout = "60s"
+[scope]
+paths = ["/etc"]
+[monitor]
+period = "30s"
+"#;
+        Manifest::from_toml(text).expect("a valid manifest")
+    }
+
+    fn window(stream: Stream, seq: u64, free: f64) -> Window {
+        let s = 5_000_000_000 + (seq - 1) * 1_000_000_000;
+        let mut w = Window::new(stream, seq, s, s + 1_000_000_000);
+        w.features = vec![0.0; backstop_common::features::FEATURES.len()];
+        w.features[feature::HOST_DISK_FREE_BYTES] = free;
+        w
+    }
+
+    fn step(duration_ms: f64) -> DeployEvent {
+        DeployEvent::Step {
+            stream: Stream::Live,
+            step: StepResult {
+                duration_ms,
+                exit_code: Some(0),
+                ..StepResult::default()
+            },
+        }
+    }
+
+    #[test]
+    fn live_windows_give_one_sample_each_on_the_install_clock() {
+        let ws = vec![
+            window(Stream::Live, 2, 80.0),
+            window(Stream::Shadow, 1, 1.0),
+            window(Stream::Live, 1, 90.0),
+            window(Stream::Live, 2, 80.0),
+        ];
+        let r = resources(&ws, &[], &manifest());
+        let got: Vec<(u64, f64, f64)> = r
+            .disk_free
+            .iter()
+            .map(|l| (l.index, l.at_ms, l.value))
+            .collect();
+        assert_eq!(got, vec![(1, 1000.0, 90.0), (2, 2000.0, 80.0)]);
+        assert_eq!(r.deadline_ms, Some(10_000.0), "the first step's timeout");
+    }
+
+    #[test]
+    fn the_deadline_follows_the_running_step_then_monitoring() {
+        let m = manifest();
+        let one = resources(&[], &[step(2500.0)], &m);
+        assert_eq!(one.deadline_ms, Some(62_500.0));
+        let both = resources(&[], &[step(2500.0), step(500.0)], &m);
+        assert_eq!(both.deadline_ms, Some(33_000.0));
+    }
+}
