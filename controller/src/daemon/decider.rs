@@ -179,7 +179,6 @@ async fn decide_now(
     }
     inputs.evidence.history =
         super::history::of(&daemon.store, &row_, &manifest, &inputs.params).await?;
-
     inputs.evidence.resources = super::resources::load(daemon, id, &manifest, &events).await;
     let scored = super::scoring::windows(daemon, id).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
