@@ -94,6 +94,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
     if e.live_steps.len() >= steps && steps > 0 {
         e.phase = Phase::Monitoring;
     }
+    e.performance = super::perf::series(events);
     e
 }
 

@@ -12,6 +12,7 @@ pub mod control;
 pub mod decider;
 pub mod deploy;
 pub mod identity;
+pub mod perf;
 pub mod record;
 pub mod scoring;
 pub mod start;
