@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::agents::{Fleet, Proc};
-use support::deploys::{Scratch, assert_replays, build_deb, differences, root_walk};
+use support::deploys::{Scratch, assert_replays, build_deb, differences, kind, root_walk};
 use support::{ebpf_or_skip, eventually, rootfs};
 
 const GOOD: &str = "listen = 8080\n";
@@ -77,8 +77,8 @@ fn setup(cached: &Path, name: &str, mode: &str) -> Setup {
     let v1 = build_deb(&debs, "webconf", "1.0", &[(conf, GOOD)], None);
     let v2 = build_deb(&debs, "webconf", "2.0", &[(conf, WRONG)], None);
     scratch.preinstall(&v1);
-    let manifest = scratch.base.join("webconf.toml");
-    std::fs::write(&manifest, manifest(&scratch.root, &v2, mode)).unwrap();
+    let path = scratch.base.join("webconf.toml");
+    std::fs::write(&path, manifest(&scratch.root, &v2, mode)).unwrap();
     let fleet = Fleet::new(&format!("deploy-shadowtest-{name}"));
     let serve = fleet.serve();
     let agent = Proc::spawn(&mut fleet.agent_cmd(&scratch.base.join("agent-data")));
@@ -88,7 +88,7 @@ fn setup(cached: &Path, name: &str, mode: &str) -> Setup {
         fleet,
         agent,
         _serve: serve,
-        manifest,
+        manifest: path,
     }
 }
 
@@ -153,16 +153,21 @@ fn a_failing_shadow_test_rolls_back_a_live_install_that_looks_healthy() {
     assert!(!committed, "the CLI reports the rollback");
     let shown = wait_state(&s, &id, "rolled_back");
     let reason = shown["deployment"]["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("shadow test `check-config`"),
-        "the reason names the shadow test: {reason}"
-    );
     let events = shown["events"].as_array().unwrap();
-    let kind = |k: &str| events.iter().filter(|e| e["kind"] == k).count();
+    let shadow = events.iter().find(|e| kind(e) == "shadow");
+    // Not "starts_with": the concurrent shadow's own dpkg may also fail,
+    // with ESTALE, because the live install rewrites the overlay's lower
+    // layer under it (a known gap, see the README); the config check
+    // fails either way, and must be named.
+    assert!(
+        reason.contains("shadow test `check-config` failed (exit 1)"),
+        "the reason names the shadow test: {reason}\nshadow: {shadow:?}"
+    );
+    let count = |k: &str| events.iter().filter(|e| kind(e) == k).count();
     // Live looked healthy: its step passed and every probe it ran passed.
     let live_steps: Vec<_> = events
         .iter()
-        .filter(|e| e["kind"] == "step" && e["event"]["step"]["stream"] == "live")
+        .filter(|e| kind(e) == "step" && e["event"]["step"]["stream"] == "live")
         .collect();
     assert_eq!(live_steps.len(), 1, "{shown}");
     assert_eq!(
@@ -172,11 +177,11 @@ fn a_failing_shadow_test_rolls_back_a_live_install_that_looks_healthy() {
     assert!(
         events
             .iter()
-            .filter(|e| e["kind"] == "probe")
+            .filter(|e| kind(e) == "probe")
             .all(|e| e["event"]["probe"]["probe"]["ok"] == true),
         "a probe failed: {shown}"
     );
-    assert_eq!(kind("shadow"), 1, "{shown}");
+    assert_eq!(count("shadow"), 1, "{shown}");
     let d = assert_shadow_test_decision(&s, &id);
     assert_eq!(d["acted"], true);
     assert_eq!(
@@ -208,7 +213,7 @@ fn shadow_first_never_starts_live_when_the_shadow_test_fails() {
     assert!(
         !events
             .iter()
-            .any(|e| e["kind"] == "step" && e["event"]["step"]["stream"] == "live"),
+            .any(|e| kind(e) == "step" && e["event"]["step"]["stream"] == "live"),
         "a live step ran: {shown}"
     );
     assert_shadow_test_decision(&s, &id);

@@ -114,5 +114,12 @@ pub(super) async fn run_shadow(
         tx,
         stream: Stream::Shadow,
     };
-    Ok(shadow::run(&ctx.probes, &ctx.data, &opts, &mut sink).await?)
+    let mut report = shadow::run(&ctx.probes, &ctx.data, &opts, &mut sink).await?;
+    // The shadow knows a test by its command line; the controller's
+    // reason ("shadow test `check-config` failed") names it as the
+    // manifest does.
+    for (t, cmd) in report.tests.iter_mut().zip(&s.tests) {
+        t.command.clone_from(&cmd.name);
+    }
+    Ok(report)
 }

@@ -155,3 +155,12 @@ pub fn assert_replays(fleet: &Fleet, id: &str) -> Vec<Value> {
     }
     stored
 }
+
+/// The kind of one of `show --json`'s events (`step`, `probe`,
+/// `baseline`, ...): the one key of its externally tagged `event`.
+pub fn kind(row: &Value) -> &str {
+    row["event"]
+        .as_object()
+        .and_then(|o| o.keys().next())
+        .map_or("", String::as_str)
+}
