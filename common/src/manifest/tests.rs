@@ -390,3 +390,10 @@ fn load_names_the_file_and_keeps_the_cause() {
     assert!(cause.starts_with("steps[0].timeout: "), "{cause}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn baseline_samples_may_be_off_or_set() {
+    let m = |n: u32| GOOD.replace("1m30s\"", &format!("1m30s\"\nbaseline_samples = {n}"));
+    let read = |n| Manifest::from_toml(&m(n)).unwrap().monitor.baseline_samples;
+    assert_eq!((read(0), read(5), read(1000)), (0, 5, 1000));
+}
