@@ -15,6 +15,7 @@ pub mod identity;
 pub mod perf;
 pub mod record;
 pub mod scoring;
+mod shadow_wait;
 pub mod start;
 mod state;
 
