@@ -165,6 +165,7 @@ fn convert(ev: DeployEvent) -> Option<wire::DeployEvent> {
         DeployEvent::Started { snapshot, .. } => wire::DeployEvent::Started { snapshot },
         DeployEvent::Step { stream, step: s } => wire::DeployEvent::Step { stream, step: s },
         DeployEvent::Probe { probe } => wire::DeployEvent::Probe { probe },
+        DeployEvent::Baseline { probe } => wire::DeployEvent::Baseline { probe },
         DeployEvent::Shadow { report } => {
             let r = *report;
             let changed = r.diff.added.len() + r.diff.changed.len() + r.diff.removed.len();

@@ -156,6 +156,11 @@ pub enum DeployEvent {
     /// The deployment could not start (a bad plan, no room for the
     /// snapshot, a failing build); nothing on the host changed.
     Failed { reason: String },
+    /// A health probe ran just before the live install started: the
+    /// performance check's "before" sample (`Probe` results are "during").
+    /// Kept apart from `Probe` so a service already slow or down before
+    /// the deployment is never counted as the install's failure.
+    Baseline { probe: ProbeResult },
 }
 
 impl DeployEvent {
@@ -185,6 +190,7 @@ impl DeployEvent {
             DeployEvent::Interrupted { .. } => "interrupted",
             DeployEvent::Refused { .. } => "refused",
             DeployEvent::Failed { .. } => "failed",
+            DeployEvent::Baseline { .. } => "baseline",
         }
     }
 }
@@ -272,6 +278,14 @@ mod tests {
             },
             DeployEvent::Failed {
                 reason: "no room".into(),
+            },
+            DeployEvent::Baseline {
+                probe: ProbeResult {
+                    name: "http".into(),
+                    ok: true,
+                    latency_ms: 2.5,
+                    detail: "status 200 (expected 200)".into(),
+                },
             },
         ]
     }

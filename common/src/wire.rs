@@ -17,7 +17,8 @@ use crate::window::Window;
 
 // 2: AgentMsg::Dropped.
 // 3: ControllerMsg::Deploy / Decision, AgentMsg::Deployment.
-pub const PROTOCOL_VERSION: u32 = 3;
+// 4: DeployEvent::Baseline, Manifest monitor.baseline_samples.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Frames larger than this are refused before they are read. A batch of
 /// windows is small (a window is ~400 bytes); the limit only bounds memory.

@@ -140,6 +140,13 @@ fn text(ev: &DeployEvent) -> Option<String> {
             probe.latency_ms,
             probe.detail
         ),
+        DeployEvent::Baseline { probe } => format!(
+            "baseline {}: {} in {:.1} ms ({})",
+            probe.name,
+            if probe.ok { "ok" } else { "FAILED" },
+            probe.latency_ms,
+            probe.detail
+        ),
         DeployEvent::Shadow { report } => format!(
             "shadow {}: {}",
             report.id,

@@ -74,6 +74,7 @@ pub async fn run(
     } else {
         stage(plan)?;
     }
+    super::baseline::measure(plan, &tx).await;
     let cgroup = LiveCgroup::create(id)?;
     j.cgroup = Some(cgroup.path.clone());
     j.advance(&ctx.data, Phase::Installing)?;
@@ -90,7 +91,7 @@ pub async fn run(
         Order::Commit => {
             release(&cgroup);
             unstage(plan);
-            shadow_done(shadow, &tx).await;
+            shadow_done(shadow).await;
             finish(ctx, &mut j, Outcome::Committed, &tx)
         }
         Order::Rollback { reason } => {
@@ -104,7 +105,7 @@ pub async fn run(
             };
             let report = rollback::rollback(&mut host, plan, &reason).await;
             let _ = tx.send(DeployEvent::RolledBack { report });
-            shadow_done(shadow, &tx).await;
+            shadow_done(shadow).await;
             finish(ctx, &mut j, Outcome::RolledBack { reason }, &tx)
         }
     }

@@ -13,7 +13,7 @@ use super::flow::{Context, joined};
 use super::journal::{Journal, Phase};
 use super::live::{self, LiveOutcome, LivePlan};
 use super::policy::{Decision, Evidence, local_decision};
-use super::shadowing::{ShadowTask, run_shadow};
+use super::shadowing::{ShadowTask, report_shadow, run_shadow};
 use super::{DeployError, DeployEvent, EventTx, Order, Plan};
 
 /// Where the decision comes from: orders from the controller, or the local
@@ -73,10 +73,12 @@ pub(super) async fn install_and_monitor(
     j: &mut Journal,
     tx: &EventTx,
 ) -> Result<(Order, ShadowTask), DeployError> {
-    // The shadow reports straight to `tx`; only live events are looked at.
+    // The shadow reports straight to `tx`, its report as soon as it ends
+    // (not after the decision: its tests are evidence for that decision);
+    // only live events are looked at here.
     let shadow = (plan.mode == super::Mode::Concurrent && plan.shadow.is_some()).then(|| {
         let (ctx, plan, stx) = (ctx.clone(), plan.clone(), tx.clone());
-        tokio::spawn(async move { run_shadow(&ctx, &plan, stx).await })
+        tokio::spawn(async move { report_shadow(run_shadow(&ctx, &plan, stx.clone()).await, &stx) })
     });
     let (outcome, seen, ordered) = live_until_done(ctx, dir, plan, cgroup, orders, tx).await?;
     if let Some(o) = ordered {

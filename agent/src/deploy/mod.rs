@@ -10,6 +10,7 @@
 //! killed mid-install) is in `journal.rs`; the order of a rollback in
 //! `rollback.rs`; the live cgroup in `cgroup.rs`.
 
+mod baseline;
 pub mod cgroup;
 mod disk;
 mod flow;
@@ -84,6 +85,11 @@ pub struct Plan {
     pub probes: Vec<ProbeSpec>,
     /// How long the service is watched after the install before commit.
     pub monitor: Duration,
+    /// HTTP and TCP probe rounds taken just before the live install (the
+    /// performance check's baseline, `baseline.rs`); 0: none. Absent
+    /// from journals written before it existed.
+    #[serde(default)]
+    pub baseline_samples: u32,
     pub rollback_hooks: Vec<Cmd>,
 }
 
@@ -126,6 +132,10 @@ pub enum DeployEvent {
         process: backstop_common::wire::ProcEvent,
     },
     Probe {
+        probe: ProbeResult,
+    },
+    /// A probe run just before the live install (`baseline.rs`).
+    Baseline {
         probe: ProbeResult,
     },
     Shadow {
@@ -241,6 +251,7 @@ pub(crate) mod tests {
                 latency_budget: None,
             }],
             monitor: Duration::ZERO,
+            baseline_samples: 0,
             rollback_hooks: vec![cmd("restart-1", &["true"]), cmd("restart-2", &["true"])],
         }
     }

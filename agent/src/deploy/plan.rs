@@ -84,6 +84,7 @@ impl Plan {
             }),
             probes: m.probes.iter().map(|p| probe(p, &art)).collect(),
             monitor: m.monitor.period,
+            baseline_samples: m.monitor.baseline_samples,
             rollback_hooks: m.rollback_hooks.iter().map(|s| cmd(s, &art)).collect(),
         }
     }

@@ -13,8 +13,10 @@ use super::{DeployError, DeployEvent, EventTx, Plan, StreamSink};
 use crate::shadow::{self, ShadowOptions, ShadowReport};
 
 /// A concurrent shadow still running: awaited after the decision is
-/// carried out, so it never delays a rollback.
-pub(super) type ShadowTask = Option<tokio::task::JoinHandle<Result<ShadowReport, DeployError>>>;
+/// carried out, so it never delays a rollback. It sends its own report
+/// when it ends ([`report_shadow`]), so the controller can decide on its
+/// tests while live is still being monitored.
+pub(super) type ShadowTask = Option<tokio::task::JoinHandle<Result<(), DeployError>>>;
 
 /// Shadow-first: stage the artifact, run the shadow; when it fails, put
 /// the scope (and the staged copy's /tmp) back and say why.
@@ -51,16 +53,23 @@ pub(super) async fn shadow_first(
     Ok(Some("the shadow failed; live was not started".into()))
 }
 
-/// Wait for a concurrent shadow and pass its report on.
-pub(super) async fn shadow_done(task: ShadowTask, tx: &EventTx) {
+/// A concurrent shadow's end: its report goes out at once.
+pub(super) fn report_shadow(
+    r: Result<ShadowReport, DeployError>,
+    tx: &EventTx,
+) -> Result<(), DeployError> {
+    let report = r?;
+    let _ = tx.send(DeployEvent::Shadow {
+        report: Box::new(report),
+    });
+    Ok(())
+}
+
+/// Wait for a concurrent shadow (it reported itself when it ended).
+pub(super) async fn shadow_done(task: ShadowTask) {
     let Some(h) = task else { return };
-    match joined(h.await).and_then(|r| r) {
-        Ok(report) => {
-            let _ = tx.send(DeployEvent::Shadow {
-                report: Box::new(report),
-            });
-        }
-        Err(e) => tracing::error!("the shadow install failed to run: {e}"),
+    if let Err(e) = joined(h.await).and_then(|r| r) {
+        tracing::error!("the shadow install failed to run: {e}");
     }
 }
 
@@ -105,5 +114,12 @@ pub(super) async fn run_shadow(
         tx,
         stream: Stream::Shadow,
     };
-    Ok(shadow::run(&ctx.probes, &ctx.data, &opts, &mut sink).await?)
+    let mut report = shadow::run(&ctx.probes, &ctx.data, &opts, &mut sink).await?;
+    // The shadow knows a test by its command line; the controller's
+    // reason ("shadow test `check-config` failed") names it as the
+    // manifest does.
+    for (t, cmd) in report.tests.iter_mut().zip(&s.tests) {
+        t.command.clone_from(&cmd.name);
+    }
+    Ok(report)
 }

@@ -273,6 +273,25 @@ pub struct Monitor {
     /// when the install and shadow are done).
     #[serde(with = "duration::serde_human")]
     pub period: Duration,
+    /// Samples of each HTTP and TCP probe the agent takes just before the
+    /// live install starts: the performance check's "before". Default
+    /// [`DEFAULT_BASELINE_SAMPLES`], 0 (no baseline, no performance check)
+    /// or [`MIN_BASELINE_SAMPLES`] to [`MAX_BASELINE_SAMPLES`].
+    #[serde(default = "default_baseline_samples")]
+    pub baseline_samples: u32,
+}
+
+/// The baseline's default size: enough for the Mann-Whitney test to
+/// reach p < 0.001 on a clean separation from 5 samples during.
+pub const DEFAULT_BASELINE_SAMPLES: u32 = 10;
+/// Fewer than the performance check's 5 samples a side could never judge.
+pub const MIN_BASELINE_SAMPLES: u32 = 5;
+/// A baseline holds the live install back; 1000 samples at the shortest
+/// spacing is already minutes.
+pub const MAX_BASELINE_SAMPLES: u32 = 1000;
+
+fn default_baseline_samples() -> u32 {
+    DEFAULT_BASELINE_SAMPLES
 }
 
 /// How the controller decides.

@@ -10,8 +10,9 @@ use toml::{Table, Value};
 
 use super::read::{Obj, Result, absolute, array, host_path, invalid, name, string};
 use super::{
-    Artifact, Guards, Limits, MAX_ARGV, MAX_COMMANDS, MAX_PATHS, Manifest, ManifestError, Mode,
-    Monitor, PackageRef, Policy, Scope, ShadowPlan, Step,
+    Artifact, DEFAULT_BASELINE_SAMPLES, Guards, Limits, MAX_ARGV, MAX_BASELINE_SAMPLES,
+    MAX_COMMANDS, MAX_PATHS, MIN_BASELINE_SAMPLES, Manifest, ManifestError, Mode, Monitor,
+    PackageRef, Policy, Scope, ShadowPlan, Step,
 };
 
 pub(super) const MS: Duration = Duration::from_millis(1);
@@ -311,9 +312,23 @@ fn shadow(path: &str, v: Value) -> Result<ShadowPlan> {
 }
 
 fn monitor(path: &str, v: Value) -> Result<Monitor> {
-    let mut o = Obj::open(path, v, &["period"])?;
+    let mut o = Obj::open(path, v, &["period", "baseline_samples"])?;
     let period = o.duration("period", Duration::from_secs(30), Duration::ZERO)?;
-    Ok(Monitor { period })
+    let field = o.field("baseline_samples");
+    let baseline_samples = match o.int("baseline_samples", 0, i64::from(MAX_BASELINE_SAMPLES))? {
+        None => DEFAULT_BASELINE_SAMPLES,
+        Some(n) if n != 0 && n < i64::from(MIN_BASELINE_SAMPLES) => {
+            let reason = format!(
+                "{n} is too few for the performance check: 0 (no baseline) or {MIN_BASELINE_SAMPLES} to {MAX_BASELINE_SAMPLES}"
+            );
+            return Err(invalid(&field, reason));
+        }
+        Some(n) => n as u32,
+    };
+    Ok(Monitor {
+        period,
+        baseline_samples,
+    })
 }
 
 fn policy(path: &str, v: Value) -> Result<Policy> {

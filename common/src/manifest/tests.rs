@@ -116,6 +116,7 @@ fn the_smallest_manifest_takes_every_default() {
     assert_eq!(m.root, PathBuf::from("/"));
     assert_eq!(m.mode, Mode::Concurrent);
     assert_eq!(m.monitor.period, Duration::from_secs(30));
+    assert_eq!(m.monitor.baseline_samples, 10);
     assert_eq!(m.policy.threshold, None, "None: the model's own threshold");
     assert_eq!(m.policy.guards, Guards::default());
     assert!(m.probes.is_empty() && m.rollback_hooks.is_empty() && m.package.is_none());
@@ -187,6 +188,9 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ("addr = \"127.0.0.1:8080\"", "addr = \"localhost\"", "probes[1].addr", "IP:PORT"),
     ("name = \"port\"", "name = \"web\"", "probes[1].name", "twice"),
     ("period = \"1m30s\"", "period = \"1m1h\"", "monitor.period", "units must go"),
+    ("period = \"1m30s\"", "period = \"1m30s\"\nbaseline_samples = 3", "monitor.baseline_samples", "too few"),
+    ("period = \"1m30s\"", "period = \"1m30s\"\nbaseline_samples = 1001", "monitor.baseline_samples", "outside"),
+    ("period = \"1m30s\"", "period = \"1m30s\"\nbaseline_samples = \"ten\"", "monitor.baseline_samples", "integer"),
     ("threshold = 0.7", "threshold = 1.0", "policy.threshold", "(0, 1)"),
     ("threshold = 0.7", "threshold = 0", "policy.threshold", "(0, 1)"),
     ("threshold = 0.7", "threshold = nan", "policy.threshold", "(0, 1)"),
@@ -385,4 +389,11 @@ fn load_names_the_file_and_keeps_the_cause() {
         .to_string();
     assert!(cause.starts_with("steps[0].timeout: "), "{cause}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn baseline_samples_may_be_off_or_set() {
+    let m = |n: u32| GOOD.replace("1m30s\"", &format!("1m30s\"\nbaseline_samples = {n}"));
+    let read = |n| Manifest::from_toml(&m(n)).unwrap().monitor.baseline_samples;
+    assert_eq!((read(0), read(5), read(1000)), (0, 5, 1000));
 }

@@ -109,11 +109,11 @@ fn progress_text(v: &serde_json::Value) -> String {
                 s["duration_ms"].as_f64().unwrap_or(0.0)
             )
         }
-        "probe" => {
-            let p = &body("probe")["probe"];
+        key @ ("probe" | "baseline") => {
+            let p = &body(key)["probe"];
             let ok = if p["ok"] == true { "ok" } else { "FAILED" };
             format!(
-                "probe {}: {ok} ({:.1} ms, {})",
+                "{key} {}: {ok} ({:.1} ms, {})",
                 p["name"].as_str().unwrap_or("?"),
                 p["latency_ms"].as_f64().unwrap_or(0.0),
                 p["detail"].as_str().unwrap_or("")

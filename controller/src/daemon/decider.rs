@@ -96,6 +96,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
     if e.live_steps.len() >= steps && steps > 0 {
         e.phase = Phase::Monitoring;
     }
+    e.performance = super::perf::series(events);
     e
 }
 
@@ -116,6 +117,10 @@ pub(super) async fn after_event(
         tokio::spawn(async move {
             tokio::time::sleep(period).await;
             crate::metrics::evidence(&id);
+
+            if let Err(e) = super::shadow_wait::until_reported(&daemon, &id).await {
+                tracing::warn!(deployment = id, "waiting for the shadow's report: {e}");
+            }
             if let Err(e) = decide_now(&daemon, &id, true).await {
                 tracing::error!(deployment = id, "deciding after monitoring: {e}");
             }

@@ -13,9 +13,11 @@ pub mod decider;
 pub mod deploy;
 pub mod history;
 pub mod identity;
+pub mod perf;
 pub mod record;
 pub mod resources;
 pub mod scoring;
+mod shadow_wait;
 pub mod start;
 mod state;
 

@@ -1,0 +1,87 @@
+//! The end of monitoring waits for a concurrent shadow's report.
+//!
+//! Why: the shadow's tests are evidence the engine must weigh (a failed
+//! one rolls back even when live looks healthy), and a shadow may take
+//! longer than the monitoring period (a short or `"0s"` period, a slow
+//! install in the shadow). Deciding at the period's end without it gives
+//! `inconclusive`, and the install is kept with its shadow test never
+//! read. The agent waits for an order after monitoring, so waiting here
+//! holds nothing up but the commit; the wait is bounded by the shadow's
+//! own time limit (the steps' and tests' timeouts, as the agent sets it)
+//! plus a margin for its set-up, after which the engine decides without
+//! it (and says the shadow did not finish).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_common::deploy::DeployEvent;
+use backstop_common::manifest::Manifest;
+
+use super::state::Daemon;
+use crate::store::{DeployState, StoreError};
+
+/// How often the store is read while waiting.
+const POLL: Duration = Duration::from_millis(250);
+/// A shadow's set-up and teardown beyond its steps and tests.
+const MARGIN: Duration = Duration::from_secs(30);
+
+/// The longest a shadow of `m` may run: what the agent gives it, plus
+/// [`MARGIN`]; zero when there is no concurrent shadow to wait for.
+pub fn bound(m: &Manifest) -> Duration {
+    if !m.shadow.enabled {
+        return Duration::ZERO;
+    }
+    let steps = m.steps.iter().chain(&m.shadow.tests).map(|s| s.timeout);
+    steps.sum::<Duration>() + MARGIN
+}
+
+/// Wait until `id`'s shadow reported, the deployment ended or was
+/// decided, or the bound passed.
+pub async fn until_reported(daemon: &Arc<Daemon>, id: &str) -> Result<(), StoreError> {
+    let (_, manifest) = daemon.store.deploy(id).await?;
+    if bound(&manifest).is_zero() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + bound(&manifest);
+    while tokio::time::Instant::now() < deadline {
+        let (row, _) = daemon.store.deploy(id).await?;
+        if row.state != DeployState::Running || !daemon.store.decisions(id).await?.is_empty() {
+            return Ok(());
+        }
+        let events = daemon.store.deploy_events(id).await?;
+        if events
+            .iter()
+            .any(|r| matches!(r.event, DeployEvent::Shadow { .. }))
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    tracing::warn!(
+        deployment = id,
+        "the shadow did not report by its time limit"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_is_the_shadows_own_time_limit_plus_a_margin() {
+        let text = include_str!("../../../examples/hello.toml");
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut m = Manifest::from_toml_in(text, Some(&base)).unwrap();
+        m.shadow.enabled = true;
+        let want: Duration = m
+            .steps
+            .iter()
+            .chain(&m.shadow.tests)
+            .map(|s| s.timeout)
+            .sum();
+        assert_eq!(bound(&m), want + MARGIN);
+        m.shadow.enabled = false;
+        assert_eq!(bound(&m), Duration::ZERO, "no shadow: no wait");
+    }
+}

@@ -1,0 +1,166 @@
+//! What the shadow-test and performance deployment tests share: a small
+//! real .deb built with dpkg-deb, a scratch copy of the cached Debian
+//! rootfs, the full independent walk a rollback must leave unchanged, and
+//! the replay check every decided deployment must pass.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::agents::Fleet;
+use super::sentinel;
+
+/// A .deb named `name` at `version` holding `files` (path inside the root,
+/// content), with `postinst` when given, built by the real dpkg-deb.
+pub fn build_deb(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    files: &[(&str, &str)],
+    postinst: Option<&str>,
+) -> PathBuf {
+    let work = dir.join(format!("{name}-{version}"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("DEBIAN")).unwrap();
+    let control = format!(
+        "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: backstop tests <t@example.invalid>\nDescription: a backstop test package\n"
+    );
+    std::fs::write(work.join("DEBIAN/control"), control).unwrap();
+    for (path, content) in files {
+        let p = work.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+    }
+    if let Some(script) = postinst {
+        let p = work.join("DEBIAN/postinst");
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let deb = dir.join(format!("{name}_{version}_all.deb"));
+    let built = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&work)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "dpkg-deb -b {name}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    deb
+}
+
+/// A scratch directory under /var/tmp (a real disk, like a host's root)
+/// holding a copy of the cached rootfs at `root`; removed on drop.
+pub struct Scratch {
+    pub base: PathBuf,
+    pub root: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(cached: &Path, name: &str) -> Scratch {
+        let base =
+            PathBuf::from("/var/tmp").join(format!("backstop-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let root = base.join("root");
+        let copied = Command::new("cp")
+            .args(["-a", "--reflink=auto"])
+            .arg(cached)
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "copying the rootfs");
+        Scratch { base, root }
+    }
+
+    /// `dpkg -i` of `deb` straight into the root (chrooted), before any
+    /// deployment: the version a host runs today.
+    pub fn preinstall(&self, deb: &Path) {
+        let inside = self.root.join("tmp").join(deb.file_name().unwrap());
+        std::fs::copy(deb, &inside).unwrap();
+        let out = Command::new("chroot")
+            .arg(&self.root)
+            .args(["dpkg", "-i"])
+            .arg(Path::new("/tmp").join(deb.file_name().unwrap()))
+            .output()
+            .unwrap();
+        std::fs::remove_file(&inside).unwrap();
+        assert!(
+            out.status.success(),
+            "preinstalling {}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// The root as a rollback must leave it: a full walk (every entry, its
+/// mode, owner, size, mtime, content and target), without inode numbers.
+pub fn root_walk(root: &Path) -> BTreeMap<String, String> {
+    sentinel::walk(root)
+        .into_iter()
+        .map(|(k, n)| {
+            let v = format!(
+                "mode {:o} uid {} gid {} size {} mtime {:?} content {:x} target {:?}",
+                n.mode, n.uid, n.gid, n.size, n.mtime, n.content, n.target
+            );
+            (k, v)
+        })
+        .collect()
+}
+
+/// The first few paths that differ between two walks.
+pub fn differences(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) -> Vec<String> {
+    before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .chain(after.keys().filter(|k| !before.contains_key(*k)).cloned())
+        .take(20)
+        .collect()
+}
+
+/// `backstop replay ID --json` gives, for every stored decision, the
+/// stored verdict and reasons again; returns the stored decisions.
+pub fn assert_replays(fleet: &Fleet, id: &str) -> Vec<Value> {
+    let shown = fleet.json(&["show", id, "--json"]);
+    let stored = shown["decisions"].as_array().unwrap().clone();
+    assert!(!stored.is_empty(), "no decision stored: {shown}");
+    let out = fleet.cli(&["replay", id, "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "replay of {id}: {text}");
+    let replayed: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replayed.len(), stored.len(), "{text}");
+    for (r, d) in replayed.iter().zip(&stored) {
+        assert_eq!(r["verdict"], d["verdict"], "replayed verdict: {text}");
+        assert_eq!(r["reasons"], d["reasons"], "replayed reasons: {text}");
+        assert_eq!(r["reproduced"], true, "{text}");
+    }
+    stored
+}
+
+/// The kind of one of `show --json`'s events (`step`, `probe`,
+/// `baseline`, ...): the one key of its externally tagged `event`.
+pub fn kind(row: &Value) -> &str {
+    row["event"]
+        .as_object()
+        .and_then(|o| o.keys().next())
+        .map_or("", String::as_str)
+}
