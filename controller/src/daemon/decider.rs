@@ -116,11 +116,10 @@ pub(super) async fn after_event(
         let (daemon, id, period) = (daemon.clone(), id.to_string(), done.monitor);
         tokio::spawn(async move {
             tokio::time::sleep(period).await;
-            crate::metrics::evidence(&id);
-
             if let Err(e) = super::shadow_wait::until_reported(&daemon, &id).await {
                 tracing::warn!(deployment = id, "waiting for the shadow's report: {e}");
             }
+            crate::metrics::evidence(&id);
             if let Err(e) = decide_now(&daemon, &id, true).await {
                 tracing::error!(deployment = id, "deciding after monitoring: {e}");
             }
