@@ -156,6 +156,14 @@ pub enum DeployEvent {
     /// The deployment could not start (a bad plan, no room for the
     /// snapshot, a failing build); nothing on the host changed.
     Failed { reason: String },
+    /// The agent lost the controller while this deployment ran: from here
+    /// on its local policy has the say on a hard failure, so the
+    /// controller does not decide on the events that follow (they arrive
+    /// late, replayed from the agent's outbox) until `ControllerBack`.
+    ControllerLost,
+    /// The agent reached a controller again and still waits for its order
+    /// (it has not decided locally): the controller decides once more.
+    ControllerBack,
 }
 
 impl DeployEvent {
@@ -185,6 +193,8 @@ impl DeployEvent {
             DeployEvent::Interrupted { .. } => "interrupted",
             DeployEvent::Refused { .. } => "refused",
             DeployEvent::Failed { .. } => "failed",
+            DeployEvent::ControllerLost => "controller_lost",
+            DeployEvent::ControllerBack => "controller_back",
         }
     }
 }
@@ -273,6 +283,8 @@ mod tests {
             DeployEvent::Failed {
                 reason: "no room".into(),
             },
+            DeployEvent::ControllerLost,
+            DeployEvent::ControllerBack,
         ]
     }
 

@@ -12,6 +12,7 @@ pub mod control;
 pub mod decider;
 pub mod deploy;
 pub mod identity;
+pub mod reconcile;
 pub mod record;
 pub mod scoring;
 pub mod start;
