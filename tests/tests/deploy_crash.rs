@@ -256,74 +256,8 @@ fn a_hard_failure_while_the_controller_is_dead_is_rolled_back_by_the_agent_alone
         serve.log(),
         agent.log()
     );
-    let shown = c.show(&id);
-    let k = kinds(&shown);
-    let lost = k.iter().position(|k| k == "controller_lost");
-    let failed = shown["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .position(|e| e["event"]["step"]["step"]["exit_code"] == 3);
-    assert!(
-        lost.is_some() && lost < failed,
-        "the loss is marked before the failing step: {k:?}"
-    );
-    let finals: Vec<&Value> = shown["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| {
-            [
-                "rolled_back",
-                "committed",
-                "interrupted",
-                "refused",
-                "failed",
-            ]
-            .contains(&kind(e).as_str())
-        })
-        .collect();
-    assert_eq!(finals.len(), 1, "exactly one outcome: {k:?}");
-    assert_eq!(finals[0]["event"]["rolled_back"]["local"], true, "{shown}");
-    assert_eq!(
-        shown["decisions"].as_array().map(Vec::len),
-        Some(0),
-        "the controller did not decide what the agent did alone: {shown}"
-    );
-    let reason = shown["deployment"]["reason"].as_str().unwrap_or("");
-    assert!(
-        reason.contains("local policy") && reason.contains("exited 3"),
-        "{shown}"
-    );
-    // Replay: nothing to replay, said on stderr, exit 0, no JSON line.
-    let replay = c.fleet.cli(&["replay", &id, "--json"]);
-    let err = String::from_utf8_lossy(&replay.stderr);
-    assert_eq!(replay.status.code(), Some(0), "{err}");
-    assert!(
-        replay.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&replay.stdout)
-    );
-    assert!(
-        err.contains("no controller decision") && err.contains("local policy"),
-        "{err}"
-    );
-    // One alert, fired as the local rollback it was.
-    assert!(
-        eventually(Duration::from_secs(30), || !c.rx.got().is_empty()),
-        "the receiver never got the alert: {}",
-        serve.log()
-    );
-    let body = c.rx.got()[0].json();
-    let alerts = body.as_array().expect("postableAlerts");
-    assert_eq!(alerts.len(), 1, "{body}");
-    assert_eq!(alerts[0]["labels"]["deployment"], id.as_str(), "{body}");
-    assert_eq!(alerts[0]["labels"]["decision"], "rollback", "{body}");
-    let reasons = alerts[0]["annotations"]["reasons"].as_str().unwrap_or("");
-    assert!(reasons.contains("local policy"), "{body}");
-    let firing =
-        std::fs::read_dir(c.fleet.data.join("alerts/firing")).map_or(0, std::iter::Iterator::count);
-    assert_eq!(firing, 1, "one alert firing");
+    stored_as_local_rollback(&c, &id);
+    alerted_as_local_rollback(&c, &id, &serve);
     drop(agent);
 }
 
@@ -395,4 +329,80 @@ fn a_healthy_install_while_the_controller_is_dead_waits_and_commits_when_it_retu
     assert_eq!(lines[0]["reasons"], decisions[0]["reasons"], "{shown}");
     assert!(c.rx.got().is_empty(), "no alert fires: {:?}", c.rx.got());
     drop(agent);
+}
+
+/// The store agrees with the agent: rolled back by its local policy,
+/// one outcome, no controller decision, and replay says why.
+fn stored_as_local_rollback(c: &Crash, id: &str) {
+    let shown = c.show(id);
+    let k = kinds(&shown);
+    let lost = k.iter().position(|k| k == "controller_lost");
+    let failed = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|e| e["event"]["step"]["step"]["exit_code"] == 3);
+    assert!(
+        lost.is_some() && lost < failed,
+        "the loss is marked before the failing step: {k:?}"
+    );
+    let finals: Vec<&Value> = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            [
+                "rolled_back",
+                "committed",
+                "interrupted",
+                "refused",
+                "failed",
+            ]
+            .contains(&kind(e).as_str())
+        })
+        .collect();
+    assert_eq!(finals.len(), 1, "exactly one outcome: {k:?}");
+    assert_eq!(finals[0]["event"]["rolled_back"]["local"], true, "{shown}");
+    assert_eq!(
+        shown["decisions"].as_array().map(Vec::len),
+        Some(0),
+        "the controller did not decide what the agent did alone: {shown}"
+    );
+    let reason = shown["deployment"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("local policy") && reason.contains("exited 3"),
+        "{shown}"
+    );
+    // Replay: nothing to replay, said on stderr, exit 0, no JSON line.
+    let replay = c.fleet.cli(&["replay", id, "--json"]);
+    let err = String::from_utf8_lossy(&replay.stderr);
+    assert_eq!(replay.status.code(), Some(0), "{err}");
+    assert!(
+        replay.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    assert!(
+        err.contains("no controller decision") && err.contains("local policy"),
+        "{err}"
+    );
+}
+
+/// One alert, fired as the local rollback it was.
+fn alerted_as_local_rollback(c: &Crash, id: &str, serve: &Proc) {
+    assert!(
+        eventually(Duration::from_secs(30), || !c.rx.got().is_empty()),
+        "the receiver never got the alert: {}",
+        serve.log()
+    );
+    let body = c.rx.got()[0].json();
+    let alerts = body.as_array().expect("postableAlerts");
+    assert_eq!(alerts.len(), 1, "{body}");
+    assert_eq!(alerts[0]["labels"]["deployment"], id, "{body}");
+    assert_eq!(alerts[0]["labels"]["decision"], "rollback", "{body}");
+    let reasons = alerts[0]["annotations"]["reasons"].as_str().unwrap_or("");
+    assert!(reasons.contains("local policy"), "{body}");
+    let firing =
+        std::fs::read_dir(c.fleet.data.join("alerts/firing")).map_or(0, std::iter::Iterator::count);
+    assert_eq!(firing, 1, "one alert firing");
 }

@@ -176,7 +176,7 @@ async fn decide(orders: &mut Orders, hard: Option<String>) -> Result<Order, Depl
                     return Ok(o);
                 }
             }
-            _ = session_lost(lost.as_mut()), if hard.is_some() => {}
+            () = session_lost(lost.as_mut()), if hard.is_some() => {}
         }
     }
     if hard.is_some() {

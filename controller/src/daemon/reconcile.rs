@@ -46,7 +46,10 @@ mod tests {
         let step = DeployEvent::Started {
             snapshot: "s".into(),
         };
-        assert!(!agent_alone(&[step.clone()]), "no marker: connected");
+        assert!(
+            !agent_alone(std::slice::from_ref(&step)),
+            "no marker: connected"
+        );
         let lost = [step.clone(), DeployEvent::ControllerLost, step.clone()];
         assert!(agent_alone(&lost));
         let back = [

@@ -167,7 +167,7 @@ impl Rig {
             .stderr(log("agent.log")?)
             .spawn()
             .context("starting backstop-agent run")?);
-        wait(Duration::from_secs(60), "the agent to connect", || {
+        wait(Duration::from_mins(1), "the agent to connect", || {
             self.cli()
                 .args(["hosts", "--json"])
                 .output()
@@ -217,7 +217,7 @@ impl Rig {
             &window,
         ]))?;
         let id = out.trim().to_string();
-        wait(Duration::from_secs(120), "the fault's onset", || {
+        wait(Duration::from_mins(2), "the fault's onset", || {
             stamp(&onset_f).is_some()
         })?;
         let onset = stamp(&onset_f).context("onset stamp")?;
@@ -229,7 +229,7 @@ impl Rig {
         let journal = self
             .base
             .join(format!("agent/agent/deployments/{id}/journal.json"));
-        wait(Duration::from_secs(120), "the agent's rollback", || {
+        wait(Duration::from_mins(2), "the agent's rollback", || {
             std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"rolled-back\""))
         })?;
         let restored = now() - onset;
