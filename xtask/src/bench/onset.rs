@@ -16,8 +16,10 @@
 //! `backstop cancel` sent at the close of the first window after the
 //! onset, i.e. the decision time part (a) measures (within a window),
 //! not the trained model's own verdict on this fault.
-//! Times are wall clock (the step writes `date +%s.%N`); "restored" is when
-//! the agent's journal says rolled-back, polled every 10 ms.
+//! Times are wall clock (the step writes `date +%s.%N` to the root's /root,
+//! which no scope covers: the agent adds /tmp to a chroot's scope for the
+//! staged artifact, so a stamp there would be restored away); "restored"
+//! is when the agent's journal says rolled-back, polled every 10 ms.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -180,9 +182,9 @@ impl Rig {
 
     fn manifest(&self, s: &Scope) -> Result<PathBuf> {
         let step = format!(
-            "dpkg -i \"$0\" >/dev/null && date +%s.%N > /tmp/backstop-onset && i=0; \
+            "dpkg -i \"$0\" >/dev/null && date +%s.%N > /root/backstop-onset && i=0; \
              while [ $i -lt 30 ]; do head -c 1048576 /dev/zero >> {fill}; sleep 0.1; i=$((i+1)); done; \
-             date +%s.%N > /tmp/backstop-exit; exit 1",
+             date +%s.%N > /root/backstop-exit; exit 1",
             fill = s.fill
         );
         let text = format!(
@@ -203,8 +205,8 @@ impl Rig {
     /// close of the first window after the onset, else wait for the exit.
     fn once(&self, s: &Scope, early: bool) -> Result<Run> {
         let (onset_f, exit_f) = (
-            self.root.join("tmp/backstop-onset"),
-            self.root.join("tmp/backstop-exit"),
+            self.root.join("root/backstop-onset"),
+            self.root.join("root/backstop-exit"),
         );
         let _ = std::fs::remove_file(&onset_f);
         let _ = std::fs::remove_file(&exit_f);
