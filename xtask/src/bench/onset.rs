@@ -1,9 +1,11 @@
 //! `cargo xtask bench decide`, parts (b) and (c) of issue 15: for a fault
 //! that builds up after a known onset, the time from the onset to the host
-//! fully restored, (b) when the rollback is ordered as soon as the first
-//! window carrying the fault has closed, and (c) when only the step's exit
-//! code triggers it (as Helm --atomic or a failing dpkg would), side by
-//! side, for a small, an /etc and a /usr scope.
+//! fully restored, (b) with backstop deciding as it does (the controller's
+//! built-in model over the live windows, and the exit code), and (c) when
+//! only the step's exit code triggers it (as Helm --atomic or a failing
+//! dpkg would: the same deployment with `policy.guards.min_windows = 1000`,
+//! so the model alone never acts within the fault), side by side, for a
+//! small, an /etc and a /usr scope.
 //!
 //! Everything is the real thing: `backstop serve` and `backstop-agent run`
 //! (release builds) over QUIC with mutual TLS, real dpkg in a scratch copy
@@ -11,11 +13,8 @@
 //! executor killing the live cgroup and restoring from its change log.
 //! The fault: the step installs hello, writes the onset time, then fills
 //! the scope 1 MiB per 100 ms for 3 s and exits 1 (a disk filling up).
-//!
-//! One stand-in, said where it is printed: in (b) the order is
-//! `backstop cancel` sent at the close of the first window after the
-//! onset, i.e. the decision time part (a) measures (within a window),
-//! not the trained model's own verdict on this fault.
+//! Whether (b)'s rollback came before the step's exit is printed (its exit
+//! stamp is missing when the rollback killed it first).
 //! Times are wall clock (the step writes `date +%s.%N` to the root's /root,
 //! which no scope covers: the agent adds /tmp to a chroot's scope for the
 //! staged artifact, so a stamp there would be restored away); "restored"
@@ -180,7 +179,7 @@ impl Rig {
         Ok((serve, agent))
     }
 
-    fn manifest(&self, s: &Scope) -> Result<PathBuf> {
+    fn manifest(&self, s: &Scope, exit_only: bool) -> Result<PathBuf> {
         let step = format!(
             "dpkg -i \"$0\" >/dev/null && date +%s.%N > /root/backstop-onset && i=0; \
              while [ $i -lt 30 ]; do head -c 1048576 /dev/zero >> {fill}; sleep 0.1; i=$((i+1)); done; \
@@ -191,18 +190,23 @@ impl Rig {
             "name = \"hello\"\nroot = {:?}\n[artifact]\ndebs = [{:?}]\n[[steps]]\nname = \"install\"\n\
              run = [\"sh\", \"-c\", {step:?}, \"{{artifact}}\"]\ntimeout = \"2m\"\n\
              env = {{ DEBIAN_FRONTEND = \"noninteractive\" }}\n[scope]\npaths = {:?}\n\
-             [shadow]\nenabled = false\n[monitor]\nperiod = \"0s\"\n",
+             [shadow]\nenabled = false\n[monitor]\nperiod = \"0s\"\n{}",
             self.root.display().to_string(),
             self.deb.display().to_string(),
-            s.paths
+            s.paths,
+            if exit_only {
+                "[policy.guards]\nmin_windows = 1000\n"
+            } else {
+                ""
+            }
         );
         let path = self.base.join("fault.toml");
         std::fs::write(&path, text)?;
         Ok(path)
     }
 
-    /// One deployment of the fault; `early`: order the rollback at the
-    /// close of the first window after the onset, else wait for the exit.
+    /// One deployment of the fault; `early`: backstop decides as it does,
+    /// else on the exit code only.
     fn once(&self, s: &Scope, early: bool) -> Result<Run> {
         let (onset_f, exit_f) = (
             self.root.join("root/backstop-onset"),
@@ -210,7 +214,7 @@ impl Rig {
         );
         let _ = std::fs::remove_file(&onset_f);
         let _ = std::fs::remove_file(&exit_f);
-        let manifest = self.manifest(s)?;
+        let manifest = self.manifest(s, !early)?;
         let window = WINDOW_MS.to_string();
         let out = util::output(self.cli().arg("deploy").arg(&manifest).args([
             "--host",
@@ -223,11 +227,6 @@ impl Rig {
             stamp(&onset_f).is_some()
         })?;
         let onset = stamp(&onset_f).context("onset stamp")?;
-        if early {
-            let at = onset + Duration::from_millis(WINDOW_MS).as_secs_f64();
-            std::thread::sleep(Duration::from_secs_f64((at - now()).max(0.0)));
-            util::output(self.cli().args(["cancel", &id]))?;
-        }
         let journal = self
             .base
             .join(format!("agent/agent/deployments/{id}/journal.json"));
@@ -282,12 +281,11 @@ fn report(root: &Path, reps: usize, rows: &[(Scope, Vec<Run>, Vec<Run>)]) {
          window {WINDOW_MS} ms; median of {reps}\n"
     );
     println!(
-        "  (b) rollback ordered at the first window's close after the onset (stand-in for the \
-         model's verdict: part (a)'s decision time)\n  (c) exit code only: the step exits 1, then \
-         the rollback\n"
+        "  (b) backstop as it runs: the built-in model over the live windows, and the exit code\n  \
+         (c) exit code only (policy.guards.min_windows = 1000): the step exits 1, then the rollback\n"
     );
     println!(
-        "  scope   entries  (b) onset->restored  restore   (c) onset->exit  (c) onset->restored  restore   (b)/(c) begins"
+        "  scope   entries  (b) onset->restored  restore  before exit   (c) onset->exit  (c) onset->restored  restore   (b)/(c) begins"
     );
     for (s, early, late) in rows {
         let entries: usize = s
@@ -296,11 +294,13 @@ fn report(root: &Path, reps: usize, rows: &[(Scope, Vec<Run>, Vec<Run>)]) {
             .map(|p| super::rollback::walk_count(&root.join(p.trim_start_matches('/'))))
             .sum();
         let (b, b_ms) = (med(early, |r| r.restored), med(early, |r| r.restore_ms));
+        let first = early.iter().filter(|r| r.exited.is_none()).count();
         let c_exit = med(late, |r| r.exited.unwrap_or(f64::NAN));
         let (c, c_ms) = (med(late, |r| r.restored), med(late, |r| r.restore_ms));
         println!(
-            "  {:<6} {entries:>8}  {b:>17.3} s  {b_ms:>6.0} ms  {c_exit:>13.3} s  {c:>17.3} s  {c_ms:>6.0} ms  {:>10.3}",
+            "  {:<6} {entries:>8}  {b:>17.3} s  {b_ms:>6.0} ms  {first:>5}/{:<5}  {c_exit:>13.3} s  {c:>17.3} s  {c_ms:>6.0} ms  {:>10.3}",
             s.name,
+            early.len(),
             b / c_exit
         );
     }
