@@ -33,7 +33,7 @@ pub enum Which {
     Predict,
     /// A window's way to a decision: scoring every window so far and
     /// `decide`, per window, against the window length (a); then, for a
-    /// fault that builds up, onset to restored with an early order (b)
+    /// fault that builds up, onset to restored as backstop decides (b)
     /// against exit-code-only rollback (c), for small, /etc, /usr scopes.
     Decide {
         /// Repetitions of each (b) and (c) run per scope.
