@@ -259,6 +259,10 @@ async fn session(
     .map_err(|e| SessionError::Connect(e.to_string()))?;
     let closed = |e: &dyn std::fmt::Display| SessionError::Closed(e.to_string());
     tracing::info!(controller = %opts.controller, pending, "connected");
+    running.session(true);
+    // Down again however the session ends (an error, the controller's
+    // close, or this future dropped at shutdown).
+    let _down = SessionDown(running);
 
     let sender = send_loop(outbox.clone(), send, dropped);
     let receiver = async {
@@ -310,6 +314,15 @@ async fn session(
     tokio::select! {
         r = sender => r,
         r = receiver => r,
+    }
+}
+
+/// Marks the session down when dropped.
+struct SessionDown<'a>(&'a run_deploy::Running);
+
+impl Drop for SessionDown<'_> {
+    fn drop(&mut self) {
+        self.0.session(false);
     }
 }
 

@@ -19,13 +19,34 @@ use backstop_common::deploy as wire;
 use backstop_common::manifest::Manifest;
 use backstop_common::wire::AgentMsg;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
 
 use super::OutboxHandle;
 use crate::deploy::{self, DeployEvent, Order, Outcome, Plan};
 
-/// The orders channel of each deployment this agent runs.
-#[derive(Clone, Default)]
-pub(super) struct Running(Arc<Mutex<HashMap<String, UnboundedSender<Order>>>>);
+/// One running deployment's channels: the controller's orders in, and
+/// its event stream (for the session markers).
+struct Entry {
+    orders: UnboundedSender<Order>,
+    events: UnboundedSender<DeployEvent>,
+}
+
+/// The deployments this agent runs, and whether it has a session with its
+/// controller (what the local policy needs to know, `install.rs`).
+#[derive(Clone)]
+pub(super) struct Running {
+    map: Arc<Mutex<HashMap<String, Entry>>>,
+    connected: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Running {
+    fn default() -> Self {
+        Running {
+            map: Arc::default(),
+            connected: Arc::new(watch::channel(false).0),
+        }
+    }
+}
 
 impl Running {
     /// How many deployments run now (for `/metrics`).
@@ -39,8 +60,31 @@ impl Running {
             wire::Order::Rollback { reason } => Order::Rollback { reason },
             wire::Order::Commit => Order::Commit,
         };
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.get(id).is_some_and(|tx| tx.send(order).is_ok())
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(id).is_some_and(|e| e.orders.send(order).is_ok())
+    }
+
+    /// The session with the controller came up (true) or went down.
+    /// Each deployment still waiting on the controller gets a marker in
+    /// its event stream first (`ControllerLost` / `ControllerBack`), so
+    /// the controller, reading the stream later, knows which of its events
+    /// the local policy had the say over; one the local policy already
+    /// took over (its orders channel closed) gets none. The lock is held
+    /// across both, so no deployment starts between marker and flag.
+    pub(super) fn session(&self, up: bool) {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if *self.connected.borrow() == up {
+            return;
+        }
+        for (id, e) in map.iter().filter(|(_, e)| !e.orders.is_closed()) {
+            tracing::info!(
+                deployment = id,
+                connected = up,
+                "marking the controller's session"
+            );
+            let _ = e.events.send(DeployEvent::Controller { connected: up });
+        }
+        self.connected.send_replace(up);
     }
 }
 
@@ -55,11 +99,18 @@ pub(super) fn start(
     let plan = Plan::from_manifest(manifest, &id);
     let (otx, orx) = unbounded_channel();
     let (etx, mut erx) = unbounded_channel();
+    let connected = running.connected.subscribe();
     running
-        .0
+        .map
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(id.clone(), otx);
+        .insert(
+            id.clone(),
+            Entry {
+                orders: otx,
+                events: etx.clone(),
+            },
+        );
     let out = outbox.clone();
     let fid = id.clone();
     let forwarder = tokio::spawn(async move {
@@ -71,9 +122,9 @@ pub(super) fn start(
     });
     tokio::spawn(async move {
         tracing::info!(deployment = id, "deploy");
-        let result = deploy::run(&ctx, &id, &plan, Some(orx), etx).await;
+        let result = deploy::run_connected(&ctx, &id, &plan, Some(orx), Some(connected), etx).await;
         running
-            .0
+            .map
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
@@ -110,11 +161,16 @@ pub(super) async fn recover(data: &std::path::Path, outbox: &OutboxHandle) {
         });
         tracing::warn!(deployment = r.id, found = ?r.found, "reporting an interrupted deployment");
         let msg = AgentMsg::Deployment {
-            deployment: r.id,
+            deployment: r.id.clone(),
             seq: wire::INTERRUPTED_SEQ,
             event: Box::new(wire::DeployEvent::Interrupted { report }),
         };
-        outbox.push_outcome(msg).await;
+        // On disk before the recovery's own record of it goes: see
+        // `deploy::recover`.
+        let pushed = outbox.with(move |s| s.push(&msg)).await;
+        if pushed == crate::outbox::Pushed::Written {
+            deploy::recover::reported(data, &r.id);
+        }
     }
 }
 
@@ -186,10 +242,11 @@ fn convert(ev: DeployEvent) -> Option<wire::DeployEvent> {
                 },
             }
         }
-        DeployEvent::RolledBack { report } => wire::DeployEvent::RolledBack {
-            report,
-            local: false,
-        },
+        DeployEvent::RolledBack { report, local } => {
+            wire::DeployEvent::RolledBack { report, local }
+        }
+        DeployEvent::Controller { connected: false } => wire::DeployEvent::ControllerLost,
+        DeployEvent::Controller { connected: true } => wire::DeployEvent::ControllerBack,
         DeployEvent::Finished { outcome, .. } => match outcome {
             Outcome::Committed => wire::DeployEvent::Committed { local: false },
             Outcome::Refused { reason } => wire::DeployEvent::Refused { reason },

@@ -161,6 +161,15 @@ pub enum DeployEvent {
     /// Kept apart from `Probe` so a service already slow or down before
     /// the deployment is never counted as the install's failure.
     Baseline { probe: ProbeResult },
+
+    /// The agent lost the controller while this deployment ran: from here
+    /// on its local policy has the say on a hard failure, so the
+    /// controller does not decide on the events that follow (they arrive
+    /// late, replayed from the agent's outbox) until `ControllerBack`.
+    ControllerLost,
+    /// The agent reached a controller again and still waits for its order
+    /// (it has not decided locally): the controller decides once more.
+    ControllerBack,
 }
 
 impl DeployEvent {
@@ -191,6 +200,9 @@ impl DeployEvent {
             DeployEvent::Refused { .. } => "refused",
             DeployEvent::Failed { .. } => "failed",
             DeployEvent::Baseline { .. } => "baseline",
+
+            DeployEvent::ControllerLost => "controller_lost",
+            DeployEvent::ControllerBack => "controller_back",
         }
     }
 }
@@ -287,6 +299,9 @@ mod tests {
                     detail: "status 200 (expected 200)".into(),
                 },
             },
+
+            DeployEvent::ControllerLost,
+            DeployEvent::ControllerBack,
         ]
     }
 

@@ -156,7 +156,7 @@ fn text(ev: &DeployEvent) -> Option<String> {
                 "failed"
             }
         ),
-        DeployEvent::RolledBack { report } => {
+        DeployEvent::RolledBack { report, .. } => {
             let restore = match &report.restore {
                 Some(r) => format!(
                     "restored {} in {:.0} ms{}",
@@ -185,6 +185,8 @@ fn text(ev: &DeployEvent) -> Option<String> {
             Outcome::RolledBack { reason } => format!("{id}: rolled back: {reason}"),
             Outcome::Refused { reason } => format!("{id}: refused: {reason}"),
         },
-        DeployEvent::Window { .. } | DeployEvent::Process { .. } => return None,
+        DeployEvent::Window { .. }
+        | DeployEvent::Process { .. }
+        | DeployEvent::Controller { .. } => return None,
     })
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use backstop_common::window::Stream;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch;
 
 use super::cgroup::LiveCgroup;
 use super::install::{Orders, install_and_monitor};
@@ -41,6 +42,20 @@ pub async fn run(
     orders: Option<UnboundedReceiver<Order>>,
     tx: EventTx,
 ) -> Result<Outcome, DeployError> {
+    run_connected(ctx, id, plan, orders, None, tx).await
+}
+
+/// `run` for the long-running agent: `connected` says whether it has a
+/// session with its controller, so a hard failure while it has none is
+/// rolled back by the local policy at once (see `policy.rs`).
+pub async fn run_connected(
+    ctx: &Context,
+    id: &str,
+    plan: &Plan,
+    orders: Option<UnboundedReceiver<Order>>,
+    connected: Option<watch::Receiver<bool>>,
+    tx: EventTx,
+) -> Result<Outcome, DeployError> {
     check(plan)?;
     let dir = deployment_dir(&ctx.data, id)?;
     let mut j = Journal {
@@ -65,7 +80,11 @@ pub async fn run(
     }
     j.snapshot = Some(take_snapshot(&ctx.data, plan).await?);
     j.save(&ctx.data)?;
-    let mut orders = Orders { rx: orders };
+    let mut orders = Orders {
+        rx: orders,
+        connected,
+        decided_locally: false,
+    };
     if plan.mode == super::Mode::ShadowFirst && plan.shadow.is_some() {
         j.advance(&ctx.data, Phase::Shadowing)?;
         if let Some(reason) = shadow_first(ctx, plan, &j, &tx).await? {
@@ -104,7 +123,8 @@ pub async fn run(
                 changes: Some(dir.join("changes")),
             };
             let report = rollback::rollback(&mut host, plan, &reason).await;
-            let _ = tx.send(DeployEvent::RolledBack { report });
+            let local = orders.decided_locally;
+            let _ = tx.send(DeployEvent::RolledBack { report, local });
             shadow_done(shadow).await;
             finish(ctx, &mut j, Outcome::RolledBack { reason }, &tx)
         }

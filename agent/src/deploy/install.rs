@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use backstop_common::window::Stream;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::watch;
 
 use super::cgroup::LiveCgroup;
 use super::flow::{Context, joined};
@@ -20,11 +21,29 @@ use super::{DeployError, DeployEvent, EventTx, Order, Plan};
 /// policy once there is none (never was, or the channel closed).
 pub(super) struct Orders {
     pub(super) rx: Option<UnboundedReceiver<Order>>,
+    /// Whether the long-running agent has a session with its controller
+    /// (None: the local verb, which never has one).
+    pub(super) connected: Option<watch::Receiver<bool>>,
+    /// The rollback was the local policy's, not an order.
+    pub(super) decided_locally: bool,
 }
 
 impl Orders {
     fn local(&self) -> bool {
         self.rx.is_none()
+    }
+
+    /// No controller to wait for now: none at all, or the session is down.
+    fn offline(&self) -> bool {
+        self.local() || self.connected.as_ref().is_some_and(|c| !*c.borrow())
+    }
+
+    /// The local policy takes this deployment over for good. The orders
+    /// channel is dropped, so the agent sends no `ControllerBack` for it
+    /// and a late order finds it closed.
+    fn go_local(&mut self) {
+        self.rx = None;
+        self.decided_locally = true;
     }
 
     /// The next order; None (and local from then on) when the controller
@@ -88,8 +107,9 @@ pub(super) async fn install_and_monitor(
         Decision::RollBack { reason } => Some(reason),
         Decision::FinishAndWait => None,
     };
-    if let (Some(reason), true) = (&hard, orders.local()) {
+    if let (Some(reason), true) = (&hard, orders.offline()) {
         let reason = reason.clone();
+        orders.go_local();
         return Ok((Order::Rollback { reason }, shadow));
     }
     if hard.is_none() {
@@ -144,17 +164,41 @@ async fn live_until_done(
 }
 
 /// After the monitoring period: the controller's order, or (none, or
-/// gone) the local policy's.
+/// gone) the local policy's. With a hard failure, losing the session is
+/// enough to act alone; a healthy install waits for a controller however
+/// long it is away (the policy never commits on its own authority).
 async fn decide(orders: &mut Orders, hard: Option<String>) -> Result<Order, DeployError> {
+    let mut lost = orders.connected.clone();
     while !orders.local() {
-        if let Some(o) = orders.next().await {
-            return Ok(o);
+        if hard.is_some() && orders.offline() {
+            break;
         }
+        tokio::select! {
+            o = orders.next() => {
+                if let Some(o) = o {
+                    return Ok(o);
+                }
+            }
+            () = session_lost(lost.as_mut()), if hard.is_some() => {}
+        }
+    }
+    if hard.is_some() {
+        orders.go_local();
     }
     Ok(match hard {
         Some(reason) => Order::Rollback { reason },
         None => Order::Commit,
     })
+}
+
+/// Resolves once the session is down (never without a session to watch).
+async fn session_lost(c: Option<&mut watch::Receiver<bool>>) {
+    match c {
+        Some(c) => {
+            let _ = c.wait_for(|up| !*up).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn evidence(o: &LiveOutcome, seen: &Seen) -> Evidence {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use backstop_common::window::{Stream, Window};
 use serde::{Deserialize, Serialize};
 
-pub use flow::{Context, run};
+pub use flow::{Context, run, run_connected};
 pub use health::{ProbeKind, ProbeResult, ProbeSpec};
 pub use policy::{Decision, Evidence, local_decision};
 pub use rollback::RollbackReport;
@@ -143,6 +143,13 @@ pub enum DeployEvent {
     },
     RolledBack {
         report: RollbackReport,
+        /// Ordered by the local policy, not by the controller.
+        local: bool,
+    },
+    /// The long-running agent lost (false) or regained (true) its
+    /// controller while this deployment waited on it (`run_deploy.rs`).
+    Controller {
+        connected: bool,
     },
     Finished {
         id: String,

@@ -10,8 +10,21 @@ use backstop_controller::daemon::record::replay;
 pub async fn run(data: &Path, database: Option<String>, id: &str, json: bool) -> Result<i32> {
     let store = super::open_store(data, database, false).await?;
     // The deployment must exist: "no decisions" of a typo is not a pass.
-    store.deploy(id).await?;
+    let (row, _) = store.deploy(id).await?;
     let decisions = store.decisions(id).await?;
+    if decisions.is_empty() {
+        // Nothing to replay: no JSON line, exit 0, and why on stderr (a
+        // rollback the agent's local policy made while the controller was
+        // away, an interrupted one, or one still running).
+        eprintln!(
+            "{id}: no controller decision to replay (state {}{})",
+            row.state.as_str(),
+            row.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
     let mut all = true;
     for d in &decisions {
         let r = replay(d)?;

@@ -110,7 +110,10 @@ pub(super) async fn after_event(
     let done = decide_now(daemon, id, false).await?;
     let last_step = matches!(event, DeployEvent::Step { stream: Stream::Live, step }
         if step.passed() && step.index + 1 == done.steps);
-    if !done.decided && last_step {
+    // Back from a time without the controller, with the install over: the
+    // agent waits for an order (see `reconcile.rs`).
+    let back = super::reconcile::agent_back(event) && done.installed;
+    if !done.decided && (last_step || back) {
         // The install is done: decide for good when the monitoring period
         // the agent runs is over.
         let (daemon, id, period) = (daemon.clone(), id.to_string(), done.monitor);
@@ -145,6 +148,8 @@ pub(super) async fn after_windows(daemon: &Arc<Daemon>, id: &str) {
 
 struct Progress {
     decided: bool,
+    /// Every live step ran and passed.
+    installed: bool,
     steps: usize,
     monitor: std::time::Duration,
 }
@@ -160,6 +165,7 @@ async fn decide_now(
     let (row_, manifest) = daemon.store.deploy(id).await?;
     let mut progress = Progress {
         decided: true,
+        installed: false,
         steps: manifest.steps.len(),
         monitor: manifest.monitor.period,
     };
@@ -173,11 +179,21 @@ async fn decide_now(
         .into_iter()
         .map(|r| r.event)
         .collect();
+    if super::reconcile::agent_alone(&events) {
+        progress.decided = false;
+        return Ok(progress);
+    }
     let mut inputs = Inputs {
         evidence: evidence(&events, manifest.steps.len()),
         params: Params::from_policy(&manifest.policy),
         model: String::new(),
     };
+    progress.installed = inputs.evidence.phase == Phase::Monitoring
+        && inputs
+            .evidence
+            .live_steps
+            .iter()
+            .all(|s| s.status == StepStatus::Exited { code: 0 });
     if finished {
         inputs.evidence.phase = Phase::Done;
     }

@@ -14,6 +14,8 @@ pub mod deploy;
 pub mod history;
 pub mod identity;
 pub mod perf;
+
+pub mod reconcile;
 pub mod record;
 pub mod resources;
 pub mod scoring;

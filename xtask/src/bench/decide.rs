@@ -2,8 +2,8 @@
 //! reaching the controller to the decision, against the window length.
 //! In process (`backstop bench-decide`): scoring every window so far and
 //! `decide`, as the daemon does per window batch; QUIC and the store are
-//! `bench ingest`'s. (b) and (c), restore time against an exit-code-only
-//! baseline, are not measured yet.
+//! `bench ingest`'s. (b) and (c), onset to restored against an
+//! exit-code-only baseline, are `onset.rs`.
 
 use std::process::Command;
 
@@ -11,7 +11,7 @@ use anyhow::Result;
 
 use crate::util;
 
-pub(super) fn decide() -> Result<()> {
+pub(super) fn decide(reps: usize) -> Result<()> {
     let (backstop, base) = super::trained_model("bench-decide")?;
     let out = util::output(
         Command::new(&backstop)
@@ -33,5 +33,5 @@ pub(super) fn decide() -> Result<()> {
         v["window_ms"],
         f("p99_over_window")
     );
-    Ok(())
+    super::onset::restore_race(reps)
 }

@@ -14,6 +14,7 @@ use clap::Subcommand;
 
 mod decide;
 mod ingest;
+mod onset;
 mod overhead;
 mod predict;
 mod rollback;
@@ -31,8 +32,14 @@ pub enum Which {
     /// (a model trained on a generated corpus of the same shape).
     Predict,
     /// A window's way to a decision: scoring every window so far and
-    /// `decide`, per window, against the window length.
-    Decide,
+    /// `decide`, per window, against the window length (a); then, for a
+    /// fault that builds up, onset to restored as backstop decides (b)
+    /// against exit-code-only rollback (c), for small, /etc, /usr scopes.
+    Decide {
+        /// Repetitions of each (b) and (c) run per scope.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// Snapshots and restore of /usr of the Debian rootfs against cp -a and
     /// rsync -a --delete.
     Rollback {
@@ -75,7 +82,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Rollback { reps } => rollback::rollback(reps.max(1)),
         Which::Shadow { reps } => shadow::shadow(reps.max(1)),
         Which::Predict => predict::predict(),
-        Which::Decide => decide::decide(),
+        Which::Decide { reps } => decide::decide(reps.max(1)),
         Which::Ingest {
             agents,
             hz,

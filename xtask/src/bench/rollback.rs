@@ -191,7 +191,7 @@ fn report(root: &Path, reps: usize, t: Times) {
     );
 }
 
-fn walk_count(dir: &Path) -> usize {
+pub(super) fn walk_count(dir: &Path) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
