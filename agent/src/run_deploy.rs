@@ -51,7 +51,10 @@ impl Default for Running {
 impl Running {
     /// How many deployments run now (for `/metrics`).
     pub(super) fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Forward the controller's order; false when no such deployment runs.

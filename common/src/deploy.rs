@@ -299,7 +299,6 @@ mod tests {
                     detail: "status 200 (expected 200)".into(),
                 },
             },
-
             DeployEvent::ControllerLost,
             DeployEvent::ControllerBack,
         ]
