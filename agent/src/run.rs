@@ -25,6 +25,9 @@ use crate::track::{SharedProbes, TrackOptions, WindowSink, track};
 // `ControllerMsg::Deploy`: the executor, started from here.
 #[path = "run_deploy.rs"]
 mod run_deploy;
+// What the controller sends during a session, acted on.
+#[path = "run_messages.rs"]
+mod run_messages;
 // `--metrics`: what `/metrics` reads of this agent.
 #[path = "run_metrics.rs"]
 mod run_metrics;
@@ -262,50 +265,13 @@ async fn session(
     running.session(true);
     // Down again however the session ends (an error, the controller's
     // close, or this future dropped at shutdown).
-    let _down = SessionDown(running);
+    let _down = run_messages::SessionDown(running);
 
     let sender = send_loop(outbox.clone(), send, dropped);
     let receiver = async {
         loop {
             match read_frame::<ControllerMsg>(&mut recv).await {
-                Ok(ControllerMsg::Ack {
-                    deployment,
-                    through_seq,
-                    finished,
-                }) => {
-                    outbox
-                        .with(move |s| s.ack(&deployment, through_seq, finished))
-                        .await;
-                }
-                Ok(ControllerMsg::Exec {
-                    deployment,
-                    argv,
-                    window_ms,
-                }) => start_deployment(probes.clone(), outbox.clone(), deployment, argv, window_ms),
-                Ok(ControllerMsg::Deploy {
-                    deployment,
-                    manifest,
-                    window_ms,
-                    dry_run: _,
-                }) => {
-                    // A dry run needs nothing of the agent: the controller
-                    // orders a commit whatever it would have decided.
-                    let ctx = crate::deploy::Context {
-                        probes: probes.clone(),
-                        data: opts.data.clone(),
-                        window: Duration::from_millis(u64::from(window_ms.max(10))),
-                    };
-                    run_deploy::start(ctx, outbox.clone(), running.clone(), deployment, &manifest);
-                }
-                Ok(ControllerMsg::Decision { deployment, order }) => {
-                    if !running.order(&deployment, order) {
-                        tracing::warn!(
-                            deployment,
-                            "an order for a deployment this agent does not run"
-                        );
-                    }
-                }
-                Ok(ControllerMsg::Welcome { .. }) => {}
+                Ok(msg) => run_messages::on_message(msg, opts, outbox, probes, running).await,
                 Err(ReadError::Finished) => return Ok(()),
                 Err(e) => return Err(closed(&read_reason(&e, &conn))),
             }
@@ -314,15 +280,6 @@ async fn session(
     tokio::select! {
         r = sender => r,
         r = receiver => r,
-    }
-}
-
-/// Marks the session down when dropped.
-struct SessionDown<'a>(&'a run_deploy::Running);
-
-impl Drop for SessionDown<'_> {
-    fn drop(&mut self) {
-        self.0.session(false);
     }
 }
 

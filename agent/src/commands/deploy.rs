@@ -107,6 +107,15 @@ fn print_event(json: bool, ev: &DeployEvent) {
     }
 }
 
+/// One probe run's line (`what`: probe or baseline).
+fn probe_text(what: &str, p: &backstop_common::deploy::ProbeResult) -> String {
+    let status = if p.ok { "ok" } else { "FAILED" };
+    format!(
+        "{what} {}: {status} in {:.1} ms ({})",
+        p.name, p.latency_ms, p.detail
+    )
+}
+
 /// The progress line of an event; windows and process records have none.
 fn text(ev: &DeployEvent) -> Option<String> {
     Some(match ev {
@@ -133,20 +142,8 @@ fn text(ev: &DeployEvent) -> Option<String> {
             step.duration_ms
         )
         .to_lowercase(),
-        DeployEvent::Probe { probe } => format!(
-            "probe {}: {} in {:.1} ms ({})",
-            probe.name,
-            if probe.ok { "ok" } else { "FAILED" },
-            probe.latency_ms,
-            probe.detail
-        ),
-        DeployEvent::Baseline { probe } => format!(
-            "baseline {}: {} in {:.1} ms ({})",
-            probe.name,
-            if probe.ok { "ok" } else { "FAILED" },
-            probe.latency_ms,
-            probe.detail
-        ),
+        DeployEvent::Probe { probe } => probe_text("probe", probe),
+        DeployEvent::Baseline { probe } => probe_text("baseline", probe),
         DeployEvent::Shadow { report } => format!(
             "shadow {}: {}",
             report.id,

@@ -45,6 +45,22 @@ pub async fn run(
     run_connected(ctx, id, plan, orders, None, tx).await
 }
 
+/// Build the artifact when the plan says how (on the host, not in the
+/// root); the reason when the build failed.
+async fn build_artifact(plan: &Plan, tx: &EventTx) -> Option<String> {
+    let build = plan.build.as_ref()?;
+    let r = rollback::run_cmd(0, build, Path::new("/")).await;
+    if r.exit_code == Some(0) {
+        return None;
+    }
+    let reason = format!("the build {} failed: exit {:?}", build.name, r.exit_code);
+    let _ = tx.send(DeployEvent::Step {
+        stream: Stream::Live,
+        step: r,
+    });
+    Some(reason)
+}
+
 /// `run` for the long-running agent: `connected` says whether it has a
 /// session with its controller, so a hard failure while it has none is
 /// rolled back by the local policy at once (see `policy.rs`).
@@ -67,16 +83,8 @@ pub async fn run_connected(
         note: None,
     };
     j.save(&ctx.data)?;
-    if let Some(build) = &plan.build {
-        let r = rollback::run_cmd(0, build, Path::new("/")).await;
-        if r.exit_code != Some(0) {
-            let reason = format!("the build {} failed: exit {:?}", build.name, r.exit_code);
-            let _ = tx.send(DeployEvent::Step {
-                stream: Stream::Live,
-                step: r,
-            });
-            return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
-        }
+    if let Some(reason) = build_artifact(plan, &tx).await {
+        return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
     }
     j.snapshot = Some(take_snapshot(&ctx.data, plan).await?);
     j.save(&ctx.data)?;

@@ -209,10 +209,25 @@ async fn decide_now(
         progress.decided = false;
         return Ok(progress);
     }
+    act(daemon, &row_, id, &inputs, &decision, finished).await?;
+    Ok(progress)
+}
+
+/// Store a decision other than `continue` and act on it: order the
+/// rollback (unless a dry run or inconclusive) and alert, or tell the
+/// waiting agent to keep the install.
+async fn act(
+    daemon: &Arc<Daemon>,
+    row_: &crate::store::DeployRow,
+    id: &str,
+    inputs: &Inputs,
+    decision: &crate::decide::Decision,
+    finished: bool,
+) -> Result<(), StoreError> {
     let acted = !row_.dry_run && decision.verdict != Verdict::Inconclusive;
     daemon
         .store
-        .add_decision(id, &row(&inputs, &decision, now_ms(), acted))
+        .add_decision(id, &row(inputs, decision, now_ms(), acted))
         .await?;
     crate::metrics::decided(id, &decision.verdict);
     let reason: Vec<String> = decision
@@ -229,7 +244,7 @@ async fn decide_now(
         if finished || row_.dry_run {
             let _ = daemon.order(&row_.host, id, Order::Commit).await;
         }
-        return Ok(progress);
+        return Ok(());
     }
     {
         let order = Order::Rollback {
@@ -245,7 +260,7 @@ async fn decide_now(
             .store
             .set_deploy_state(id, DeployState::RollingBack, Some(&reason))
             .await?;
-        super::alerting::ordered(daemon, &row_, &decision).await;
+        super::alerting::ordered(daemon, row_, decision).await;
     }
-    Ok(progress)
+    Ok(())
 }
