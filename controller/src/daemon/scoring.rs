@@ -23,6 +23,7 @@ use super::state::Daemon;
 use crate::decide::Evidence;
 use crate::decide::divergence::divergence;
 use crate::decide::evidence::WindowEvidence;
+use crate::decide::range::outside;
 use crate::predict::model::{Model, ModelError};
 use crate::store::{DeployRow, now_ms};
 
@@ -94,6 +95,7 @@ pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, M
     let live_p = predict(model, &live)?;
     let shadow_p = predict(model, &shadow)?;
     let norm = &model.meta.normalizer;
+    let names: Vec<&str> = model.meta.features.iter().map(String::as_str).collect();
     Ok(live_p
         .iter()
         .enumerate()
@@ -103,6 +105,7 @@ pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, M
             shadow_p: shadow_p.get(t).copied(),
             threshold: model.meta.threshold,
             divergence: divergence(norm, &live, &shadow, t),
+            outside: outside(&names, &norm.mean, &norm.std, &live[t]),
         })
         .collect())
 }

@@ -77,6 +77,21 @@ pub struct WindowEvidence {
     /// ([`super::divergence`]); `None` without a shadow window.
     #[serde(default)]
     pub divergence: Option<Divergence>,
+    /// Set when the host's state at this window lies outside what the
+    /// model was trained on: its P(failure) here (live and shadow) is not
+    /// counted, and the decision says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outside: Option<OutOfRange>,
+}
+
+/// The host measure furthest outside the model's training range at one
+/// window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutOfRange {
+    pub feature: String,
+    /// How far, in training standard deviations of its log1p value.
+    #[serde(with = "float::any")]
+    pub z: f64,
 }
 
 /// The divergence between the live and the shadow stream at one window,

@@ -56,6 +56,7 @@ pub mod evidence;
 mod float;
 pub mod judge;
 pub mod params;
+pub mod range;
 pub mod reason;
 mod rules;
 #[cfg(test)]
@@ -84,10 +85,9 @@ pub fn decide(e: &Evidence, p: &Params) -> Decision {
         return decision(Verdict::Rollback, reasons);
     }
     if let Some((alarm, witness)) = confirmed(&found, p) {
-        return decision(
-            Verdict::Rollback,
-            vec![alarm.reason.clone(), witness.reason.clone()],
-        );
+        let mut reasons = vec![alarm.reason.clone(), witness.reason.clone()];
+        reasons.extend(notes(&found));
+        return decision(Verdict::Rollback, reasons);
     }
     if e.phase != Phase::Done {
         return decision(Verdict::Continue, summarise(found.iter()));
@@ -97,21 +97,34 @@ pub fn decide(e: &Evidence, p: &Params) -> Decision {
         .filter(|f| {
             !matches!(
                 f.weight,
-                Weight::Witness {
-                    blocks_commit: false
-                }
+                Weight::Note
+                    | Weight::Witness {
+                        blocks_commit: false
+                    }
             )
         })
         .collect();
     if !blockers.is_empty() {
-        return decision(Verdict::Inconclusive, summarise(blockers.into_iter()));
+        let mut reasons = summarise(blockers.into_iter());
+        reasons.extend(notes(&found));
+        return decision(Verdict::Inconclusive, reasons);
     }
     let clean = Reason::Clean {
         windows: e.windows.len() as u64,
         probes: e.probes.len() as u32,
         shadow: e.shadow.is_some(),
     };
-    decision(Verdict::Commit, vec![clean])
+    let mut reasons = vec![clean];
+    reasons.extend(notes(&found));
+    decision(Verdict::Commit, reasons)
+}
+
+/// The findings that weigh nothing but are said in every decision.
+fn notes(found: &[Finding]) -> impl Iterator<Item = Reason> + '_ {
+    found
+        .iter()
+        .filter(|f| f.weight == Weight::Note)
+        .map(|f| f.reason.clone())
 }
 
 fn decision(verdict: Verdict, reasons: Vec<Reason>) -> Decision {

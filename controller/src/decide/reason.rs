@@ -115,6 +115,15 @@ pub enum Reason {
         full_in_ms: f64,
         falling_ms: f64,
     },
+    /// The model's votes at `windows` windows from `window` were not
+    /// counted: the host's `feature` lay `z` training standard deviations
+    /// from anything the model was trained on.
+    ModelOutOfRange {
+        window: u64,
+        windows: u32,
+        feature: String,
+        z: f64,
+    },
     /// Something that must have finished by the end had not.
     Unfinished {
         what: String,
@@ -181,6 +190,16 @@ impl fmt::Display for Reason {
             Reason::Unfinished { what } => write!(f, "not finished when monitoring ended: {what}"),
             Reason::Exhaustion { .. } => super::trend::fmt_reason(self, f),
             Reason::BadEvidence { what } => write!(f, "unreadable evidence: {what}"),
+            Reason::ModelOutOfRange {
+                window,
+                windows,
+                feature,
+                z,
+            } => write!(
+                f,
+                "model not counted at {windows} window(s) from window {window}: the host's \
+                 {feature} lies {z:+.0} training standard deviations outside what it was trained on"
+            ),
             Reason::Divergence { .. }
             | Reason::Probe { .. }
             | Reason::Performance { .. }

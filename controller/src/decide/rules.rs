@@ -19,6 +19,9 @@ pub(super) enum Weight {
     Witness { blocks_commit: bool },
     /// Something missing or unreadable: blocks a commit, never rolls back.
     Open,
+    /// Said in every decision, weighs nothing (the model's votes not
+    /// counted where the host is outside its training range).
+    Note,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +64,7 @@ pub(super) fn findings(e: &Evidence, p: &Params) -> Vec<Finding> {
     performance(e, p, &mut out);
     out.extend(super::trend::finding(e));
     live_model(e, p, &mut out);
+    super::range::out_of_range(e, &mut out);
     shadow(e, &mut out);
     shadow_windows(e, p, &mut out);
     history(e, p, &mut out);
@@ -166,7 +170,7 @@ fn performance(e: &Evidence, p: &Params, out: &mut Vec<Finding>) {
 fn live_model(e: &Evidence, p: &Params, out: &mut Vec<Finding>) {
     let over = |i: usize| {
         let w = &e.windows[i];
-        w.live_p > p.threshold_for(w.threshold)
+        w.outside.is_none() && w.live_p > p.threshold_for(w.threshold)
     };
     let mut i = 0;
     while i < e.windows.len() {
@@ -253,7 +257,7 @@ fn shadow_windows(e: &Evidence, p: &Params, out: &mut Vec<Finding>) {
     let witness = Weight::Witness {
         blocks_commit: true,
     };
-    for w in &e.windows {
+    for w in e.windows.iter().filter(|w| w.outside.is_none()) {
         let thr = p.threshold_for(w.threshold);
         match w.shadow_p {
             Some(sp) if !sp.is_finite() => {

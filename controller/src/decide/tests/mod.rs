@@ -41,6 +41,7 @@ pub(super) fn clean(phase: Phase, n: u64) -> Evidence {
                     feature: "proc_execs".into(),
                     live_minus_shadow: 0.0,
                 }),
+                outside: None,
             })
             .collect(),
         live_steps: vec![step(STEP)],

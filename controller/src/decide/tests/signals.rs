@@ -250,3 +250,68 @@ fn history() {
         ),
     ]);
 }
+
+/// Marks windows `from..to` as outside the model's host range.
+fn outside(mut e: Evidence, from: usize, to: usize) -> Evidence {
+    for w in &mut e.windows[from..to] {
+        w.outside = Some(crate::decide::evidence::OutOfRange {
+            feature: "host_disk_free_bytes".into(),
+            z: 385.0,
+        });
+    }
+    e
+}
+
+#[test]
+fn the_model_outside_its_host_range() {
+    let p = Params::default;
+    let all_over = |e: Evidence| {
+        let n = e.windows.len();
+        live(e, &(0..n).map(|i| (i, 0.9)).collect::<Vec<_>>())
+    };
+    check(&[
+        (
+            "alarms everywhere, the host outside: committed, and said",
+            outside(all_over(clean(Phase::Done, 10)), 0, 10),
+            p(),
+            Verdict::Commit,
+            "model not counted at 10 window(s) from window 0: the host's host_disk_free_bytes lies +385",
+        ),
+        (
+            "the same alarms inside the range roll back",
+            all_over(clean(Phase::Done, 10)),
+            p(),
+            Verdict::Rollback,
+            "live P(failure) 0.90 over threshold 0.50 for 10 window(s) from window 0",
+        ),
+        (
+            "only the windows inside count: two of them roll back",
+            outside(all_over(clean(Phase::Installing, 10)), 0, 8),
+            p(),
+            Verdict::Rollback,
+            "for 2 window(s) from window 8",
+        ),
+        (
+            "the shadow's vote outside the range does not block a commit",
+            outside(shadow_p(clean(Phase::Done, 10), &[(4, 0.9)]), 0, 10),
+            p(),
+            Verdict::Commit,
+            "model not counted",
+        ),
+        (
+            "a failed step still rolls back outside the range",
+            outside(
+                {
+                    let mut e = clean(Phase::Installing, 10);
+                    e.live_steps[0].status = StepStatus::Exited { code: 1 };
+                    e
+                },
+                0,
+                10,
+            ),
+            p(),
+            Verdict::Rollback,
+            "failed (exit 1)",
+        ),
+    ]);
+}
