@@ -37,8 +37,10 @@ fn install_model(ctl: &Ctl) {
     }
 }
 
-/// `n` windows of `stream`: quiet (10 of everything), or failing: every
-/// feature at the model's training mean and connect failures building up.
+/// `n` windows of `stream`: quiet (10 of everything, the host's measures
+/// too, which puts them far outside the host range the model was trained
+/// on), or failing: every feature at the model's training mean (inside
+/// it) and connect failures building up.
 fn windows(ctl: &Ctl, stream: Stream, n: u64, failing: bool) -> Vec<Window> {
     let meta = std::fs::read_to_string(ctl.data.join("models/current/model.json")).unwrap();
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
@@ -59,6 +61,24 @@ fn windows(ctl: &Ctl, stream: Stream, n: u64, failing: bool) -> Vec<Window> {
             w
         })
         .collect()
+}
+
+/// A shadow whose install and test passed.
+fn passed_shadow() -> backstop_common::deploy::ShadowSummary {
+    let ok = |name: &str| StepResult {
+        name: name.into(),
+        exit_code: Some(0),
+        ..StepResult::default()
+    };
+    backstop_common::deploy::ShadowSummary {
+        steps: vec![ok("install")],
+        tests: vec![ok("greets")],
+        timed_out: false,
+        oom_killed: false,
+        oom_kills: 0,
+        changed_paths: 12,
+        cleanup_problems: Vec::new(),
+    }
 }
 
 async fn start(agent: &mut Fake) -> String {
@@ -163,7 +183,7 @@ fn windows_over_the_threshold_roll_back_on_the_model_alone() {
 }
 
 #[test]
-fn quiet_windows_give_the_model_no_reason_and_a_commit() {
+fn quiet_windows_from_a_host_outside_the_models_range_commit_and_say_so() {
     let (ctl, rt, mut agent) = served("model-low");
     ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1"]);
     let id = rt.block_on(async {
@@ -188,6 +208,16 @@ fn quiet_windows_give_the_model_no_reason_and_a_commit() {
             event: Box::new(step),
         };
         agent.send(&ev).await;
+        // hello.toml runs a concurrent shadow: the end of monitoring waits
+        // for its report, as from a real agent.
+        let shadow = AgentMsg::Deployment {
+            deployment: id.clone(),
+            seq: 1,
+            event: Box::new(DeployEvent::Shadow {
+                report: passed_shadow(),
+            }),
+        };
+        agent.send(&shadow).await;
         loop {
             if let ControllerMsg::Decision { order, .. } = agent.next().await {
                 assert_eq!(order, Order::Commit);
@@ -206,6 +236,13 @@ fn quiet_windows_give_the_model_no_reason_and_a_commit() {
     );
     let reasons = d["reasons"].to_string();
     assert!(!reasons.contains("_model"), "no model reason: {reasons}");
+    // The shipped model alarms even on its own training mean (issue 16),
+    // so quiet windows a real host could give are outside its range: the
+    // decision says its vote was not counted, and names the measure.
+    assert!(
+        reasons.contains("model_out_of_range") && reasons.contains("host_"),
+        "the decision says the model was not counted: {reasons}"
+    );
     let ws = d["evidence"]["evidence"]["windows"]
         .as_array()
         .unwrap()
@@ -218,6 +255,12 @@ fn quiet_windows_give_the_model_no_reason_and_a_commit() {
         );
         assert!(p < t, "quiet window over the threshold: {w}");
         assert!(w["shadow_p"].as_f64().is_some_and(|s| s < t), "{w}");
+        assert!(
+            w["outside"]["feature"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("host_")),
+            "{w}"
+        );
     }
     assert_eq!(ctl.cli(&["replay", &id]).status.code(), Some(0));
 }
