@@ -92,6 +92,7 @@ pub fn create(shadows: &Path, l: &Layout, spec: &Spec) -> Result<Container> {
     let null = std::fs::File::open("/dev/null").map_err(err("opening /dev/null"))?;
     let youki = youki_root(shadows);
     std::fs::create_dir_all(&youki).map_err(err(format!("creating {}", youki.display())))?;
+    let dog = super::watchdog::Watchdog::arm(&l.id, super::watchdog::CREATE_LIMIT);
     let built = ContainerBuilder::new(l.id.clone(), SyscallType::default())
         .with_root_path(&youki)
         .map_err(|e| other("setting up libcontainer", e))?
@@ -106,7 +107,13 @@ pub fn create(shadows: &Path, l: &Layout, spec: &Spec) -> Result<Container> {
     // agent must stay inspectable (/proc/PID of its own threads).
     // SAFETY: plain prctl on ourselves.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-    built.map_err(|e| other(format!("creating shadow container {}", l.id), e))
+    let hung = if dog.fired() {
+        " (it hung and was killed: see the log)"
+    } else {
+        ""
+    };
+    drop(dog);
+    built.map_err(|e| other(format!("creating shadow container {}{hung}", l.id), e))
 }
 
 /// Bring `lo` up in the network namespace of `pid`, from a short-lived

@@ -21,6 +21,7 @@ mod overlay;
 mod spec;
 mod steps;
 mod sweep;
+mod watchdog;
 
 pub(crate) use steps::sh_quote;
 
