@@ -12,28 +12,14 @@ mod alerts {
     pub mod receiver;
 }
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use support::agents::{Fleet, Proc};
+use support::deploys::root_walk;
 use support::sentinel;
 use support::{deb_file, ebpf_or_skip, eventually, failing_hello, rootfs};
-
-/// The root as a rollback must leave it: the walk without inode numbers.
-fn root_walk(root: &Path) -> BTreeMap<String, String> {
-    sentinel::walk(root)
-        .into_iter()
-        .map(|(k, n)| {
-            let v = format!(
-                "mode {:o} uid {} gid {} size {} mtime {:?} content {:x} target {:?}",
-                n.mode, n.uid, n.gid, n.size, n.mtime, n.content, n.target
-            );
-            (k, v)
-        })
-        .collect()
-}
 
 #[test]
 fn a_healthy_real_package_is_committed_through_the_controller() {

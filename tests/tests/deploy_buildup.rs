@@ -19,14 +19,14 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::agents::{Fleet, Proc};
-use support::{deb_file, ebpf_or_skip, eventually, rootfs, sentinel};
+use support::deploys::root_walk;
+use support::{deb_file, ebpf_or_skip, eventually, rootfs};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Where the fill goes, inside the root.
@@ -117,20 +117,6 @@ impl Drop for Scratch {
             .status();
         let _ = std::fs::remove_dir_all(&self.base);
     }
-}
-
-/// The root as a rollback must leave it: the walk without inode numbers.
-fn root_walk(root: &Path) -> BTreeMap<String, String> {
-    sentinel::walk(root)
-        .into_iter()
-        .map(|(k, n)| {
-            let v = format!(
-                "mode {:o} uid {} gid {} size {} mtime {:?} content {:x} target {:?}",
-                n.mode, n.uid, n.gid, n.size, n.mtime, n.content, n.target
-            );
-            (k, v)
-        })
-        .collect()
 }
 
 /// The outcome of one deployment of `deb` into `s`.

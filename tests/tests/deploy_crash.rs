@@ -15,29 +15,14 @@ mod alerts {
     pub mod receiver;
 }
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::agents::{Fleet, Proc};
-use support::sentinel;
+use support::deploys::root_walk;
 use support::{deb_file, ebpf_or_skip, eventually, rootfs};
-
-/// The root as a rollback must leave it: the walk without inode numbers.
-fn root_walk(root: &Path) -> BTreeMap<String, String> {
-    sentinel::walk(root)
-        .into_iter()
-        .map(|(k, n)| {
-            let v = format!(
-                "mode {:o} uid {} gid {} size {} mtime {:?} content {:x} target {:?}",
-                n.mode, n.uid, n.gid, n.size, n.mtime, n.content, n.target
-            );
-            (k, v)
-        })
-        .collect()
-}
 
 /// One scenario's controller, agent, root and Alertmanager receiver.
 struct Crash {

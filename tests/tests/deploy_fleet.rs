@@ -26,26 +26,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::agents::{Fleet, Proc};
-use support::sentinel;
+use support::deploys::root_walk;
 use support::{deb_file, ebpf_or_skip, eventually, failing_hello, rootfs};
 
 /// The file the gated deployment's first step waits for, inside its root.
 const GATE: &str = "tmp/backstop-fleet-go";
-
-/// The root as a rollback must leave it: every path, with its mode,
-/// owner, size, mtime, content hash and link target.
-fn root_walk(root: &Path) -> BTreeMap<String, String> {
-    sentinel::walk(root)
-        .into_iter()
-        .map(|(k, n)| {
-            let v = format!(
-                "mode {:o} uid {} gid {} size {} mtime {:?} content {:x} target {:?}",
-                n.mode, n.uid, n.gid, n.size, n.mtime, n.content, n.target
-            );
-            (k, v)
-        })
-        .collect()
-}
 
 fn differences(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
     before
