@@ -35,72 +35,44 @@ pub struct AgentConfig {
     pub probe_log: Option<bool>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// toml's message names the key (an unknown one included) and the line.
-    #[error("config file {}", path.display())]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    #[error("config file {}: {field}: {reason}", path.display())]
-    Invalid {
-        path: PathBuf,
-        field: &'static str,
-        reason: String,
-    },
-}
+pub use backstop_common::config::ConfigError;
+use backstop_common::config::{self, ConfigFile};
 
 impl AgentConfig {
     /// `explicit` must exist; without it, [`DEFAULT_PATH`] is read when it
     /// exists, else the defaults.
     pub fn load(explicit: Option<&Path>) -> Result<AgentConfig, ConfigError> {
-        match explicit {
-            Some(path) => Self::read(path),
-            None if Path::new(DEFAULT_PATH).exists() => Self::read(Path::new(DEFAULT_PATH)),
-            None => Ok(AgentConfig::default()),
-        }
+        config::load(explicit, DEFAULT_PATH)
     }
 
     pub fn read(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        config::read(path)
     }
 
     /// Parse and check; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let invalid = |field, reason: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            reason: reason.to_string(),
-        };
-        if cfg.server_name.as_deref().is_some_and(str::is_empty) {
-            return Err(invalid("server_name", "must not be empty"));
+        config::parse(text, path)
+    }
+}
+
+impl ConfigFile for AgentConfig {
+    fn check(&self) -> Result<(), (String, String)> {
+        let invalid = |field: &str, reason: &str| Err((field.to_string(), reason.to_string()));
+        if self.server_name.as_deref().is_some_and(str::is_empty) {
+            return invalid("server_name", "must not be empty");
         }
-        if cfg.outbox_max_bytes == Some(0) {
-            return Err(invalid("outbox_max_bytes", "must be more than 0"));
+        if self.outbox_max_bytes == Some(0) {
+            return invalid("outbox_max_bytes", "must be more than 0");
         }
-        for (field, p) in [("bundle", &cfg.bundle), ("data", &cfg.data)] {
+        for (field, p) in [("bundle", &self.bundle), ("data", &self.data)] {
             if p.as_ref().is_some_and(|p| !p.is_absolute()) {
-                return Err(invalid(
+                return invalid(
                     field,
                     "must be an absolute path (the unit's working directory is /)",
-                ));
+                );
             }
         }
-        Ok(cfg)
+        Ok(())
     }
 }
 

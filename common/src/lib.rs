@@ -9,6 +9,8 @@
 pub mod kernel;
 
 #[cfg(feature = "std")]
+pub mod config;
+#[cfg(feature = "std")]
 pub mod control;
 #[cfg(feature = "std")]
 pub mod deploy;

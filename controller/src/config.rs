@@ -95,61 +95,27 @@ impl SinkConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// toml's message names the key (an unknown one included) and the line.
-    #[error("config file {}", path.display())]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    #[error("config file {}: {field}: {reason}", path.display())]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        reason: String,
-    },
-}
+pub use backstop_common::config::ConfigError;
+use backstop_common::config::{self, ConfigFile};
 
 impl ControllerConfig {
     /// The config `backstop serve` uses: `explicit` must exist; without
     /// it, [`DEFAULT_PATH`] is read when it exists, else the defaults.
     pub fn load(explicit: Option<&Path>) -> Result<ControllerConfig, ConfigError> {
-        match explicit {
-            Some(path) => Self::read(path),
-            None if Path::new(DEFAULT_PATH).exists() => Self::read(Path::new(DEFAULT_PATH)),
-            None => Ok(ControllerConfig::default()),
-        }
+        config::load(explicit, DEFAULT_PATH)
     }
 
     pub fn read(path: &Path) -> Result<ControllerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        config::read(path)
     }
 
     /// Parse and check; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<ControllerConfig, ConfigError> {
-        let cfg: ControllerConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        cfg.check()
-            .map_err(|(field, reason)| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field,
-                reason,
-            })?;
-        Ok(cfg)
+        config::parse(text, path)
     }
+}
 
+impl ConfigFile for ControllerConfig {
     fn check(&self) -> Result<(), (String, String)> {
         let a = &self.alerts;
         let bad = |f: &str, r: &str| Err((f.to_string(), r.to_string()));
