@@ -199,8 +199,13 @@ async fn decide_now(
     }
     inputs.evidence.history =
         super::history::of(&daemon.store, &row_, &manifest, &inputs.params).await?;
-    inputs.evidence.resources = super::resources::load(daemon, id, &manifest, &events).await;
-    let scored = super::scoring::windows(daemon, id).await;
+    // Read once: the trends and the model both read every stored window.
+    let windows = daemon.store.windows(id).await.unwrap_or_else(|e| {
+        tracing::error!(deployment = id, "reading the stored windows: {e}");
+        Vec::new()
+    });
+    inputs.evidence.resources = super::resources::resources(&windows, &events, &manifest);
+    let scored = super::scoring::windows(daemon, id, windows).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     let decision = decide(&inputs.evidence, &inputs.params);
     let threshold = scored.threshold.map(|t| inputs.params.threshold_for(t));

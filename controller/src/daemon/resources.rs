@@ -13,25 +13,7 @@ use backstop_common::features::feature;
 use backstop_common::manifest::Manifest;
 use backstop_common::window::{Stream, Window};
 
-use super::state::Daemon;
 use crate::decide::trend::{Level, Resources};
-
-/// The resources of deployment `id` from the store; an error reading the
-/// windows (logged) gives none, and the deployment decides from the rest.
-pub(super) async fn load(
-    daemon: &Daemon,
-    id: &str,
-    manifest: &Manifest,
-    events: &[DeployEvent],
-) -> Resources {
-    match daemon.store.windows(id).await {
-        Ok(windows) => resources(&windows, events, manifest),
-        Err(e) => {
-            tracing::error!(deployment = id, "reading windows for the trends: {e}");
-            Resources::default()
-        }
-    }
-}
 
 /// One free-space sample per live window (in seq order, once each), and
 /// the deadline in force after the live steps `events` report.

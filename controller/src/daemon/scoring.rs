@@ -122,10 +122,10 @@ pub(super) struct Scored {
     pub model: String,
 }
 
-/// The scored windows of deployment `id` from the store, off the async
-/// runtime. No model, or an error (logged): no window evidence, and the
-/// deployment decides from the rest.
-pub(super) async fn windows(daemon: &Daemon, id: &str) -> Scored {
+/// The scored `stored` windows of deployment `id`, off the async runtime.
+/// No model, or an error (logged): no window evidence, and the deployment
+/// decides from the rest.
+pub(super) async fn windows(daemon: &Daemon, id: &str, stored: Vec<Window>) -> Scored {
     let Some(scorer) = daemon.model.get() else {
         let model = NO_MODEL.to_string();
         return Scored {
@@ -138,13 +138,6 @@ pub(super) async fn windows(daemon: &Daemon, id: &str) -> Scored {
         windows: Vec::new(),
         threshold: Some(scorer.model.meta.threshold),
         model: scorer.source.clone(),
-    };
-    let stored = match daemon.store.windows(id).await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(deployment = id, "reading windows to score: {e}");
-            return out;
-        }
     };
     let outcome = tokio::task::spawn_blocking(move || score(&scorer.model, &stored)).await;
     match outcome {
