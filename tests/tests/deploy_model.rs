@@ -63,24 +63,6 @@ fn windows(ctl: &Ctl, stream: Stream, n: u64, failing: bool) -> Vec<Window> {
         .collect()
 }
 
-/// A shadow whose install and test passed.
-fn passed_shadow() -> backstop_common::deploy::ShadowSummary {
-    let ok = |name: &str| StepResult {
-        name: name.into(),
-        exit_code: Some(0),
-        ..StepResult::default()
-    };
-    backstop_common::deploy::ShadowSummary {
-        steps: vec![ok("install")],
-        tests: vec![ok("greets")],
-        timed_out: false,
-        oom_killed: false,
-        oom_kills: 0,
-        changed_paths: 12,
-        cleanup_problems: Vec::new(),
-    }
-}
-
 async fn start(agent: &mut Fake) -> String {
     loop {
         if let ControllerMsg::Deploy { deployment, .. } = agent.next().await {
@@ -213,9 +195,7 @@ fn quiet_windows_from_a_host_outside_the_models_range_commit_and_say_so() {
         let shadow = AgentMsg::Deployment {
             deployment: id.clone(),
             seq: 1,
-            event: Box::new(DeployEvent::Shadow {
-                report: passed_shadow(),
-            }),
+            event: Box::new(support::fleet::passed_shadow()),
         };
         agent.send(&shadow).await;
         loop {

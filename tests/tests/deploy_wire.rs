@@ -285,7 +285,7 @@ fn a_dry_run_records_the_would_be_decision_and_never_orders_it() {
             }
         }
         agent
-            .send(&event(&id, 1, DeployEvent::Committed { local: false }))
+            .send(&event(&id, 2, DeployEvent::Committed { local: false }))
             .await;
         // ... and nothing else is ordered until the controller has its end.
         loop {
@@ -339,6 +339,9 @@ fn a_healthy_install_is_committed_after_its_monitoring_period() {
     };
     rt.block_on(async {
         agent.send(&event(&id, 0, passed)).await;
+        agent
+            .send(&event(&id, 1, support::fleet::passed_shadow()))
+            .await;
         // hello.toml monitors for 5 s; the order comes after that.
         let order = loop {
             if let ControllerMsg::Decision { order, .. } = agent.next().await {
@@ -347,7 +350,7 @@ fn a_healthy_install_is_committed_after_its_monitoring_period() {
         };
         assert_eq!(order, Order::Commit);
         agent
-            .send(&event(&id, 1, DeployEvent::Committed { local: false }))
+            .send(&event(&id, 2, DeployEvent::Committed { local: false }))
             .await;
     });
     assert!(eventually(Duration::from_secs(10), || {
@@ -491,9 +494,12 @@ fn a_rollback_alerts_alertmanager_and_a_later_commit_resolves_it() {
     let (ok, _, _) = rt.block_on(next_deploy(&mut agent));
     rt.block_on(async {
         agent.send(&event(&ok, 0, live_step(0))).await;
+        agent
+            .send(&event(&ok, 1, support::fleet::passed_shadow()))
+            .await;
         assert_eq!(next_order(&mut agent, &ok).await, Order::Commit);
         let end = DeployEvent::Committed { local: false };
-        agent.send(&event(&ok, 1, end)).await;
+        agent.send(&event(&ok, 2, end)).await;
         finished(&mut agent, &ok).await;
     });
     assert!(

@@ -299,3 +299,27 @@ pub fn relay(to: SocketAddr) -> Relay {
     });
     Relay { addr, cut }
 }
+
+/// What a real agent reports when the concurrent shadow of hello.toml
+/// passed (its install step and its `greets` test exited 0). The end of
+/// monitoring waits for a concurrent shadow's report, so a scripted agent
+/// deploying hello.toml must send one to get its order.
+pub fn passed_shadow() -> backstop_common::deploy::DeployEvent {
+    use backstop_common::deploy::{DeployEvent, ShadowSummary, StepResult};
+    let ok = |name: &str| StepResult {
+        name: name.into(),
+        exit_code: Some(0),
+        ..StepResult::default()
+    };
+    DeployEvent::Shadow {
+        report: ShadowSummary {
+            steps: vec![ok("install")],
+            tests: vec![ok("greets")],
+            timed_out: false,
+            oom_killed: false,
+            oom_kills: 0,
+            changed_paths: 12,
+            cleanup_problems: Vec::new(),
+        },
+    }
+}
