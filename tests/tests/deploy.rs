@@ -84,31 +84,8 @@ fn run(cached: &Path, name: &str, bad: Option<&Path>, dry: bool) {
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("keep"), b"outside the root").unwrap();
     let before = sentinel::walk(&outside);
-    let manifest = base.join("hello.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"name = "hello"
-root = {:?}
-[artifact]
-debs = [{:?}]
-[[steps]]
-name = "install"
-run = ["dpkg", "-i", "{{artifact}}"]
-timeout = "2m"
-env = {{ DEBIAN_FRONTEND = "noninteractive" }}
-[scope]
-paths = ["/usr/bin", "/usr/share/doc", "/usr/share/info", "/usr/share/locale", "/usr/share/man", "/var/lib/dpkg", "/var/log"]
-[shadow]
-enabled = false
-[monitor]
-period = "0s"
-"#,
-            root.display().to_string(),
-            bad.map_or(deb_file("hello"), Path::to_path_buf).display().to_string()
-        ),
-    )
-    .unwrap();
+    let deb = bad.map_or(deb_file("hello"), Path::to_path_buf);
+    let manifest = support::deploys::hello_manifest(&base, &root, &deb);
     let root_before = root_walk(&root);
     // Alertmanager on loopback, through the controller's config file.
     let rt = support::fleet::runtime();

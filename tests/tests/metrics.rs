@@ -17,7 +17,7 @@ mod alerts {
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -107,35 +107,6 @@ fn promtool_or_skip() -> Option<()> {
     None
 }
 
-fn manifest(base: &Path, root: &Path, deb: &Path) -> PathBuf {
-    let manifest = base.join("hello.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"name = "hello"
-root = {:?}
-[artifact]
-debs = [{:?}]
-[[steps]]
-name = "install"
-run = ["dpkg", "-i", "{{artifact}}"]
-timeout = "2m"
-env = {{ DEBIAN_FRONTEND = "noninteractive" }}
-[scope]
-paths = ["/usr/bin", "/usr/share/doc", "/usr/share/info", "/usr/share/locale", "/usr/share/man", "/var/lib/dpkg", "/var/log"]
-[shadow]
-enabled = false
-[monitor]
-period = "0s"
-"#,
-            root.display().to_string(),
-            deb.display().to_string()
-        ),
-    )
-    .unwrap();
-    manifest
-}
-
 #[test]
 #[expect(
     clippy::too_many_lines,
@@ -160,7 +131,7 @@ fn both_endpoints_count_a_rolled_back_deployment_and_pass_promtool() {
         .unwrap();
     assert!(copied.success(), "copying the rootfs");
     let bad = failing_hello(&base);
-    let manifest = manifest(&base, &root, &bad);
+    let manifest = support::deploys::hello_manifest(&base, &root, &bad);
     // An Alertmanager on loopback, so an alert delivery is counted by sink.
     let rt = support::fleet::runtime();
     let rx = rt.block_on(alerts::receiver::Receiver::start(&[]));

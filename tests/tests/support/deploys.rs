@@ -164,3 +164,34 @@ pub fn kind(row: &Value) -> &str {
         .and_then(|o| o.keys().next())
         .map_or("", String::as_str)
 }
+
+/// `base/hello.toml`: install `deb` with dpkg into `root`, hello's scope,
+/// no shadow, no monitoring period (what deploy.rs and metrics.rs deploy).
+pub fn hello_manifest(base: &Path, root: &Path, deb: &Path) -> PathBuf {
+    let manifest = base.join("hello.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"name = "hello"
+root = {:?}
+[artifact]
+debs = [{:?}]
+[[steps]]
+name = "install"
+run = ["dpkg", "-i", "{{artifact}}"]
+timeout = "2m"
+env = {{ DEBIAN_FRONTEND = "noninteractive" }}
+[scope]
+paths = ["/usr/bin", "/usr/share/doc", "/usr/share/info", "/usr/share/locale", "/usr/share/man", "/var/lib/dpkg", "/var/log"]
+[shadow]
+enabled = false
+[monitor]
+period = "0s"
+"#,
+            root.display().to_string(),
+            deb.display().to_string()
+        ),
+    )
+    .unwrap();
+    manifest
+}
