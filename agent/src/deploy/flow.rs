@@ -103,6 +103,7 @@ pub async fn run_connected(
     }
     super::baseline::measure(plan, &tx).await;
     let cgroup = LiveCgroup::create(id)?;
+    super::memory::limit(&cgroup, plan.memory_limit)?;
     j.cgroup = Some(cgroup.path.clone());
     j.advance(&ctx.data, Phase::Installing)?;
     let _ = tx.send(DeployEvent::Started {
