@@ -6,10 +6,13 @@
 //! scratch copy of the cached Debian rootfs, the real memory cgroup (v2
 //! memory.max, or on a hybrid host the v1 memory group the agent makes).
 //!
-//! The growth is anonymous memory, not page cache: dash appends 1 MiB to a
-//! shell variable every half second (python3 is not in minbase, and a
-//! file written to a tmpfs is page cache, which the limit reclaims rather
-//! than kills for). The test checks the agent's samples did rise and that
+//! The growth is anonymous memory, not page cache: dash sets one more
+//! 1 MiB shell variable every half second (python3 is not in minbase, and
+//! a file written to a tmpfs is page cache, which the limit reclaims
+//! rather than kills for). One variable each, not one growing variable:
+//! dash copies a variable it appends to, so a single one briefly takes
+//! twice its size and is OOM-killed at half the limit, sooner than its
+//! sampled working set says. The test checks the agent's samples did rise and that
 //! the limit was in force (the OOM kill counted in the last sample).
 //!
 //! No model is installed, as in deploy_buildup.rs: the decision must come
@@ -33,12 +36,12 @@ use support::{ebpf_or_skip, eventually, rootfs};
 const MIB: f64 = 1024.0 * 1024.0;
 const LIMIT_MB: u64 = 64;
 
-/// The postinst: 1 MiB more in a shell variable every half second, `grow`
+/// The postinst: one more 1 MiB shell variable every half second, `grow`
 /// times (None: until the OOM killer ends it).
 fn postinst(grow: Option<u32>) -> String {
     let cond = grow.map_or_else(|| "true".to_string(), |n| format!("[ $n -lt {n} ]"));
     format!(
-        "#!/bin/sh\ns=0123456789abcdef\ni=0\nwhile [ $i -lt 16 ]; do s=\"$s$s\"; i=$((i+1)); done\nx=\"\"\nn=0\nwhile {cond}; do\n  x=\"$x$s\"\n  n=$((n+1))\n  sleep 0.5\ndone\necho \"grew $n MiB\"\n"
+        "#!/bin/sh\ns=0123456789abcdef\ni=0\nwhile [ $i -lt 16 ]; do s=\"$s$s\"; i=$((i+1)); done\nn=0\nwhile {cond}; do\n  eval \"v$n=\\$s\"\n  n=$((n+1))\n  sleep 0.5\ndone\necho \"grew $n MiB\"\n"
     )
 }
 
@@ -156,8 +159,8 @@ fn assert_memory_exhaustion(d: &Value) {
     assert_eq!(reasons[0]["kind"], "exhaustion", "{d}");
     assert_eq!(reasons[0]["resource"], "memory", "{d}");
     let rate = reasons[0]["rate_per_s"].as_f64().unwrap() / MIB;
-    // 1 MiB per half second at most (with dash's copy, briefly more).
-    assert!(rate > 0.3 && rate < 5.0, "rate {rate} MiB/s: {d}");
+    // 1 MiB per half second at most; slower when the machine is busy.
+    assert!(rate > 0.3 && rate < 3.0, "rate {rate} MiB/s: {d}");
     assert!(
         !reasons.iter().any(|r| r["kind"] == "live_step"),
         "decided before the step failed: {d}"
