@@ -106,7 +106,7 @@ fn deploy(cached: &Path, name: &str, grow: Option<u32>, dry: bool) -> Deployed {
             .as_str()
             .unwrap_or_else(|| panic!("no deployment id: {stdout}\n{}", agent.log()))
             .to_string();
-    let ended = eventually(Duration::from_secs(60), || {
+    let ended = eventually(Duration::from_mins(1), || {
         let st = fleet.json(&["show", &id, "--json"])["deployment"]["state"].clone();
         st == "committed" || st == "rolled_back"
     });

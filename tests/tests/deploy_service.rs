@@ -225,7 +225,10 @@ fn a_service_whose_cpu_rises_after_the_install_is_rolled_back() {
         perf["during_median"].as_f64().unwrap(),
     );
     assert!(b < 5.0, "idle before: {b}% ({perf})");
-    assert!(m > 20.0, "busy during: {m}% ({perf})");
+    // At least the guard (+100%) over the 5% noise floor; how busy it got
+    // depends on what else runs on the machine's cores when it is decided.
+    assert!(m >= b + 5.0, "busy during: {m}% ({perf})");
+    assert!(perf["effect"].as_f64().unwrap() >= 1.0, "{perf}");
     let reason = shown["deployment"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("service CPU regressed"), "{reason}");
     assert!(unchanged, "the root differs after the rollback");
