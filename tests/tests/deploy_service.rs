@@ -232,6 +232,7 @@ fn a_service_whose_cpu_rises_after_the_install_is_rolled_back() {
     let reason = shown["deployment"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("service CPU regressed"), "{reason}");
     assert!(unchanged, "the root differs after the rollback");
+    eprintln!("service CPU: {perf}");
 }
 
 #[test]
