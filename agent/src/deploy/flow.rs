@@ -173,7 +173,7 @@ fn check(plan: &Plan) -> Result<(), DeployError> {
         let root = plan.root.display();
         return Err(bad("root", format!("{root} has no /bin/sh to chroot into")));
     }
-    Ok(())
+    super::memory::check(plan)
 }
 
 async fn take_snapshot(data: &Path, plan: &Plan) -> Result<String, DeployError> {

@@ -74,6 +74,30 @@ fn v2_has_memory(root: &Path) -> bool {
         .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
 }
 
+fn no_controller() -> DeployError {
+    DeployError::Plan {
+        field: "monitor.memory_limit_mb".into(),
+        reason: "this host has no memory cgroup controller (neither v2 nor v1)".into(),
+    }
+}
+
+/// A limit this host can set, checked before the snapshot: refused then,
+/// with the field, rather than after anything was taken.
+pub(super) fn check(plan: &super::Plan) -> Result<(), DeployError> {
+    if plan.memory_limit.is_none() {
+        return Ok(());
+    }
+    let v2 = v2_root()?;
+    let v1 = std::fs::read_to_string("/proc/self/mounts")
+        .ok()
+        .and_then(|m| v1_mount_in(&m));
+    if v2_has_memory(&v2) || v1.is_some() {
+        Ok(())
+    } else {
+        Err(no_controller())
+    }
+}
+
 /// Set the live install's limit (`None`: no limit, nothing done). Called
 /// once the live group exists and before anything runs in it.
 pub(super) fn limit(cg: &LiveCgroup, bytes: Option<u64>) -> Result<(), DeployError> {
@@ -95,10 +119,7 @@ pub(super) fn limit(cg: &LiveCgroup, bytes: Option<u64>) -> Result<(), DeployErr
         return Ok(());
     }
     let Some(dir) = v1_dir(&cg.path) else {
-        return Err(DeployError::Plan {
-            field: "monitor.memory_limit_mb".into(),
-            reason: "this host has no memory cgroup controller (neither v2 nor v1)".into(),
-        });
+        return Err(no_controller());
     };
     let parent = dir.parent().unwrap_or(&dir).to_path_buf();
     for d in [&parent, &dir] {
