@@ -238,6 +238,7 @@ async fn monitor(plan: &Plan, orders: &mut Orders, tx: &EventTx) -> Option<Order
                 *at = tokio::time::Instant::now() + p.interval.max(Duration::from_millis(100));
             }
         }
+        super::service::sample(plan, false, tx);
         let next = due.iter().copied().min().unwrap_or(end).min(end);
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}

@@ -97,6 +97,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
         e.phase = Phase::Monitoring;
     }
     e.performance = super::perf::series(events);
+    e.performance.extend(super::service::series(events));
     e
 }
 

@@ -13,12 +13,14 @@ pub mod decider;
 pub mod deploy;
 pub mod history;
 pub mod identity;
+pub mod memory;
 pub mod perf;
 
 pub mod reconcile;
 pub mod record;
 pub mod resources;
 pub mod scoring;
+pub mod service;
 mod shadow_wait;
 pub mod start;
 mod state;

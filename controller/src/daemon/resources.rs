@@ -38,6 +38,7 @@ pub fn resources(windows: &[Window], events: &[DeployEvent], manifest: &Manifest
         .collect();
     Resources {
         disk_free,
+        memory_room: super::memory::room(events),
         deadline_ms: deadline_ms(events, manifest),
     }
 }
