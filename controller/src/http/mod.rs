@@ -64,9 +64,6 @@ pub async fn start(daemon: Arc<Daemon>, access: Access) -> Result<Server, HttpEr
 
 /// The dashboard's routes: the pages, their assets, and `/api/v1/...`.
 fn dashboard(mut router: Router, daemon: &Arc<Daemon>) -> Router {
-    for page in pages::PAGES {
-        router = router.get(page, |_| async { pages::shell() });
-    }
     router = router.get("/assets/", |r| async move { pages::asset(&r.path) });
     let d = daemon.clone();
     router = router.get("/api/v1/deployments", move |r| {
@@ -86,5 +83,7 @@ fn dashboard(mut router: Router, daemon: &Arc<Daemon>) -> Router {
     let d = daemon.clone();
     router = router.get("/api/v1/hosts", move |_| api::hosts(d.clone()));
     let d = daemon.clone();
-    router.get("/api/v1/models", move |_| api::models(d.clone()))
+    router = router.get("/api/v1/models", move |_| api::models(d.clone()));
+    // Last: `/` matches every path below it, so the shell checks its own.
+    router.get("/", |r| async move { pages::page(&r.path) })
 }

@@ -12,11 +12,13 @@ const APP: &str = include_str!("assets/app.js");
 const PLOT: &str = include_str!("assets/plot.js");
 const STYLE: &str = include_str!("assets/style.css");
 
-/// The paths that answer with the shell (the script renders the view).
-pub const PAGES: [&str; 4] = ["/", "/hosts", "/models", "/deployments/"];
-
-pub fn shell() -> Reply {
-    Reply::ok("text/html; charset=utf-8", SHELL)
+/// The shell for a page's path (the script renders the view), else 404.
+pub fn page(path: &str) -> Reply {
+    let id = path.strip_prefix("/deployments/");
+    if matches!(path, "/" | "/hosts" | "/models") || id.is_some_and(|i| !i.is_empty()) {
+        return Reply::ok("text/html; charset=utf-8", SHELL);
+    }
+    Reply::text(404, "not found\n")
 }
 
 /// An asset by its path under `/assets/`.
