@@ -21,6 +21,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use backstop_common::deploy::{DeployEvent, RestoreSummary, RollbackReport, StepResult};
@@ -28,13 +30,14 @@ use backstop_common::features::feature;
 use backstop_common::window::{Stream, Window};
 use backstop_common::wire::{AgentMsg, ControllerMsg};
 use serde_json::Value;
-use support::eventually;
+use support::agents::{Fleet, Proc};
+use support::cdp::{Browser, chromium_or_skip};
 use support::fleet::{Ctl, Fake, connect, runtime};
+use support::{deb_file, ebpf_or_skip, eventually, rootfs};
 
-/// A step name an agent could send: markup that would run if a page
-/// parsed it as HTML.
-const HOSTILE: &str =
-    "install<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">";
+/// Markup that would run if a page parsed it as HTML: a step name a
+/// scripted agent sends, and what a real postinst prints.
+const HOSTILE: &str = "i<script>__pwned=1</script><img src=x onerror=__pwned=2>";
 
 struct Got {
     status: u16,
@@ -445,4 +448,241 @@ fn a_non_loopback_dashboard_needs_a_token_and_the_api_refuses_requests_without_i
         get(addr, "/api/v1/deployments/x", Some("dash-s3cret")).status,
         404
     );
+}
+
+/// hello with a postinst that prints `HOSTILE` and fails: what a real
+/// install's output can hold.
+fn hostile_hello(dir: &Path) -> PathBuf {
+    let work = dir.join("repack");
+    let ok = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(deb_file("hello"))
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let postinst = work.join("DEBIAN/postinst");
+    std::fs::write(
+        &postinst,
+        format!("#!/bin/sh\necho '{HOSTILE} error' >&2\nexit 1\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &postinst,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let deb = dir.join("hello-hostile.deb");
+    let built = Command::new("dpkg-deb")
+        .arg("-b")
+        .arg(&work)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    deb
+}
+
+/// `js` evaluated until it gives a value other than null or false.
+fn wait_for(b: &mut Browser, session: &str, js: &str) -> Value {
+    let mut last = Value::Null;
+    let ok = eventually(Duration::from_secs(60), || {
+        last = b.eval(session, js);
+        !last.is_null() && last != Value::Bool(false)
+    });
+    assert!(ok, "never true: {js} (last {last})");
+    last
+}
+
+fn deploy(fleet: &Fleet, manifest: &Path, wait: bool) -> (Option<i32>, String) {
+    let mut args = vec![
+        "deploy",
+        manifest.to_str().unwrap(),
+        "--host",
+        "web-1",
+        "--json",
+    ];
+    if wait {
+        args.push("--wait");
+    }
+    let out = fleet.cli(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let first: Value = serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap();
+    let id = first["deployment"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+        .to_string();
+    (out.status.code(), id)
+}
+
+/// What the page shows of the finished rollback, read from its DOM.
+const SHOWN: &str = r#"(() => {
+  const svg = document.getElementById('timeline');
+  if (!svg || !document.getElementById('analysis')) return null;
+  const marks = [...svg.querySelectorAll('.marker')].map((m) => m.dataset.what);
+  return {
+    points: svg.querySelectorAll('.point').length,
+    live_points: svg.querySelectorAll('.point[data-stream="live"]').length,
+    marks,
+    first_failure: document.getElementById('first-failure')?.textContent ?? '',
+    output: [...document.querySelectorAll('#analysis pre')].map((p) => p.textContent).join('\n'),
+    verdict: document.getElementById('verdict')?.textContent ?? '',
+    scripts: document.scripts.length,
+    images: document.images.length,
+    pwned: window.__pwned ?? null,
+  };
+})()"#;
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one rollback and one held deployment, seen by the browser in the order they run"
+)]
+fn a_browser_shows_a_finished_rollback_and_follows_a_running_deployment() {
+    let Some(_g) = ebpf_or_skip("dashboard in a browser") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let Some(chromium) = chromium_or_skip("dashboard in a browser") else {
+        return;
+    };
+    let fleet = Fleet::new("dashboard");
+    let base = PathBuf::from("/var/tmp").join(format!("backstop-dash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let root = base.join("root");
+    let copied = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&cached)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "copying the rootfs");
+    let bad = hostile_hello(&base);
+    let manifest = support::deploys::hello_manifest(&base, &root, &bad);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+
+    let serve = fleet.serve_with(&["--http", "127.0.0.1:0"]);
+    let addr = http_addr(&|| serve.log());
+    let agent = Proc::spawn(&mut fleet.agent_cmd(&base.join("agent-data")));
+    fleet.wait_connected(&agent);
+
+    let (code, id) = deploy(&fleet, &manifest, true);
+    assert_eq!(code, Some(1), "rolled back; agent: {}", agent.log());
+    assert!(eventually(Duration::from_secs(20), || {
+        fleet.json(&["show", &id, "--json"])["deployment"]["state"] == "rolled_back"
+    }));
+    support::deploys::assert_replays(&fleet, &id);
+
+    let mut b = Browser::start(&chromium, base.join("chromium"));
+    let page = b.page(&format!("http://{addr}/deployments/{id}"));
+    let shown = wait_for(&mut b, &page, SHOWN);
+    let stored = fleet
+        .windows(&id)
+        .iter()
+        .filter(|w| w["stream"] == "live")
+        .count();
+    assert!(stored > 0, "the deployment stored live windows");
+    let api = get(addr, &format!("/api/v1/deployments/{id}"), None).json();
+    let features = api["series"]["features"].as_array().unwrap().len();
+    let scored = api["series"]["p_failure"].as_array().unwrap().len();
+    assert_eq!(
+        shown["live_points"].as_u64().unwrap() as usize,
+        stored * features + scored,
+        "a point per live window and feature, and per P(failure): {shown}"
+    );
+    let marks: Vec<&str> = shown["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for what in ["first_alarm", "onset", "decision", "restored"] {
+        assert!(marks.contains(&what), "no {what} marker: {shown}");
+    }
+    assert!(
+        shown["verdict"].as_str().unwrap().starts_with("rollback"),
+        "{shown}"
+    );
+    assert!(
+        shown["first_failure"].as_str().unwrap().contains("install"),
+        "{shown}"
+    );
+    assert!(
+        shown["output"].as_str().unwrap().contains(HOSTILE),
+        "the postinst's markup shown as text: {shown}"
+    );
+    assert_eq!(shown["scripts"], 2, "only plot.js and app.js: {shown}");
+    assert_eq!(shown["images"], 0, "the step name's <img> is text: {shown}");
+    assert_eq!(
+        shown["pwned"],
+        Value::Null,
+        "the step name's script ran: {shown}"
+    );
+    let png = b.screenshot(&page);
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    let dir = support::bin_dir().join("../dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rollback.png"), &png).unwrap();
+    eprintln!("screenshot: {}", dir.join("rollback.png").display());
+
+    // The list shows it, filtered by state.
+    b.navigate(&page, &format!("http://{addr}/?state=rolled_back"));
+    let listed = wait_for(
+        &mut b,
+        &page,
+        "document.getElementById('deployments') && [...document.querySelectorAll('#deployments a')].map((a) => a.textContent)",
+    );
+    assert_eq!(listed, serde_json::json!([id]), "{listed}");
+
+    // A deployment held in a long step: the open page follows it.
+    let hold = base.join("hold.toml");
+    let held = text
+        .replace("name = \"install\"", "name = \"hold\"")
+        .replace(
+            "run = [\"dpkg\", \"-i\", \"{artifact}\"]",
+            "run = [\"sleep\", \"60\"]",
+        );
+    assert_ne!(held, text);
+    std::fs::write(&hold, held).unwrap();
+    let (_, running) = deploy(&fleet, &hold, false);
+    b.navigate(&page, &format!("http://{addr}/deployments/{running}"));
+    let count = "(() => { const s = document.getElementById('timeline'); const e = document.getElementById('elapsed'); return s && e && s.querySelectorAll('.point[data-stream=\"live\"]').length > 0 ? [s.querySelectorAll('.point').length, Number(e.dataset.ms), Number(document.body.dataset.updates)] : null; })()";
+    let first = wait_for(&mut b, &page, count);
+    let grew = eventually(Duration::from_secs(60), || {
+        let now = b.eval(&page, count);
+        now[0].as_u64() > first[0].as_u64()
+            && now[1].as_u64() > first[1].as_u64()
+            && now[2].as_u64() > first[2].as_u64()
+    });
+    assert!(
+        grew,
+        "the page did not update while {running} ran: {first} then {}",
+        b.eval(&page, count)
+    );
+    assert_eq!(
+        b.eval(&page, "document.getElementById('state').textContent"),
+        "running"
+    );
+    fleet.json(&["show", &running, "--json"]);
+    let out = fleet.cli(&["cancel", &running]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended = wait_for(
+        &mut b,
+        &page,
+        "document.getElementById('state')?.textContent === 'rolled_back'",
+    );
+    assert_eq!(ended, true);
+    drop(b);
+    drop(agent);
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&base);
 }
