@@ -283,31 +283,37 @@ fn the_api_shows_a_finished_rollback_and_names_what_it_refuses() {
     // from the same code, and the plot's series.
     let one = get(addr, &format!("/api/v1/deployments/{id}"), None);
     assert_eq!(one.status, 200, "{}", one.body);
-    let d = one.json();
+    let detail = one.json();
     let shown = ctl.json(&["show", &id, "--json"]);
     for key in ["deployment", "events", "decisions", "lead"] {
-        assert_eq!(d[key], shown[key], "{key} differs from show --json");
+        assert_eq!(detail[key], shown[key], "{key} differs from show --json");
     }
     let mut report = ctl.json(&["report", &id, "--json"]);
     report.as_object_mut().unwrap().remove("bundle");
-    assert_eq!(d["report"], report, "the report differs from report --json");
-    assert_eq!(d["live"], false);
-    assert_eq!(d["report"]["first_failure"]["name"], HOSTILE);
-    let s = &d["series"];
-    assert_eq!(s["live"].as_array().unwrap().len(), 4, "{s}");
-    assert_eq!(s["shadow"].as_array().unwrap().len(), 4, "{s}");
-    assert_eq!(s["features"][0], report["deviations"][0]["feature"], "{s}");
-    let t: Vec<i64> = s["live"]
+    assert_eq!(
+        detail["report"], report,
+        "the report differs from report --json"
+    );
+    assert_eq!(detail["live"], false);
+    assert_eq!(detail["report"]["first_failure"]["name"], HOSTILE);
+    let series = &detail["series"];
+    assert_eq!(series["live"].as_array().unwrap().len(), 4, "{series}");
+    assert_eq!(series["shadow"].as_array().unwrap().len(), 4, "{series}");
+    assert_eq!(
+        series["features"][0], report["deviations"][0]["feature"],
+        "{series}"
+    );
+    let times: Vec<i64> = series["live"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["t_ms"].as_i64().unwrap())
         .collect();
     assert!(
-        t.windows(2).all(|w| w[0] < w[1]),
-        "window times ascend: {t:?}"
+        times.windows(2).all(|w| w[0] < w[1]),
+        "window times ascend: {times:?}"
     );
-    let marked = whats(s);
+    let marked = whats(series);
     for w in ["first_alarm", "onset", "decision", "restored"] {
         assert!(
             marked.contains(&w.to_string()),
@@ -315,7 +321,7 @@ fn the_api_shows_a_finished_rollback_and_names_what_it_refuses() {
         );
     }
     let at = |what: &str| {
-        s["markers"]
+        series["markers"]
             .as_array()
             .unwrap()
             .iter()
@@ -324,14 +330,14 @@ fn the_api_shows_a_finished_rollback_and_names_what_it_refuses() {
             .as_i64()
             .unwrap()
     };
-    assert!(at("decision") <= at("restored"), "{s}");
-    assert_eq!(s["steps"][0]["name"], HOSTILE);
-    assert_eq!(s["steps"][0]["passed"], false);
-    if s["model"] == "no model" {
-        assert!(s["p_failure"].as_array().unwrap().is_empty());
+    assert!(at("decision") <= at("restored"), "{series}");
+    assert_eq!(series["steps"][0]["name"], HOSTILE);
+    assert_eq!(series["steps"][0]["passed"], false);
+    if series["model"] == "no model" {
+        assert!(series["p_failure"].as_array().unwrap().is_empty());
     } else {
-        assert_eq!(s["p_failure"].as_array().unwrap().len(), 4, "{s}");
-        assert!(s["threshold"].as_f64().is_some(), "{s}");
+        assert_eq!(series["p_failure"].as_array().unwrap().len(), 4, "{series}");
+        assert!(series["threshold"].as_f64().is_some(), "{series}");
     }
 
     let missing = get(addr, "/api/v1/deployments/dnosuchdeployment", None);
@@ -490,7 +496,7 @@ fn hostile_hello(dir: &Path) -> PathBuf {
 /// `js` evaluated until it gives a value other than null or false.
 fn wait_for(b: &mut Browser, session: &str, js: &str) -> Value {
     let mut last = Value::Null;
-    let ok = eventually(Duration::from_secs(60), || {
+    let ok = eventually(Duration::from_mins(1), || {
         last = b.eval(session, js);
         !last.is_null() && last != Value::Bool(false)
     });
@@ -499,12 +505,15 @@ fn wait_for(b: &mut Browser, session: &str, js: &str) -> Value {
 }
 
 fn deploy(fleet: &Fleet, manifest: &Path, wait: bool) -> (Option<i32>, String) {
+    // Windows of 200 ms: the failing install takes a few hundred.
     let mut args = vec![
         "deploy",
         manifest.to_str().unwrap(),
         "--host",
         "web-1",
         "--json",
+        "--window-ms",
+        "200",
     ];
     if wait {
         args.push("--wait");
@@ -589,10 +598,10 @@ fn a_browser_shows_a_finished_rollback_and_follows_a_running_deployment() {
     assert!(stored > 0, "the deployment stored live windows");
     let api = get(addr, &format!("/api/v1/deployments/{id}"), None).json();
     let features = api["series"]["features"].as_array().unwrap().len();
-    let scored = api["series"]["p_failure"].as_array().unwrap().len();
+    let p_points = api["series"]["p_failure"].as_array().unwrap().len();
     assert_eq!(
         shown["live_points"].as_u64().unwrap() as usize,
-        stored * features + scored,
+        stored * features + p_points,
         "a point per live window and feature, and per P(failure): {shown}"
     );
     let marks: Vec<&str> = shown["marks"]
@@ -641,19 +650,19 @@ fn a_browser_shows_a_finished_rollback_and_follows_a_running_deployment() {
 
     // A deployment held in a long step: the open page follows it.
     let hold = base.join("hold.toml");
-    let held = text
+    let long_step = text
         .replace("name = \"install\"", "name = \"hold\"")
         .replace(
             "run = [\"dpkg\", \"-i\", \"{artifact}\"]",
             "run = [\"sleep\", \"60\"]",
         );
-    assert_ne!(held, text);
-    std::fs::write(&hold, held).unwrap();
+    assert_ne!(long_step, text);
+    std::fs::write(&hold, long_step).unwrap();
     let (_, running) = deploy(&fleet, &hold, false);
     b.navigate(&page, &format!("http://{addr}/deployments/{running}"));
     let count = "(() => { const s = document.getElementById('timeline'); const e = document.getElementById('elapsed'); return s && e && s.querySelectorAll('.point[data-stream=\"live\"]').length > 0 ? [s.querySelectorAll('.point').length, Number(e.dataset.ms), Number(document.body.dataset.updates)] : null; })()";
     let first = wait_for(&mut b, &page, count);
-    let grew = eventually(Duration::from_secs(60), || {
+    let grew = eventually(Duration::from_mins(1), || {
         let now = b.eval(&page, count);
         now[0].as_u64() > first[0].as_u64()
             && now[1].as_u64() > first[1].as_u64()

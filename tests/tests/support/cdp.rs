@@ -63,7 +63,7 @@ impl Browser {
             .unwrap();
         // Chromium writes "PORT\n/devtools/browser/ID" once it listens.
         let file = profile.join("DevToolsActivePort");
-        let ready = eventually(Duration::from_secs(60), || {
+        let ready = eventually(Duration::from_mins(1), || {
             std::fs::read_to_string(&file).is_ok_and(|s| s.lines().count() >= 2)
         });
         assert!(ready, "chromium never wrote {}", file.display());
@@ -82,18 +82,18 @@ impl Browser {
 
     /// A new page at `url`: the session id later calls name.
     pub fn page(&mut self, url: &str) -> String {
-        let target = self.call(None, "Target.createTarget", json!({ "url": url }));
+        let target = self.call(None, "Target.createTarget", &json!({ "url": url }));
         let id = target["targetId"].as_str().unwrap().to_string();
         let attached = self.call(
             None,
             "Target.attachToTarget",
-            json!({ "targetId": id, "flatten": true }),
+            &json!({ "targetId": id, "flatten": true }),
         );
         attached["sessionId"].as_str().unwrap().to_string()
     }
 
     pub fn navigate(&mut self, session: &str, url: &str) {
-        self.call(Some(session), "Page.navigate", json!({ "url": url }));
+        self.call(Some(session), "Page.navigate", &json!({ "url": url }));
     }
 
     /// The value of a JavaScript expression (awaited when a promise).
@@ -101,7 +101,7 @@ impl Browser {
         let r = self.call(
             Some(session),
             "Runtime.evaluate",
-            json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
+            &json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
         );
         assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
         r["result"]["value"].clone()
@@ -112,12 +112,12 @@ impl Browser {
         let r = self.call(
             Some(session),
             "Page.captureScreenshot",
-            json!({ "format": "png", "captureBeyondViewport": true }),
+            &json!({ "format": "png", "captureBeyondViewport": true }),
         );
         base64(r["data"].as_str().unwrap())
     }
 
-    pub fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+    pub fn call(&mut self, session: Option<&str>, method: &str, params: &Value) -> Value {
         self.next += 1;
         let id = self.next;
         let mut msg = json!({ "id": id, "method": method, "params": params });
@@ -145,7 +145,7 @@ impl Drop for Browser {
 
 fn handshake(port: u16, path: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(Duration::from_mins(1))).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
@@ -173,10 +173,10 @@ fn send(s: &mut TcpStream, payload: &[u8]) {
     if n < 126 {
         frame.push(0x80 | u8::try_from(n).unwrap());
     } else if let Ok(n16) = u16::try_from(n) {
-        frame.push(0x80 | 126);
+        frame.push(0x80 | 0x7e);
         frame.extend_from_slice(&n16.to_be_bytes());
     } else {
-        frame.push(0x80 | 127);
+        frame.push(0x80 | 0x7f);
         frame.extend_from_slice(&(n as u64).to_be_bytes());
     }
     let mask = [0x5a, 0x13, 0xc7, 0x88];

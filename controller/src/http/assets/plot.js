@@ -17,16 +17,21 @@ function svgEl(tag, attrs, text) {
 
 function drawTimeline(svg, series, elapsedMs) {
   while (svg.firstChild) svg.removeChild(svg.firstChild);
-  const W = 900, H = 460, L = 48, R = 12, T1 = 16, H1 = 230, T2 = 290, H2 = 140;
+  const W = 900, H = 470, L = 48, R = 12, T1 = 16, H1 = 230, T2 = 290, H2 = 140;
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
   svg.setAttribute('width', W);
   svg.setAttribute('height', H);
-  const times = [elapsedMs, 1000];
-  for (const p of series.live.concat(series.shadow)) times.push(p.t_ms);
-  for (const m of series.markers) times.push(m.t_ms);
-  for (const s of series.steps) times.push(s.end_ms);
-  const tmax = Math.max(...times);
-  const x = (t) => L + (Math.max(0, t) / tmax) * (W - L - R);
+  // The x range: from the install's first moment (snapshotting before it
+  // can take seconds and would squeeze the plot) to now or the end.
+  const seen = [];
+  for (const p of series.live.concat(series.shadow)) seen.push(p.t_ms);
+  for (const m of series.markers) seen.push(m.t_ms);
+  for (const s of series.steps) seen.push(s.start_ms, s.end_ms);
+  const first = seen.length ? Math.min(...seen) : 0;
+  const last = Math.max(elapsedMs, ...seen, first + 1000);
+  const tmin = Math.max(0, first - 0.05 * (last - first));
+  const tmax = last + 0.02 * (last - tmin);
+  const x = (t) => L + ((t - tmin) / (tmax - tmin)) * (W - L - R);
   const y1 = (v) => T1 + H1 - v * H1;
   const y2 = (v) => T2 + H2 - v * H2;
 
@@ -43,10 +48,12 @@ function drawTimeline(svg, series, elapsedMs) {
     svg.appendChild(svgEl('line', { class: 'axis', x1: L, y1: top, x2: L, y2: top + h }));
   }
   svg.appendChild(svgEl('text', { x: 4, y: T1 + 10 }, 'features'));
-  svg.appendChild(svgEl('text', { x: 4, y: T2 + 10 }, 'P(fail)'));
-  svg.appendChild(svgEl('text', { x: 4, y: y2(0) }, '0'));
-  svg.appendChild(svgEl('text', { x: 4, y: y2(1) + 10 }, '1'));
-  svg.appendChild(svgEl('text', { x: W - R - 60, y: H - 4 }, `${(tmax / 1000).toFixed(1)} s`));
+  svg.appendChild(svgEl('text', { x: 4, y: T2 - 6 }, 'P(failure)'));
+  svg.appendChild(svgEl('text', { x: L - 12, y: y2(0) }, '0'));
+  svg.appendChild(svgEl('text', { x: L - 12, y: y2(1) + 10 }, '1'));
+  svg.appendChild(svgEl('text', { x: L, y: H - 4 }, `${(tmin / 1000).toFixed(1)} s`));
+  svg.appendChild(svgEl('text', { x: W / 2 - 60, y: H - 4 }, 'time since submission'));
+  svg.appendChild(svgEl('text', { x: W - R - 50, y: H - 4 }, `${(tmax / 1000).toFixed(1)} s`));
 
   series.features.forEach((name, i) => {
     const all = series.live.concat(series.shadow).map((p) => p.values[i]);
@@ -83,7 +90,7 @@ function drawTimeline(svg, series, elapsedMs) {
     const g = svgEl('line', { class: 'marker', 'data-what': m.what, x1: x(m.t_ms), x2: x(m.t_ms), y1: T1, y2: T2 + H2 });
     g.appendChild(svgEl('title', {}, `${m.what}: ${m.detail}`));
     svg.appendChild(g);
-    svg.appendChild(svgEl('text', { class: 'marker-label', x: x(m.t_ms) + 3, y: T2 - 40 + (i % 4) * 11 }, m.what.replace(/_/g, ' ')));
+    svg.appendChild(svgEl('text', { class: 'marker-label', x: x(m.t_ms) + 3, y: T1 + 12 + i * 13 }, m.what.replace(/_/g, ' ')));
   });
 }
 
