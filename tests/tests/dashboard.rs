@@ -574,6 +574,10 @@ fn a_browser_shows_a_finished_rollback_and_follows_a_running_deployment() {
     let bad = hostile_hello(&base);
     let manifest = support::deploys::hello_manifest(&base, &root, &bad);
     let text = std::fs::read_to_string(&manifest).unwrap();
+    // With a shadow, so the plot has both streams.
+    let shadowed = text.replace("[shadow]\nenabled = false", "[shadow]\nenabled = true");
+    assert_ne!(shadowed, text);
+    std::fs::write(&manifest, shadowed).unwrap();
 
     let serve = fleet.serve_with(&["--http", "127.0.0.1:0"]);
     let addr = http_addr(&|| serve.log());

@@ -4,8 +4,8 @@
 //!
 //! Window times are the probes' monotonic clock, which the store cannot
 //! turn into wall time; each stream is placed by its offsets from its own
-//! first window, anchored at the agent's `Started` event (the live and
-//! shadow installs start then), else at submission.
+//! first window, anchored at the first live step's start (the live and
+//! shadow installs start together), else at the agent's `Started` event.
 
 use backstop_common::deploy::DeployEvent;
 use backstop_common::features::FEATURES;
@@ -52,12 +52,22 @@ fn chosen(report: &Report) -> Vec<String> {
     out
 }
 
+/// Where a stream's first window starts: the first live step's start (the
+/// tracked tree's first exec) once a live step has reported, else the
+/// agent's `Started` event, else submission.
 fn anchor(s: &Stored) -> i64 {
+    let step = s.events.iter().find_map(|r| match &r.event {
+        DeployEvent::Step {
+            stream: Stream::Live,
+            step,
+        } => Some(r.at_ms - step.duration_ms.round() as i64),
+        _ => None,
+    });
     let started = s.events.iter().find_map(|r| match r.event {
         DeployEvent::Started { .. } => Some(r.at_ms),
         _ => None,
     });
-    started.unwrap_or(s.row.created_ms) - s.row.created_ms
+    step.or(started).unwrap_or(s.row.created_ms) - s.row.created_ms
 }
 
 fn points(s: &Stored, stream: Stream, features: &[String], at: i64) -> Vec<Point> {
@@ -141,6 +151,6 @@ pub fn series(s: &Stored, report: &Report, scores: Scores) -> Series {
         model: scores.model,
         steps: spans(s),
         markers,
-        clock: "window times: offsets on the probes' monotonic clock from each stream's first window, anchored at the agent's Started event",
+        clock: "window times: offsets on the probes' monotonic clock from each stream's first window, anchored at the first live step's start (else the agent's Started event)",
     }
 }
