@@ -651,6 +651,27 @@ fn a_browser_shows_a_finished_rollback_and_follows_a_running_deployment() {
         "document.getElementById('deployments') && [...document.querySelectorAll('#deployments a')].map((a) => a.textContent)",
     );
     assert_eq!(listed, serde_json::json!([id]), "{listed}");
+    // Hosts and models: the rows the API gives, drawn.
+    b.navigate(&page, &format!("http://{addr}/hosts"));
+    let row = wait_for(
+        &mut b,
+        &page,
+        "document.getElementById('hosts') && [...document.querySelectorAll('#hosts tr')].map((r) => [...r.cells].map((c) => c.textContent)).find((c) => c[0] === 'web-1')",
+    );
+    assert_eq!(row[1], "connected", "{row}");
+    let lost = get(addr, "/api/v1/hosts", None).json()[0]["lost_events"].to_string();
+    assert_eq!(row[5].as_str(), Some(lost.as_str()), "{row}");
+    b.navigate(&page, &format!("http://{addr}/models"));
+    let model = wait_for(
+        &mut b,
+        &page,
+        "document.getElementById('model')?.textContent",
+    );
+    let source = get(addr, "/api/v1/models", None).json()["source"].clone();
+    match source.as_str() {
+        Some(s) => assert!(model.as_str().unwrap().contains(s), "{model}"),
+        None => assert!(model.as_str().unwrap().starts_with("no model"), "{model}"),
+    }
 
     // A deployment held in a long step: the open page follows it.
     let hold = base.join("hold.toml");
