@@ -154,3 +154,93 @@ pub fn series(s: &Stored, report: &Report, scores: Scores) -> Series {
         clock: "window times: offsets on the probes' monotonic clock from each stream's first window, anchored at the first live step's start (else the agent's Started event)",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use backstop_common::deploy::StepResult;
+
+    use super::*;
+    use crate::store::{DeployEventRow, DeployRow, DeployState};
+
+    fn stored(events: Vec<DeployEventRow>) -> Stored {
+        let windows = (0..3)
+            .map(|s| {
+                // Monotonic ns far from zero, 1 s apart.
+                let start = 5_000_000_000 + s * 1_000_000_000;
+                let mut w = Window::new(Stream::Live, s, start, start + 1_000_000_000);
+                w.features[0] = s as f64;
+                w
+            })
+            .collect();
+        Stored {
+            row: DeployRow {
+                id: "d1".into(),
+                host: "web-1".into(),
+                name: "hello".into(),
+                package: None,
+                version: None,
+                dry_run: false,
+                state: DeployState::Running,
+                reason: None,
+                created_ms: 10_000,
+                ended_ms: None,
+            },
+            events,
+            windows,
+            decisions: Vec::new(),
+        }
+    }
+
+    fn started(at_ms: i64) -> DeployEventRow {
+        let event = DeployEvent::Started {
+            snapshot: "s".into(),
+        };
+        DeployEventRow {
+            seq: 0,
+            at_ms,
+            event,
+        }
+    }
+
+    fn no_scores() -> Scores {
+        Scores {
+            windows: Vec::new(),
+            threshold: None,
+            model: "no model".into(),
+        }
+    }
+
+    #[test]
+    fn windows_sit_after_started_until_a_live_step_names_its_start() {
+        let s = stored(vec![started(12_000)]);
+        let report = crate::report::analyse(&s, &[]);
+        let out = series(&s, &report, no_scores());
+        let t: Vec<i64> = out.live.iter().map(|p| p.t_ms).collect();
+        assert_eq!(t, vec![3_000, 4_000, 5_000], "Started at +2 s, window ends");
+        assert!(out.markers.is_empty() && out.p_failure.is_empty());
+        assert_eq!(out.features.len(), PLOTTED);
+
+        let step = StepResult {
+            name: "install".into(),
+            exit_code: Some(1),
+            duration_ms: 3_500.0,
+            ..StepResult::default()
+        };
+        let ended = DeployEventRow {
+            seq: 1,
+            at_ms: 15_000,
+            event: DeployEvent::Step {
+                stream: Stream::Live,
+                step,
+            },
+        };
+        let s = stored(vec![started(12_000), ended]);
+        let report = crate::report::analyse(&s, &[]);
+        let out = series(&s, &report, no_scores());
+        assert_eq!(out.live[0].t_ms, 1_500 + 1_000, "from the step's start");
+        assert_eq!((out.steps[0].start_ms, out.steps[0].end_ms), (1_500, 5_000));
+        assert!(!out.steps[0].passed);
+        let marked: Vec<&str> = out.markers.iter().map(|m| m.what).collect();
+        assert_eq!(marked, vec!["onset", "first_alarm"], "{marked:?}");
+    }
+}
