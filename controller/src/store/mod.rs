@@ -23,6 +23,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool};
 
 mod certs;
+mod dash;
 mod deploy;
 mod deployments;
 mod events;

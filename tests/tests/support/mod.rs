@@ -8,6 +8,7 @@
 )]
 
 pub mod agents;
+pub mod cdp;
 pub mod deploys;
 pub mod fleet;
 pub mod sentinel;
