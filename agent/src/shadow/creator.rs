@@ -124,7 +124,11 @@ impl Creator {
             .arg(id)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            // Out of the agent's process group: a Ctrl-C at the terminal
+            // is the agent's to pass on to the init, and must not kill
+            // the creator (which would orphan the shadow).
+            .process_group(0);
         // SAFETY: prctl and getppid are async-signal-safe; nothing else
         // runs between fork and exec.
         unsafe {
