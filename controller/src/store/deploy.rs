@@ -67,6 +67,10 @@ pub enum DeployState {
     Refused,
     /// It could not start; nothing changed.
     Failed,
+    /// An operator gave up on it (`backstop cancel --force`), freeing its
+    /// root; backstop restored nothing unless its agent was there to be
+    /// told. A report its agent sends later still moves it on.
+    Abandoned,
 }
 
 impl DeployState {
@@ -79,6 +83,7 @@ impl DeployState {
             DeployState::Interrupted => "interrupted",
             DeployState::Refused => "refused",
             DeployState::Failed => "failed",
+            DeployState::Abandoned => "abandoned",
         }
     }
 
