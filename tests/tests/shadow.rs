@@ -306,7 +306,8 @@ fn a_killed_agent_leaves_a_shadow_the_sweep_removes() {
     };
     let Some(root) = rootfs() else { return };
     // Killed while the command runs, and killed between create and start
-    // (the init still blocked in libcontainer, forked from the agent).
+    // (the init still blocked in libcontainer, a child of the agent's
+    // creator child).
     for hold in ["0", "60000"] {
         killed_agent_then_sweep(&root, hold);
     }
@@ -346,13 +347,12 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
         eventually(Duration::from_secs(20), || !procs_of(pids_dir).is_empty()),
         "the shadow never started"
     );
+    let left = procs_of(pids_dir);
     agent_proc.kill().unwrap();
     agent_proc.wait().unwrap();
-    let left = procs_of(pids_dir);
-    assert!(
-        !left.is_empty(),
-        "a SIGKILLed agent's shadow should still be running here"
-    );
+    // The shadow's processes die with the agent (its creator child kills
+    // the init when the agent's end of its stdin closes); the rest (state,
+    // cgroups, mounts) is the sweep's.
     assert!(!traces(&data.0).state.is_empty());
     let out = Command::new(agent())
         .args(["shadow", "--json", "--data"])

@@ -249,3 +249,7 @@ async fn monitor(plan: &Plan, orders: &mut Orders, tx: &EventTx) -> Option<Order
         }
     }
 }
+
+#[cfg(test)]
+#[path = "install_race_tests.rs"]
+mod race_tests;

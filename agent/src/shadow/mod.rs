@@ -16,17 +16,17 @@
 mod bench;
 mod cgroups;
 pub mod container;
+mod creator;
 mod diff;
+mod helper;
 mod overlay;
 mod spec;
 mod steps;
 mod sweep;
-mod watchdog;
 
 pub(crate) use steps::sh_quote;
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ pub use backstop_common::shadow::{ShadowReport, StepResult, Verdict};
 #[cfg(feature = "test-seams")]
 pub use bench::bench_true;
 pub use container::Limits;
+pub use helper::shadow_exec;
 use steps::{read_step, runner_script};
 
 #[derive(Debug, Clone)]
@@ -140,8 +141,7 @@ pub async fn run(
     let id = new_id();
     let l = container::Layout::new(&shadows, &id);
     let _owner = container::Owner::create(&l)?;
-    let mut made: Option<libcontainer::container::Container> = None;
-    let result = run_in(probes, &root, &l, opts, sink, &mut made).await;
+    let result = run_in(probes, &root, &l, opts, sink).await;
     // The runner has exited (or never started): everything in the pid
     // namespace is dead, so the upper dir no longer moves.
     let diff = match &result {
@@ -162,7 +162,7 @@ pub async fn run(
         .map(|(i, t)| read_step(&l.io, i + 1, t.clone()))
         .collect();
     let oom_kills = container::oom_kills(&id);
-    let cleanup_problems = container::teardown(&shadows, &l, made);
+    let cleanup_problems = container::teardown(&shadows, &l);
     for p in &cleanup_problems {
         tracing::error!("shadow {id} teardown: {p}");
     }
@@ -189,7 +189,6 @@ async fn run_in(
     l: &container::Layout,
     opts: &ShadowOptions,
     sink: &mut dyn WindowSink,
-    made: &mut Option<libcontainer::container::Container>,
 ) -> Result<Summary> {
     container::mount_overlay(root, l, opts.upper_size, opts.durable)?;
     let inputs = l.io.join("in");
@@ -209,14 +208,14 @@ async fn run_in(
     )?;
     let shadows = l.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     let launch = |register: &mut dyn FnMut(u32) -> Result<()>| -> Result<Tracked> {
-        let pid = start(&shadows, l, &spec, made, |pid| {
+        let creator = start(&shadows, l, &spec, |pid| {
             register(pid as u32)?;
             hold_before_start();
             Ok(())
         })?;
         Ok(Tracked {
-            pid: pid as u32,
-            exit: Exit::Waiter(tokio::task::spawn_blocking(move || wait_pid(pid))),
+            pid: creator.init_pid as u32,
+            exit: Exit::Waiter(tokio::task::spawn_blocking(move || creator.wait())),
         })
     };
     let track_opts = TrackOptions {
@@ -245,48 +244,22 @@ fn hold_before_start() {
     }
 }
 
-/// Create the container, let `before_start` see the init's pid while it
-/// is still blocked before its exec, bring up loopback, start it. The
-/// container is kept in `made` from creation on, so a failure at any later
-/// step still tears it down.
+/// Create the container (in the creator child), let `before_start` see
+/// the init's pid while it is still blocked before its exec, bring up
+/// loopback, start it. The creator is returned to wait for the init; on a
+/// failure it is dropped here, which kills the init before the caller's
+/// teardown.
 fn start(
     shadows: &Path,
     l: &container::Layout,
     spec: &libcontainer::oci_spec::runtime::Spec,
-    made: &mut Option<libcontainer::container::Container>,
     before_start: impl FnOnce(i32) -> Result<()>,
-) -> Result<i32> {
-    let c = made.insert(container::create(shadows, l, spec)?);
-    let pid = c
-        .pid()
-        .ok_or_else(|| AgentError::Io {
-            context: format!("shadow {}: libcontainer gave no init pid", l.id),
-            source: std::io::Error::other("no pid"),
-        })?
-        .as_raw();
-    before_start(pid)?;
-    container::loopback_up(pid)?;
-    c.start().map_err(|e| AgentError::Failed {
-        context: format!("starting shadow {}", l.id),
-        source: Box::new(e),
-    })?;
-    Ok(pid)
-}
-
-/// Wait for the init (our child: libcontainer clones it with CLONE_PARENT).
-fn wait_pid(pid: i32) -> std::io::Result<std::process::ExitStatus> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-        if r == pid {
-            return Ok(std::process::ExitStatus::from_raw(status));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+) -> Result<container::Creator> {
+    let mut c = container::create(shadows, l, spec)?;
+    before_start(c.init_pid)?;
+    container::loopback_up(c.init_pid)?;
+    c.start(&l.id)?;
+    Ok(c)
 }
 
 /// A sink that keeps the windows and lifecycle records for the report.

@@ -6,6 +6,7 @@
 //! - `identity.rs`: the checks that make a certificate speak for one host;
 //! - `state.rs`: what both sides share ([`Daemon`]).
 
+mod abandon;
 pub mod agents;
 mod alerting;
 pub mod control;
