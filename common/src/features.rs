@@ -6,7 +6,14 @@
 //! reordering a name is a new schema version.
 
 /// Bumped on any change to [`FEATURES`].
-pub const SCHEMA_VERSION: &str = "backstop.features.v2";
+///
+/// v3 (issue 16): no feature depends on the host's absolute size. The
+/// host's free disk, available memory, load and CPU left the features for
+/// [`crate::hostlevels::HostLevels`] beside them; the host enters only as
+/// the fall of free disk and available memory since the stream's first
+/// window. Added what failures build up through: the tree's live
+/// processes, open descriptors and RSS growth.
+pub const SCHEMA_VERSION: &str = "backstop.features.v3";
 
 /// What one feature measures, for `--help`, the README and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +83,11 @@ features! {
     NET_CONNECT_LATENCY_P99_US = "net_connect_latency_p99_us", "us", "99th percentile SYN-to-ESTABLISHED time";
     NET_TX_BYTES = "net_tx_bytes", "bytes", "bytes sent on sockets (any family)";
     NET_RX_BYTES = "net_rx_bytes", "bytes", "bytes received on sockets (any family)";
-    HOST_CPU_UTIL = "host_cpu_util", "ratio", "whole-host CPU busy fraction over the window (0..1)";
-    HOST_MEM_AVAILABLE_BYTES = "host_mem_available_bytes", "bytes", "MemAvailable at the window's end";
-    HOST_LOAD1 = "host_load1", "load", "1-minute load average at the window's end";
-    HOST_DISK_FREE_BYTES = "host_disk_free_bytes", "bytes", "bytes free to unprivileged users on the scope's filesystem";
+    TREE_PROCESSES = "tree_processes", "count", "processes of the tree alive at the window's end (a fork storm or leaked daemons build up here)";
+    TREE_OPEN_FDS = "tree_open_fds", "count", "file descriptors the tree's processes hold open at the window's end (a descriptor leak builds up here)";
+    TREE_RSS_GROWTH_BYTES = "tree_rss_growth_bytes", "bytes", "change over the window of the resident memory summed over the tree's processes (negative: it shrank; a leak grows it every window)";
+    HOST_DISK_FREE_FALL = "host_disk_free_fall", "ratio", "share of the scope filesystem's free space at the stream's first window that is gone since (negative: it grew); the same on any disk size";
+    HOST_MEM_AVAILABLE_FALL = "host_mem_available_fall", "ratio", "share of the host's MemAvailable at the stream's first window that is gone since (negative: it grew); the same on any memory size";
 }
 
 /// Position of a feature by name.
@@ -97,10 +105,20 @@ mod tests {
             assert_eq!(index_of(f.name), Some(i), "{} is defined twice", f.name);
         }
         assert_eq!(
-            FEATURES[feature::HOST_DISK_FREE_BYTES].name,
-            "host_disk_free_bytes"
+            FEATURES[feature::HOST_MEM_AVAILABLE_FALL].name,
+            "host_mem_available_fall"
         );
-        assert_eq!(feature::HOST_DISK_FREE_BYTES, FEATURES.len() - 1);
+        assert_eq!(feature::HOST_MEM_AVAILABLE_FALL, FEATURES.len() - 1);
+    }
+
+    /// Schema v3's promise: no feature is a host's absolute level (bytes
+    /// free, bytes available, load); those live in `HostLevels`.
+    #[test]
+    fn no_feature_is_an_absolute_host_level() {
+        for f in FEATURES.iter().filter(|f| f.name.starts_with("host_")) {
+            assert_eq!(f.unit, "ratio", "{} must be a fraction or a change", f.name);
+            assert!(f.name.ends_with("_fall"), "{} is not a change", f.name);
+        }
     }
 
     #[test]
@@ -127,8 +145,11 @@ mod tests {
             "proc_oom_kills",
             "net_tcp_retransmits",
             "net_connect_failures",
-            "host_cpu_util",
-            "host_mem_available_bytes",
+            "host_disk_free_fall",
+            "host_mem_available_fall",
+            "tree_processes",
+            "tree_open_fds",
+            "tree_rss_growth_bytes",
         ] {
             assert!(
                 index_of(name).is_some(),
