@@ -10,8 +10,9 @@
 /// v3 (issue 16): no feature depends on the host's absolute size. The
 /// host's free disk, available memory, load and CPU left the features for
 /// [`crate::hostlevels::HostLevels`] beside them; the host enters only as
-/// the fall of free disk and available memory since the stream's first
-/// window. Added what failures build up through: the tree's live
+/// the fall of free disk and available memory since the stream began, in
+/// bytes: what was consumed, which does not depend on how much the host
+/// had. Added what failures build up through: the tree's live
 /// processes, open descriptors and RSS growth.
 pub const SCHEMA_VERSION: &str = "backstop.features.v3";
 
@@ -86,8 +87,8 @@ features! {
     TREE_PROCESSES = "tree_processes", "count", "processes of the tree alive at the window's end (a fork storm or leaked daemons build up here)";
     TREE_OPEN_FDS = "tree_open_fds", "count", "file descriptors the tree's processes hold open at the window's end (a descriptor leak builds up here)";
     TREE_RSS_GROWTH_BYTES = "tree_rss_growth_bytes", "bytes", "change over the window of the resident memory summed over the tree's processes (negative: it shrank; a leak grows it every window)";
-    HOST_DISK_FREE_FALL = "host_disk_free_fall", "ratio", "share of the scope filesystem's free space at the stream's first window that is gone since (negative: it grew); the same on any disk size";
-    HOST_MEM_AVAILABLE_FALL = "host_mem_available_fall", "ratio", "share of the host's MemAvailable at the stream's first window that is gone since (negative: it grew); the same on any memory size";
+    HOST_DISK_FREE_FALL = "host_disk_free_fall_bytes", "bytes", "how much the scope filesystem's free space fell since the stream began (negative: it grew): what was consumed, the same on a disk of any size";
+    HOST_MEM_AVAILABLE_FALL = "host_mem_available_fall_bytes", "bytes", "how much the host's MemAvailable fell since the stream began (negative: it grew): what was consumed, the same on a host of any size";
 }
 
 /// Position of a feature by name.
@@ -106,19 +107,25 @@ mod tests {
         }
         assert_eq!(
             FEATURES[feature::HOST_MEM_AVAILABLE_FALL].name,
-            "host_mem_available_fall"
+            "host_mem_available_fall_bytes"
         );
         assert_eq!(feature::HOST_MEM_AVAILABLE_FALL, FEATURES.len() - 1);
     }
 
     /// Schema v3's promise: no feature is a host's absolute level (bytes
-    /// free, bytes available, load); those live in `HostLevels`.
+    /// free, bytes available, load); those live in `HostLevels`, and the
+    /// host enters the features only as a change since the stream began.
     #[test]
     fn no_feature_is_an_absolute_host_level() {
-        for f in FEATURES.iter().filter(|f| f.name.starts_with("host_")) {
-            assert_eq!(f.unit, "ratio", "{} must be a fraction or a change", f.name);
-            assert!(f.name.ends_with("_fall"), "{} is not a change", f.name);
-        }
+        let host: Vec<&str> = FEATURES
+            .iter()
+            .map(|f| f.name)
+            .filter(|n| n.starts_with("host_"))
+            .collect();
+        assert_eq!(
+            host,
+            ["host_disk_free_fall_bytes", "host_mem_available_fall_bytes"]
+        );
     }
 
     #[test]
@@ -145,8 +152,8 @@ mod tests {
             "proc_oom_kills",
             "net_tcp_retransmits",
             "net_connect_failures",
-            "host_disk_free_fall",
-            "host_mem_available_fall",
+            "host_disk_free_fall_bytes",
+            "host_mem_available_fall_bytes",
             "tree_processes",
             "tree_open_fds",
             "tree_rss_growth_bytes",

@@ -6,8 +6,11 @@
 //! schema-v2 model on a host with 75 GB free instead of 49 GB: the disk
 //! feature's z-score was +385 and every install alarmed, healthy or not.
 //! So since schema v3 a window's features describe the install, and the
-//! host enters them only as a change since the stream's first window
-//! ([`HostLevels::derive`]), which is the same on a 10 GB and a 10 TB disk.
+//! host enters them only as what was consumed since the stream began
+//! ([`HostLevels::derive`]): an install that writes 1 GB shows 1 GB on a
+//! disk with 10 GB free and on one with 10 TB free. Whether that is too
+//! much for this host is the disk trend rule's question, which reads the
+//! absolute levels kept here.
 //! The absolute levels still matter: the disk trend rule extrapolates free
 //! bytes, and a model records the range of host conditions
 //! ([`HostLevels::conditions`]) it was trained on, so a decision can say
@@ -61,23 +64,42 @@ impl HostLevels {
     }
 
     /// Write the host-derived features of a window whose levels are `self`
-    /// into `features`, the stream's first levels being `first`: the share
-    /// of the first window's free disk and available memory that is gone
-    /// since (negative when it grew). Multiplying the host's free disk or
-    /// memory by any factor changes neither.
+    /// into `features`, the stream's levels when it began being `first`:
+    /// the bytes of free disk and of available memory gone since (negative
+    /// when they grew; 0 when either reading measured nothing). A host that
+    /// had more or less of either to begin with gives the same values.
     pub fn derive(&self, first: &HostLevels, features: &mut [f64]) {
-        features[feature::HOST_DISK_FREE_FALL] = fall(first.disk_free_bytes, self.disk_free_bytes);
+        let measured = |a: f64, b: f64| a > 0.0 && b > 0.0;
+        features[feature::HOST_DISK_FREE_FALL] =
+            if measured(first.disk_total_bytes, self.disk_total_bytes) {
+                first.disk_free_bytes - self.disk_free_bytes
+            } else {
+                0.0
+            };
         features[feature::HOST_MEM_AVAILABLE_FALL] =
-            fall(first.mem_available_bytes, self.mem_available_bytes);
+            if measured(first.mem_total_bytes, self.mem_total_bytes) {
+                first.mem_available_bytes - self.mem_available_bytes
+            } else {
+                0.0
+            };
     }
-}
 
-/// The share of `first` that is gone at `now` (0 when `first` is unknown).
-fn fall(first: f64, now: f64) -> f64 {
-    if first > 0.0 {
-        (first - now) / first
-    } else {
-        0.0
+    /// The same host with `disk` more bytes free and `mem` more available
+    /// throughout (negative: less), and its CPUs `busy` busier (the share a
+    /// neighbour takes, capped at all of them) with `load` more load: what
+    /// the same install would meet on another host. For the invariance
+    /// checks.
+    #[must_use]
+    pub fn shifted(&self, disk: f64, mem: f64, busy: f64, load: f64) -> HostLevels {
+        HostLevels {
+            disk_free_bytes: (self.disk_free_bytes + disk).max(0.0),
+            disk_total_bytes: self.disk_total_bytes + disk.max(0.0),
+            mem_available_bytes: (self.mem_available_bytes + mem).max(0.0),
+            mem_total_bytes: self.mem_total_bytes + mem.max(0.0),
+            load1: (self.load1 + load).max(0.0),
+            cpus: self.cpus,
+            cpu_util: (self.cpu_util + busy).clamp(0.0, 1.0),
+        }
     }
 }
 
@@ -100,18 +122,18 @@ mod tests {
 
     #[test]
     fn derived_features_do_not_move_with_the_hosts_size() {
-        let (first, now) = (levels(40e9, 8e9), levels(30e9, 6e9));
+        let (first, now) = (levels(40e9, 8e9), levels(39e9, 7.5e9));
         let mut v = vec![0.0; FEATURES.len()];
         now.derive(&first, &mut v);
-        assert_eq!(v[feature::HOST_DISK_FREE_FALL], 0.25);
-        assert_eq!(v[feature::HOST_MEM_AVAILABLE_FALL], 0.25);
-        for k in [0.1, 0.25, 4.0, 10.0] {
+        assert_eq!(v[feature::HOST_DISK_FREE_FALL], 1e9);
+        assert_eq!(v[feature::HOST_MEM_AVAILABLE_FALL], 0.5e9);
+        // The same install on hosts with 0.1x to 10x the free disk and
+        // 0.25x to 4x the memory, busy or idle.
+        for (kd, km, busy) in [(0.1, 0.25, 0.7), (10.0, 4.0, -0.25), (2.0, 0.5, 0.0)] {
+            let shift = |l: &HostLevels| l.shifted(40e9 * (kd - 1.0), 8e9 * (km - 1.0), busy, 3.0);
             let mut w = vec![0.0; FEATURES.len()];
-            levels(now.disk_free_bytes * k, now.mem_available_bytes * k)
-                .derive(&levels(40e9 * k, 8e9 * k), &mut w);
-            for i in [feature::HOST_DISK_FREE_FALL, feature::HOST_MEM_AVAILABLE_FALL] {
-                assert!((w[i] - v[i]).abs() < 1e-12, "x{k}: {} vs {}", w[i], v[i]);
-            }
+            shift(&now).derive(&shift(&first), &mut w);
+            assert_eq!(w, v, "x{kd} disk, x{km} memory");
         }
         let mut z = vec![0.0; FEATURES.len()];
         now.derive(&HostLevels::default(), &mut z);

@@ -111,7 +111,7 @@ mod tests {
         assert_eq!(j["seq"], 3);
         assert_eq!(j["stream"], "live");
         assert_eq!(j["features"]["block_write_bytes"], 8_388_608);
-        assert_eq!(j["features"]["host_disk_free_fall"], 0.25);
+        assert_eq!(j["features"]["host_disk_free_fall_bytes"], 0.25);
         assert_eq!(j["host"]["disk_free_bytes"], 4096.0);
         assert_eq!(j["features"].as_object().unwrap().len(), FEATURES.len());
     }

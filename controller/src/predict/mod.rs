@@ -8,4 +8,5 @@
 
 pub mod calibrate;
 pub mod model;
+pub mod range;
 pub mod stats;

@@ -55,7 +55,25 @@ pub enum ModelError {
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
-/// log1p, then z-score with statistics of the training split.
+/// The smallest standard deviation (of log1p values) a feature of `unit`
+/// gets. Why a floor: a feature that barely moved in training (the v2
+/// model's free disk had 0.001) turns any other value into a z-score in
+/// the hundreds (issue 16). With 0.5, a count, size or duration must
+/// change by a factor of 1.65 to move one deviation; a ratio (0..1, where
+/// log1p is nearly linear) by 0.05.
+pub fn sd_floor(unit: &str) -> f64 {
+    match unit {
+        "ratio" => 0.05,
+        _ => 0.5,
+    }
+}
+
+/// z-scores beyond this are clipped: a value far outside training says
+/// "far", not "infinitely far", and one feature cannot outvote the rest.
+pub const Z_CLIP: f64 = 8.0;
+
+/// log1p, then z-score with statistics of the training split (each
+/// deviation at least [`sd_floor`] of its unit), clipped to ±[`Z_CLIP`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Normalizer {
     pub mean: Vec<f64>,
@@ -79,13 +97,14 @@ impl Normalizer {
         let std = sq
             .iter()
             .zip(&mean)
-            .map(|(q, m)| (q / c - m * m).max(0.0).sqrt().max(1e-3))
+            .zip(FEATURES)
+            .map(|((q, m), f)| (q / c - m * m).max(0.0).sqrt().max(sd_floor(f.unit)))
             .collect();
         Normalizer { mean, std }
     }
 
     pub fn apply(&self, i: usize, v: f64) -> f32 {
-        ((v.max(0.0).ln_1p() - self.mean[i]) / self.std[i]) as f32
+        ((v.max(0.0).ln_1p() - self.mean[i]) / self.std[i]).clamp(-Z_CLIP, Z_CLIP) as f32
     }
 }
 
@@ -115,6 +134,10 @@ pub struct ModelMeta {
     #[serde(default)]
     pub split_rule: String,
     pub trained_on: usize,
+    /// The host conditions the training corpus ran on (none recorded:
+    /// empty); a decision notes a window outside them.
+    #[serde(default)]
+    pub host_range: super::range::HostRange,
     /// The evaluation on the test split, as `backstop eval --json` prints it.
     pub evaluation: Option<serde_json::Value>,
 }
@@ -279,10 +302,21 @@ impl Model {
         #[cfg(default_model)]
         {
             let m = Model::from_parts(
-                "the built-in default model",
+                "the built-in default model (models/default)",
                 include_str!("../../../models/default/model.json"),
                 include_bytes!("../../../models/default/model.safetensors"),
-            )?;
+            )
+            .map_err(|e| match e {
+                ModelError::Schema { .. } => ModelError::Bad {
+                    path: dir.display().to_string(),
+                    reason: format!(
+                        "no usable model: {e}. Get one on schema {SCHEMA_VERSION}: record a corpus \
+                         (`cargo xtask corpus`), then `cargo xtask train-default` and rebuild, or \
+                         `backstop train --out DATA/models/current`"
+                    ),
+                },
+                e => e,
+            })?;
             Ok((m, "built-in default (models/default)".into()))
         }
         #[cfg(not(default_model))]
@@ -362,5 +396,18 @@ mod tests {
         assert!((n.apply(0, std::f64::consts::E - 1.0) - 1.0).abs() < 1e-6);
         // Negative values (never valid counts) are clamped, not NaN.
         assert!(n.apply(0, -5.0).is_finite());
+    }
+
+    #[test]
+    fn a_feature_that_never_moved_gets_the_floor_and_far_values_are_clipped() {
+        let ws = [vec![49e9; FEATURES.len()], vec![49e9; FEATURES.len()]];
+        let n = Normalizer::fit(ws.iter());
+        assert!(n.std.iter().all(|s| *s >= 0.05), "{:?}", n.std);
+        assert_eq!(n.std[0], 0.5, "a count's floor");
+        // 75 GB where training saw 49 GB: v2's +385 becomes under one SD.
+        let z = n.apply(0, 75e9);
+        assert!(z > 0.8 && z < 0.9, "{z}");
+        assert_eq!(n.apply(0, 1e30), Z_CLIP as f32);
+        assert_eq!(n.apply(0, 0.0), -Z_CLIP as f32);
     }
 }
