@@ -285,7 +285,10 @@ mod tests {
         assert_eq!(w.features[f::SYSCALLS_NET], 10.0);
         assert_eq!(w.features[f::SYSCALL_ERRORS_ENOENT], 7.0);
         assert_eq!(w.host.cpu_util, 0.0, "no CPU time passed since the start");
-        assert_eq!(w.host.disk_free_bytes, 75.0, "the level beside the features");
+        assert_eq!(
+            w.host.disk_free_bytes, 75.0,
+            "the level beside the features"
+        );
         assert_eq!(w.features[f::HOST_DISK_FREE_FALL], 25.0, "bytes gone");
         assert_eq!(w.features[f::HOST_MEM_AVAILABLE_FALL], (1u64 << 30) as f64);
         assert_eq!(w.features[f::TREE_PROCESSES], 3.0);

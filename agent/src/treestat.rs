@@ -33,7 +33,10 @@ pub fn read(proc: &Path, tids: &[u32]) -> TreeStat {
             continue;
         }
         // A zombie has no memory and no descriptors; it is no longer alive.
-        if status.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
+        if status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+        {
             continue;
         }
         out.processes += 1;

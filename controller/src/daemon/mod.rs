@@ -13,6 +13,8 @@ pub mod decider;
 pub mod deploy;
 pub mod history;
 pub mod identity;
+#[cfg(test)]
+mod invariance_tests;
 pub mod perf;
 
 pub mod reconcile;

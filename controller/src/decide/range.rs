@@ -93,4 +93,3 @@ pub(super) fn out_of_range(e: &Evidence, out: &mut Vec<Finding>) {
         out.push(Finding::new(Weight::Note, Some((first, last)), reason));
     }
 }
-

@@ -228,7 +228,10 @@ impl fmt::Display for Reason {
                  (its vote still counts: no model input is a host level)"
             ),
             Reason::NoModel { why } => {
-                write!(f, "no model scored this deployment ({why}): decided without P(failure)")
+                write!(
+                    f,
+                    "no model scored this deployment ({why}): decided without P(failure)"
+                )
             }
             Reason::Divergence { .. }
             | Reason::Probe { .. }

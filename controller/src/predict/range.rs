@@ -103,7 +103,10 @@ mod tests {
     fn records_each_conditions_range_and_names_the_worst_outside() {
         let r = HostRange::fit([host(40.0, 1.0), host(60.0, 2.0)].iter());
         let disk = &r.conditions[0];
-        assert_eq!((disk.name.as_str(), disk.min, disk.max), ("disk_free_fraction", 0.4, 0.6));
+        assert_eq!(
+            (disk.name.as_str(), disk.min, disk.max),
+            ("disk_free_fraction", 0.4, 0.6)
+        );
         assert_eq!(r.conditions.len(), CONDITIONS.len());
         assert_eq!(r.outside(&host(50.0, 1.5)), None, "inside every range");
         let o = r.outside(&host(10.0, 1.5)).expect("a fuller disk");

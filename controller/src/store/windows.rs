@@ -3,8 +3,8 @@
 //! host's levels beside them (JSON; NULL in rows from before schema v3).
 
 use backstop_common::features::{FEATURES, SCHEMA_VERSION};
-use backstop_common::window::{Stream, Window};
 use backstop_common::hostlevels::HostLevels;
+use backstop_common::window::{Stream, Window};
 use sqlx::Row;
 
 use super::{Store, StoreError, now_ms};
