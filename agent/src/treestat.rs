@@ -20,7 +20,7 @@ pub struct TreeStat {
 
 /// Read the levels of the processes the threads `tids` belong to.
 pub fn read(proc: &Path, tids: &[u32]) -> TreeStat {
-    let mut tgids = BTreeSet::new();
+    let mut seen = BTreeSet::new();
     let mut out = TreeStat::default();
     for tid in tids {
         let Ok(status) = std::fs::read_to_string(proc.join(tid.to_string()).join("status")) else {
@@ -29,7 +29,7 @@ pub fn read(proc: &Path, tids: &[u32]) -> TreeStat {
         let Some(tgid) = field(&status, "Tgid") else {
             continue;
         };
-        if !tgids.insert(tgid) {
+        if !seen.insert(tgid) {
             continue;
         }
         // A zombie has no memory and no descriptors; it is no longer alive.
