@@ -88,6 +88,7 @@ impl Folder {
         v[f::TREE_PROCESSES] = tree.processes as f64;
         v[f::TREE_OPEN_FDS] = tree.open_fds as f64;
         v[f::TREE_RSS_GROWTH_BYTES] = tree.rss_bytes as f64 - self.prev_tree.rss_bytes as f64;
+        v[f::TREE_TOP_FILE_GROWTH_BYTES] = tree.top_file_growth(&self.prev_tree) as f64;
         w.host = host.levels(&self.prev_host);
         w.host.derive(&self.first_host, v);
         w.lost_events = now.c[c::LOST_EVENTS].saturating_sub(self.prev.c[c::LOST_EVENTS])
@@ -259,6 +260,7 @@ mod tests {
             processes: 3,
             open_fds: 12,
             rss_bytes,
+            files: [((1, 2), rss_bytes / 10)].into(),
         };
         let at = |totals, running_on_cpu_ns, host, at_ns, recursion_misses| Reading {
             totals,
@@ -294,6 +296,7 @@ mod tests {
         assert_eq!(w.features[f::TREE_PROCESSES], 3.0);
         assert_eq!(w.features[f::TREE_OPEN_FDS], 12.0);
         assert_eq!(w.features[f::TREE_RSS_GROWTH_BYTES], 10_000.0);
+        assert_eq!(w.features[f::TREE_TOP_FILE_GROWTH_BYTES], 1_000.0);
         assert_eq!(w.features[f::SCHED_BLOCKED_LONGEST_MS], 2.5);
         assert_eq!(w.features[f::MEM_ANON_PEAK_BYTES], 4096.0);
         assert_eq!(

@@ -1,5 +1,6 @@
 //! What a tracked tree holds at one moment, read from /proc: its live
-//! processes, their open descriptors and their resident memory.
+//! processes, their open descriptors, their resident memory, and the
+//! sizes of the regular files they hold open.
 //!
 //! Why /proc and not a probe: these are levels, not events, and failures
 //! build up through them (a fork storm, a descriptor leak, a memory leak)
@@ -7,15 +8,30 @@
 //! cheap next to counting every open and close in the kernel. A process
 //! that exits between the listing and the read is skipped, not an error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// The tree's levels at one reading.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeStat {
     pub processes: u64,
     pub open_fds: u64,
     pub rss_bytes: u64,
+    /// (device, inode, size) of each regular file held open, by file.
+    pub files: BTreeMap<(u64, u64), u64>,
+}
+
+impl TreeStat {
+    /// The largest growth, since `prev`, of a file held open at both
+    /// readings (0 when none grew).
+    pub fn top_file_growth(&self, prev: &TreeStat) -> u64 {
+        self.files
+            .iter()
+            .filter_map(|(k, size)| Some(size.saturating_sub(*prev.files.get(k)?)))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// Read the levels of the processes the threads `tids` belong to.
@@ -42,7 +58,19 @@ pub fn read(proc: &Path, tids: &[u32]) -> TreeStat {
         out.processes += 1;
         out.rss_bytes += field(&status, "VmRSS").unwrap_or(0) * 1024;
         let fds = proc.join(tgid.to_string()).join("fd");
-        out.open_fds += std::fs::read_dir(fds).map_or(0, |d| d.count() as u64);
+        let Ok(dir) = std::fs::read_dir(fds) else {
+            continue;
+        };
+        for fd in dir.flatten() {
+            out.open_fds += 1;
+            // The file the descriptor points to (metadata follows the
+            // magic link); a socket, pipe or device is not a file that fills.
+            if let Ok(m) = std::fs::metadata(fd.path())
+                && m.is_file()
+            {
+                out.files.insert((m.dev(), m.ino()), m.size());
+            }
+        }
     }
     out
 }
@@ -70,6 +98,28 @@ mod tests {
         assert!(s.open_fds >= held.len() as u64, "{s:?}");
         assert!(s.rss_bytes > 0, "{s:?}");
         drop(held);
+    }
+
+    #[test]
+    fn the_fastest_growing_open_file_is_the_one_measured() {
+        let dir = std::env::temp_dir().join(format!("treestat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&a, [0u8; 100]).unwrap();
+        std::fs::write(&b, [0u8; 100]).unwrap();
+        let held = (
+            std::fs::File::open(&a).unwrap(),
+            std::fs::File::open(&b).unwrap(),
+        );
+        let me = [std::process::id()];
+        let before = read(Path::new("/proc"), &me);
+        std::fs::write(&a, [0u8; 300]).unwrap();
+        std::fs::write(&b, [0u8; 4196]).unwrap();
+        let after = read(Path::new("/proc"), &me);
+        assert_eq!(after.top_file_growth(&before), 4096);
+        assert_eq!(before.top_file_growth(&after), 0, "shrinking is not growth");
+        drop(held);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -13,7 +13,7 @@
 /// the fall of free disk and available memory since the stream began, in
 /// bytes: what was consumed, which does not depend on how much the host
 /// had. Added what failures build up through: the tree's live
-/// processes, open descriptors and RSS growth.
+/// processes, open descriptors, RSS growth and its fastest-growing file.
 pub const SCHEMA_VERSION: &str = "backstop.features.v3";
 
 /// What one feature measures, for `--help`, the README and reports.
@@ -87,6 +87,7 @@ features! {
     TREE_PROCESSES = "tree_processes", "count", "processes of the tree alive at the window's end (a fork storm or leaked daemons build up here)";
     TREE_OPEN_FDS = "tree_open_fds", "count", "file descriptors the tree's processes hold open at the window's end (a descriptor leak builds up here)";
     TREE_RSS_GROWTH_BYTES = "tree_rss_growth_bytes", "bytes", "change over the window of the resident memory summed over the tree's processes (negative: it shrank; a leak grows it every window)";
+    TREE_TOP_FILE_GROWTH_BYTES = "tree_top_file_growth_bytes", "bytes", "growth over the window of the one regular file the tree holds open that grew most (0 for a file first seen this window): a log or a file filling the disk builds up here";
     HOST_DISK_FREE_FALL = "host_disk_free_fall_bytes", "bytes", "how much the scope filesystem's free space fell since the stream began (negative: it grew): what was consumed, the same on a disk of any size";
     HOST_MEM_AVAILABLE_FALL = "host_mem_available_fall_bytes", "bytes", "how much the host's MemAvailable fell since the stream began (negative: it grew): what was consumed, the same on a host of any size";
 }
@@ -157,6 +158,7 @@ mod tests {
             "tree_processes",
             "tree_open_fds",
             "tree_rss_growth_bytes",
+            "tree_top_file_growth_bytes",
         ] {
             assert!(
                 index_of(name).is_some(),

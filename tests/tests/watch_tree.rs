@@ -11,19 +11,30 @@ mod support;
 
 use support::{ebpf_or_skip, watch};
 
-/// A shell that starts three sleeps, opens five descriptors, then kills
-/// the sleeps and waits a while alone.
+/// A shell that starts three sleeps, opens five descriptors and a file
+/// ($1) it appends 3,000,000 bytes to, then kills the sleeps and waits a
+/// while alone.
 const SCRIPT: &str = "sleep 5 & a=$!; sleep 5 & b=$!; sleep 5 & c=$!; \
-     exec 3</etc/hostname 4</etc/hostname 5</etc/hostname 6</etc/hostname 7</etc/hostname; \
-     sleep 1.5; kill $a $b $c; wait; sleep 1";
+     exec 3</etc/hostname 4</etc/hostname 5</etc/hostname 6</etc/hostname 7>>\"$1\"; \
+     sleep 0.6; head -c 3000000 /dev/zero >&7; sleep 0.9; kill $a $b $c; wait; sleep 1";
 
 #[test]
 fn the_trees_live_processes_and_open_descriptors_are_counted() {
     let Some(_g) = ebpf_or_skip("the_trees_live_processes_and_open_descriptors_are_counted") else {
         return;
     };
-    let w = watch(&["--window-ms", "250"], &["sh", "-c", SCRIPT]);
+    let file = std::env::temp_dir().join(format!("watch-tree-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let w = watch(
+        &["--window-ms", "250"],
+        &["sh", "-c", SCRIPT, "sh", file.to_str().unwrap()],
+    );
+    let _ = std::fs::remove_file(&file);
     assert_eq!(w.code(), 0, "{}", w.stderr());
+    // The appended file, held open all along: its growth, window by
+    // window, adds up to what was written.
+    let growth = w.series("tree_top_file_growth_bytes");
+    assert_eq!(growth.iter().sum::<f64>(), 3e6, "{growth:?}");
     let procs = w.series("tree_processes");
     let fds = w.series("tree_open_fds");
     // The shell, its three sleeps, and the `sleep 1.5` it waits on.
