@@ -55,6 +55,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
         performance: Vec::new(),
         history: History::default(),
         resources: crate::decide::trend::Resources::default(),
+        no_model: None,
     };
     for ev in events {
         match ev {
@@ -208,6 +209,7 @@ async fn decide_now(
     inputs.evidence.resources = super::resources::resources(&windows, &events, &manifest);
     let scored = super::scoring::windows(daemon, id, windows).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
+    inputs.evidence.no_model = scored.no_model;
     let decision = decide(&inputs.evidence, &inputs.params);
     let threshold = scored.threshold.map(|t| inputs.params.threshold_for(t));
     super::scoring::progress(daemon, &row_, &inputs.evidence, threshold).await;

@@ -14,6 +14,8 @@ pub mod decider;
 pub mod deploy;
 pub mod history;
 pub mod identity;
+#[cfg(test)]
+mod invariance_tests;
 pub mod memory;
 pub mod perf;
 

@@ -226,6 +226,7 @@ pub(crate) mod tests {
             window_ms: 1000,
             schema: backstop_common::features::SCHEMA_VERSION.into(),
             windows: values.iter().map(|&v| vec![v; FEATURES.len()]).collect(),
+            host: Vec::new(),
         }
     }
 

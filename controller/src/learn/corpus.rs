@@ -11,6 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use backstop_common::features::{FEATURES, SCHEMA_VERSION, feature};
+use backstop_common::hostlevels::HostLevels;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,11 @@ pub struct Record {
     pub schema: String,
     /// Feature values per window, in [`FEATURES`] order.
     pub windows: Vec<Vec<f64>>,
+    /// The host's levels per window (schema v3; empty when not recorded):
+    /// never a model input, only the range of host conditions a model
+    /// records (`predict::range`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host: Vec<HostLevels>,
 }
 
 impl Record {
@@ -248,6 +254,7 @@ pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Record> 
                 visible_to_checks: fault,
                 window_ms: 1000,
                 schema: SCHEMA_VERSION.to_string(),
+                host: super::synth_host::levels(&mut rng, &mut windows),
                 windows,
             });
         }

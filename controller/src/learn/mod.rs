@@ -17,6 +17,7 @@ pub mod crossval;
 pub mod detectors;
 pub mod eval;
 pub mod split;
+mod synth_host;
 pub mod train;
 
 use serde::Serialize;

@@ -162,6 +162,7 @@ pub fn record_from_report(
         window_ms,
         schema: SCHEMA_VERSION.into(),
         windows,
+        host: r.windows.iter().map(|w| w.host).collect(),
     })
 }
 
