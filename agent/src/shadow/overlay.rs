@@ -5,9 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use super::container::{Layout, err, other};
+use super::lower::Lower;
 use crate::error::Result;
 
-/// Mount the overlay: `lower` read-only below, upper and work in the
+/// Mount the overlay: `lower` read-only below (the root, or a frozen
+/// layer over it: `lower.rs`), upper and work in the
 /// shadow's directory; with `upper_size`, on a tmpfs of that size. Not
 /// `durable`: mounted `volatile` (no sync reaches the upper layer; see
 /// `ShadowOptions::durable`). A volatile upper cannot be mounted again
@@ -20,7 +22,7 @@ use crate::error::Result;
 /// is inert when the host reaches it by path. The upper tmpfs and the
 /// overlay carry the same flags; the directory is 0700 besides.
 pub fn mount_overlay(
-    lower: &Path,
+    lower: &Lower,
     l: &Layout,
     upper_size: Option<u64>,
     durable: bool,
@@ -55,7 +57,7 @@ pub fn mount_overlay(
     for d in [&l.upper, &l.work, &l.merged, &l.bundle, &l.io] {
         std::fs::create_dir_all(d).map_err(err(format!("creating {}", d.display())))?;
     }
-    for p in [lower, &l.upper, &l.work] {
+    for p in lower.dirs().into_iter().chain([l.upper.as_path(), &l.work]) {
         if p.as_os_str()
             .as_encoded_bytes()
             .iter()
@@ -71,8 +73,8 @@ pub fn mount_overlay(
         }
     }
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}{}",
-        lower.display(),
+        "{},upperdir={},workdir={}{}",
+        lower.options(),
         l.upper.display(),
         l.work.display(),
         if durable { "" } else { ",volatile" }

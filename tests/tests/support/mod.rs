@@ -10,6 +10,7 @@
 pub mod agents;
 pub mod deploys;
 pub mod fleet;
+pub mod leftovers;
 pub mod sentinel;
 
 use std::path::PathBuf;
