@@ -29,7 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::agents::{Fleet, Proc};
-use support::deploys::{Scratch, assert_replays, build_deb, kind};
+use support::deploys::{Scratch, assert_replays, build_deb, differences, kind, root_walk};
 use support::leftovers::{ShadowWatch, assert_no_shadow_left};
 use support::{ebpf_or_skip, eventually, rootfs, sentinel};
 
@@ -57,7 +57,7 @@ else
 fi
 "#;
 
-fn manifest(root: &Path, deb: &Path) -> String {
+fn manifest(root: &Path, deb: &Path, run: &str) -> String {
     format!(
         r#"name = "frozen-probe"
 root = {root:?}
@@ -66,7 +66,7 @@ mode = "concurrent"
 debs = [{deb:?}]
 [[steps]]
 name = "install"
-run = ["dpkg", "-i", "{{artifact}}"]
+run = {run}
 timeout = "3m"
 env = {{ DEBIAN_FRONTEND = "noninteractive" }}
 [scope]
@@ -81,13 +81,24 @@ period = "0s"
     )
 }
 
-#[test]
-fn a_concurrent_shadow_never_sees_what_live_changes_in_the_scope() {
-    let Some(_g) = ebpf_or_skip("a frozen shadow beside a live install") else {
-        return;
-    };
-    let Some(cached) = rootfs() else { return };
-    let scratch = Scratch::new(&cached, "frozen");
+const DPKG: &str = r#"["dpkg", "-i", "{artifact}"]"#;
+
+/// A scratch root with the scope file and the flag, the probe package, a
+/// manifest whose step is `run`, a sentinel outside the root, and a
+/// controller with a connected agent.
+struct Setup {
+    scratch: Scratch,
+    outside: std::path::PathBuf,
+    before: sentinel::Walk,
+    manifest: std::path::PathBuf,
+    data: std::path::PathBuf,
+    fleet: Fleet,
+    _serve: Proc,
+    agent: Proc,
+}
+
+fn setup(cached: &Path, name: &str, run: &str) -> Setup {
+    let scratch = Scratch::new(cached, name);
     let root = &scratch.root;
     std::fs::create_dir_all(root.join("etc/frozen")).unwrap();
     std::fs::write(root.join("etc/frozen/conf"), "original\n").unwrap();
@@ -101,13 +112,41 @@ fn a_concurrent_shadow_never_sees_what_live_changes_in_the_scope() {
     let files = [("/usr/share/doc/frozen-probe/README", "a probe\n")];
     let deb = build_deb(&debs, "frozen-probe", "1.0", &files, Some(POSTINST));
     let path = scratch.base.join("frozen.toml");
-    std::fs::write(&path, manifest(root, &deb)).unwrap();
-
-    let fleet = Fleet::new("deploy-frozen");
-    let _serve = fleet.serve();
+    std::fs::write(&path, manifest(root, &deb, run)).unwrap();
+    let fleet = Fleet::new(&format!("deploy-{name}"));
+    let serve = fleet.serve();
     let data = scratch.base.join("agent-data");
     let agent = Proc::spawn(&mut fleet.agent_cmd(&data));
     fleet.wait_connected(&agent);
+    Setup {
+        outside,
+        before,
+        manifest: path,
+        data,
+        fleet,
+        _serve: serve,
+        agent,
+        scratch,
+    }
+}
+
+#[test]
+fn a_concurrent_shadow_never_sees_what_live_changes_in_the_scope() {
+    let Some(_g) = ebpf_or_skip("a frozen shadow beside a live install") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let Setup {
+        scratch,
+        outside,
+        before,
+        manifest: path,
+        data,
+        fleet,
+        agent,
+        _serve,
+    } = setup(&cached, "frozen", DPKG);
+    let root = &scratch.root;
     let watch = ShadowWatch::start(&data);
     let out = fleet.cli(&[
         "deploy",
@@ -166,4 +205,66 @@ fn a_concurrent_shadow_never_sees_what_live_changes_in_the_scope() {
         assert_no_shadow_left(&data, s);
     }
     drop(agent);
+}
+
+/// Live changes the scope and waits to be killed; the shadow, over its
+/// frozen layer, waits too.
+const HOLD: &str = r#"["sh", "-c", "if [ ! -d /.backstop-shadow ]; then echo half > /etc/frozen/conf; fi; exec sleep 600"]"#;
+
+#[test]
+fn a_killed_agent_leaves_a_frozen_shadow_the_next_one_removes() {
+    let Some(_g) = ebpf_or_skip("kill -9 of an agent running a frozen shadow") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let s = setup(&cached, "frozen-kill", HOLD);
+    let root_before = root_walk(&s.scratch.root);
+    let watch = ShadowWatch::start(&s.data);
+    let out = s
+        .fleet
+        .cli(&["deploy", s.manifest.to_str().unwrap(), "--host", "web-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let data = std::fs::canonicalize(&s.data).unwrap();
+    let frozen_mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .any(|m| Path::new(m).starts_with(&data) && m.ends_with("/frozen"))
+    };
+    let changed =
+        || std::fs::read_to_string(s.scratch.root.join("etc/frozen/conf")).unwrap() == "half\n";
+    assert!(
+        eventually(Duration::from_mins(1), || frozen_mounted() && changed()),
+        "live never changed the scope beside a mounted frozen layer: {}",
+        s.agent.log()
+    );
+    let mut agent = s.agent;
+    agent.kill9();
+    let restarted = Proc::spawn(&mut s.fleet.agent_cmd(&s.data));
+    assert!(
+        eventually(Duration::from_mins(1), || {
+            s.fleet.json(&["show", &id, "--json"])["deployment"]["state"] == "interrupted"
+        }),
+        "never reported interrupted: {}\n{}",
+        s.fleet.json(&["show", &id, "--json"]),
+        restarted.log()
+    );
+    let ids = watch.stop();
+    assert!(!ids.is_empty(), "no shadow ran");
+    for shadow in &ids {
+        assert_no_shadow_left(&s.data, shadow);
+    }
+    let diffs = differences(&root_before, &root_walk(&s.scratch.root));
+    assert!(
+        diffs.is_empty(),
+        "the root differs after recovery: {diffs:?}"
+    );
+    sentinel::assert_untouched(&s.outside, &s.before, "a killed frozen shadow");
+    drop(restarted);
 }

@@ -77,6 +77,7 @@ fn the_frozen_layer_is_the_snapshot_as_overlayfs_metadata() {
     }
     let (dir, root, store, snap) = fixture("frozen-build");
     let frozen = dir.join("frozen");
+    std::fs::create_dir(&frozen).unwrap();
     let built = build(&snap, &store.dir.join("objects"), &root, &frozen, None).unwrap();
     assert_eq!(
         built.metacopy_files, 2,
@@ -155,6 +156,7 @@ fn a_shadow_over_the_frozen_layer_reads_the_snapshot_while_live_changes() {
     }
     let (dir, root, store, snap) = fixture("frozen-mount");
     let frozen = dir.join("frozen");
+    std::fs::create_dir(&frozen).unwrap();
     build(&snap, &store.dir.join("objects"), &root, &frozen, None).unwrap();
     let app = root.join("etc/app");
     // Live changes the scope after the snapshot, and outside it.
@@ -257,4 +259,49 @@ fn a_scope_of_the_whole_root_hides_all_of_the_live_root() {
     assert!(!covers_root(&snap));
     snap.scopes.push(Vec::new());
     assert!(covers_root(&snap));
+}
+
+/// How long building hello's scope takes, on the cached rootfs, in a
+/// tmpfs as a shadow builds it:
+/// `cargo test -p backstop-agent --lib frozen_build_of_hellos_scope -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn frozen_build_of_hellos_scope() {
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/xtask/rootfs-bookworm-minbase");
+    if !root_or_skip("frozen measurement") || !root.is_dir() {
+        return;
+    }
+    let root = std::fs::canonicalize(root).unwrap();
+    let dir = scratch("frozen-measure");
+    let store = Store::open(&dir.join("data")).unwrap();
+    let paths = [
+        "/usr/bin",
+        "/usr/share/doc",
+        "/usr/share/info",
+        "/usr/share/locale",
+        "/usr/share/man",
+        "/var/lib/dpkg",
+        "/var/log",
+        "/tmp",
+    ];
+    let scope = Scope {
+        root: root.clone(),
+        paths: paths.iter().map(Into::into).collect(),
+        excludes: vec![],
+    };
+    let snap = store.load(&create(&store, &scope).unwrap().id).unwrap();
+    for i in 0..3 {
+        let out = dir.join(format!("layer{i}"));
+        crate::shadow::overlay::mount_tmpfs(&out).unwrap();
+        let t = std::time::Instant::now();
+        let b = build(&snap, &store.dir.join("objects"), &root, &out, None).unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!(
+            "entries {} metacopy files {} built in {ms:.0} ms",
+            b.entries, b.metacopy_files
+        );
+        crate::shadow::overlay::umount(&out, libc::MNT_DETACH).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -27,18 +27,7 @@ pub fn mount_overlay(
     upper_size: Option<u64>,
     durable: bool,
 ) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(&l.dir).map_err(err(format!("creating {}", l.dir.display())))?;
-    std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(err(format!("making {} 0700", l.dir.display())))?;
-    let dir = l.dir.to_string_lossy();
-    mount(&dir, &l.dir, "", libc::MS_BIND, "")
-        .and_then(|()| mount("", &l.dir, "", libc::MS_PRIVATE, ""))
-        .and_then(|()| mount("", &l.dir, "", libc::MS_REMOUNT | libc::MS_BIND | INERT, ""))
-        .map_err(err(format!(
-            "binding {} onto itself nosuid,nodev",
-            l.dir.display()
-        )))?;
+    bind_inert(&l.dir)?;
     if let Some(size) = upper_size {
         let rw = l.dir.join("rw");
         std::fs::create_dir_all(&rw).map_err(err(format!("creating {}", rw.display())))?;
@@ -82,6 +71,36 @@ pub fn mount_overlay(
     mount("overlay", &l.merged, "overlay", INERT, &data).map_err(err(format!(
         "mounting the shadow's overlay ({data}) nosuid,nodev"
     )))
+}
+
+/// Make the shadow's directory 0700 and bind it onto itself nosuid,nodev
+/// and private (see [`mount_overlay`]); once: a directory already bound
+/// is left as it is, so whatever was mounted below it stays reachable.
+pub fn bind_inert(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(err(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(err(format!("making {} 0700", dir.display())))?;
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if mounts_under(dir).contains(&abs) {
+        return Ok(());
+    }
+    let name = dir.to_string_lossy();
+    mount(&name, dir, "", libc::MS_BIND, "")
+        .and_then(|()| mount("", dir, "", libc::MS_PRIVATE, ""))
+        .and_then(|()| mount("", dir, "", libc::MS_REMOUNT | libc::MS_BIND | INERT, ""))
+        .map_err(err(format!(
+            "binding {} onto itself nosuid,nodev",
+            dir.display()
+        )))
+}
+
+/// A tmpfs at `dir` (made 0700), nosuid and nodev: a frozen layer's home,
+/// metadata in memory, gone with its unmount.
+pub fn mount_tmpfs(dir: &Path) -> Result<()> {
+    std::fs::create_dir(dir).map_err(err(format!("creating {}", dir.display())))?;
+    mount("tmpfs", dir, "tmpfs", INERT, "mode=0700")
+        .map_err(err(format!("mounting a tmpfs at {}", dir.display())))
 }
 
 /// Mount flags that make setuid bits and device nodes inert.
