@@ -297,11 +297,10 @@ enabled = false
 /// teardown left nothing it knew of.
 fn assert_shadow_passed(shown: &serde_json::Value) {
     let events = shown["events"].as_array().unwrap();
-    let report = events
-        .iter()
-        .find(|e| kind(e) == "shadow")
-        .map(|e| &e["event"]["shadow"]["report"])
-        .unwrap_or_else(|| panic!("no shadow report stored: {shown}"));
+    let report = events.iter().find(|e| kind(e) == "shadow").map_or_else(
+        || panic!("no shadow report stored: {shown}"),
+        |e| &e["event"]["shadow"]["report"],
+    );
     let passed = |v: &serde_json::Value| {
         v.as_array()
             .is_some_and(|a| !a.is_empty() && a.iter().all(|s| s["exit_code"] == 0))

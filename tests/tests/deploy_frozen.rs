@@ -237,10 +237,35 @@ fn a_killed_agent_leaves_a_frozen_shadow_the_next_one_removes() {
             .filter_map(|l| l.split_whitespace().nth(4))
             .any(|m| Path::new(m).starts_with(&data) && m.ends_with("/frozen"))
     };
+    // The shadow runs its step (its init has exec'd): an agent killed
+    // between a container's create and start leaves an init that is still
+    // a clone of the agent, holding the agent's lock (see the README).
+    let shadow_runs = || {
+        let hierarchies: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|h| h.path())
+            .chain([std::path::PathBuf::from("/sys/fs/cgroup")])
+            .collect();
+        watch.seen().iter().any(|id| {
+            hierarchies.iter().any(|h| {
+                let procs = h.join("backstop-shadow").join(id).join("cgroup.procs");
+                std::fs::read_to_string(procs)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|p| {
+                        std::fs::read(format!("/proc/{p}/cmdline"))
+                            .is_ok_and(|c| c.starts_with(b"sleep\0"))
+                    })
+            })
+        })
+    };
     let changed =
         || std::fs::read_to_string(s.scratch.root.join("etc/frozen/conf")).unwrap() == "half\n";
     assert!(
-        eventually(Duration::from_mins(1), || frozen_mounted() && changed()),
+        eventually(Duration::from_mins(1), || frozen_mounted()
+            && changed()
+            && shadow_runs()),
         "live never changed the scope beside a mounted frozen layer: {}",
         s.agent.log()
     );

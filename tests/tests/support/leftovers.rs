@@ -45,6 +45,11 @@ impl ShadowWatch {
         }
     }
 
+    /// The shadow ids seen so far.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().iter().cloned().collect()
+    }
+
     /// Stop watching; the shadow ids seen.
     pub fn stop(mut self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
