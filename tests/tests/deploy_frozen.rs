@@ -13,11 +13,12 @@
 //! only if the shadow's view of the scope held still while live changed
 //! it.
 //!
-//! Checked to fail without the fix: with the overlay's lower layer the
-//! live root (the agent before `agent/src/shadow/frozen.rs`), this test
-//! fails: the shadow's postinst prints "LEAK: live's rewrite of
-//! /etc/frozen/conf is visible in the shadow", its step exits 1, and the
-//! deployment is rolled back for a failed shadow step.
+//! Checked to fail without the fix: run against the agent before
+//! `agent/src/shadow/frozen.rs` (the overlay's lower layer the live
+//! root), the shadow's postinst printed "shadow sees conf: rewritten" and
+//! "LEAK: live's new file /etc/frozen/live-only is visible in the
+//! shadow", its dpkg exited 1, and the deployment was rolled back for a
+//! failed shadow step.
 #![allow(
     clippy::unwrap_used,
     reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
