@@ -61,6 +61,16 @@ pub fn mount_overlay(
             ));
         }
     }
+    // A frozen layer hidden by a later mount would let the live root show
+    // through where the snapshot should: refuse rather than run on it.
+    if let Lower::Frozen { frozen, .. } = lower
+        && std::fs::read_dir(frozen).map_or(true, |mut d| d.next().is_none())
+    {
+        return Err(other(
+            format!("mounting the shadow's overlay at {}", l.merged.display()),
+            format!("its frozen layer {} is empty or hidden", frozen.display()),
+        ));
+    }
     let data = format!(
         "{},upperdir={},workdir={}{}",
         lower.options(),
@@ -81,8 +91,9 @@ pub fn bind_inert(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(err(format!("creating {}", dir.display())))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(err(format!("making {} 0700", dir.display())))?;
-    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    if mounts_under(dir).contains(&abs) {
+    // The kernel lists mounts by their resolved path.
+    let real = std::fs::canonicalize(dir).map_err(err(format!("resolving {}", dir.display())))?;
+    if mounts_under(&real).contains(&real) {
         return Ok(());
     }
     let name = dir.to_string_lossy();
