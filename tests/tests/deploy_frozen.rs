@@ -175,7 +175,12 @@ fn a_concurrent_shadow_never_sees_what_live_changes_in_the_scope() {
         "not committed: the shadow saw live's changes?\nshadow: {shadow:#?}\n{stdout}\nagent: {}",
         agent.log()
     );
-    let shadow = shadow.expect("the shadow's report is stored");
+    let shadow = shadow.unwrap_or_else(|| {
+        panic!(
+            "committed without the shadow's report: {shown}\nagent: {}",
+            agent.log()
+        )
+    });
     let step = &shadow["steps"][0];
     assert_eq!(step["exit_code"], 0, "{shadow:#}");
     assert!(
