@@ -18,7 +18,12 @@ pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Ve
     for _ in 0..reps {
         let t = std::time::Instant::now();
         let l = container::Layout::new(&shadows, &new_id());
-        container::mount_overlay(root, &l, None, false)?;
+        container::mount_overlay(
+            &super::lower::Lower::Root(root.to_path_buf()),
+            &l,
+            None,
+            false,
+        )?;
         let spec = container::spec(&l, vec!["/bin/true".into()], &Limits::default())?;
         let ran = start(&shadows, &l, &spec, |_| Ok(())).and_then(|c| {
             c.wait()
@@ -36,7 +41,12 @@ pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Ve
 
         let t = std::time::Instant::now();
         let l = container::Layout::new(&shadows, &new_id());
-        container::mount_overlay(root, &l, None, false)?;
+        container::mount_overlay(
+            &super::lower::Lower::Root(root.to_path_buf()),
+            &l,
+            None,
+            false,
+        )?;
         let st = std::process::Command::new("unshare")
             .args(["--mount", "--pid", "--fork", "chroot"])
             .arg(&l.merged)

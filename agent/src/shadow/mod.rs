@@ -18,7 +18,9 @@ mod cgroups;
 pub mod container;
 mod creator;
 mod diff;
+mod frozen;
 mod helper;
+mod lower;
 mod overlay;
 mod spec;
 mod steps;
@@ -40,7 +42,9 @@ pub use backstop_common::shadow::{ShadowReport, StepResult, Verdict};
 #[cfg(feature = "test-seams")]
 pub use bench::bench_true;
 pub use container::Limits;
+pub use frozen::FrozenScope;
 pub use helper::shadow_exec;
+use lower::Lower;
 use steps::{read_step, runner_script};
 
 #[derive(Debug, Clone)]
@@ -66,6 +70,10 @@ pub struct ShadowOptions {
     /// the live install runs. On, the shadow's I/O windows look like a
     /// live install's (the corpus runner turns it on).
     pub durable: bool,
+    /// See the scope as this snapshot recorded it, not as the root is now
+    /// (`frozen.rs`): a deployment's shadow, beside a live install that
+    /// changes the root. None: the root itself is the lower layer.
+    pub frozen: Option<FrozenScope>,
 }
 
 /// Where shadows live under the data directory, as an absolute path: the
@@ -141,11 +149,20 @@ pub async fn run(
     let id = new_id();
     let l = container::Layout::new(&shadows, &id);
     let _owner = container::Owner::create(&l)?;
-    let result = run_in(probes, &root, &l, opts, sink).await;
+    // Held until the teardown: `snapshot gc` waits for this shadow.
+    let mut _store_lock = None;
+    let result = match frozen::lower_for(data, &root, &l.dir, opts.frozen.as_ref()) {
+        Ok((lower, lock)) => {
+            _store_lock = lock;
+            let r = run_in(probes, &root, &lower, &l, opts, sink).await;
+            r.map(|s| (s, lower))
+        }
+        Err(e) => Err(e),
+    };
     // The runner has exited (or never started): everything in the pid
     // namespace is dead, so the upper dir no longer moves.
     let diff = match &result {
-        Ok(_) => diff::upper_diff(&l.upper, &root),
+        Ok((_, lower)) => diff::upper_diff(&l.upper, lower),
         Err(_) => Ok(FsDiff::default()),
     };
     let cmd_text = opts
@@ -166,7 +183,7 @@ pub async fn run(
     for p in &cleanup_problems {
         tracing::error!("shadow {id} teardown: {p}");
     }
-    let summary = result?;
+    let (summary, _) = result?;
     Ok(ShadowReport {
         id,
         root,
@@ -186,11 +203,12 @@ pub async fn run(
 async fn run_in(
     probes: &SharedProbes,
     root: &Path,
+    lower: &Lower,
     l: &container::Layout,
     opts: &ShadowOptions,
     sink: &mut dyn WindowSink,
 ) -> Result<Summary> {
-    container::mount_overlay(root, l, opts.upper_size, opts.durable)?;
+    container::mount_overlay(lower, l, opts.upper_size, opts.durable)?;
     let inputs = l.io.join("in");
     std::fs::create_dir_all(&inputs).map_err(io_err(format!("creating {}", inputs.display())))?;
     for f in &opts.copy_in {

@@ -23,7 +23,7 @@
 pub(crate) mod beneath;
 mod create;
 mod diff;
-mod fsops;
+pub(crate) mod fsops;
 mod private;
 mod restore;
 mod store;

@@ -58,6 +58,7 @@ mod tests {
             performance: Vec::new(),
             history: crate::decide::evidence::History::default(),
             resources: r,
+            no_model: None,
         }
     }
 
