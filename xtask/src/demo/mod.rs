@@ -80,20 +80,24 @@ pub fn demo(args: &Args) -> Result<()> {
 
     say(8, "summary");
     summary::print(&[&healthy, &faulty]);
+    let outcomes = summary::metrics(&rig.http)?;
+    eprintln!("\n    the controller's /metrics counts them too:");
+    for l in &outcomes {
+        eprintln!("      {l}");
+    }
     eprintln!(
-        "\n    dashboard: http://{}/   (the store: {})",
-        rig.http,
-        rig.ctl.join("backstop.db").display()
-    );
-    eprintln!(
-        "    try: {} --data {} show {}",
-        rig.bin.join("backstop").display(),
-        rig.ctl.display(),
-        faulty["deployment"]["id"].as_str().unwrap_or("ID")
+        "\n    dashboard: http://{}/ (loopback; served while the demo runs)",
+        rig.http
     );
     if args.once {
         return Ok(());
     }
+    eprintln!(
+        "    try: {} --data {} report {}",
+        rig.bin.join("backstop").display(),
+        rig.ctl.display(),
+        faulty["deployment"]["id"].as_str().unwrap_or("ID")
+    );
     eprintln!(
         "\nThe controller and the agent keep running; Ctrl-C stops them and removes everything."
     );

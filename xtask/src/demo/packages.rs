@@ -16,6 +16,7 @@
 //! shadow is off for this one, since the shadow's overlay does not see
 //! that tmpfs and would fill the agent's own disk instead.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -36,10 +37,10 @@ pub fn healthy(base: &Path, root: &Path, deb: &Path) -> Result<PathBuf> {
     let (mut saw_root, mut saw_debs) = (false, false);
     for line in text.lines() {
         if line.starts_with("root = ") {
-            out.push_str(&format!("root = {:?}\n", root.display().to_string()));
+            let _ = writeln!(out, "root = {:?}", root.display().to_string());
             saw_root = true;
         } else if line.starts_with("debs = ") {
-            out.push_str(&format!("debs = [{:?}]\n", deb.display().to_string()));
+            let _ = writeln!(out, "debs = [{:?}]", deb.display().to_string());
             saw_debs = true;
         } else {
             out.push_str(line);

@@ -206,7 +206,7 @@ impl Rig {
         ]);
         self.daemons
             .push(Daemon::spawn("backstop serve", &mut cmd, &log)?);
-        wait_for(Duration::from_secs(60), "the controller to listen", || {
+        wait_for(Duration::from_mins(1), "the controller to listen", || {
             self.daemon_alive(0)
                 && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on"))
         })
@@ -231,7 +231,7 @@ impl Rig {
         .arg(&self.agent_data);
         self.daemons
             .push(Daemon::spawn("backstop-agent run", &mut cmd, &log)?);
-        wait_for(Duration::from_secs(60), "the agent to connect", || {
+        wait_for(Duration::from_mins(1), "the agent to connect", || {
             self.daemon_alive(1)
                 && self.json(&["hosts", "--json"]).is_ok_and(|v| {
                     v.as_array().is_some_and(|hs| {
@@ -294,7 +294,7 @@ impl Rig {
     pub fn ended(&self, id: &str) -> Result<Value> {
         let mut shown = Value::Null;
         wait_for(
-            Duration::from_secs(120),
+            Duration::from_mins(2),
             &format!("{id} to end"),
             || match self.json(&["show", id, "--json"]) {
                 Ok(v) => {

@@ -1,5 +1,11 @@
 //! The demo's closing table, read from `backstop show ID --json`.
 
+use std::fmt::Write as _;
+use std::io::{Read, Write as _};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 /// One line per deployment: id, package, decision, reason, lead time,
@@ -23,7 +29,7 @@ pub fn print(shown: &[&Value]) {
     let line = |cells: &[String]| {
         let mut s = String::from("    ");
         for (c, w) in cells.iter().zip(width) {
-            s.push_str(&format!("{c:<w$}  "));
+            let _ = write!(s, "{c:<w$}  ");
         }
         println!("{}", s.trim_end());
     };
@@ -39,8 +45,9 @@ pub fn print(shown: &[&Value]) {
     );
 }
 
-fn row(s: &Value) -> [String; 6] {
-    let d = &s["deployment"];
+fn row(shown: &Value) -> [String; 6] {
+    let s = shown;
+    let dep = &s["deployment"];
     let m = &s["manifest"];
     let pkg = match (
         m["package"]["name"].as_str(),
@@ -57,7 +64,7 @@ fn row(s: &Value) -> [String; 6] {
     let verdict = format!(
         "{} ({})",
         decision["verdict"].as_str().unwrap_or("-"),
-        d["state"].as_str().unwrap_or("-")
+        dep["state"].as_str().unwrap_or("-")
     );
     let reason = decision["reasons"]
         .as_array()
@@ -75,14 +82,14 @@ fn row(s: &Value) -> [String; 6] {
         },
     );
     let restored = match (lead["restored_ms"].as_i64(), lead["decision_ms"].as_i64()) {
-        (Some(r), Some(d)) => {
+        (Some(r), Some(at)) => {
             let own = restore_ms(s).map_or(String::new(), |ms| format!(" [{ms:.0} ms]"));
-            format!("{:.2} s{own}", (r - d) as f64 / 1000.0)
+            format!("{:.2} s{own}", (r - at) as f64 / 1000.0)
         }
         _ => "-".to_string(),
     };
     [
-        d["id"].as_str().unwrap_or("-").to_string(),
+        dep["id"].as_str().unwrap_or("-").to_string(),
         pkg,
         verdict,
         reason,
@@ -117,4 +124,30 @@ fn restore_ms(s: &Value) -> Option<f64> {
         .as_array()?
         .iter()
         .find_map(|e| e["event"]["rolled_back"]["report"]["restore"]["duration_ms"].as_f64())
+}
+
+/// `GET /metrics` from the controller's HTTP side (plain HTTP/1.0 on
+/// loopback, so no client library): the deployments-by-outcome lines.
+pub fn metrics(addr: &str) -> Result<Vec<String>> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .with_context(|| format!("reading http://{addr}/metrics"))?;
+    if !body.starts_with("HTTP/1.1 200") && !body.starts_with("HTTP/1.0 200") {
+        bail!(
+            "demo: http://{addr}/metrics answered {:?}",
+            body.lines().next()
+        );
+    }
+    let lines: Vec<String> = body
+        .lines()
+        .filter(|l| l.starts_with("backstop_deployments_total{"))
+        .map(str::to_string)
+        .collect();
+    if lines.is_empty() {
+        bail!("demo: http://{addr}/metrics has no backstop_deployments_total");
+    }
+    Ok(lines)
 }
