@@ -132,8 +132,9 @@ fn healthy(rig: &mut Rig, hello: &std::path::Path) -> Result<Value> {
         "a healthy package: GNU hello (examples/hello.toml), committed",
     );
     eprintln!(
-        "    live install and its shadow (youki, over an overlay of the root) run at once;\n    \
-         the shadow's test runs `hello`; then 5 s of monitoring before commit"
+        "    first the shadow (a youki container over an overlay of the root) installs it and its\n    \
+         test runs `hello`; then the live install; then 5 s of monitoring before commit\n    \
+         (mode = \"shadow-first\": a concurrent shadow can race the live dpkg, see README)"
     );
     let manifest = packages::healthy(&rig.base, &rig.root, hello)?;
     let (id, ok) = rig.deploy(&manifest)?;

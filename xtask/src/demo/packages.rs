@@ -1,7 +1,12 @@
 //! The two packages the demo deploys and their manifests.
 //!
 //! Healthy: GNU hello with `examples/hello.toml` as it ships, only its
-//! `root` and `.deb` path pointed at the scratch copy and the cache.
+//! `root` and `.deb` path pointed at the scratch copy and the cache, and
+//! `mode = "shadow-first"`: in the default concurrent mode the shadow's
+//! overlay has the live root as its lower layer while the live dpkg
+//! changes it, which overlayfs leaves undefined, and the shadow's dpkg now
+//! and then fails with "Stale file handle" (README, "Known gap"), which
+//! would roll a healthy package back. Shadow-first does not race.
 //!
 //! Faulty: the same hello repacked with a postinst that writes 1 MiB every
 //! half second into its own filesystem until a write fails (a log or cache
@@ -38,6 +43,7 @@ pub fn healthy(base: &Path, root: &Path, deb: &Path) -> Result<PathBuf> {
     for line in text.lines() {
         if line.starts_with("root = ") {
             let _ = writeln!(out, "root = {:?}", root.display().to_string());
+            out.push_str("mode = \"shadow-first\"\n");
             saw_root = true;
         } else if line.starts_with("debs = ") {
             let _ = writeln!(out, "debs = [{:?}]", deb.display().to_string());
