@@ -262,15 +262,24 @@ impl Rig {
         eprintln!("    $ backstop deploy {file} --host {HOST} --wait");
         let mut child = cmd.spawn().context("starting backstop deploy")?;
         let stdout = child.stdout.take().context("deploy's stdout")?;
+        // The id (deploy's first line) is kept as soon as it is printed, so
+        // a Ctrl-C mid-deployment still finds its cgroup to clean up.
+        let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            let mut first = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 eprintln!("    | {line}");
-                first.get_or_insert(line);
+                let _ = tx.send(line);
             }
-            first
         });
+        let mut first: Option<String> = None;
         let status = loop {
+            if first.is_none()
+                && let Ok(line) = rx.try_recv()
+            {
+                let id = line.trim().to_string();
+                self.ids.push(id.clone());
+                first = Some(id);
+            }
             if let Some(s) = child.try_wait()? {
                 break s;
             }
@@ -281,12 +290,19 @@ impl Rig {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let id = reader
+        reader
             .join()
-            .map_err(|_| anyhow::anyhow!("the deploy output reader panicked"))?
-            .context("backstop deploy printed no deployment id")?;
-        let id = id.trim().to_string();
-        self.ids.push(id.clone());
+            .map_err(|_| anyhow::anyhow!("the deploy output reader panicked"))?;
+        let id = if let Some(id) = first {
+            id
+        } else {
+            let line = rx
+                .try_recv()
+                .context("backstop deploy printed no deployment id")?;
+            let id = line.trim().to_string();
+            self.ids.push(id.clone());
+            id
+        };
         Ok((id, status.success()))
     }
 
