@@ -111,6 +111,9 @@ pub fn demo(args: &Args) -> Result<()> {
 /// `dir`.
 fn binaries(dir: Option<&std::path::Path>) -> Result<PathBuf> {
     let Some(dir) = dir else {
+        eprintln!(
+            "    release builds of backstop and backstop-agent: the first one takes 15-20 min on 2 cores"
+        );
         return crate::ebpf::release(&["backstop-agent", "backstop-controller"]);
     };
     for b in ["backstop", "backstop-agent"] {
