@@ -199,6 +199,7 @@ async fn decide_now(
     if finished {
         inputs.evidence.phase = Phase::Done;
     }
+    super::shadow_wait::expect(&mut inputs.evidence, &manifest);
     inputs.evidence.history =
         super::history::of(&daemon.store, &row_, &manifest, &inputs.params).await?;
     // Read once: the trends and the model both read every stored window.
