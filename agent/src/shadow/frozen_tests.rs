@@ -149,6 +149,24 @@ fn the_frozen_layer_is_the_snapshot_as_overlayfs_metadata() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Mount an overlay with `opts` at `merged`; the target, for the unmount.
+fn mount_overlay(opts: &str, merged: &Path) -> CString {
+    let c = |s: &str| CString::new(s).unwrap();
+    let (src, target, fs, data) = (c("overlay"), cpath(merged).unwrap(), c("overlay"), c(opts));
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(r, 0, "mount {opts}: {}", std::io::Error::last_os_error());
+    target
+}
+
 #[test]
 fn a_shadow_over_the_frozen_layer_reads_the_snapshot_while_live_changes() {
     if !root_or_skip("frozen overlay") {
@@ -180,24 +198,7 @@ fn a_shadow_over_the_frozen_layer_reads_the_snapshot_while_live_changes() {
         upper.display(),
         work.display()
     );
-    let c = |s: &str| CString::new(s).unwrap();
-    let (src, target, fs, data) = (
-        c("overlay"),
-        cpath(&merged).unwrap(),
-        c("overlay"),
-        c(&opts),
-    );
-    // SAFETY: valid C strings.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fs.as_ptr(),
-            0,
-            data.as_ptr().cast(),
-        )
-    };
-    assert_eq!(r, 0, "mount {opts}: {}", std::io::Error::last_os_error());
+    let target = mount_overlay(&opts, &merged);
     let read = |p: &str| std::fs::read_to_string(merged.join(p));
     let seen = (
         read("etc/app/conf").ok(),
