@@ -133,6 +133,8 @@ pub(crate) enum Command {
     /// what it finds unfinished and its report is stored.
     Cancel {
         id: String,
+        /// Mark it `abandoned` at once (frees its root when its agent is
+        /// gone for good); see the verb's --help.
         #[arg(long)]
         force: bool,
     },
