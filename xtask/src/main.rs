@@ -11,6 +11,8 @@ mod demo;
 mod ebpf;
 mod fixtures;
 mod package;
+mod resolve;
+mod resolve_check;
 mod setup;
 mod util;
 
@@ -85,6 +87,23 @@ enum Task {
     /// install in a shadow, into target/xtask/corpus. Long (tens of
     /// minutes); resumable; not part of the tests.
     Corpus,
+    /// Resolve the corpus's package closures from bookworm's Packages list
+    /// (what minbase lacks, pinned by version and SHA-256) into
+    /// corpus/closures/, with every verdict in corpus/resolve.tsv.
+    /// Resumable. `--check` installs each on minbase and keeps only those
+    /// that install (or fail by their own maintainer scripts).
+    CorpusResolve {
+        #[arg(long, default_value_t = 450)]
+        max: usize,
+        #[arg(long, default_value_t = 20)]
+        max_debs: usize,
+        #[arg(long, default_value_t = 40 << 20)]
+        max_bytes: u64,
+        #[arg(long)]
+        check: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Corpus, then train the default model into models/default (commit
     /// it). Training is deterministic for a corpus; a fresh corpus run
     /// times things a little differently, so its model differs a little.
@@ -116,6 +135,19 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Task::Bench { which } => bench::run(which),
         Task::Corpus => corpus::corpus().map(|_| ()),
+        Task::CorpusResolve {
+            max,
+            max_debs,
+            max_bytes,
+            check,
+            seed,
+        } => resolve::resolve(&resolve::ResolveOptions {
+            max,
+            max_debs,
+            max_bytes,
+            check,
+            seed,
+        }),
         Task::TrainDefault => corpus::train_default(),
         Task::Crossval { seeds } => corpus::crossval(&seeds),
     }
