@@ -6,6 +6,7 @@
 //! toolchain's own `lib/`, never written down.
 
 mod bench;
+mod catalog_gen;
 mod corpus;
 mod demo;
 mod ebpf;
@@ -104,6 +105,22 @@ enum Task {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Generate the corpus catalog from corpus/resolve.tsv with a seed
+    /// (one distribution of prelude work and host conditions for healthy
+    /// and faulty scenarios; families with their group and source).
+    CorpusCatalog {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1000)]
+        healthy: usize,
+        #[arg(long, default_value_t = 2)]
+        faults_per_package: usize,
+        /// Only the first N installable packages (a pilot).
+        #[arg(long)]
+        packages: Option<usize>,
+        #[arg(long, default_value = "corpus/catalog.toml")]
+        out: std::path::PathBuf,
+    },
     /// Corpus, then train the default model into models/default (commit
     /// it). Training is deterministic for a corpus; a fresh corpus run
     /// times things a little differently, so its model differs a little.
@@ -147,6 +164,19 @@ fn main() -> Result<()> {
             max_bytes,
             check,
             seed,
+        }),
+        Task::CorpusCatalog {
+            seed,
+            healthy,
+            faults_per_package,
+            packages,
+            out,
+        } => catalog_gen::generate(&catalog_gen::CatalogOptions {
+            seed,
+            healthy,
+            faults_per_package,
+            packages,
+            out,
         }),
         Task::TrainDefault => corpus::train_default(),
         Task::Crossval { seeds } => corpus::crossval(&seeds),

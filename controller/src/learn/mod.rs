@@ -13,6 +13,7 @@
 pub mod baselines;
 pub mod catalog;
 pub mod corpus;
+pub mod corpus_file;
 pub mod crossval;
 pub mod detectors;
 pub mod eval;

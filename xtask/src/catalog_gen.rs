@@ -1,0 +1,280 @@
+//! `cargo xtask corpus-catalog`: the corpus catalog, generated with a seed
+//! from the resolver's verdicts (corpus/resolve.tsv), so that nothing in
+//! how a scenario is set up tells a fault apart from a healthy install.
+//!
+//! - Every scenario, healthy or faulty, draws its prelude (seconds of
+//!   `ls -R` work, then idle seconds) and its host condition from the
+//!   same distributions.
+//! - Fault families, each with its group and source, rotate over the
+//!   packages in a seeded order; magnitudes are drawn.
+//! - Packages whose own maintainer scripts fail on minbase are real
+//!   failures, labelled by the cause the resolver recorded.
+//! - Enough healthy installs that a 1% false-alarm rate can be measured.
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+
+/// (family, group, held out of the default model's training, source).
+pub const FAMILIES: [(&str, &str, bool, &str); 18] = [
+    (
+        "failing-script",
+        "silent",
+        false,
+        "Zhang et al., SOSP'21: upgrade operations that fail outright; a plain exit 1",
+    ),
+    (
+        "missing-dependency",
+        "silent",
+        false,
+        "Dumitras & Narasimhan, Middleware'09, type 3: broken environmental dependencies",
+    ),
+    (
+        "config-typo",
+        "silent",
+        false,
+        "Dumitras & Narasimhan, Middleware'09, type 1: simple configuration errors (typos)",
+    ),
+    (
+        "user-conflict",
+        "silent",
+        true,
+        "maintainer scripts: adduser/useradd of a system user whose uid is taken",
+    ),
+    (
+        "alternatives-conflict",
+        "silent",
+        false,
+        "maintainer scripts: update-alternatives --install of a missing path",
+    ),
+    (
+        "data-format",
+        "silent",
+        false,
+        "Zhang et al., SOSP'21: incompatible data syntax between versions; Dumitras type 4: data-access errors",
+    ),
+    (
+        "prompt-hang",
+        "silent",
+        true,
+        "maintainer scripts: a prompt (debconf, read) with no one to answer it",
+    ),
+    (
+        "slow-service",
+        "build-up",
+        false,
+        "Zhang et al., SOSP'21: performance degradation after an upgrade",
+    ),
+    (
+        "crash-loop",
+        "build-up",
+        false,
+        "maintainer scripts: a restarted service that crashes again (invoke-rc.d start in postinst)",
+    ),
+    (
+        "disk-full",
+        "build-up",
+        false,
+        "dpkg unpack failing with ENOSPC (Debian bug reports: 'No space left on device')",
+    ),
+    (
+        "log-flood",
+        "build-up",
+        false,
+        "maintainer scripts: one growing log or index file filling the disk",
+    ),
+    (
+        "memory-blowup",
+        "build-up",
+        false,
+        "maintainer scripts: index and cache rebuilds (man-db, fc-cache) growing until OOM",
+    ),
+    (
+        "lock-hang",
+        "build-up",
+        false,
+        "maintainer scripts: waiting on a lock another process holds (dpkg/apt lock, database lock)",
+    ),
+    (
+        "cpu-runaway",
+        "build-up",
+        false,
+        "Zhang et al., SOSP'21: hangs after an upgrade; a postinst loop that never ends",
+    ),
+    (
+        "io-stall",
+        "build-up",
+        false,
+        "maintainer scripts: fsync-heavy rebuilds on a slow disk",
+    ),
+    (
+        "unreachable-network",
+        "build-up",
+        false,
+        "maintainer scripts that download at install time (installer packages) behind a firewall",
+    ),
+    (
+        "fd-leak",
+        "build-up",
+        true,
+        "Zhang et al., SOSP'21: resource leaks; descriptors never closed until EMFILE",
+    ),
+    (
+        "fork-storm",
+        "build-up",
+        true,
+        "maintainer scripts: workers started and never reaped",
+    ),
+];
+
+const REAL: (&str, &str) = (
+    "real",
+    "the archive itself: packages whose maintainer scripts fail on minbase (corpus/resolve.tsv)",
+);
+
+/// splitmix64: a seeded stream with no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).unwrap_or(0)
+    }
+}
+
+/// The prelude and host condition, one distribution for every scenario.
+fn setting(r: &mut Rng) -> String {
+    let delay = [0, 0, 1, 1, 2, 3][r.below(6)];
+    let pause = [0, 0, 0, 1, 2][r.below(5)];
+    let host = match r.below(20) {
+        0 => "\nhost = \"fuller-disk\"",
+        1 => "\nhost = \"less-memory\"",
+        2 => "\nhost = \"busy-neighbour\"",
+        _ => "",
+    };
+    format!("delay = {delay}\npause = {pause}{host}")
+}
+
+pub struct CatalogOptions {
+    pub seed: u64,
+    /// Healthy installs in all (at least 3 per package).
+    pub healthy: usize,
+    /// Faulty scenarios per package.
+    pub faults_per_package: usize,
+    /// Only the first N packages (a pilot); all when absent.
+    pub packages: Option<usize>,
+    pub out: std::path::PathBuf,
+}
+
+pub fn generate(o: &CatalogOptions) -> Result<()> {
+    let tsv = util::root().join("corpus/resolve.tsv");
+    let text = std::fs::read_to_string(&tsv).with_context(|| {
+        format!(
+            "reading {} (run cargo xtask corpus-resolve --check)",
+            tsv.display()
+        )
+    })?;
+    let mut ok = Vec::new();
+    let mut real = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        match cols.as_slice() {
+            [p, "installs", _, _, _, secs, ..] => {
+                ok.push((p.to_string(), secs.parse::<f64>().unwrap_or(0.0)))
+            }
+            [p, "real-failure", cause, _, _, secs, ..] => {
+                real.push((
+                    p.to_string(),
+                    cause.to_string(),
+                    secs.parse::<f64>().unwrap_or(0.0),
+                ));
+            }
+            _ => {}
+        }
+    }
+    ok.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(n) = o.packages {
+        ok.truncate(n);
+        real.truncate(n.div_ceil(10));
+    }
+    if ok.is_empty() {
+        bail!("{}: no package installs on minbase", tsv.display());
+    }
+    let mut r = Rng(o.seed);
+    let per = o.healthy.div_ceil(ok.len()).max(3);
+    let mut s = format!(
+        "# Generated by `cargo xtask corpus-catalog --seed {seed}` from corpus/resolve.tsv: do not edit.\n# {np} packages, {per} healthy installs each, {f} faults each, {nr} real failures.\n\n[defaults]\nwindow_ms = 250\ntimeout_secs = 8\nmemory = 1073741824\n\n",
+        seed = o.seed,
+        np = ok.len(),
+        f = o.faults_per_package,
+        nr = real.len()
+    );
+    for (name, group, held_out, source) in FAMILIES
+        .iter()
+        .copied()
+        .chain([(REAL.0, "real", false, REAL.1)])
+    {
+        writeln!(
+            s,
+            "[families.{name}]\ngroup = \"{group}\"\nheld_out = {held_out}\nsource = {source:?}\n"
+        )?;
+    }
+    let mut order: Vec<usize> = (0..FAMILIES.len()).collect();
+    let mut next_family = 0usize;
+    for (p, secs) in &ok {
+        // Slow installs get room: three times what the check took.
+        let timeout = if *secs > 2.0 {
+            format!("\ntimeout_secs = {}", (secs * 3.0).ceil() as u64 + 4)
+        } else {
+            String::new()
+        };
+        for i in 0..per {
+            writeln!(
+                s,
+                "[[scenario]]\nname = \"{p}-ok-{i}\"\npackage = \"{p}\"\nseed = {i}\n{}{timeout}\n",
+                setting(&mut r)
+            )?;
+        }
+        for k in 0..o.faults_per_package {
+            if next_family % FAMILIES.len() == 0 {
+                // A fresh seeded order of the families each round.
+                for k in (1..order.len()).rev() {
+                    order.swap(k, r.below(k + 1));
+                }
+            }
+            let fam = FAMILIES[order[next_family % FAMILIES.len()]].0;
+            next_family += 1;
+            let m = 1 + r.below(3);
+            writeln!(
+                s,
+                "[[scenario]]\nname = \"{p}-{fam}-m{m}-{k}\"\npackage = \"{p}\"\nfault = \"{fam}\"\nmagnitude = {m}\n{}{timeout}\n",
+                setting(&mut r)
+            )?;
+        }
+    }
+    for (p, cause, secs) in &real {
+        let t = (secs * 3.0).ceil() as u64 + 8;
+        for i in 0..2 {
+            writeln!(
+                s,
+                "[[scenario]]\nname = \"{p}-real-{i}\"\npackage = \"{p}\"\nfault = \"real\"\ncause = {cause:?}\nseed = {i}\ntimeout_secs = {t}\n"
+            )?;
+        }
+    }
+    std::fs::write(&o.out, s).with_context(|| format!("writing {}", o.out.display()))?;
+    eprintln!(
+        "corpus-catalog: {} packages x {per} healthy + {} faults, {} real failures -> {}",
+        ok.len(),
+        o.faults_per_package,
+        real.len(),
+        o.out.display()
+    );
+    Ok(())
+}
