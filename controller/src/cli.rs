@@ -191,6 +191,10 @@ pub(crate) enum Command {
         out: PathBuf,
         #[command(flatten)]
         training: crate::commands::learn::TrainingFlags,
+        /// Refuse, before training, a corpus whose digest is not this one
+        /// (what a model's model.json records as corpus_digest).
+        #[arg(long, value_name = "SHA256")]
+        expect_digest: Option<String>,
         /// Print the evaluation on the test split as JSON.
         #[arg(long)]
         json: bool,

@@ -122,8 +122,15 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
             corpus,
             out,
             training,
+            expect_digest,
             json,
-        } => commands::train::run(&corpus, &out, &training.config()?, json),
+        } => commands::train::run(
+            &corpus,
+            &out,
+            &training.config()?,
+            expect_digest.as_deref(),
+            json,
+        ),
         Command::Crossval {
             corpus,
             folds,

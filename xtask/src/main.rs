@@ -121,10 +121,18 @@ enum Task {
         #[arg(long, default_value = "corpus/catalog.toml")]
         out: std::path::PathBuf,
     },
-    /// Corpus, then train the default model into models/default (commit
-    /// it). Training is deterministic for a corpus; a fresh corpus run
-    /// times things a little differently, so its model differs a little.
-    TrainDefault,
+    /// Train the default model into models/default from the shipped
+    /// recorded corpus (corpus/recorded/deployments.jsonl.gz), without
+    /// re-running installs; refused when the corpus's digest is not the
+    /// one models/default records.
+    TrainDefault {
+        /// Train aside and compare byte for byte with models/default.
+        #[arg(long)]
+        check: bool,
+        /// A newly recorded corpus: do not require the old digest.
+        #[arg(long)]
+        new: bool,
+    },
     /// Corpus, then `backstop crossval` on it: one model per fold, every
     /// deployment tested once, the figures the README reports. A few
     /// minutes per seed; not part of the tests.
@@ -178,7 +186,7 @@ fn main() -> Result<()> {
             packages,
             out,
         }),
-        Task::TrainDefault => corpus::train_default(),
+        Task::TrainDefault { check, new } => corpus::train_default(check, new),
         Task::Crossval { seeds } => corpus::crossval(&seeds),
     }
 }

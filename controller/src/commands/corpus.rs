@@ -30,6 +30,17 @@ pub enum Action {
         #[arg(long)]
         agent: Option<PathBuf>,
     },
+    /// Pack corpora (directories or files) into one gzip JSON-lines file,
+    /// sorted by id, byte-reproducible: the form the repo ships and
+    /// `train`, `eval` and `crossval` read directly. Prints its digest.
+    ///
+    /// Example: backstop corpus pack --corpus target/xtask/corpus --out corpus/recorded/deployments.jsonl.gz
+    Pack {
+        #[arg(long = "corpus", required = true, value_name = "DIR")]
+        corpus: Vec<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Write a generated corpus (packages with their own levels, healthy
     /// installs with bursts, faults that build up over time) to DIR. It
     /// exercises train and eval; it is not a substitute for real installs.
@@ -60,7 +71,20 @@ pub fn run(action: Action) -> Result<i32> {
             packages,
             per_package,
         } => synth(&out, seed, packages, per_package),
+        Action::Pack { corpus, out } => pack(&corpus, &out),
     }
+}
+
+fn pack(dirs: &[PathBuf], out: &std::path::Path) -> Result<i32> {
+    let all = super::learn::read_corpus(dirs)?;
+    backstop_controller::learn::corpus_file::write_packed(out, &all)?;
+    println!(
+        "{}: {} records, digest {}",
+        out.display(),
+        all.len(),
+        corpus::digest(&backstop_controller::learn::corpus::read(&[out])?)
+    );
+    Ok(0)
 }
 
 fn run_catalog(

@@ -73,6 +73,12 @@ impl Record {
     pub fn failing(&self) -> bool {
         self.outcome != Outcome::Ok
     }
+
+    /// A fault with nothing observable before its onset: an alarm before
+    /// it is a tell, and it counts in no early metric.
+    pub fn silent(&self) -> bool {
+        self.failing() && self.group == "silent"
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +94,10 @@ pub enum CorpusError {
         line: usize,
         reason: String,
     },
+    #[error(
+        "the corpus's digest is {found}, expected {expected}: this is not the corpus the model was trained on (a record added, dropped or changed)"
+    )]
+    Digest { expected: String, found: String },
 }
 
 /// Read every corpus's deployments: a directory with `deployments.jsonl`

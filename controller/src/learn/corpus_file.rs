@@ -65,6 +65,21 @@ pub fn write_packed(path: &Path, records: &[Record]) -> Result<(), CorpusError> 
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// The records' digest when it is `expected`; refused otherwise, before
+/// anything is trained (`cargo xtask train-default` passes the digest the
+/// shipped model records).
+pub fn expect_digest(records: &[Record], expected: &str) -> Result<String, CorpusError> {
+    let found = super::corpus::digest(records);
+    if found == expected {
+        Ok(found)
+    } else {
+        Err(CorpusError::Digest {
+            expected: expected.to_string(),
+            found,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::corpus::{digest, read, synthetic};
@@ -88,6 +103,14 @@ mod tests {
         sorted.sort_by(|x, y| x.id.cmp(&y.id));
         assert_eq!(digest(&back), digest(&sorted));
         assert_eq!(digest(&read(&[&dir]).unwrap()), digest(&sorted));
+        assert!(expect_digest(&back, &digest(&sorted)).is_ok());
+        let e = expect_digest(&back[1..], &digest(&sorted))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&digest(&sorted)) && e.contains("not the corpus"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

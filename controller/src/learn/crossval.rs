@@ -57,6 +57,9 @@ pub struct CrossValidation {
     pub at_target_fpr: Vec<Metrics>,
     pub model_alarms: Vec<Alarm>,
     pub model_by_family: Vec<FamilyLead>,
+    /// Families kept out of every fold's training, each record scored by
+    /// the fold that tests its package.
+    pub held_out: Vec<FamilyLead>,
 }
 
 /// Cross-validate over `k` folds (see [`corpus::folds`]); `progress` hears
@@ -67,8 +70,11 @@ pub fn cross_validate(
     k: u8,
     mut progress: impl FnMut(&FoldFigures),
 ) -> model::Result<CrossValidation> {
-    let folds = corpus::folds(all, k, cfg.seed);
     let digest = corpus::digest(all);
+    let (all, held) = super::honest::partition(all);
+    let all = &all[..];
+    let (mut held_alarms, mut held_ds) = (Vec::new(), Vec::new());
+    let folds = corpus::folds(all, k, cfg.seed);
     let mut pooled: Vec<Scored> = (0..4).map(|_| Scored::pooled(String::new())).collect();
     let (mut tested, mut alarms, mut per_fold) = (Vec::new(), Vec::new(), Vec::new());
     for t in 0..folds.k {
@@ -86,6 +92,9 @@ pub fn cross_validate(
         }
         let m = super::train::train(&split.train, &split.validation, cfg, digest.clone())?;
         let scored = score_test(&m, &split);
+        let (a, d) = super::honest::score_held_out(&m, &held, &split.test);
+        held_alarms.extend(a);
+        held_ds.extend(d);
         let fold = FoldFigures {
             fold: t,
             split: SplitSizes::of(&split),
@@ -116,6 +125,7 @@ pub fn cross_validate(
         detectors,
         model_by_family: by_family(&alarms, &tested),
         model_alarms: alarms,
+        held_out: super::honest::held_out_families(&held_alarms, &held_ds),
         folds: per_fold,
     })
 }

@@ -232,7 +232,16 @@ pub fn run(
             s.package,
             s.variant()
         ));
+        let t0 = std::time::Instant::now();
         let d = run_scenario(catalog, s, o)?;
+        // Per install, so a long recording can be planned from a pilot.
+        progress(&format!(
+            "{}: {:?}, {} windows, {:.1} s",
+            s.name,
+            d.outcome,
+            d.windows.len(),
+            t0.elapsed().as_secs_f64()
+        ));
         done.insert(id, d);
         bar.advance(1);
         let all: Vec<Record> = done.values().cloned().collect();
