@@ -124,13 +124,7 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
             training,
             expect_digest,
             json,
-        } => commands::train::run(
-            &corpus,
-            &out,
-            &training.config()?,
-            expect_digest.as_deref(),
-            json,
-        ),
+        } => commands::train::run(&corpus, &out, &training.config()?, expect_digest, json),
         Command::Crossval {
             corpus,
             folds,

@@ -162,6 +162,37 @@ fn setting(r: &mut Rng) -> String {
     format!("delay = {delay}\npause = {pause}{host}")
 }
 
+/// (installable packages with their check's seconds, real failures with
+/// their cause and seconds) from resolve.tsv.
+type Verdicts = (Vec<(String, f64)>, Vec<(String, String, f64)>);
+fn verdicts(tsv: &std::path::Path) -> Result<Verdicts> {
+    let text = std::fs::read_to_string(tsv).with_context(|| {
+        format!(
+            "reading {} (run cargo xtask corpus-resolve --check)",
+            tsv.display()
+        )
+    })?;
+    let mut ok: Vec<(String, f64)> = Vec::new();
+    let mut real: Vec<(String, String, f64)> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        match cols.as_slice() {
+            [p, "installs", _, _, _, secs, ..] => {
+                ok.push((p.to_string(), secs.parse::<f64>().unwrap_or(0.0)));
+            }
+            [p, "real-failure", cause, _, _, secs, ..] => {
+                real.push((
+                    p.to_string(),
+                    cause.to_string(),
+                    secs.parse::<f64>().unwrap_or(0.0),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok((ok, real))
+}
+
 pub struct CatalogOptions {
     pub seed: u64,
     /// Healthy installs in all (at least 3 per package).
@@ -175,30 +206,7 @@ pub struct CatalogOptions {
 
 pub fn generate(o: &CatalogOptions) -> Result<()> {
     let tsv = util::root().join("corpus/resolve.tsv");
-    let text = std::fs::read_to_string(&tsv).with_context(|| {
-        format!(
-            "reading {} (run cargo xtask corpus-resolve --check)",
-            tsv.display()
-        )
-    })?;
-    let mut ok = Vec::new();
-    let mut real = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let cols: Vec<&str> = line.split('\t').collect();
-        match cols.as_slice() {
-            [p, "installs", _, _, _, secs, ..] => {
-                ok.push((p.to_string(), secs.parse::<f64>().unwrap_or(0.0)))
-            }
-            [p, "real-failure", cause, _, _, secs, ..] => {
-                real.push((
-                    p.to_string(),
-                    cause.to_string(),
-                    secs.parse::<f64>().unwrap_or(0.0),
-                ));
-            }
-            _ => {}
-        }
-    }
+    let (mut ok, mut real) = verdicts(&tsv)?;
     ok.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(n) = o.packages {
         ok.truncate(n);
@@ -243,7 +251,7 @@ pub fn generate(o: &CatalogOptions) -> Result<()> {
             )?;
         }
         for k in 0..o.faults_per_package {
-            if next_family % FAMILIES.len() == 0 {
+            if next_family.is_multiple_of(FAMILIES.len()) {
                 // A fresh seeded order of the families each round.
                 for k in (1..order.len()).rev() {
                     order.swap(k, r.below(k + 1));

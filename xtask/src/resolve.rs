@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::fmt::Write as _;
+
 use anyhow::{Context, Result, bail};
 
 use crate::util;
@@ -256,7 +258,7 @@ pub fn resolve(o: &ResolveOptions) -> Result<()> {
     let closures = util::root().join("corpus/closures");
     std::fs::create_dir_all(&closures)?;
     let tsv = util::root().join("corpus/resolve.tsv");
-    let mut done = crate::resolve_check::Verdicts::load(&tsv)?;
+    let mut done = crate::resolve_check::Verdicts::load(&tsv);
     let pool = util::cache_dir().join("corpus-debs/pool");
     let total = cands.len();
     for (i, (p, closure)) in cands.into_iter().enumerate() {
@@ -303,10 +305,11 @@ fn write_closure(path: &PathBuf, name: &str, closure: &[&Pkg]) -> Result<()> {
     );
     for d in closure {
         let file = d.filename.rsplit('/').next().unwrap_or(&d.filename);
-        s.push_str(&format!(
-            "{}={}\t{file}\t{}\t{}\n",
+        let _ = writeln!(
+            s,
+            "{}={}\t{file}\t{}\t{}",
             d.name, d.version, d.size, d.sha256
-        ));
+        );
     }
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
 }
