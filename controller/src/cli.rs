@@ -230,6 +230,11 @@ pub(crate) enum Command {
         model: PathBuf,
         #[arg(long = "corpus", required = true, value_name = "DIR")]
         corpus: Vec<PathBuf>,
+        /// Score the lockbox (a fixed tenth of the packages that train and
+        /// crossval never see) instead of the test split: once, after
+        /// every choice is made.
+        #[arg(long)]
+        lockbox: bool,
         #[arg(long)]
         json: bool,
     },

@@ -20,6 +20,7 @@ pub fn corpus() -> Result<PathBuf> {
     fetch
         .arg(util::root().join("corpus/fetch.sh"))
         .arg(&debs)
+        .args(catalog_packages()?)
         .env("ROOTFS", &root);
     util::step("corpus/fetch.sh (the packages' closures, cached)", fetch)?;
     let bin = crate::ebpf::release(&["backstop-agent", "backstop-controller"])?;
@@ -40,6 +41,26 @@ pub fn corpus() -> Result<PathBuf> {
         run,
     )?;
     Ok(out)
+}
+
+/// The packages corpus/catalog.toml installs (its `package = "..."`
+/// lines): only their closures are fetched.
+fn catalog_packages() -> Result<Vec<String>> {
+    let path = util::root().join("corpus/catalog.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut v: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("package = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    if v.is_empty() {
+        bail!("{}: no scenario names a package", path.display());
+    }
+    Ok(v)
 }
 
 /// The shipped recorded corpus: what `train-default` trains from.

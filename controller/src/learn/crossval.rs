@@ -40,6 +40,9 @@ pub struct CrossValidation {
     /// Deployments no fold tested: their package and their variant fell
     /// in different folds.
     pub never_tested: usize,
+    /// Records no fold saw: held-out families (scored apart, see
+    /// `held_out`) and the lockbox (scored only by `eval --lockbox`).
+    pub set_aside: usize,
     pub target_fpr: f64,
     pub folds: Vec<FoldFigures>,
     /// Over every fold's test part, each detector at the threshold its own
@@ -71,6 +74,7 @@ pub fn cross_validate(
     mut progress: impl FnMut(&FoldFigures),
 ) -> model::Result<CrossValidation> {
     let digest = corpus::digest(all);
+    let total = all.len();
     let (all, held) = super::honest::partition(all);
     let all = &all[..];
     let (mut held_alarms, mut held_ds) = (Vec::new(), Vec::new());
@@ -119,6 +123,7 @@ pub fn cross_validate(
         seed: cfg.seed,
         records: all.len(),
         never_tested: all.len() - tested.len(),
+        set_aside: total - all.len(),
         target_fpr: cfg.target_fpr,
         at_model_fpr: at(detectors[0].false_positive_rate),
         at_target_fpr: at(cfg.target_fpr),
@@ -145,7 +150,7 @@ mod tests {
         let cv = cross_validate(&all, &cfg, 3, |_| heard += 1).unwrap();
         assert_eq!((heard, cv.folds.len()), (3, 3));
         let tested: usize = cv.folds.iter().map(|f| f.split.test).sum();
-        assert_eq!(tested + cv.never_tested, all.len());
+        assert_eq!(tested + cv.never_tested + cv.set_aside, all.len());
         assert_eq!(cv.detectors.len(), 5);
         let model = &cv.detectors[0];
         assert_eq!(model.failing + model.healthy, tested);

@@ -238,7 +238,9 @@ pub fn test_split(model: &Model, all: &[Record]) -> model::Result<Split> {
             corpus::SPLIT_RULE
         )));
     }
-    let split = corpus::split(all, model.meta.seed);
+    // As training split it: without held-out families and the lockbox.
+    let (all, _) = honest::partition(all);
+    let split = corpus::split(&all, model.meta.seed);
     if split.test.is_empty() {
         return Err(model::ModelError::Data(format!(
             "the test split of this corpus (by the model's seed {}) is empty",
