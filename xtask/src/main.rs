@@ -104,6 +104,10 @@ enum Task {
         check: bool,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also check these packages (comma-separated), whatever their
+        /// section: daemons known to fail on a bare minbase.
+        #[arg(long, value_delimiter = ',')]
+        include: Vec<String>,
     },
     /// Generate the corpus catalog from corpus/resolve.tsv with a seed
     /// (one distribution of prelude work and host conditions for healthy
@@ -166,12 +170,14 @@ fn main() -> Result<()> {
             max_bytes,
             check,
             seed,
+            include,
         } => resolve::resolve(&resolve::ResolveOptions {
             max,
             max_debs,
             max_bytes,
             check,
             seed,
+            include,
         }),
         Task::CorpusCatalog {
             seed,

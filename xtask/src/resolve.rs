@@ -215,6 +215,9 @@ pub struct ResolveOptions {
     pub check: bool,
     /// Orders the candidates (so a `--max` is not the alphabet's start).
     pub seed: u64,
+    /// Packages checked whatever their section or place in the order
+    /// (daemons known to fail on a bare minbase: the real failures).
+    pub include: Vec<String>,
 }
 
 /// FNV-1a of the seed and a name: a stable, seeded order.
@@ -249,6 +252,19 @@ pub fn resolve(o: &ResolveOptions) -> Result<()> {
         .collect();
     cands.sort_by_key(|(p, _)| (rank(o.seed, &p.name), p.name.clone()));
     cands.truncate(o.max);
+    for name in &o.include {
+        let c = arch
+            .closure(name, &have)
+            .map_err(|e| anyhow::anyhow!("--include {name}: {e}"))?;
+        let p = arch
+            .pkgs
+            .get(name)
+            .context("--include: not in the archive")?;
+        if !cands.iter().any(|(q, _)| q.name == *name) {
+            // First: they are few, and the point of --include.
+            cands.insert(0, (p, c));
+        }
+    }
     eprintln!(
         "corpus-resolve: {} packages in the archive, {} in minbase; {} candidates",
         arch.pkgs.len(),

@@ -221,9 +221,8 @@ fn classify(code: Option<i32>, text: &str) -> Verdict {
     match code {
         Some(0) => Verdict::Installs,
         Some(124) => Verdict::Dropped(format!("dpkg -i ran over {CHECK_TIMEOUT_SECS} s")),
-        _ if text.contains("dependency problems") => {
-            Verdict::Dropped(format!("unmet: {}", last(&|l| l.contains("depends on"))))
-        }
+        // A failing maintainer script first: dpkg then reports its
+        // dependents' dependency problems, which are its consequence.
         _ if text.contains("installation script subprocess returned error") => {
             // The script's own last words before dpkg's summary.
             let cause = last(&|l| {
@@ -238,6 +237,9 @@ fn classify(code: Option<i32>, text: &str) -> Verdict {
             } else {
                 cause
             })
+        }
+        _ if text.contains("dependency problems") => {
+            Verdict::Dropped(format!("unmet: {}", last(&|l| l.contains("depends on"))))
         }
         _ => Verdict::Dropped(format!(
             "dpkg -i failed ({code:?}): {}",
@@ -270,5 +272,13 @@ mod tests {
             Verdict::RealFailure("newaliases: fatal: no hostname".into())
         );
         assert!(!classify(Some(124), "").keeps());
+        let v = classify(
+            Some(1),
+            "postfix: fatal: bad hostname\ndpkg: error processing package postfix (--install):\n installed postfix package post-installation script subprocess returned error exit status 1\ndpkg: dependency problems prevent configuration of postfix-cdb:\n postfix-cdb depends on postfix; however:\n",
+        );
+        assert!(
+            matches!(&v, Verdict::RealFailure(r) if r.contains("bad hostname")),
+            "{v:?}"
+        );
     }
 }
