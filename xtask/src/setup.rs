@@ -34,6 +34,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     "systemd",
     "prometheus",
+    // corpus-resolve: the Packages list (curl, xz) and the checks
+    // (unshare, fallocate for a fuller disk: util-linux).
+    "curl",
+    "xz-utils",
+    "util-linux",
 ];
 
 pub fn run() -> Result<()> {
