@@ -239,11 +239,27 @@ fn classify(code: Option<i32>, text: &str) -> Verdict {
             })
         }
         _ if text.contains("dependency problems") => {
-            Verdict::Dropped(format!("unmet: {}", last(&|l| l.contains("depends on"))))
+            // "X depends on Y; however:" is followed by why ("Package Y is
+            // not configured yet.").
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines.iter().rposition(|l| l.contains("depends on"));
+            let why = at.map_or(String::new(), |i| {
+                lines[i..lines.len().min(i + 2)]
+                    .iter()
+                    .map(|l| l.trim())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+            Verdict::Dropped(format!("unmet: {why}"))
         }
         _ => Verdict::Dropped(format!(
             "dpkg -i failed ({code:?}): {}",
-            last(&|l| !l.trim().is_empty())
+            // dpkg's own complaint, else its last words.
+            Some(last(
+                &|l| l.starts_with("dpkg: error") || l.contains("trying to overwrite")
+            ))
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| last(&|l| !l.trim().is_empty()))
         )),
     }
 }
