@@ -215,6 +215,25 @@ pub fn generate(o: &CatalogOptions) -> Result<()> {
     if ok.is_empty() {
         bail!("{}: no package installs on minbase", tsv.display());
     }
+    let s = render(o, &ok, &real)?;
+    std::fs::write(&o.out, s).with_context(|| format!("writing {}", o.out.display()))?;
+    eprintln!(
+        "corpus-catalog: {} packages x {} healthy + {} faults, {} real failures -> {}",
+        ok.len(),
+        o.healthy.div_ceil(ok.len()).max(3),
+        o.faults_per_package,
+        real.len(),
+        o.out.display()
+    );
+    Ok(())
+}
+
+/// The catalog's text for these packages and real failures.
+fn render(
+    o: &CatalogOptions,
+    ok: &[(String, f64)],
+    real: &[(String, String, f64)],
+) -> Result<String> {
     let mut r = Rng(o.seed);
     let per = o.healthy.div_ceil(ok.len()).max(3);
     let mut s = format!(
@@ -236,7 +255,7 @@ pub fn generate(o: &CatalogOptions) -> Result<()> {
     }
     let mut order: Vec<usize> = (0..FAMILIES.len()).collect();
     let mut next_family = 0usize;
-    for (p, secs) in &ok {
+    for (p, secs) in ok {
         // Slow installs get room: three times what the check took.
         let timeout = if *secs > 2.0 {
             format!("\ntimeout_secs = {}", (secs * 3.0).ceil() as u64 + 4)
@@ -267,7 +286,7 @@ pub fn generate(o: &CatalogOptions) -> Result<()> {
             )?;
         }
     }
-    for (p, cause, secs) in &real {
+    for (p, cause, secs) in real {
         let t = (secs * 3.0).ceil() as u64 + 8;
         for i in 0..2 {
             writeln!(
@@ -276,13 +295,80 @@ pub fn generate(o: &CatalogOptions) -> Result<()> {
             )?;
         }
     }
-    std::fs::write(&o.out, s).with_context(|| format!("writing {}", o.out.display()))?;
-    eprintln!(
-        "corpus-catalog: {} packages x {per} healthy + {} faults, {} real failures -> {}",
-        ok.len(),
-        o.faults_per_package,
-        real.len(),
-        o.out.display()
-    );
-    Ok(())
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (scenarios, mean delay, share paused, share under a host condition)
+    /// of the healthy or the faulty scenarios of a catalog's text.
+    fn shape(text: &str, faulty: bool) -> (usize, f64, f64, f64) {
+        let (mut n, mut delay, mut paused, mut host) = (0usize, 0u32, 0usize, 0usize);
+        for block in text.split("[[scenario]]").skip(1) {
+            if block.contains("fault = ") != faulty {
+                continue;
+            }
+            let get = |k: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            n += 1;
+            delay += get("delay = ");
+            paused += usize::from(get("pause = ") > 0);
+            host += usize::from(block.contains("host = "));
+        }
+        let f = |x: usize| x as f64 / n as f64;
+        (n, f64::from(delay) / n as f64, f(paused), f(host))
+    }
+
+    #[test]
+    fn healthy_and_faulty_scenarios_share_one_prelude_distribution() {
+        let ok: Vec<(String, f64)> = (0..400).map(|i| (format!("p{i:03}"), 1.0)).collect();
+        let real = vec![("postfix".to_string(), "newaliases: fatal".to_string(), 20.0)];
+        let o = CatalogOptions {
+            seed: 7,
+            healthy: 1000,
+            faults_per_package: 2,
+            packages: None,
+            out: std::path::PathBuf::new(),
+        };
+        let text = render(&o, &ok, &real).unwrap();
+        let (nh, dh, ph, hh) = shape(&text, false);
+        let (nf, df, pf, hf) = shape(&text, true);
+        assert!(nh >= 1000 && nf >= 800, "{nh} healthy, {nf} faulty");
+        // Drawn alike: the means differ by sampling noise only (standard
+        // errors about 0.05 for the delay and 0.02 for the shares).
+        assert!(
+            (dh - df).abs() < 0.2,
+            "mean delay {dh:.2} healthy, {df:.2} faulty"
+        );
+        assert!(
+            (ph - pf).abs() < 0.08,
+            "paused {ph:.2} healthy, {pf:.2} faulty"
+        );
+        assert!(
+            (hh - hf).abs() < 0.06,
+            "host condition {hh:.2} healthy, {hf:.2} faulty"
+        );
+        // Every family is used and named with its source; the real
+        // failure keeps its cause.
+        for (name, _, _, _) in FAMILIES {
+            assert!(
+                text.contains(&format!("fault = \"{name}\"")),
+                "{name} unused"
+            );
+            assert!(
+                text.contains(&format!("[families.{name}]")),
+                "{name} unsourced"
+            );
+        }
+        assert!(text.contains("cause = \"newaliases: fatal\""));
+        // The same seed, the same catalog.
+        assert_eq!(text, render(&o, &ok, &real).unwrap());
+    }
 }
