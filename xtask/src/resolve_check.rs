@@ -2,7 +2,11 @@
 //! all its .debs on an overlay over the cached rootfs, in a throw-away
 //! mount, PID and network namespace (no network, as in a shadow; every
 //! process the install started dies with the namespace), so the rootfs
-//! is never written and nothing outlives the check.
+//! is never written and nothing outlives the check. `lo` is up, as in a
+//! shadow (agent/src/shadow/container.rs), so a package fails here only
+//! when it would fail there: with `lo` down, postfix's newaliases fails
+//! ("could not find any active network interfaces") but installs in a
+//! shadow.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -178,7 +182,7 @@ pub fn check(root: &Path, pool: &Path, dir: &Path, closure: &[&Pkg]) -> Result<V
         names.push(format!("/tmp/backstop-in/{file}"));
     }
     let script = format!(
-        "set -e; m={m}; mount -t overlay overlay -o lowerdir={r},upperdir={u},workdir={w} $m; mount -t proc proc $m/proc; exec timeout {CHECK_TIMEOUT_SECS} chroot $m /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 dpkg -i {debs} </dev/null",
+        "set -e; m={m}; mount -t overlay overlay -o lowerdir={r},upperdir={u},workdir={w} $m; mount -t proc proc $m/proc; ip link set lo up; exec timeout {CHECK_TIMEOUT_SECS} chroot $m /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 dpkg -i {debs} </dev/null",
         m = s.join("merged").display(),
         r = root.display(),
         u = s.join("upper").display(),
