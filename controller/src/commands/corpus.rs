@@ -29,6 +29,11 @@ pub enum Action {
         /// The agent binary (default: backstop-agent beside this binary, else PATH).
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Run every scenario under this host condition (fuller-disk,
+        /// less-memory, busy-neighbour), named NAME-on-CONDITION so the
+        /// records pool with a quiet-host run of the same catalog.
+        #[arg(long, value_name = "CONDITION")]
+        host: Option<String>,
     },
     /// Pack corpora (directories or files) into one gzip JSON-lines file,
     /// sorted by id, byte-reproducible: the form the repo ships and
@@ -64,7 +69,8 @@ pub fn run(action: Action) -> Result<i32> {
             debs,
             out,
             agent,
-        } => run_catalog(&catalog, root, debs, out, agent),
+            host,
+        } => run_catalog(&catalog, root, debs, out, agent, host.as_deref()),
         Action::Synth {
             out,
             seed,
@@ -93,6 +99,7 @@ fn run_catalog(
     debs: PathBuf,
     out: PathBuf,
     agent: Option<PathBuf>,
+    host: Option<&str>,
 ) -> Result<i32> {
     let agent = agent.unwrap_or_else(|| {
         std::env::current_exe()
@@ -101,7 +108,17 @@ fn run_catalog(
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("backstop-agent"))
     });
-    let c = catalog::load(catalog)?;
+    let mut c = catalog::load(catalog)?;
+    if let Some(h) = host {
+        let cond: catalog::HostCondition = serde_json::from_value(serde_json::Value::from(h))
+            .map_err(|_| {
+                anyhow::anyhow!("--host {h:?}: one of fuller-disk, less-memory, busy-neighbour")
+            })?;
+        for s in &mut c.scenarios {
+            s.host = Some(cond);
+            s.name = format!("{}-on-{h}", s.name);
+        }
+    }
     let opts = catalog::RunOptions {
         agent,
         root,
