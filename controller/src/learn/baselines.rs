@@ -228,7 +228,7 @@ pub(crate) mod tests {
             windows: values.iter().map(|&v| vec![v; FEATURES.len()]).collect(),
             group: String::new(),
             held_out: false,
-            host: String::new(),
+            host_condition: String::new(),
             cause: None,
         }
     }

@@ -63,7 +63,7 @@ pub struct Record {
     pub held_out: bool,
     /// The host condition the install ran under (empty: a quiet host).
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub host: String,
+    pub host_condition: String,
     /// A real failure's cause, as the package said it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
@@ -277,7 +277,7 @@ pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Record> 
                 windows,
                 group: if fault { "build-up" } else { "" }.into(),
                 held_out: false,
-                host: String::new(),
+                host_condition: String::new(),
                 cause: None,
             });
         }

@@ -284,7 +284,7 @@ mod tests {
             windows: vec![vec![0.0; backstop_common::features::FEATURES.len()]],
             group: String::new(),
             held_out: false,
-            host: String::new(),
+            host_condition: String::new(),
             cause: None,
         };
         let mut all = Vec::new();

@@ -189,7 +189,7 @@ pub fn record_from_report(
         windows,
         group: String::new(),
         held_out: false,
-        host: s.host.map(|h| h.name().to_string()).unwrap_or_default(),
+        host_condition: s.host.map(|h| h.name().to_string()).unwrap_or_default(),
         cause: s.cause.clone(),
     })
 }
