@@ -8,14 +8,21 @@ use backstop_common::features::feature as f;
 use backstop_common::window::{Stream, Window};
 use backstop_common::{HIST_BUCKETS, counter as c, hist, hist_bucket_floor};
 
-use crate::host::{HostSample, cpu_util};
+use backstop_common::hostlevels::HostLevels;
+
+use crate::host::HostSample;
 use crate::probes::{ThreadsNow, Totals};
 use crate::syscall_class;
+use crate::treestat::TreeStat;
 
 pub struct Folder {
     stream: Stream,
     prev: Box<Totals>,
     prev_host: HostSample,
+    /// The host when the stream began: the host-derived features are
+    /// changes since then (`HostLevels::derive`).
+    first_host: HostLevels,
+    prev_tree: TreeStat,
     prev_ns: u64,
     /// On-CPU time of threads still running at the previous reading.
     prev_running_ns: u64,
@@ -32,6 +39,8 @@ pub struct Reading {
     /// previous reading (0: none changed).
     pub anon_peak_bytes: u64,
     pub host: HostSample,
+    /// The tree's processes, descriptors and memory (`crate::treestat`).
+    pub tree: TreeStat,
     pub at_ns: u64,
     /// The kernel's count of skipped program runs, host-wide, since load.
     pub recursion_misses: u64,
@@ -44,6 +53,8 @@ impl Folder {
             stream,
             prev: start.totals,
             prev_host: start.host,
+            first_host: start.host.levels(&start.host),
+            prev_tree: start.tree,
             prev_ns: start.at_ns,
             prev_running_ns: start.threads.running_on_cpu_ns,
             prev_misses: start.recursion_misses,
@@ -63,6 +74,7 @@ impl Folder {
             threads,
             anon_peak_bytes,
             host,
+            tree,
             at_ns: end_ns,
             recursion_misses,
         } = reading;
@@ -73,15 +85,18 @@ impl Folder {
         self.sched(&now, &threads, v);
         v[f::MEM_ANON_PEAK_BYTES] = anon_peak_bytes as f64;
         self.proc_and_net(&now, v);
-        v[f::HOST_CPU_UTIL] = cpu_util(&self.prev_host, &host);
-        v[f::HOST_MEM_AVAILABLE_BYTES] = host.mem_available_bytes as f64;
-        v[f::HOST_LOAD1] = host.load1;
-        v[f::HOST_DISK_FREE_BYTES] = host.disk_free_bytes as f64;
+        v[f::TREE_PROCESSES] = tree.processes as f64;
+        v[f::TREE_OPEN_FDS] = tree.open_fds as f64;
+        v[f::TREE_RSS_GROWTH_BYTES] = tree.rss_bytes as f64 - self.prev_tree.rss_bytes as f64;
+        v[f::TREE_TOP_FILE_GROWTH_BYTES] = tree.top_file_growth(&self.prev_tree) as f64;
+        w.host = host.levels(&self.prev_host);
+        w.host.derive(&self.first_host, v);
         w.lost_events = now.c[c::LOST_EVENTS].saturating_sub(self.prev.c[c::LOST_EVENTS])
             + recursion_misses.saturating_sub(self.prev_misses);
         self.prev_misses = recursion_misses;
         self.prev = now;
         self.prev_host = host;
+        self.prev_tree = tree;
         self.prev_ns = end_ns;
         self.prev_running_ns = threads.running_on_cpu_ns;
         self.seq += 1;
@@ -230,8 +245,22 @@ mod tests {
             cpu_busy: 5,
             cpu_total: 10,
             mem_available_bytes: 1 << 30,
+            mem_total_bytes: 1 << 32,
             load1: 0.5,
-            disk_free_bytes: 99,
+            disk_free_bytes: 75,
+            disk_total_bytes: 400,
+            cpus: 2,
+        };
+        let first = HostSample {
+            mem_available_bytes: 1 << 31,
+            disk_free_bytes: 100,
+            ..host
+        };
+        let tree = |rss_bytes| TreeStat {
+            processes: 3,
+            open_fds: 12,
+            rss_bytes,
+            files: [((1, 2), rss_bytes / 10)].into(),
         };
         let at = |totals, running_on_cpu_ns, host, at_ns, recursion_misses| Reading {
             totals,
@@ -241,10 +270,11 @@ mod tests {
             },
             anon_peak_bytes: 4096,
             host,
+            tree: tree(at_ns * 10),
             at_ns,
             recursion_misses,
         };
-        let mut folder = Folder::new(Stream::Live, at(start, 0, HostSample::default(), 1_000, 10));
+        let mut folder = Folder::new(Stream::Live, at(start, 0, first, 1_000, 10));
         now.c[c::SCHED_ON_CPU_NS] = 300;
         // Two lost in the slot, three runs skipped by the kernel.
         let w = folder.fold(at(now.clone(), 50, host, 2_000, 13));
@@ -256,7 +286,17 @@ mod tests {
         assert_eq!(w.features[f::SYSCALLS_FILE], 20.0);
         assert_eq!(w.features[f::SYSCALLS_NET], 10.0);
         assert_eq!(w.features[f::SYSCALL_ERRORS_ENOENT], 7.0);
-        assert_eq!(w.features[f::HOST_CPU_UTIL], 0.5);
+        assert_eq!(w.host.cpu_util, 0.0, "no CPU time passed since the start");
+        assert_eq!(
+            w.host.disk_free_bytes, 75.0,
+            "the level beside the features"
+        );
+        assert_eq!(w.features[f::HOST_DISK_FREE_FALL], 25.0, "bytes gone");
+        assert_eq!(w.features[f::HOST_MEM_AVAILABLE_FALL], (1u64 << 30) as f64);
+        assert_eq!(w.features[f::TREE_PROCESSES], 3.0);
+        assert_eq!(w.features[f::TREE_OPEN_FDS], 12.0);
+        assert_eq!(w.features[f::TREE_RSS_GROWTH_BYTES], 10_000.0);
+        assert_eq!(w.features[f::TREE_TOP_FILE_GROWTH_BYTES], 1_000.0);
         assert_eq!(w.features[f::SCHED_BLOCKED_LONGEST_MS], 2.5);
         assert_eq!(w.features[f::MEM_ANON_PEAK_BYTES], 4096.0);
         assert_eq!(

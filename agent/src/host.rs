@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use backstop_common::hostlevels::HostLevels;
+
 use crate::error::{AgentError, Result};
 
 /// A reading of the host; CPU is cumulative, the rest are levels.
@@ -12,8 +14,28 @@ pub struct HostSample {
     pub cpu_busy: u64,
     pub cpu_total: u64,
     pub mem_available_bytes: u64,
+    pub mem_total_bytes: u64,
     pub load1: f64,
     pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
+    /// Online CPUs (the `cpuN` lines of /proc/stat).
+    pub cpus: u64,
+}
+
+impl HostSample {
+    /// The levels a window carries beside its features, CPU busy over the
+    /// interval since `prev`.
+    pub fn levels(&self, prev: &HostSample) -> HostLevels {
+        HostLevels {
+            disk_free_bytes: self.disk_free_bytes as f64,
+            disk_total_bytes: self.disk_total_bytes as f64,
+            mem_available_bytes: self.mem_available_bytes as f64,
+            mem_total_bytes: self.mem_total_bytes as f64,
+            load1: self.load1,
+            cpus: self.cpus as f64,
+            cpu_util: cpu_util(prev, self),
+        }
+    }
 }
 
 /// Reads host counters; `scope` is the path whose filesystem's free space
@@ -35,20 +57,24 @@ impl HostSampler {
         let stat = self.read("stat")?;
         let (cpu_busy, cpu_total) = parse_cpu(&stat).ok_or_else(|| bad(self.proc.join("stat")))?;
         let meminfo = self.read("meminfo")?;
-        let mem_available_bytes = parse_meminfo(&meminfo, "MemAvailable")
-            .ok_or_else(|| bad(self.proc.join("meminfo")))?;
+        let mem = |key| parse_meminfo(&meminfo, key).ok_or_else(|| bad(self.proc.join("meminfo")));
+        let (mem_available_bytes, mem_total_bytes) = (mem("MemAvailable")?, mem("MemTotal")?);
         let loadavg = self.read("loadavg")?;
         let load1 = loadavg
             .split_whitespace()
             .next()
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| bad(self.proc.join("loadavg")))?;
+        let (disk_free_bytes, disk_total_bytes) = disk_space(&self.scope)?;
         Ok(HostSample {
             cpu_busy,
             cpu_total,
             mem_available_bytes,
+            mem_total_bytes,
             load1,
-            disk_free_bytes: disk_free(&self.scope)?,
+            disk_free_bytes,
+            disk_total_bytes,
+            cpus: count_cpus(&stat),
         })
     }
 
@@ -92,6 +118,13 @@ fn parse_cpu(stat: &str) -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// The per-CPU lines of /proc/stat: the CPUs online now.
+fn count_cpus(stat: &str) -> u64 {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count() as u64
+}
+
 fn parse_meminfo(meminfo: &str, key: &str) -> Option<u64> {
     meminfo.lines().find_map(|l| {
         let rest = l.strip_prefix(key)?.strip_prefix(':')?;
@@ -101,6 +134,11 @@ fn parse_meminfo(meminfo: &str, key: &str) -> Option<u64> {
 }
 
 pub fn disk_free(path: &Path) -> Result<u64> {
+    disk_space(path).map(|(free, _)| free)
+}
+
+/// (bytes free to unprivileged users, size) of `path`'s filesystem.
+pub fn disk_space(path: &Path) -> Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| AgentError::Proc {
         path: path.into(),
@@ -114,7 +152,8 @@ pub fn disk_free(path: &Path) -> Result<u64> {
             source: std::io::Error::last_os_error(),
         });
     }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
 /// What the agent tells the controller about this host when it connects.
@@ -145,6 +184,7 @@ mod tests {
     fn parses_proc_formats() {
         let stat = "cpu  100 5 50 800 20 1 2 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
         assert_eq!(parse_cpu(stat), Some((161, 981)));
+        assert_eq!(count_cpus(stat), 1);
         let mem = "MemTotal:       24000000 kB\nMemAvailable:   1000 kB\n";
         assert_eq!(parse_meminfo(mem, "MemAvailable"), Some(1_024_000));
         assert_eq!(parse_meminfo(mem, "MemFree"), None);
@@ -165,7 +205,11 @@ mod tests {
     fn samples_this_host() {
         let s = HostSampler::new(Path::new("/")).sample().unwrap();
         assert!(
-            s.cpu_total > 0 && s.mem_available_bytes > 0 && s.disk_free_bytes > 0,
+            s.cpu_total > 0
+                && s.mem_available_bytes > 0
+                && s.mem_total_bytes >= s.mem_available_bytes
+                && s.disk_total_bytes >= s.disk_free_bytes
+                && s.cpus > 0,
             "{s:?}"
         );
     }

@@ -21,6 +21,7 @@ pub mod syscall_class;
 pub mod tracefs;
 pub mod track;
 pub mod tree;
+pub mod treestat;
 pub mod watch;
 
 pub use error::{AgentError, Result};

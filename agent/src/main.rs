@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{deploy, doctor, run, shadow, snapshot, watch};
+use commands::{deploy, doctor, run, shadow, shadow_exec, snapshot, watch};
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +73,10 @@ enum Command {
     ///
     /// Example: backstop-agent doctor --controller 10.0.0.5:7870 --bundle /etc/backstop/agent.pem
     Doctor(doctor::Args),
+    /// The agent's own single-threaded child that creates a shadow's
+    /// container (see agent/src/shadow/creator.rs); not for people.
+    #[command(name = "shadow-exec", hide = true)]
+    ShadowExec(shadow_exec::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,11 @@ fn main() -> ExitCode {
         // log files get plain lines.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before any runtime or thread: the creator must be single-threaded.
+    let command = match cli.command {
+        Command::ShadowExec(args) => return shadow_exec::shadow_exec(&args),
+        other => other,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -96,7 +105,8 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match cli.command {
+        match command {
+            Command::ShadowExec(_) => unreachable!("run above, before the runtime"),
             Command::Watch(args) => watch::watch(args).await,
             Command::Shadow(args) => shadow::shadow(args).await,
             Command::Snapshot(args) => snapshot::snapshot(args),

@@ -225,6 +225,8 @@ fn convert(ev: DeployEvent) -> Option<wire::DeployEvent> {
         DeployEvent::Step { stream, step: s } => wire::DeployEvent::Step { stream, step: s },
         DeployEvent::Probe { probe } => wire::DeployEvent::Probe { probe },
         DeployEvent::Baseline { probe } => wire::DeployEvent::Baseline { probe },
+        DeployEvent::LiveMemory { sample } => wire::DeployEvent::LiveMemory { sample },
+        DeployEvent::Service { sample } => wire::DeployEvent::Service { sample },
         DeployEvent::Shadow { report } => {
             let r = *report;
             let changed = r.diff.added.len() + r.diff.changed.len() + r.diff.removed.len();

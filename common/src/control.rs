@@ -44,6 +44,10 @@ pub enum Request {
     /// `Cancelled` or `Error`.
     Cancel {
         id: String,
+        /// `--force`: mark it abandoned at once, freeing its root, whether
+        /// or not its agent is there to roll it back.
+        #[serde(default)]
+        force: bool,
     },
 }
 
@@ -86,9 +90,15 @@ pub enum Reply {
     Missed {
         count: u64,
     },
-    /// `backstop cancel`: the rollback order is sent.
+    /// `backstop cancel`: the rollback order is sent (with `--force`:
+    /// the deployment is abandoned, and `ordered` says whether its agent
+    /// was there to be told to roll back).
     Cancelled {
         id: String,
+        #[serde(default)]
+        abandoned: bool,
+        #[serde(default)]
+        ordered: bool,
     },
 }
 

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::window::Stream;
 
+mod samples;
+pub use samples::{MemorySample, ServiceSample};
+
 /// One command's result: a live install step, a shadow step or test, a
 /// rollback hook.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -170,6 +173,14 @@ pub enum DeployEvent {
     /// The agent reached a controller again and still waits for its order
     /// (it has not decided locally): the controller decides once more.
     ControllerBack,
+
+    /// One reading of the live install's memory cgroup, taken once a
+    /// window while the install runs, when the manifest sets
+    /// `monitor.memory_limit_mb` (the memory-growth rule's levels).
+    LiveMemory { sample: MemorySample },
+    /// One reading of the manifest's `monitor.service_cgroup`: with each
+    /// baseline round (`baseline`) and each monitoring round after.
+    Service { sample: ServiceSample },
 }
 
 impl DeployEvent {
@@ -203,6 +214,8 @@ impl DeployEvent {
 
             DeployEvent::ControllerLost => "controller_lost",
             DeployEvent::ControllerBack => "controller_back",
+            DeployEvent::LiveMemory { .. } => "live_memory",
+            DeployEvent::Service { .. } => "service",
         }
     }
 }
@@ -301,6 +314,23 @@ mod tests {
             },
             DeployEvent::ControllerLost,
             DeployEvent::ControllerBack,
+            DeployEvent::LiveMemory {
+                sample: MemorySample {
+                    index: 3,
+                    at_ms: 3000.5,
+                    current_bytes: 40 << 20,
+                    limit_bytes: 64 << 20,
+                    oom_kills: 1,
+                },
+            },
+            DeployEvent::Service {
+                sample: ServiceSample {
+                    baseline: true,
+                    at_ms: 12.25,
+                    cpu_usage_usec: 987_654,
+                    memory_bytes: Some(1 << 20),
+                },
+            },
         ]
     }
 

@@ -6,7 +6,15 @@
 //! reordering a name is a new schema version.
 
 /// Bumped on any change to [`FEATURES`].
-pub const SCHEMA_VERSION: &str = "backstop.features.v2";
+///
+/// v3 (issue 16): no feature depends on the host's absolute size. The
+/// host's free disk, available memory, load and CPU left the features for
+/// [`crate::hostlevels::HostLevels`] beside them; the host enters only as
+/// the fall of free disk and available memory since the stream began, in
+/// bytes: what was consumed, which does not depend on how much the host
+/// had. Added what failures build up through: the tree's live
+/// processes, open descriptors, RSS growth and its fastest-growing file.
+pub const SCHEMA_VERSION: &str = "backstop.features.v3";
 
 /// What one feature measures, for `--help`, the README and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +84,12 @@ features! {
     NET_CONNECT_LATENCY_P99_US = "net_connect_latency_p99_us", "us", "99th percentile SYN-to-ESTABLISHED time";
     NET_TX_BYTES = "net_tx_bytes", "bytes", "bytes sent on sockets (any family)";
     NET_RX_BYTES = "net_rx_bytes", "bytes", "bytes received on sockets (any family)";
-    HOST_CPU_UTIL = "host_cpu_util", "ratio", "whole-host CPU busy fraction over the window (0..1)";
-    HOST_MEM_AVAILABLE_BYTES = "host_mem_available_bytes", "bytes", "MemAvailable at the window's end";
-    HOST_LOAD1 = "host_load1", "load", "1-minute load average at the window's end";
-    HOST_DISK_FREE_BYTES = "host_disk_free_bytes", "bytes", "bytes free to unprivileged users on the scope's filesystem";
+    TREE_PROCESSES = "tree_processes", "count", "processes of the tree alive at the window's end (a fork storm or leaked daemons build up here)";
+    TREE_OPEN_FDS = "tree_open_fds", "count", "file descriptors the tree's processes hold open at the window's end (a descriptor leak builds up here)";
+    TREE_RSS_GROWTH_BYTES = "tree_rss_growth_bytes", "bytes", "change over the window of the resident memory summed over the tree's processes (negative: it shrank; a leak grows it every window)";
+    TREE_TOP_FILE_GROWTH_BYTES = "tree_top_file_growth_bytes", "bytes", "growth over the window of the one regular file the tree holds open that grew most (0 for a file first seen this window): a log or a file filling the disk builds up here";
+    HOST_DISK_FREE_FALL = "host_disk_free_fall_bytes", "bytes", "how much the scope filesystem's free space fell since the stream began (negative: it grew): what was consumed, the same on a disk of any size";
+    HOST_MEM_AVAILABLE_FALL = "host_mem_available_fall_bytes", "bytes", "how much the host's MemAvailable fell since the stream began (negative: it grew): what was consumed, the same on a host of any size";
 }
 
 /// Position of a feature by name.
@@ -97,10 +107,26 @@ mod tests {
             assert_eq!(index_of(f.name), Some(i), "{} is defined twice", f.name);
         }
         assert_eq!(
-            FEATURES[feature::HOST_DISK_FREE_BYTES].name,
-            "host_disk_free_bytes"
+            FEATURES[feature::HOST_MEM_AVAILABLE_FALL].name,
+            "host_mem_available_fall_bytes"
         );
-        assert_eq!(feature::HOST_DISK_FREE_BYTES, FEATURES.len() - 1);
+        assert_eq!(feature::HOST_MEM_AVAILABLE_FALL, FEATURES.len() - 1);
+    }
+
+    /// Schema v3's promise: no feature is a host's absolute level (bytes
+    /// free, bytes available, load); those live in `HostLevels`, and the
+    /// host enters the features only as a change since the stream began.
+    #[test]
+    fn no_feature_is_an_absolute_host_level() {
+        let host: Vec<&str> = FEATURES
+            .iter()
+            .map(|f| f.name)
+            .filter(|n| n.starts_with("host_"))
+            .collect();
+        assert_eq!(
+            host,
+            ["host_disk_free_fall_bytes", "host_mem_available_fall_bytes"]
+        );
     }
 
     #[test]
@@ -127,8 +153,12 @@ mod tests {
             "proc_oom_kills",
             "net_tcp_retransmits",
             "net_connect_failures",
-            "host_cpu_util",
-            "host_mem_available_bytes",
+            "host_disk_free_fall_bytes",
+            "host_mem_available_fall_bytes",
+            "tree_processes",
+            "tree_open_fds",
+            "tree_rss_growth_bytes",
+            "tree_top_file_growth_bytes",
         ] {
             assert!(
                 index_of(name).is_some(),

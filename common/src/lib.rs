@@ -18,6 +18,8 @@ pub mod deploy;
 pub mod features;
 #[cfg(feature = "std")]
 pub mod fsdiff;
+#[cfg(feature = "std")]
+pub mod hostlevels;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "std")]

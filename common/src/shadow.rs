@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::features::{FEATURES, SCHEMA_VERSION};
 use crate::fsdiff::FsDiff;
+use crate::hostlevels::HostLevels;
 use crate::window::{Stream, Window};
 use crate::wire::ProcEvent;
 
@@ -127,6 +128,9 @@ struct Named {
     end_ns: u64,
     lost_events: u64,
     features: serde_json::Map<String, serde_json::Value>,
+    /// Absent in reports from before schema v3.
+    #[serde(default)]
+    host: HostLevels,
 }
 
 fn named_in<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Window>, D::Error> {
@@ -149,6 +153,7 @@ fn named_in<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Window>, D::Error> {
                         .unwrap_or(0.0)
                 })
                 .collect(),
+            host: n.host,
         })
         .collect())
 }
@@ -261,7 +266,7 @@ mod tests {
         let mut r = report(Some(0), &[], false, false);
         let mut w = Window::new(Stream::Shadow, 4, 10, 20);
         w.features[feature::BLOCK_WRITE_BYTES] = 8_388_608.0;
-        w.features[feature::HOST_CPU_UTIL] = 0.25;
+        w.features[feature::HOST_DISK_FREE_FALL] = 0.25;
         w.lost_events = 2;
         r.windows.push(w);
         let v = serde_json::to_value(&r).unwrap();

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::features::{FEATURES, SCHEMA_VERSION};
+use crate::hostlevels::HostLevels;
 
 /// A window's length when nobody says otherwise. Lengths are `u32`
 /// milliseconds everywhere (CLI flags, control requests, the wire, training
@@ -44,6 +45,9 @@ pub struct Window {
     pub lost_events: u64,
     /// In [`FEATURES`] order.
     pub features: Vec<f64>,
+    /// The host's absolute levels, beside the features and never a model
+    /// input (schema v3; zeros in older windows).
+    pub host: HostLevels,
 }
 
 impl Window {
@@ -56,6 +60,7 @@ impl Window {
             end_ns,
             lost_events: 0,
             features: vec![0.0; FEATURES.len()],
+            host: HostLevels::default(),
         }
     }
 
@@ -63,7 +68,7 @@ impl Window {
         crate::features::index_of(name).and_then(|i| self.features.get(i).copied())
     }
 
-    /// `{"seq":..,"stream":..,"start_ns":..,"end_ns":..,"lost_events":..,"features":{name:value}}`:
+    /// `{"seq":..,"stream":..,"start_ns":..,"end_ns":..,"lost_events":..,"features":{name:value},"host":{..}}`:
     /// the line format of `backstop-agent watch --json`.
     pub fn to_json(&self) -> serde_json::Value {
         let features: serde_json::Map<String, serde_json::Value> = FEATURES
@@ -78,6 +83,7 @@ impl Window {
             "end_ns": self.end_ns,
             "lost_events": self.lost_events,
             "features": features,
+            "host": self.host,
         })
     }
 }
@@ -99,12 +105,14 @@ mod tests {
     fn json_line_has_every_feature_by_name() {
         let mut w = Window::new(Stream::Live, 3, 10, 20);
         w.features[crate::features::feature::BLOCK_WRITE_BYTES] = 8_388_608.0;
-        w.features[crate::features::feature::HOST_CPU_UTIL] = 0.25;
+        w.features[crate::features::feature::HOST_DISK_FREE_FALL] = 0.25;
+        w.host.disk_free_bytes = 4096.0;
         let j = w.to_json();
         assert_eq!(j["seq"], 3);
         assert_eq!(j["stream"], "live");
         assert_eq!(j["features"]["block_write_bytes"], 8_388_608);
-        assert_eq!(j["features"]["host_cpu_util"], 0.25);
+        assert_eq!(j["features"]["host_disk_free_fall_bytes"], 0.25);
+        assert_eq!(j["host"]["disk_free_bytes"], 4096.0);
         assert_eq!(j["features"].as_object().unwrap().len(), FEATURES.len());
     }
 }

@@ -18,7 +18,10 @@ use crate::window::Window;
 // 2: AgentMsg::Dropped.
 // 3: ControllerMsg::Deploy / Decision, AgentMsg::Deployment.
 // 4: DeployEvent::Baseline, Manifest monitor.baseline_samples.
-pub const PROTOCOL_VERSION: u32 = 4;
+// 5: DeployEvent::LiveMemory / Service, Manifest monitor.memory_limit_mb /
+//    service_cgroup.
+// 6: Window::host (feature schema v3 keeps the host's levels apart).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Frames larger than this are refused before they are read. A batch of
 /// windows is small (a window is ~400 bytes); the limit only bounds memory.

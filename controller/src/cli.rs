@@ -124,7 +124,18 @@ pub(crate) enum Command {
         database: Option<String>,
     },
     /// Order a running deployment rolled back.
-    Cancel { id: String },
+    ///
+    /// With --force: mark it `abandoned` at once, which frees its root for
+    /// the next deployment, whether or not its agent is there (an agent
+    /// gone for good, or reinstalled and knowing nothing of it). The
+    /// rollback order is still sent if the agent is connected; if not,
+    /// backstop restores nothing: an agent that comes back rolls back
+    /// what it finds unfinished and its report is stored.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the correlation engine again over every stored decision of a
     /// deployment; exit 1 unless each is reproduced.
     Replay {

@@ -101,7 +101,7 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
         Command::Show { id, json, database } => {
             commands::deploy::show(&data, database, &id, json).await
         }
-        Command::Cancel { id } => commands::deploy::cancel(&data, &id).await,
+        Command::Cancel { id, force } => commands::deploy::cancel(&data, &id, force).await,
         Command::Replay { id, json, database } => {
             commands::replay::run(&data, database, &id, json).await
         }

@@ -17,7 +17,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::agents::{Fleet, Proc};
-use support::deploys::root_walk;
+use support::deploys::{assert_replays, kind, root_walk};
+use support::leftovers::{ShadowWatch, assert_no_shadow_left};
 use support::sentinel;
 use support::{deb_file, ebpf_or_skip, eventually, failing_hello, rootfs};
 
@@ -85,7 +86,8 @@ fn run(cached: &Path, name: &str, bad: Option<&Path>, dry: bool) {
     std::fs::write(outside.join("keep"), b"outside the root").unwrap();
     let before = sentinel::walk(&outside);
     let deb = bad.map_or(deb_file("hello"), Path::to_path_buf);
-    let manifest = support::deploys::hello_manifest(&base, &root, &deb);
+    // The shadow runs beside live, over the snapshot (never the live root).
+    let manifest = support::deploys::hello_manifest_shadowed(&base, &root, &deb);
     let root_before = root_walk(&root);
     // Alertmanager on loopback, through the controller's config file.
     let rt = support::fleet::runtime();
@@ -99,6 +101,7 @@ fn run(cached: &Path, name: &str, bad: Option<&Path>, dry: bool) {
     let _serve = fleet.serve_with(&["--config", config.to_str().unwrap()]);
     let agent = Proc::spawn(&mut fleet.agent_cmd(&base.join("agent-data")));
     fleet.wait_connected(&agent);
+    let shadows = ShadowWatch::start(&base.join("agent-data"));
     let mut deploy = fleet.backstop();
     let target = manifest.to_str().unwrap();
     deploy.args(["deploy", target, "--host", "web-1", "--wait", "--json"]);
@@ -143,6 +146,7 @@ fn run(cached: &Path, name: &str, bad: Option<&Path>, dry: bool) {
             "nothing was rolled back"
         );
     } else if committed {
+        assert_shadow_passed(&shown);
         let hello = Command::new("chroot")
             .arg(&root)
             .arg("hello")
@@ -176,7 +180,12 @@ fn run(cached: &Path, name: &str, bad: Option<&Path>, dry: bool) {
         assert_bundle(&fleet, &id);
     }
     sentinel::assert_untouched(&outside, &before, "deploy");
-    assert_eq!(fleet.cli(&["replay", &id]).status.code(), Some(0));
+    assert_replays(&fleet, &id);
+    let ids = shadows.stop();
+    assert!(!ids.is_empty(), "no shadow ran");
+    for s in &ids {
+        assert_no_shadow_left(&base.join("agent-data"), s);
+    }
     alerted(&fleet, &rx, &id, !committed);
     drop(agent);
     let _ = std::fs::remove_dir_all(&base);
@@ -281,6 +290,31 @@ enabled = false
     );
     drop(restarted);
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The shadow ran beside the committed install and its report is stored:
+/// its dpkg and its `greets` test (the hello it installed) passed, and its
+/// teardown left nothing it knew of.
+fn assert_shadow_passed(shown: &serde_json::Value) {
+    let events = shown["events"].as_array().unwrap();
+    let report = events.iter().find(|e| kind(e) == "shadow").map_or_else(
+        || panic!("no shadow report stored: {shown}"),
+        |e| &e["event"]["shadow"]["report"],
+    );
+    let passed = |v: &serde_json::Value| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|s| s["exit_code"] == 0))
+    };
+    assert!(
+        passed(&report["steps"]) && passed(&report["tests"]),
+        "{report:#}"
+    );
+    assert_eq!(report["tests"][0]["name"], "greets", "{report:#}");
+    assert_eq!(
+        report["cleanup_problems"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
 }
 
 /// The Alertmanager receiver got exactly the rollback's alert, or (no

@@ -245,11 +245,11 @@ fn free_space(fleet: &Fleet, id: &str) -> Vec<f64> {
         .windows(id)
         .iter()
         .filter(|w| w["stream"] == "live")
-        .map(|w| w["features"]["host_disk_free_bytes"].as_f64().unwrap())
+        .map(|w| w["host"]["disk_free_bytes"].as_f64().unwrap())
         .collect();
     assert!(
         free.iter().all(|f| *f <= 64.0 * MIB),
-        "host_disk_free_bytes is not the scope's 64 MiB tmpfs: {free:?}"
+        "the host's disk_free_bytes is not the scope's 64 MiB tmpfs: {free:?}"
     );
     free
 }

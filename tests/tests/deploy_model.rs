@@ -1,11 +1,14 @@
 //! The model votes in a deployment: the real `backstop` daemon with a
-//! model installed in its DATA (models/current: a copy of the shipped
-//! default), real QUIC with mutual TLS, and the scripted agent of fleet.rs
-//! sending windows whose features the model scores. Needs no root or eBPF.
+//! model installed in its DATA (models/current: trained by the real
+//! `backstop train` on `backstop corpus synth`, schema v3), real QUIC with
+//! mutual TLS, and the scripted agent of fleet.rs sending windows whose
+//! features the model scores. Needs no root or eBPF.
 //!
-//! The windows are crafted against that model: every feature at 10 per
-//! window scores about 0, and the training means with connect failures
-//! growing fourfold per window score about 1, far from its calibrated threshold either way.
+//! Why the generated corpus: the shipped default (models/default) is
+//! schema v2, which a v3 build refuses, until the real corpus is
+//! re-recorded. The windows are crafted against the trained model: every
+//! feature at its training mean scores low, and the generated fault
+//! families' features growing fourfold per window score high.
 #![allow(
     clippy::unwrap_used,
     reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
@@ -17,7 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use backstop_common::deploy::{DeployEvent, Order, RollbackReport, StepResult};
-use backstop_common::features::{FEATURES, feature};
+use backstop_common::features::feature;
+use backstop_common::hostlevels::HostLevels;
 use backstop_common::window::{Stream, Window};
 use backstop_common::wire::{AgentMsg, ControllerMsg};
 use support::fleet::{Ctl, Fake, connect, runtime};
@@ -27,8 +31,28 @@ fn hello_manifest() -> String {
     format!("{}/../examples/hello.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Install the shipped model as the fleet's current one.
+/// Train a model on a generated corpus with the real CLI and install it
+/// as the fleet's current one.
 fn install_model(ctl: &Ctl) {
+    let corpus = ctl.data.join("corpus");
+    let c = corpus.to_str().unwrap();
+    ctl.ok(&[
+        "corpus",
+        "synth",
+        "--packages",
+        "12",
+        "--per-package",
+        "6",
+        "--out",
+        c,
+    ]);
+    let to = ctl.data.join("models/current");
+    let to = to.to_str().unwrap();
+    ctl.ok(&["train", "--epochs", "40", "--corpus", c, "--out", to]);
+}
+
+/// The shipped schema-v2 default, installed as the fleet's current model.
+fn install_v2_model(ctl: &Ctl) {
     let from = format!("{}/../models/default", env!("CARGO_MANIFEST_DIR"));
     let to = ctl.data.join("models/current");
     std::fs::create_dir_all(&to).unwrap();
@@ -37,10 +61,38 @@ fn install_model(ctl: &Ctl) {
     }
 }
 
-/// `n` windows of `stream`: quiet (10 of everything, the host's measures
-/// too, which puts them far outside the host range the model was trained
-/// on), or failing: every feature at the model's training mean (inside
-/// it) and connect failures building up.
+/// The features the generated corpus's fault families build up through.
+const FAULTY: [usize; 10] = [
+    feature::MEM_ANON_PEAK_BYTES,
+    feature::SYSCALLS_MEM,
+    feature::PAGE_DIRTIED_BYTES,
+    feature::SYSCALL_ERRORS_ENOSPC,
+    feature::BLOCK_LATENCY_P99_US,
+    feature::SYSCALL_LATENCY_P99_US,
+    feature::SCHED_ON_CPU_NS,
+    feature::SCHED_INVOLUNTARY_SWITCHES,
+    feature::SYSCALL_ERRORS_TOTAL,
+    feature::SYSCALL_ERRORS_OTHER,
+];
+
+/// A host far busier than any the generated corpus ran on: 50 runnable
+/// tasks per CPU, every CPU busy.
+fn overloaded_host() -> HostLevels {
+    HostLevels {
+        disk_free_bytes: 40e9,
+        disk_total_bytes: 100e9,
+        mem_available_bytes: 8e9,
+        mem_total_bytes: 16e9,
+        load1: 200.0,
+        cpus: 4.0,
+        cpu_util: 1.0,
+    }
+}
+
+/// `n` windows of `stream` on an overloaded host: quiet (the first `n`
+/// windows of the generated corpus's first healthy install), or failing
+/// (every feature at the model's training mean, the fault families'
+/// features building up).
 fn windows(ctl: &Ctl, stream: Stream, n: u64, failing: bool) -> Vec<Window> {
     let meta = std::fs::read_to_string(ctl.data.join("models/current/model.json")).unwrap();
     let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
@@ -50,17 +102,34 @@ fn windows(ctl: &Ctl, stream: Stream, n: u64, failing: bool) -> Vec<Window> {
         .iter()
         .map(|m| m.as_f64().unwrap().exp_m1())
         .collect();
+    let healthy = healthy_install(ctl);
     (1..=n)
         .map(|seq| {
             let mut w = Window::new(stream, seq, seq * 1_000_000_000, (seq + 1) * 1_000_000_000);
-            w.features = vec![10.0; FEATURES.len()];
+            w.features.clone_from(&healthy[seq as usize - 1]);
+            w.host = overloaded_host();
             if failing {
                 w.features.clone_from(&mean);
-                w.features[feature::NET_CONNECT_FAILURES] = 10.0 * 4f64.powi(seq as i32);
+                for i in FAULTY {
+                    w.features[i] = mean[i].max(10.0) * 4f64.powi(seq as i32);
+                }
             }
             w
         })
         .collect()
+}
+
+/// The windows of the first healthy install of the generated corpus (or,
+/// for a v2 model's test, which has no corpus, a window of 10s).
+fn healthy_install(ctl: &Ctl) -> Vec<Vec<f64>> {
+    let Ok(text) = std::fs::read_to_string(ctl.data.join("corpus/deployments.jsonl")) else {
+        return vec![vec![10.0; backstop_common::features::FEATURES.len()]; 64];
+    };
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["outcome"] == "ok")
+        .map(|r| serde_json::from_value(r["windows"].clone()).unwrap())
+        .unwrap()
 }
 
 async fn start(agent: &mut Fake) -> String {
@@ -72,8 +141,12 @@ async fn start(agent: &mut Fake) -> String {
 }
 
 fn served(name: &str) -> (Ctl, tokio::runtime::Runtime, Fake) {
+    served_with(name, install_model)
+}
+
+fn served_with(name: &str, install: fn(&Ctl)) -> (Ctl, tokio::runtime::Runtime, Fake) {
     let mut ctl = Ctl::new(name);
-    install_model(&ctl);
+    install(&ctl);
     ctl.serve();
     let ca = ctl.data.join("pki/ca.pem");
     let bundle = ctl.data.join("pki/agents/web-1.bundle");
@@ -160,19 +233,39 @@ fn windows_over_the_threshold_roll_back_on_the_model_alone() {
     );
     let ev = &d["evidence"]["evidence"]["windows"];
     assert!(ev.as_array().is_some_and(|w| w.len() >= 2), "{ev}");
-    let replay = ctl.cli(&["replay", &id]);
-    assert_eq!(replay.status.code(), Some(0), "replay reproduces it");
+    assert_replayed(&ctl, &id, &shown);
 }
 
-#[test]
-fn quiet_windows_from_a_host_outside_the_models_range_commit_and_say_so() {
-    let (ctl, rt, mut agent) = served("model-low");
+/// `backstop replay ID --json` gives every stored decision again, with
+/// the same verdict and reasons.
+fn assert_replayed(ctl: &Ctl, id: &str, shown: &serde_json::Value) {
+    let out = ctl.cli(&["replay", id, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let stored = shown["decisions"].as_array().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), stored.len(), "one replay per decision");
+    for (r, d) in lines.iter().zip(stored) {
+        assert_eq!(r["reproduced"], true, "{r}");
+        assert_eq!(
+            (&r["verdict"], &r["reasons"]),
+            (&d["verdict"], &d["reasons"])
+        );
+    }
+}
+
+/// Deploy hello.toml to the scripted agent, send six quiet windows of
+/// each stream, a passed install step and a passed shadow, and wait for
+/// the controller's commit: the deployment's id.
+fn quiet_commit(ctl: &Ctl, rt: &tokio::runtime::Runtime, agent: &mut Fake) -> String {
     ctl.ok(&["deploy", &hello_manifest(), "--host", "web-1"]);
-    let id = rt.block_on(async {
-        let id = start(&mut agent).await;
+    rt.block_on(async {
+        let id = start(agent).await;
         let msg = |stream| AgentMsg::Windows {
             deployment: id.clone(),
-            windows: windows(&ctl, stream, 6, false),
+            windows: windows(ctl, stream, 6, false),
         };
         agent.send(&msg(Stream::Live)).await;
         agent.send(&msg(Stream::Shadow)).await;
@@ -205,7 +298,13 @@ fn quiet_windows_from_a_host_outside_the_models_range_commit_and_say_so() {
             }
         }
         id
-    });
+    })
+}
+
+#[test]
+fn quiet_windows_on_a_host_outside_the_models_range_commit_and_say_so() {
+    let (ctl, rt, mut agent) = served("model-low");
+    let id = quiet_commit(&ctl, &rt, &mut agent);
     let shown = ctl.json(&["show", &id, "--json"]);
     let d = &shown["decisions"][0];
     assert_eq!(d["verdict"], "commit", "{shown}");
@@ -215,13 +314,16 @@ fn quiet_windows_from_a_host_outside_the_models_range_commit_and_say_so() {
         "the installed model: {model}"
     );
     let reasons = d["reasons"].to_string();
-    assert!(!reasons.contains("_model"), "no model reason: {reasons}");
-    // The shipped model alarms even on its own training mean (issue 16),
-    // so quiet windows a real host could give are outside its range: the
-    // decision says its vote was not counted, and names the measure.
+    assert!(!reasons.contains("live_model"), "no model alarm: {reasons}");
+    // The host is busier than any the model was trained on: the decision
+    // says so, and names the condition; the model's vote still counted.
     assert!(
-        reasons.contains("model_out_of_range") && reasons.contains("host_"),
-        "the decision says the model was not counted: {reasons}"
+        reasons.contains("host_outside_training") && reasons.contains("load1_per_cpu"),
+        "the decision notes the host outside the training range: {reasons}"
+    );
+    assert!(
+        !reasons.contains("model_out_of_range"),
+        "v2's 8-SD rule is gone: {reasons}"
     );
     let ws = d["evidence"]["evidence"]["windows"]
         .as_array()
@@ -235,12 +337,55 @@ fn quiet_windows_from_a_host_outside_the_models_range_commit_and_say_so() {
         );
         assert!(p < t, "quiet window over the threshold: {w}");
         assert!(w["shadow_p"].as_f64().is_some_and(|s| s < t), "{w}");
-        assert!(
-            w["outside"]["feature"]
-                .as_str()
-                .is_some_and(|f| f.starts_with("host_")),
-            "{w}"
-        );
+        assert!(w.get("outside").is_none(), "no 8-SD mark: {w}");
+        assert_eq!(w["host_outside"]["condition"], "load1_per_cpu", "{w}");
     }
-    assert_eq!(ctl.cli(&["replay", &id]).status.code(), Some(0));
+    assert_replayed(&ctl, &id, &shown);
+}
+
+#[test]
+fn a_schema_v2_model_is_refused_and_every_decision_says_so() {
+    let (ctl, rt, mut agent) = served_with("model-v2", install_v2_model);
+    let id = quiet_commit(&ctl, &rt, &mut agent);
+    let shown = ctl.json(&["show", &id, "--json"]);
+    let d = &shown["decisions"][0];
+    assert_eq!(d["verdict"], "commit", "decided on the rest: {shown}");
+    assert_eq!(d["evidence"]["model"], "no model", "{shown}");
+    let why = d["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "no_model")
+        .unwrap_or_else(|| panic!("no no_model reason: {shown}"));
+    let why = why["why"].as_str().unwrap();
+    assert!(
+        why.contains("backstop.features.v2") && why.contains("backstop.features.v3"),
+        "the reason names both schemas: {why}"
+    );
+    assert_replayed(&ctl, &id, &shown);
+    // `backstop model` refuses it the same way.
+    let out = ctl.cli(&["model"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("backstop.features.v2") && err.contains("retrain"),
+        "{err}"
+    );
+}
+
+/// With nothing in DATA/models, `backstop model` names the built-in
+/// default's schema and the commands that make a v3 one.
+#[test]
+fn the_built_in_v2_default_is_refused_with_the_way_to_a_v3_one() {
+    let ctl = Ctl::new("model-builtin");
+    let out = ctl.cli(&["model", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    for want in [
+        "backstop.features.v2",
+        "cargo xtask corpus",
+        "cargo xtask train-default",
+    ] {
+        assert!(err.contains(want), "{want} missing: {err}");
+    }
 }

@@ -157,10 +157,10 @@ fn a_failing_shadow_test_rolls_back_a_live_install_that_looks_healthy() {
     let reason = shown["deployment"]["reason"].as_str().unwrap_or_default();
     let events = shown["events"].as_array().unwrap();
     let shadow = events.iter().find(|e| kind(e) == "shadow");
-    // Not "starts_with": the concurrent shadow's own dpkg may also fail,
-    // with ESTALE, because the live install rewrites the overlay's lower
-    // layer under it (a known gap, see the README); the config check
-    // fails either way, and must be named.
+    // Not "starts_with": the reason may name more evidence than the
+    // test (the model's vote, when it is not counted); the config check
+    // must be named. (The shadow's dpkg no longer races live's: it runs
+    // over the deployment's snapshot, `agent/src/shadow/frozen.rs`.)
     assert!(
         reason.contains("shadow test `check-config` failed (exit 1)"),
         "the reason names the shadow test: {reason}\nshadow: {shadow:?}"

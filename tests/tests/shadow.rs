@@ -19,6 +19,9 @@ use serde_json::Value;
 use support::{agent, ebpf_or_skip, eventually, rootfs, workload};
 
 /// What a leak would change: our mounts, our cgroups, the shadows dir.
+/// Only this test's own: mounts under its data dir or naming one of its
+/// shadow ids, and the cgroups of those ids (other shadows may run beside
+/// it on the same host).
 #[derive(Debug, PartialEq, Eq)]
 struct Traces {
     mounts: Vec<String>,
@@ -26,18 +29,22 @@ struct Traces {
     state: Vec<String>,
 }
 
-fn traces(data: &Path) -> Traces {
+fn traces(data: &Path, ids: &[String]) -> Traces {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let mounts = info
         .lines()
-        .filter(|l| l.contains(data.to_str().unwrap()) || l.contains("backstop-shadow"))
+        .filter(|l| {
+            l.contains(data.to_str().unwrap()) || ids.iter().any(|id| l.contains(id.as_str()))
+        })
         .map(String::from)
         .collect();
     let mut cgroups = Vec::new();
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let d = h.path().join("backstop-shadow");
-        if d.exists() {
-            cgroups.push(d.display().to_string());
+        for id in ids {
+            let d = h.path().join("backstop-shadow").join(id);
+            if d.exists() {
+                cgroups.push(d.display().to_string());
+            }
         }
     }
     let shadows = data.join("agent/shadows");
@@ -55,7 +62,8 @@ fn traces(data: &Path) -> Traces {
     }
 }
 
-struct Data(PathBuf);
+/// A test's data dir and the ids of the shadows it ran there.
+struct Data(PathBuf, std::cell::RefCell<Vec<String>>);
 
 impl Data {
     fn new(name: &str) -> Data {
@@ -63,7 +71,7 @@ impl Data {
             .join(format!("backstop-shadow-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        Data(d)
+        Data(d, std::cell::RefCell::default())
     }
 
     fn shadow(&self, args: &[&str]) -> (Output, Value) {
@@ -80,11 +88,19 @@ impl Data {
                 String::from_utf8_lossy(&out.stderr)
             )
         });
+        self.note(&v);
         (out, v)
     }
 
+    /// Remember the id of a shadow this test ran (from its JSON report).
+    fn note(&self, report: &Value) {
+        if let Some(id) = report["id"].as_str() {
+            self.1.borrow_mut().push(id.to_string());
+        }
+    }
+
     fn assert_clean(&self, what: &str) {
-        let t = traces(&self.0);
+        let t = traces(&self.0, &self.1.borrow());
         assert_eq!(
             t,
             Traces {
@@ -306,7 +322,8 @@ fn a_killed_agent_leaves_a_shadow_the_sweep_removes() {
     };
     let Some(root) = rootfs() else { return };
     // Killed while the command runs, and killed between create and start
-    // (the init still blocked in libcontainer, forked from the agent).
+    // (the init still blocked in libcontainer, a child of the agent's
+    // creator child).
     for hold in ["0", "60000"] {
         killed_agent_then_sweep(&root, hold);
     }
@@ -330,30 +347,41 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let procs_of = |d: &Path| -> Vec<i32> {
-        let mut v = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(d) {
-            for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                if let Ok(s) = std::fs::read_to_string(e.path().join("cgroup.procs")) {
-                    v.extend(s.lines().filter_map(|l| l.parse::<i32>().ok()));
-                }
-            }
-        }
-        v
+    // This test's shadow: the one shadow directory in its own state dir
+    // (beside libcontainer's `youki` root).
+    let shadows = data.0.join("agent/shadows");
+    let own_id = || -> Option<String> {
+        std::fs::read_dir(&shadows)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .find(|n| n != "youki")
     };
-    let pids_dir = Path::new("/sys/fs/cgroup/pids/backstop-shadow");
     assert!(
-        eventually(Duration::from_secs(20), || !procs_of(pids_dir).is_empty()),
+        eventually(Duration::from_secs(20), || own_id().is_some()),
+        "the shadow was never created"
+    );
+    let id = own_id().unwrap();
+    data.1.borrow_mut().push(id.clone());
+    let procs = Path::new("/sys/fs/cgroup/pids/backstop-shadow")
+        .join(&id)
+        .join("cgroup.procs");
+    let procs_of = || -> Vec<i32> {
+        std::fs::read_to_string(&procs)
+            .map(|s| s.lines().filter_map(|l| l.parse::<i32>().ok()).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || !procs_of().is_empty()),
         "the shadow never started"
     );
+    let left = procs_of();
     agent_proc.kill().unwrap();
     agent_proc.wait().unwrap();
-    let left = procs_of(pids_dir);
-    assert!(
-        !left.is_empty(),
-        "a SIGKILLed agent's shadow should still be running here"
-    );
-    assert!(!traces(&data.0).state.is_empty());
+    // The shadow's processes die with the agent (its creator child kills
+    // the init when the agent's end of its stdin closes); the rest (state,
+    // cgroups, mounts) is the sweep's.
+    assert!(!traces(&data.0, &data.1.borrow()).state.is_empty());
     let out = Command::new(agent())
         .args(["shadow", "--json", "--data"])
         .arg(&data.0)
@@ -454,8 +482,11 @@ fn a_shadow_with_a_relative_data_dir_runs_and_leaves_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    data.note(&report);
     data.assert_clean("after a shadow under a relative --data");
-    Data(data.0.join("rel")).assert_clean("after a shadow under a relative --data");
+    let rel = Data(data.0.join("rel"), data.1.clone());
+    rel.assert_clean("after a shadow under a relative --data");
 }
 
 #[test]

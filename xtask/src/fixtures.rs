@@ -1,7 +1,7 @@
 //! Real things to install into: a cached Debian rootfs (debootstrap
 //! minbase) and cached real .deb files, used by tests, the demo and the
 //! benchmarks. Built once per checkout under target/xtask/. The demo is in
-//! demo.rs, the corpus and training in corpus.rs.
+//! demo/, the corpus and training in corpus.rs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

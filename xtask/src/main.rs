@@ -61,9 +61,20 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: Option<std::path::PathBuf>,
     },
-    /// The main job, end to end on this machine: watch a real `dpkg -i` of a
-    /// real package into a throw-away Debian root and print its windows.
-    Demo,
+    /// The product's story on this machine: a controller and an agent, a
+    /// healthy package committed, a faulty one predicted and rolled back
+    /// with its lead time and report, a summary and the dashboard's URL;
+    /// then runs until Ctrl-C. Everything it starts is removed on exit.
+    Demo {
+        /// End after the summary instead of running until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Use the binaries in DIR (e.g. target/debug) instead of building
+        /// release ones (`cargo xtask test` runs `demo --once --bin-dir
+        /// target/debug`).
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<std::path::PathBuf>,
+    },
     /// Fuzz the readers of untrusted input with cargo-fuzz (libFuzzer),
     /// each target for a bounded time; installs cargo-fuzz if missing.
     /// Targets: frame (the wire's frame decoder), changes (the change-log
@@ -160,7 +171,7 @@ fn main() -> Result<()> {
         Task::Package { bin_dir, out } => {
             package::package(bin_dir.as_deref(), out.as_deref()).map(|_| ())
         }
-        Task::Demo => demo::demo(),
+        Task::Demo { once, bin_dir } => demo::demo(&demo::Args { once, bin_dir }),
         Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Task::Bench { which } => bench::run(which),
         Task::Corpus => corpus::corpus().map(|_| ()),
@@ -241,7 +252,30 @@ fn test(args: &[String]) -> Result<()> {
     if !args.is_empty() {
         cmd.arg("--").args(args);
     }
-    util::step("cargo test --workspace", cmd)
+    util::step("cargo test --workspace", cmd)?;
+    demo_test(args)
+}
+
+/// `demo --once` on the debug binaries just built: the demo checks its own
+/// story and fails otherwise. Skipped when a test filter was given (a
+/// partial run), and without root, loudly (an error under CI=true).
+fn demo_test(args: &[String]) -> Result<()> {
+    if !args.is_empty() {
+        eprintln!("xtask: demo --once skipped (a test filter was given)");
+        return Ok(());
+    }
+    if !util::is_root() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            anyhow::bail!("xtask: demo --once needs root, and CI=true");
+        }
+        eprintln!("*** SKIPPED demo --once: needs root ***");
+        return Ok(());
+    }
+    eprintln!("xtask: demo --once --bin-dir target/debug");
+    demo::demo(&demo::Args {
+        once: true,
+        bin_dir: Some(util::target_dir().join("debug")),
+    })
 }
 
 /// fuzz/'s targets, with the feature of fuzz/Cargo.toml each needs (the

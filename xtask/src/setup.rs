@@ -21,7 +21,9 @@ use crate::util;
 /// the packaged units (tests/tests/packaging.rs; nothing is started);
 /// prometheus: `promtool check metrics`,
 /// which tests/tests/metrics.rs runs on both /metrics bodies (on a systemd
-/// host the package starts a server on :9090; no test uses or needs it).
+/// host the package starts a server on :9090; no test uses or needs it);
+/// chromium: the headless browser tests/tests/dashboard.rs drives over
+/// the DevTools protocol (run with --no-sandbox, nothing installed beside).
 const DEBIAN_PACKAGES: &[&str] = &[
     "debootstrap",
     "rsync",
@@ -41,6 +43,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "xz-utils",
     "util-linux",
     "iproute2",
+    "chromium",
 ];
 
 pub fn run() -> Result<()> {

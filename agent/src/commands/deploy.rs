@@ -184,6 +184,8 @@ fn text(ev: &DeployEvent) -> Option<String> {
         },
         DeployEvent::Window { .. }
         | DeployEvent::Process { .. }
-        | DeployEvent::Controller { .. } => return None,
+        | DeployEvent::Controller { .. }
+        | DeployEvent::LiveMemory { .. }
+        | DeployEvent::Service { .. } => return None,
     })
 }

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod doctor;
 pub mod run;
 pub mod shadow;
+pub mod shadow_exec;
 pub mod snapshot;
 pub mod watch;
 

@@ -157,6 +157,7 @@ async fn run_shadow(data: &Path, json: bool, a: RunArgs) -> Outcome {
         timeout: a.timeout_secs.map(Duration::from_secs),
         upper_size: a.upper_size.map(|b| b as u64),
         durable: a.durable,
+        frozen: None,
     };
     let probes = Arc::new(Mutex::new(Probes::load(&ProbeOptions {
         probe_log: false,

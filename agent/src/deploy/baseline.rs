@@ -43,7 +43,7 @@ fn measured(kind: &ProbeKind) -> bool {
 /// stops the deployment.
 pub(super) async fn measure(plan: &Plan, tx: &EventTx) {
     let probes: Vec<_> = plan.probes.iter().filter(|p| measured(&p.kind)).collect();
-    if probes.is_empty() || plan.baseline_samples == 0 {
+    if (probes.is_empty() && plan.service_cgroup.is_none()) || plan.baseline_samples == 0 {
         return;
     }
     let gap = spacing(plan);
@@ -55,6 +55,7 @@ pub(super) async fn measure(plan: &Plan, tx: &EventTx) {
             let probe = probe(p, &plan.root).await;
             let _ = tx.send(DeployEvent::Baseline { probe });
         }
+        super::service::sample(plan, true, tx);
     }
 }
 

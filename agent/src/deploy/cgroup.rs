@@ -95,7 +95,8 @@ impl LiveCgroup {
             .write(true)
             .open(&procs)
             .and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()))
-            .map_err(cg_err(&procs, "adding a task to"))
+            .map_err(cg_err(&procs, "adding a task to"))?;
+        super::memory::add_v1(&self.path, pid)
     }
 
     /// Whether any task is still in the group.
@@ -150,6 +151,7 @@ impl LiveCgroup {
 
     /// Remove the (empty) group.
     pub fn remove(&self) -> Result<(), DeployError> {
+        super::memory::remove_v1(&self.path);
         match std::fs::remove_dir(&self.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(cg_err(&self.path, "removing")(e))

@@ -103,6 +103,7 @@ pub async fn run_connected(
     }
     super::baseline::measure(plan, &tx).await;
     let cgroup = LiveCgroup::create(id)?;
+    super::memory::limit(&cgroup, plan.memory_limit)?;
     j.cgroup = Some(cgroup.path.clone());
     j.advance(&ctx.data, Phase::Installing)?;
     let _ = tx.send(DeployEvent::Started {
@@ -172,7 +173,7 @@ fn check(plan: &Plan) -> Result<(), DeployError> {
         let root = plan.root.display();
         return Err(bad("root", format!("{root} has no /bin/sh to chroot into")));
     }
-    Ok(())
+    super::memory::check(plan)
 }
 
 async fn take_snapshot(data: &Path, plan: &Plan) -> Result<String, DeployError> {

@@ -96,8 +96,10 @@ pub(super) async fn install_and_monitor(
     // (not after the decision: its tests are evidence for that decision);
     // only live events are looked at here.
     let shadow = (plan.mode == super::Mode::Concurrent && plan.shadow.is_some()).then(|| {
-        let (ctx, plan, stx) = (ctx.clone(), plan.clone(), tx.clone());
-        tokio::spawn(async move { report_shadow(run_shadow(&ctx, &plan, stx.clone()).await, &stx) })
+        let (ctx, plan, stx, snap) = (ctx.clone(), plan.clone(), tx.clone(), j.snapshot.clone());
+        tokio::spawn(async move {
+            report_shadow(run_shadow(&ctx, &plan, snap, stx.clone()).await, &stx)
+        })
     });
     let (outcome, seen, ordered) = live_until_done(ctx, dir, plan, cgroup, orders, tx).await?;
     if let Some(o) = ordered {
@@ -238,6 +240,7 @@ async fn monitor(plan: &Plan, orders: &mut Orders, tx: &EventTx) -> Option<Order
                 *at = tokio::time::Instant::now() + p.interval.max(Duration::from_millis(100));
             }
         }
+        super::service::sample(plan, false, tx);
         let next = due.iter().copied().min().unwrap_or(end).min(end);
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
@@ -248,3 +251,7 @@ async fn monitor(plan: &Plan, orders: &mut Orders, tx: &EventTx) -> Option<Order
         }
     }
 }
+
+#[cfg(test)]
+#[path = "install_race_tests.rs"]
+mod race_tests;

@@ -150,7 +150,8 @@ pub async fn install(
     };
     let tracked = track_with(probes, launch, &opts, None, &mut sink);
     let watched = watch_progress(pipe_rx, plan, cgroup, tx);
-    let (summary, (steps, timed_out)) = tokio::join!(tracked, watched);
+    let both = async { tokio::join!(tracked, watched) };
+    let (summary, (steps, timed_out)) = super::memory::sampled(cgroup, plan.window, tx, both).await;
     Ok(LiveOutcome {
         steps,
         summary: summary?,

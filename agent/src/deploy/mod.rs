@@ -18,10 +18,12 @@ pub mod health;
 mod install;
 pub mod journal;
 pub mod live;
+mod memory;
 pub mod plan;
 pub mod policy;
 pub mod recover;
 pub mod rollback;
+mod service;
 mod shadowing;
 
 use std::path::PathBuf;
@@ -91,6 +93,12 @@ pub struct Plan {
     #[serde(default)]
     pub baseline_samples: u32,
     pub rollback_hooks: Vec<Cmd>,
+    /// The live install's memory limit in bytes (`memory.rs`); None: none.
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
+    /// The service's cgroup beneath the v2 root (`service.rs`).
+    #[serde(default)]
+    pub service_cgroup: Option<PathBuf>,
 }
 
 /// One step's result (live step, shadow test, rollback hook): the wire's
@@ -145,6 +153,14 @@ pub enum DeployEvent {
         report: RollbackReport,
         /// Ordered by the local policy, not by the controller.
         local: bool,
+    },
+    /// The live cgroup's memory, once a window (`memory.rs`).
+    LiveMemory {
+        sample: backstop_common::deploy::MemorySample,
+    },
+    /// The service's cgroup (`service.rs`).
+    Service {
+        sample: backstop_common::deploy::ServiceSample,
     },
     /// The long-running agent lost (false) or regained (true) its
     /// controller while this deployment waited on it (`run_deploy.rs`).
@@ -260,6 +276,8 @@ pub(crate) mod tests {
             monitor: Duration::ZERO,
             baseline_samples: 0,
             rollback_hooks: vec![cmd("restart-1", &["true"]), cmd("restart-2", &["true"])],
+            memory_limit: None,
+            service_cgroup: None,
         }
     }
 }

@@ -86,6 +86,8 @@ impl Plan {
             monitor: m.monitor.period,
             baseline_samples: m.monitor.baseline_samples,
             rollback_hooks: m.rollback_hooks.iter().map(|s| cmd(s, &art)).collect(),
+            memory_limit: m.monitor.memory_limit_mb.map(|mb| mb * 1024 * 1024),
+            service_cgroup: m.monitor.service_cgroup.clone(),
         }
     }
 }

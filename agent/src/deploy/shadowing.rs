@@ -27,7 +27,7 @@ pub(super) async fn shadow_first(
     tx: &EventTx,
 ) -> Result<Option<String>, DeployError> {
     stage(plan)?;
-    let report = run_shadow(ctx, plan, tx.clone()).await?;
+    let report = run_shadow(ctx, plan, j.snapshot.clone(), tx.clone()).await?;
     let passed = report.verdict().passed();
     let _ = tx.send(DeployEvent::Shadow {
         report: Box::new(report),
@@ -73,9 +73,13 @@ pub(super) async fn shadow_done(task: ShadowTask) {
     }
 }
 
+/// The shadow install, over the scope as `snapshot` recorded it (the
+/// known-good state, taken before live started): live changes the root
+/// while the shadow reads it, and the shadow must not see that.
 pub(super) async fn run_shadow(
     ctx: &Context,
     plan: &Plan,
+    snapshot: Option<String>,
     tx: EventTx,
 ) -> Result<ShadowReport, DeployError> {
     let s = plan
@@ -109,6 +113,10 @@ pub(super) async fn run_shadow(
         timeout: Some(timeout),
         upper_size: s.upper_bytes,
         durable: false,
+        frozen: snapshot.map(|snapshot| shadow::FrozenScope {
+            snapshot,
+            staged: plan.staging.clone().map(|d| (d, plan.artifact.clone())),
+        }),
     };
     let mut sink = StreamSink {
         tx,

@@ -62,6 +62,17 @@ impl Probes {
         now
     }
 
+    /// The threads of the slot the thread table holds now (every tracked
+    /// thread that ran since it was registered), for /proc reads of the
+    /// tree (`crate::treestat`).
+    pub fn tree_tids(&self, slot: u32) -> Vec<u32> {
+        self.threads
+            .keys()
+            .flatten()
+            .filter(|tid| self.tracked.get(tid, 0).ok() == Some(slot))
+            .collect()
+    }
+
     /// The largest anonymous RSS a process of the slot reached since the
     /// last call (0 when none changed), and start over.
     pub fn take_anon_peak(&mut self, slot: u32) -> Result<u64> {

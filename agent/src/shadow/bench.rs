@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use super::{Limits, container, io_err, new_id, shadows_dir, start, wait_pid};
+use super::{Limits, container, io_err, new_id, shadows_dir, start};
 use crate::error::{AgentError, Result};
 
 /// Side-by-side cost of a shadow, for `cargo xtask bench shadow`: `reps`
-/// alternating runs of /bin/true in a shadow (overlay mount, create,
+/// alternating runs of /bin/true in a shadow (overlay mount, the creator child, create,
 /// loopback, start, wait, delete, teardown) and with `unshare --mount
 /// --pid --fork chroot` on the same kind of overlay. Milliseconds each.
 pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Vec<f64>)> {
@@ -18,12 +18,18 @@ pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Ve
     for _ in 0..reps {
         let t = std::time::Instant::now();
         let l = container::Layout::new(&shadows, &new_id());
-        container::mount_overlay(root, &l, None, false)?;
+        container::mount_overlay(
+            &super::lower::Lower::Root(root.to_path_buf()),
+            &l,
+            None,
+            false,
+        )?;
         let spec = container::spec(&l, vec!["/bin/true".into()], &Limits::default())?;
-        let mut made = None;
-        let ran = start(&shadows, &l, &spec, &mut made, |_| Ok(()))
-            .and_then(|pid| wait_pid(pid).map_err(io_err(format!("waiting for shadow {}", l.id))));
-        let problems = container::teardown(&shadows, &l, made);
+        let ran = start(&shadows, &l, &spec, |_| Ok(())).and_then(|c| {
+            c.wait()
+                .map_err(io_err(format!("waiting for shadow {}", l.id)))
+        });
+        let problems = container::teardown(&shadows, &l);
         ran?;
         if !problems.is_empty() {
             return Err(AgentError::Io {
@@ -35,7 +41,12 @@ pub fn bench_true(data: &Path, root: &Path, reps: usize) -> Result<(Vec<f64>, Ve
 
         let t = std::time::Instant::now();
         let l = container::Layout::new(&shadows, &new_id());
-        container::mount_overlay(root, &l, None, false)?;
+        container::mount_overlay(
+            &super::lower::Lower::Root(root.to_path_buf()),
+            &l,
+            None,
+            false,
+        )?;
         let st = std::process::Command::new("unshare")
             .args(["--mount", "--pid", "--fork", "chroot"])
             .arg(&l.merged)

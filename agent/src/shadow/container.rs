@@ -11,17 +11,17 @@
 //! instruction; a new network namespace has `lo` down and nothing in the
 //! container may bring it up after the capabilities are dropped; without
 //! an explicit deny-all device rule the v1 devices cgroup allows every
-//! device; libcontainer makes the calling process non-dumpable.
+//! device; libcontainer makes the calling process non-dumpable (one more
+//! reason it is a short-lived child, not the agent, that calls it).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::oci_spec::runtime::Spec;
-use libcontainer::syscall::syscall::SyscallType;
 
 pub use super::cgroups::{oom_kills, remove_cgroups};
+pub use super::creator::Creator;
 pub use super::overlay::{mount_overlay, mounts_under, umount};
 pub use super::spec::{DEFAULT_PIDS, Limits, spec};
 pub use super::sweep::{Owner, sweep};
@@ -80,40 +80,26 @@ pub(super) fn other(
     }
 }
 
-/// Create the container (its init blocked before exec) with stdio to the
-/// shadow's init log.
-pub fn create(shadows: &Path, l: &Layout, spec: &Spec) -> Result<Container> {
+/// Create the container (its init blocked before exec, stdio to the
+/// shadow's init log) in a single-threaded child of the agent, never in
+/// the agent itself (see `creator.rs` for why); the child holds it until
+/// it is started, waited for or dropped.
+pub fn create(shadows: &Path, l: &Layout, spec: &Spec) -> Result<Creator> {
     let config = l.bundle.join("config.json");
     spec.save(&config)
         .map_err(|e| other(format!("writing {}", config.display()), e))?;
-    let log = l.io.join("init.log");
-    let out = std::fs::File::create(&log).map_err(err(format!("creating {}", log.display())))?;
-    let out2 = out.try_clone().map_err(err("duplicating the init log"))?;
-    let null = std::fs::File::open("/dev/null").map_err(err("opening /dev/null"))?;
     let youki = youki_root(shadows);
     std::fs::create_dir_all(&youki).map_err(err(format!("creating {}", youki.display())))?;
-    let dog = super::watchdog::Watchdog::arm(&l.id, super::watchdog::CREATE_LIMIT);
-    let built = ContainerBuilder::new(l.id.clone(), SyscallType::default())
-        .with_root_path(&youki)
-        .map_err(|e| other("setting up libcontainer", e))?
-        .with_stdin(null)
-        .with_stdout(out)
-        .with_stderr(out2)
-        .as_init(&l.bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build();
-    // libcontainer marks the calling process non-dumpable; a long-lived
-    // agent must stay inspectable (/proc/PID of its own threads).
-    // SAFETY: plain prctl on ourselves.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-    let hung = if dog.fired() {
-        " (it hung and was killed: see the log)"
-    } else {
-        ""
-    };
-    drop(dog);
-    built.map_err(|e| other(format!("creating shadow container {}{hung}", l.id), e))
+    let c = Creator::create(shadows, &l.id)?;
+    tracing::info!(
+        shadow = %l.id,
+        creator = c.pid(),
+        threads = c.threads,
+        init = c.init_pid,
+        agent = std::process::id(),
+        "shadow container created by a single-threaded child"
+    );
+    Ok(c)
 }
 
 /// Bring `lo` up in the network namespace of `pid`, from a short-lived
@@ -156,11 +142,12 @@ pub fn loopback_up(pid: i32) -> Result<()> {
 
 /// Delete the container (killing what runs in it), unmount, remove the
 /// cgroups and the shadow's directory. Best effort, every step tried;
-/// what could not be done is returned.
-pub fn teardown(shadows: &Path, l: &Layout, container: Option<Container>) -> Vec<String> {
+/// what could not be done is returned. Deleting clones nothing, so the
+/// agent does it itself, from the state the creator left on disk.
+pub fn teardown(shadows: &Path, l: &Layout) -> Vec<String> {
     let mut problems = Vec::new();
     let youki = youki_root(shadows).join(&l.id);
-    let container = container.or_else(|| Container::load(youki.clone()).ok());
+    let container = Container::load(youki.clone()).ok();
     // A delete that fails on the cgroups (killed tasks not yet reaped by
     // whoever inherited them) is finished below; only what stays counts.
     if let Some(mut c) = container

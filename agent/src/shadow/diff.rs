@@ -1,6 +1,6 @@
 //! What an install did to the shadow's filesystem, read from the overlay's
 //! upper directory (piuparts' before/after view without a second walk of
-//! the lower root): an entry there is new or changed (copied up), a 0:0
+//! the lower layers, `Lower`): an entry there is new or changed (copied up), a 0:0
 //! character device is a whiteout (removed), an opaque directory replaced
 //! the one below.
 
@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 
 use backstop_common::fsdiff::FsDiff;
 
+use super::lower::Lower;
 use crate::error::{AgentError, Result};
 
 /// Mount points libcontainer or the runner create in the root; not the
 /// install's doing.
 const IGNORED: &[&str] = &[super::container::IO_MOUNT, "/proc", "/sys", "/dev"];
 
-pub fn upper_diff(upper: &Path, lower: &Path) -> Result<FsDiff> {
+pub fn upper_diff(upper: &Path, lower: &Lower) -> Result<FsDiff> {
     let mut d = FsDiff::default();
     let mut stack = vec![PathBuf::from("/")];
     while let Some(rel) = stack.pop() {
@@ -36,8 +37,7 @@ pub fn upper_diff(upper: &Path, lower: &Path) -> Result<FsDiff> {
             let Ok(m) = std::fs::symlink_metadata(&up) else {
                 continue;
             };
-            let below =
-                std::fs::symlink_metadata(lower.join(rel.strip_prefix("/").unwrap_or(&rel)));
+            let below = lower.symlink_metadata(rel.strip_prefix("/").unwrap_or(&rel));
             if m.file_type().is_char_device() && m.rdev() == 0 {
                 d.removed.push(shown);
                 continue;
@@ -68,7 +68,7 @@ pub fn upper_diff(upper: &Path, lower: &Path) -> Result<FsDiff> {
     Ok(d)
 }
 
-fn xattr_is(p: &Path, name: &[u8], want: &[u8]) -> bool {
+pub(super) fn xattr_is(p: &Path, name: &[u8], want: &[u8]) -> bool {
     let Ok(path) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
         return false;
     };

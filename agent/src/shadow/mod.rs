@@ -16,17 +16,19 @@
 mod bench;
 mod cgroups;
 pub mod container;
+mod creator;
 mod diff;
+mod frozen;
+mod helper;
+mod lower;
 mod overlay;
 mod spec;
 mod steps;
 mod sweep;
-mod watchdog;
 
 pub(crate) use steps::sh_quote;
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +42,9 @@ pub use backstop_common::shadow::{ShadowReport, StepResult, Verdict};
 #[cfg(feature = "test-seams")]
 pub use bench::bench_true;
 pub use container::Limits;
+pub use frozen::FrozenScope;
+pub use helper::shadow_exec;
+use lower::Lower;
 use steps::{read_step, runner_script};
 
 #[derive(Debug, Clone)]
@@ -65,6 +70,10 @@ pub struct ShadowOptions {
     /// the live install runs. On, the shadow's I/O windows look like a
     /// live install's (the corpus runner turns it on).
     pub durable: bool,
+    /// See the scope as this snapshot recorded it, not as the root is now
+    /// (`frozen.rs`): a deployment's shadow, beside a live install that
+    /// changes the root. None: the root itself is the lower layer.
+    pub frozen: Option<FrozenScope>,
 }
 
 /// Where shadows live under the data directory, as an absolute path: the
@@ -140,12 +149,20 @@ pub async fn run(
     let id = new_id();
     let l = container::Layout::new(&shadows, &id);
     let _owner = container::Owner::create(&l)?;
-    let mut made: Option<libcontainer::container::Container> = None;
-    let result = run_in(probes, &root, &l, opts, sink, &mut made).await;
+    // Held until the teardown: `snapshot gc` waits for this shadow.
+    let mut _store_lock = None;
+    let result = match frozen::lower_for(data, &root, &l.dir, opts.frozen.as_ref()) {
+        Ok((lower, lock)) => {
+            _store_lock = lock;
+            let r = run_in(probes, &root, &lower, &l, opts, sink).await;
+            r.map(|s| (s, lower))
+        }
+        Err(e) => Err(e),
+    };
     // The runner has exited (or never started): everything in the pid
     // namespace is dead, so the upper dir no longer moves.
     let diff = match &result {
-        Ok(_) => diff::upper_diff(&l.upper, &root),
+        Ok((_, lower)) => diff::upper_diff(&l.upper, lower),
         Err(_) => Ok(FsDiff::default()),
     };
     let cmd_text = opts
@@ -162,11 +179,11 @@ pub async fn run(
         .map(|(i, t)| read_step(&l.io, i + 1, t.clone()))
         .collect();
     let oom_kills = container::oom_kills(&id);
-    let cleanup_problems = container::teardown(&shadows, &l, made);
+    let cleanup_problems = container::teardown(&shadows, &l);
     for p in &cleanup_problems {
         tracing::error!("shadow {id} teardown: {p}");
     }
-    let summary = result?;
+    let (summary, _) = result?;
     Ok(ShadowReport {
         id,
         root,
@@ -186,12 +203,12 @@ pub async fn run(
 async fn run_in(
     probes: &SharedProbes,
     root: &Path,
+    lower: &Lower,
     l: &container::Layout,
     opts: &ShadowOptions,
     sink: &mut dyn WindowSink,
-    made: &mut Option<libcontainer::container::Container>,
 ) -> Result<Summary> {
-    container::mount_overlay(root, l, opts.upper_size, opts.durable)?;
+    container::mount_overlay(lower, l, opts.upper_size, opts.durable)?;
     let inputs = l.io.join("in");
     std::fs::create_dir_all(&inputs).map_err(io_err(format!("creating {}", inputs.display())))?;
     for f in &opts.copy_in {
@@ -209,14 +226,14 @@ async fn run_in(
     )?;
     let shadows = l.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     let launch = |register: &mut dyn FnMut(u32) -> Result<()>| -> Result<Tracked> {
-        let pid = start(&shadows, l, &spec, made, |pid| {
+        let creator = start(&shadows, l, &spec, |pid| {
             register(pid as u32)?;
             hold_before_start();
             Ok(())
         })?;
         Ok(Tracked {
-            pid: pid as u32,
-            exit: Exit::Waiter(tokio::task::spawn_blocking(move || wait_pid(pid))),
+            pid: creator.init_pid as u32,
+            exit: Exit::Waiter(tokio::task::spawn_blocking(move || creator.wait())),
         })
     };
     let track_opts = TrackOptions {
@@ -245,48 +262,22 @@ fn hold_before_start() {
     }
 }
 
-/// Create the container, let `before_start` see the init's pid while it
-/// is still blocked before its exec, bring up loopback, start it. The
-/// container is kept in `made` from creation on, so a failure at any later
-/// step still tears it down.
+/// Create the container (in the creator child), let `before_start` see
+/// the init's pid while it is still blocked before its exec, bring up
+/// loopback, start it. The creator is returned to wait for the init; on a
+/// failure it is dropped here, which kills the init before the caller's
+/// teardown.
 fn start(
     shadows: &Path,
     l: &container::Layout,
     spec: &libcontainer::oci_spec::runtime::Spec,
-    made: &mut Option<libcontainer::container::Container>,
     before_start: impl FnOnce(i32) -> Result<()>,
-) -> Result<i32> {
-    let c = made.insert(container::create(shadows, l, spec)?);
-    let pid = c
-        .pid()
-        .ok_or_else(|| AgentError::Io {
-            context: format!("shadow {}: libcontainer gave no init pid", l.id),
-            source: std::io::Error::other("no pid"),
-        })?
-        .as_raw();
-    before_start(pid)?;
-    container::loopback_up(pid)?;
-    c.start().map_err(|e| AgentError::Failed {
-        context: format!("starting shadow {}", l.id),
-        source: Box::new(e),
-    })?;
-    Ok(pid)
-}
-
-/// Wait for the init (our child: libcontainer clones it with CLONE_PARENT).
-fn wait_pid(pid: i32) -> std::io::Result<std::process::ExitStatus> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
-        if r == pid {
-            return Ok(std::process::ExitStatus::from_raw(status));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+) -> Result<container::Creator> {
+    let mut c = container::create(shadows, l, spec)?;
+    before_start(c.init_pid)?;
+    container::loopback_up(c.init_pid)?;
+    c.start(&l.id)?;
+    Ok(c)
 }
 
 /// A sink that keeps the windows and lifecycle records for the report.

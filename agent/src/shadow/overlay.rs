@@ -5,9 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use super::container::{Layout, err, other};
+use super::lower::Lower;
 use crate::error::Result;
 
-/// Mount the overlay: `lower` read-only below, upper and work in the
+/// Mount the overlay: `lower` read-only below (the root, or a frozen
+/// layer over it: `lower.rs`), upper and work in the
 /// shadow's directory; with `upper_size`, on a tmpfs of that size. Not
 /// `durable`: mounted `volatile` (no sync reaches the upper layer; see
 /// `ShadowOptions::durable`). A volatile upper cannot be mounted again
@@ -20,23 +22,12 @@ use crate::error::Result;
 /// is inert when the host reaches it by path. The upper tmpfs and the
 /// overlay carry the same flags; the directory is 0700 besides.
 pub fn mount_overlay(
-    lower: &Path,
+    lower: &Lower,
     l: &Layout,
     upper_size: Option<u64>,
     durable: bool,
 ) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(&l.dir).map_err(err(format!("creating {}", l.dir.display())))?;
-    std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(err(format!("making {} 0700", l.dir.display())))?;
-    let dir = l.dir.to_string_lossy();
-    mount(&dir, &l.dir, "", libc::MS_BIND, "")
-        .and_then(|()| mount("", &l.dir, "", libc::MS_PRIVATE, ""))
-        .and_then(|()| mount("", &l.dir, "", libc::MS_REMOUNT | libc::MS_BIND | INERT, ""))
-        .map_err(err(format!(
-            "binding {} onto itself nosuid,nodev",
-            l.dir.display()
-        )))?;
+    bind_inert(&l.dir)?;
     if let Some(size) = upper_size {
         let rw = l.dir.join("rw");
         std::fs::create_dir_all(&rw).map_err(err(format!("creating {}", rw.display())))?;
@@ -55,7 +46,7 @@ pub fn mount_overlay(
     for d in [&l.upper, &l.work, &l.merged, &l.bundle, &l.io] {
         std::fs::create_dir_all(d).map_err(err(format!("creating {}", d.display())))?;
     }
-    for p in [lower, &l.upper, &l.work] {
+    for p in lower.dirs().into_iter().chain([l.upper.as_path(), &l.work]) {
         if p.as_os_str()
             .as_encoded_bytes()
             .iter()
@@ -70,9 +61,19 @@ pub fn mount_overlay(
             ));
         }
     }
+    // A frozen layer hidden by a later mount would let the live root show
+    // through where the snapshot should: refuse rather than run on it.
+    if let Lower::Frozen { frozen, .. } = lower
+        && std::fs::read_dir(frozen).map_or(true, |mut d| d.next().is_none())
+    {
+        return Err(other(
+            format!("mounting the shadow's overlay at {}", l.merged.display()),
+            format!("its frozen layer {} is empty or hidden", frozen.display()),
+        ));
+    }
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}{}",
-        lower.display(),
+        "{},upperdir={},workdir={}{}",
+        lower.options(),
         l.upper.display(),
         l.work.display(),
         if durable { "" } else { ",volatile" }
@@ -80,6 +81,37 @@ pub fn mount_overlay(
     mount("overlay", &l.merged, "overlay", INERT, &data).map_err(err(format!(
         "mounting the shadow's overlay ({data}) nosuid,nodev"
     )))
+}
+
+/// Make the shadow's directory 0700 and bind it onto itself nosuid,nodev
+/// and private (see [`mount_overlay`]); once: a directory already bound
+/// is left as it is, so whatever was mounted below it stays reachable.
+pub fn bind_inert(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(err(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(err(format!("making {} 0700", dir.display())))?;
+    // The kernel lists mounts by their resolved path.
+    let real = std::fs::canonicalize(dir).map_err(err(format!("resolving {}", dir.display())))?;
+    if mounts_under(&real).contains(&real) {
+        return Ok(());
+    }
+    let name = dir.to_string_lossy();
+    mount(&name, dir, "", libc::MS_BIND, "")
+        .and_then(|()| mount("", dir, "", libc::MS_PRIVATE, ""))
+        .and_then(|()| mount("", dir, "", libc::MS_REMOUNT | libc::MS_BIND | INERT, ""))
+        .map_err(err(format!(
+            "binding {} onto itself nosuid,nodev",
+            dir.display()
+        )))
+}
+
+/// A tmpfs at `dir` (made 0700), nosuid and nodev: a frozen layer's home,
+/// metadata in memory, gone with its unmount.
+pub fn mount_tmpfs(dir: &Path) -> Result<()> {
+    std::fs::create_dir(dir).map_err(err(format!("creating {}", dir.display())))?;
+    mount("tmpfs", dir, "tmpfs", INERT, "mode=0700")
+        .map_err(err(format!("mounting a tmpfs at {}", dir.display())))
 }
 
 /// Mount flags that make setuid bits and device nodes inert.

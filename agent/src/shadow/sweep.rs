@@ -102,7 +102,7 @@ pub fn sweep(shadows: &Path) -> (Vec<String>, Vec<String>) {
             dir: dir.clone(),
             ..Layout::new(shadows, &id)
         };
-        problems.extend(teardown(shadows, &l, None));
+        problems.extend(teardown(shadows, &l));
         swept.push(id);
     }
     // Container state without a shadow directory.

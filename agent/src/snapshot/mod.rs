@@ -20,10 +20,10 @@
 //! `beneath.rs` the *at() calls a restore acts through, `fsops.rs` lstat,
 //! xattrs and FICLONE, `private.rs` the store's modes and its lock.
 
-mod beneath;
+pub(crate) mod beneath;
 mod create;
 mod diff;
-mod fsops;
+pub(crate) mod fsops;
 mod private;
 mod restore;
 mod store;

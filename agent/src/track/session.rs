@@ -150,6 +150,7 @@ fn read(probes: &SharedProbes, slot: u32, sampler: &HostSampler) -> Result<Readi
         threads: p.threads_now(slot, at_ns),
         anon_peak_bytes: p.take_anon_peak(slot)?,
         host: sampler.sample()?,
+        tree: crate::treestat::read(std::path::Path::new("/proc"), &p.tree_tids(slot)),
         at_ns,
         recursion_misses: p.recursion_misses(),
     })

@@ -31,6 +31,8 @@ mod probe;
 mod read;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;
 
 pub use duration::{format_duration, parse_duration};
 pub use probe::split_http_url;
@@ -279,7 +281,22 @@ pub struct Monitor {
     /// or [`MIN_BASELINE_SAMPLES`] to [`MAX_BASELINE_SAMPLES`].
     #[serde(default = "default_baseline_samples")]
     pub baseline_samples: u32,
+    /// The live install's memory limit in MiB (memory.max of its cgroup),
+    /// [`MIN_MEMORY_LIMIT_MB`] to [`MAX_MEMORY_LIMIT_MB`]; None (the
+    /// default): no limit, and no memory-growth rule.
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
+    /// The service's cgroup, relative to the cgroup v2 root (no `..`, no
+    /// leading `/`): its CPU and memory join the performance check. None
+    /// (the default): the check measures probe latency only.
+    #[serde(default)]
+    pub service_cgroup: Option<PathBuf>,
 }
+
+/// The smallest live memory limit: below it dpkg itself cannot run.
+pub const MIN_MEMORY_LIMIT_MB: u64 = 16;
+/// The largest (16 TiB): a typo, not a host.
+pub const MAX_MEMORY_LIMIT_MB: u64 = 1 << 24;
 
 /// The baseline's default size: enough for the Mann-Whitney test to
 /// reach p < 0.001 on a clean separation from 5 samples during.

@@ -11,8 +11,8 @@ use toml::{Table, Value};
 use super::read::{Obj, Result, absolute, array, host_path, invalid, name, string};
 use super::{
     Artifact, DEFAULT_BASELINE_SAMPLES, Guards, Limits, MAX_ARGV, MAX_BASELINE_SAMPLES,
-    MAX_COMMANDS, MAX_PATHS, MIN_BASELINE_SAMPLES, Manifest, ManifestError, Mode, Monitor,
-    PackageRef, Policy, Scope, ShadowPlan, Step,
+    MAX_COMMANDS, MAX_MEMORY_LIMIT_MB, MAX_PATHS, MIN_BASELINE_SAMPLES, MIN_MEMORY_LIMIT_MB,
+    Manifest, ManifestError, Mode, Monitor, PackageRef, Policy, Scope, ShadowPlan, Step,
 };
 
 pub(super) const MS: Duration = Duration::from_millis(1);
@@ -312,7 +312,13 @@ fn shadow(path: &str, v: Value) -> Result<ShadowPlan> {
 }
 
 fn monitor(path: &str, v: Value) -> Result<Monitor> {
-    let mut o = Obj::open(path, v, &["period", "baseline_samples"])?;
+    let known = [
+        "period",
+        "baseline_samples",
+        "memory_limit_mb",
+        "service_cgroup",
+    ];
+    let mut o = Obj::open(path, v, &known)?;
     let period = o.duration("period", Duration::from_secs(30), Duration::ZERO)?;
     let field = o.field("baseline_samples");
     let baseline_samples = match o.int("baseline_samples", 0, i64::from(MAX_BASELINE_SAMPLES))? {
@@ -325,9 +331,22 @@ fn monitor(path: &str, v: Value) -> Result<Monitor> {
         }
         Some(n) => n as u32,
     };
+    let memory_limit_mb = o
+        .int(
+            "memory_limit_mb",
+            MIN_MEMORY_LIMIT_MB as i64,
+            MAX_MEMORY_LIMIT_MB as i64,
+        )?
+        .map(|n| n as u64);
+    let service_cgroup = match o.take("service_cgroup") {
+        Some((f, v)) => Some(super::read::cgroup_path(&f, &string(&f, v)?)?),
+        None => None,
+    };
     Ok(Monitor {
         period,
         baseline_samples,
+        memory_limit_mb,
+        service_cgroup,
     })
 }
 

@@ -265,6 +265,41 @@ pub(super) fn absolute(field: &str, text: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// A cgroup beneath the cgroup v2 root (`monitor.service_cgroup`):
+/// relative, normalised, at least one name, no `..`. The agent still
+/// opens it beneath the root with no symlink followed; this refuses what
+/// could never name a group there, before anything runs.
+pub(super) fn cgroup_path(field: &str, text: &str) -> Result<PathBuf> {
+    if text.starts_with('/') {
+        return Err(invalid(
+            field,
+            format!(
+                "{text:?} is absolute: name the group relative to the cgroup v2 root (e.g. \"system.slice/nginx.service\")"
+            ),
+        ));
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(text).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => {
+                return Err(invalid(
+                    field,
+                    format!("{text:?} holds '..' (a cgroup path may not climb)"),
+                ));
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(invalid(
+            field,
+            "names no cgroup (the root is not a service)",
+        ));
+    }
+    Ok(out)
+}
+
 /// A path on the agent's host (the root, the artifact): absolute, or
 /// relative to `base` when the manifest came from a file; normalised, with
 /// `..` resolved lexically (as `cd -L` does). Host paths are chosen by the

@@ -132,20 +132,35 @@ fn progress_text(v: &serde_json::Value) -> String {
     }
 }
 
-/// `backstop cancel ID`: order the deployment rolled back.
-pub async fn cancel(data: &Path, id: &str) -> Result<i32> {
-    let req = Request::Cancel { id: id.to_string() };
+/// `backstop cancel ID [--force]`: order the deployment rolled back (with
+/// `--force`, also mark it abandoned, freeing its root).
+pub async fn cancel(data: &Path, id: &str, force: bool) -> Result<i32> {
+    let req = Request::Cancel {
+        id: id.to_string(),
+        force,
+    };
     let mut lines = request(data, &req).await?;
     let line = lines
         .next_line()
         .await?
         .context("the daemon closed the connection without an answer")?;
     match serde_json::from_str(&line)? {
-        Reply::Cancelled { .. } => {}
+        Reply::Cancelled {
+            abandoned: true,
+            ordered,
+            ..
+        } => {
+            let order = if ordered {
+                "rollback ordered"
+            } else {
+                "its agent is not connected: nothing was rolled back"
+            };
+            println!("{id} abandoned, its root is free ({order})");
+        }
+        Reply::Cancelled { .. } => println!("rollback ordered for {id}"),
         Reply::Error { message, .. } => bail!("cancel {id}: {message}"),
         other => bail!("the daemon answered a cancel with {other:?}"),
     }
-    println!("rollback ordered for {id}");
     Ok(0)
 }
 

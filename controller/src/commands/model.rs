@@ -32,6 +32,16 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
         },
         m.meta.healthy_weight
     );
+    let range = &m.meta.host_range.conditions;
+    if range.is_empty() {
+        println!("host range: not recorded (the corpus had no host levels)");
+    }
+    for r in range {
+        println!(
+            "host range: {} {:.3}..{:.3} (a window outside is noted in decisions)",
+            r.name, r.min, r.max
+        );
+    }
     if let Some(e) = &m.meta.evaluation
         && let Ok(e) = serde_json::from_value::<serde_json::Value>(e.clone())
     {

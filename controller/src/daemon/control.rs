@@ -105,9 +105,9 @@ async fn answer(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> 
             send(&mut w, Reply::Revoked { closed }).await
         }
         Request::Deploy(req) => super::deploy::answer(&daemon, req, &mut w).await,
-        Request::Cancel { id } => {
-            let reply = match daemon.cancel(&id).await {
-                Ok(()) => Reply::Cancelled { id },
+        Request::Cancel { id, force } => {
+            let reply = match super::abandon::cancel(&daemon, &id, force).await {
+                Ok(r) => r,
                 Err(e) => Reply::error(e.to_string()),
             };
             send(&mut w, reply).await

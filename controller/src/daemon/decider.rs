@@ -55,6 +55,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
         performance: Vec::new(),
         history: History::default(),
         resources: crate::decide::trend::Resources::default(),
+        no_model: None,
     };
     for ev in events {
         match ev {
@@ -97,6 +98,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
         e.phase = Phase::Monitoring;
     }
     e.performance = super::perf::series(events);
+    e.performance.extend(super::service::series(events));
     e
 }
 
@@ -197,6 +199,7 @@ async fn decide_now(
     if finished {
         inputs.evidence.phase = Phase::Done;
     }
+    super::shadow_wait::expect(&mut inputs.evidence, &manifest);
     inputs.evidence.history =
         super::history::of(&daemon.store, &row_, &manifest, &inputs.params).await?;
     // Read once: the trends and the model both read every stored window.
@@ -207,6 +210,7 @@ async fn decide_now(
     inputs.evidence.resources = super::resources::resources(&windows, &events, &manifest);
     let scored = super::scoring::windows(daemon, id, windows).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
+    inputs.evidence.no_model = scored.no_model;
     let decision = decide(&inputs.evidence, &inputs.params);
     let threshold = scored.threshold.map(|t| inputs.params.threshold_for(t));
     super::scoring::progress(daemon, &row_, &inputs.evidence, threshold).await;

@@ -6,6 +6,7 @@
 //! - `identity.rs`: the checks that make a certificate speak for one host;
 //! - `state.rs`: what both sides share ([`Daemon`]).
 
+mod abandon;
 pub mod agents;
 mod alerting;
 pub mod control;
@@ -13,12 +14,16 @@ pub mod decider;
 pub mod deploy;
 pub mod history;
 pub mod identity;
+#[cfg(test)]
+mod invariance_tests;
+pub mod memory;
 pub mod perf;
 
 pub mod reconcile;
 pub mod record;
 pub mod resources;
 pub mod scoring;
+pub mod service;
 mod shadow_wait;
 pub mod start;
 mod state;

@@ -94,6 +94,7 @@ mod tests {
                 performance: Vec::new(),
                 history: crate::decide::evidence::History::default(),
                 resources: crate::decide::trend::Resources::default(),
+                no_model: None,
             },
             params: Params::from_policy(&backstop_common::manifest::Policy {
                 threshold: None,

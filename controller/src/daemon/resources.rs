@@ -9,7 +9,6 @@
 //! deadline earlier, never later).
 
 use backstop_common::deploy::DeployEvent;
-use backstop_common::features::feature;
 use backstop_common::manifest::Manifest;
 use backstop_common::window::{Stream, Window};
 
@@ -25,19 +24,21 @@ pub fn resources(windows: &[Window], events: &[DeployEvent], manifest: &Manifest
     live.sort_by_key(|w| w.seq);
     live.dedup_by_key(|w| w.seq);
     let origin = live.iter().map(|w| w.start_ns).min().unwrap_or(0);
+    // The absolute level, from the window's host record (never a model
+    // input since schema v3); a window that measured no filesystem (a
+    // zero size: older windows) gives no sample.
     let disk_free = live
         .iter()
-        .filter_map(|w| {
-            let value = *w.features.get(feature::HOST_DISK_FREE_BYTES)?;
-            Some(Level {
-                index: w.seq,
-                at_ms: w.end_ns.saturating_sub(origin) as f64 / 1e6,
-                value,
-            })
+        .filter(|w| w.host.disk_total_bytes > 0.0)
+        .map(|w| Level {
+            index: w.seq,
+            at_ms: w.end_ns.saturating_sub(origin) as f64 / 1e6,
+            value: w.host.disk_free_bytes,
         })
         .collect();
     Resources {
         disk_free,
+        memory_room: super::memory::room(events),
         deadline_ms: deadline_ms(events, manifest),
     }
 }
@@ -95,8 +96,8 @@ period = "30s"
     fn window(stream: Stream, seq: u64, free: f64) -> Window {
         let s = 5_000_000_000 + (seq - 1) * 1_000_000_000;
         let mut w = Window::new(stream, seq, s, s + 1_000_000_000);
-        w.features = vec![0.0; backstop_common::features::FEATURES.len()];
-        w.features[feature::HOST_DISK_FREE_BYTES] = free;
+        w.host.disk_free_bytes = free;
+        w.host.disk_total_bytes = 100.0;
         w
     }
 

@@ -23,7 +23,6 @@ use super::state::Daemon;
 use crate::decide::Evidence;
 use crate::decide::divergence::divergence;
 use crate::decide::evidence::WindowEvidence;
-use crate::decide::range::outside;
 use crate::predict::model::{Model, ModelError};
 use crate::store::{DeployRow, now_ms};
 
@@ -37,6 +36,8 @@ pub struct Scorer {
 #[derive(Default)]
 pub struct ModelSlot {
     model: OnceLock<Option<Arc<Scorer>>>,
+    /// Why there is none (the load's error), said in every decision.
+    why_none: OnceLock<String>,
     /// Held by the decider while it decides: one decision at a time.
     pub(super) serial: tokio::sync::Mutex<()>,
 }
@@ -52,6 +53,7 @@ impl ModelSlot {
             }
             Err(e) => {
                 tracing::warn!("no model ({e}): deployments decide without P(failure)");
+                let _ = self.why_none.set(e.to_string());
                 None
             }
         };
@@ -67,15 +69,29 @@ impl ModelSlot {
     pub fn get(&self) -> Option<Arc<Scorer>> {
         self.model.get().cloned().flatten()
     }
+
+    /// Why no model scores deployments (only meaningful when [`Self::get`]
+    /// gives none).
+    pub fn why_none(&self) -> String {
+        self.why_none
+            .get()
+            .cloned()
+            .unwrap_or_else(|| NO_MODEL.to_string())
+    }
 }
 
-/// One stream's feature rows, in seq order (the store's order; sorted
-/// again so any caller's order works).
-fn stream(windows: &[Window], s: Stream) -> (Vec<u64>, Vec<Vec<f64>>) {
+/// One stream's windows, in seq order (the store's order; sorted again so
+/// any caller's order works), once each.
+fn ordered(windows: &[Window], s: Stream) -> Vec<&Window> {
     let mut ws: Vec<&Window> = windows.iter().filter(|w| w.stream == s).collect();
     ws.sort_by_key(|w| w.seq);
     ws.dedup_by_key(|w| w.seq);
-    ws.into_iter().map(|w| (w.seq, w.features.clone())).unzip()
+    ws
+}
+
+/// One stream's feature rows, in seq order.
+fn rows(ws: &[&Window]) -> Vec<Vec<f64>> {
+    ws.iter().map(|w| w.features.clone()).collect()
 }
 
 fn predict(model: &Model, rows: &[Vec<f64>]) -> Result<Vec<f64>, ModelError> {
@@ -90,22 +106,23 @@ fn predict(model: &Model, rows: &[Vec<f64>]) -> Result<Vec<f64>, ModelError> {
 /// model's calibrated threshold, and the divergence over the model's
 /// normaliser.
 pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, ModelError> {
-    let (seqs, live) = stream(windows, Stream::Live);
-    let (_, shadow) = stream(windows, Stream::Shadow);
+    let live_ws = ordered(windows, Stream::Live);
+    let (live, shadow) = (rows(&live_ws), rows(&ordered(windows, Stream::Shadow)));
     let live_p = predict(model, &live)?;
     let shadow_p = predict(model, &shadow)?;
     let norm = &model.meta.normalizer;
-    let names: Vec<&str> = model.meta.features.iter().map(String::as_str).collect();
     Ok(live_p
         .iter()
         .enumerate()
         .map(|(t, &p)| WindowEvidence {
-            index: seqs[t],
+            index: live_ws[t].seq,
             live_p: p,
             shadow_p: shadow_p.get(t).copied(),
             threshold: model.meta.threshold,
             divergence: divergence(norm, &live, &shadow, t),
-            outside: outside(&names, &norm.mean, &norm.std, &live[t]),
+            // The 8-SD mark of schema v2 is never set again (`decide::range`).
+            outside: None,
+            host_outside: model.meta.host_range.outside(&live_ws[t].host),
         })
         .collect())
 }
@@ -120,6 +137,8 @@ pub(super) struct Scored {
     pub threshold: Option<f64>,
     /// Where the model came from, or [`NO_MODEL`].
     pub model: String,
+    /// Why no model scored them (said in the decision).
+    pub no_model: Option<String>,
 }
 
 /// The scored `stored` windows of deployment `id`, off the async runtime.
@@ -132,12 +151,14 @@ pub(super) async fn windows(daemon: &Daemon, id: &str, stored: Vec<Window>) -> S
             windows: Vec::new(),
             threshold: None,
             model,
+            no_model: Some(daemon.model.why_none()),
         };
     };
     let mut out = Scored {
         windows: Vec::new(),
         threshold: Some(scorer.model.meta.threshold),
         model: scorer.source.clone(),
+        no_model: None,
     };
     let outcome = tokio::task::spawn_blocking(move || score(&scorer.model, &stored)).await;
     match outcome {

@@ -18,6 +18,8 @@ use backstop_common::deploy::DeployEvent;
 use backstop_common::manifest::Manifest;
 
 use super::state::Daemon;
+use crate::decide::Evidence;
+use crate::decide::evidence::ShadowEvidence;
 use crate::store::{DeployState, StoreError};
 
 /// How often the store is read while waiting.
@@ -64,9 +66,56 @@ pub async fn until_reported(daemon: &Arc<Daemon>, id: &str) -> Result<(), StoreE
     Ok(())
 }
 
+/// A shadow the manifest asked for counts even when it never reported
+/// (it failed to run, or the agent died with it): without this the engine
+/// sees no shadow at all and could commit on live alone. With it, a
+/// silent shadow is "the shadow (no final report)" at the end, which is
+/// `inconclusive`, never a pass.
+pub fn expect(e: &mut Evidence, m: &Manifest) {
+    if m.shadow.enabled && e.shadow.is_none() {
+        e.shadow = Some(ShadowEvidence {
+            steps: Vec::new(),
+            tests: Vec::new(),
+            oom_kills: 0,
+            finished: false,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::{Params, Phase, Verdict, decide};
+    use backstop_common::deploy::StepResult;
+    use backstop_common::window::Stream;
+
+    #[test]
+    fn a_shadow_that_never_reported_is_inconclusive_not_a_commit() {
+        let text = include_str!("../../../examples/hello.toml");
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let m = Manifest::from_toml_in(text, Some(&base)).unwrap();
+        assert!(m.shadow.enabled, "hello.toml asks for a shadow");
+        let live = DeployEvent::Step {
+            stream: Stream::Live,
+            step: StepResult {
+                name: "install".into(),
+                exit_code: Some(0),
+                ..StepResult::default()
+            },
+        };
+        let params = Params::from_policy(&m.policy);
+        let mut e = super::super::decider::evidence(&[live], m.steps.len());
+        e.phase = Phase::Done;
+        assert_eq!(
+            decide(&e, &params).verdict,
+            Verdict::Commit,
+            "without the expectation, live alone commits"
+        );
+        expect(&mut e, &m);
+        let d = decide(&e, &params);
+        assert_eq!(d.verdict, Verdict::Inconclusive, "{d:?}");
+        assert!(format!("{d:?}").contains("no final report"), "{d:?}");
+    }
 
     #[test]
     fn the_bound_is_the_shadows_own_time_limit_plus_a_margin() {

@@ -54,6 +54,10 @@ pub struct Evidence {
     /// per live window, for [`super::trend`].
     #[serde(default)]
     pub resources: super::trend::Resources,
+    /// Why no model scored the windows (none installed, or the one found
+    /// was refused), when none did: every such decision says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_model: Option<String>,
 }
 
 /// One live window as the model and the shadow saw it.
@@ -82,6 +86,25 @@ pub struct WindowEvidence {
     /// counted, and the decision says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outside: Option<OutOfRange>,
+    /// Set when the host's conditions at this window lie outside those the
+    /// model was trained on (schema v3: a note, the vote still counts,
+    /// since no model input is a host level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_outside: Option<HostOutside>,
+}
+
+/// The host condition furthest outside the model's training range at one
+/// window (`predict::range`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostOutside {
+    /// One of `backstop_common::hostlevels::CONDITIONS`.
+    pub condition: String,
+    #[serde(with = "float::any")]
+    pub value: f64,
+    #[serde(with = "float::any")]
+    pub min: f64,
+    #[serde(with = "float::any")]
+    pub max: f64,
 }
 
 /// The host measure furthest outside the model's training range at one

@@ -55,6 +55,7 @@ pub mod divergence;
 pub mod evidence;
 mod float;
 pub mod judge;
+pub mod memory;
 pub mod params;
 pub mod range;
 pub mod reason;

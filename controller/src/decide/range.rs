@@ -1,51 +1,68 @@
-//! Where a model's votes stop counting: a window whose host state lies
-//! far outside anything the model was trained on.
+//! Where the model's training range shows in a decision.
 //!
-//! Why: a model fitted on one machine learns that machine's free disk,
-//! free memory and load as part of "normal". Issue 16 measured the shipped
-//! model on another host: every install alarmed in its first window,
-//! healthy or not, and the model's own explanation ranked free disk first.
-//! Rolling a host back on such a vote is rolling it back for being a
-//! different host. So the daemon marks each window whose `host_*` measure
-//! is more than [`MAX_HOST_Z`] training standard deviations from the
-//! training mean (in the normaliser's log1p space), the rules leave that
-//! window's live and shadow P(failure) out, and every decision names the
-//! measure and how far out it was. Steps, probes, shadow tests, the
-//! performance check and the disk trend still decide.
+//! Schema v3 (issue 16): no model input is a host level, so a host unlike
+//! the training hosts no longer makes the model extrapolate. The daemon
+//! marks each window whose host conditions lie outside the range the
+//! model recorded in training (`predict::range`, in
+//! `WindowEvidence::host_outside`), and every decision says so in a note
+//! ([`host_outside`]); the vote still counts, so the decision is the same
+//! on any host. A deployment no model scored says that too ([`no_model`]).
+//!
+//! Before v3 the daemon marked windows whose `host_*` feature lay more
+//! than 8 training standard deviations out (`WindowEvidence::outside`),
+//! and the rules left those windows' votes out. Decisions stored then
+//! still carry that mark, and [`out_of_range`] still reads it, so
+//! `backstop replay` of an old decision gives the verdict it gave.
 
-use super::evidence::{Evidence, OutOfRange};
+use super::evidence::{Evidence, WindowEvidence};
 use super::reason::Reason;
 use super::rules::{Finding, Weight};
 
-/// Training standard deviations beyond which a host measure is outside
-/// the model's range. Generous on purpose: within it, the model has seen
-/// hosts like this one; beyond it, its vote is extrapolation.
-pub const MAX_HOST_Z: f64 = 8.0;
-
-/// The `host_*` measure of `row` furthest outside the range `mean` and
-/// `std` describe (log1p space, as the normaliser), when one is beyond
-/// [`MAX_HOST_Z`].
-pub fn outside(names: &[&str], mean: &[f64], std: &[f64], row: &[f64]) -> Option<OutOfRange> {
-    let mut worst: Option<OutOfRange> = None;
-    for (i, name) in names.iter().enumerate() {
-        if !name.starts_with("host_") {
+/// The runs of consecutive windows for which `mark` gives something,
+/// as (first, last) positions in `e.windows`.
+fn runs<T>(e: &Evidence, mark: impl Fn(&WindowEvidence) -> Option<&T>) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < e.windows.len() {
+        if mark(&e.windows[i]).is_none() {
+            i += 1;
             continue;
         }
-        let (Some(m), Some(s), Some(v)) = (mean.get(i), std.get(i), row.get(i)) else {
+        let start = i;
+        while e.windows.get(i).and_then(&mark).is_some() {
+            i += 1;
+        }
+        out.push((start, i - 1));
+    }
+    out
+}
+
+/// One note per run of windows outside the model's host range, naming the
+/// run's first window's condition.
+pub(super) fn host_outside(e: &Evidence, out: &mut Vec<Finding>) {
+    for (a, b) in runs(e, |w| w.host_outside.as_ref()) {
+        let Some(o) = &e.windows[a].host_outside else {
             continue;
         };
-        let z = (v.max(0.0).ln_1p() - m) / s.max(f64::MIN_POSITIVE);
-        if !z.is_finite() || z.abs() <= MAX_HOST_Z {
-            continue;
-        }
-        if worst.as_ref().is_none_or(|w| z.abs() > w.z.abs()) {
-            worst = Some(OutOfRange {
-                feature: (*name).to_string(),
-                z,
-            });
-        }
+        let (first, last) = (e.windows[a].index, e.windows[b].index);
+        let reason = Reason::HostOutsideTraining {
+            window: first,
+            windows: u32::try_from(b - a + 1).unwrap_or(u32::MAX),
+            condition: o.condition.clone(),
+            value: o.value,
+            min: o.min,
+            max: o.max,
+        };
+        out.push(Finding::new(Weight::Note, Some((first, last)), reason));
     }
-    worst
+}
+
+/// A note when no model scored the deployment.
+pub(super) fn no_model(e: &Evidence, out: &mut Vec<Finding>) {
+    if let Some(why) = &e.no_model {
+        let reason = Reason::NoModel { why: why.clone() };
+        out.push(Finding::new(Weight::Note, None, reason));
+    }
 }
 
 /// One note per run of consecutive windows outside the range, naming the
@@ -74,34 +91,5 @@ pub(super) fn out_of_range(e: &Evidence, out: &mut Vec<Finding>) {
             z: worst.z,
         };
         out.push(Finding::new(Weight::Note, Some((first, last)), reason));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NAMES: [&str; 3] = ["syscalls_total", "host_disk_free_bytes", "host_load1"];
-
-    #[test]
-    fn only_host_measures_far_outside_count_and_the_worst_is_named() {
-        let mean = [10.0, 24.0, 1.0];
-        let std = [0.5, 0.001, 0.5];
-        // Disk within range (ln1p(e^24 - 1) = 24), load within: none.
-        let inside = [1e9, 24f64.exp() - 1.0, 1.0];
-        assert_eq!(outside(&NAMES, &mean, &std, &inside), None);
-        // The install's own counts far out never count: they are what
-        // the model is for.
-        let busy = [1e30, 24f64.exp() - 1.0, 1.0];
-        assert_eq!(outside(&NAMES, &mean, &std, &busy), None);
-        // A host with 40% more free disk: z in the hundreds.
-        let other = [1e9, (24f64.exp() - 1.0) * 1.4, 1.0];
-        let o = outside(&NAMES, &mean, &std, &other).expect("outside");
-        assert_eq!(o.feature, "host_disk_free_bytes");
-        assert!(o.z > 300.0, "{}", o.z);
-        // Both out: the larger |z| is named.
-        let both = [1e9, (24f64.exp() - 1.0) * 1.001, 1e6];
-        let o = outside(&NAMES, &mean, &std, &both).expect("outside");
-        assert_eq!(o.feature, "host_load1", "{o:?}");
     }
 }

@@ -124,6 +124,20 @@ pub enum Reason {
         feature: String,
         z: f64,
     },
+    /// Windows whose host conditions lie outside the model's training
+    /// range: a note, the model's vote still counts.
+    HostOutsideTraining {
+        window: u64,
+        windows: u32,
+        condition: String,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    /// No model scored the deployment; the decision rests on the rest.
+    NoModel {
+        why: String,
+    },
     /// Something that must have finished by the end had not.
     Unfinished {
         what: String,
@@ -200,6 +214,25 @@ impl fmt::Display for Reason {
                 "model not counted at {windows} window(s) from window {window}: the host's \
                  {feature} lies {z:+.0} training standard deviations outside what it was trained on"
             ),
+            Reason::HostOutsideTraining {
+                window,
+                windows,
+                condition,
+                value,
+                min,
+                max,
+            } => write!(
+                f,
+                "the host lies outside the model's training range at {windows} window(s) from \
+                 window {window}: {condition} {value:.3}, trained on {min:.3}..{max:.3} \
+                 (its vote still counts: no model input is a host level)"
+            ),
+            Reason::NoModel { why } => {
+                write!(
+                    f,
+                    "no model scored this deployment ({why}): decided without P(failure)"
+                )
+            }
             Reason::Divergence { .. }
             | Reason::Probe { .. }
             | Reason::Performance { .. }

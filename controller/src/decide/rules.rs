@@ -65,6 +65,8 @@ pub(super) fn findings(e: &Evidence, p: &Params) -> Vec<Finding> {
     out.extend(super::trend::finding(e));
     live_model(e, p, &mut out);
     super::range::out_of_range(e, &mut out);
+    super::range::host_outside(e, &mut out);
+    super::range::no_model(e, &mut out);
     shadow(e, &mut out);
     shadow_windows(e, p, &mut out);
     history(e, p, &mut out);

@@ -56,6 +56,11 @@ pub struct Resources {
     /// `host_disk_free_bytes`), in window order.
     #[serde(default)]
     pub disk_free: Vec<Level>,
+    /// Room left under the live install's memory limit (limit minus its
+    /// cgroup's working set), one sample a window ([`super::memory`]);
+    /// empty without `monitor.memory_limit_mb`.
+    #[serde(default)]
+    pub memory_room: Vec<Level>,
     /// When the deadline in force ends, in ms on the samples' clock: the
     /// running live step's timeout while installing, the end of monitoring
     /// after; `None`: none known (the projection is then bounded by the
@@ -87,7 +92,7 @@ pub struct Exhaustion {
 /// The engine's finding: a projected exhaustion rolls back by itself, at
 /// the first window it held (see the module doc for the guards).
 pub(super) fn finding(e: &Evidence) -> Option<Finding> {
-    let x = disk(&e.resources)?;
+    let x = disk(&e.resources).or_else(|| super::memory::memory(&e.resources))?;
     Some(Finding::new(
         Weight::Hard,
         Some((x.first, x.last)),
@@ -110,14 +115,18 @@ pub(super) fn fmt_reason(r: &Reason, f: &mut fmt::Formatter<'_>) -> fmt::Result 
     else {
         return write!(f, "{r:?}");
     };
-    let what = if resource == "disk" {
-        "disk filling: the scope's filesystem"
-    } else {
-        resource.as_str()
+    let (what, verb, left) = match resource.as_str() {
+        "disk" => ("disk filling: the scope's filesystem", "loses", "free"),
+        "memory" => (
+            "memory growing: the live install's cgroup",
+            "takes",
+            "left under its limit",
+        ),
+        other => (other, "loses", "free"),
     };
     write!(
         f,
-        "{what} loses {:.1} MiB/s, {:.1} MiB free at window {window}, full in {:.0} s (falling for {:.0} s)",
+        "{what} {verb} {:.1} MiB/s, {:.1} MiB {left} at window {window}, full in {:.0} s (falling for {:.0} s)",
         rate_per_s / MIN_FALL_BYTES,
         free / MIN_FALL_BYTES,
         full_in_ms / 1000.0,
@@ -130,10 +139,19 @@ pub fn disk(r: &Resources) -> Option<Exhaustion> {
     // Each prefix is a moment the daemon decided at: the first moment the
     // projection held is the one reported, so the reason does not drift
     // as evidence grows after it.
-    (MIN_SAMPLES..=r.disk_free.len()).find_map(|n| project(&r.disk_free[..n], r.deadline_ms))
+    first_held(&r.disk_free, r.deadline_ms, "disk")
 }
 
-fn project(levels: &[Level], deadline_ms: Option<f64>) -> Option<Exhaustion> {
+/// The first prefix of `levels` whose projection holds.
+pub(super) fn first_held(
+    levels: &[Level],
+    deadline_ms: Option<f64>,
+    resource: &str,
+) -> Option<Exhaustion> {
+    (MIN_SAMPLES..=levels.len()).find_map(|n| project(&levels[..n], deadline_ms, resource))
+}
+
+fn project(levels: &[Level], deadline_ms: Option<f64>, resource: &str) -> Option<Exhaustion> {
     let tail = &levels[levels.len().saturating_sub(MAX_SAMPLES)..];
     if tail
         .iter()
@@ -175,7 +193,7 @@ fn project(levels: &[Level], deadline_ms: Option<f64>) -> Option<Exhaustion> {
         first: first.index,
         last: last.index,
         reason: Reason::Exhaustion {
-            resource: "disk".into(),
+            resource: resource.into(),
             window: last.index,
             free: level,
             rate_per_s: -slope * 1000.0,
@@ -234,6 +252,7 @@ mod tests {
     fn with(values: &[f64], deadline_ms: Option<f64>) -> Resources {
         Resources {
             disk_free: levels(values),
+            memory_room: Vec::new(),
             deadline_ms,
         }
     }

@@ -1,7 +1,15 @@
 //! The controller's HTTP side (`backstop serve --http ADDR`): the routes it
 //! serves on the shared server of `backstop_common::http`, which holds the
-//! bind rule (loopback, or a bearer token). Today that is `/metrics`; the
-//! dashboard and its `/api/v1/...` add their routes here.
+//! bind rule (loopback, or a bearer token): `/metrics`, the dashboard's
+//! pages (`pages.rs`, assets built in) and its JSON under `/api/v1/...`
+//! (`api.rs`). The dashboard reads the store and the report's analysis and
+//! never writes either.
+
+mod api;
+mod pages;
+mod query;
+mod series;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,16 +46,44 @@ pub fn access(
 
 /// Bind and serve the controller's routes; stops when the server is dropped.
 pub async fn start(daemon: Arc<Daemon>, access: Access) -> Result<Server, HttpError> {
+    let metrics = daemon.clone();
     let router = Router::new().get("/metrics", move |_| {
-        let daemon = daemon.clone();
+        let daemon = metrics.clone();
         async move {
             let connected = daemon.sessions.lock().await.len();
             Reply::ok(PROMETHEUS_TEXT, crate::metrics::render(connected))
         }
     });
+    let router = dashboard(router, &daemon);
     let server = Server::start(access, router).await?;
-    tracing::info!(http = %server.local_addr(), "serving /metrics");
+    tracing::info!(http = %server.local_addr(), "serving the dashboard and /metrics");
     // A line scripts and tests can wait for, like the QUIC one.
     eprintln!("backstop: http on {}", server.local_addr());
     Ok(server)
+}
+
+/// The dashboard's routes: the pages, their assets, and `/api/v1/...`.
+fn dashboard(mut router: Router, daemon: &Arc<Daemon>) -> Router {
+    router = router.get("/assets/", |r| async move { pages::asset(&r.path) });
+    let d = daemon.clone();
+    router = router.get("/api/v1/deployments", move |r| {
+        api::deployments(d.clone(), r)
+    });
+    let d = daemon.clone();
+    router = router.get("/api/v1/deployments/", move |r| {
+        let d = d.clone();
+        async move {
+            let id = r
+                .path
+                .trim_start_matches("/api/v1/deployments/")
+                .to_string();
+            api::deployment(d, &id).await
+        }
+    });
+    let d = daemon.clone();
+    router = router.get("/api/v1/hosts", move |_| api::hosts(d.clone()));
+    let d = daemon.clone();
+    router = router.get("/api/v1/models", move |_| api::models(d.clone()));
+    // Last: `/` matches every path below it, so the shell checks its own.
+    router.get("/", |r| async move { pages::page(&r.path) })
 }

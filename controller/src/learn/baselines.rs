@@ -230,6 +230,7 @@ pub(crate) mod tests {
             held_out: false,
             host_condition: String::new(),
             cause: None,
+            host: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use backstop_common::features::{FEATURES, SCHEMA_VERSION, feature};
+use backstop_common::hostlevels::HostLevels;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,11 @@ pub struct Record {
     /// A real failure's cause, as the package said it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The host's levels per window (schema v3; empty when not recorded):
+    /// never a model input, only the range of host conditions a model
+    /// records (`predict::range`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host: Vec<HostLevels>,
 }
 
 impl Record {
@@ -274,6 +280,7 @@ pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Record> 
                 visible_to_checks: fault,
                 window_ms: 1000,
                 schema: SCHEMA_VERSION.to_string(),
+                host: super::synth_host::levels(&mut rng, &mut windows),
                 windows,
                 group: if fault { "build-up" } else { "" }.into(),
                 held_out: false,

@@ -19,6 +19,7 @@ pub mod detectors;
 pub mod eval;
 pub mod honest;
 pub mod split;
+mod synth_host;
 pub mod train;
 
 use serde::Serialize;

@@ -286,6 +286,7 @@ mod tests {
             held_out: false,
             host_condition: String::new(),
             cause: None,
+            host: Vec::new(),
         };
         let mut all = Vec::new();
         for p in 0..70 {

@@ -209,6 +209,9 @@ pub fn train_with(
             corpus_digest,
             split_rule: corpus::SPLIT_RULE.into(),
             trained_on: train.len(),
+            host_range: crate::predict::range::HostRange::fit(
+                train.iter().flat_map(|d| d.host.iter()),
+            ),
             evaluation: None,
         },
         varmap,

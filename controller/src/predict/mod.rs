@@ -8,4 +8,6 @@
 
 pub mod calibrate;
 pub mod model;
+pub mod normalizer;
+pub mod range;
 pub mod stats;

@@ -55,39 +55,7 @@ pub enum ModelError {
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
-/// log1p, then z-score with statistics of the training split.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Normalizer {
-    pub mean: Vec<f64>,
-    pub std: Vec<f64>,
-}
-
-impl Normalizer {
-    pub fn fit<'a>(windows: impl Iterator<Item = &'a Vec<f64>>) -> Normalizer {
-        let n = FEATURES.len();
-        let (mut sum, mut sq, mut count) = (vec![0.0; n], vec![0.0; n], 0usize);
-        for w in windows {
-            for (i, v) in w.iter().enumerate().take(n) {
-                let x = v.max(0.0).ln_1p();
-                sum[i] += x;
-                sq[i] += x * x;
-            }
-            count += 1;
-        }
-        let c = count.max(1) as f64;
-        let mean: Vec<f64> = sum.iter().map(|s| s / c).collect();
-        let std = sq
-            .iter()
-            .zip(&mean)
-            .map(|(q, m)| (q / c - m * m).max(0.0).sqrt().max(1e-3))
-            .collect();
-        Normalizer { mean, std }
-    }
-
-    pub fn apply(&self, i: usize, v: f64) -> f32 {
-        ((v.max(0.0).ln_1p() - self.mean[i]) / self.std[i]) as f32
-    }
-}
+pub use super::normalizer::{Normalizer, Z_CLIP, sd_floor};
 
 /// Saved beside the weights: everything needed to use them, and what they
 /// were made from.
@@ -115,6 +83,10 @@ pub struct ModelMeta {
     #[serde(default)]
     pub split_rule: String,
     pub trained_on: usize,
+    /// The host conditions the training corpus ran on (none recorded:
+    /// empty); a decision notes a window outside them.
+    #[serde(default)]
+    pub host_range: super::range::HostRange,
     /// The evaluation on the test split, as `backstop eval --json` prints it.
     pub evaluation: Option<serde_json::Value>,
 }
@@ -279,10 +251,21 @@ impl Model {
         #[cfg(default_model)]
         {
             let m = Model::from_parts(
-                "the built-in default model",
+                "the built-in default model (models/default)",
                 include_str!("../../../models/default/model.json"),
                 include_bytes!("../../../models/default/model.safetensors"),
-            )?;
+            )
+            .map_err(|e| match e {
+                ModelError::Schema { .. } => ModelError::Bad {
+                    path: dir.display().to_string(),
+                    reason: format!(
+                        "no usable model: {e}. Get one on schema {SCHEMA_VERSION}: record a corpus \
+                         (`cargo xtask corpus`), then `cargo xtask train-default` and rebuild, or \
+                         `backstop train --out DATA/models/current`"
+                    ),
+                },
+                e => e,
+            })?;
             Ok((m, "built-in default (models/default)".into()))
         }
         #[cfg(not(default_model))]
@@ -342,25 +325,5 @@ impl Model {
             meta,
             varmap,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalizer_log_scales_and_centres() {
-        let ws = [
-            vec![0.0; FEATURES.len()],
-            vec![(std::f64::consts::E - 1.0) * 1.0; FEATURES.len()],
-        ];
-        let n = Normalizer::fit(ws.iter());
-        // log1p gives 0 and 1: mean 0.5, std 0.5.
-        assert!((n.mean[0] - 0.5).abs() < 1e-9 && (n.std[0] - 0.5).abs() < 1e-9);
-        assert!((n.apply(0, 0.0) + 1.0).abs() < 1e-6);
-        assert!((n.apply(0, std::f64::consts::E - 1.0) - 1.0).abs() < 1e-6);
-        // Negative values (never valid counts) are clamped, not NaN.
-        assert!(n.apply(0, -5.0).is_finite());
     }
 }

@@ -67,6 +67,10 @@ pub enum DeployState {
     Refused,
     /// It could not start; nothing changed.
     Failed,
+    /// An operator gave up on it (`backstop cancel --force`), freeing its
+    /// root; backstop restored nothing unless its agent was there to be
+    /// told. A report its agent sends later still moves it on.
+    Abandoned,
 }
 
 impl DeployState {
@@ -79,6 +83,7 @@ impl DeployState {
             DeployState::Interrupted => "interrupted",
             DeployState::Refused => "refused",
             DeployState::Failed => "failed",
+            DeployState::Abandoned => "abandoned",
         }
     }
 
@@ -162,36 +167,45 @@ impl Store {
         let json = serde_json::to_string(manifest).map_err(|e| unusable("manifest", e))?;
         let root = manifest.root.display().to_string();
         let mut tx = self.pool.begin().await?;
-        // One statement checks and inserts, so two deploys to one root at
-        // once cannot both pass (SQLite runs one writer at a time): the
-        // second sees the first's row and is refused (`RootBusy`).
-        let inserted = sqlx::query(
+        // One statement checks and inserts, so two deploys to one root (or
+        // nested roots) at once cannot both pass (SQLite runs one writer
+        // at a time): the second sees the first's row and is refused
+        // (`RootBusy`).
+        let sql = format!(
             "INSERT INTO deploys (id, host, name, package, version, manifest, dry_run, state, created_ms)
              SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?
              WHERE NOT EXISTS (SELECT 1 FROM deploys WHERE host = ? AND state IN (?, ?)
-                               AND json_extract(manifest, '$.root') = ?)",
-        )
-        .bind(id)
-        .bind(host)
-        .bind(&manifest.name)
-        .bind(manifest.package.as_ref().map(|p| p.name.clone()))
-        .bind(manifest.package.as_ref().and_then(|p| p.version.clone()))
-        .bind(json)
-        .bind(dry_run)
-        .bind(DeployState::Running.as_str())
-        .bind(now_ms())
-        .bind(host)
-        .bind(DeployState::Running.as_str())
-        .bind(DeployState::RollingBack.as_str())
-        .bind(&root)
-        .execute(&mut *tx)
-        .await?;
+                               AND {})",
+            super::fleet::ROOTS_OVERLAP
+        );
+        let inserted = sqlx::query(&sql)
+            .bind(id)
+            .bind(host)
+            .bind(&manifest.name)
+            .bind(manifest.package.as_ref().map(|p| p.name.clone()))
+            .bind(manifest.package.as_ref().and_then(|p| p.version.clone()))
+            .bind(json)
+            .bind(dry_run)
+            .bind(DeployState::Running.as_str())
+            .bind(now_ms())
+            .bind(host)
+            .bind(DeployState::Running.as_str())
+            .bind(DeployState::RollingBack.as_str())
+            .bind(&root)
+            .bind(&root)
+            .bind(&root)
+            .bind(&root)
+            .bind(&root)
+            .execute(&mut *tx)
+            .await?;
         if inserted.rows_affected() == 0 {
-            let running = super::fleet::running_on_root(&mut tx, host, &root).await?;
+            let (running, running_root) =
+                super::fleet::running_on_root(&mut tx, host, &root).await?;
             return Err(StoreError::RootBusy {
                 host: host.to_string(),
                 root,
                 running,
+                running_root,
             });
         }
         sqlx::query(

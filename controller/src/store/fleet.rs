@@ -1,5 +1,5 @@
 //! What the fleet's other deployments say about one deployment: the one
-//! running on the same root (which refuses a second, see
+//! running on the same or a nested root (which refuses a second, see
 //! `StoreError::RootBusy`), and the history of its package the
 //! correlation engine weighs (`decide::History`).
 //!
@@ -30,28 +30,47 @@ use crate::decide::History;
 /// and one fixed last week does not.
 pub const HISTORY_RECENT_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// The deployment running (or rolling back) on `root` of `host`, for the
-/// refusal's message; inside the transaction that found it.
+/// SQL: a stored deployment's root and the root bound to its five `?`
+/// are one tree, or one holds the other. Two such deployments at once
+/// would fight over dpkg's lock, and the outer one's restore would undo
+/// the inner one's install. Roots are normalised by the manifest
+/// (absolute, no `..`, no trailing `/`), so a prefix ending at a `/` is
+/// a parent; a symlink between them is not followed (the agent resolves
+/// nothing here).
+pub(super) const ROOTS_OVERLAP: &str = "(json_extract(manifest, '$.root') = ?
+     OR json_extract(manifest, '$.root') = '/' OR ? = '/'
+     OR substr(?, 1, length(json_extract(manifest, '$.root')) + 1)
+        = json_extract(manifest, '$.root') || '/'
+     OR substr(json_extract(manifest, '$.root'), 1, length(?) + 1) = ? || '/')";
+
+/// The deployment running (or rolling back) on `host` on a root that
+/// overlaps `root`, and that root, for the refusal's message; inside the
+/// transaction that found it.
 pub(super) async fn running_on_root(
     tx: &mut sqlx::SqliteConnection,
     host: &str,
     root: &str,
-) -> Result<String, StoreError> {
-    let row = sqlx::query(
-        "SELECT id FROM deploys WHERE host = ? AND state IN (?, ?)
-         AND json_extract(manifest, '$.root') = ? ORDER BY created_ms LIMIT 1",
-    )
-    .bind(host)
-    .bind(DeployState::Running.as_str())
-    .bind(DeployState::RollingBack.as_str())
-    .bind(root)
-    .fetch_optional(tx)
-    .await?;
+) -> Result<(String, String), StoreError> {
+    let sql = format!(
+        "SELECT id, json_extract(manifest, '$.root') AS root FROM deploys
+         WHERE host = ? AND state IN (?, ?) AND {ROOTS_OVERLAP} ORDER BY created_ms LIMIT 1"
+    );
+    let row = sqlx::query(&sql)
+        .bind(host)
+        .bind(DeployState::Running.as_str())
+        .bind(DeployState::RollingBack.as_str())
+        .bind(root)
+        .bind(root)
+        .bind(root)
+        .bind(root)
+        .bind(root)
+        .fetch_optional(tx)
+        .await?;
     Ok(match row {
-        Some(r) => r.try_get("id")?,
+        Some(r) => (r.try_get("id")?, r.try_get("root")?),
         // Ended between the insert and this read: still refused, since
         // the insert saw it running.
-        None => "(just ended)".to_string(),
+        None => ("(just ended)".to_string(), root.to_string()),
     })
 }
 

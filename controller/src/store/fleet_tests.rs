@@ -109,9 +109,15 @@ async fn a_second_deployment_to_a_running_root_is_refused_naming_the_first() {
             host,
             root,
             running,
+            running_root,
         } => assert_eq!(
-            (host.as_str(), root.as_str(), running.as_str()),
-            ("web-1", "/srv/root-1", "first")
+            (
+                host.as_str(),
+                root.as_str(),
+                running.as_str(),
+                running_root.as_str()
+            ),
+            ("web-1", "/srv/root-1", "first", "/srv/root-1")
         ),
         other => panic!("not RootBusy: {other}"),
     }
@@ -138,5 +144,65 @@ async fn a_second_deployment_to_a_running_root_is_refused_naming_the_first() {
         .await
         .unwrap();
     s.new_deploy("third", "web-1", &m, false).await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn nested_roots_on_one_host_are_one_root_busy_naming_both() {
+    let (s, dir) = store("nested").await;
+    s.new_deploy("outer", "web-1", &manifest("/srv/app", "1.0"), false)
+        .await
+        .unwrap();
+    // Inside the running one's root, and around it ("/" holds everything).
+    for (id, root) in [
+        ("inner", "/srv/app/chroot"),
+        ("around", "/srv"),
+        ("all", "/"),
+    ] {
+        let err = s
+            .new_deploy(id, "web-1", &manifest(root, "1.0"), false)
+            .await
+            .unwrap_err();
+        match &err {
+            StoreError::RootBusy {
+                root: r,
+                running,
+                running_root,
+                ..
+            } => assert_eq!(
+                (r.as_str(), running.as_str(), running_root.as_str()),
+                (root, "outer", "/srv/app"),
+                "{err}"
+            ),
+            other => panic!("{root}: not RootBusy: {other}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("/srv/app") && text.contains(root) && text.contains("outer"),
+            "{text}"
+        );
+    }
+    // A sibling that only shares a prefix of its name is another tree,
+    // and so is the same path on another host.
+    s.new_deploy("sibling", "web-1", &manifest("/srv/app2", "1.0"), false)
+        .await
+        .unwrap();
+    s.new_deploy(
+        "other-host",
+        "web-2",
+        &manifest("/srv/app/chroot", "1.0"),
+        false,
+    )
+    .await
+    .unwrap();
+    // A running inner root blocks the outer one the same way.
+    let err = s
+        .new_deploy("outer-2", "web-2", &manifest("/srv", "1.0"), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::RootBusy { running, .. } if running == "other-host"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

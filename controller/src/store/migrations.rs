@@ -66,6 +66,7 @@ CREATE TABLE certificates (
 CREATE INDEX certificates_host ON certificates(host);
 ",
     super::deploy::MIGRATION,
+    super::windows::HOST_MIGRATION,
 ];
 
 /// Apply every migration the database has not applied yet.

@@ -23,6 +23,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool};
 
 mod certs;
+mod dash;
 mod deploy;
 mod deployments;
 mod events;
@@ -54,15 +55,19 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("deployment {id} does not exist")]
     NoDeployment { id: String },
-    /// Another deployment runs on this host's root: two at once would
-    /// fight over dpkg's lock, and one's rollback would undo the other.
+    /// Another deployment runs on this host's root, or on a root inside
+    /// it or around it: two at once would fight over dpkg's lock, and
+    /// one's rollback would undo the other.
     #[error(
-        "host {host} already runs deployment {running} on root {root}: one deployment per root at a time (wait for it to end, or `backstop cancel {running}`)"
+        "host {host} already runs deployment {running} on root {running_root}, which overlaps root {root}: one deployment per root (nested roots included) at a time (wait for it to end, or `backstop cancel {running}`)"
     )]
     RootBusy {
         host: String,
+        /// The refused deployment's root.
         root: String,
         running: String,
+        /// The running deployment's root: the same, a parent or a child.
+        running_root: String,
     },
     /// A stored text column holds a value this version has no name for.
     #[error("deployment {id}: {source}")]

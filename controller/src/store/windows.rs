@@ -1,7 +1,9 @@
 //! Windows: each agent window once, keyed by (deployment, stream, seq),
-//! its features as little-endian f64 bytes so values stay exact.
+//! its features as little-endian f64 bytes so values stay exact, and the
+//! host's levels beside them (JSON; NULL in rows from before schema v3).
 
 use backstop_common::features::{FEATURES, SCHEMA_VERSION};
+use backstop_common::hostlevels::HostLevels;
 use backstop_common::window::{Stream, Window};
 use sqlx::Row;
 
@@ -17,6 +19,13 @@ fn decode(bytes: &[u8]) -> Vec<f64> {
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().expect("chunks_exact(8) yields 8 bytes")))
         .collect()
+}
+
+/// Feature schema v3 keeps the host's levels apart from the features.
+pub(super) const HOST_MIGRATION: &str = "ALTER TABLE windows ADD COLUMN host TEXT;";
+
+fn host_json(h: &HostLevels) -> String {
+    serde_json::to_string(h).expect("plain numbers serialize")
 }
 
 impl Store {
@@ -41,8 +50,8 @@ impl Store {
         for &(deployment, windows) in batches {
             for w in windows {
                 let r = sqlx::query(
-                    "INSERT INTO windows (deployment, stream, seq, start_ns, end_ns, lost_events, schema, features, stored_ms)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    "INSERT INTO windows (deployment, stream, seq, start_ns, end_ns, lost_events, schema, features, stored_ms, host)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 )
                 .bind(deployment)
                 .bind(w.stream.as_str())
@@ -53,6 +62,7 @@ impl Store {
                 .bind(&w.schema)
                 .bind(encode(&w.features))
                 .bind(stored)
+                .bind(host_json(&w.host))
                 .execute(&mut *tx)
                 .await?;
                 new += r.rows_affected();
@@ -64,7 +74,7 @@ impl Store {
 
     /// Windows of a deployment in (stream, seq) order.
     pub async fn windows(&self, deployment: &str) -> Result<Vec<Window>, StoreError> {
-        let rows = sqlx::query("SELECT stream, seq, start_ns, end_ns, lost_events, schema, features FROM windows WHERE deployment = ? ORDER BY stream, seq")
+        let rows = sqlx::query("SELECT stream, seq, start_ns, end_ns, lost_events, schema, features, host FROM windows WHERE deployment = ? ORDER BY stream, seq")
             .bind(deployment)
             .fetch_all(&self.pool)
             .await?;
@@ -85,6 +95,10 @@ impl Store {
             w.lost_events = r.try_get::<i64, _>(4)? as u64;
             w.schema = r.try_get(5)?;
             w.features = decode(&bytes);
+            let host: Option<String> = r.try_get(7)?;
+            w.host = host
+                .and_then(|h| serde_json::from_str(&h).ok())
+                .unwrap_or_default();
             if w.features.len() != FEATURES.len() && w.schema == SCHEMA_VERSION {
                 return Err(StoreError::WindowFeatures {
                     deployment: deployment.to_string(),
@@ -126,6 +140,8 @@ mod tests {
             .map(|s| Window::new(Stream::Live, s, s * 10, s * 10 + 10))
             .collect();
         ws[1].features[0] = 16_777_217.0;
+        ws[2].host.disk_free_bytes = 9_007_199_254_740_993.0;
+        ws[2].host.load1 = 0.37;
         assert_eq!(store.insert_windows("d1", &ws).await.unwrap(), 3);
         assert_eq!(
             store.insert_windows("d1", &ws[1..]).await.unwrap(),

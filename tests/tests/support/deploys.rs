@@ -195,3 +195,18 @@ period = "0s"
     .unwrap();
     manifest
 }
+
+/// [`hello_manifest`] with the shadow on (over the deployment's snapshot:
+/// `agent/src/shadow/frozen.rs`) and a shadow test that runs the hello it
+/// installed there.
+pub fn hello_manifest_shadowed(base: &Path, root: &Path, deb: &Path) -> PathBuf {
+    let manifest = hello_manifest(base, root, deb);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let shadowed = text.replace(
+        "[shadow]\nenabled = false\n",
+        "[[shadow.tests]]\nname = \"greets\"\nrun = [\"hello\"]\ntimeout = \"30s\"\n",
+    );
+    assert_ne!(text, shadowed, "hello_manifest's [shadow] table moved");
+    std::fs::write(&manifest, shadowed).unwrap();
+    manifest
+}

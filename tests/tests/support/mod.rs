@@ -8,8 +8,10 @@
 )]
 
 pub mod agents;
+pub mod cdp;
 pub mod deploys;
 pub mod fleet;
+pub mod leftovers;
 pub mod sentinel;
 
 use std::path::PathBuf;

@@ -42,6 +42,7 @@ pub(super) fn clean(phase: Phase, n: u64) -> Evidence {
                     live_minus_shadow: 0.0,
                 }),
                 outside: None,
+                host_outside: None,
             })
             .collect(),
         live_steps: vec![step(STEP)],
@@ -62,6 +63,7 @@ pub(super) fn clean(phase: Phase, n: u64) -> Evidence {
         performance: vec![],
         history: History::default(),
         resources: crate::decide::trend::Resources::default(),
+        no_model: None,
     }
 }
 

@@ -191,6 +191,7 @@ pub fn record_from_report(
         held_out: false,
         host_condition: s.host.map(|h| h.name().to_string()).unwrap_or_default(),
         cause: s.cause.clone(),
+        host: r.windows.iter().map(|w| w.host).collect(),
     })
 }
 
