@@ -162,9 +162,9 @@ fn setting(r: &mut Rng) -> String {
     format!("delay = {delay}\npause = {pause}{host}")
 }
 
-/// (installable packages with their check's seconds, real failures with
+/// (installable packages with their check's seconds and closure size, real failures with
 /// their cause and seconds) from resolve.tsv.
-type Verdicts = (Vec<(String, f64)>, Vec<(String, String, f64)>);
+type Verdicts = (Vec<(String, f64, usize)>, Vec<(String, String, f64)>);
 fn verdicts(tsv: &std::path::Path) -> Result<Verdicts> {
     let text = std::fs::read_to_string(tsv).with_context(|| {
         format!(
@@ -172,13 +172,17 @@ fn verdicts(tsv: &std::path::Path) -> Result<Verdicts> {
             tsv.display()
         )
     })?;
-    let mut ok: Vec<(String, f64)> = Vec::new();
+    let mut ok: Vec<(String, f64, usize)> = Vec::new();
     let mut real: Vec<(String, String, f64)> = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let cols: Vec<&str> = line.split('\t').collect();
         match cols.as_slice() {
-            [p, "installs", _, _, _, secs, ..] => {
-                ok.push((p.to_string(), secs.parse::<f64>().unwrap_or(0.0)));
+            [p, "installs", _, debs, _, secs, ..] => {
+                ok.push((
+                    p.to_string(),
+                    secs.parse::<f64>().unwrap_or(0.0),
+                    debs.parse().unwrap_or(1),
+                ));
             }
             [p, "real-failure", cause, _, _, secs, ..] => {
                 real.push((
@@ -197,7 +201,7 @@ fn verdicts(tsv: &std::path::Path) -> Result<Verdicts> {
         p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     };
-    ok.retain(|(p, _)| plain(p));
+    ok.retain(|(p, _, _)| plain(p));
     real.retain(|(p, _, _)| plain(p));
     Ok((ok, real))
 }
@@ -241,7 +245,7 @@ pub fn generate(o: &CatalogOptions) -> Result<()> {
 /// The catalog's text for these packages and real failures.
 fn render(
     o: &CatalogOptions,
-    ok: &[(String, f64)],
+    ok: &[(String, f64, usize)],
     real: &[(String, String, f64)],
 ) -> Result<String> {
     let mut r = Rng(o.seed);
@@ -271,7 +275,7 @@ fn render(
     }
     let mut order: Vec<usize> = (0..FAMILIES.len()).collect();
     let mut next_family = 0usize;
-    for (k, (p, secs)) in ok.iter().enumerate() {
+    for (k, (p, secs, debs)) in ok.iter().enumerate() {
         // Slow installs get room: three times what the check took.
         let timeout = if *secs > 2.0 {
             format!("\ntimeout_secs = {}", (secs * 3.0).ceil() as u64 + 4)
@@ -292,8 +296,13 @@ fn render(
                     order.swap(k, r.below(k + 1));
                 }
             }
-            let fam = FAMILIES[order[next_family % FAMILIES.len()]].0;
+            let mut fam = FAMILIES[order[next_family % FAMILIES.len()]].0;
             next_family += 1;
+            if fam == "missing-dependency" && *debs < 2 {
+                // Nothing to leave out: the install would succeed.
+                fam = FAMILIES[order[next_family % FAMILIES.len()]].0;
+                next_family += 1;
+            }
             let m = 1 + r.below(3);
             writeln!(
                 s,
@@ -344,7 +353,9 @@ mod tests {
 
     #[test]
     fn healthy_and_faulty_scenarios_share_one_prelude_distribution() {
-        let ok: Vec<(String, f64)> = (0..400).map(|i| (format!("p{i:03}"), 1.0)).collect();
+        let ok: Vec<(String, f64, usize)> = (0..400)
+            .map(|i| (format!("p{i:03}"), 1.0, 1 + i % 3))
+            .collect();
         let real = vec![("postfix".to_string(), "newaliases: fatal".to_string(), 20.0)];
         let o = CatalogOptions {
             seed: 7,
@@ -386,6 +397,18 @@ mod tests {
             );
         }
         assert!(text.contains("cause = \"newaliases: fatal\""));
+        // A closure of one .deb has no dependency to leave out.
+        for block in text
+            .split("[[scenario]]")
+            .filter(|b| b.contains("missing-dependency\""))
+        {
+            let p: usize = block
+                .lines()
+                .find_map(|l| l.strip_prefix("package = \"p"))
+                .and_then(|v| v.trim_end_matches('"').parse().ok())
+                .unwrap();
+            assert!(!p.is_multiple_of(3), "p{p:03} has one .deb and a missing dependency");
+        }
         // The same seed, the same catalog.
         assert_eq!(text, render(&o, &ok, &real).unwrap());
     }
