@@ -204,6 +204,10 @@ pub(crate) enum Command {
         out: PathBuf,
         #[command(flatten)]
         training: crate::commands::learn::TrainingFlags,
+        /// Refuse, before training, a corpus whose digest is not this one
+        /// (what a model's model.json records as corpus_digest).
+        #[arg(long, value_name = "SHA256")]
+        expect_digest: Option<String>,
         /// Print the evaluation on the test split as JSON.
         #[arg(long)]
         json: bool,
@@ -239,6 +243,11 @@ pub(crate) enum Command {
         model: PathBuf,
         #[arg(long = "corpus", required = true, value_name = "DIR")]
         corpus: Vec<PathBuf>,
+        /// Score the lockbox (a fixed tenth of the packages that train and
+        /// crossval never see) instead of the test split: once, after
+        /// every choice is made.
+        #[arg(long)]
+        lockbox: bool,
         #[arg(long)]
         json: bool,
     },

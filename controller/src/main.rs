@@ -122,8 +122,9 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
             corpus,
             out,
             training,
+            expect_digest,
             json,
-        } => commands::train::run(&corpus, &out, &training.config()?, json),
+        } => commands::train::run(&corpus, &out, &training.config()?, expect_digest, json),
         Command::Crossval {
             corpus,
             folds,
@@ -133,8 +134,9 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
         Command::Eval {
             model,
             corpus,
+            lockbox,
             json,
-        } => commands::eval::run(&model, &corpus, json),
+        } => commands::eval::run(&model, &corpus, lockbox, json),
         Command::Corpus { action } => commands::corpus::run(action),
         Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
         Command::BenchDecide { model, installs } => commands::bench_decide::run(&model, installs),

@@ -6,11 +6,14 @@
 //! toolchain's own `lib/`, never written down.
 
 mod bench;
+mod catalog_gen;
 mod corpus;
 mod demo;
 mod ebpf;
 mod fixtures;
 mod package;
+mod resolve;
+mod resolve_check;
 mod setup;
 mod util;
 
@@ -96,10 +99,55 @@ enum Task {
     /// install in a shadow, into target/xtask/corpus. Long (tens of
     /// minutes); resumable; not part of the tests.
     Corpus,
-    /// Corpus, then train the default model into models/default (commit
-    /// it). Training is deterministic for a corpus; a fresh corpus run
-    /// times things a little differently, so its model differs a little.
-    TrainDefault,
+    /// Resolve the corpus's package closures from bookworm's Packages list
+    /// (what minbase lacks, pinned by version and SHA-256) into
+    /// corpus/closures/, with every verdict in corpus/resolve.tsv.
+    /// Resumable. `--check` installs each on minbase and keeps only those
+    /// that install (or fail by their own maintainer scripts).
+    CorpusResolve {
+        #[arg(long, default_value_t = 450)]
+        max: usize,
+        #[arg(long, default_value_t = 20)]
+        max_debs: usize,
+        #[arg(long, default_value_t = 40 << 20)]
+        max_bytes: u64,
+        #[arg(long)]
+        check: bool,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also check these packages (comma-separated), whatever their
+        /// section: daemons known to fail on a bare minbase.
+        #[arg(long, value_delimiter = ',')]
+        include: Vec<String>,
+    },
+    /// Generate the corpus catalog from corpus/resolve.tsv with a seed
+    /// (one distribution of prelude work and host conditions for healthy
+    /// and faulty scenarios; families with their group and source).
+    CorpusCatalog {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1000)]
+        healthy: usize,
+        #[arg(long, default_value_t = 2)]
+        faults_per_package: usize,
+        /// Only the first N installable packages (a pilot).
+        #[arg(long)]
+        packages: Option<usize>,
+        #[arg(long, default_value = "corpus/catalog.toml")]
+        out: std::path::PathBuf,
+    },
+    /// Train the default model into models/default from the shipped
+    /// recorded corpus (corpus/recorded/deployments.jsonl.gz), without
+    /// re-running installs; refused when the corpus's digest is not the
+    /// one models/default records.
+    TrainDefault {
+        /// Train aside and compare byte for byte with models/default.
+        #[arg(long)]
+        check: bool,
+        /// A newly recorded corpus: do not require the old digest.
+        #[arg(long)]
+        new: bool,
+    },
     /// Corpus, then `backstop crossval` on it: one model per fold, every
     /// deployment tested once, the figures the README reports. A few
     /// minutes per seed; not part of the tests.
@@ -127,7 +175,35 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
         Task::Bench { which } => bench::run(which),
         Task::Corpus => corpus::corpus().map(|_| ()),
-        Task::TrainDefault => corpus::train_default(),
+        Task::CorpusResolve {
+            max,
+            max_debs,
+            max_bytes,
+            check,
+            seed,
+            include,
+        } => resolve::resolve(&resolve::ResolveOptions {
+            max,
+            max_debs,
+            max_bytes,
+            check,
+            seed,
+            include,
+        }),
+        Task::CorpusCatalog {
+            seed,
+            healthy,
+            faults_per_package,
+            packages,
+            out,
+        } => catalog_gen::generate(&catalog_gen::CatalogOptions {
+            seed,
+            healthy,
+            faults_per_package,
+            packages,
+            out,
+        }),
+        Task::TrainDefault { check, new } => corpus::train_default(check, new),
         Task::Crossval { seeds } => corpus::crossval(&seeds),
     }
 }

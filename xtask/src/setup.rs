@@ -36,6 +36,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     "systemd",
     "prometheus",
+    // corpus-resolve: the Packages list (curl, xz) and the checks
+    // (unshare, fallocate for a fuller disk: util-linux; ip to bring lo
+    // up in the check's network namespace: iproute2).
+    "curl",
+    "xz-utils",
+    "util-linux",
+    "iproute2",
     "chromium",
 ];
 

@@ -29,6 +29,22 @@ pub enum Action {
         /// The agent binary (default: backstop-agent beside this binary, else PATH).
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Run every scenario under this host condition (fuller-disk,
+        /// less-memory, busy-neighbour), named NAME-on-CONDITION so the
+        /// records pool with a quiet-host run of the same catalog.
+        #[arg(long, value_name = "CONDITION")]
+        host: Option<String>,
+    },
+    /// Pack corpora (directories or files) into one gzip JSON-lines file,
+    /// sorted by id, byte-reproducible: the form the repo ships and
+    /// `train`, `eval` and `crossval` read directly. Prints its digest.
+    ///
+    /// Example: backstop corpus pack --corpus target/xtask/corpus --out corpus/recorded/deployments.jsonl.gz
+    Pack {
+        #[arg(long = "corpus", required = true, value_name = "DIR")]
+        corpus: Vec<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Write a generated corpus (packages with their own levels, healthy
     /// installs with bursts, faults that build up over time) to DIR. It
@@ -53,14 +69,28 @@ pub fn run(action: Action) -> Result<i32> {
             debs,
             out,
             agent,
-        } => run_catalog(&catalog, root, debs, out, agent),
+            host,
+        } => run_catalog(&catalog, root, debs, out, agent, host.as_deref()),
         Action::Synth {
             out,
             seed,
             packages,
             per_package,
         } => synth(&out, seed, packages, per_package),
+        Action::Pack { corpus, out } => pack(&corpus, &out),
     }
+}
+
+fn pack(dirs: &[PathBuf], out: &std::path::Path) -> Result<i32> {
+    let all = super::learn::read_corpus(dirs)?;
+    backstop_controller::learn::corpus_file::write_packed(out, &all)?;
+    println!(
+        "{}: {} records, digest {}",
+        out.display(),
+        all.len(),
+        corpus::digest(&backstop_controller::learn::corpus::read(&[out])?)
+    );
+    Ok(0)
 }
 
 fn run_catalog(
@@ -69,6 +99,7 @@ fn run_catalog(
     debs: PathBuf,
     out: PathBuf,
     agent: Option<PathBuf>,
+    host: Option<&str>,
 ) -> Result<i32> {
     let agent = agent.unwrap_or_else(|| {
         std::env::current_exe()
@@ -77,7 +108,17 @@ fn run_catalog(
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("backstop-agent"))
     });
-    let c = catalog::load(catalog)?;
+    let mut c = catalog::load(catalog)?;
+    if let Some(h) = host {
+        let cond: catalog::HostCondition = serde_json::from_value(serde_json::Value::from(h))
+            .map_err(|_| {
+                anyhow::anyhow!("--host {h:?}: one of fuller-disk, less-memory, busy-neighbour")
+            })?;
+        for s in &mut c.scenarios {
+            s.host = Some(cond);
+            s.name = format!("{}-on-{h}", s.name);
+        }
+    }
     let opts = catalog::RunOptions {
         agent,
         root,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use backstop_controller::learn::{self, corpus, train};
 
-use super::learn::{EARLY, print_model, print_table, read_corpus};
+use super::learn::{EARLY, print_held_out, print_model, print_table, read_corpus};
 
 pub fn run(
     corpus_dirs: &[PathBuf],
@@ -78,5 +78,6 @@ pub fn run(
         "the model's false alarms on healthy installs",
         false_alarms.len(),
     );
+    print_held_out(&cv.held_out);
     Ok(0)
 }

@@ -46,15 +46,23 @@ pub(crate) fn print_eval(e: &learn::Evaluation, json: bool) {
         "the model's alarms",
         20,
     );
+    print_held_out(&e.held_out);
 }
 
-pub(crate) const EARLY: &str =
-    "early: failing deployments alarmed before their onset, over all failing ones\n";
+pub(crate) const EARLY: &str = "early: failing deployments alarmed before their onset, over the failing ones that are not silent; tells: silent faults (nothing observable before their onset) alarmed before it, which is not foresight\n";
 
 pub(crate) fn print_table(rows: &[Metrics]) {
     println!(
-        "{:<40} {:>7} {:>7} {:>7} {:>9} {:>7} {:>9} {:>9}",
-        "detector", "ROC AUC", "recall", "FPR", "precision", "early", "lead p50", "lead p10"
+        "{:<40} {:>7} {:>7} {:>7} {:>9} {:>7} {:>5} {:>9} {:>9}",
+        "detector",
+        "ROC AUC",
+        "recall",
+        "FPR",
+        "precision",
+        "early",
+        "tells",
+        "lead p50",
+        "lead p10"
     );
     for m in rows {
         let Metrics {
@@ -66,14 +74,43 @@ pub(crate) fn print_table(rows: &[Metrics]) {
             recall_before_onset,
             lead_time_median_ms,
             lead_time_p10_ms,
+            tells,
             ..
         } = m;
         println!(
-            "{detector:<40} {roc_auc:>7.3} {recall:>7.3} {false_positive_rate:>7.3} {precision:>9.3} {recall_before_onset:>7.3} {:>9} {:>9}",
+            "{detector:<40} {roc_auc:>7.3} {recall:>7.3} {false_positive_rate:>7.3} {precision:>9.3} {recall_before_onset:>7.3} {tells:>5} {:>9} {:>9}",
             secs(*lead_time_median_ms),
             secs(*lead_time_p10_ms)
         );
     }
+}
+
+/// Per family rows under `title`: nothing when there are none.
+pub(crate) fn print_families(families: &[learn::FamilyLead], title: &str) {
+    if !families.is_empty() {
+        println!("\n{title}:");
+    }
+    for f in families {
+        let group = if f.group.is_empty() { "-" } else { &f.group };
+        println!(
+            "  {:<22} {:<9} {:>3} {:>3} {:>3}  {}{}",
+            f.family,
+            group,
+            f.failing,
+            f.caught,
+            f.caught_before_onset,
+            secs(f.lead_time_median_ms),
+            if f.held_out { "  (held out)" } else { "" }
+        );
+    }
+}
+
+/// The held-out families' figures, apart from the rest.
+pub(crate) fn print_held_out(families: &[learn::FamilyLead]) {
+    print_families(
+        families,
+        "families held out of training, on packages the model did not train on either (group, failing, caught, before onset, median lead)",
+    );
 }
 
 fn secs(ms: Option<f64>) -> String {
@@ -88,21 +125,10 @@ pub(crate) fn print_model(
     title: &str,
     limit: usize,
 ) {
-    if !families.is_empty() {
-        println!(
-            "\nthe model per fault family (failing, caught, caught before onset, median lead):"
-        );
-    }
-    for f in families {
-        println!(
-            "  {:<22} {:>3} {:>3} {:>3}  {}",
-            f.family,
-            f.failing,
-            f.caught,
-            f.caught_before_onset,
-            secs(f.lead_time_median_ms)
-        );
-    }
+    print_families(
+        families,
+        "the model per fault family (group, failing, caught, before onset, median lead; before onset on a silent family is a tell)",
+    );
     if !alarms.is_empty() {
         println!("\n{title} (first window, onset, what drove it):");
     }

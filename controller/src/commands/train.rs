@@ -12,9 +12,13 @@ pub fn run(
     corpus_dirs: &[PathBuf],
     out: &Path,
     cfg: &train::TrainConfig,
+    expect_digest: Option<String>,
     json: bool,
 ) -> Result<i32> {
     let all = read_corpus(corpus_dirs)?;
+    if let Some(d) = expect_digest {
+        learn::corpus_file::expect_digest(&all, &d).context("--expect-digest")?;
+    }
     eprintln!(
         "backstop: training on {} deployments ({} failing), seed {}",
         all.len(),

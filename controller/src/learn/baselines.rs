@@ -226,6 +226,10 @@ pub(crate) mod tests {
             window_ms: 1000,
             schema: backstop_common::features::SCHEMA_VERSION.into(),
             windows: values.iter().map(|&v| vec![v; FEATURES.len()]).collect(),
+            group: String::new(),
+            held_out: false,
+            host_condition: String::new(),
+            cause: None,
             host: Vec::new(),
         }
     }

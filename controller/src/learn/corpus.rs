@@ -54,6 +54,20 @@ pub struct Record {
     pub schema: String,
     /// Feature values per window, in [`FEATURES`] order.
     pub windows: Vec<Vec<f64>>,
+    /// The family's group ("build-up", "silent", "real"; empty when
+    /// healthy or when the catalog named none): evaluation reports an
+    /// early alarm on a silent fault as a tell.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// The family is kept out of the default model's training.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_out: bool,
+    /// The host condition the install ran under (empty: a quiet host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_condition: String,
+    /// A real failure's cause, as the package said it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// The host's levels per window (schema v3; empty when not recorded):
     /// never a model input, only the range of host conditions a model
     /// records (`predict::range`).
@@ -64,6 +78,12 @@ pub struct Record {
 impl Record {
     pub fn failing(&self) -> bool {
         self.outcome != Outcome::Ok
+    }
+
+    /// A fault with nothing observable before its onset: an alarm before
+    /// it is a tell, and it counts in no early metric.
+    pub fn silent(&self) -> bool {
+        self.failing() && self.group == "silent"
     }
 }
 
@@ -80,19 +100,25 @@ pub enum CorpusError {
         line: usize,
         reason: String,
     },
+    #[error(
+        "the corpus's digest is {found}, expected {expected}: this is not the corpus the model was trained on (a record added, dropped or changed)"
+    )]
+    Digest { expected: String, found: String },
 }
 
-/// Read every corpus directory's deployments.
+/// Read every corpus's deployments: a directory with `deployments.jsonl`
+/// (what `corpus run` writes) or `deployments.jsonl.gz` (what the repo
+/// ships), or such a file named directly.
 pub fn read(dirs: &[&Path]) -> Result<Vec<Record>, CorpusError> {
     let mut out = Vec::new();
     for dir in dirs {
-        let p = dir.join("deployments.jsonl");
+        let p = super::corpus_file::locate(dir);
         let path = p.display().to_string();
-        let f = std::fs::File::open(&p).map_err(|source| CorpusError::Io {
+        let f = super::corpus_file::open(&p).map_err(|source| CorpusError::Io {
             path: path.clone(),
             source,
         })?;
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        for (i, line) in f.lines().enumerate() {
             let line = line.map_err(|source| CorpusError::Io {
                 path: path.clone(),
                 source,
@@ -256,6 +282,10 @@ pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Record> 
                 schema: SCHEMA_VERSION.to_string(),
                 host: super::synth_host::levels(&mut rng, &mut windows),
                 windows,
+                group: if fault { "build-up" } else { "" }.into(),
+                held_out: false,
+                host_condition: String::new(),
+                cause: None,
             });
         }
     }

@@ -40,6 +40,9 @@ pub struct CrossValidation {
     /// Deployments no fold tested: their package and their variant fell
     /// in different folds.
     pub never_tested: usize,
+    /// Records no fold saw: held-out families (scored apart, see
+    /// `held_out`) and the lockbox (scored only by `eval --lockbox`).
+    pub set_aside: usize,
     pub target_fpr: f64,
     pub folds: Vec<FoldFigures>,
     /// Over every fold's test part, each detector at the threshold its own
@@ -57,6 +60,9 @@ pub struct CrossValidation {
     pub at_target_fpr: Vec<Metrics>,
     pub model_alarms: Vec<Alarm>,
     pub model_by_family: Vec<FamilyLead>,
+    /// Families kept out of every fold's training, each record scored by
+    /// the fold that tests its package.
+    pub held_out: Vec<FamilyLead>,
 }
 
 /// Cross-validate over `k` folds (see [`corpus::folds`]); `progress` hears
@@ -67,8 +73,12 @@ pub fn cross_validate(
     k: u8,
     mut progress: impl FnMut(&FoldFigures),
 ) -> model::Result<CrossValidation> {
-    let folds = corpus::folds(all, k, cfg.seed);
     let digest = corpus::digest(all);
+    let total = all.len();
+    let (all, held) = super::honest::partition(all);
+    let all = &all[..];
+    let (mut held_alarms, mut held_ds) = (Vec::new(), Vec::new());
+    let folds = corpus::folds(all, k, cfg.seed);
     let mut pooled: Vec<Scored> = (0..4).map(|_| Scored::pooled(String::new())).collect();
     let (mut tested, mut alarms, mut per_fold) = (Vec::new(), Vec::new(), Vec::new());
     for t in 0..folds.k {
@@ -86,6 +96,9 @@ pub fn cross_validate(
         }
         let m = super::train::train(&split.train, &split.validation, cfg, digest.clone())?;
         let scored = score_test(&m, &split);
+        let (a, d) = super::honest::score_held_out(&m, &held, &split.test);
+        held_alarms.extend(a);
+        held_ds.extend(d);
         let fold = FoldFigures {
             fold: t,
             split: SplitSizes::of(&split),
@@ -110,12 +123,14 @@ pub fn cross_validate(
         seed: cfg.seed,
         records: all.len(),
         never_tested: all.len() - tested.len(),
+        set_aside: total - all.len(),
         target_fpr: cfg.target_fpr,
         at_model_fpr: at(detectors[0].false_positive_rate),
         at_target_fpr: at(cfg.target_fpr),
         detectors,
         model_by_family: by_family(&alarms, &tested),
         model_alarms: alarms,
+        held_out: super::honest::held_out_families(&held_alarms, &held_ds),
         folds: per_fold,
     })
 }
@@ -135,7 +150,7 @@ mod tests {
         let cv = cross_validate(&all, &cfg, 3, |_| heard += 1).unwrap();
         assert_eq!((heard, cv.folds.len()), (3, 3));
         let tested: usize = cv.folds.iter().map(|f| f.split.test).sum();
-        assert_eq!(tested + cv.never_tested, all.len());
+        assert_eq!(tested + cv.never_tested + cv.set_aside, all.len());
         assert_eq!(cv.detectors.len(), 5);
         let model = &cv.detectors[0];
         assert_eq!(model.failing + model.healthy, tested);

@@ -20,11 +20,18 @@ pub struct Metrics {
     /// Healthy deployments alarmed at any window.
     pub false_positive_rate: f64,
     pub precision: f64,
-    /// Failing deployments alarmed strictly before their onset.
+    /// Failing deployments alarmed strictly before their onset, not
+    /// counting silent faults (see `tells`).
     pub caught_before_onset: usize,
-    /// caught_before_onset over failing: recall as prediction, where exit
-    /// codes and health probes score 0 by construction.
+    /// caught_before_onset over failing deployments that are not silent:
+    /// recall as prediction, where exit codes and health probes score 0
+    /// by construction.
     pub recall_before_onset: f64,
+    /// Silent faults (nothing observable before their onset) alarmed
+    /// before it: the detector keyed on something other than the fault,
+    /// a tell of the corpus, not foresight.
+    #[serde(default)]
+    pub tells: usize,
     /// Onset minus first alarm, over those, in ms.
     pub lead_time_median_ms: Option<f64>,
     pub lead_time_p10_ms: Option<f64>,
@@ -52,9 +59,19 @@ pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Record]) -> Metrics {
     let healthy = out.len() - failing;
     let tp = out.iter().filter(|o| o.0 && o.2.is_some()).count();
     let fp = out.iter().filter(|o| !o.0 && o.2.is_some()).count();
+    let early = |d: &Record, o: &(bool, f64, Option<usize>)| {
+        o.0 && matches!((d.onset_window, o.2), (Some(on), Some(a)) if a < on)
+    };
+    let tells = ds
+        .iter()
+        .zip(&out)
+        .filter(|(d, o)| d.silent() && early(d, o))
+        .count();
+    let predictable = ds.iter().filter(|d| d.failing() && !d.silent()).count();
     let mut leads: Vec<f64> = ds
         .iter()
         .zip(&out)
+        .filter(|(d, _)| !d.silent())
         .filter_map(|(d, o)| {
             let (onset, alarm) = (d.onset_window?, o.2?);
             (o.0 && alarm < onset).then(|| ((onset - alarm) as u64 * u64::from(d.window_ms)) as f64)
@@ -74,7 +91,8 @@ pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Record]) -> Metrics {
         false_positive_rate: ratio(fp, healthy),
         precision: ratio(tp, tp + fp),
         caught_before_onset: leads.len(),
-        recall_before_onset: ratio(leads.len(), failing),
+        recall_before_onset: ratio(leads.len(), predictable),
+        tells,
         lead_time_median_ms: pick(0.5),
         lead_time_p10_ms: pick(0.1),
     }

@@ -13,9 +13,11 @@
 pub mod baselines;
 pub mod catalog;
 pub mod corpus;
+pub mod corpus_file;
 pub mod crossval;
 pub mod detectors;
 pub mod eval;
+pub mod honest;
 pub mod split;
 mod synth_host;
 pub mod train;
@@ -49,6 +51,8 @@ pub struct Evaluation {
     /// deployments it caught, how many before their onset, and the median
     /// lead time of those.
     pub model_by_family: Vec<FamilyLead>,
+    /// Families kept out of training, scored on the test part's packages.
+    pub held_out: Vec<FamilyLead>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +66,10 @@ pub struct SplitSizes {
 #[derive(Debug, Clone, Serialize)]
 pub struct FamilyLead {
     pub family: String,
+    /// "build-up", "silent", "real" or empty; for a silent family,
+    /// caught_before_onset counts tells.
+    pub group: String,
+    pub held_out: bool,
     pub failing: usize,
     pub caught: usize,
     pub caught_before_onset: usize,
@@ -74,6 +82,8 @@ pub fn by_family(alarms: &[Alarm], ds: &[Record]) -> Vec<FamilyLead> {
     for d in ds.iter().filter(|d| d.failing()) {
         let f = fams.entry(&d.family).or_insert_with(|| FamilyLead {
             family: d.family.clone(),
+            group: d.group.clone(),
+            held_out: d.held_out,
             failing: 0,
             caught: 0,
             caught_before_onset: 0,
@@ -201,6 +211,7 @@ pub fn evaluate(model: &Model, split: &Split) -> Evaluation {
         detectors: rows(&scored, at_own_threshold(&split.test)),
         model_by_family: Vec::new(),
         model_alarms: alarms_from(model, &scored[0], &split.test),
+        held_out: Vec::new(),
     }
     .with_families(&split.test)
 }
@@ -228,7 +239,9 @@ pub fn test_split(model: &Model, all: &[Record]) -> model::Result<Split> {
             corpus::SPLIT_RULE
         )));
     }
-    let split = corpus::split(all, model.meta.seed);
+    // As training split it: without held-out families and the lockbox.
+    let (all, _) = honest::partition(all);
+    let split = corpus::split(&all, model.meta.seed);
     if split.test.is_empty() {
         return Err(model::ModelError::Data(format!(
             "the test split of this corpus (by the model's seed {}) is empty",
@@ -250,6 +263,10 @@ pub fn train_and_evaluate_with(
     cfg: &TrainConfig,
     progress: &dyn backstop_common::progress::Progress,
 ) -> model::Result<(Model, Evaluation)> {
+    // The digest names the whole corpus; the split sees no held-out family.
+    let digest = corpus::digest(all);
+    let (all, held) = honest::partition(all);
+    let all = &all[..];
     let split = corpus::split(all, cfg.seed);
     if split.test.is_empty() || split.validation.is_empty() {
         return Err(model::ModelError::Data(format!(
@@ -260,14 +277,10 @@ pub fn train_and_evaluate_with(
             split.test.len()
         )));
     }
-    let mut m = train::train_with(
-        &split.train,
-        &split.validation,
-        cfg,
-        corpus::digest(all),
-        progress,
-    )?;
-    let e = evaluate(&m, &split);
+    let mut m = train::train_with(&split.train, &split.validation, cfg, digest, progress)?;
+    let mut e = evaluate(&m, &split);
+    let (held_alarms, held_ds) = honest::score_held_out(&m, &held, &split.test);
+    e.held_out = honest::held_out_families(&held_alarms, &held_ds);
     m.meta.evaluation = Some(serde_json::to_value(&e).expect("plain data serializes"));
     Ok((m, e))
 }

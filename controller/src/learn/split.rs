@@ -282,6 +282,10 @@ mod tests {
             window_ms: 250,
             schema: backstop_common::features::SCHEMA_VERSION.into(),
             windows: vec![vec![0.0; backstop_common::features::FEATURES.len()]],
+            group: String::new(),
+            held_out: false,
+            host_condition: String::new(),
+            cause: None,
             host: Vec::new(),
         };
         let mut all = Vec::new();

@@ -13,12 +13,22 @@ pub(super) fn fault_script(s: &Scenario) -> Option<String> {
     let work = format!(
         "i=0; end=$(( $(date +%s) + {d} )); while [ $(date +%s) -lt $end ]; do ls -R /usr/share/doc >/dev/null; i=$((i+1)); done\n",
         d = s.delay
-    );
+    ) + &pause(s.pause);
     let fault = match s.fault {
         // A healthy install with the same ordinary work as the faulty ones
         // do before their fault: the work alone must not look like one.
         Family::None if s.delay > 0 => String::new(),
-        Family::None | Family::MissingDependency | Family::DiskFull => return None,
+        Family::None if s.pause > 0 => String::new(),
+        Family::None | Family::MissingDependency | Family::DiskFull | Family::Real => {
+            return None;
+        }
+        Family::FdLeak
+        | Family::ForkStorm
+        | Family::LogFlood
+        | Family::UserConflict
+        | Family::AlternativesConflict
+        | Family::PromptHang
+        | Family::DataFormat => super::inject_more::fragment(s.fault, m),
         Family::FailingScript => format!("sleep {m}\necho 'postinst: giving up' >&2\nexit 1\n"),
         Family::ConfigTypo => format!(
             "mkdir -p /etc/backstop-demo\nprintf 'if [ 1 ; then\\n  echo ok\\n' > /etc/backstop-demo/{p}.conf\nsleep {m}\nsh -n /etc/backstop-demo/{p}.conf || {{ echo 'postinst: configuration error' >&2; exit 1; }}\n",
@@ -54,6 +64,16 @@ pub(super) fn fault_script(s: &Scenario) -> Option<String> {
         ),
     };
     Some(format!("{work}{fault}"))
+}
+
+/// Idle seconds in the prelude: drawn for healthy and faulty scenarios
+/// alike, so a pause before an exit is not a fault's mark.
+fn pause(secs: u32) -> String {
+    if secs == 0 {
+        String::new()
+    } else {
+        format!("sleep {secs}\n")
+    }
 }
 
 /// The main .deb of `package` in DEBS/<package>/.
@@ -162,6 +182,10 @@ pub(super) fn repack(deb: &Path, fragment: &str, dir: &Path) -> Result<PathBuf> 
         Command::new("dpkg-deb")
             .arg("-b")
             .arg(format!("-Z{compression}"))
+            // The fastest level of the same compressor: a big data package
+            // (augustus-data, 200 MB unpacked) took minutes at xz's default
+            // on a loaded machine, and every scenario is repacked alike.
+            .arg("-z1")
             .arg(&tree)
             .arg(&out),
         "dpkg-deb -b",

@@ -15,8 +15,14 @@ use serde::Deserialize;
 
 use super::corpus::{HEALTHY, Outcome, Record};
 
+mod families;
+mod host;
 mod inject;
+mod inject_more;
 mod runner;
+
+pub use families::{FamilyInfo, Group};
+pub use host::HostCondition;
 
 pub use runner::{RunOptions, record_from_report, run, run_scenario};
 
@@ -40,6 +46,11 @@ type Result<T> = std::result::Result<T, CatalogError>;
 pub struct Catalog {
     #[serde(default)]
     pub defaults: Defaults,
+    /// Each fault family's group, source and whether the default model
+    /// trains on it (see [`FamilyInfo`]); a family missing here is in no
+    /// group and trained on.
+    #[serde(default)]
+    pub families: std::collections::BTreeMap<String, FamilyInfo>,
     #[serde(rename = "scenario")]
     pub scenarios: Vec<Scenario>,
 }
@@ -105,6 +116,25 @@ pub enum Family {
     IoStall,
     /// The postinst retries a connection to an unreachable address, then fails.
     UnreachableNetwork,
+    /// The postinst opens files and keeps them until it runs out (EMFILE).
+    FdLeak,
+    /// The postinst starts ever more children, then gives up.
+    ForkStorm,
+    /// The postinst appends to one log file until the disk is full.
+    LogFlood,
+    /// `useradd` of a system user whose name is taken with another uid.
+    UserConflict,
+    /// `update-alternatives --install` of a path that is not there.
+    AlternativesConflict,
+    /// The postinst waits for an answer that never comes (a prompt with no
+    /// one to read it), until the timeout.
+    PromptHang,
+    /// The postinst migrates its data, reads all of it, and meets a record
+    /// of a format it does not know.
+    DataFormat,
+    /// Nothing injected: the package fails on minbase by itself (its cause
+    /// is the scenario's `cause`).
+    Real,
 }
 
 impl Family {
@@ -122,6 +152,14 @@ impl Family {
             Family::CrashLoop => "crash-loop",
             Family::IoStall => "io-stall",
             Family::UnreachableNetwork => "unreachable-network",
+            Family::FdLeak => "fd-leak",
+            Family::ForkStorm => "fork-storm",
+            Family::LogFlood => "log-flood",
+            Family::UserConflict => "user-conflict",
+            Family::AlternativesConflict => "alternatives-conflict",
+            Family::PromptHang => "prompt-hang",
+            Family::DataFormat => "data-format",
+            Family::Real => "real",
         }
     }
 }
@@ -140,12 +178,21 @@ pub struct Scenario {
     /// Seconds of normal work the postinst does before the fault starts.
     #[serde(default)]
     pub delay: u32,
+    /// Idle seconds after that work (healthy and faulty alike).
+    #[serde(default)]
+    pub pause: u32,
     #[serde(default)]
     pub seed: u64,
     /// This scenario's timeout, for packages whose healthy install takes
     /// longer than the catalog's default allows.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// The host condition the install runs under (quiet when absent).
+    #[serde(default)]
+    pub host: Option<HostCondition>,
+    /// A real failure's cause, as the package's own scripts said it.
+    #[serde(default)]
+    pub cause: Option<String>,
 }
 
 fn none() -> Family {
@@ -166,6 +213,8 @@ impl Scenario {
     pub fn variant(&self) -> String {
         if self.fault == Family::None {
             HEALTHY.into()
+        } else if self.fault == Family::Real {
+            format!("real-{}", self.package)
         } else {
             format!("{}-m{}-d{}", self.fault.name(), self.magnitude, self.delay)
         }
@@ -203,6 +252,7 @@ pub fn parse(text: &str, source: &str) -> Result<Catalog> {
             return Err(bad(format!("scenario name {:?} appears twice", s.name)));
         }
     }
+    families::check(&c).map_err(bad)?;
     Ok(c)
 }
 

@@ -21,7 +21,8 @@ pub struct RunOptions {
 }
 
 /// Run one scenario; the deployment it produced.
-pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result<Record> {
+pub fn run_scenario(catalog: &Catalog, s: &Scenario, o: &RunOptions) -> Result<Record> {
+    let defaults = &catalog.defaults;
     let fail = |reason: String| CatalogError::Scenario {
         scenario: s.name.clone(),
         reason,
@@ -33,9 +34,15 @@ pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result
     std::fs::create_dir_all(&work).map_err(io(format!("creating {}", work.display())))?;
     let debs = debs_for(s, &pkg_dir, &main, &work)?;
     let mut cmd = shadow_command(defaults, s, o, &debs);
+    // The host condition holds from before the install to after it.
+    let neighbour = s
+        .host
+        .map(|c| super::host::Neighbour::start(c, &work, &s.name))
+        .transpose()?;
     let out = cmd
         .output()
         .map_err(io(format!("running {}", o.agent.display())))?;
+    drop(neighbour);
     let report: ShadowReport = serde_json::from_slice(&out.stdout).map_err(|e| {
         fail(format!(
             "the shadow printed no report ({e}): {}",
@@ -43,7 +50,20 @@ pub fn run_scenario(defaults: &Defaults, s: &Scenario, o: &RunOptions) -> Result
         ))
     })?;
     let _ = std::fs::remove_dir_all(&work);
-    record_from_report(s, &report, defaults.window_ms).map_err(fail)
+    let mut r = record_from_report(s, &report, defaults.window_ms).map_err(fail)?;
+    if s.fault == Family::Real && r.outcome == Outcome::Ok {
+        // The package's own failure did not happen here: label what did
+        // happen (a healthy install), not what the catalog expected.
+        r.family = super::HEALTHY.into();
+        r.variant = super::HEALTHY.into();
+        r.cause = None;
+        return Ok(r);
+    }
+    if let Some(info) = catalog.families.get(s.fault.name()) {
+        r.group = info.group.name().into();
+        r.held_out = info.held_out;
+    }
+    Ok(r)
 }
 
 /// The .debs to install, sorted, the package's own repacked with the
@@ -99,6 +119,11 @@ fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[Pat
     if s.fault == Family::DiskFull {
         // Room for a fraction of what unpacking writes.
         let size = (total / (2 * u64::from(s.magnitude.max(1)))).max(256 * 1024);
+        cmd.args(["--upper-size", &size.to_string()]);
+    }
+    if s.fault == Family::LogFlood {
+        // Room for the unpacked package, then a few MiB the log fills.
+        let size = total * 6 + (8 << 20) * u64::from(s.magnitude.max(1));
         cmd.args(["--upper-size", &size.to_string()]);
     }
     let health = match s.fault {
@@ -162,6 +187,10 @@ pub fn record_from_report(
         window_ms,
         schema: SCHEMA_VERSION.into(),
         windows,
+        group: String::new(),
+        held_out: false,
+        host_condition: s.host.map(|h| h.name().to_string()).unwrap_or_default(),
+        cause: s.cause.clone(),
         host: r.windows.iter().map(|w| w.host).collect(),
     })
 }
@@ -212,7 +241,16 @@ pub fn run(
             s.package,
             s.variant()
         ));
-        let d = run_scenario(&catalog.defaults, s, o)?;
+        let t0 = std::time::Instant::now();
+        let d = run_scenario(catalog, s, o)?;
+        // Per install, so a long recording can be planned from a pilot.
+        progress(&format!(
+            "{}: {:?}, {} windows, {:.1} s",
+            s.name,
+            d.outcome,
+            d.windows.len(),
+            t0.elapsed().as_secs_f64()
+        ));
         done.insert(id, d);
         bar.advance(1);
         let all: Vec<Record> = done.values().cloned().collect();
@@ -274,6 +312,9 @@ mod tests {
             delay: 2,
             seed: 0,
             timeout_secs: None,
+            pause: 0,
+            host: None,
+            cause: None,
         };
         let v = report(6, step(1, 1600.0), vec![]);
         let d = record_from_report(&s, &v, 500).unwrap();

@@ -1,0 +1,133 @@
+//! The default model is reproducible from a shipped corpus file: the real
+//! `backstop` binary packs a corpus into gzip JSON lines, trains from the
+//! file twice (with one thread and with two, as a laptop and CI would) and
+//! gets the same bytes; and it refuses, before training, a corpus whose
+//! digest is not the one it was told (what `cargo xtask train-default`
+//! passes from models/default/model.json). Needs no root.
+//!
+//! The corpus is generated (`backstop corpus synth`): the mechanism is the
+//! same for the recorded one, and a generated corpus follows whatever
+//! feature schema this build has.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
+)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::bin_dir;
+
+fn backstop(args: &[&str]) -> Command {
+    let mut c = Command::new(bin_dir().join("backstop"));
+    c.args(args);
+    c
+}
+
+fn ok(mut c: Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn train(corpus: &Path, out: &Path, threads: &str, digest: Option<&str>) -> Output {
+    let mut c = backstop(&["train", "--seed", "1", "--epochs", "3", "--corpus"]);
+    c.arg(corpus)
+        .arg("--out")
+        .arg(out)
+        .arg("--json")
+        .env("RAYON_NUM_THREADS", threads);
+    if let Some(d) = digest {
+        c.args(["--expect-digest", d]);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn a_model_trained_twice_from_a_packed_corpus_has_the_same_bytes_and_a_wrong_digest_is_refused() {
+    let base = std::env::temp_dir().join(format!("backstop-train-default-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let _s = Scratch(base.clone());
+    let synth = base.join("synth");
+    let mut c = backstop(&[
+        "corpus",
+        "synth",
+        "--packages",
+        "16",
+        "--per-package",
+        "6",
+        "--out",
+    ]);
+    c.arg(&synth);
+    ok(c);
+    let packed = base.join("deployments.jsonl.gz");
+    let mut c = backstop(&["corpus", "pack", "--corpus"]);
+    c.arg(&synth).arg("--out").arg(&packed);
+    let said = String::from_utf8(ok(c).stdout).unwrap();
+    let digest = said.rsplit("digest ").next().unwrap().trim().to_string();
+    assert_eq!(digest.len(), 64, "pack printed no digest: {said}");
+    // Packing again gives the same file.
+    let again = base.join("again.jsonl.gz");
+    let mut c = backstop(&["corpus", "pack", "--corpus"]);
+    c.arg(&synth).arg("--out").arg(&again);
+    ok(c);
+    assert!(
+        std::fs::read(&packed).unwrap() == std::fs::read(&again).unwrap(),
+        "two packs of one corpus differ"
+    );
+
+    let (one, two) = (base.join("m1"), base.join("m2"));
+    for (dir, threads) in [(&one, "1"), (&two, "2")] {
+        let out = train(&packed, dir, threads, Some(&digest));
+        assert!(
+            out.status.success(),
+            "training with {threads} thread(s) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for f in ["model.safetensors", "model.json"] {
+        let (a, b) = (
+            std::fs::read(one.join(f)).unwrap(),
+            std::fs::read(two.join(f)).unwrap(),
+        );
+        assert!(a == b, "{f} differs between one and two threads");
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(one.join("model.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["corpus_digest"],
+        digest.as_str(),
+        "the model names another corpus"
+    );
+
+    // One record fewer: another digest, refused before any training.
+    let text = std::fs::read_to_string(synth.join("deployments.jsonl")).unwrap();
+    let short = base.join("short.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&short, lines[1..].join("\n") + "\n").unwrap();
+    let refused = base.join("m3");
+    let out = train(&short, &refused, "1", Some(&digest));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a corpus with a record dropped was trained on"
+    );
+    assert!(
+        err.contains("--expect-digest") && err.contains(&digest) && err.contains("not the corpus"),
+        "the refusal does not say what differed: {err}"
+    );
+    assert!(!refused.exists(), "a refused corpus still wrote a model");
+}
