@@ -407,7 +407,10 @@ mod tests {
                 .find_map(|l| l.strip_prefix("package = \"p"))
                 .and_then(|v| v.trim_end_matches('"').parse().ok())
                 .unwrap();
-            assert!(!p.is_multiple_of(3), "p{p:03} has one .deb and a missing dependency");
+            assert!(
+                !p.is_multiple_of(3),
+                "p{p:03} has one .deb and a missing dependency"
+            );
         }
         // The same seed, the same catalog.
         assert_eq!(text, render(&o, &ok, &real).unwrap());

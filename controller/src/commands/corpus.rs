@@ -32,7 +32,7 @@ pub enum Action {
         /// Run every scenario under this host condition (fuller-disk,
         /// less-memory, busy-neighbour), named NAME-on-CONDITION so the
         /// records pool with a quiet-host run of the same catalog.
-        #[arg(long, value_name = "CONDITION")]
+        #[arg(long = "host-condition", value_name = "CONDITION")]
         host: Option<String>,
     },
     /// Pack corpora (directories or files) into one gzip JSON-lines file,
