@@ -17,8 +17,10 @@ pub struct Deviation {
     pub value: f64,
     pub baseline_mean: f64,
     pub baseline_sd: f64,
-    /// |value - mean| / max(sd, 10% of |mean|, 1e-6): standard deviations,
-    /// floored so a flat baseline does not make every wobble infinite.
+    /// |value - mean| / max(sd, 10% of |mean|, [`unit_floor`]): standard
+    /// deviations, floored so a flat baseline (one short healthy
+    /// deployment, a feature that was always 0) does not make every wobble
+    /// millions of deviations.
     pub score: f64,
 }
 
@@ -30,6 +32,19 @@ pub struct Difference {
     pub shadow_mean: f64,
     /// |shadow - live| / max(|live|, |shadow|): 0 same, 1 one of them zero.
     pub relative: f64,
+}
+
+/// The least spread a baseline is taken to have, per unit: one of a
+/// count, a page of bytes, a millisecond of time. Below it a difference is
+/// noise whatever the baseline's own spread says.
+fn unit_floor(unit: &str) -> f64 {
+    match unit {
+        "count" | "ms" => 1.0,
+        "bytes" => 4096.0,
+        "us" => 1_000.0,
+        "ns" => 1_000_000.0,
+        _ => 1e-6,
+    }
 }
 
 fn mean_sd(windows: &[&Window], i: usize) -> (f64, f64) {
@@ -81,7 +96,7 @@ pub fn deviations(live: &[&Window], history: &[Window]) -> (Baseline, Vec<Deviat
         .map(|(i, def)| {
             let (mean, sd) = mean_sd(&base, i);
             let (value, _) = mean_sd(rest, i);
-            let floor = sd.max(0.1 * mean.abs()).max(1e-6);
+            let floor = sd.max(0.1 * mean.abs()).max(unit_floor(def.unit));
             Deviation {
                 feature: def.name,
                 unit: def.unit,

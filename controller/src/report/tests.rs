@@ -297,3 +297,21 @@ fn a_bundle_is_written_private_whole_and_lists_its_parts() {
         Err(bundle::BundleError::BadId(_))
     ));
 }
+
+#[test]
+fn a_flat_baseline_is_floored_by_unit_not_made_infinite() {
+    // A history of one window where the tree had no open fds; the failing
+    // deployment averages 30. Without a unit floor that was 30 million
+    // deviations (seen in the demo's report).
+    let hist = vec![window(Stream::Live, 0, &[(feature::SYSCALLS_TOTAL, 5.0)])];
+    let live: Vec<Window> = (0..3)
+        .map(|i| window(Stream::Live, i, &[(feature::TREE_OPEN_FDS, 30.0)]))
+        .collect();
+    let refs: Vec<&Window> = live.iter().collect();
+    let (_, devs) = super::stats::deviations(&refs, &hist);
+    let fds = devs
+        .iter()
+        .find(|d| d.feature == "tree_open_fds")
+        .unwrap_or_else(|| panic!("{devs:?}"));
+    assert!((fds.score - 30.0).abs() < 1e-9, "{fds:?}");
+}
