@@ -30,8 +30,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::agents::{Fleet, Proc};
-use support::deploys::{Scratch, assert_replays, build_deb, differences, kind, root_walk};
-use support::{ebpf_or_skip, eventually, rootfs};
+use support::deploys::{
+    Deployed, Scratch, assert_replays, build_deb, deploy_until, differences, kind, root_walk,
+};
+use support::{ebpf_or_skip, rootfs};
 
 const FLAG: &str = "etc/busypkg/busy";
 const BASELINE: usize = 10;
@@ -149,25 +151,7 @@ fn deploy(cached: &Path, name: &str, busy: bool, want: &str) -> (Value, bool) {
     let agent = Proc::spawn(&mut fleet.agent_cmd(&s.base.join("agent-data")));
     fleet.wait_connected(&agent);
     let before = root_walk(&s.root);
-    let out = fleet.cli(&[
-        "deploy",
-        path.to_str().unwrap(),
-        "--host",
-        "web-1",
-        "--wait",
-        "--json",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let id = serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("null")).unwrap()
-        ["deployment"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
-        .to_string();
-    let ended = eventually(Duration::from_secs(30), || {
-        fleet.json(&["show", &id, "--json"])["deployment"]["state"] == want
-    });
-    let mut shown = fleet.json(&["show", &id, "--json"]);
-    assert!(ended, "not {want}: {shown}\nagent: {}", agent.log());
+    let Deployed { id, mut shown, .. } = deploy_until(&fleet, &agent, &path, want);
     shown["replayed"] = Value::Array(assert_replays(&fleet, &id));
     let unchanged = differences(&before, &root_walk(&s.root)).is_empty();
     (shown, unchanged)

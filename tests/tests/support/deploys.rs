@@ -210,3 +210,42 @@ pub fn hello_manifest_shadowed(base: &Path, root: &Path, deb: &Path) -> PathBuf 
     std::fs::write(&manifest, shadowed).unwrap();
     manifest
 }
+
+/// What [`deploy_until`] gives back: the CLI's output, the deployment's
+/// id, and `show --json` once it reached the state asked for.
+pub struct Deployed {
+    pub out: std::process::Output,
+    pub id: String,
+    pub shown: Value,
+}
+
+/// `backstop deploy MANIFEST --host web-1 --wait --json` through `fleet`,
+/// then wait (30 s) until `show` says `want`; fails with the agent's log
+/// when it never does.
+pub fn deploy_until(
+    fleet: &Fleet,
+    agent: &super::agents::Proc,
+    manifest: &Path,
+    want: &str,
+) -> Deployed {
+    let out = fleet.cli(&[
+        "deploy",
+        manifest.to_str().unwrap(),
+        "--host",
+        "web-1",
+        "--wait",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let id = serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("null")).unwrap()
+        ["deployment"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+        .to_string();
+    let ended = super::eventually(std::time::Duration::from_secs(30), || {
+        fleet.json(&["show", &id, "--json"])["deployment"]["state"] == want
+    });
+    let shown = fleet.json(&["show", &id, "--json"]);
+    assert!(ended, "not {want}: {shown}\nagent: {}", agent.log());
+    Deployed { out, id, shown }
+}
