@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::agents::{Fleet, Proc};
-use support::deploys::root_walk;
+use support::deploys::{assert_exhaustion, live_step, root_walk};
 use support::{deb_file, ebpf_or_skip, eventually, rootfs};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -209,35 +209,6 @@ fn assert_replayed(fleet: &Fleet, id: &str, shown: &Value) {
     }
 }
 
-/// The live install step's event: (its `at_ms`, the step).
-fn live_step(shown: &Value) -> (i64, Value) {
-    shown["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|e| {
-            let s = &e["event"]["step"];
-            (s["stream"] == "live").then(|| (e["at_ms"].as_i64().unwrap(), s["step"].clone()))
-        })
-        .unwrap_or_else(|| panic!("no live step: {shown}"))
-}
-
-/// The decision is a rollback that rests on the disk's projected
-/// exhaustion, and nothing else.
-fn assert_exhaustion(d: &Value) {
-    assert_eq!(d["verdict"], "rollback", "{d}");
-    let reasons = d["reasons"].as_array().unwrap();
-    assert_eq!(reasons[0]["kind"], "exhaustion", "{d}");
-    assert_eq!(reasons[0]["resource"], "disk", "{d}");
-    let rate = reasons[0]["rate_per_s"].as_f64().unwrap() / MIB;
-    // 1 MiB per half second at most; slower when the machine is busy.
-    assert!(rate > 0.2 && rate < 2.5, "rate {rate} MiB/s: {d}");
-    assert!(
-        !reasons.iter().any(|r| r["kind"] == "live_step"),
-        "decided before the step failed: {d}"
-    );
-}
-
 /// The live windows' free space: the agent measured the tmpfs (64 MiB),
 /// not the root's filesystem.
 fn free_space(fleet: &Fleet, id: &str) -> Vec<f64> {
@@ -269,7 +240,7 @@ fn a_dry_run_of_a_disk_filling_postinst_decides_before_the_step_fails() {
         "a dry run never acts"
     );
     let decision = &shown["decisions"][0];
-    assert_exhaustion(decision);
+    assert_exhaustion(decision, "disk", (0.2, 2.5));
     assert_eq!(decision["acted"], false);
     let (ended, step) = live_step(shown);
     assert_eq!(step["exit_code"], 1, "the step failed on its own: {shown}");
@@ -307,7 +278,7 @@ fn a_disk_filling_postinst_is_rolled_back_before_it_fails_with_the_lead_time_sto
     let shown = &d.shown;
     assert_eq!(shown["deployment"]["state"], "rolled_back", "{shown}");
     let decision = &shown["decisions"][0];
-    assert_exhaustion(decision);
+    assert_exhaustion(decision, "disk", (0.2, 2.5));
     assert_eq!(decision["acted"], true);
     let at = decision["at_ms"].as_i64().unwrap();
     // Ended by the rollback: killed, no exit code, no ENOSPC seen.

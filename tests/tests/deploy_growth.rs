@@ -30,7 +30,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::agents::{Fleet, Proc};
-use support::deploys::{Scratch, assert_replays, build_deb, differences, kind, root_walk};
+use support::deploys::{
+    Scratch, assert_exhaustion, assert_replays, build_deb, differences, kind, live_step, root_walk,
+};
 use support::{ebpf_or_skip, eventually, rootfs};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -138,35 +140,6 @@ fn samples(shown: &Value) -> Vec<(f64, f64, u64)> {
         .collect()
 }
 
-/// The live install step's event: (its `at_ms`, the step).
-fn live_step(shown: &Value) -> (i64, Value) {
-    shown["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|e| {
-            let s = &e["event"]["step"];
-            (s["stream"] == "live").then(|| (e["at_ms"].as_i64().unwrap(), s["step"].clone()))
-        })
-        .unwrap_or_else(|| panic!("no live step: {shown}"))
-}
-
-/// A rollback that rests on memory's projected exhaustion, before the
-/// step failed.
-fn assert_memory_exhaustion(d: &Value) {
-    assert_eq!(d["verdict"], "rollback", "{d}");
-    let reasons = d["reasons"].as_array().unwrap();
-    assert_eq!(reasons[0]["kind"], "exhaustion", "{d}");
-    assert_eq!(reasons[0]["resource"], "memory", "{d}");
-    let rate = reasons[0]["rate_per_s"].as_f64().unwrap() / MIB;
-    // 1 MiB per half second at most; slower when the machine is busy.
-    assert!(rate > 0.3 && rate < 3.0, "rate {rate} MiB/s: {d}");
-    assert!(
-        !reasons.iter().any(|r| r["kind"] == "live_step"),
-        "decided before the step failed: {d}"
-    );
-}
-
 #[test]
 fn a_dry_run_of_a_leaking_postinst_decides_before_the_oom_kill() {
     let Some(_g) = ebpf_or_skip("growth dry run") else {
@@ -180,7 +153,7 @@ fn a_dry_run_of_a_leaking_postinst_decides_before_the_oom_kill() {
         "a dry run never acts"
     );
     let decision = &shown["decisions"][0];
-    assert_memory_exhaustion(decision);
+    assert_exhaustion(decision, "memory", (0.3, 3.0));
     assert_eq!(decision["acted"], false);
     // The step ended on its own: dpkg reports its postinst killed.
     let (ended, step) = live_step(shown);
@@ -225,7 +198,7 @@ fn a_leaking_postinst_is_rolled_back_before_the_oom_kill() {
     let shown = &d.shown;
     assert_eq!(shown["deployment"]["state"], "rolled_back", "{shown}");
     let decision = &shown["decisions"][0];
-    assert_memory_exhaustion(decision);
+    assert_exhaustion(decision, "memory", (0.3, 3.0));
     assert_eq!(decision["acted"], true);
     let (_, step) = live_step(shown);
     assert_eq!(

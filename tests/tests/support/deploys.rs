@@ -249,3 +249,32 @@ pub fn deploy_until(
     assert!(ended, "not {want}: {shown}\nagent: {}", agent.log());
     Deployed { out, id, shown }
 }
+
+/// The live install step's event in `show --json`: (its `at_ms`, the step).
+pub fn live_step(shown: &Value) -> (i64, Value) {
+    shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|e| {
+            let s = &e["event"]["step"];
+            (s["stream"] == "live").then(|| (e["at_ms"].as_i64().unwrap(), s["step"].clone()))
+        })
+        .unwrap_or_else(|| panic!("no live step: {shown}"))
+}
+
+/// A rollback that rests first on `resource`'s projected exhaustion, at a
+/// rate (MiB/s) inside `rate` (the fault writes 1 MiB per half second at
+/// most; slower when the machine is busy), decided before the step failed.
+pub fn assert_exhaustion(d: &Value, resource: &str, rate: (f64, f64)) {
+    assert_eq!(d["verdict"], "rollback", "{d}");
+    let reasons = d["reasons"].as_array().unwrap();
+    assert_eq!(reasons[0]["kind"], "exhaustion", "{d}");
+    assert_eq!(reasons[0]["resource"], resource, "{d}");
+    let r = reasons[0]["rate_per_s"].as_f64().unwrap() / f64::from(1u32 << 20);
+    assert!(r > rate.0 && r < rate.1, "rate {r} MiB/s: {d}");
+    assert!(
+        !reasons.iter().any(|r| r["kind"] == "live_step"),
+        "decided before the step failed: {d}"
+    );
+}
