@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::agents::{Fleet, Proc};
-use support::deploys::{assert_exhaustion, live_step, root_walk};
+use support::deploys::{assert_exhaustion, assert_replays, deploy_json, live_step, root_walk};
 use support::{deb_file, ebpf_or_skip, eventually, rootfs};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -160,52 +160,21 @@ period = "5s"
     assert!(!fleet.data.join("models/current").exists());
     let agent = Proc::spawn(&mut fleet.agent_cmd(&s.base.join(format!("agent-{name}"))));
     fleet.wait_connected(&agent);
-    let mut cmd = fleet.backstop();
-    cmd.args(["deploy", manifest.to_str().unwrap(), "--host", "web-1"]);
-    cmd.args(["--wait", "--json"]);
-    if dry {
-        cmd.arg("--dry-run");
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let id =
-        serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("{}")).unwrap()["deployment"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no deployment id: {stdout}\n{}", agent.log()))
-            .to_string();
+    let extra: &[&str] = if dry { &["--dry-run"] } else { &[] };
+    let (_, id) = deploy_json(&fleet, &agent, &manifest, extra);
     let ended = eventually(Duration::from_secs(30), || {
         let st = fleet.json(&["show", &id, "--json"])["deployment"]["state"].clone();
         st == "committed" || st == "rolled_back"
     });
     assert!(ended, "{id} never ended: {}", agent.log());
     let shown = fleet.json(&["show", &id, "--json"]);
-    assert_replayed(&fleet, &id, &shown);
+    assert_replays(&fleet, &id);
     Deployed {
         id,
         shown,
         fleet,
         _agent: agent,
         _serve: serve,
-    }
-}
-
-/// `backstop replay ID --json` gives every stored decision again, with
-/// the same verdict and reasons.
-fn assert_replayed(fleet: &Fleet, id: &str, shown: &Value) {
-    let out = fleet.cli(&["replay", id, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{shown}");
-    let stored = shown["decisions"].as_array().unwrap();
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), stored.len(), "one replay per decision");
-    for (r, d) in lines.iter().zip(stored) {
-        assert_eq!(r["reproduced"], true, "{r}");
-        assert_eq!(
-            (&r["verdict"], &r["reasons"]),
-            (&d["verdict"], &d["reasons"])
-        );
     }
 }
 

@@ -31,7 +31,8 @@ use std::time::Duration;
 use serde_json::Value;
 use support::agents::{Fleet, Proc};
 use support::deploys::{
-    Scratch, assert_exhaustion, assert_replays, build_deb, differences, kind, live_step, root_walk,
+    Scratch, assert_exhaustion, assert_replays, build_deb, deploy_json, differences, kind,
+    live_step, root_walk,
 };
 use support::{ebpf_or_skip, eventually, rootfs};
 
@@ -95,19 +96,8 @@ fn deploy(cached: &Path, name: &str, grow: Option<u32>, dry: bool) -> Deployed {
     let agent = Proc::spawn(&mut fleet.agent_cmd(&s.base.join("agent-data")));
     fleet.wait_connected(&agent);
     let before = root_walk(&s.root);
-    let mut cmd = fleet.backstop();
-    cmd.args(["deploy", path.to_str().unwrap(), "--host", "web-1"]);
-    cmd.args(["--wait", "--json"]);
-    if dry {
-        cmd.arg("--dry-run");
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let id =
-        serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("{}")).unwrap()["deployment"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no deployment id: {stdout}\n{}", agent.log()))
-            .to_string();
+    let extra: &[&str] = if dry { &["--dry-run"] } else { &[] };
+    let (_, id) = deploy_json(&fleet, &agent, &path, extra);
     let ended = eventually(Duration::from_mins(1), || {
         let st = fleet.json(&["show", &id, "--json"])["deployment"]["state"].clone();
         st == "committed" || st == "rolled_back"

@@ -219,29 +219,49 @@ pub struct Deployed {
     pub shown: Value,
 }
 
-/// `backstop deploy MANIFEST --host web-1 --wait --json` through `fleet`,
-/// then wait (30 s) until `show` says `want`; fails with the agent's log
-/// when it never does.
-pub fn deploy_until(
+/// `backstop deploy MANIFEST --host web-1 --wait --json [EXTRA...]`
+/// through `fleet`: the CLI's output and the deployment's id (its first
+/// JSON line); fails with the CLI's stderr and the agent's log without one.
+pub fn deploy_json(
     fleet: &Fleet,
     agent: &super::agents::Proc,
     manifest: &Path,
-    want: &str,
-) -> Deployed {
-    let out = fleet.cli(&[
+    extra: &[&str],
+) -> (std::process::Output, String) {
+    let mut args = vec![
         "deploy",
         manifest.to_str().unwrap(),
         "--host",
         "web-1",
         "--wait",
         "--json",
-    ]);
+    ];
+    args.extend(extra);
+    let out = fleet.cli(&args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let id = serde_json::from_str::<Value>(stdout.lines().next().unwrap_or("null")).unwrap()
         ["deployment"]
         .as_str()
-        .unwrap_or_else(|| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no deployment id: {stdout}\n{}\nagent: {}",
+                String::from_utf8_lossy(&out.stderr),
+                agent.log()
+            )
+        })
         .to_string();
+    (out, id)
+}
+
+/// [`deploy_json`], then wait (30 s) until `show` says `want`; fails with
+/// the agent's log when it never does.
+pub fn deploy_until(
+    fleet: &Fleet,
+    agent: &super::agents::Proc,
+    manifest: &Path,
+    want: &str,
+) -> Deployed {
+    let (out, id) = deploy_json(fleet, agent, manifest, &[]);
     let ended = super::eventually(std::time::Duration::from_secs(30), || {
         fleet.json(&["show", &id, "--json"])["deployment"]["state"] == want
     });
