@@ -337,6 +337,13 @@ pub struct Guards {
     /// probe's median latency (0.2 = +20%) below which a statistically
     /// significant shift is still not a regression; default 0.2, in (0, 100].
     pub max_latency_increase: f32,
+    /// Whether a projected exhaustion (the scope's filesystem filling, the
+    /// live install's memory growing to its limit) rolls back by itself;
+    /// default (and in manifests stored before it existed) true. Off, only
+    /// the step's own failure (ENOSPC, the OOM kill) acts, as with
+    /// exit-code-only rollback.
+    #[serde(default = "read::on")]
+    pub exhaustion: bool,
 }
 
 impl Default for Guards {
@@ -346,6 +353,7 @@ impl Default for Guards {
             max_divergence: None,
             history: true,
             max_latency_increase: 0.2,
+            exhaustion: true,
         }
     }
 }

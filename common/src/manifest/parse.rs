@@ -365,6 +365,7 @@ fn policy(path: &str, v: Value) -> Result<Policy> {
         "max_divergence",
         "history",
         "max_latency_increase",
+        "exhaustion",
     ];
     let mut g = Obj::open(&o.field("guards"), gv, &known)?;
     let d = Guards::default();
@@ -381,6 +382,7 @@ fn policy(path: &str, v: Value) -> Result<Policy> {
                 "(0, 100]",
             )?
             .unwrap_or(d.max_latency_increase),
+        exhaustion: g.bool("exhaustion", d.exhaustion)?,
     };
     Ok(Policy { threshold, guards })
 }

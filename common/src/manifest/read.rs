@@ -343,3 +343,8 @@ pub(super) fn kind(v: &Value) -> &'static str {
         Value::Table(_) => "a table",
     }
 }
+
+/// serde's default for a switch that is on unless a stored value says off.
+pub(super) fn on() -> bool {
+    true
+}

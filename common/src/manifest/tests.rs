@@ -197,6 +197,7 @@ const BAD: &[(&str, &str, &str, &str)] = &[
     ("guards = { min_windows = 3 }", "guards = { min_windows = 0 }", "policy.guards.min_windows", "outside"),
     ("guards = { min_windows = 3 }", "guards = { max_divergence = 2.0 }", "policy.guards.max_divergence", "outside"),
     ("guards = { min_windows = 3 }", "guards = { windows = 3 }", "policy.guards.windows", "unknown field"),
+    ("guards = { min_windows = 3 }", "guards = { exhaustion = \"off\" }", "policy.guards.exhaustion", "true or false"),
     ("run = [\"/usr/sbin/service\", \"web\", \"restart\"]", "run = [\"x\"]\ntimeout = \"0ms\"", "rollback_hooks[0].timeout", "shorter"),
 ];
 

@@ -1,5 +1,5 @@
-//! `monitor.memory_limit_mb` and `monitor.service_cgroup`: read, and
-//! refused naming the field.
+//! `monitor.memory_limit_mb`, `monitor.service_cgroup` and the guard that
+//! turns their projections off: read, and refused naming the field.
 
 use std::path::PathBuf;
 
@@ -18,6 +18,27 @@ fn neither_is_set_by_default() {
         (m.monitor.memory_limit_mb, m.monitor.service_cgroup),
         (None, None)
     );
+}
+
+#[test]
+fn the_exhaustion_rule_is_on_unless_the_guard_turns_it_off() {
+    assert!(
+        Manifest::from_toml(&with(""))
+            .unwrap()
+            .policy
+            .guards
+            .exhaustion
+    );
+    let off = with("[policy.guards]\nexhaustion = false");
+    assert!(!Manifest::from_toml(&off).unwrap().policy.guards.exhaustion);
+    // A manifest stored (as JSON) before the guard existed reads as on.
+    let mut stored = serde_json::to_value(Manifest::from_toml(&off).unwrap()).unwrap();
+    stored["policy"]["guards"]
+        .as_object_mut()
+        .unwrap()
+        .remove("exhaustion");
+    let old: Manifest = serde_json::from_value(stored).unwrap();
+    assert!(old.policy.guards.exhaustion);
 }
 
 #[test]

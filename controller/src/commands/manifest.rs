@@ -126,10 +126,11 @@ fn summary(file: &Path, m: &Manifest) -> String {
         .map_or("the model's own".to_string(), |t| t.to_string());
     let _ = writeln!(
         w,
-        "  policy    threshold {threshold}; min_windows {}, history {}, max_latency_increase {}",
+        "  policy    threshold {threshold}; min_windows {}, history {}, max_latency_increase {}, exhaustion {}",
         g.min_windows,
         if g.history { "on" } else { "off" },
-        g.max_latency_increase
+        g.max_latency_increase,
+        if g.exhaustion { "on" } else { "off" }
     );
     for h in &m.rollback_hooks {
         let _ = writeln!(w, "  hook      {}", command(h));

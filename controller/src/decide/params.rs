@@ -43,6 +43,15 @@ pub struct Params {
     pub history_min_rollbacks: u32,
     /// Or: recent rollbacks of this package, any version, in the fleet.
     pub history_recent_rollbacks: u32,
+    /// Whether a projected exhaustion rolls back (manifest
+    /// `guards.exhaustion`). Absent in decisions stored before it existed,
+    /// when the rule always ran.
+    #[serde(default = "yes")]
+    pub exhaustion: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The engine's divergence guard when the manifest sets none: a fifth of
@@ -87,6 +96,7 @@ impl Params {
             history: g.history,
             history_min_rollbacks: 2,
             history_recent_rollbacks: 3,
+            exhaustion: g.exhaustion,
         }
     }
 
@@ -111,6 +121,7 @@ mod tests {
                 max_divergence: Some(0.5),
                 history: false,
                 max_latency_increase: 0.4,
+                exhaustion: false,
             },
         });
         assert_eq!(p.threshold_for(0.3), 0.75);
@@ -118,9 +129,19 @@ mod tests {
         assert_eq!(p.max_divergence, 0.5);
         assert!(!p.history);
         assert!((p.perf_min_effect - 0.4).abs() < 1e-6);
+        assert!(!p.exhaustion);
         let d = Params::default();
         assert_eq!(d.threshold_for(0.3), 0.3, "no override: the model's own");
         assert_eq!(d.min_windows, 2);
         assert_eq!(d.max_divergence, DEFAULT_MAX_DIVERGENCE);
+        assert!(d.exhaustion, "the trend rule runs unless turned off");
+    }
+
+    #[test]
+    fn params_stored_before_the_exhaustion_guard_read_with_it_on() {
+        let mut v = serde_json::to_value(Params::default()).unwrap();
+        v.as_object_mut().unwrap().remove("exhaustion");
+        let p: Params = serde_json::from_value(v).unwrap();
+        assert!(p.exhaustion);
     }
 }

@@ -62,7 +62,9 @@ pub(super) fn findings(e: &Evidence, p: &Params) -> Vec<Finding> {
         probe_runs(probe, e.phase, p, &mut out);
     }
     performance(e, p, &mut out);
-    out.extend(super::trend::finding(e));
+    if p.exhaustion {
+        out.extend(super::trend::finding(e));
+    }
     live_model(e, p, &mut out);
     super::range::out_of_range(e, &mut out);
     super::range::host_outside(e, &mut out);

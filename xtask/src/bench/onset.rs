@@ -1,20 +1,23 @@
 //! `cargo xtask bench decide`, parts (b) and (c) of issue 15: for a fault
 //! that builds up after a known onset, the time from the onset to the host
 //! fully restored, (b) with backstop deciding as it does (the controller's
-//! built-in model over the live windows, and the exit code), and (c) when
-//! only the step's exit code triggers it (as Helm --atomic or a failing
-//! dpkg would: the same deployment with `policy.guards.min_windows = 1000`,
-//! so the model alone never acts within the fault), side by side, for a
+//! built-in model, if one votes, the free-space trend and the exit code),
+//! and (c) when only the step's exit code triggers it (as Helm --atomic or
+//! a failing dpkg would: the same deployment with
+//! `policy.guards.exhaustion = false` and `min_windows = 1000`, so neither
+//! the trend nor the model acts within the fault), side by side, for a
 //! small, an /etc and a /usr scope.
 //!
 //! Everything is the real thing: `backstop serve` and `backstop-agent run`
 //! (release builds) over QUIC with mutual TLS, real dpkg in a scratch copy
 //! of the cached Debian rootfs (under target/, removed after), the agent's
 //! executor killing the live cgroup and restoring from its change log.
-//! The fault: the step installs hello, writes the onset time, then fills
-//! the scope 1 MiB per 100 ms for 3 s and exits 1 (a disk filling up).
-//! Whether (b)'s rollback came before the step's exit is printed (its exit
-//! stamp is missing when the rollback killed it first).
+//! The fault: the step installs hello, writes the onset time, then writes
+//! 1 MiB every 0.5 s into a 64 MiB tmpfs mounted inside the scope (so the
+//! scope's filesystem really runs out, and no real disk fills) until a
+//! write fails with ENOSPC, and exits 1: a disk filling up, about 32 s
+//! from onset to exit. Whether (b)'s rollback came before the step's exit
+//! is printed (its exit stamp is missing when the rollback killed it).
 //! Times are wall clock (the step writes `date +%s.%N` to the root's /root,
 //! which no scope covers: the agent adds /tmp to a chroot's scope for the
 //! staged artifact, so a stamp there would be restored away); "restored"
@@ -41,36 +44,67 @@ const PKG: &[&str] = &[
     "/var/log",
 ];
 
-/// A scope under test and where its fault writes.
+/// A scope under test: what a restore walks.
 struct Scope {
     name: &'static str,
     paths: Vec<&'static str>,
-    fill: &'static str,
 }
+
+/// Where the fault writes, in every scope as a path of its own: a tmpfs,
+/// because the trend rule watches the scope's fullest filesystem.
+const FILL: &str = "/var/lib/backstop-fill";
+/// The fill's tmpfs: big enough for the trend rule's 5 windows and a third
+/// of the room, small enough to run out in half a minute at 2 MiB/s.
+const FILL_MB: u32 = 64;
 
 fn scopes() -> Vec<Scope> {
     let with = |extra: &'static str| {
-        let mut v = vec![extra];
+        let mut v = vec![extra, FILL];
         v.extend(PKG.iter().copied().filter(|p| !p.starts_with(extra)));
         v
     };
+    let mut small = PKG.to_vec();
+    small.push(FILL);
     vec![
         Scope {
             name: "small",
-            paths: PKG.to_vec(),
-            fill: "/var/log/backstop-fill",
+            paths: small,
         },
         Scope {
             name: "/etc",
             paths: with("/etc"),
-            fill: "/etc/backstop-fill",
         },
         Scope {
             name: "/usr",
             paths: with("/usr"),
-            fill: "/usr/backstop-fill",
         },
     ]
+}
+
+/// A tmpfs of [`FILL_MB`] at a directory made for it, unmounted (lazily,
+/// so a process still in it cannot keep it) when dropped, before the
+/// scratch root it lives in is removed.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Result<Tmpfs> {
+        std::fs::create_dir_all(dir)?;
+        util::output(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={FILL_MB}m,mode=0755"))
+                .arg("tmpfs")
+                .arg(dir),
+        )
+        .with_context(|| format!("mounting a tmpfs on {}", dir.display()))?;
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 /// A child killed when dropped.
@@ -118,6 +152,7 @@ pub(super) fn restore_race(reps: usize) -> Result<()> {
         root,
         deb,
     };
+    let _fill = Tmpfs::mount(&rig.root.join(FILL.trim_start_matches('/')))?;
     let (_serve, _agent) = rig.start(&bin.join("backstop-agent"))?;
     let mut rows = Vec::new();
     for s in scopes() {
@@ -182,9 +217,8 @@ impl Rig {
     fn manifest(&self, s: &Scope, exit_only: bool) -> Result<PathBuf> {
         let step = format!(
             "dpkg -i \"$0\" >/dev/null && date +%s.%N > /root/backstop-onset && i=0; \
-             while [ $i -lt 30 ]; do head -c 1048576 /dev/zero >> {fill}; sleep 0.1; i=$((i+1)); done; \
-             date +%s.%N > /root/backstop-exit; exit 1",
-            fill = s.fill
+             while yes 0123456789abcdef | head -c 1048576 > {FILL}/chunk.$i; do i=$((i+1)); sleep 0.5; done; \
+             date +%s.%N > /root/backstop-exit; exit 1"
         );
         let text = format!(
             "name = \"hello\"\nroot = {:?}\n[artifact]\ndebs = [{:?}]\n[[steps]]\nname = \"install\"\n\
@@ -195,7 +229,7 @@ impl Rig {
             self.deb.display().to_string(),
             s.paths,
             if exit_only {
-                "[policy.guards]\nmin_windows = 1000\n"
+                "[policy.guards]\nmin_windows = 1000\nexhaustion = false\n"
             } else {
                 ""
             }
@@ -277,12 +311,12 @@ fn wait(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<()>
 fn report(root: &Path, reps: usize, rows: &[(Scope, Vec<Run>, Vec<Run>)]) {
     let med = |v: &[Run], f: fn(&Run) -> f64| super::median(v.iter().map(f).collect());
     println!(
-        "\nbackstop decide (b, c): a fault filling the scope from a known onset for 3 s, then exit 1; \
+        "\nbackstop decide (b, c): a fault filling a {FILL_MB} MiB tmpfs in the scope at 2 MiB/s from a known onset until ENOSPC, then exit 1; \
          window {WINDOW_MS} ms; median of {reps}\n"
     );
     println!(
-        "  (b) backstop as it runs: the built-in model over the live windows, and the exit code\n  \
-         (c) exit code only (policy.guards.min_windows = 1000): the step exits 1, then the rollback\n"
+        "  (b) backstop as it runs: the built-in model (if one votes), the free-space trend, and the exit code\n  \
+         (c) exit code only (policy.guards exhaustion = false, min_windows = 1000): the step exits 1, then the rollback\n"
     );
     println!(
         "  scope   entries  (b) onset->restored  restore  before exit   (c) onset->exit  (c) onset->restored  restore   (b)/(c) begins"

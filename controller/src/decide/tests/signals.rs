@@ -315,3 +315,43 @@ fn the_model_outside_its_host_range() {
         ),
     ]);
 }
+
+/// The scope's filesystem: 64 MiB losing 2 MiB a second for 20 windows of
+/// a second, the step still running (as a disk-filling postinst).
+fn filling(mut e: Evidence) -> Evidence {
+    const MIB: f64 = 1024.0 * 1024.0;
+    e.resources.disk_free = (0..20u32)
+        .map(|i| crate::decide::trend::Level {
+            index: u64::from(i),
+            at_ms: f64::from(i + 1) * 1000.0,
+            value: (64.0 - 2.0 * f64::from(i)) * MIB,
+        })
+        .collect();
+    e
+}
+
+#[test]
+fn a_projected_exhaustion_and_the_guard_that_turns_it_off() {
+    check(&[
+        (
+            "a steady fill past half the room rolls back while installing",
+            filling(clean(Phase::Installing, 20)),
+            Params::default(),
+            Verdict::Rollback,
+            "disk filling: the scope's filesystem loses 2.0 MiB/s",
+        ),
+        (
+            "guards.exhaustion = false: only the step's own failure would act",
+            filling(clean(Phase::Installing, 20)),
+            policy(
+                None,
+                Guards {
+                    exhaustion: false,
+                    ..Guards::default()
+                },
+            ),
+            Verdict::Continue,
+            "continue",
+        ),
+    ]);
+}
