@@ -120,6 +120,24 @@ impl AgentError {
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 
+/// An error and every source under it, on one line ("a: b: c"): for a
+/// reason that travels as text (an event, a journal) and must not lose
+/// the cause a `#[error(transparent)]` or `{context}` layer hides.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(inner) = next {
+        let text = inner.to_string();
+        // A layer that prints its source already (`{context}: {source}`).
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        next = inner.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;
@@ -169,5 +187,21 @@ mod tests {
         assert_eq!(e.to_string(), "starting shadow sh-1: no snapshot s1");
         let source = e.source().expect("the source is kept");
         assert!(source.is::<crate::snapshot::SnapshotError>(), "{source:?}");
+    }
+
+    #[test]
+    fn a_chain_names_every_cause_once() {
+        let io = std::io::Error::other("EAGAIN");
+        let e = crate::deploy::DeployError::Io {
+            context: "creating the shadow".into(),
+            source: io,
+        };
+        // The layer prints its source: it is not said twice.
+        assert_eq!(chain(&e), "creating the shadow: EAGAIN");
+        let boxed = crate::deploy::DeployError::from(AgentError::from(
+            crate::snapshot::SnapshotError::NotFound { id: "s1".into() },
+        ));
+        let text = chain(&boxed);
+        assert!(text.contains("s1"), "{text}");
     }
 }

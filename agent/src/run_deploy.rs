@@ -117,11 +117,11 @@ pub(super) fn start(
     let out = outbox.clone();
     let fid = id.clone();
     let forwarder = tokio::spawn(async move {
-        let mut seq = 0u64;
+        let mut at = Forwarded::default();
         while let Some(ev) = erx.recv().await {
-            forward(&out, &fid, &mut seq, ev).await;
+            forward(&out, &fid, &mut at, ev).await;
         }
-        seq
+        at.seq
     });
     tokio::spawn(async move {
         tracing::info!(deployment = id, "deploy");
@@ -177,10 +177,21 @@ pub(super) async fn recover(data: &std::path::Path, outbox: &OutboxHandle) {
     }
 }
 
-async fn forward(outbox: &OutboxHandle, id: &str, seq: &mut u64, ev: DeployEvent) {
+/// Where a deployment's forwarder is: the next event's seq, and the last
+/// live window sent (a probe is stamped with it).
+#[derive(Default)]
+struct Forwarded {
+    seq: u64,
+    live_window: u64,
+}
+
+async fn forward(outbox: &OutboxHandle, id: &str, at: &mut Forwarded, ev: DeployEvent) {
     let deployment = id.to_string();
     let event = match ev {
         DeployEvent::Window { window } => {
+            if window.stream == backstop_common::window::Stream::Live {
+                at.live_window = at.live_window.max(window.seq);
+            }
             let windows = vec![window];
             return outbox.push(AgentMsg::Windows {
                 deployment,
@@ -191,6 +202,10 @@ async fn forward(outbox: &OutboxHandle, id: &str, seq: &mut u64, ev: DeployEvent
             let events = vec![process];
             return outbox.push(AgentMsg::Events { deployment, events });
         }
+        DeployEvent::Probe { mut probe } => {
+            probe.window = at.live_window;
+            wire::DeployEvent::Probe { probe }
+        }
         other => match convert(other) {
             Some(e) => e,
             None => return,
@@ -198,10 +213,10 @@ async fn forward(outbox: &OutboxHandle, id: &str, seq: &mut u64, ev: DeployEvent
     };
     let msg = AgentMsg::Deployment {
         deployment,
-        seq: *seq,
+        seq: at.seq,
         event: Box::new(event.clone()),
     };
-    *seq += 1;
+    at.seq += 1;
     // Never shed: a lost step or probe result would change the decision.
     outbox.push_outcome(msg).await;
 }
@@ -247,6 +262,7 @@ fn convert(ev: DeployEvent) -> Option<wire::DeployEvent> {
                 },
             }
         }
+        DeployEvent::ShadowFailed { reason } => wire::DeployEvent::ShadowFailed { reason },
         DeployEvent::RolledBack { report, local } => {
             wire::DeployEvent::RolledBack { report, local }
         }

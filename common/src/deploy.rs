@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::window::Stream;
 
 mod samples;
-pub use samples::{MemorySample, ServiceSample};
+pub use samples::{MemorySample, ProbeResult, ServiceSample};
 
 /// One command's result: a live install step, a shadow step or test, a
 /// rollback hook.
@@ -41,17 +41,6 @@ impl StepResult {
     pub fn passed(&self) -> bool {
         self.exit_code == Some(0) && !self.timed_out
     }
-}
-
-/// One run of a health probe, judged by the agent against the manifest's
-/// expectation (exit 0, a connect, the status, the latency budget).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ProbeResult {
-    pub name: String,
-    pub ok: bool,
-    pub latency_ms: f64,
-    /// What it saw: the status, the exit code, or the error.
-    pub detail: String,
 }
 
 /// What the shadow install reported, reduced to what the controller
@@ -144,6 +133,9 @@ pub enum DeployEvent {
     Probe { probe: ProbeResult },
     /// The shadow finished and was torn down.
     Shadow { report: ShadowSummary },
+    /// A concurrent shadow could not run (its set-up failed, its creator
+    /// died): why. Its evidence is missing, which is never a pass.
+    ShadowFailed { reason: String },
     /// The live install finished its steps (all passed when `ok`); the
     /// monitoring period begins.
     Installed { ok: bool },
@@ -204,6 +196,7 @@ impl DeployEvent {
             DeployEvent::ShadowTest { .. } => "shadow_test",
             DeployEvent::Probe { .. } => "probe",
             DeployEvent::Shadow { .. } => "shadow",
+            DeployEvent::ShadowFailed { .. } => "shadow_failed",
             DeployEvent::Installed { .. } => "installed",
             DeployEvent::RolledBack { .. } => "rolled_back",
             DeployEvent::Committed { .. } => "committed",
@@ -261,6 +254,7 @@ mod tests {
                 ok: true,
                 latency_ms: 1.5,
                 detail: "200".into(),
+                window: 0,
             }],
             problems: Vec::new(),
         }
@@ -291,6 +285,9 @@ mod tests {
                     ..ShadowSummary::default()
                 },
             },
+            DeployEvent::ShadowFailed {
+                reason: "creating the shadow: EAGAIN".into(),
+            },
             DeployEvent::Installed { ok: false },
             DeployEvent::RolledBack {
                 report: rollback(),
@@ -310,6 +307,7 @@ mod tests {
                     ok: true,
                     latency_ms: 2.5,
                     detail: "status 200 (expected 200)".into(),
+                    window: 7,
                 },
             },
             DeployEvent::ControllerLost,

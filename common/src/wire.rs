@@ -21,7 +21,8 @@ use crate::window::Window;
 // 5: DeployEvent::LiveMemory / Service, Manifest monitor.memory_limit_mb /
 //    service_cgroup.
 // 6: Window::host (feature schema v3 keeps the host's levels apart).
-// 7: Manifest policy.guards.exhaustion.
+// 7: Manifest policy.guards.exhaustion, ProbeResult::window,
+//    DeployEvent::ShadowFailed.
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Frames larger than this are refused before they are read. A batch of

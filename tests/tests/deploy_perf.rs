@@ -145,12 +145,14 @@ fn deploy(cached: &Path, name: &str, new_ms: u64, want: &str) -> (Value, bool) {
         &[(DELAY_FILE, &format!("{BASE_MS}\n"))],
         None,
     );
+    // A second of postinst work, so the install spans live windows and
+    // the probes after it have one to be stamped with.
     let v2 = build_deb(
         &debs,
         "slowpkg",
         "2.0",
         &[(DELAY_FILE, &format!("{new_ms}\n"))],
-        None,
+        Some("#!/bin/sh\nsleep 1\n"),
     );
     s.preinstall(&v1);
     let service = Service::start(&s.root);
@@ -169,6 +171,11 @@ fn deploy(cached: &Path, name: &str, new_ms: u64, want: &str) -> (Value, bool) {
         String::from_utf8_lossy(&out.stdout)
     );
     shown["replayed"] = Value::Array(assert_replays(&fleet, &id));
+    let live = fleet
+        .windows(&id)
+        .into_iter()
+        .filter(|w| w["stream"] == "live");
+    shown["last_live_window"] = live.map(|w| w["seq"].as_u64().unwrap()).max().into();
     let unchanged = differences(&before, &root_walk(&s.root)).is_empty();
     let delay = std::fs::read_to_string(s.root.join(DELAY_FILE.trim_start_matches('/'))).unwrap();
     shown["delay_after"] = Value::String(delay.trim().to_string());
@@ -193,6 +200,41 @@ fn assert_baseline(shown: &Value) {
     assert!(
         last_baseline < first_step,
         "the baseline comes before the install: {shown}"
+    );
+}
+
+/// Every probe run after the install started is stamped with the last
+/// live window sent before it (so the engine can relate it to a live
+/// alarm); the baseline's, taken before any live window, with none.
+fn assert_probe_windows(shown: &Value) {
+    let events = shown["events"].as_array().unwrap();
+    let stamp = |k: &str| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| kind(e) == k)
+            .map(|e| e["event"][k]["probe"]["window"].as_u64().unwrap())
+            .collect()
+    };
+    assert!(stamp("baseline").iter().all(|w| *w == 0), "{shown}");
+    let during = stamp("probe");
+    let last = shown["last_live_window"].as_u64().unwrap();
+    assert!(
+        !during.is_empty() && during.iter().all(|w| (1..=last).contains(w)),
+        "{during:?} vs last live window {last}"
+    );
+    assert!(during.is_sorted(), "{during:?}");
+    let evidence = &shown["replayed"][0]["evidence"]["evidence"]["probes"][0]["results"];
+    let judged: Vec<u64> = evidence
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["window"].as_u64().unwrap())
+        .collect();
+    // The decision may come before the last probe's event is stored.
+    assert_eq!(
+        judged,
+        during[..judged.len()],
+        "the engine's evidence carries the stamps"
     );
 }
 
@@ -258,6 +300,7 @@ fn the_same_package_without_a_slowdown_is_committed() {
     let Some(cached) = rootfs() else { return };
     let (shown, _) = deploy(&cached, "perf-same", BASE_MS, "committed");
     assert_baseline(&shown);
+    assert_probe_windows(&shown);
     let d = &shown["replayed"][0];
     assert_eq!(d["verdict"], "commit", "{d}");
     let series = &d["evidence"]["evidence"]["performance"][0];

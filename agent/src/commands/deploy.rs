@@ -153,6 +153,7 @@ fn text(ev: &DeployEvent) -> Option<String> {
                 "failed"
             }
         ),
+        DeployEvent::ShadowFailed { reason } => format!("shadow could not run: {reason}"),
         DeployEvent::RolledBack { report, .. } => {
             let restore = match &report.restore {
                 Some(r) => format!(

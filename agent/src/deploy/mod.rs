@@ -149,6 +149,10 @@ pub enum DeployEvent {
     Shadow {
         report: Box<ShadowReport>,
     },
+    /// A concurrent shadow could not run: why (`shadowing.rs`).
+    ShadowFailed {
+        reason: String,
+    },
     RolledBack {
         report: RollbackReport,
         /// Ordered by the local policy, not by the controller.

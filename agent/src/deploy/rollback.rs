@@ -237,6 +237,7 @@ mod tests {
                 ok: true,
                 latency_ms: 1.0,
                 detail: String::new(),
+                window: 0,
             }
         }
     }

@@ -53,16 +53,27 @@ pub(super) async fn shadow_first(
     Ok(Some("the shadow failed; live was not started".into()))
 }
 
-/// A concurrent shadow's end: its report goes out at once.
+/// A concurrent shadow's end: its report goes out at once, and so does
+/// the reason when it could not run (the controller then says why the
+/// shadow's evidence is missing, instead of only that it is).
 pub(super) fn report_shadow(
     r: Result<ShadowReport, DeployError>,
     tx: &EventTx,
 ) -> Result<(), DeployError> {
-    let report = r?;
-    let _ = tx.send(DeployEvent::Shadow {
-        report: Box::new(report),
-    });
-    Ok(())
+    match r {
+        Ok(report) => {
+            let _ = tx.send(DeployEvent::Shadow {
+                report: Box::new(report),
+            });
+            Ok(())
+        }
+        Err(e) => {
+            let _ = tx.send(DeployEvent::ShadowFailed {
+                reason: crate::error::chain(&e),
+            });
+            Err(e)
+        }
+    }
 }
 
 /// Wait for a concurrent shadow (it reported itself when it ended).
@@ -130,4 +141,25 @@ pub(super) async fn run_shadow(
         t.command.clone_from(&cmd.name);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shadow_that_could_not_run_is_reported_with_its_cause() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let e = DeployError::Io {
+            context: "creating the shadow".into(),
+            source: std::io::Error::other("EAGAIN"),
+        };
+        assert!(report_shadow(Err(e), &tx).is_err(), "still an error");
+        match rx.try_recv() {
+            Ok(DeployEvent::ShadowFailed { reason }) => {
+                assert_eq!(reason, "creating the shadow: EAGAIN");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

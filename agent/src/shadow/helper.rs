@@ -60,7 +60,7 @@ pub fn shadow_exec(shadows: &Path, id: &str) -> i32 {
     if let Err(e) = c.start() {
         send(&Report::Failed {
             step: Step::Start,
-            error: chain(&e),
+            error: crate::error::chain(&e),
         });
         kill_and_reap(init);
         return 1;
@@ -115,7 +115,7 @@ fn create(shadows: &Path, id: &str) -> Result<(Container, u32), (Step, String)> 
     }
     let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(youki_root(shadows))
-        .map_err(|e| (Step::Create, chain(&e)))?
+        .map_err(|e| (Step::Create, crate::error::chain(&e)))?
         .with_stdin(null)
         .with_stdout(out)
         .with_stderr(out2)
@@ -123,20 +123,8 @@ fn create(shadows: &Path, id: &str) -> Result<(Container, u32), (Step, String)> 
         .with_systemd(false)
         .with_detach(true)
         .build()
-        .map_err(|e| (Step::Create, chain(&e)))?;
+        .map_err(|e| (Step::Create, crate::error::chain(&e)))?;
     Ok((built, threads))
-}
-
-/// An error and every source under it, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    while let Some(inner) = next {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        next = inner.source();
-    }
-    s
 }
 
 /// Whether the agent asked to start (a `start` line); false on end of

@@ -128,6 +128,34 @@ fn progress_text(v: &serde_json::Value) -> String {
                 if r["restore"].is_null() { "no" } else { "yes" }
             )
         }
+        "shadow_failed" => format!(
+            "the shadow could not run: {}",
+            body("shadow_failed")["reason"].as_str().unwrap_or("?")
+        ),
+        "live_memory" => {
+            let m = &body("live_memory")["sample"];
+            let mib = |k: &str| m[k].as_f64().unwrap_or(0.0) / 1_048_576.0;
+            format!(
+                "live memory {:.1} of {:.1} MiB",
+                mib("current_bytes"),
+                mib("limit_bytes")
+            )
+        }
+        "service" => {
+            let m = &body("service")["sample"];
+            let when = if m["baseline"] == true {
+                "before"
+            } else {
+                "during"
+            };
+            format!(
+                "service ({when}): cpu {:.3} s, memory {}",
+                m["cpu_usage_usec"].as_f64().unwrap_or(0.0) / 1e6,
+                m["memory_bytes"]
+                    .as_f64()
+                    .map_or("-".into(), |b| format!("{:.1} MiB", b / 1_048_576.0))
+            )
+        }
         kind => format!("{kind}: {}", body(kind)),
     }
 }
@@ -226,4 +254,41 @@ pub(super) async fn request(
     let (r, mut w) = stream.into_split();
     w.write_all(req.line().as_bytes()).await?;
     Ok(BufReader::new(r).lines())
+}
+
+#[cfg(test)]
+mod tests {
+    use backstop_common::deploy::{DeployEvent, MemorySample, ServiceSample};
+
+    fn line(e: &DeployEvent) -> String {
+        super::progress_text(&serde_json::json!({"kind": e.kind(), "event": e}))
+    }
+
+    #[test]
+    fn samples_and_a_shadow_that_could_not_run_read_as_sentences() {
+        let memory = DeployEvent::LiveMemory {
+            sample: MemorySample {
+                current_bytes: 40 << 20,
+                limit_bytes: 64 << 20,
+                ..MemorySample::default()
+            },
+        };
+        assert_eq!(line(&memory), "live memory 40.0 of 64.0 MiB");
+        let service = DeployEvent::Service {
+            sample: ServiceSample {
+                baseline: true,
+                cpu_usage_usec: 1_500_000,
+                memory_bytes: None,
+                ..ServiceSample::default()
+            },
+        };
+        assert_eq!(line(&service), "service (before): cpu 1.500 s, memory -");
+        let failed = DeployEvent::ShadowFailed {
+            reason: "creating the shadow: EAGAIN".into(),
+        };
+        assert_eq!(
+            line(&failed),
+            "the shadow could not run: creating the shadow: EAGAIN"
+        );
+    }
 }

@@ -40,6 +40,7 @@ fn shadow_mut(e: &mut Evidence) -> &mut ShadowEvidence {
         tests: Vec::new(),
         oom_kills: 0,
         finished: false,
+        error: None,
     })
 }
 
@@ -68,17 +69,19 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
                 step,
             } => shadow_mut(&mut e).steps.push(outcome(step)),
             DeployEvent::ShadowTest { step } => shadow_mut(&mut e).tests.push(outcome(step)),
+            DeployEvent::ShadowFailed { reason } => shadow_mut(&mut e).error = Some(reason.clone()),
             DeployEvent::Shadow { report } => {
                 e.shadow = Some(ShadowEvidence {
                     steps: report.steps.iter().map(outcome).collect(),
                     tests: report.tests.iter().map(outcome).collect(),
                     oom_kills: report.oom_kills,
                     finished: true,
+                    error: None,
                 });
             }
             DeployEvent::Probe { probe } => {
                 let r = ProbeResult {
-                    window: 0,
+                    window: probe.window,
                     ok: probe.ok,
                     latency_ms: Some(probe.latency_ms),
                     detail: probe.detail.clone(),

@@ -74,6 +74,7 @@ mod tests {
             ok,
             latency_ms: ms,
             detail: String::new(),
+            window: 0,
         }
     }
 

@@ -51,10 +51,12 @@ pub async fn until_reported(daemon: &Arc<Daemon>, id: &str) -> Result<(), StoreE
             return Ok(());
         }
         let events = daemon.store.deploy_events(id).await?;
-        if events
-            .iter()
-            .any(|r| matches!(r.event, DeployEvent::Shadow { .. }))
-        {
+        if events.iter().any(|r| {
+            matches!(
+                r.event,
+                DeployEvent::Shadow { .. } | DeployEvent::ShadowFailed { .. }
+            )
+        }) {
             return Ok(());
         }
         tokio::time::sleep(POLL).await;
@@ -78,6 +80,7 @@ pub fn expect(e: &mut Evidence, m: &Manifest) {
             tests: Vec::new(),
             oom_kills: 0,
             finished: false,
+            error: None,
         });
     }
 }
@@ -115,6 +118,43 @@ mod tests {
         let d = decide(&e, &params);
         assert_eq!(d.verdict, Verdict::Inconclusive, "{d:?}");
         assert!(format!("{d:?}").contains("no final report"), "{d:?}");
+    }
+
+    #[test]
+    fn a_shadow_that_could_not_run_is_inconclusive_and_says_why() {
+        let text = include_str!("../../../examples/hello.toml");
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let m = Manifest::from_toml_in(text, Some(&base)).unwrap();
+        let events = [
+            DeployEvent::ShadowFailed {
+                reason: "creating the shadow: EAGAIN".into(),
+            },
+            DeployEvent::Step {
+                stream: Stream::Live,
+                step: StepResult {
+                    name: "install".into(),
+                    exit_code: Some(0),
+                    ..StepResult::default()
+                },
+            },
+        ];
+        let mut e = super::super::decider::evidence(&events, m.steps.len());
+        expect(&mut e, &m);
+        let params = Params::from_policy(&m.policy);
+        assert_eq!(decide(&e, &params).verdict, Verdict::Continue);
+        e.phase = Phase::Done;
+        let d = decide(&e, &params);
+        assert_eq!(d.verdict, Verdict::Inconclusive, "{d:?}");
+        let said = d
+            .reasons
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(
+            said.contains("it could not run: creating the shadow: EAGAIN"),
+            "{said}"
+        );
     }
 
     #[test]

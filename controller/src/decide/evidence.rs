@@ -193,6 +193,10 @@ pub struct ShadowEvidence {
     /// The shadow ran every step and test and reported.
     #[serde(default)]
     pub finished: bool,
+    /// Why the shadow could not run, as its agent said (it then never
+    /// reports, and this names what is missing).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One health probe and its results after the install, in order.

@@ -245,7 +245,10 @@ fn shadow(e: &Evidence, out: &mut Vec<Finding>) {
     }
     let running = (s.steps.iter().chain(&s.tests)).any(|t| t.status == StepStatus::Running);
     if e.phase == Phase::Done && (!s.finished || running) {
-        let what = "the shadow (no final report)".to_string();
+        let what = match &s.error {
+            Some(why) => format!("the shadow (it could not run: {why})"),
+            None => "the shadow (no final report)".to_string(),
+        };
         out.push(Finding::new(
             Weight::Open,
             None,

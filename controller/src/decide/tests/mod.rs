@@ -51,6 +51,7 @@ pub(super) fn clean(phase: Phase, n: u64) -> Evidence {
             tests: if done { vec![step(TEST)] } else { vec![] },
             oom_kills: 0,
             finished: done,
+            error: None,
         }),
         probes: vec![ProbeEvidence {
             name: "http".into(),
