@@ -220,6 +220,12 @@ pub(crate) enum Command {
     /// each at its own thresholds and at equal false positives. Slow: it
     /// trains FOLDS models. Nothing is written.
     ///
+    /// With --by-family: leave one fault family out at a time instead (one
+    /// model per family, trained and calibrated without any of it, tested
+    /// on all of it and on the healthy installs of a package fold it never
+    /// saw): recall on kinds of failure the model never met, build-up
+    /// faults caught before onset, tells on silent ones.
+    ///
     /// Example: backstop crossval --corpus /var/lib/backstop/corpus --folds 5
     Crossval {
         /// A corpus directory (repeatable); deployments of all are pooled.
@@ -228,6 +234,9 @@ pub(crate) enum Command {
         /// How many folds (3 to 20); each trains on all but two of them.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=20))]
         folds: u8,
+        /// Leave one fault family out at a time (one model per family).
+        #[arg(long)]
+        by_family: bool,
         #[command(flatten)]
         training: crate::commands::learn::TrainingFlags,
         /// Print the figures as JSON.

@@ -128,9 +128,10 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
         Command::Crossval {
             corpus,
             folds,
+            by_family,
             training,
             json,
-        } => commands::crossval::run(&corpus, &training.config()?, folds, json),
+        } => commands::crossval::run(&corpus, &training.config()?, folds, by_family, json),
         Command::Eval {
             model,
             corpus,

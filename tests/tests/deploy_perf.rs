@@ -7,7 +7,8 @@
 //! the service's speed, as a config change would.
 //!
 //! Version 1.0 (20 ms) is on the host. Version 2.0 sets 100 ms: every
-//! probe still answers 200 within its 250 ms budget, so only the
+//! probe still answers 200 within its 450 ms budget (wide, so a loaded
+//! machine's scheduling delay is not a failed probe), so only the
 //! performance check (the agent's baseline before the install against the
 //! monitoring period's probes, Mann-Whitney with the effect guard) can
 //! see it; the deployment is rolled back while it is being monitored and
@@ -117,9 +118,9 @@ enabled = false
 name = "web"
 type = "http"
 url = "http://127.0.0.1:{port}/"
-interval = "300ms"
-timeout = "300ms"
-latency_budget = "250ms"
+interval = "500ms"
+timeout = "500ms"
+latency_budget = "450ms"
 [monitor]
 period = "10s"
 baseline_samples = {BASELINE}

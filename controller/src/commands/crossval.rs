@@ -11,8 +11,12 @@ pub fn run(
     corpus_dirs: &[PathBuf],
     cfg: &train::TrainConfig,
     folds: u8,
+    by_family: bool,
     json: bool,
 ) -> Result<i32> {
+    if by_family {
+        return self::by_family(corpus_dirs, cfg, folds, json);
+    }
     let all = read_corpus(corpus_dirs)?;
     eprintln!(
         "backstop: cross-validating over {folds} folds of {} deployments ({} failing), seed {}: one model per fold",
@@ -79,5 +83,82 @@ pub fn run(
         false_alarms.len(),
     );
     print_held_out(&cv.held_out);
+    Ok(0)
+}
+
+/// `backstop crossval --by-family`: each fault family left out in turn.
+fn by_family(
+    corpus_dirs: &[PathBuf],
+    cfg: &train::TrainConfig,
+    folds: u8,
+    json: bool,
+) -> Result<i32> {
+    let all = read_corpus(corpus_dirs)?;
+    eprintln!(
+        "backstop: leaving one fault family out at a time, {} deployments, package folds {folds}, seed {}: one model per family",
+        all.len(),
+        cfg.seed
+    );
+    let lofo = learn::leave_one_family_out(&all, cfg, folds, |f| {
+        eprintln!(
+            "  {} ({}): trained on {}, recall {:.3}, FPR {:.3} on fold {}'s healthy, threshold {:.4}",
+            f.family,
+            if f.group.is_empty() { "-" } else { &f.group },
+            f.trained_on,
+            f.model.recall,
+            f.model.false_positive_rate,
+            f.package_fold,
+            f.threshold
+        );
+    })
+    .context("leaving one family out")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&lofo).expect("plain data serializes")
+        );
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>5} {:>10}",
+        "family left out", "group", "failing", "caught", "early", "healthy", "FPR", "lead (ms)"
+    );
+    for f in &lofo.families {
+        println!(
+            "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>5.3} {:>10}",
+            f.family,
+            f.group,
+            f.lead.failing,
+            f.lead.caught,
+            if f.group == "silent" {
+                format!("{}t", f.model.tells)
+            } else {
+                f.lead.caught_before_onset.to_string()
+            },
+            f.model.healthy,
+            f.model.false_positive_rate,
+            f.lead
+                .lead_time_median_ms
+                .map_or("-".into(), |l| format!("{l:.0}"))
+        );
+    }
+    println!(
+        "\nrecall {:.3} ({}/{}); false alarms {:.3} ({}/{} healthy installs of unseen packages, per model)",
+        lofo.recall,
+        lofo.caught,
+        lofo.failing,
+        lofo.false_positive_rate,
+        lofo.false_alarms,
+        lofo.healthy_tested
+    );
+    println!(
+        "build-up faults alarmed before onset {:.3} ({}/{}), median lead {}; tells on silent faults {} (\"t\" above)",
+        lofo.build_up_early_share,
+        lofo.build_up_early,
+        lofo.build_up_failing,
+        lofo.build_up_lead_median_ms
+            .map_or("-".into(), |l| format!("{:.1} s", l / 1000.0)),
+        lofo.tells
+    );
     Ok(0)
 }

@@ -77,9 +77,9 @@ fn on_host(r: &Record, h: &HostLevels, how: Derivation) -> Record {
     out
 }
 
-/// The shifted hosts: (what, host).
-fn shifts() -> Vec<(String, HostLevels)> {
-    let h = home();
+/// The shifted hosts of `h`: (what, host).
+fn shifts_of(h: &HostLevels) -> Vec<(String, HostLevels)> {
+    let h = *h;
     let mut out = Vec::new();
     for kd in [0.1, 0.5, 2.0, 10.0] {
         let d = h.shifted(h.disk_free_bytes * (kd - 1.0), 0.0, 0.0, 0.0);
@@ -144,12 +144,25 @@ fn changes(how: Derivation) -> (Vec<String>, usize, usize) {
         ..TrainConfig::default()
     };
     let model = train(&train_set, &train_set, &cfg, "invariance".into()).expect("trains");
+    changes_of(&model, &all, |_| home, how)
+}
+
+/// Each of `records` decided by `model` on its home host (`home_of`) and
+/// on every shift of it: (the changes, installs alarmed at home, decisions
+/// that noted a host outside the training range).
+fn changes_of(
+    model: &Model,
+    records: &[Record],
+    home_of: impl Fn(&Record) -> HostLevels,
+    how: Derivation,
+) -> (Vec<String>, usize, usize) {
     let (mut changed, mut alarmed, mut notes) = (Vec::new(), 0, 0);
-    for r in &all {
-        let (base, base_alarms) = decided(&model, &on_host(r, &home, how));
+    for r in records {
+        let home = home_of(r);
+        let (base, base_alarms) = decided(model, &on_host(r, &home, how));
         alarmed += usize::from(base.verdict != Verdict::Commit);
-        for (what, host) in shifts() {
-            let (d, alarms) = decided(&model, &on_host(r, &host, how));
+        for (what, host) in shifts_of(&home) {
+            let (d, alarms) = decided(model, &on_host(r, &host, how));
             notes += usize::from(
                 d.reasons
                     .iter()

@@ -18,6 +18,7 @@ pub mod crossval;
 pub mod detectors;
 pub mod eval;
 pub mod honest;
+pub mod lofo;
 pub mod split;
 mod synth_host;
 pub mod train;
@@ -32,6 +33,7 @@ use train::TrainConfig;
 
 pub use crossval::{CrossValidation, FoldFigures, cross_validate};
 pub use detectors::{ModelDetector, ModelOrChecks, Scored};
+pub use lofo::{FamilyFold, Lofo, leave_one_family_out};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {

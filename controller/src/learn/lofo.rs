@@ -1,0 +1,240 @@
+//! Leave-one-family-out cross-validation (issue 16, item 4).
+//!
+//! Why, beside the package and variant folds of [`super::crossval`]: a
+//! variant fold still trains on the family's other variants (the same
+//! script at another strength), so its recall says how well the model
+//! knows a fault it has seen in another guise. Here each fault family in
+//! turn is kept out of training and calibration altogether and tested
+//! together with the healthy installs of a package fold the model never
+//! saw either: recall on a kind of failure it never met, false alarms on
+//! packages it never met. This is the figure that should carry over to a
+//! new host's failures, which the catalog does not have.
+//!
+//! Cost: one model per family. Healthy installs are tested by the package
+//! fold `family index mod k`, so with more families than folds a package
+//! is tested by several models; the pooled false-alarm rate counts each
+//! (install, model) pair, an average over the models.
+
+use serde::Serialize;
+
+use super::corpus::{self, HEALTHY, Record};
+use super::eval::{self, Metrics};
+use super::train::TrainConfig;
+use super::{FamilyLead, ModelDetector, Scored, alarms_from, by_family};
+use crate::predict::model;
+
+/// One family kept out: the model trained without it, on its fold's test.
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilyFold {
+    pub family: String,
+    pub group: String,
+    /// The package fold whose healthy installs were tested beside it.
+    pub package_fold: u8,
+    pub trained_on: usize,
+    pub threshold: f64,
+    /// The model on this family's faulty installs and the fold's healthy.
+    pub model: Metrics,
+    pub lead: FamilyLead,
+}
+
+/// Every family's fold, and the figures the issue's Must-hold names.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lofo {
+    pub seed: u64,
+    #[serde(rename = "deployments")]
+    pub records: usize,
+    /// Held-out families and the lockbox: in no fold (see `honest.rs`).
+    pub set_aside: usize,
+    pub target_fpr: f64,
+    pub families: Vec<FamilyFold>,
+    /// Faulty installs of the family left out, alarmed at any window.
+    pub failing: usize,
+    pub caught: usize,
+    pub recall: f64,
+    /// (healthy install, model) pairs on unseen packages, and alarms.
+    pub healthy_tested: usize,
+    pub false_alarms: usize,
+    pub false_positive_rate: f64,
+    /// Build-up families: faulty installs, and those alarmed before onset.
+    pub build_up_failing: usize,
+    pub build_up_early: usize,
+    pub build_up_early_share: f64,
+    /// Median of the build-up families' early alarms' lead (ms).
+    pub build_up_lead_median_ms: Option<f64>,
+    /// Silent faults alarmed before their onset (must be 0).
+    pub tells: usize,
+}
+
+/// Leave each fault family out in turn (see the module doc); `progress`
+/// hears of each family's fold as it finishes.
+pub fn leave_one_family_out(
+    all: &[Record],
+    cfg: &TrainConfig,
+    k: u8,
+    mut progress: impl FnMut(&FamilyFold),
+) -> model::Result<Lofo> {
+    let digest = corpus::digest(all);
+    let total = all.len();
+    let (all, _) = super::honest::partition(all);
+    let folds = corpus::folds(&all, k, cfg.seed);
+    let mut families: Vec<&str> = all
+        .iter()
+        .filter(|d| d.failing())
+        .map(|d| d.family.as_str())
+        .collect();
+    families.sort_unstable();
+    families.dedup();
+    if families.len() < 2 {
+        return Err(model::ModelError::Data(format!(
+            "{} fault famil(ies) in the corpus: leaving one out needs at least 2",
+            families.len()
+        )));
+    }
+    let mut out = Vec::new();
+    let mut leads = Vec::new();
+    for (i, family) in families.iter().enumerate() {
+        let t = (i % usize::from(folds.k)) as u8;
+        let split = folds.split(&all, t);
+        let without = |v: Vec<Record>| -> Vec<Record> {
+            v.into_iter().filter(|d| d.family != *family).collect()
+        };
+        let (train, validation) = (without(split.train), without(split.validation));
+        let mut test: Vec<Record> = split
+            .test
+            .into_iter()
+            .filter(|d| d.variant == HEALTHY)
+            .collect();
+        test.extend(all.iter().filter(|d| d.family == *family).cloned());
+        if train.is_empty() || validation.is_empty() {
+            return Err(model::ModelError::Data(format!(
+                "leaving {family} out of fold {t}: {} train, {} validation deployments",
+                train.len(),
+                validation.len()
+            )));
+        }
+        let m = super::train::train(&train, &validation, cfg, digest.clone())?;
+        let scored = Scored::of(&ModelDetector(&m), &test);
+        let alarms = alarms_from(&m, &scored, &test);
+        let lead = by_family(&alarms, &test)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| unreachable!("the family's records are in the test"));
+        for a in &alarms {
+            let early = test.iter().find(|d| d.id == a.record).and_then(|d| {
+                let o = d
+                    .onset_window
+                    .filter(|o| a.window < *o && d.group == "build-up")?;
+                Some(((o - a.window) * d.window_ms as usize) as f64)
+            });
+            leads.extend(early);
+        }
+        let fold = FamilyFold {
+            family: (*family).to_string(),
+            group: lead.group.clone(),
+            package_fold: t,
+            trained_on: train.len(),
+            threshold: m.meta.threshold,
+            model: eval::evaluate(&scored, m.meta.threshold, &test),
+            lead,
+        };
+        progress(&fold);
+        out.push(fold);
+    }
+    Ok(pooled(cfg, all.len(), total - all.len(), out, &mut leads))
+}
+
+fn pooled(
+    cfg: &TrainConfig,
+    records: usize,
+    set_aside: usize,
+    families: Vec<FamilyFold>,
+    leads: &mut [f64],
+) -> Lofo {
+    let sum = |f: &dyn Fn(&FamilyFold) -> usize| families.iter().map(f).sum::<usize>();
+    let failing = sum(&|f| f.lead.failing);
+    let caught = sum(&|f| f.lead.caught);
+    let healthy_tested = sum(&|f| f.model.healthy);
+    let false_alarms = families
+        .iter()
+        .map(|f| (f.model.false_positive_rate * f.model.healthy as f64).round() as usize)
+        .sum();
+    let build = |f: &FamilyFold| f.group == "build-up";
+    let build_up_failing = sum(&|f| if build(f) { f.lead.failing } else { 0 });
+    let build_up_early = sum(&|f| {
+        if build(f) {
+            f.lead.caught_before_onset
+        } else {
+            0
+        }
+    });
+    let tells = sum(&|f| f.model.tells);
+    leads.sort_by(f64::total_cmp);
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Lofo {
+        seed: cfg.seed,
+        records,
+        set_aside,
+        target_fpr: cfg.target_fpr,
+        failing,
+        caught,
+        recall: ratio(caught, failing),
+        healthy_tested,
+        false_alarms,
+        false_positive_rate: ratio(false_alarms, healthy_tested),
+        build_up_failing,
+        build_up_early,
+        build_up_early_share: ratio(build_up_early, build_up_failing),
+        build_up_lead_median_ms: leads.get(leads.len() / 2).copied(),
+        tells,
+        families,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_family_is_tested_by_a_model_that_never_saw_it() {
+        let all = corpus::synthetic(3, 40, 6);
+        let cfg = TrainConfig {
+            epochs: 3,
+            ..TrainConfig::default()
+        };
+        let mut seen = Vec::new();
+        let lofo = leave_one_family_out(&all, &cfg, 4, |f| seen.push(f.family.clone())).unwrap();
+        let (kept, _) = super::super::honest::partition(&all);
+        let mut families: Vec<&str> = kept
+            .iter()
+            .filter(|d| d.failing())
+            .map(|d| d.family.as_str())
+            .collect();
+        families.sort_unstable();
+        families.dedup();
+        assert_eq!(seen, families, "one fold per family, in order");
+        for f in &lofo.families {
+            let faulty = kept.iter().filter(|d| d.family == f.family).count();
+            assert_eq!(
+                f.lead.failing, faulty,
+                "{}: every faulty install tested",
+                f.family
+            );
+            assert_eq!(
+                f.model.failing, faulty,
+                "{}: and nothing else faulty",
+                f.family
+            );
+            assert!(
+                f.model.healthy > 0,
+                "{}: healthy installs beside it",
+                f.family
+            );
+        }
+        assert_eq!(
+            lofo.failing,
+            lofo.families.iter().map(|f| f.lead.failing).sum::<usize>()
+        );
+        assert!((0.0..=1.0).contains(&lofo.recall));
+        assert_eq!(lofo.records + lofo.set_aside, all.len());
+    }
+}
