@@ -58,7 +58,9 @@ pub fn run(
         cv.target_fpr * 100.0
     );
     println!("{EARLY}");
-    print_table(&cv.detectors);
+    let mut rows = cv.detectors.clone();
+    rows.push(cv.with_history.clone());
+    print_table(&rows);
     let model_fpr = cv.detectors.first().map_or(0.0, |m| m.false_positive_rate);
     println!(
         "\nat equal false positives: each detector at the threshold that suits it best on these deployments, alarming on at most {:.1}% of healthy ones (the model's rate)\n",

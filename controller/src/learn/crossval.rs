@@ -58,6 +58,10 @@ pub struct CrossValidation {
     /// The same at the target false-positive rate: what a perfect
     /// calibration would give each.
     pub at_target_fpr: Vec<Metrics>,
+    /// The model with each package's healthy history in its fold's test
+    /// part as its noise floor ([`super::detectors::WithHistory`]), pooled
+    /// like `detectors`: the gain (or loss) of history as context.
+    pub with_history: Metrics,
     pub model_alarms: Vec<Alarm>,
     pub model_by_family: Vec<FamilyLead>,
     /// Families kept out of every fold's training, each record scored by
@@ -80,6 +84,7 @@ pub fn cross_validate(
     let (mut held_alarms, mut held_ds) = (Vec::new(), Vec::new());
     let folds = corpus::folds(all, k, cfg.seed);
     let mut pooled: Vec<Scored> = (0..4).map(|_| Scored::pooled(String::new())).collect();
+    let mut history = Scored::pooled(String::new());
     let (mut tested, mut alarms, mut per_fold) = (Vec::new(), Vec::new(), Vec::new());
     for t in 0..folds.k {
         let split = folds.split(all, t);
@@ -96,6 +101,9 @@ pub fn cross_validate(
         }
         let m = super::train::train(&split.train, &split.validation, cfg, digest.clone())?;
         let scored = score_test(&m, &split);
+        let with = super::detectors::WithHistory::new(&scored[0], &split.test, &split.test);
+        history.name = super::baselines::Detector::name(&with);
+        history.add_relative(Scored::of(&with, &split.test));
         let (a, d) = super::honest::score_held_out(&m, &held, &split.test);
         held_alarms.extend(a);
         held_ds.extend(d);
@@ -128,6 +136,7 @@ pub fn cross_validate(
         at_model_fpr: at(detectors[0].false_positive_rate),
         at_target_fpr: at(cfg.target_fpr),
         detectors,
+        with_history: eval::evaluate(&history, 0.0, &tested),
         model_by_family: by_family(&alarms, &tested),
         model_alarms: alarms,
         held_out: super::honest::held_out_families(&held_alarms, &held_ds),

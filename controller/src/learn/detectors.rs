@@ -111,10 +111,108 @@ impl Detector for ModelOrChecks<'_> {
     }
 }
 
+/// A detector with the fleet's healthy history of each package as its
+/// noise floor (issue 16, item 5; Diffy and Kayenta judge against a
+/// baseline the same way): a deployment alarms only above the highest
+/// score its package's other healthy installs reached, when that is above
+/// the detector's own threshold. fc-cache's CPU burst scores high on
+/// every healthy fontconfig install, so it stops being an alarm for
+/// fontconfig, and only for it. A package with no healthy history, or
+/// one whose history stays under the threshold, is judged as before.
+///
+/// A window's score is scaled so the detector's threshold stands for the
+/// package's: `s * t / floor`, which alarms exactly when `s > floor`.
+pub struct WithHistory<'a> {
+    inner: &'a dyn Detector,
+    /// Per record id: the package's floor, when above the threshold.
+    floors: std::collections::HashMap<String, f64>,
+}
+
+impl<'a> WithHistory<'a> {
+    /// `history`: the healthy installs the fleet knows (a record never
+    /// counts as its own history).
+    pub fn new(inner: &'a dyn Detector, ds: &[Record], history: &[Record]) -> WithHistory<'a> {
+        let t = inner.threshold();
+        let peak = |d: &Record| {
+            inner
+                .scores(d)
+                .into_iter()
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let healthy: Vec<(&Record, f64)> = history
+            .iter()
+            .filter(|h| !h.failing())
+            .map(|h| (h, peak(h)))
+            .collect();
+        let floors = ds
+            .iter()
+            .filter_map(|d| {
+                let floor = healthy
+                    .iter()
+                    .filter(|(h, _)| h.package == d.package && h.id != d.id)
+                    .map(|(_, p)| *p)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                (floor > t).then(|| (d.id.clone(), floor))
+            })
+            .collect();
+        WithHistory { inner, floors }
+    }
+}
+
+impl Detector for WithHistory<'_> {
+    fn name(&self) -> String {
+        format!("{} with package history", self.inner.name())
+    }
+    fn scores(&self, d: &Record) -> Vec<f64> {
+        let s = self.inner.scores(d);
+        match self.floors.get(&d.id) {
+            Some(floor) => {
+                let k = self.inner.threshold() / floor;
+                s.into_iter().map(|v| v * k).collect()
+            }
+            None => s,
+        }
+    }
+    fn threshold(&self) -> f64 {
+        self.inner.threshold()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::learn::eval;
+
+    #[test]
+    fn a_packages_healthy_history_is_its_floor_and_only_its_own() {
+        use crate::learn::baselines::tests::{Echo, dep};
+        // Package f's healthy installs peak at 0.8 (over the 0.5
+        // threshold); package g's stay low.
+        let f_ok1 = dep("f1", "f", &[0.2, 0.8], false);
+        let f_ok2 = dep("f2", "f", &[0.7, 0.3], false);
+        let f_bad = dep("f3", "f", &[0.6, 0.95], true);
+        let f_meek = dep("f4", "f", &[0.6, 0.75], true);
+        let g_ok = dep("g1", "g", &[0.1, 0.2], false);
+        let g_bad = dep("g2", "g", &[0.6, 0.6], true);
+        let ds = [f_ok1, f_ok2, f_bad, f_meek, g_ok, g_bad];
+        let h = WithHistory::new(&Echo, &ds, &ds);
+        let first = |d: &Record| h.scores(d).iter().position(|&v| v > h.threshold());
+        // f's healthy installs are judged against each other's peak.
+        assert_eq!(first(&ds[0]), Some(1), "0.8 over f2's 0.7");
+        assert_eq!(first(&ds[1]), None, "0.7 under f1's 0.8");
+        // f's faults must beat 0.8; g is judged as before.
+        assert_eq!(first(&ds[2]), Some(1));
+        assert_eq!(first(&ds[3]), None);
+        assert_eq!(first(&ds[5]), Some(0));
+        let none = WithHistory::new(&Echo, &ds, &[]);
+        assert_eq!(
+            none.scores(&ds[1]),
+            Echo.scores(&ds[1]),
+            "no history: as before"
+        );
+        let m = eval::evaluate(&h, h.threshold(), &ds);
+        assert_eq!(m.false_positive_rate, 1.0 / 3.0);
+    }
 
     #[test]
     fn model_or_checks_alarms_at_the_earlier_of_the_two() {
