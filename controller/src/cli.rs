@@ -255,8 +255,15 @@ pub(crate) enum Command {
         /// Score the lockbox (a fixed tenth of the packages that train and
         /// crossval never see) instead of the test split: once, after
         /// every choice is made.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         lockbox: bool,
+        /// Score every deployment of the corpus, with no split: for a
+        /// corpus recorded elsewhere (a fleet's own history), none of which
+        /// the model trained on. The static-threshold and Mann-Whitney
+        /// baselines are then tuned on the corpus itself (their best
+        /// case); the model keeps its own threshold.
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },

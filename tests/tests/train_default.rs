@@ -131,3 +131,38 @@ fn a_model_trained_twice_from_a_packed_corpus_has_the_same_bytes_and_a_wrong_dig
     );
     assert!(!refused.exists(), "a refused corpus still wrote a model");
 }
+
+/// `eval --all` scores every record of a corpus the model never saw (a
+/// fleet's own history), with no split; `--all` and `--lockbox` exclude
+/// each other.
+#[test]
+fn eval_all_scores_every_record_of_a_corpus_recorded_elsewhere() {
+    let base = std::env::temp_dir().join(format!("backstop-eval-all-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let _s = Scratch(base.clone());
+    let synth = |seed: &str, dir: &Path| {
+        let mut c = backstop(&["corpus", "synth", "--packages", "16", "--per-package", "6"]);
+        c.args(["--seed", seed, "--out"]).arg(dir);
+        ok(c);
+    };
+    let (home, elsewhere) = (base.join("home"), base.join("elsewhere"));
+    synth("1", &home);
+    synth("9", &elsewhere);
+    let trained = train(&home, &base.join("model"), "1", None);
+    assert!(trained.status.success(), "{trained:?}");
+    let mut c = backstop(&["eval", "--all", "--json", "--model"]);
+    c.arg(base.join("model")).arg("--corpus").arg(&elsewhere);
+    let v: serde_json::Value = serde_json::from_slice(&ok(c).stdout).unwrap();
+    let lines = std::fs::read_to_string(elsewhere.join("deployments.jsonl")).unwrap();
+    assert_eq!(v["deployments"], lines.lines().count(), "{v}");
+    let model = &v["detectors"][0];
+    assert_eq!(
+        model["failing"].as_u64().unwrap() + model["healthy"].as_u64().unwrap(),
+        lines.lines().count() as u64
+    );
+    let mut both = backstop(&["eval", "--all", "--lockbox", "--model"]);
+    both.arg(base.join("model")).arg("--corpus").arg(&elsewhere);
+    let out = both.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--lockbox"));
+}

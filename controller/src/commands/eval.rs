@@ -1,5 +1,5 @@
 //! `backstop eval`: a saved model and the baselines on a corpus's test
-//! split, or on its lockbox.
+//! split, on its lockbox, or on all of a corpus recorded elsewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -9,10 +9,31 @@ use backstop_controller::predict::model;
 
 use super::learn::{print_eval, read_corpus};
 
-pub fn run(model_dir: &Path, corpus_dirs: &[PathBuf], lockbox: bool, json: bool) -> Result<i32> {
+/// `which`: (`--lockbox`, `--all`).
+pub fn run(
+    model_dir: &Path,
+    corpus_dirs: &[PathBuf],
+    which: (bool, bool),
+    json: bool,
+) -> Result<i32> {
+    let (lockbox, every) = which;
     let m = model::Model::load(model_dir)
         .with_context(|| format!("--model {}", model_dir.display()))?;
     let all = read_corpus(corpus_dirs)?;
+    if every {
+        eprintln!(
+            "backstop: every one of {} deployments, no split; the baselines are tuned on them (their best case)",
+            all.len()
+        );
+        let split = learn::split::Split {
+            train: all.clone(),
+            validation: all.clone(),
+            test: all,
+            left_out: 0,
+        };
+        print_eval(&learn::evaluate(&m, &split), json);
+        return Ok(0);
+    }
     let mut split =
         learn::test_split(&m, &all).with_context(|| format!("--model {}", model_dir.display()))?;
     if lockbox {

@@ -161,7 +161,7 @@ fn faulty(rig: &mut Rig, hello: &std::path::Path) -> Result<Value> {
     eprintln!(
         "    the postinst writes 1 MiB every 0.5 s into a {} MiB filesystem ({}) until a write fails;\n    \
          the controller's trend rule (decide/trend.rs) projects when the free space runs out and\n    \
-         rolls back before it does (no model votes: the built-in one is schema v2, see `backstop model`)",
+         rolls back before it does (the model's P(failure) is printed beside each window: `backstop model`)",
         packages::FILL_MB,
         fill.display()
     );

@@ -11,10 +11,10 @@
 //! rule (controller/src/decide/trend.rs): the free space of the scope's
 //! filesystem falls steadily, exhaustion is projected, and the host is
 //! rolled back before the disk is full and the step fails on its own. The
-//! model is not what decides here: the built-in default model is feature
-//! schema v2, which this build (v3) refuses until a v3 corpus is recorded
-//! and trained (`backstop model` says so, and every decision carries a
-//! `no_model` reason), and this demo says so rather than claim otherwise. The filesystem is a 64 MiB
+//! model is not what decides here (steady writes look like an ordinary
+//! install to it; its P(failure) is printed beside each window, and the
+//! demo checks the decision's first reason is the trend's). The
+//! filesystem is a 64 MiB
 //! tmpfs mounted in the scratch root, so nothing fills a real disk; the
 //! shadow is off for this one, since the shadow's overlay does not see
 //! that tmpfs and would fill the agent's own disk instead.
