@@ -77,13 +77,7 @@ pub fn leave_one_family_out(
     let total = all.len();
     let (all, _) = super::honest::partition(all);
     let folds = corpus::folds(&all, k, cfg.seed);
-    let mut families: Vec<&str> = all
-        .iter()
-        .filter(|d| d.failing())
-        .map(|d| d.family.as_str())
-        .collect();
-    families.sort_unstable();
-    families.dedup();
+    let families = families(&all);
     if families.len() < 2 {
         return Err(model::ModelError::Data(format!(
             "{} fault famil(ies) in the corpus: leaving one out needs at least 2",
@@ -141,6 +135,18 @@ pub fn leave_one_family_out(
         out.push(fold);
     }
     Ok(pooled(cfg, all.len(), total - all.len(), out, &mut leads))
+}
+
+/// The fault families of `records`, sorted, once each.
+fn families(records: &[Record]) -> Vec<&str> {
+    let mut v: Vec<&str> = records
+        .iter()
+        .filter(|d| d.failing())
+        .map(|d| d.family.as_str())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 fn pooled(
@@ -204,14 +210,7 @@ mod tests {
         let mut seen = Vec::new();
         let lofo = leave_one_family_out(&all, &cfg, 4, |f| seen.push(f.family.clone())).unwrap();
         let (kept, _) = super::super::honest::partition(&all);
-        let mut families: Vec<&str> = kept
-            .iter()
-            .filter(|d| d.failing())
-            .map(|d| d.family.as_str())
-            .collect();
-        families.sort_unstable();
-        families.dedup();
-        assert_eq!(seen, families, "one fold per family, in order");
+        assert_eq!(seen, families(&kept), "one fold per family, in order");
         for f in &lofo.families {
             let faulty = kept.iter().filter(|d| d.family == f.family).count();
             assert_eq!(
