@@ -193,6 +193,20 @@ pub fn first_failure(events: &[DeployEventRow]) -> Option<(i64, FailedStep)> {
     })
 }
 
+/// The first alarm when it was the decision itself: its first reason.
+fn decided_early(d: &DecisionRow) -> String {
+    let first = d.reasons.get(0).map_or(String::new(), |r| {
+        r.get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("?")
+            .to_string()
+    });
+    format!(
+        "the decision ({}), before any step or probe failed: {first}",
+        d.verdict
+    )
+}
+
 /// The first event that reads as trouble: a failing step, test or probe,
 /// a failed shadow, a failure to start.
 fn first_alarm(events: &[DeployEventRow]) -> Option<(i64, String)> {
@@ -299,7 +313,15 @@ pub fn timeline(s: &Stored) -> Vec<Moment> {
         detail: format!("deployment of `{}` to {}", s.row.name, s.row.host),
     }];
     step_moments(&s.events, &mut out);
-    if let Some((at, why)) = first_alarm(&s.events) {
+    // A decision made before any step or probe failed (a projected
+    // exhaustion, the model) is itself the first alarm, as `lead` counts it.
+    let decided = s.decisions.iter().find(|d| d.verdict != "commit");
+    let alarm = match (first_alarm(&s.events), decided) {
+        (Some((at, _)), Some(d)) if d.at_ms < at => Some((d.at_ms, decided_early(d))),
+        (None, Some(d)) if d.verdict == "rollback" => Some((d.at_ms, decided_early(d))),
+        (a, _) => a,
+    };
+    if let Some((at, why)) = alarm {
         out.push(Moment {
             at_ms: at,
             what: "first_alarm",

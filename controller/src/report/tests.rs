@@ -157,6 +157,22 @@ fn the_timeline_runs_from_start_to_restore_with_alarm_onset_and_decision() {
 }
 
 #[test]
+fn a_decision_before_any_failure_is_the_first_alarm_in_the_timeline() {
+    let mut s = failing();
+    s.decisions[0].at_ms = 4_000;
+    s.decisions[0].reasons = serde_json::json!([{"kind": "exhaustion"}]);
+    let t = timeline(&s);
+    let alarm = t.iter().find(|m| m.what == "first_alarm").unwrap();
+    assert_eq!(alarm.at_ms, 4_000, "{t:?}");
+    assert!(alarm.detail.contains("exhaustion"), "{alarm:?}");
+    assert_eq!(
+        Some(alarm.at_ms),
+        crate::report::lead::lead(&s.events, &s.decisions).first_alarm_ms,
+        "the timeline and the lead agree"
+    );
+}
+
+#[test]
 fn the_first_failing_step_is_the_live_one_with_its_error_lines() {
     let r = analyse(&failing(), &[]);
     let f = r.first_failure.expect("a failing step");
