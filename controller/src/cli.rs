@@ -1,7 +1,6 @@
 //! The controller binary's flags: one clap type per verb, kept apart from
 //! `main.rs` so the verb list reads as one piece and main stays a dispatch.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -65,21 +64,7 @@ pub(crate) enum Command {
     /// Run the controller daemon: QUIC with mutual TLS for agents, a Unix
     /// socket (DATA/control.sock, 0600) for this CLI. Flags override the
     /// config file.
-    Serve {
-        /// Where agents connect [default: the config's, else 0.0.0.0:7870].
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Database URL (default: the config's, else sqlite://DATA/backstop.db).
-        #[arg(long)]
-        database: Option<String>,
-        /// Config file (TOML; see examples/config/controller.toml). Default:
-        /// /etc/backstop/controller.toml when it exists, else built-in
-        /// defaults. A --config that does not exist is an error.
-        #[arg(long, env = "BACKSTOP_CONFIG", value_name = "PATH")]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        http: crate::commands::serve::HttpFlags,
-    },
+    Serve(crate::commands::serve::ServeArgs),
     /// Run CMD under the probes on HOST's agent; prints the deployment id
     /// and exits with CMD's exit code (124: --timeout ran out; 125: the
     /// host went away for good first).

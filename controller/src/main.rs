@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
     let cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if !matches!(cli.command, Command::Serve { .. }) {
+    if !matches!(cli.command, Command::Serve(_)) {
         // A report piped into `head` ends quietly, as other Unix tools do,
         // instead of panicking in println!. The daemon keeps Rust's
         // default (ignored), so a dropped database connection is an error.
@@ -58,21 +58,7 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
             force,
         } => commands::enroll::run(&data, &host, &out, valid_days, force).await,
         Command::Revoke { host } => commands::revoke::run(&data, &host).await,
-        Command::Serve {
-            listen,
-            database,
-            config,
-            http,
-        } => {
-            let flags = commands::serve::Flags {
-                data: data_given.then_some(data),
-                listen,
-                database,
-                config,
-                http,
-            };
-            commands::serve::run(flags).await
-        }
+        Command::Serve(args) => commands::serve::run(data_given.then_some(data), args).await,
         Command::Exec {
             host,
             timeout,

@@ -5,9 +5,9 @@
 //! digest is not the one it was told (what `cargo xtask train-default`
 //! passes from models/default/model.json). Needs no root.
 //!
-//! The corpus is generated (`backstop corpus synth`): the mechanism is the
-//! same for the recorded one, and a generated corpus follows whatever
-//! feature schema this build has.
+//! The mechanism is tested on a generated corpus (`backstop corpus
+//! synth`, whatever feature schema this build has); the shipped
+//! models/default is then checked against the shipped recorded corpus.
 #![allow(
     clippy::unwrap_used,
     reason = "a test harness: an unwrap that fails is the test failing, with the panic's location"
@@ -165,4 +165,38 @@ fn eval_all_scores_every_record_of_a_corpus_recorded_elsewhere() {
     let out = both.output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--lockbox"));
+}
+
+/// The shipped default model is what the shipped recorded corpus trains
+/// to, byte for byte, with this build (debug here; `cargo xtask
+/// train-default --check` does the same with the release build): nobody
+/// has to take models/default on trust.
+#[test]
+fn the_shipped_model_is_reproduced_from_the_shipped_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (packed, shipped) = (
+        root.join("corpus/recorded/deployments.jsonl.gz"),
+        root.join("models/default"),
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("model.json")).unwrap()).unwrap();
+    let digest = meta["corpus_digest"].as_str().unwrap();
+    let base = std::env::temp_dir().join(format!("backstop-shipped-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let _s = Scratch(base.clone());
+    let out = base.join("model");
+    let mut c = backstop(&["train", "--seed", "1", "--corpus"]);
+    c.arg(&packed)
+        .arg("--out")
+        .arg(&out)
+        .args(["--expect-digest", digest])
+        .env("RAYON_NUM_THREADS", "1");
+    ok(c);
+    for f in ["model.safetensors", "model.json"] {
+        let (a, b) = (
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(shipped.join(f)).unwrap(),
+        );
+        assert!(a == b, "{f} differs from models/default/{f}");
+    }
 }

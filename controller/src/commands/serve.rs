@@ -9,13 +9,27 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::Exit;
 
 /// `serve`'s flags; each one given wins over the config file.
-pub struct Flags {
-    /// `--data` or BACKSTOP_DATA, when given (not clap's default).
-    pub data: Option<PathBuf>,
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Where agents connect [default: the config's, else 0.0.0.0:7870].
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Database URL (default: the config's, else sqlite://DATA/backstop.db).
+    #[arg(long)]
     pub database: Option<String>,
+    /// Config file (TOML; see examples/config/controller.toml). Default:
+    /// /etc/backstop/controller.toml when it exists, else built-in
+    /// defaults. A --config that does not exist is an error.
+    #[arg(long, env = "BACKSTOP_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
     pub http: HttpFlags,
+    /// Decide without a model: the rules alone (steps, probes, the
+    /// shadow, the trends, the performance check); every decision says so
+    /// in a `no_model` reason. For hosts unlike the ones the model was
+    /// trained on, and for tests of everything else.
+    #[arg(long)]
+    pub no_model: bool,
 }
 
 /// `serve --http` and its token.
@@ -34,15 +48,15 @@ pub struct HttpFlags {
     pub http_token_file: Option<PathBuf>,
 }
 
-pub async fn run(flags: Flags) -> Result<i32> {
+/// `data`: `--data` or BACKSTOP_DATA, when given (not clap's default).
+pub async fn run(data: Option<PathBuf>, flags: ServeArgs) -> Result<i32> {
     // Config first, before anything is created or bound: a bad file is
     // exit code 2 with the file and the key named.
     let explicit = flags.config.clone();
     let file = tokio::task::spawn_blocking(move || ControllerConfig::load(explicit.as_deref()))
         .await?
         .map_err(|e| anyhow::Error::new(e).context(Exit(2)))?;
-    let data = flags
-        .data
+    let data = data
         .or(file.data)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
     let listen = match flags.listen.or(file.listen) {
@@ -81,6 +95,7 @@ pub async fn run(flags: Flags) -> Result<i32> {
             database,
             alerts: file.alerts,
             http,
+            no_model: flags.no_model,
         },
         shutdown,
     )

@@ -3,9 +3,9 @@
 //! or an idle neighbour, get the same decisions and the same per-window
 //! alarms.
 //!
-//! The records are the generated corpus (`backstop corpus synth`), not
-//! recorded installs: the real corpus is re-recorded on schema v3 in
-//! another change. The check is the failure mode: the model is
+//! Two sets of records: the generated corpus (`backstop corpus synth`),
+//! with a model trained here, and the shipped recorded corpus with the
+//! shipped default model. The check is the failure mode: the model is
 //! trained on installs recorded on one host (as the shipped corpus was),
 //! then every install is placed on that host and on the shifted
 //! ones, its host-derived features computed by the one function the agent
@@ -207,5 +207,38 @@ fn absolute_host_levels_as_features_change_decisions() {
         "{} changes with v2's features, e.g. {}",
         changed.len(),
         changed[0]
+    );
+}
+
+/// The same check on real installs: the shipped model on the shipped
+/// recorded corpus (schema v3, recorded by `cargo xtask corpus` on this
+/// project's recording host), every eighth record placed on the shifted
+/// hosts from its own first window's levels.
+#[test]
+fn the_shipped_model_decides_recorded_installs_the_same_on_every_host() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let packed = root.join("corpus/recorded/deployments.jsonl.gz");
+    let corpus = crate::learn::corpus::read(&[packed.as_path()]).expect("the shipped corpus");
+    let model = Model::load(&root.join("models/default")).expect("the shipped model loads");
+    let sample: Vec<Record> = corpus
+        .into_iter()
+        .step_by(8)
+        .filter(|r| r.host.len() == r.windows.len())
+        .collect();
+    assert!(sample.len() > 150, "{} recorded installs", sample.len());
+    let (changed, alarmed, _) = changes_of(&model, &sample, |r| r.host[0], Derivation::Consumed);
+    assert!(
+        changed.is_empty(),
+        "decisions moved with the host:\n{}",
+        changed.join("\n")
+    );
+    assert!(
+        alarmed > 0,
+        "the shipped model alarmed on no recorded install"
+    );
+    eprintln!(
+        "{} recorded installs x {} hosts: no decision moved ({alarmed} not committed at home)",
+        sample.len(),
+        shifts_of(&sample[0].host[0]).len()
     );
 }

@@ -60,6 +60,13 @@ impl ModelSlot {
         self.set(scorer);
     }
 
+    /// No model, on purpose: every decision says `why`.
+    pub fn off(&self, why: &str) {
+        tracing::info!("deployments decide without a model: {why}");
+        let _ = self.why_none.set(why.to_string());
+        self.set(None);
+    }
+
     /// Use `scorer` (tests and the benchmark set their own). A second call
     /// changes nothing.
     pub fn set(&self, scorer: Option<Arc<Scorer>>) {

@@ -25,6 +25,8 @@ pub struct ServeConfig {
     pub alerts: crate::config::AlertsConfig,
     /// Where `/metrics` is served, if anywhere (checked by the caller).
     pub http: Option<backstop_common::http::Access>,
+    /// Decide without a model (`serve --no-model`).
+    pub no_model: bool,
 }
 
 /// Why the daemon did not start (or stopped). Each message is one line the
@@ -128,7 +130,11 @@ pub async fn serve(
         })?;
 
     let daemon = Daemon::new(store, alerts);
-    daemon.model.load(&cfg.data);
+    if cfg.no_model {
+        daemon.model.off("turned off (backstop serve --no-model)");
+    } else {
+        daemon.model.load(&cfg.data);
+    }
     let _http = match cfg.http.clone() {
         Some(access) => Some(
             crate::http::start(daemon.clone(), access)

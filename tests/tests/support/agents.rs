@@ -137,12 +137,19 @@ impl Fleet {
         self.serve_with(&[])
     }
 
-    /// `serve` with more of serve's flags (`--config FILE`).
+    /// `serve` with more of serve's flags (`--config FILE`), without a
+    /// model (`--no-model`): these tests check steps, probes, shadows,
+    /// trends and restores, and a decision must not hang on how the
+    /// shipped model scores a test's install on a loaded machine (one
+    /// window over its threshold leaves a healthy install inconclusive).
+    /// The model's own path is tested by deploy_model.rs and, with real
+    /// installs, by `cargo xtask demo`.
     pub fn serve_with(&self, extra: &[&str]) -> Proc {
         let p = Proc::spawn(
             self.backstop()
                 .args(["--log", "info", "serve", "--listen", &self.addr.to_string()])
-                .args(extra),
+                .args(extra)
+                .arg("--no-model"),
         );
         assert!(
             eventually(Duration::from_secs(20), || p.log().contains("listening on")),

@@ -76,13 +76,27 @@ impl Ctl {
         self.serve_with(&[]);
     }
 
-    /// `serve` with more of serve's flags (`--config FILE`).
+    /// `serve` with more of serve's flags (`--config FILE`), and without a
+    /// model (`--no-model`): the scripted windows here are not installs,
+    /// and what these tests check must not hang on how the shipped model
+    /// scores them. `serve_with_model` is for the tests of the model.
     pub fn serve_with(&mut self, extra: &[&str]) {
+        self.start(extra, false);
+    }
+
+    /// `serve` scoring with the model in use (DATA/models/current, else
+    /// the built-in default).
+    pub fn serve_with_model(&mut self) {
+        self.start(&[], true);
+    }
+
+    fn start(&mut self, extra: &[&str], model: bool) {
         let child = Command::new(bin_dir().join("backstop"))
             .arg("--data")
             .arg(&self.data)
             .args(["--log", "info", "serve", "--listen", &self.addr.to_string()])
             .args(extra)
+            .args(if model { None } else { Some("--no-model") })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.log).unwrap())

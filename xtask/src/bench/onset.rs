@@ -33,7 +33,11 @@ use anyhow::{Context, Result, bail};
 use super::RemoveOnDrop;
 use crate::{fixtures, util};
 
-const WINDOW_MS: u64 = 250;
+/// The agent's default window. With 250 ms windows this writer (1 MiB
+/// every 0.5 s) leaves every other window without a fall, and the trend
+/// rule's guard (3 of 4 windows falling) never holds: the rule needs
+/// windows at least as long as the writer's pauses.
+const WINDOW_MS: u64 = 1000;
 const PKG: &[&str] = &[
     "/usr/bin",
     "/usr/share/doc",
