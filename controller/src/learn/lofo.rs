@@ -89,16 +89,16 @@ pub fn leave_one_family_out(
     for (i, family) in families.iter().enumerate() {
         let t = (i % usize::from(folds.k)) as u8;
         let split = folds.split(&all, t);
-        let without = |v: Vec<Record>| -> Vec<Record> {
-            v.into_iter().filter(|d| d.family != *family).collect()
-        };
+        let of_family = |d: &Record| d.failing() && d.family == *family;
+        let without =
+            |v: Vec<Record>| -> Vec<Record> { v.into_iter().filter(|d| !of_family(d)).collect() };
         let (train, validation) = (without(split.train), without(split.validation));
         let mut test: Vec<Record> = split
             .test
             .into_iter()
-            .filter(|d| d.variant == HEALTHY)
+            .filter(|d| d.variant == HEALTHY && !d.failing())
             .collect();
-        test.extend(all.iter().filter(|d| d.family == *family).cloned());
+        test.extend(all.iter().filter(|d| of_family(d)).cloned());
         if train.is_empty() || validation.is_empty() {
             return Err(model::ModelError::Data(format!(
                 "leaving {family} out of fold {t}: {} train, {} validation deployments",
@@ -137,11 +137,13 @@ pub fn leave_one_family_out(
     Ok(pooled(cfg, all.len(), total - all.len(), out, &mut leads))
 }
 
-/// The fault families of `records`, sorted, once each.
+/// The fault families of `records`, sorted, once each (not "none": a
+/// planned-healthy install that failed by itself has no family to leave
+/// out).
 fn families(records: &[Record]) -> Vec<&str> {
     let mut v: Vec<&str> = records
         .iter()
-        .filter(|d| d.failing())
+        .filter(|d| d.failing() && d.family != HEALTHY)
         .map(|d| d.family.as_str())
         .collect();
     v.sort_unstable();
@@ -202,7 +204,11 @@ mod tests {
 
     #[test]
     fn each_family_is_tested_by_a_model_that_never_saw_it() {
-        let all = corpus::synthetic(3, 40, 6);
+        let mut all = corpus::synthetic(3, 40, 6);
+        // A planned-healthy install that failed by itself (family "none"):
+        // no fold of its own, and its healthy siblings still train.
+        let h = all.iter().position(|d| !d.failing()).unwrap();
+        all[h].outcome = corpus::Outcome::Failed;
         let cfg = TrainConfig {
             epochs: 3,
             ..TrainConfig::default()
@@ -212,7 +218,10 @@ mod tests {
         let (kept, _) = super::super::honest::partition(&all);
         assert_eq!(seen, families(&kept), "one fold per family, in order");
         for f in &lofo.families {
-            let faulty = kept.iter().filter(|d| d.family == f.family).count();
+            let faulty = kept
+                .iter()
+                .filter(|d| d.failing() && d.family == f.family)
+                .count();
             assert_eq!(
                 f.lead.failing, faulty,
                 "{}: every faulty install tested",
