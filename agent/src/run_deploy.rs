@@ -202,11 +202,7 @@ async fn forward(outbox: &OutboxHandle, id: &str, at: &mut Forwarded, ev: Deploy
             let events = vec![process];
             return outbox.push(AgentMsg::Events { deployment, events });
         }
-        DeployEvent::Probe { mut probe } => {
-            probe.window = at.live_window;
-            wire::DeployEvent::Probe { probe }
-        }
-        other => match convert(other) {
+        other => match convert(other, at.live_window) {
             Some(e) => e,
             None => return,
         },
@@ -234,11 +230,15 @@ fn shadow_step(index: usize, s: crate::shadow::StepResult) -> wire::StepResult {
 
 /// The executor's event in the wire's terms; None for what the wire does
 /// not carry (a committed or rolled-back `Finished`, already reported).
-fn convert(ev: DeployEvent) -> Option<wire::DeployEvent> {
+/// A probe is stamped with `live_window`, the last live window sent.
+fn convert(ev: DeployEvent, live_window: u64) -> Option<wire::DeployEvent> {
     Some(match ev {
         DeployEvent::Started { snapshot, .. } => wire::DeployEvent::Started { snapshot },
         DeployEvent::Step { stream, step: s } => wire::DeployEvent::Step { stream, step: s },
-        DeployEvent::Probe { probe } => wire::DeployEvent::Probe { probe },
+        DeployEvent::Probe { mut probe } => {
+            probe.window = live_window;
+            wire::DeployEvent::Probe { probe }
+        }
         DeployEvent::Baseline { probe } => wire::DeployEvent::Baseline { probe },
         DeployEvent::LiveMemory { sample } => wire::DeployEvent::LiveMemory { sample },
         DeployEvent::Service { sample } => wire::DeployEvent::Service { sample },
