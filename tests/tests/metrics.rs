@@ -168,30 +168,14 @@ fn both_endpoints_count_a_rolled_back_deployment_and_pass_promtool() {
     assert_eq!(ctl_before["backstop_agents_connected"], 1.0, "{body}");
     assert_eq!(get(http, "/nothing", None).0, 404);
 
-    let out = fleet
-        .backstop()
-        .args([
-            "deploy",
-            manifest.to_str().unwrap(),
-            "--host",
-            "web-1",
-            "--wait",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (out, id) = support::deploys::deploy_json(&fleet, &agent, &manifest, &[]);
     assert_eq!(
         out.status.code(),
         Some(1),
-        "rolled back: {stdout}\nagent: {}",
+        "rolled back: {}\nagent: {}",
+        String::from_utf8_lossy(&out.stdout),
         agent.log()
     );
-    let id = serde_json::from_str::<serde_json::Value>(stdout.lines().next().unwrap()).unwrap()
-        ["deployment"]
-        .as_str()
-        .unwrap()
-        .to_string();
     assert!(eventually(Duration::from_secs(20), || {
         fleet.json(&["show", &id, "--json"])["deployment"]["state"] == "rolled_back"
     }));
