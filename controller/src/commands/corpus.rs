@@ -45,6 +45,11 @@ pub enum Action {
         corpus: Vec<PathBuf>,
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Relabel every faulty record with this catalog's `[families]`
+        /// table (group, held out) before packing: a family regrouped
+        /// after recording needs no re-recording.
+        #[arg(long, value_name = "FILE")]
+        catalog: Option<PathBuf>,
     },
     /// Write a generated corpus (packages with their own levels, healthy
     /// installs with bursts, faults that build up over time) to DIR. It
@@ -77,12 +82,22 @@ pub fn run(action: Action) -> Result<i32> {
             packages,
             per_package,
         } => synth(&out, seed, packages, per_package),
-        Action::Pack { corpus, out } => pack(&corpus, &out),
+        Action::Pack {
+            corpus,
+            out,
+            catalog,
+        } => pack(&corpus, &out, catalog.as_deref()),
     }
 }
 
-fn pack(dirs: &[PathBuf], out: &std::path::Path) -> Result<i32> {
-    let all = super::learn::read_corpus(dirs)?;
+fn pack(dirs: &[PathBuf], out: &std::path::Path, catalog: Option<&std::path::Path>) -> Result<i32> {
+    let mut all = super::learn::read_corpus(dirs)?;
+    if let Some(c) = catalog {
+        let c = backstop_controller::learn::catalog::load(c)?;
+        for r in &mut all {
+            c.label(r);
+        }
+    }
     backstop_controller::learn::corpus_file::write_packed(out, &all)?;
     println!(
         "{}: {} records, digest {}",

@@ -167,6 +167,11 @@ pub(crate) struct TrainingFlags {
     /// failing one's: higher trades early alarms for fewer false ones.
     #[arg(long, default_value_t = 10.0)]
     healthy_weight: f64,
+    /// Train the net alone, without the healthy envelope beside it (which
+    /// alarms on a window beyond what every healthy install did, and needs
+    /// no failure seen before): to measure what the envelope adds.
+    #[arg(long)]
+    no_envelope: bool,
 }
 
 impl TrainingFlags {
@@ -176,6 +181,7 @@ impl TrainingFlags {
             target_fpr,
             epochs,
             healthy_weight,
+            no_envelope,
         } = *self;
         if !(0.0..1.0).contains(&target_fpr) {
             anyhow::bail!("--target-fpr {target_fpr}: must be in [0, 1)");
@@ -188,6 +194,7 @@ impl TrainingFlags {
             target_fpr,
             epochs,
             healthy_weight,
+            envelope: !no_envelope,
             ..Default::default()
         })
     }

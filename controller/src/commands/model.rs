@@ -32,6 +32,20 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
         },
         m.meta.healthy_weight
     );
+    match &m.meta.envelope {
+        Some(e) => {
+            println!(
+                "healthy envelope: a window alarms when one of {} watched features is over {:.2}x the highest value 99% of healthy training installs stayed under (target {:.1}% false alarms); limits:",
+                e.features.len(),
+                e.threshold,
+                e.target_fpr * 100.0
+            );
+            for (f, l) in e.features.iter().zip(&e.limits) {
+                println!("  {f:<32} {l}");
+            }
+        }
+        None => println!("healthy envelope: none (the net alone decides)"),
+    }
     let range = &m.meta.host_range.conditions;
     if range.is_empty() {
         println!("host range: not recorded (the corpus had no host levels)");

@@ -211,7 +211,7 @@ async fn decide_now(
         Vec::new()
     });
     inputs.evidence.resources = super::resources::resources(&windows, &events, &manifest);
-    let scored = super::scoring::windows(daemon, id, windows).await;
+    let scored = super::scoring::windows(daemon, id, windows, &inputs.params).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     inputs.evidence.no_model = scored.no_model;
     let decision = decide(&inputs.evidence, &inputs.params);

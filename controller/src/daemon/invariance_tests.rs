@@ -124,7 +124,7 @@ fn decided(model: &Model, r: &Record) -> (Decision, Vec<bool>) {
     let alarms = e
         .windows
         .iter()
-        .map(|w| w.live_p > p.threshold_for(w.threshold))
+        .map(|w| w.live_p > p.threshold_for(w.threshold) || w.beyond.is_some())
         .collect();
     (decide(&e, &p), alarms)
 }
@@ -220,6 +220,11 @@ fn the_shipped_model_decides_recorded_installs_the_same_on_every_host() {
     let packed = root.join("corpus/recorded/deployments.jsonl.gz");
     let corpus = crate::learn::corpus::read(&[packed.as_path()]).expect("the shipped corpus");
     let model = Model::load(&root.join("models/default")).expect("the shipped model loads");
+    // Its healthy envelope votes too: the check covers both.
+    assert!(
+        model.meta.envelope.is_some(),
+        "the shipped model has no envelope"
+    );
     let sample: Vec<Record> = corpus
         .into_iter()
         .step_by(8)

@@ -130,8 +130,36 @@ pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, M
             // The 8-SD mark of schema v2 is never set again (`decide::range`).
             outside: None,
             host_outside: model.meta.host_range.outside(&live_ws[t].host),
+            beyond: model.beyond(&live[t]),
+            drivers: Vec::new(),
         })
         .collect())
+}
+
+/// Most alarming windows explained per scoring: an explanation is one
+/// batch through the net per window, and a deployment in trouble may
+/// alarm on hundreds.
+const EXPLAINED: usize = 32;
+
+/// [`score`], and each window that alarms against `threshold` (the one
+/// in force: a manifest's, else the model's) or beyond the envelope gets
+/// the features that drove it, the first [`EXPLAINED`] of them.
+pub fn score_explained(
+    model: &Model,
+    windows: &[Window],
+    threshold: f64,
+) -> Result<Vec<WindowEvidence>, ModelError> {
+    let mut ev = score(model, windows)?;
+    let live = rows(&ordered(windows, Stream::Live));
+    let alarming = (ev.iter_mut().enumerate())
+        .filter(|(_, w)| w.live_p > threshold || w.beyond.is_some())
+        .take(EXPLAINED);
+    for (t, w) in alarming {
+        w.drivers = (model.explain_alarm(&live, t, 3).into_iter())
+            .map(|(f, _)| f)
+            .collect();
+    }
+    Ok(ev)
 }
 
 /// What a decision's inputs name when the daemon has no model.
@@ -151,7 +179,12 @@ pub(super) struct Scored {
 /// The scored `stored` windows of deployment `id`, off the async runtime.
 /// No model, or an error (logged): no window evidence, and the deployment
 /// decides from the rest.
-pub(super) async fn windows(daemon: &Daemon, id: &str, stored: Vec<Window>) -> Scored {
+pub(super) async fn windows(
+    daemon: &Daemon,
+    id: &str,
+    stored: Vec<Window>,
+    params: &crate::decide::Params,
+) -> Scored {
     let Some(scorer) = daemon.model.get() else {
         let model = NO_MODEL.to_string();
         return Scored {
@@ -167,7 +200,10 @@ pub(super) async fn windows(daemon: &Daemon, id: &str, stored: Vec<Window>) -> S
         model: scorer.source.clone(),
         no_model: None,
     };
-    let outcome = tokio::task::spawn_blocking(move || score(&scorer.model, &stored)).await;
+    let threshold = params.threshold_for(scorer.model.meta.threshold);
+    let outcome =
+        tokio::task::spawn_blocking(move || score_explained(&scorer.model, &stored, threshold))
+            .await;
     match outcome {
         Ok(Ok(w)) => out.windows = w,
         Ok(Err(e)) => tracing::error!(deployment = id, "scoring windows: {e}"),
@@ -257,5 +293,36 @@ mod tests {
             assert_eq!(w.divergence.is_some(), t < shadow_rows.len());
         }
         assert!(score(&model, &[]).expect("no windows").is_empty());
+    }
+
+    /// Every window that alarms against the threshold in force carries
+    /// what drove it; no other window does.
+    #[test]
+    fn alarming_windows_are_explained_against_the_threshold_in_force() {
+        let all = synthetic(5, 4, 4);
+        let cfg = TrainConfig {
+            epochs: 2,
+            ..Default::default()
+        };
+        let model = train(&all, &all, &cfg, "x".into()).expect("a tiny model trains");
+        let failing = all.iter().find(|r| r.failing()).expect("a failing record");
+        let stored = windows(Stream::Live, &failing.windows);
+        // A threshold in the middle of this install's scores: some windows
+        // alarm, some do not.
+        let mut ps = model.predict(&failing.windows).expect("predicts");
+        ps.sort_by(f64::total_cmp);
+        let thr = ps[ps.len() / 2];
+        let ev = score_explained(&model, &stored, thr).expect("scores");
+        let mut explained = 0;
+        for w in &ev {
+            let alarms = w.live_p > thr || w.beyond.is_some();
+            assert_eq!(!w.drivers.is_empty(), alarms, "window {}: {w:?}", w.index);
+            explained += usize::from(alarms);
+        }
+        assert!(
+            explained > 0 && explained < ev.len(),
+            "{explained} of {}",
+            ev.len()
+        );
     }
 }

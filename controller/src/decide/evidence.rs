@@ -91,6 +91,16 @@ pub struct WindowEvidence {
     /// since no model input is a host level).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_outside: Option<HostOutside>,
+    /// Set when the live window lies beyond the model's healthy envelope
+    /// (`predict::envelope`): an alarm like a P(failure) over the
+    /// threshold, whatever the P.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beyond: Option<crate::predict::envelope::Beyond>,
+    /// For a live window that alarms (P over the threshold in force, or
+    /// beyond the envelope): the features that drove it, most first
+    /// (`Model::explain_alarm`); empty for every other window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers: Vec<String>,
 }
 
 /// The host condition furthest outside the model's training range at one

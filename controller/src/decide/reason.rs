@@ -48,12 +48,20 @@ pub enum Reason {
         name: String,
         status: StepStatus,
     },
-    /// A run of live windows over the threshold, from `window`.
+    /// A run of live windows over the threshold or beyond the healthy
+    /// envelope, from `window`.
     LiveModel {
         window: u64,
         windows: u32,
         p: f64,
         threshold: f64,
+        /// The run's furthest window beyond the healthy envelope, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        beyond: Option<crate::predict::envelope::Beyond>,
+        /// What drove the run's highest window, most first (empty when the
+        /// window was not explained).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        drivers: Vec<String>,
     },
     /// A shadow window over the threshold.
     ShadowModel {
@@ -189,10 +197,30 @@ impl fmt::Display for Reason {
                 windows,
                 p,
                 threshold,
+                beyond: Some(b),
+                ..
             } => write!(
                 f,
-                "live P(failure) {p:.2} over threshold {threshold:.2} for {windows} window(s) from window {window}"
+                "live {} {:.0} beyond the healthy envelope ({:.1}x its limit {:.0}; P(failure) {p:.2}, threshold {threshold:.2}) for {windows} window(s) from window {window}",
+                b.feature, b.value, b.ratio, b.limit
             ),
+            Reason::LiveModel {
+                window,
+                windows,
+                p,
+                threshold,
+                beyond: None,
+                drivers,
+            } => {
+                write!(
+                    f,
+                    "live P(failure) {p:.2} over threshold {threshold:.2} for {windows} window(s) from window {window}"
+                )?;
+                if !drivers.is_empty() {
+                    write!(f, " (driven by {})", drivers.join(", "))?;
+                }
+                Ok(())
+            }
             Reason::ShadowModel {
                 window,
                 p,

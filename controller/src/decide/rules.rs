@@ -174,7 +174,7 @@ fn performance(e: &Evidence, p: &Params, out: &mut Vec<Finding>) {
 fn live_model(e: &Evidence, p: &Params, out: &mut Vec<Finding>) {
     let over = |i: usize| {
         let w = &e.windows[i];
-        w.outside.is_none() && w.live_p > p.threshold_for(w.threshold)
+        w.outside.is_none() && (w.live_p > p.threshold_for(w.threshold) || w.beyond.is_some())
     };
     let mut i = 0;
     while i < e.windows.len() {
@@ -201,11 +201,18 @@ fn live_model(e: &Evidence, p: &Params, out: &mut Vec<Finding>) {
         }
         let (first, last) = (&e.windows[start], &e.windows[i - 1]);
         let windows = (i - start) as u32;
+        let beyond = e.windows[start..i]
+            .iter()
+            .filter_map(|w| w.beyond.as_ref())
+            .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
+            .cloned();
         let reason = Reason::LiveModel {
             window: first.index,
             windows,
             p: e.windows[top].live_p,
             threshold: p.threshold_for(e.windows[top].threshold),
+            beyond,
+            drivers: e.windows[top].drivers.clone(),
         };
         let hard = windows >= p.min_windows.max(1);
         let weight = if hard {

@@ -239,7 +239,7 @@ type Explained = (u64, f64, f64, Vec<(String, f64)>);
 
 fn explain_first(model: &crate::predict::model::Model, windows: &[Window]) -> Option<Explained> {
     let scored = score(model, windows).ok()?;
-    let t = scored.iter().position(|w| w.live_p >= w.threshold)?;
+    let t = (scored.iter()).position(|w| w.live_p >= w.threshold || w.beyond.is_some())?;
     let mut live: Vec<&Window> = windows
         .iter()
         .filter(|w| w.stream == Stream::Live)
@@ -247,7 +247,7 @@ fn explain_first(model: &crate::predict::model::Model, windows: &[Window]) -> Op
     live.sort_by_key(|w| w.seq);
     live.dedup_by_key(|w| w.seq);
     let rows: Vec<Vec<f64>> = live.iter().map(|w| w.features.clone()).collect();
-    let features = model.explain(&rows, t, 5).ok()?;
+    let features = model.explain_alarm(&rows, t, 5);
     let w = &scored[t];
     Some((w.index, w.live_p, w.threshold, features))
 }

@@ -173,18 +173,15 @@ pub fn write(dir: &Path, records: &[Record]) -> Result<(), CorpusError> {
     std::fs::rename(&tmp, dir.join("deployments.jsonl")).map_err(io)
 }
 
-/// SHA-256 over the records (ids and windows), to name what a model
-/// was trained on.
+/// SHA-256 over the records, each as its JSON line (ids, windows, host
+/// levels and every label: outcome, onset, family, group, held out), to
+/// name what a model was trained on. A relabelled record is another
+/// corpus: a label decides what a model learns and how it is scored.
 pub fn digest(records: &[Record]) -> String {
     let mut h = Sha256::new();
     for d in records {
-        h.update(d.id.as_bytes());
-        h.update([0]);
-        for w in &d.windows {
-            for v in w {
-                h.update(v.to_le_bytes());
-            }
-        }
+        h.update(serde_json::to_vec(d).expect("plain data serializes"));
+        h.update([b'\n']);
     }
     hex::encode(h.finalize())
 }
@@ -303,6 +300,10 @@ mod tests {
         write(&dir, &all).unwrap();
         let back = read(&[&dir]).unwrap();
         assert_eq!(digest(&back), digest(&all));
+        // A label is part of the corpus: regrouping one record changes it.
+        let mut regrouped = back.clone();
+        regrouped[0].group = "build-up".into();
+        assert_ne!(digest(&regrouped), digest(&all));
         let mut bad = all.clone();
         bad[0].schema = "backstop.features.v0".into();
         write(&dir, &bad).unwrap();

@@ -48,6 +48,9 @@ pub fn write_packed(path: &Path, records: &[Record]) -> Result<(), CorpusError> 
     };
     let mut sorted: Vec<&Record> = records.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
     let tmp = path.with_extension("gz.tmp");
     let f = std::fs::File::create(&tmp).map_err(io)?;
     let mut z = flate2::GzBuilder::new()

@@ -5,7 +5,8 @@ use super::baselines::{ChecksOnly, Detector};
 use super::corpus::Record;
 use crate::predict::model::Model;
 
-/// The model as a [`Detector`].
+/// The model as a [`Detector`]: the net and its healthy envelope, as the
+/// daemon decides with both.
 pub struct ModelDetector<'a>(pub &'a Model);
 
 impl Detector for ModelDetector<'_> {
@@ -13,7 +14,7 @@ impl Detector for ModelDetector<'_> {
         "backstop model".into()
     }
     fn scores(&self, d: &Record) -> Vec<f64> {
-        self.0.predict(&d.windows).unwrap_or_else(|e| {
+        self.0.score(&d.windows).unwrap_or_else(|e| {
             tracing::error!("predicting {}: {e}", d.id);
             vec![0.0; d.windows.len()]
         })

@@ -161,7 +161,7 @@ pub(crate) fn alarms_from(model: &Model, scored: &Scored, ds: &[Record]) -> Vec<
                 window: t,
                 onset_window: d.onset_window,
                 probability: p[t],
-                drivers: model.explain(&d.windows, t, 3).unwrap_or_default(),
+                drivers: model.explain_alarm(&d.windows, t, 3),
             })
         })
         .collect()

@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::corpus::{self, Record};
 use crate::predict::calibrate::calibrate_probability;
+use crate::predict::envelope::Envelope;
 use crate::predict::model::{K, Model, ModelError, ModelMeta, Normalizer, Result};
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,9 @@ pub struct TrainConfig {
     /// horizon are labelled healthy but are often already building up, so
     /// fitting them as hard as the healthy ones teaches the model to wait.
     pub healthy_weight: f64,
+    /// Fit the healthy envelope beside the net (`predict::envelope`).
+    /// Off: the net alone, as models before it (for comparison).
+    pub envelope: bool,
 }
 
 impl Default for TrainConfig {
@@ -51,6 +55,7 @@ impl Default for TrainConfig {
             target_fpr: 0.01,
             horizon: 4,
             healthy_weight: 10.0,
+            envelope: true,
         }
     }
 }
@@ -163,6 +168,13 @@ fn fit(
     Ok(())
 }
 
+/// The healthy records' windows.
+fn healthy(ds: &[Record]) -> Vec<&[Vec<f64>]> {
+    (ds.iter().filter(|d| !d.failing()))
+        .map(|d| d.windows.as_slice())
+        .collect()
+}
+
 /// Train on `train`, calibrate the threshold on `validation` (to the
 /// target share of healthy deployments alarmed at any window).
 pub fn train(
@@ -212,6 +224,16 @@ pub fn train_with(
             host_range: crate::predict::range::HostRange::fit(
                 train.iter().flat_map(|d| d.host.iter()),
             ),
+            // Half the false-alarm budget (the net has the other half),
+            // limits and threshold from the training installs (see
+            // `Envelope::fit` for why not the validation ones).
+            envelope: cfg
+                .envelope
+                .then(|| {
+                    let h = healthy(train);
+                    Envelope::fit(&h, &h, cfg.target_fpr / 2.0)
+                })
+                .flatten(),
             evaluation: None,
         },
         varmap,
@@ -227,7 +249,15 @@ pub fn train_with(
                 .map(|p| p.into_iter().fold(0.0, f64::max))
         })
         .collect::<Result<_>>()?;
-    model.meta.threshold = calibrate_probability(&healthy_max, cfg.target_fpr);
+    // With an envelope beside it the net gets half the false-alarm
+    // budget, the envelope the other half: the model as a whole, which
+    // alarms when either does, stays within the target.
+    let net_target = if model.meta.envelope.is_some() {
+        cfg.target_fpr / 2.0
+    } else {
+        cfg.target_fpr
+    };
+    model.meta.threshold = calibrate_probability(&healthy_max, net_target);
     Ok(model)
 }
 

@@ -7,6 +7,7 @@
 //! windows this module takes.
 
 pub mod calibrate;
+pub mod envelope;
 pub mod model;
 pub mod normalizer;
 pub mod range;

@@ -87,6 +87,10 @@ pub struct ModelMeta {
     /// empty); a decision notes a window outside them.
     #[serde(default)]
     pub host_range: super::range::HostRange,
+    /// The healthy envelope (`predict::envelope`); models from before it
+    /// have none and alarm on the net alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<super::envelope::Envelope>,
     /// The evaluation on the test split, as `backstop eval --json` prints it.
     pub evaluation: Option<serde_json::Value>,
 }
@@ -173,6 +177,41 @@ impl Model {
         let x = self.inputs(windows, &ts)?;
         let p = candle_nn::ops::sigmoid(&self.forward(&x)?)?.to_vec1::<f32>()?;
         Ok(p.into_iter().map(f64::from).collect())
+    }
+
+    /// The alarm score of every window: the net's P(failure), lifted above
+    /// the threshold where a window is beyond the healthy envelope
+    /// ([`super::envelope::Envelope::combine`]). What evaluation ranks.
+    pub fn score(&self, windows: &[Vec<f64>]) -> Result<Vec<f64>> {
+        let p = self.predict(windows)?;
+        let Some(e) = &self.meta.envelope else {
+            return Ok(p);
+        };
+        Ok(p.into_iter()
+            .zip(windows)
+            .map(|(p, w)| e.combine(p, w, self.meta.threshold))
+            .collect())
+    }
+
+    /// The watched feature furthest beyond the healthy envelope in window
+    /// `w`, when one is.
+    pub fn beyond(&self, w: &[f64]) -> Option<super::envelope::Beyond> {
+        self.meta.envelope.as_ref()?.beyond(w)
+    }
+
+    /// An alarm's drivers at window `t`: the features beyond the healthy
+    /// envelope first (named `envelope:FEATURE`, with their ratio to its
+    /// limit), then the net's ([`Self::explain`]), `top` in all.
+    pub fn explain_alarm(&self, windows: &[Vec<f64>], t: usize, top: usize) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = (self.meta.envelope.as_ref())
+            .map(|e| e.drivers(&windows[t], top))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(f, r)| (format!("envelope:{f}"), r))
+            .collect();
+        v.extend(self.explain(windows, t, top).unwrap_or_default());
+        v.truncate(top);
+        v
     }
 
     /// The features that drove window `t`'s score most, by occlusion: each
@@ -301,6 +340,12 @@ impl Model {
                     meta.normalizer.mean.len()
                 ),
             });
+        }
+        if let Some(e) = &meta.envelope {
+            e.check().map_err(|reason| ModelError::Bad {
+                path: path.clone(),
+                reason,
+            })?;
         }
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);

@@ -81,7 +81,9 @@ fn the_first_confirmed_alarm_is_the_one_reported() {
                 window: 10,
                 windows: 1,
                 p: 0.6,
-                threshold: THR
+                threshold: THR,
+                beyond: None,
+                drivers: Vec::new(),
             },
             Reason::ShadowModel {
                 window: 11,
@@ -118,4 +120,58 @@ fn a_report_converts_into_shadow_evidence() {
     let mut e = clean(Phase::Monitoring, 5);
     e.shadow.as_mut().expect("a shadow").oom_kills = 1;
     assert_eq!(decide(&e, &Params::default()).verdict, Verdict::Rollback);
+}
+
+/// A window beyond the healthy envelope alarms as a P over the threshold
+/// does, whatever its P, and the reason names the feature and its limit.
+#[test]
+fn a_run_beyond_the_healthy_envelope_rolls_back_naming_the_feature() {
+    let beyond = |mut e: Evidence, at: &[usize]| {
+        for &i in at {
+            e.windows[i].beyond = Some(crate::predict::envelope::Beyond {
+                feature: "sched_blocked_longest_ms".into(),
+                value: 9000.0 + i as f64,
+                limit: 1200.0,
+                ratio: (9000.0 + i as f64) / 1200.0,
+            });
+        }
+        e
+    };
+    let p = Params::default();
+    let run: Vec<usize> = (4..4 + p.min_windows as usize).collect();
+    let d = decide(&beyond(clean(Phase::Monitoring, 20), &run), &p);
+    assert_eq!(d.verdict, Verdict::Rollback, "{d:?}");
+    let Reason::LiveModel {
+        window, beyond: b, ..
+    } = &d.reasons[0]
+    else {
+        panic!("{d:?}");
+    };
+    assert_eq!(*window, 4);
+    // The run's furthest window is the one named.
+    assert_eq!(
+        b.as_ref().unwrap().value,
+        9000.0 + *run.last().unwrap() as f64
+    );
+    let text = d.reasons[0].to_string();
+    assert!(
+        text.starts_with("live sched_blocked_longest_ms 90")
+            && text.contains("beyond the healthy envelope")
+            && text.contains("its limit 1200"),
+        "{text}"
+    );
+    // A single window beyond is a live alarm, not a rollback by itself.
+    let one = decide(&beyond(clean(Phase::Monitoring, 20), &[4]), &p);
+    assert_ne!(one.verdict, Verdict::Rollback, "{one:?}");
+    // A run over the threshold names what drove its highest window.
+    let mut e = live(clean(Phase::Monitoring, 20), &[(6, 0.8), (7, 0.9)]);
+    e.windows[7].drivers = vec!["syscall_errors_eio".into(), "block_errors".into()];
+    let text = decide(&e, &p).reasons[0].to_string();
+    assert!(
+        text.ends_with("from window 6 (driven by syscall_errors_eio, block_errors)"),
+        "{text}"
+    );
+    // Inside the envelope, the same P commits.
+    let none = decide(&clean(Phase::Done, 20), &p);
+    assert_eq!(none.verdict, Verdict::Commit, "{none:?}");
 }

@@ -43,6 +43,8 @@ pub(super) fn clean(phase: Phase, n: u64) -> Evidence {
                 }),
                 outside: None,
                 host_outside: None,
+                beyond: None,
+                drivers: Vec::new(),
             })
             .collect(),
         live_steps: vec![step(STEP)],

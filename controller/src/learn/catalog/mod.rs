@@ -221,6 +221,24 @@ impl Scenario {
     }
 }
 
+impl Catalog {
+    /// Give a record of a faulty family that family's group and whether
+    /// the default model trains on it, from the `[families]` table: one
+    /// rule for `corpus run` and for `corpus pack --catalog`, which
+    /// relabels a recorded corpus (a group is a judgement about the fault,
+    /// not a measurement, and must not need a re-recording). A healthy
+    /// record, or a family the table does not name, is left as it is.
+    pub fn label(&self, r: &mut Record) {
+        if r.family == HEALTHY {
+            return;
+        }
+        if let Some(info) = self.families.get(&r.family) {
+            r.group = info.group.name().into();
+            r.held_out = info.held_out;
+        }
+    }
+}
+
 pub fn load(path: &Path) -> Result<Catalog> {
     let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
         context: format!("reading the catalog {}", path.display()),

@@ -59,10 +59,7 @@ pub fn run_scenario(catalog: &Catalog, s: &Scenario, o: &RunOptions) -> Result<R
         r.cause = None;
         return Ok(r);
     }
-    if let Some(info) = catalog.families.get(s.fault.name()) {
-        r.group = info.group.name().into();
-        r.held_out = info.held_out;
-    }
+    catalog.label(&mut r);
     Ok(r)
 }
 
@@ -198,6 +195,28 @@ pub fn record_from_report(
 /// Run every scenario, appending to OUT/deployments.jsonl as each ends
 /// (a long run interrupted keeps what it did; a scenario already in the
 /// corpus is not run again).
+/// Hold OUT/lock for the run: a second `corpus run` on the same OUT would
+/// reuse and remove the first one's work directories under it (seen: a
+/// `dpkg-deb -R` failing mid-run). It is refused instead, naming the lock.
+/// The lock goes with the process, however it ends.
+fn lock_out(out: &Path) -> Result<std::fs::File> {
+    let path = out.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CatalogError::Bad {
+            path: path.display().to_string(),
+            reason: "another `corpus run` is writing to this --out (its lock is held); give each run its own --out".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(format!("locking {}", path.display()))(e)),
+    }
+}
+
 pub fn run(
     catalog: &Catalog,
     o: &RunOptions,
@@ -206,6 +225,7 @@ pub fn run(
     let progress = |line: &str| bar.note(line);
     bar.total(catalog.scenarios.len() as u64);
     std::fs::create_dir_all(&o.out).map_err(io(format!("creating {}", o.out.display())))?;
+    let _lock = lock_out(&o.out)?;
     let ids: Vec<String> = catalog.scenarios.iter().map(Scenario::id).collect();
     let mut done: BTreeMap<String, Record> = BTreeMap::new();
     let earlier = if o.out.join("deployments.jsonl").exists() {
@@ -325,5 +345,18 @@ mod tests {
         let d = record_from_report(&s, &v, 500).unwrap();
         assert_eq!(d.outcome, Outcome::Degraded);
         assert_eq!(d.onset_window, Some(1));
+    }
+
+    #[test]
+    fn a_second_run_on_one_out_is_refused_naming_the_lock() {
+        let out = std::env::temp_dir().join(format!("backstop-corpus-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        let held = lock_out(&out).unwrap();
+        let e = lock_out(&out).unwrap_err().to_string();
+        assert!(e.contains("lock") && e.contains("own --out"), "{e}");
+        // Released with the first run: the next one may start.
+        drop(held);
+        lock_out(&out).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
     }
 }
