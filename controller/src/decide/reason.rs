@@ -199,9 +199,21 @@ impl fmt::Display for Reason {
                 threshold,
                 beyond: Some(b),
                 ..
+            } if p > threshold => write!(
+                f,
+                "live P(failure) {p:.2} over threshold {threshold:.2} and {} {:.0} beyond the healthy envelope ({:.1}x its limit {:.0}) for {windows} window(s) from window {window}",
+                b.feature, b.value, b.ratio, b.limit
+            ),
+            Reason::LiveModel {
+                window,
+                windows,
+                p,
+                threshold,
+                beyond: Some(b),
+                ..
             } => write!(
                 f,
-                "live {} {:.0} beyond the healthy envelope ({:.1}x its limit {:.0}; P(failure) {p:.2}, threshold {threshold:.2}) for {windows} window(s) from window {window}",
+                "live {} {:.0} beyond the healthy envelope ({:.1}x its limit {:.0}; P(failure) {p:.2}, under threshold {threshold:.2}) for {windows} window(s) from window {window}",
                 b.feature, b.value, b.ratio, b.limit
             ),
             Reason::LiveModel {
