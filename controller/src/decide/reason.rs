@@ -174,6 +174,40 @@ fn status(f: &mut fmt::Formatter<'_>, s: &StepStatus) -> fmt::Result {
     }
 }
 
+/// A run of live windows: over the threshold, beyond the healthy
+/// envelope, or both; with what drove it when it was explained.
+fn live_model(
+    f: &mut fmt::Formatter<'_>,
+    (window, windows): (u64, u32),
+    (p, threshold): (f64, f64),
+    beyond: Option<&crate::predict::envelope::Beyond>,
+    drivers: &[String],
+) -> fmt::Result {
+    let run = format!("for {windows} window(s) from window {window}");
+    match beyond {
+        Some(b) if p > threshold => write!(
+            f,
+            "live P(failure) {p:.2} over threshold {threshold:.2} and {} {:.0} beyond the healthy envelope ({:.1}x its limit {:.0}) {run}",
+            b.feature, b.value, b.ratio, b.limit
+        ),
+        Some(b) => write!(
+            f,
+            "live {} {:.0} beyond the healthy envelope ({:.1}x its limit {:.0}; P(failure) {p:.2}, under threshold {threshold:.2}) {run}",
+            b.feature, b.value, b.ratio, b.limit
+        ),
+        None => {
+            write!(
+                f,
+                "live P(failure) {p:.2} over threshold {threshold:.2} {run}"
+            )?;
+            if !drivers.is_empty() {
+                write!(f, " (driven by {})", drivers.join(", "))?;
+            }
+            Ok(())
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -197,42 +231,15 @@ impl fmt::Display for Reason {
                 windows,
                 p,
                 threshold,
-                beyond: Some(b),
-                ..
-            } if p > threshold => write!(
-                f,
-                "live P(failure) {p:.2} over threshold {threshold:.2} and {} {:.0} beyond the healthy envelope ({:.1}x its limit {:.0}) for {windows} window(s) from window {window}",
-                b.feature, b.value, b.ratio, b.limit
-            ),
-            Reason::LiveModel {
-                window,
-                windows,
-                p,
-                threshold,
-                beyond: Some(b),
-                ..
-            } => write!(
-                f,
-                "live {} {:.0} beyond the healthy envelope ({:.1}x its limit {:.0}; P(failure) {p:.2}, under threshold {threshold:.2}) for {windows} window(s) from window {window}",
-                b.feature, b.value, b.ratio, b.limit
-            ),
-            Reason::LiveModel {
-                window,
-                windows,
-                p,
-                threshold,
-                beyond: None,
+                beyond,
                 drivers,
-            } => {
-                write!(
-                    f,
-                    "live P(failure) {p:.2} over threshold {threshold:.2} for {windows} window(s) from window {window}"
-                )?;
-                if !drivers.is_empty() {
-                    write!(f, " (driven by {})", drivers.join(", "))?;
-                }
-                Ok(())
-            }
+            } => live_model(
+                f,
+                (*window, *windows),
+                (*p, *threshold),
+                beyond.as_ref(),
+                drivers,
+            ),
             Reason::ShadowModel {
                 window,
                 p,
