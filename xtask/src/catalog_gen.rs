@@ -57,9 +57,7 @@ pub const FAMILIES: [(&str, &str, bool, &str); 18] = [
     ),
     (
         "prompt-hang",
-        // A hang: the script sleeps in open(2) of a FIFO nobody writes,
-        // and the time it has been asleep grows from its first second
-        // (stop 17 regrouped it; it was "silent" before).
+        // A hang (asleep in open(2) of a FIFO nobody writes); stop 17.
         "build-up",
         true,
         "maintainer scripts: a prompt (debconf, read) with no one to answer it",

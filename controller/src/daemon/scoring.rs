@@ -263,14 +263,20 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn scoring_gives_each_live_window_both_streams_p_and_the_threshold() {
+    /// A generated corpus and a model trained on it in two epochs.
+    fn tiny() -> (Vec<crate::learn::corpus::Record>, Model) {
         let all = synthetic(5, 4, 4);
         let cfg = TrainConfig {
             epochs: 2,
             ..Default::default()
         };
         let model = train(&all, &all, &cfg, "x".into()).expect("a tiny model trains");
+        (all, model)
+    }
+
+    #[test]
+    fn scoring_gives_each_live_window_both_streams_p_and_the_threshold() {
+        let (all, model) = tiny();
         let failing = all.iter().find(|r| r.failing()).expect("a failing record");
         let healthy = all.iter().find(|r| !r.failing()).expect("a healthy record");
         // Live: the failing install; shadow: a healthy one, shorter.
@@ -299,12 +305,7 @@ mod tests {
     /// what drove it; no other window does.
     #[test]
     fn alarming_windows_are_explained_against_the_threshold_in_force() {
-        let all = synthetic(5, 4, 4);
-        let cfg = TrainConfig {
-            epochs: 2,
-            ..Default::default()
-        };
-        let model = train(&all, &all, &cfg, "x".into()).expect("a tiny model trains");
+        let (all, model) = tiny();
         let failing = all.iter().find(|r| r.failing()).expect("a failing record");
         let stored = windows(Stream::Live, &failing.windows);
         // A threshold in the middle of this install's scores: some windows
