@@ -113,12 +113,20 @@ fn predict(model: &Model, rows: &[Vec<f64>]) -> Result<Vec<f64>, ModelError> {
 /// model's calibrated threshold, and the divergence over the model's
 /// normaliser.
 pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, ModelError> {
+    Ok(scored(model, windows)?.0)
+}
+
+/// [`score`], with the live stream's feature rows it scored.
+fn scored(
+    model: &Model,
+    windows: &[Window],
+) -> Result<(Vec<WindowEvidence>, Vec<Vec<f64>>), ModelError> {
     let live_ws = ordered(windows, Stream::Live);
     let (live, shadow) = (rows(&live_ws), rows(&ordered(windows, Stream::Shadow)));
     let live_p = predict(model, &live)?;
     let shadow_p = predict(model, &shadow)?;
     let norm = &model.meta.normalizer;
-    Ok(live_p
+    let ev = live_p
         .iter()
         .enumerate()
         .map(|(t, &p)| WindowEvidence {
@@ -133,7 +141,8 @@ pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, M
             beyond: model.beyond(&live[t]),
             drivers: Vec::new(),
         })
-        .collect())
+        .collect();
+    Ok((ev, live))
 }
 
 /// Most alarming windows explained per scoring: an explanation is one
@@ -149,8 +158,7 @@ pub fn score_explained(
     windows: &[Window],
     threshold: f64,
 ) -> Result<Vec<WindowEvidence>, ModelError> {
-    let mut ev = score(model, windows)?;
-    let live = rows(&ordered(windows, Stream::Live));
+    let (mut ev, live) = scored(model, windows)?;
     let alarming = (ev.iter_mut().enumerate())
         .filter(|(_, w)| w.live_p > threshold || w.beyond.is_some())
         .take(EXPLAINED);

@@ -224,15 +224,10 @@ pub fn train_with(
             host_range: crate::predict::range::HostRange::fit(
                 train.iter().flat_map(|d| d.host.iter()),
             ),
-            // Half the false-alarm budget (the net has the other half),
-            // limits and threshold from the training installs (see
-            // `Envelope::fit` for why not the validation ones).
+            // Half the false-alarm budget (the net has the other half).
             envelope: cfg
                 .envelope
-                .then(|| {
-                    let h = healthy(train);
-                    Envelope::fit(&h, &h, cfg.target_fpr / 2.0)
-                })
+                .then(|| Envelope::fit(&healthy(train), cfg.target_fpr / 2.0))
                 .flatten(),
             evaluation: None,
         },
