@@ -209,7 +209,9 @@ impl Model {
             .into_iter()
             .map(|(f, r)| (format!("envelope:{f}"), r))
             .collect();
-        v.extend(self.explain(windows, t, top).unwrap_or_default());
+        if v.len() < top {
+            v.extend(self.explain(windows, t, top).unwrap_or_default());
+        }
         v.truncate(top);
         v
     }

@@ -192,9 +192,6 @@ pub fn record_from_report(
     })
 }
 
-/// Run every scenario, appending to OUT/deployments.jsonl as each ends
-/// (a long run interrupted keeps what it did; a scenario already in the
-/// corpus is not run again).
 /// Hold OUT/lock for the run: a second `corpus run` on the same OUT would
 /// reuse and remove the first one's work directories under it (seen: a
 /// `dpkg-deb -R` failing mid-run). It is refused instead, naming the lock.
@@ -217,6 +214,9 @@ fn lock_out(out: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Run every scenario, appending to OUT/deployments.jsonl as each ends
+/// (a long run interrupted keeps what it did; a scenario already in the
+/// corpus is not run again).
 pub fn run(
     catalog: &Catalog,
     o: &RunOptions,
