@@ -208,6 +208,13 @@ pub fn check(root: &Path, pool: &Path, dir: &Path, closure: &[&Pkg]) -> Result<V
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // dpkg's whole output, kept beside the cache: a verdict's one line is
+    // often not enough to tell a package's own failure from an ordering.
+    if let Some(p) = closure.last() {
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        std::fs::write(logs.join(format!("{}.log", p.name)), &text)?;
+    }
     Ok(classify(out.status.code(), &text))
 }
 
