@@ -15,6 +15,8 @@ pub mod control;
 #[cfg(feature = "std")]
 pub mod deploy;
 #[cfg(feature = "std")]
+pub mod dpkg;
+#[cfg(feature = "std")]
 pub mod features;
 #[cfg(feature = "std")]
 pub mod fsdiff;

@@ -60,6 +60,9 @@ pub struct Pkg {
     pub size: u64,
     pub sha256: String,
     pub essential: bool,
+    /// The Depends and Pre-Depends fields as written: what orders an
+    /// install in stages (`backstop_common::dpkg`).
+    pub control: backstop_common::dpkg::Control,
 }
 
 /// The archive: packages by name, and providers of virtual names.
@@ -96,10 +99,21 @@ pub fn parse_paragraphs(text: &str) -> Vec<Pkg> {
                 continue;
             };
             match k {
-                "Package" => p.name = v.to_string(),
+                "Package" => {
+                    p.name = v.to_string();
+                    p.control.package = v.to_string();
+                }
                 "Version" => p.version = v.to_string(),
                 "Section" => p.section = v.rsplit('/').next().unwrap_or(v).to_string(),
-                "Depends" | "Pre-Depends" => p.depends.extend(dep_groups(v)),
+                "Depends" | "Pre-Depends" => {
+                    p.depends.extend(dep_groups(v));
+                    let raw = if k == "Depends" {
+                        &mut p.control.depends
+                    } else {
+                        &mut p.control.pre_depends
+                    };
+                    v.clone_into(raw);
+                }
                 "Provides" => p.provides = dep_groups(v).into_iter().flatten().collect(),
                 "Filename" => p.filename = v.to_string(),
                 "Size" => p.size = v.parse().unwrap_or(0),

@@ -181,13 +181,19 @@ pub fn check(root: &Path, pool: &Path, dir: &Path, closure: &[&Pkg]) -> Result<V
             .or_else(|_| std::fs::copy(pool.join(file), input.join(file)).map(|_| ()))?;
         names.push(format!("/tmp/backstop-in/{file}"));
     }
+    // In stages, as a scenario installs them (`backstop_common::dpkg`).
+    let controls: Vec<_> = closure.iter().map(|d| d.control.clone()).collect();
+    let dpkg = backstop_common::dpkg::in_stages(&names, &backstop_common::dpkg::stages(&controls))
+        .iter()
+        .map(|g| format!("dpkg -i {}", g.join(" ")))
+        .collect::<Vec<_>>()
+        .join(" && ");
     let script = format!(
-        "set -e; m={m}; mount -t overlay overlay -o lowerdir={r},upperdir={u},workdir={w} $m; mount -t proc proc $m/proc; ip link set lo up; exec timeout {CHECK_TIMEOUT_SECS} chroot $m /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 dpkg -i {debs} </dev/null",
+        "set -e; m={m}; mount -t overlay overlay -o lowerdir={r},upperdir={u},workdir={w} $m; mount -t proc proc $m/proc; ip link set lo up; exec timeout {CHECK_TIMEOUT_SECS} chroot $m /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 sh -c '{dpkg}' </dev/null",
         m = s.join("merged").display(),
         r = root.display(),
         u = s.join("upper").display(),
         w = s.join("work").display(),
-        debs = names.join(" "),
     );
     let out = Command::new("unshare")
         .args([

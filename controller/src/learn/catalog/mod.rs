@@ -19,6 +19,7 @@ mod families;
 mod host;
 mod inject;
 mod inject_more;
+mod install;
 mod runner;
 
 pub use families::{FamilyInfo, Group};

@@ -146,7 +146,7 @@ fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[Pat
             )
         })
         .collect();
-    cmd.args(["--", "dpkg", "-i"]).args(&names);
+    cmd.arg("--").args(super::install::dpkg_argv(debs, &names));
     cmd
 }
 
