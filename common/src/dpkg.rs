@@ -75,6 +75,22 @@ pub fn in_stages<T: Clone>(items: &[T], stage: &[usize]) -> Vec<Vec<T>> {
         .collect()
 }
 
+/// The shell command that installs `groups` (from [`in_stages`]): one
+/// `dpkg -i` per stage, each only after the one before succeeded, every
+/// path single-quoted.
+pub fn script(groups: &[Vec<String>]) -> String {
+    let quote = |n: &String| format!("'{}'", n.replace('\'', r"'\''"));
+    (groups.iter())
+        .map(|g| {
+            format!(
+                "dpkg -i {}",
+                g.iter().map(quote).collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +128,14 @@ mod tests {
                 vec!["python3-minimal"],
                 vec!["python3", "ufw"],
             ]
+        );
+        let groups = [
+            vec!["/in/a b.deb".to_string()],
+            vec!["/in/it's.deb".to_string()],
+        ];
+        assert_eq!(
+            script(&groups),
+            r"dpkg -i '/in/a b.deb' && dpkg -i '/in/it'\''s.deb'"
         );
     }
 

@@ -183,13 +183,12 @@ pub fn check(root: &Path, pool: &Path, dir: &Path, closure: &[&Pkg]) -> Result<V
     }
     // In stages, as a scenario installs them (`backstop_common::dpkg`).
     let controls: Vec<_> = closure.iter().map(|d| d.control.clone()).collect();
-    let dpkg = backstop_common::dpkg::in_stages(&names, &backstop_common::dpkg::stages(&controls))
-        .iter()
-        .map(|g| format!("dpkg -i {}", g.join(" ")))
-        .collect::<Vec<_>>()
-        .join(" && ");
+    let dpkg = backstop_common::dpkg::script(&backstop_common::dpkg::in_stages(
+        &names,
+        &backstop_common::dpkg::stages(&controls),
+    ));
     let script = format!(
-        "set -e; m={m}; mount -t overlay overlay -o lowerdir={r},upperdir={u},workdir={w} $m; mount -t proc proc $m/proc; ip link set lo up; exec timeout {CHECK_TIMEOUT_SECS} chroot $m /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 sh -c '{dpkg}' </dev/null",
+        "set -e; m={m}; mount -t overlay overlay -o lowerdir={r},upperdir={u},workdir={w} $m; mount -t proc proc $m/proc; ip link set lo up; exec timeout {CHECK_TIMEOUT_SECS} chroot $m /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 sh -c \"$1\" </dev/null",
         m = s.join("merged").display(),
         r = root.display(),
         u = s.join("upper").display(),
@@ -206,6 +205,9 @@ pub fn check(root: &Path, pool: &Path, dir: &Path, closure: &[&Pkg]) -> Result<V
             "-c",
         ])
         .arg(&script)
+        // $1 of the script: the staged dpkg command, quoted once, by
+        // `dpkg::script`, and never pasted into the script's own text.
+        .args(["sh", &dpkg])
         .output()
         .context("starting unshare")?;
     let _ = std::fs::remove_dir_all(&s);

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use backstop_common::dpkg::{Control, in_stages, stages};
+use backstop_common::dpkg::{Control, in_stages, script, stages};
 
 /// A .deb's ordering fields, read with `dpkg-deb -f`; an unreadable one
 /// orders nothing (dpkg itself then says what is wrong with it).
@@ -40,18 +40,7 @@ pub(super) fn dpkg_argv(debs: &[PathBuf], names: &[String]) -> Vec<String> {
             .chain(names.iter().cloned())
             .collect();
     }
-    let script = groups
-        .iter()
-        .map(|g| {
-            let quoted: Vec<String> = g
-                .iter()
-                .map(|n| format!("'{}'", n.replace('\'', r"'\''")))
-                .collect();
-            format!("dpkg -i {}", quoted.join(" "))
-        })
-        .collect::<Vec<_>>()
-        .join(" && ");
-    vec!["sh".into(), "-c".into(), script]
+    vec!["sh".into(), "-c".into(), script(&groups)]
 }
 
 #[cfg(test)]
