@@ -115,7 +115,26 @@ impl Data {
 
 impl Drop for Data {
     fn drop(&mut self) {
+        // A test that failed midway may have left a shadow: sweep it
+        // before the directory goes, so no mount or cgroup outlives it.
+        let _ = Command::new(agent())
+            .args(["shadow", "--data"])
+            .arg(&self.0)
+            .arg("sweep")
+            .output();
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An agent that is killed (SIGKILL) and reaped when dropped: a test that
+/// fails before it kills the agent itself leaves no agent holding a shadow
+/// the sweep would then have to leave alone.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -331,22 +350,24 @@ fn a_killed_agent_leaves_a_shadow_the_sweep_removes() {
 
 fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
     let data = Data::new(&format!("sweep{hold_ms}"));
-    let mut agent_proc = Command::new(agent())
-        .env("BACKSTOP_TEST_HOLD_BEFORE_START_MS", hold_ms)
-        .args(["shadow", "--data"])
-        .arg(&data.0)
-        .args([
-            "run",
-            "--root",
-            root.to_str().unwrap(),
-            "--",
-            "sleep",
-            "300",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut agent_proc = Killed(
+        Command::new(agent())
+            .env("BACKSTOP_TEST_HOLD_BEFORE_START_MS", hold_ms)
+            .args(["shadow", "--data"])
+            .arg(&data.0)
+            .args([
+                "run",
+                "--root",
+                root.to_str().unwrap(),
+                "--",
+                "sleep",
+                "300",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // This test's shadow: the one shadow directory in its own state dir
     // (beside libcontainer's `youki` root).
     let shadows = data.0.join("agent/shadows");
@@ -376,8 +397,8 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
         "the shadow never started"
     );
     let left = procs_of();
-    agent_proc.kill().unwrap();
-    agent_proc.wait().unwrap();
+    agent_proc.0.kill().unwrap();
+    agent_proc.0.wait().unwrap();
     // The shadow's processes die with the agent (its creator child kills
     // the init when the agent's end of its stdin closes); the rest (state,
     // cgroups, mounts) is the sweep's.
