@@ -126,18 +126,6 @@ impl Drop for Data {
     }
 }
 
-/// An agent that is killed (SIGKILL) and reaped when dropped: a test that
-/// fails before it kills the agent itself leaves no agent holding a shadow
-/// the sweep would then have to leave alone.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Content hash and metadata of every entry under `root`.
 fn hash_walk(root: &Path) -> BTreeMap<PathBuf, String> {
     use std::os::unix::fs::MetadataExt;
@@ -350,7 +338,10 @@ fn a_killed_agent_leaves_a_shadow_the_sweep_removes() {
 
 fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
     let data = Data::new(&format!("sweep{hold_ms}"));
-    let mut agent_proc = Killed(
+    // Killed and reaped when dropped: a test that fails before it kills
+    // the agent itself leaves no agent holding a shadow the sweep would
+    // then have to leave alone.
+    let mut agent_proc = support::agents::Proc::spawn(
         Command::new(agent())
             .env("BACKSTOP_TEST_HOLD_BEFORE_START_MS", hold_ms)
             .args(["shadow", "--data"])
@@ -362,11 +353,7 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
                 "--",
                 "sleep",
                 "300",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+            ]),
     );
     // This test's shadow: the one shadow directory in its own state dir
     // (beside libcontainer's `youki` root).
@@ -380,7 +367,8 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
     };
     assert!(
         eventually(Duration::from_secs(20), || own_id().is_some()),
-        "the shadow was never created"
+        "the shadow was never created; the agent said:\n{}",
+        agent_proc.log()
     );
     let id = own_id().unwrap();
     data.1.borrow_mut().push(id.clone());
@@ -394,11 +382,12 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
     };
     assert!(
         eventually(Duration::from_secs(20), || !procs_of().is_empty()),
-        "the shadow never started"
+        "the shadow never started; the agent said:\n{}",
+        agent_proc.log()
     );
     let left = procs_of();
-    agent_proc.0.kill().unwrap();
-    agent_proc.0.wait().unwrap();
+    agent_proc.child.kill().unwrap();
+    agent_proc.child.wait().unwrap();
     // The shadow's processes die with the agent (its creator child kills
     // the init when the agent's end of its stdin closes); the rest (state,
     // cgroups, mounts) is the sweep's.
