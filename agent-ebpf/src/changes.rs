@@ -72,7 +72,7 @@ pub fn describe(nr: i64) -> Option<Desc> {
 /// x86_64 `struct pt_regs` offsets of the syscall arguments (di, si, dx,
 /// r10, r8, r9).
 #[inline(always)]
-fn arg(regs: *const u8, i: u8) -> u64 {
+pub fn arg(regs: *const u8, i: u8) -> u64 {
     let off = match i {
         1 => 112,
         2 => 104,
@@ -177,13 +177,27 @@ fn base_ino(first: u8, dirfd: i32) -> u64 {
         if !(0..1 << 20).contains(&dirfd) {
             return 0;
         }
-        let files: *const u8 = crate::read_kernel(task, off.task_files).unwrap_or(null);
-        let fdt: *const u8 = crate::read_kernel(files, off.files_fdt).unwrap_or(null);
-        let fds: *const u8 = crate::read_kernel(fdt, off.fdtable_fd).unwrap_or(null);
-        let file: *const u8 = crate::read_kernel(fds, dirfd as u32 * 8).unwrap_or(null);
-        crate::read_kernel(file, off.file_inode).unwrap_or(null)
+        fd_inode(dirfd)
     };
     crate::read_kernel(inode, off.inode_ino).unwrap_or(0)
+}
+
+/// The inode of the current task's descriptor `fd` (null when there is
+/// none or it cannot be read).
+#[inline(always)]
+pub fn fd_inode(fd: i32) -> *const u8 {
+    let null = core::ptr::null::<u8>();
+    if !(0..1 << 20).contains(&fd) {
+        return null;
+    }
+    let off = crate::OFFSETS.load();
+    // SAFETY: the helper has no preconditions.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let files: *const u8 = crate::read_kernel(task, off.task_files).unwrap_or(null);
+    let fdt: *const u8 = crate::read_kernel(files, off.files_fdt).unwrap_or(null);
+    let fds: *const u8 = crate::read_kernel(fdt, off.fdtable_fd).unwrap_or(null);
+    let file: *const u8 = crate::read_kernel(fds, fd as u32 * 8).unwrap_or(null);
+    crate::read_kernel(file, off.file_inode).unwrap_or(null)
 }
 
 /// Read the path argument `i` into `dst` (PATH_LEN bytes). No argument, or

@@ -43,6 +43,7 @@ pub fn bs_sched_switch(ctx: RawTracePointContext) -> i32 {
                 if c.tid == prev_pid {
                     s.syscall_start_ns = c.start_ns;
                     s.syscall_nr = c.nr;
+                    s.syscall_waits = c.waits;
                     c.tid = 0;
                 }
             }

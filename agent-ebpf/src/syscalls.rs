@@ -1,7 +1,9 @@
 //! raw_syscalls: counts by number, failures by errno class, and latency.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use backstop_common::{MAX_SYSCALLS, counter, errno_counter, hist, hist_bucket};
+use backstop_common::{
+    MAX_SYSCALLS, WAITS_FUTEX, WAITS_OPEN, WAITS_PIPE, counter, errno_counter, hist, hist_bucket,
+};
 
 use crate::{CPU_SYSCALL, SYSCALL_COUNTS, THREADS, counters, current_tid, now, slot_of};
 
@@ -29,14 +31,43 @@ pub fn bs_sys_enter(ctx: RawTracePointContext) -> i32 {
     if let Some(d) = crate::changes::describe(nr) {
         crate::changes::record(&ctx, slot, tid, nr as u32, d);
     }
+    let waits = waits(&ctx, nr);
     if let Some(c) = CPU_SYSCALL.get_ptr_mut(0) {
         // SAFETY: valid per-CPU map value for this run.
         let c = unsafe { &mut *c };
         c.tid = tid;
         c.nr = nr as u32;
         c.start_ns = now();
+        c.waits = waits;
     }
     0
+}
+
+/// What syscall `nr` may wait on: a futex, a pipe or FIFO (its fd's inode
+/// is a FIFO), or the other end of a FIFO being opened (known at exit).
+#[inline(always)]
+fn waits(ctx: &RawTracePointContext, nr: i64) -> u32 {
+    match nr {
+        202 | 449 => WAITS_FUTEX,                 // futex futex_waitv
+        2 | 257 | 437 => WAITS_OPEN,              // open openat openat2
+        0 | 1 | 19 | 20 | 275 | 276 => {
+            // read write readv writev splice tee: the first argument's fd.
+            let regs: *const u8 = ctx.arg(0);
+            let fd = crate::changes::arg(regs, 1) as i32;
+            if fd_is_fifo(fd) { WAITS_PIPE } else { 0 }
+        }
+        _ => 0,
+    }
+}
+
+/// Whether the current task's descriptor `fd` is a pipe or FIFO.
+#[inline(always)]
+fn fd_is_fifo(fd: i32) -> bool {
+    const S_IFMT: u16 = 0o170000;
+    const S_IFIFO: u16 = 0o010000;
+    let inode = crate::changes::fd_inode(fd);
+    let off = crate::OFFSETS.load();
+    crate::read_kernel::<u16>(inode, off.inode_mode).is_some_and(|m| m & S_IFMT == S_IFIFO)
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -58,11 +89,13 @@ pub fn bs_sys_exit(ctx: RawTracePointContext) -> i32 {
     }
     // Fast path: entered on this CPU with no switch since.
     let mut start = 0;
+    let mut waits = 0;
     if let Some(c) = CPU_SYSCALL.get_ptr_mut(0) {
         // SAFETY: valid per-CPU map value for this run.
         let c = unsafe { &mut *c };
         if c.tid == tid {
             start = c.start_ns;
+            waits = c.waits;
             c.tid = 0;
         }
     }
@@ -72,11 +105,20 @@ pub fn bs_sys_exit(ctx: RawTracePointContext) -> i32 {
         // SAFETY: hash map value pointer, valid for this run.
         if let Some(t) = THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p }) {
             start = t.syscall_start_ns;
+            waits = t.syscall_waits;
             t.syscall_start_ns = 0;
         }
     }
     if start != 0 {
         let ns = now().saturating_sub(start);
+        if waits & WAITS_FUTEX != 0 {
+            counters.c[counter::FUTEX_WAIT_NS] += ns;
+        }
+        if waits & WAITS_PIPE != 0
+            || (waits & WAITS_OPEN != 0 && ret >= 0 && fd_is_fifo(ret as i32))
+        {
+            counters.c[counter::PIPE_WAIT_NS] += ns;
+        }
         if let Some(h) = counters.hist.get_mut(hist::SYSCALL_LATENCY)
             && let Some(b) = h.get_mut(hist_bucket(ns))
         {

@@ -165,6 +165,8 @@ impl Folder {
         v[f::SCHED_CTX_SWITCHES] = d(c::SCHED_CTX_SWITCHES);
         v[f::SCHED_INVOLUNTARY_SWITCHES] = d(c::SCHED_INVOLUNTARY);
         v[f::SCHED_BLOCKED_LONGEST_MS] = threads.longest_blocked_ns as f64 / 1e6;
+        v[f::SCHED_FUTEX_WAIT_MS] = d(c::FUTEX_WAIT_NS) / 1e6;
+        v[f::SCHED_PIPE_WAIT_MS] = d(c::PIPE_WAIT_NS) / 1e6;
     }
 
     /// Process lifecycle and network.
@@ -276,6 +278,8 @@ mod tests {
         };
         let mut folder = Folder::new(Stream::Live, at(start, 0, first, 1_000, 10));
         now.c[c::SCHED_ON_CPU_NS] = 300;
+        now.c[c::FUTEX_WAIT_NS] = 7_000_000;
+        now.c[c::PIPE_WAIT_NS] = 1_500_000;
         // Two lost in the slot, three runs skipped by the kernel.
         let w = folder.fold(at(now.clone(), 50, host, 2_000, 13));
         assert_eq!(
@@ -298,6 +302,8 @@ mod tests {
         assert_eq!(w.features[f::TREE_RSS_GROWTH_BYTES], 10_000.0);
         assert_eq!(w.features[f::TREE_TOP_FILE_GROWTH_BYTES], 1_000.0);
         assert_eq!(w.features[f::SCHED_BLOCKED_LONGEST_MS], 2.5);
+        assert_eq!(w.features[f::SCHED_FUTEX_WAIT_MS], 7.0);
+        assert_eq!(w.features[f::SCHED_PIPE_WAIT_MS], 1.5);
         assert_eq!(w.features[f::MEM_ANON_PEAK_BYTES], 4096.0);
         assert_eq!(
             w.features[f::SCHED_ON_CPU_NS],

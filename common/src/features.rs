@@ -14,7 +14,10 @@
 /// bytes: what was consumed, which does not depend on how much the host
 /// had. Added what failures build up through: the tree's live
 /// processes, open descriptors, RSS growth and its fastest-growing file.
-pub const SCHEMA_VERSION: &str = "backstop.features.v3";
+///
+/// v4 (issue 16): time the tree spent waiting in futexes and on pipes and
+/// FIFOs, per window: what a lock or a reader with no writer builds up.
+pub const SCHEMA_VERSION: &str = "backstop.features.v4";
 
 /// What one feature measures, for `--help`, the README and reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,8 @@ features! {
     SCHED_CTX_SWITCHES = "sched_ctx_switches", "count", "times a thread of the tree left the CPU";
     SCHED_INVOLUNTARY_SWITCHES = "sched_involuntary_switches", "count", "of those, times it was preempted while runnable";
     SCHED_BLOCKED_LONGEST_MS = "sched_blocked_longest_ms", "ms", "at the window's end, how long the longest-waiting thread has been asleep inside one syscall, neither on a CPU nor runnable (waits for children left out)";
+    SCHED_FUTEX_WAIT_MS = "sched_futex_wait_ms", "ms", "time the tree's threads spent in futex waits (lock and condition waits), credited when each wait returns";
+    SCHED_PIPE_WAIT_MS = "sched_pipe_wait_ms", "ms", "time the tree's threads spent reading and writing pipes and FIFOs, and opening a FIFO (waiting for its other end), credited when each returns";
     PROC_FORKS = "proc_forks", "count", "new processes (fork, vfork, clone without CLONE_THREAD)";
     PROC_THREADS = "proc_threads", "count", "new threads";
     PROC_EXECS = "proc_execs", "count", "successful execve";

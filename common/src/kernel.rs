@@ -76,7 +76,18 @@ pub struct CpuSyscall {
     /// The syscall's number.
     pub nr: u32,
     pub start_ns: u64,
+    /// What the syscall waits on, when it may wait (`WAITS_*`).
+    pub waits: u32,
+    pub _pad: u32,
 }
+
+/// A futex wait (futex, futex_waitv).
+pub const WAITS_FUTEX: u32 = 1;
+/// A read or write on a pipe or FIFO (the fd's inode is S_IFIFO).
+pub const WAITS_PIPE: u32 = 2;
+/// An open that may wait for a FIFO's other end (known at exit: the new
+/// fd's inode is S_IFIFO).
+pub const WAITS_OPEN: u32 = 4;
 
 /// Per-thread state of a tracked thread (keyed by tid).
 #[repr(C)]
@@ -92,7 +103,8 @@ pub struct ThreadState {
     /// `syscall_start_ns` is not 0): the agent leaves out threads that
     /// only wait for their children when it looks for blocked ones.
     pub syscall_nr: u32,
-    pub _pad: u32,
+    /// [`CpuSyscall::waits`] of the syscall in flight.
+    pub syscall_waits: u32,
 }
 
 /// In-flight bio, keyed by [`BioKey`].

@@ -193,6 +193,47 @@ fn a_blocked_syscall_shows_its_age_and_waiting_for_children_does_not() {
     );
 }
 
+/// Schema v4: a FIFO opened with no writer yet, then a thread joined a
+/// second later, show as pipe and futex wait; sleeping shows as neither.
+#[test]
+fn waits_on_a_fifo_and_a_futex_are_counted_and_a_sleep_is_not() {
+    let Some(_g) = ebpf_or_skip("waits_on_a_fifo_and_a_futex_are_counted") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("backstop-waits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let script = format!(
+        "mkfifo {f}; (sleep 1; echo x > {f}) & read a < {f}; perl -Mthreads -e 'threads->create(sub {{ select(undef, undef, undef, 1.0) }})->join'",
+        f = fifo.display()
+    );
+    let w = watch(&["--window-ms", "200"], &["sh", "-c", &script]);
+    assert_eq!(w.code(), 0, "{}", w.stderr());
+    let (pipe, futex) = (
+        w.total("sched_pipe_wait_ms"),
+        w.total("sched_futex_wait_ms"),
+    );
+    assert!(
+        (800.0..1600.0).contains(&pipe),
+        "FIFO open waited {pipe} ms"
+    );
+    assert!(
+        (800.0..1600.0).contains(&futex),
+        "thread join waited {futex} ms"
+    );
+    let w = watch(&["--window-ms", "200"], &["sh", "-c", "sleep 1"]);
+    assert_eq!(w.code(), 0, "{}", w.stderr());
+    let (pipe, futex) = (
+        w.total("sched_pipe_wait_ms"),
+        w.total("sched_futex_wait_ms"),
+    );
+    assert!(
+        pipe < 50.0 && futex < 50.0,
+        "sleep 1 counted as pipe {pipe} / futex {futex} ms"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A directory on a real block device (not tmpfs/overlay), or None.
 fn block_backed_dir() -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;

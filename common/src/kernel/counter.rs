@@ -46,4 +46,10 @@ pub const LOST_EVENTS: usize = 30;
 /// buffer or whose path could not be read whole. Not a feature: a change
 /// set with any of these is incomplete, and restore walks the scope.
 pub const CHANGES_LOST: usize = 31;
-pub const COUNT: usize = 32;
+/// Time the tree's threads spent in futex waits, credited when each wait
+/// returns.
+pub const FUTEX_WAIT_NS: usize = 32;
+/// Time in reads and writes on pipes and FIFOs, and in opens of a FIFO
+/// (waiting for its other end), credited when each returns.
+pub const PIPE_WAIT_NS: usize = 33;
+pub const COUNT: usize = 34;
