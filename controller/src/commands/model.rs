@@ -35,12 +35,13 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
     match &m.meta.envelope {
         Some(e) => {
             println!(
-                "healthy envelope: a window alarms when one of {} watched features is over {:.2}x the highest value 99% of healthy training installs stayed under (target {:.1}% false alarms); limits:",
+                "healthy envelope: a window alarms when one of {} watched features (or {} running totals since the deployment began) is over {:.2}x the highest value 99% of healthy training installs stayed under (target {:.1}% false alarms); limits:",
                 e.features.len(),
+                e.totals.len(),
                 e.threshold,
                 e.target_fpr * 100.0
             );
-            for (f, l) in e.features.iter().zip(&e.limits) {
+            for (f, l) in e.names().iter().zip(e.limits.iter().chain(&e.totals)) {
                 println!("  {f:<32} {l}");
             }
         }

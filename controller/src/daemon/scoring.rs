@@ -138,7 +138,7 @@ fn scored(
             // The 8-SD mark of schema v2 is never set again (`decide::range`).
             outside: None,
             host_outside: model.meta.host_range.outside(&live_ws[t].host),
-            beyond: model.beyond(&live[t]),
+            beyond: model.beyond(&live, t),
             drivers: Vec::new(),
         })
         .collect();

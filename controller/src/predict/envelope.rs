@@ -18,6 +18,13 @@
 //! bytes, CPU time) are left out because a big package legitimately does
 //! more of them; so is run-queue delay, which measures the host's
 //! contention rather than the install. No watched feature is a host level.
+//!
+//! Counts of things that should not happen (errors, deaths, kills) are
+//! watched twice: per window, and as a running total since the deployment
+//! began. One death or one ENOSPC in a window is what the healthy tail
+//! shows too; a service that dies every second piles them up, and no
+//! healthy install does that. The window maxima alone missed every crash
+//! loop (README, "Benchmarks").
 
 use backstop_common::features::{FEATURES, feature};
 use serde::{Deserialize, Serialize};
@@ -25,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::calibrate::calibrate;
 
 /// The features the envelope watches (see the module's docs for why these).
-pub const WATCHED: [usize; 18] = [
+pub const WATCHED: [usize; 20] = [
     feature::SYSCALL_ERRORS_ENOSPC,
     feature::SYSCALL_ERRORS_ENOMEM,
     feature::SYSCALL_ERRORS_EIO,
@@ -35,6 +42,8 @@ pub const WATCHED: [usize; 18] = [
     feature::BLOCK_ERRORS,
     feature::BLOCK_LATENCY_P99_US,
     feature::SCHED_BLOCKED_LONGEST_MS,
+    feature::SCHED_FUTEX_WAIT_MS,
+    feature::SCHED_PIPE_WAIT_MS,
     feature::PROC_SIGNAL_DEATHS,
     feature::PROC_OOM_KILLS,
     feature::NET_TCP_RETRANSMITS,
@@ -45,6 +54,25 @@ pub const WATCHED: [usize; 18] = [
     feature::TREE_RSS_GROWTH_BYTES,
     feature::TREE_TOP_FILE_GROWTH_BYTES,
 ];
+
+/// The counts the envelope also watches as running totals (see the
+/// module's docs).
+pub const TOTALLED: [usize; 9] = [
+    feature::SYSCALL_ERRORS_ENOSPC,
+    feature::SYSCALL_ERRORS_ENOMEM,
+    feature::SYSCALL_ERRORS_EIO,
+    feature::SYSCALL_ERRORS_NET,
+    feature::BLOCK_ERRORS,
+    feature::PROC_SIGNAL_DEATHS,
+    feature::PROC_OOM_KILLS,
+    feature::NET_TCP_RETRANSMITS,
+    feature::NET_CONNECT_FAILURES,
+];
+
+/// How a running total is named beside its window feature.
+fn total_name(i: usize) -> String {
+    format!("{} (total)", FEATURES[i].name)
+}
 
 /// Each watched feature's limit is this quantile of the highest value each
 /// healthy training install reached: the 99th percentile, as the static
@@ -60,6 +88,10 @@ pub struct Envelope {
     /// build's schema with the rest of the model).
     pub features: Vec<String>,
     pub limits: Vec<f64>,
+    /// The running totals' limits, in [`TOTALLED`] order. Empty in a
+    /// model from before totals were watched: it watches windows alone.
+    #[serde(default)]
+    pub totals: Vec<f64>,
     /// A window alarms when a watched feature is above `threshold` times
     /// its limit.
     pub threshold: f64,
@@ -94,63 +126,104 @@ impl Envelope {
         }
         let limits = WATCHED
             .iter()
-            .map(|&i| {
-                let mut highest: Vec<f64> = healthy
-                    .iter()
-                    .map(|ws| ws.iter().map(|w| w[i]).fold(0.0, f64::max))
-                    .collect();
-                highest.sort_by(f64::total_cmp);
-                let at = ((highest.len() as f64 * LIMIT_QUANTILE) as usize).min(highest.len() - 1);
-                // A floor of one unit: a feature no healthy install moved
-                // does not make one count, byte or microsecond infinite.
-                highest[at].max(1.0)
-            })
+            .map(|&i| quantile_of(healthy, |ws| ws.iter().map(|w| w[i]).fold(0.0, f64::max)))
+            .collect();
+        let totals = TOTALLED
+            .iter()
+            .map(|&i| quantile_of(healthy, |ws| ws.iter().map(|w| w[i]).sum()))
             .collect();
         let mut e = Envelope {
             features: WATCHED.iter().map(|&i| FEATURES[i].name.into()).collect(),
             limits,
+            totals,
             threshold: 1.0,
             target_fpr,
         };
         let highest: Vec<f64> = healthy
             .iter()
-            .map(|ws| ws.iter().map(|w| e.ratio(w).0).fold(0.0, f64::max))
+            .map(|ws| e.ratios(ws).into_iter().map(|r| r.0).fold(0.0, f64::max))
             .collect();
         e.threshold = calibrate(&highest, target_fpr).max(1.0);
         Some(e)
     }
 
-    /// The largest ratio of a watched feature to its limit in window `w`,
-    /// and which one.
-    fn ratio(&self, w: &[f64]) -> (f64, usize) {
-        WATCHED
+    /// Per window of a deployment, in order: the largest ratio of a
+    /// watched feature (or running total) to its limit, and which one
+    /// (an index into [`Self::names`]).
+    pub fn ratios(&self, windows: &[Vec<f64>]) -> Vec<(f64, usize)> {
+        let mut sums = vec![0.0; self.totals.len()];
+        windows
             .iter()
-            .zip(&self.limits)
-            .enumerate()
-            .map(|(j, (&i, l))| (w.get(i).copied().unwrap_or(0.0) / l, j))
-            .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
+            .map(|w| {
+                for (s, &i) in sums.iter_mut().zip(&TOTALLED) {
+                    *s += w.get(i).copied().unwrap_or(0.0);
+                }
+                self.values(w, &sums)
+                    .map(|(j, v, l)| (v / l, j))
+                    .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
+            })
+            .collect()
     }
 
-    /// The watched feature furthest past its limit, when beyond the
-    /// threshold.
-    pub fn beyond(&self, w: &[f64]) -> Option<Beyond> {
-        let (ratio, j) = self.ratio(w);
+    /// (index, value, limit) of every watched feature in `w`, then every
+    /// running total in `sums`.
+    fn values<'a>(
+        &'a self,
+        w: &'a [f64],
+        sums: &'a [f64],
+    ) -> impl Iterator<Item = (usize, f64, f64)> + 'a {
+        let windowed = WATCHED
+            .iter()
+            .zip(&self.limits)
+            .map(|(&i, &l)| (w.get(i).copied().unwrap_or(0.0), l));
+        windowed
+            .chain(sums.iter().copied().zip(self.totals.iter().copied()))
+            .enumerate()
+            .map(|(j, (v, l))| (j, v, l))
+    }
+
+    /// What [`Self::ratios`]' indices name: the watched features, then
+    /// the running totals (`FEATURE (total)`).
+    pub fn names(&self) -> Vec<String> {
+        let totals = TOTALLED.iter().take(self.totals.len()).map(|&i| total_name(i));
+        self.features.iter().cloned().chain(totals).collect()
+    }
+
+    /// The running totals of `windows[..=t]`.
+    fn sums(&self, windows: &[Vec<f64>], t: usize) -> Vec<f64> {
+        let upto = &windows[..=t.min(windows.len().saturating_sub(1))];
+        (TOTALLED.iter().take(self.totals.len()))
+            .map(|&i| upto.iter().map(|w| w.get(i).copied().unwrap_or(0.0)).sum())
+            .collect()
+    }
+
+    /// The watched feature or running total furthest past its limit at
+    /// window `t` of `windows`, when beyond the threshold.
+    pub fn beyond(&self, windows: &[Vec<f64>], t: usize) -> Option<Beyond> {
+        let w = windows.get(t)?;
+        let sums = self.sums(windows, t);
+        let (j, value, limit) = self
+            .values(w, &sums)
+            .fold((0, 0.0, 1.0), |a, b| if b.1 / b.2 > a.1 / a.2 { b } else { a });
+        let ratio = value / limit;
         (ratio > self.threshold).then(|| Beyond {
-            feature: self.features[j].clone(),
-            value: w.get(WATCHED[j]).copied().unwrap_or(0.0),
-            limit: self.limits[j],
+            feature: self.names()[j].clone(),
+            value,
+            limit,
             ratio,
         })
     }
 
-    /// Every watched feature beyond the threshold in `w`, furthest first,
-    /// as (name, ratio): an alarm's drivers.
-    pub fn drivers(&self, w: &[f64], top: usize) -> Vec<(String, f64)> {
-        let mut v: Vec<(String, f64)> = WATCHED
-            .iter()
-            .zip(&self.limits)
-            .zip(&self.features)
-            .map(|((&i, l), n)| (n.clone(), w.get(i).copied().unwrap_or(0.0) / l))
+    /// Every watched feature or running total beyond the threshold at
+    /// window `t`, furthest first, as (name, ratio): an alarm's drivers.
+    pub fn drivers(&self, windows: &[Vec<f64>], t: usize, top: usize) -> Vec<(String, f64)> {
+        let Some(w) = windows.get(t) else {
+            return Vec::new();
+        };
+        let sums = self.sums(windows, t);
+        let names = self.names();
+        let mut v: Vec<(String, f64)> = (self.values(w, &sums))
+            .map(|(j, v, l)| (names[j].clone(), v / l))
             .filter(|(_, r)| *r > self.threshold)
             .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -161,13 +234,18 @@ impl Envelope {
     /// Refuse an envelope that does not fit this build's schema.
     pub fn check(&self) -> Result<(), String> {
         let ours: Vec<&str> = WATCHED.iter().map(|&i| FEATURES[i].name).collect();
-        if self.features != ours || self.limits.len() != ours.len() {
+        let totals_fit = self.totals.is_empty() || self.totals.len() == TOTALLED.len();
+        if self.features != ours || self.limits.len() != ours.len() || !totals_fit {
             return Err(format!(
                 "its envelope watches {:?}; this build watches {ours:?}",
                 self.features
             ));
         }
-        if !(self.threshold.is_finite() && self.limits.iter().all(|l| l.is_finite() && *l > 0.0)) {
+        let positive = |l: &f64| l.is_finite() && *l > 0.0;
+        if !(self.threshold.is_finite()
+            && self.limits.iter().all(positive)
+            && self.totals.iter().all(positive))
+        {
             return Err(
                 "its envelope has a limit or threshold that is not a positive number".into(),
             );
@@ -176,18 +254,33 @@ impl Envelope {
     }
 
     /// The alarm score the evaluation ranks windows by, on the net's
-    /// scale: the net's P(failure) `p`, raised above `net_threshold` when
-    /// the window is beyond the envelope (further beyond: higher, below 1).
-    /// So "score > net_threshold" is exactly "the net or the envelope
-    /// alarms".
-    pub fn combine(&self, p: f64, w: &[f64], net_threshold: f64) -> f64 {
-        let (ratio, _) = self.ratio(w);
-        if ratio <= self.threshold {
-            return p;
-        }
-        let lifted = net_threshold + (1.0 - net_threshold) * (1.0 - self.threshold / ratio) + 1e-9;
-        p.max(lifted.min(1.0))
+    /// scale: the net's P(failure) `p` of each window, raised above
+    /// `net_threshold` where the window is beyond the envelope (further
+    /// beyond: higher, below 1). So "score > net_threshold" is exactly
+    /// "the net or the envelope alarms".
+    pub fn combine(&self, p: &[f64], windows: &[Vec<f64>], net_threshold: f64) -> Vec<f64> {
+        p.iter()
+            .zip(self.ratios(windows))
+            .map(|(&p, (ratio, _))| {
+                if ratio <= self.threshold {
+                    return p;
+                }
+                let lifted =
+                    net_threshold + (1.0 - net_threshold) * (1.0 - self.threshold / ratio) + 1e-9;
+                p.max(lifted.min(1.0))
+            })
+            .collect()
     }
+}
+
+/// [`LIMIT_QUANTILE`] of `of` over the healthy installs, floored at one
+/// unit: a feature no healthy install moved does not make one count,
+/// byte or microsecond infinite.
+fn quantile_of(healthy: &[&[Vec<f64>]], of: impl Fn(&[Vec<f64>]) -> f64) -> f64 {
+    let mut v: Vec<f64> = healthy.iter().map(|ws| of(ws)).collect();
+    v.sort_by(f64::total_cmp);
+    let at = ((v.len() as f64 * LIMIT_QUANTILE) as usize).min(v.len() - 1);
+    v[at].max(1.0)
 }
 
 #[cfg(test)]
@@ -218,18 +311,18 @@ mod tests {
         // At most 1% of the healthy installs it was fitted to alarm.
         let alarmed = refs
             .iter()
-            .filter(|ws| ws.iter().any(|w| e.beyond(w).is_some()))
+            .filter(|ws| (0..ws.len()).any(|t| e.beyond(ws, t).is_some()))
             .count();
         assert!(alarmed <= 2, "{alarmed} healthy installs alarm");
         // A thread asleep 10 s alarms, named; huge volumes alone do not.
-        let b = e.beyond(&window(10_000.0, 12.0)).unwrap();
+        let b = e.beyond(&[window(10_000.0, 12.0)], 0).unwrap();
         assert_eq!(b.feature, "sched_blocked_longest_ms");
         assert!(b.ratio > 50.0, "{b:?}");
         let mut busy = window(50.0, 12.0);
         busy[feature::BLOCK_WRITE_BYTES] = 1e12;
-        assert_eq!(e.beyond(&busy), None);
+        assert_eq!(e.beyond(&[busy], 0), None);
         // Descriptors piling up alarm too, and the drivers say both.
-        let d = e.drivers(&window(10_000.0, 5_000.0), 3);
+        let d = e.drivers(&[window(10_000.0, 5_000.0)], 0, 3);
         assert_eq!(d[0].0, "tree_open_fds");
         assert_eq!(d[1].0, "sched_blocked_longest_ms");
     }
@@ -241,15 +334,62 @@ mod tests {
         let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
         let e = Envelope::fit(&refs, 0.01).unwrap();
         let t = 0.12;
+        let one = |p: f64, w: Vec<f64>| e.combine(&[p], &[w], t)[0];
         // Inside the envelope: the net's own P.
-        assert_eq!(e.combine(0.05, &window(10.0, 10.0), t), 0.05);
-        assert_eq!(e.combine(0.5, &window(10.0, 10.0), t), 0.5);
+        assert_eq!(one(0.05, window(10.0, 10.0)), 0.05);
+        assert_eq!(one(0.5, window(10.0, 10.0)), 0.5);
         // Beyond it: above the threshold, below 1, rising with the ratio.
-        let a = e.combine(0.01, &window(1_000.0, 10.0), t);
-        let b = e.combine(0.01, &window(100_000.0, 10.0), t);
+        let a = one(0.01, window(1_000.0, 10.0));
+        let b = one(0.01, window(100_000.0, 10.0));
         assert!(t < a && a < b && b <= 1.0, "{a} {b}");
         // Nothing healthy to fit: no envelope.
         assert!(Envelope::fit(&[], 0.01).is_none());
+    }
+
+    #[test]
+    fn deaths_that_pile_up_alarm_on_their_total_where_one_window_would_not() {
+        // 200 healthy installs of 20 windows; one in four sees one death.
+        let healthy: Vec<Vec<Vec<f64>>> = (0..200)
+            .map(|i| {
+                let mut ws = vec![window(f64::from(i), 10.0); 20];
+                ws[5][feature::PROC_SIGNAL_DEATHS] = f64::from(u8::from(i % 4 == 0));
+                ws
+            })
+            .collect();
+        let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+        let e = Envelope::fit(&refs, 0.01).unwrap();
+        e.check().unwrap();
+        let deaths = TOTALLED
+            .iter()
+            .position(|&i| i == feature::PROC_SIGNAL_DEATHS)
+            .unwrap();
+        assert_eq!(e.totals[deaths], 1.0);
+        // A crash loop: a death every window. The first is within the
+        // envelope; the total passes it a few windows on, named.
+        let mut run = vec![window(10.0, 10.0); 10];
+        for w in &mut run {
+            w[feature::PROC_SIGNAL_DEATHS] = 1.0;
+        }
+        assert_eq!(e.beyond(&run, 0), None);
+        let first = (0..run.len()).find(|&t| e.beyond(&run, t).is_some()).unwrap();
+        let b = e.beyond(&run, first).unwrap();
+        assert_eq!(b.feature, "proc_signal_deaths (total)");
+        assert_eq!(b.value, (first + 1) as f64);
+        assert!(first <= 4, "alarmed only at window {first}: {e:?}");
+        // The ranked score lifts exactly the windows beyond.
+        let lifted = e.combine(&[0.0; 10], &run, 0.5);
+        assert!(lifted[..first].iter().all(|&p| p == 0.0), "{lifted:?}");
+        assert!(lifted[first..].iter().all(|&p| p > 0.5), "{lifted:?}");
+        // A model from before totals (none stored) watches windows alone.
+        let mut old = e.clone();
+        old.totals.clear();
+        old.check().unwrap();
+        assert_eq!(old.beyond(&run, 9), None);
+        let json = serde_json::to_value(&old).unwrap();
+        let mut json = json.as_object().unwrap().clone();
+        json.remove("totals");
+        let back: Envelope = serde_json::from_value(json.into()).unwrap();
+        assert_eq!(back, old);
     }
 
     #[test]
@@ -262,5 +402,8 @@ mod tests {
         let mut e = Envelope::fit(&refs, 0.01).unwrap();
         e.limits[0] = 0.0;
         assert!(e.check().is_err());
+        let mut e = Envelope::fit(&refs, 0.01).unwrap();
+        e.totals.pop();
+        assert!(e.check().unwrap_err().contains("watches"));
     }
 }

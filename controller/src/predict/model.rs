@@ -187,16 +187,13 @@ impl Model {
         let Some(e) = &self.meta.envelope else {
             return Ok(p);
         };
-        Ok(p.into_iter()
-            .zip(windows)
-            .map(|(p, w)| e.combine(p, w, self.meta.threshold))
-            .collect())
+        Ok(e.combine(&p, windows, self.meta.threshold))
     }
 
-    /// The watched feature furthest beyond the healthy envelope in window
-    /// `w`, when one is.
-    pub fn beyond(&self, w: &[f64]) -> Option<super::envelope::Beyond> {
-        self.meta.envelope.as_ref()?.beyond(w)
+    /// The watched feature (or running total) furthest beyond the healthy
+    /// envelope at window `t` of `windows`, when one is.
+    pub fn beyond(&self, windows: &[Vec<f64>], t: usize) -> Option<super::envelope::Beyond> {
+        self.meta.envelope.as_ref()?.beyond(windows, t)
     }
 
     /// An alarm's drivers at window `t`: the features beyond the healthy
@@ -204,7 +201,7 @@ impl Model {
     /// limit), then the net's ([`Self::explain`]), `top` in all.
     pub fn explain_alarm(&self, windows: &[Vec<f64>], t: usize, top: usize) -> Vec<(String, f64)> {
         let mut v: Vec<(String, f64)> = (self.meta.envelope.as_ref())
-            .map(|e| e.drivers(&windows[t], top))
+            .map(|e| e.drivers(windows, t, top))
             .unwrap_or_default()
             .into_iter()
             .map(|(f, r)| (format!("envelope:{f}"), r))

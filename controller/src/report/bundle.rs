@@ -189,7 +189,7 @@ fn explanation(data: &Path, live: &[Window]) -> serde_json::Value {
         .and_then(|p| p.get(t).copied());
     match model.explain(&features, t, super::TOP) {
         Ok(top) => {
-            let beyond = model.beyond(&features[t]);
+            let beyond = model.beyond(&features, t);
             serde_json::json!({"model": from, "window": live[t].seq, "p_failure": p, "beyond_envelope": beyond, "drivers": top})
         }
         Err(e) => serde_json::json!({"model": from, "why": format!("explaining failed: {e}")}),
