@@ -172,6 +172,11 @@ pub(crate) struct TrainingFlags {
     /// no failure seen before): to measure what the envelope adds.
     #[arg(long)]
     no_envelope: bool,
+    /// Calibrate the envelope's factor on the healthy installs that set its
+    /// limits (as models before stop 18 did) instead of cross-fitted over
+    /// five blocks of them: to measure what cross-fitting changes.
+    #[arg(long)]
+    envelope_in_sample: bool,
 }
 
 impl TrainingFlags {
@@ -182,6 +187,7 @@ impl TrainingFlags {
             epochs,
             healthy_weight,
             no_envelope,
+            envelope_in_sample,
         } = *self;
         if !(0.0..1.0).contains(&target_fpr) {
             anyhow::bail!("--target-fpr {target_fpr}: must be in [0, 1)");
@@ -195,6 +201,7 @@ impl TrainingFlags {
             epochs,
             healthy_weight,
             envelope: !no_envelope,
+            envelope_in_sample,
             ..Default::default()
         })
     }

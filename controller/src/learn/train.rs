@@ -39,6 +39,9 @@ pub struct TrainConfig {
     /// Fit the healthy envelope beside the net (`predict::envelope`).
     /// Off: the net alone, as models before it (for comparison).
     pub envelope: bool,
+    /// Calibrate the envelope's threshold in-sample, on the installs that
+    /// set its limits, rather than cross-fitted (`Envelope::fit`).
+    pub envelope_in_sample: bool,
 }
 
 impl Default for TrainConfig {
@@ -56,6 +59,7 @@ impl Default for TrainConfig {
             horizon: 4,
             healthy_weight: 10.0,
             envelope: true,
+            envelope_in_sample: false,
         }
     }
 }
@@ -227,7 +231,10 @@ pub fn train_with(
             // Half the false-alarm budget (the net has the other half).
             envelope: cfg
                 .envelope
-                .then(|| Envelope::fit(&healthy(train), cfg.target_fpr / 2.0))
+                .then(|| {
+                    let h = healthy(train);
+                    Envelope::fit(&h, cfg.target_fpr / 2.0, !cfg.envelope_in_sample)
+                })
                 .flatten(),
             evaluation: None,
         },
