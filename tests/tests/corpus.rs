@@ -247,3 +247,84 @@ fn a_scenario_named_to_climb_out_is_refused_and_the_sentinel_untouched() {
     }
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+/// A cgroup made for this test, removed (its processes killed) on drop.
+struct TestCgroup(PathBuf, std::process::Child);
+
+impl TestCgroup {
+    /// Where the runner puts a busy neighbour's: cgroup v2's root where
+    /// its cpu controller is, v1's cpu hierarchy else.
+    fn new(name: &str) -> TestCgroup {
+        let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"));
+        let (base, procs) = if v2 {
+            ("/sys/fs/cgroup", "cgroup.procs")
+        } else {
+            ("/sys/fs/cgroup/cpu", "tasks")
+        };
+        let dir = PathBuf::from(base).join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let child = Command::new("sleep").arg("600").spawn().unwrap();
+        std::fs::write(dir.join(procs), child.id().to_string()).unwrap();
+        TestCgroup(dir, child)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = self.1.kill();
+        let _ = self.1.wait();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_dead_runners_busy_neighbour_is_swept_and_a_live_ones_kept() {
+    // A runner killed mid-scenario cannot drop its busy neighbour's
+    // cgroup; the next run removes it, and only it: a cgroup whose
+    // runner still runs (here: this test) is another recorder's.
+    let Some(_g) = ebpf_or_skip("a_dead_runners_busy_neighbour_is_swept") else {
+        return;
+    };
+    let me = std::process::id();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let mut stale = TestCgroup::new(&format!("backstop-neighbour-{dead}-sweep-{me}"));
+    let mut live = TestCgroup::new(&format!("backstop-neighbour-{me}-sweep-{me}"));
+    let base = std::env::temp_dir().join(format!("backstop-corpus-sweep-{me}"));
+    let _ = std::fs::remove_dir_all(&base);
+    let _cleanup = RemoveOnDrop(base.clone());
+    std::fs::create_dir_all(&base).unwrap();
+    let catalog = base.join("catalog.toml");
+    std::fs::write(&catalog, "scenario = []\n").unwrap();
+    let run = Command::new(bin_dir().join("backstop"))
+        .args(["corpus", "run", "--catalog"])
+        .arg(&catalog)
+        .args(["--root", "/nonexistent", "--debs", "/nonexistent", "--out"])
+        .arg(base.join("out"))
+        .arg("--agent")
+        .arg("/bin/false")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "corpus run failed: {err}");
+    assert!(
+        err.contains(&format!(
+            "removed cgroup backstop-neighbour-{dead}-sweep-{me}"
+        )),
+        "the sweep did not say what it removed: {err}"
+    );
+    assert!(!stale.0.exists(), "the dead runner's cgroup is still there");
+    let status = stale.1.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the stale neighbour was not killed: {status}"
+    );
+    assert!(live.0.exists(), "a live runner's cgroup was removed");
+    assert_eq!(
+        live.1.try_wait().unwrap(),
+        None,
+        "a live runner's neighbour died"
+    );
+}

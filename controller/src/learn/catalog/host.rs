@@ -5,7 +5,12 @@
 //!
 //! Each condition is made by something the runner starts before the
 //! install and removes after it (on every path: [`Drop`]), only ever the
-//! process and the file it made itself.
+//! process and the file it made itself. A runner killed mid-scenario
+//! cannot drop anything: its processes die with it (`PR_SET_PDEATHSIG`),
+//! the file is in the scenario's work directory, which its next run
+//! removes first, and a busy neighbour's cgroup is named by the runner's
+//! pid, so [`sweep_stale`] can tell a dead runner's from a live one's
+//! (two runners on one host are how the corpus is recorded).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,21 +63,79 @@ fn mem_available() -> u64 {
 /// A cgroup that holds a process to half a CPU: cgroup v2's cpu.max where
 /// the cpu controller is there, v1's CFS quota otherwise (hybrid hosts).
 fn half_cpu_cgroup(name: &str) -> Option<(PathBuf, &'static str)> {
-    let v2 = Path::new("/sys/fs/cgroup");
-    let has_v2_cpu = std::fs::read_to_string(v2.join("cgroup.controllers"))
-        .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"));
-    if has_v2_cpu {
-        let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+cpu");
-        let dir = v2.join(name);
+    let (base, v2) = cpu_hierarchy();
+    let dir = base.join(name);
+    if v2 {
+        let _ = std::fs::write(base.join("cgroup.subtree_control"), "+cpu");
         std::fs::create_dir_all(&dir).ok()?;
         std::fs::write(dir.join("cpu.max"), "50000 100000").ok()?;
         return Some((dir, "cgroup.procs"));
     }
-    let dir = v2.join("cpu").join(name);
     std::fs::create_dir_all(&dir).ok()?;
     std::fs::write(dir.join("cpu.cfs_period_us"), "100000").ok()?;
     std::fs::write(dir.join("cpu.cfs_quota_us"), "50000").ok()?;
     Some((dir, "tasks"))
+}
+
+/// Where busy neighbours' cgroups go, and whether it is cgroup v2: the
+/// unified root where its cpu controller is, v1's cpu hierarchy else.
+fn cpu_hierarchy() -> (PathBuf, bool) {
+    let v2 = Path::new("/sys/fs/cgroup");
+    let has_v2_cpu = std::fs::read_to_string(v2.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"));
+    if has_v2_cpu {
+        (v2.to_path_buf(), true)
+    } else {
+        (v2.join("cpu"), false)
+    }
+}
+
+/// The prefix of a busy neighbour's cgroup; `PID-SCENARIO` follows.
+const CGROUP_PREFIX: &str = "backstop-neighbour-";
+
+/// Remove the busy-neighbour cgroups of runners that are gone (their
+/// pid no longer runs), killing anything still in them: what a runner
+/// killed mid-scenario left. The names of those removed.
+pub fn sweep_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    let (base, _) = cpu_hierarchy();
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(CGROUP_PREFIX) else {
+                continue;
+            };
+            // Named before the pid was: from a runner long gone.
+            let owner = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if owner.is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists()) {
+                continue;
+            }
+            if remove_cgroup(&e.path()) {
+                removed.push(name);
+            }
+        }
+    }
+    removed
+}
+
+/// Kill every process in cgroup `dir` and remove it; whether it is gone.
+fn remove_cgroup(dir: &Path) -> bool {
+    for _ in 0..50 {
+        if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+            for procs in ["cgroup.procs", "tasks"] {
+                let pids = std::fs::read_to_string(dir.join(procs)).unwrap_or_default();
+                for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) with a pid read from the cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
 }
 
 impl Neighbour {
@@ -123,7 +186,9 @@ impl Neighbour {
             }
             HostCondition::BusyNeighbour => {
                 let child = spawn("$| = 1; print \"busy\\n\"; while (1) { $i++ }")?;
-                if let Some((dir, procs)) = half_cpu_cgroup(&format!("backstop-neighbour-{id}")) {
+                if let Some((dir, procs)) =
+                    half_cpu_cgroup(&format!("{CGROUP_PREFIX}{}-{id}", std::process::id()))
+                {
                     let _ = std::fs::write(dir.join(procs), child.id().to_string());
                     n.cgroup = Some(dir);
                 }
@@ -135,14 +200,29 @@ impl Neighbour {
     }
 }
 
+/// A perl that dies with the runner, however the runner dies.
 fn spawn(perl: &str) -> Result<Child> {
-    Command::new("perl")
-        .args(["-e", perl])
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id().cast_signed();
+    let mut c = Command::new("perl");
+    c.args(["-e", perl])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(io("starting the host condition's perl"))
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec the child calls only prctl, getppid
+    // and _exit, which are async-signal-safe. A runner that died before
+    // the prctl is caught by getppid.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+                || libc::getppid() != parent
+            {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    c.spawn().map_err(io("starting the host condition's perl"))
 }
 
 fn wait_line(child: Option<&mut Child>) {

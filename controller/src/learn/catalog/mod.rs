@@ -23,7 +23,7 @@ mod install;
 mod runner;
 
 pub use families::{FamilyInfo, Group};
-pub use host::HostCondition;
+pub use host::{HostCondition, sweep_stale};
 
 pub use runner::{RunOptions, record_from_report, run, run_scenario};
 

@@ -226,6 +226,11 @@ pub fn run(
     bar.total(catalog.scenarios.len() as u64);
     std::fs::create_dir_all(&o.out).map_err(io(format!("creating {}", o.out.display())))?;
     let _lock = lock_out(&o.out)?;
+    for name in super::sweep_stale() {
+        progress(&format!(
+            "removed cgroup {name}: a busy neighbour left by a runner that is gone"
+        ));
+    }
     let ids: Vec<String> = catalog.scenarios.iter().map(Scenario::id).collect();
     let mut done: BTreeMap<String, Record> = BTreeMap::new();
     let earlier = if o.out.join("deployments.jsonl").exists() {
