@@ -1,0 +1,147 @@
+//! The envelope on hand-made installs: limits, totals, the cross-fitted
+//! factor, and what a model of another build carries.
+
+use super::*;
+
+fn window(blocked_ms: f64, fds: f64) -> Vec<f64> {
+    let mut w = vec![0.0; FEATURES.len()];
+    w[feature::SCHED_BLOCKED_LONGEST_MS] = blocked_ms;
+    w[feature::TREE_OPEN_FDS] = fds;
+    // A volume: never watched, however large.
+    w[feature::SYSCALLS_TOTAL] = 1e9 * blocked_ms;
+    w
+}
+
+#[test]
+fn a_window_beyond_every_healthy_install_alarms_naming_its_feature() {
+    // 200 healthy installs: blocked up to 0-199 ms, 10-19 fds.
+    let healthy: Vec<Vec<Vec<f64>>> = (0..200)
+        .map(|i| vec![window(f64::from(i), f64::from(10 + i % 10)); 3])
+        .collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let e = Envelope::fit(&refs, 0.01, false).unwrap();
+    e.check().unwrap();
+    let at = |n: &str| e.features.iter().position(|f| f == n).unwrap();
+    assert_eq!(e.limits[at("sched_blocked_longest_ms")], 198.0);
+    assert_eq!(e.limits[at("tree_open_fds")], 19.0);
+    // At most 1% of the healthy installs it was fitted to alarm.
+    let alarmed = refs
+        .iter()
+        .filter(|ws| (0..ws.len()).any(|t| e.beyond(ws, t).is_some()))
+        .count();
+    assert!(alarmed <= 2, "{alarmed} healthy installs alarm");
+    // A thread asleep 10 s alarms, named; huge volumes alone do not.
+    let b = e.beyond(&[window(10_000.0, 12.0)], 0).unwrap();
+    assert_eq!(b.feature, "sched_blocked_longest_ms");
+    assert!(b.ratio > 50.0, "{b:?}");
+    let mut busy = window(50.0, 12.0);
+    busy[feature::BLOCK_WRITE_BYTES] = 1e12;
+    assert_eq!(e.beyond(&[busy], 0), None);
+    // Descriptors piling up alarm too, and the drivers say both.
+    let d = e.drivers(&[window(10_000.0, 5_000.0)], 0, 3);
+    assert_eq!(d[0].0, "tree_open_fds");
+    assert_eq!(d[1].0, "sched_blocked_longest_ms");
+}
+
+#[test]
+fn the_combined_score_passes_the_nets_threshold_exactly_when_either_alarms() {
+    let healthy: Vec<Vec<Vec<f64>>> = (0..100).map(|i| vec![window(f64::from(i), 10.0)]).collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let e = Envelope::fit(&refs, 0.01, false).unwrap();
+    let t = 0.12;
+    let one = |p: f64, w: Vec<f64>| e.combine(&[p], &[w], t)[0];
+    // Inside the envelope: the net's own P.
+    assert_eq!(one(0.05, window(10.0, 10.0)), 0.05);
+    assert_eq!(one(0.5, window(10.0, 10.0)), 0.5);
+    // Beyond it: above the threshold, below 1, rising with the ratio.
+    let a = one(0.01, window(1_000.0, 10.0));
+    let b = one(0.01, window(100_000.0, 10.0));
+    assert!(t < a && a < b && b <= 1.0, "{a} {b}");
+    // Nothing healthy to fit: no envelope.
+    assert!(Envelope::fit(&[], 0.01, true).is_none());
+}
+
+#[test]
+fn deaths_that_pile_up_alarm_on_their_total_where_one_window_would_not() {
+    // 200 healthy installs of 20 windows; one in four sees one death.
+    let healthy: Vec<Vec<Vec<f64>>> = (0..200)
+        .map(|i| {
+            let mut ws = vec![window(f64::from(i), 10.0); 20];
+            ws[5][feature::PROC_SIGNAL_DEATHS] = f64::from(u8::from(i % 4 == 0));
+            ws
+        })
+        .collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let e = Envelope::fit(&refs, 0.01, false).unwrap();
+    e.check().unwrap();
+    let deaths = TOTALLED
+        .iter()
+        .position(|&i| i == feature::PROC_SIGNAL_DEATHS)
+        .unwrap();
+    assert_eq!(e.totals[deaths], 1.0);
+    // A crash loop: a death every window. The first is within the
+    // envelope; the total passes it a few windows on, named.
+    let mut run = vec![window(10.0, 10.0); 10];
+    for w in &mut run {
+        w[feature::PROC_SIGNAL_DEATHS] = 1.0;
+    }
+    assert_eq!(e.beyond(&run, 0), None);
+    let first = (0..run.len())
+        .find(|&t| e.beyond(&run, t).is_some())
+        .unwrap();
+    let b = e.beyond(&run, first).unwrap();
+    assert_eq!(b.feature, "proc_signal_deaths (total)");
+    assert_eq!(b.value, (first + 1) as f64);
+    assert!(first <= 4, "alarmed only at window {first}: {e:?}");
+    // The ranked score lifts exactly the windows beyond.
+    let lifted = e.combine(&[0.0; 10], &run, 0.5);
+    assert!(lifted[..first].iter().all(|&p| p == 0.0), "{lifted:?}");
+    assert!(lifted[first..].iter().all(|&p| p > 0.5), "{lifted:?}");
+    // A model from before totals (none stored) watches windows alone.
+    let mut old = e.clone();
+    old.totals.clear();
+    old.check().unwrap();
+    assert_eq!(old.beyond(&run, 9), None);
+    let json = serde_json::to_value(&old).unwrap();
+    let mut json = json.as_object().unwrap().clone();
+    json.remove("totals");
+    let back: Envelope = serde_json::from_value(json.into()).unwrap();
+    assert_eq!(back, old);
+}
+
+#[test]
+fn a_cross_fitted_factor_is_the_one_unseen_installs_need() {
+    // A heavy tail, in no order: the longest sleeps are rarer than
+    // the installs that set a limit can show.
+    let healthy: Vec<Vec<Vec<f64>>> = (0..200u32)
+        .map(|i| vec![window(f64::from((i * 7919) % 200).powi(3), 10.0)])
+        .collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let inside = Envelope::fit(&refs, 0.005, false).unwrap();
+    let cross = Envelope::fit(&refs, 0.005, true).unwrap();
+    // The same limits; a higher factor, from ratios to limits the
+    // measured install did not set.
+    assert_eq!(inside.limits, cross.limits);
+    assert!(cross.threshold > inside.threshold, "{cross:?} {inside:?}");
+    // Too few installs to hold any out: in-sample.
+    let few = &refs[..FOLDS];
+    assert_eq!(
+        Envelope::fit(few, 0.02, true).unwrap().threshold,
+        Envelope::fit(few, 0.02, false).unwrap().threshold
+    );
+}
+
+#[test]
+fn an_envelope_of_another_build_is_refused() {
+    let healthy = [vec![window(1.0, 1.0)]];
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let mut e = Envelope::fit(&refs, 0.01, false).unwrap();
+    e.features.swap(0, 1);
+    assert!(e.check().unwrap_err().contains("watches"));
+    let mut e = Envelope::fit(&refs, 0.01, false).unwrap();
+    e.limits[0] = 0.0;
+    assert!(e.check().is_err());
+    let mut e = Envelope::fit(&refs, 0.01, false).unwrap();
+    e.totals.pop();
+    assert!(e.check().unwrap_err().contains("watches"));
+}
