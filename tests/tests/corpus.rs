@@ -112,7 +112,7 @@ fault = "slow-service"
         let onset = d["onset_window"].as_u64().unwrap();
         let n = d["windows"].as_array().unwrap().len() as u64;
         assert!(onset < n, "{id}: onset {onset} of {n} windows");
-        assert_eq!(d["schema"], "backstop.features.v3");
+        assert_eq!(d["schema"], backstop_common::features::SCHEMA_VERSION);
     }
     // The delay before the failing script's exit is in its onset: at
     // least one second of 250 ms windows.

@@ -366,7 +366,8 @@ fn a_schema_v2_model_is_refused_and_every_decision_says_so() {
         .unwrap_or_else(|| panic!("no no_model reason: {shown}"));
     let why = why["why"].as_str().unwrap();
     assert!(
-        why.contains("backstop.features.v2") && why.contains("backstop.features.v3"),
+        why.contains("backstop.features.v2")
+            && why.contains(backstop_common::features::SCHEMA_VERSION),
         "the reason names both schemas: {why}"
     );
     assert_replayed(&ctl, &id, &shown);
@@ -381,15 +382,19 @@ fn a_schema_v2_model_is_refused_and_every_decision_says_so() {
 }
 
 /// With nothing in DATA/models, the model in use is the built-in default,
-/// schema v3, trained on the shipped recorded corpus (its digest is the
+/// of this build's schema, trained on the shipped recorded corpus (its digest is the
 /// shipped corpus's: `train_default.rs` checks the bytes).
 #[test]
-fn the_built_in_default_is_the_v3_model_of_the_shipped_corpus() {
+fn the_built_in_default_is_this_schemas_model_of_the_shipped_corpus() {
     let v = Ctl::new("model-builtin").json(&["model", "--json"]);
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default/model.json");
     let shipped: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(v["source"], "built-in default (models/default)", "{v}");
-    assert_eq!(v["meta"]["schema"], "backstop.features.v3", "{v}");
+    assert_eq!(
+        v["meta"]["schema"],
+        backstop_common::features::SCHEMA_VERSION,
+        "{v}"
+    );
     assert_eq!(v["meta"]["corpus_digest"], shipped["corpus_digest"], "{v}");
 }

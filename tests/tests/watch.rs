@@ -366,7 +366,10 @@ fn json_lines_are_consecutive_windows() {
         w.windows.len()
     );
     assert_eq!(w.summary["windows"], w.windows.len());
-    assert_eq!(w.summary["schema"], "backstop.features.v3");
+    assert_eq!(
+        w.summary["schema"],
+        backstop_common::features::SCHEMA_VERSION
+    );
     for (i, win) in w.windows.iter().enumerate() {
         assert_eq!(win["seq"], i, "seq numbers run 0..");
         assert_eq!(win["stream"], "live");
