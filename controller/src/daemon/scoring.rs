@@ -126,6 +126,7 @@ fn scored(
     let live_p = predict(model, &live)?;
     let shadow_p = predict(model, &shadow)?;
     let norm = &model.meta.normalizer;
+    let mut beyond = model.beyond_all(&live).into_iter();
     let ev = live_p
         .iter()
         .enumerate()
@@ -138,7 +139,7 @@ fn scored(
             // The 8-SD mark of schema v2 is never set again (`decide::range`).
             outside: None,
             host_outside: model.meta.host_range.outside(&live_ws[t].host),
-            beyond: model.beyond(&live, t),
+            beyond: beyond.next().flatten(),
             drivers: Vec::new(),
         })
         .collect();

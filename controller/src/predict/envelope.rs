@@ -190,7 +190,16 @@ impl Envelope {
     /// Per window of a deployment, in order: the largest ratio of a
     /// watched feature (or running total) to its limit, and which one
     /// (an index into [`Self::names`]).
-    pub fn ratios(&self, windows: &[Vec<f64>]) -> Vec<(f64, usize)> {
+    fn ratios(&self, windows: &[Vec<f64>]) -> Vec<(f64, usize)> {
+        (self.furthest(windows).into_iter())
+            .map(|(j, v, l)| (v / l, j))
+            .collect()
+    }
+
+    /// Per window of a deployment, in order, in one pass (the totals run
+    /// along): (index into [`Self::names`], value, limit) of the watched
+    /// feature or running total furthest past its limit.
+    fn furthest(&self, windows: &[Vec<f64>]) -> Vec<(usize, f64, f64)> {
         let mut sums = vec![0.0; self.totals.len()];
         windows
             .iter()
@@ -198,9 +207,9 @@ impl Envelope {
                 for (s, &i) in sums.iter_mut().zip(&TOTALLED) {
                     *s += w.get(i).copied().unwrap_or(0.0);
                 }
-                self.values(w, &sums)
-                    .map(|(j, v, l)| (v / l, j))
-                    .fold((0.0, 0), |a, b| if b.0 > a.0 { b } else { a })
+                (self.values(w, &sums)).fold((0, 0.0, 1.0), |a, b| {
+                    if b.1 / b.2 > a.1 / a.2 { b } else { a }
+                })
             })
             .collect()
     }
@@ -240,23 +249,30 @@ impl Envelope {
             .collect()
     }
 
-    /// The watched feature or running total furthest past its limit at
-    /// window `t` of `windows`, when beyond the threshold.
+    /// Per window of a deployment, in order: the watched feature or
+    /// running total furthest past its limit, when beyond the threshold.
+    /// One pass, for a daemon that scores a whole stream at each decision.
+    pub fn beyond_all(&self, windows: &[Vec<f64>]) -> Vec<Option<Beyond>> {
+        let names = self.names();
+        (self.furthest(windows).into_iter())
+            .map(|(j, value, limit)| {
+                let ratio = value / limit;
+                (ratio > self.threshold).then(|| Beyond {
+                    feature: names[j].clone(),
+                    value,
+                    limit,
+                    ratio,
+                })
+            })
+            .collect()
+    }
+
+    /// [`Self::beyond_all`] at window `t` alone.
     pub fn beyond(&self, windows: &[Vec<f64>], t: usize) -> Option<Beyond> {
-        let w = windows.get(t)?;
-        let sums = self.sums(windows, t);
-        let (j, value, limit) =
-            self.values(w, &sums).fold(
-                (0, 0.0, 1.0),
-                |a, b| if b.1 / b.2 > a.1 / a.2 { b } else { a },
-            );
-        let ratio = value / limit;
-        (ratio > self.threshold).then(|| Beyond {
-            feature: self.names()[j].clone(),
-            value,
-            limit,
-            ratio,
-        })
+        if t >= windows.len() {
+            return None;
+        }
+        self.beyond_all(&windows[..=t]).pop().flatten()
     }
 
     /// Every watched feature or running total beyond the threshold at

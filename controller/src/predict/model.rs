@@ -196,6 +196,14 @@ impl Model {
         self.meta.envelope.as_ref()?.beyond(windows, t)
     }
 
+    /// [`Self::beyond`] at every window, in one pass.
+    pub fn beyond_all(&self, windows: &[Vec<f64>]) -> Vec<Option<super::envelope::Beyond>> {
+        match &self.meta.envelope {
+            Some(e) => e.beyond_all(windows),
+            None => vec![None; windows.len()],
+        }
+    }
+
     /// An alarm's drivers at window `t`: the features beyond the healthy
     /// envelope first (named `envelope:FEATURE`, with their ratio to its
     /// limit), then the net's ([`Self::explain`]), `top` in all.

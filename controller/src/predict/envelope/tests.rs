@@ -93,6 +93,10 @@ fn deaths_that_pile_up_alarm_on_their_total_where_one_window_would_not() {
     assert_eq!(b.feature, "proc_signal_deaths (total)");
     assert_eq!(b.value, (first + 1) as f64);
     assert!(first <= 4, "alarmed only at window {first}: {e:?}");
+    // The daemon's one pass says what each window alone would.
+    let each: Vec<Option<Beyond>> = (0..run.len()).map(|t| e.beyond(&run, t)).collect();
+    assert_eq!(e.beyond_all(&run), each);
+    assert_eq!(e.beyond(&run, run.len()), None);
     // The ranked score lifts exactly the windows beyond.
     let lifted = e.combine(&[0.0; 10], &run, 0.5);
     assert!(lifted[..first].iter().all(|&p| p == 0.0), "{lifted:?}");
