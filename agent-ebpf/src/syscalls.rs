@@ -48,8 +48,8 @@ pub fn bs_sys_enter(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn waits(ctx: &RawTracePointContext, nr: i64) -> u32 {
     match nr {
-        202 | 449 => WAITS_FUTEX,                 // futex futex_waitv
-        2 | 257 | 437 => WAITS_OPEN,              // open openat openat2
+        202 | 449 => WAITS_FUTEX,    // futex futex_waitv
+        2 | 257 | 437 => WAITS_OPEN, // open openat openat2
         0 | 1 | 19 | 20 | 275 | 276 => {
             // read write readv writev splice tee: the first argument's fd.
             let regs: *const u8 = ctx.arg(0);
