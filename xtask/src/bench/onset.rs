@@ -221,7 +221,7 @@ impl Rig {
     fn manifest(&self, s: &Scope, exit_only: bool) -> Result<PathBuf> {
         let step = format!(
             "dpkg -i \"$0\" >/dev/null && date +%s.%N > /root/backstop-onset && i=0; \
-             while yes 0123456789abcdef | head -c 1048576 > {FILL}/chunk.$i; do i=$((i+1)); sleep 0.5; done; \
+             while head -c 1048576 /dev/urandom > {FILL}/chunk.$i; do i=$((i+1)); sleep 0.5; done; \
              date +%s.%N > /root/backstop-exit; exit 1"
         );
         let text = format!(

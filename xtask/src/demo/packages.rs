@@ -62,10 +62,13 @@ pub fn healthy(base: &Path, root: &Path, deb: &Path) -> Result<PathBuf> {
 }
 
 /// The postinst: 1 MiB every half second until a write fails, then exit 1
-/// as a real install would.
+/// as a real install would. No pipe: `yes | head` killed `yes` by SIGPIPE
+/// at every chunk, and since stop 18 the model's envelope counts deaths
+/// by signal as a running total, so the demo rolled back on the deaths
+/// two windows in, before the disk trend it is there to show.
 fn postinst() -> String {
     format!(
-        "#!/bin/sh\ni=0\nwhile true; do\n  if ! yes 0123456789abcdef | head -c 1048576 > /{FILL}/chunk.$i; then\n    echo \"disk full after $i MiB\" >&2\n    exit 1\n  fi\n  i=$((i+1))\n  sleep 0.5\ndone\n"
+        "#!/bin/sh\ni=0\nwhile true; do\n  if ! head -c 1048576 /dev/urandom > /{FILL}/chunk.$i; then\n    echo \"disk full after $i MiB\" >&2\n    exit 1\n  fi\n  i=$((i+1))\n  sleep 0.5\ndone\n"
     )
 }
 
