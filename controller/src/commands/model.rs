@@ -35,13 +35,22 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
     match &m.meta.envelope {
         Some(e) => {
             println!(
-                "healthy envelope: a window alarms when one of {} watched features (or {} running totals since the deployment began) is over {:.2}x the highest value 99% of healthy training installs stayed under (target {:.1}% false alarms); limits:",
+                "healthy envelope: a window alarms when one of {} watched features (or {} running totals since the deployment began{}) is over {:.2}x the highest value 99% of healthy training installs stayed under (target {:.1}% false alarms); limits:",
                 e.features.len(),
                 e.totals.len(),
+                if e.spin.is_some() {
+                    ", or the spin: ms on a CPU without a syscall"
+                } else {
+                    ""
+                },
                 e.threshold,
                 e.target_fpr * 100.0
             );
-            for (f, l) in e.names().iter().zip(e.limits.iter().chain(&e.totals)) {
+            for (f, l) in e
+                .names()
+                .iter()
+                .zip(e.limits.iter().chain(&e.totals).chain(&e.spin))
+            {
                 println!("  {f:<32} {l}");
             }
         }

@@ -335,4 +335,40 @@ mod tests {
             ev.len()
         );
     }
+    /// The shipped model's envelope, through the daemon's own scoring: a
+    /// tree that computes with syscalls is inside it; the same tree
+    /// stuck in a loop that never enters the kernel is beyond it from a
+    /// few windows on, named as a spin.
+    #[test]
+    fn the_shipped_model_names_a_loop_without_syscalls_a_spin() {
+        use crate::predict::envelope::SPIN_NAME;
+        use backstop_common::features::{FEATURES, feature};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let model = Model::load(&root.join("models/default")).expect("the shipped model loads");
+        let computing = |syscalls: f64| {
+            let mut w = vec![0.0; FEATURES.len()];
+            w[feature::SCHED_ON_CPU_NS] = 240e6;
+            w[feature::SYSCALLS_TOTAL] = syscalls;
+            w[feature::SYSCALLS_FILE] = syscalls;
+            w[feature::TREE_PROCESSES] = 3.0;
+            w[feature::TREE_OPEN_FDS] = 12.0;
+            w
+        };
+        let busy = vec![computing(400.0); 40];
+        let ev = score(&model, &windows(Stream::Live, &busy)).expect("scores");
+        assert!(ev.iter().all(|w| w.beyond.is_none()), "{ev:?}");
+        let mut stuck = vec![computing(400.0); 4];
+        stuck.extend(vec![computing(0.0); 36]);
+        let ev = score(&model, &windows(Stream::Live, &stuck)).expect("scores");
+        let first = ev
+            .iter()
+            .position(|w| w.beyond.is_some())
+            .expect("a spin alarms");
+        // Past the floor's second times the factor, well before the end.
+        assert!((8..20).contains(&first), "first beyond at window {first}");
+        for w in &ev[first..] {
+            let b = w.beyond.as_ref().expect("stays beyond while it spins");
+            assert_eq!(b.feature, SPIN_NAME, "{b:?}");
+        }
+    }
 }

@@ -32,11 +32,19 @@
 //! shows too; a service that dies every second piles them up, and no
 //! healthy install does that. The window maxima alone missed every crash
 //! loop (README, "Benchmarks").
+//!
+//! A loop that never enters the kernel is watched as a spin
+//! (`running.rs` says why): how long the tree has been on a CPU without
+//! one syscall, in consecutive windows.
 
 use backstop_common::features::{FEATURES, feature};
 use serde::{Deserialize, Serialize};
 
 use super::calibrate::calibrate;
+
+mod running;
+use running::{Running, highest_spin};
+pub use running::{SPIN_FLOOR_MS, SPIN_MIN_CPU_NS, SPIN_NAME, spin_after};
 
 /// The features the envelope watches (see the module's docs for why these).
 pub const WATCHED: [usize; 18] = [
@@ -98,6 +106,10 @@ pub struct Envelope {
     /// model from before totals were watched: it watches windows alone.
     #[serde(default)]
     pub totals: Vec<f64>,
+    /// The spin's limit, in ms ([`SPIN_NAME`]). None in a model from
+    /// before the spin was watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spin: Option<f64>,
     /// A window alarms when a watched feature is above `threshold` times
     /// its limit.
     pub threshold: f64,
@@ -170,10 +182,12 @@ impl Envelope {
             .iter()
             .map(|&i| quantile_of(healthy, |ws| ws.iter().map(|w| w[i]).sum()))
             .collect();
+        let spin = quantile_of(healthy, highest_spin).max(SPIN_FLOOR_MS);
         Some(Envelope {
             features: WATCHED.iter().map(|&i| FEATURES[i].name.into()).collect(),
             limits,
             totals,
+            spin: Some(spin),
             threshold: 1.0,
             target_fpr,
         })
@@ -196,18 +210,16 @@ impl Envelope {
             .collect()
     }
 
-    /// Per window of a deployment, in order, in one pass (the totals run
-    /// along): (index into [`Self::names`], value, limit) of the watched
-    /// feature or running total furthest past its limit.
+    /// Per window of a deployment, in order, in one pass (the running
+    /// values run along): (index into [`Self::names`], value, limit) of
+    /// the watched feature or running value furthest past its limit.
     fn furthest(&self, windows: &[Vec<f64>]) -> Vec<(usize, f64, f64)> {
-        let mut sums = vec![0.0; self.totals.len()];
+        let mut run = Running::new(self);
         windows
             .iter()
             .map(|w| {
-                for (s, &i) in sums.iter_mut().zip(&TOTALLED) {
-                    *s += w.get(i).copied().unwrap_or(0.0);
-                }
-                (self.values(w, &sums)).fold((0, 0.0, 1.0), |a, b| {
+                run.step(w);
+                (self.values(w, &run)).fold((0, 0.0, 1.0), |a, b| {
                     if b.1 / b.2 > a.1 / a.2 { b } else { a }
                 })
             })
@@ -215,37 +227,35 @@ impl Envelope {
     }
 
     /// (index, value, limit) of every watched feature in `w`, then every
-    /// running total in `sums`.
+    /// running value in `run`.
     fn values<'a>(
         &'a self,
         w: &'a [f64],
-        sums: &'a [f64],
+        run: &'a Running,
     ) -> impl Iterator<Item = (usize, f64, f64)> + 'a {
         let windowed = WATCHED
             .iter()
             .zip(&self.limits)
             .map(|(&i, &l)| (w.get(i).copied().unwrap_or(0.0), l));
         windowed
-            .chain(sums.iter().copied().zip(self.totals.iter().copied()))
+            .chain(run.values(self))
             .enumerate()
             .map(|(j, (v, l))| (j, v, l))
     }
 
     /// What [`Self::ratios`]' indices name: the watched features, then
-    /// the running totals (`FEATURE (total)`).
+    /// the running totals (`FEATURE (total)`), then the spin.
     pub fn names(&self) -> Vec<String> {
         let totals = TOTALLED
             .iter()
             .take(self.totals.len())
             .map(|&i| total_name(i));
-        self.features.iter().cloned().chain(totals).collect()
-    }
-
-    /// The running totals of `windows[..=t]`.
-    fn sums(&self, windows: &[Vec<f64>], t: usize) -> Vec<f64> {
-        let upto = &windows[..=t.min(windows.len().saturating_sub(1))];
-        (TOTALLED.iter().take(self.totals.len()))
-            .map(|&i| upto.iter().map(|w| w.get(i).copied().unwrap_or(0.0)).sum())
+        let spin = self.spin.map(|_| SPIN_NAME.to_string());
+        self.features
+            .iter()
+            .cloned()
+            .chain(totals)
+            .chain(spin)
             .collect()
     }
 
@@ -281,9 +291,9 @@ impl Envelope {
         let Some(w) = windows.get(t) else {
             return Vec::new();
         };
-        let sums = self.sums(windows, t);
+        let run = Running::upto(self, windows, t);
         let names = self.names();
-        let mut v: Vec<(String, f64)> = (self.values(w, &sums))
+        let mut v: Vec<(String, f64)> = (self.values(w, &run))
             .map(|(j, v, l)| (names[j].clone(), v / l))
             .filter(|(_, r)| *r > self.threshold)
             .collect();
@@ -305,7 +315,8 @@ impl Envelope {
         let positive = |l: &f64| l.is_finite() && *l > 0.0;
         if !(self.threshold.is_finite()
             && self.limits.iter().all(positive)
-            && self.totals.iter().all(positive))
+            && self.totals.iter().all(positive)
+            && self.spin.iter().all(positive))
         {
             return Err(
                 "its envelope has a limit or threshold that is not a positive number".into(),

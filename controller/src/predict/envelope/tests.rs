@@ -1,4 +1,4 @@
-//! The envelope on hand-made installs: limits, totals, the cross-fitted
+//! The envelope on hand-made installs: limits, totals, the spin, the cross-fitted
 //! factor, and what a model of another build carries.
 
 use super::*;
@@ -148,4 +148,73 @@ fn an_envelope_of_another_build_is_refused() {
     let mut e = Envelope::fit(&refs, 0.01, false).unwrap();
     e.totals.pop();
     assert!(e.check().unwrap_err().contains("watches"));
+}
+
+/// A window in which the tree ran `cpu_ms` on a CPU and entered
+/// `syscalls` syscalls.
+fn computing(cpu_ms: f64, syscalls: f64) -> Vec<f64> {
+    let mut w = window(10.0, 10.0);
+    w[feature::SCHED_ON_CPU_NS] = cpu_ms * 1e6;
+    w[feature::SYSCALLS_TOTAL] = syscalls;
+    w
+}
+
+#[test]
+fn a_loop_that_never_enters_the_kernel_alarms_as_a_spin_and_a_key_does_not() {
+    // 200 healthy installs computing hard, with syscalls; two of them
+    // generate a key: 0.9 s on a CPU without one.
+    let healthy: Vec<Vec<Vec<f64>>> = (0..200)
+        .map(|i| {
+            let mut ws = vec![computing(250.0, 40.0); 12];
+            if i < 2 {
+                ws[3..7].fill(computing(225.0, 0.0));
+            }
+            ws
+        })
+        .collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let e = Envelope::fit(&refs, 0.01, false).unwrap();
+    e.check().unwrap();
+    // No healthy install reached the floor, so the floor is the limit.
+    assert_eq!(e.spin, Some(SPIN_FLOOR_MS));
+    assert!(e.names().last().is_some_and(|n| n == SPIN_NAME));
+    for ws in &refs {
+        assert!((0..ws.len()).all(|t| e.beyond(ws, t).is_none()));
+    }
+    // A runaway: a second of syscalls, then the CPU, window after window.
+    let mut run = vec![computing(250.0, 500.0); 4];
+    run.extend(vec![computing(249.0, 0.0); 20]);
+    let first = (0..run.len())
+        .find(|&t| e.beyond(&run, t).is_some())
+        .unwrap();
+    let b = e.beyond(&run, first).unwrap();
+    assert_eq!(b.feature, SPIN_NAME);
+    assert!(b.value > e.threshold * SPIN_FLOOR_MS, "{b:?}");
+    assert!(first < 4 + 8, "alarmed only at window {first}");
+    assert_eq!(e.drivers(&run, first, 1)[0].0, SPIN_NAME);
+    let each: Vec<Option<Beyond>> = (0..run.len()).map(|t| e.beyond(&run, t)).collect();
+    assert_eq!(e.beyond_all(&run), each);
+    // One syscall ends a spin, and so does a window of little CPU (a
+    // thread that only woke up): neither piles up.
+    let mut broken = run.clone();
+    for t in (4..broken.len()).step_by(3) {
+        broken[t] = if t % 2 == 0 {
+            computing(249.0, 1.0)
+        } else {
+            computing(SPIN_MIN_CPU_NS / 1e6 - 1.0, 0.0)
+        };
+    }
+    assert!((0..broken.len()).all(|t| e.beyond(&broken, t).is_none()));
+    // A model from before the spin (none stored) does not watch it.
+    let mut old = e.clone();
+    old.spin = None;
+    old.check().unwrap();
+    assert_eq!(old.beyond(&run, run.len() - 1), None);
+    let json = serde_json::to_value(&old).unwrap();
+    assert!(json.get("spin").is_none(), "{json}");
+    let back: Envelope = serde_json::from_value(json).unwrap();
+    assert_eq!(back, old);
+    let mut bad = e.clone();
+    bad.spin = Some(0.0);
+    assert!(bad.check().is_err());
 }
