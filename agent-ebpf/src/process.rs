@@ -14,6 +14,8 @@ use crate::{
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+/// The signal a writer gets when its pipe's reader has gone.
+const SIGPIPE: i32 = 13;
 
 /// task:task_newtask runs in the parent's context before the child can run,
 /// so the child is tracked from its first instruction.
@@ -170,9 +172,14 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
     // do_exit() sets exit_code before this tracepoint: (status << 8) for
     // exit(), or the signal number (| 0x80 with a core dump).
     let code: i32 = read_kernel(task, off.task_exit_code).unwrap_or(0);
-    if code & 0x7f != 0 {
+    let signal = code & 0x7f;
+    // SIGPIPE is how a pipeline's writer ends when its reader is done
+    // (`yes | head`): the shell sees a status of 141, not a crash, so it
+    // counts as a non-zero exit. Counted as a death, a healthy script
+    // looping over `cmd | head` piled deaths up like a crash loop.
+    if signal != 0 && signal != SIGPIPE {
         add(slot, counter::PROC_SIGNAL_DEATHS, 1);
-    } else if (code >> 8) & 0xff != 0 {
+    } else if signal == SIGPIPE || (code >> 8) & 0xff != 0 {
         add(slot, counter::PROC_EXITS_NONZERO, 1);
     }
     if let Some(e) = emit(slot, EVENT_EXIT, tid, tgid, code) {

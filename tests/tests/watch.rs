@@ -126,6 +126,36 @@ fn failing_and_killed_children() {
     }
 }
 
+/// A pipeline's writer ended by SIGPIPE when its reader is done is how
+/// `yes | head` always ends: a non-zero exit, not a death, so a healthy
+/// script looping over pipelines piles up no deaths. SIGSEGV still is one.
+#[test]
+fn a_pipelines_sigpipe_is_a_non_zero_exit_and_a_segfault_a_death() {
+    let Some(_g) = ebpf_or_skip("a_pipelines_sigpipe_is_a_non_zero_exit_and_a_segfault_a_death")
+    else {
+        return;
+    };
+    let piped = watch(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do yes | head -c 1 >/dev/null; done",
+        ],
+    );
+    assert_eq!(piped.code(), 0, "{}", piped.stderr());
+    assert_eq!(piped.total("proc_signal_deaths"), 0.0, "five SIGPIPEs");
+    assert_eq!(piped.total("proc_exits_nonzero"), 5.0, "each yes, once");
+    // From a shell: a Rust child's own SIGSEGV handler would catch a kill.
+    let segv = watch(&[], &["sh", "-c", "sh -c 'kill -SEGV $$'; true"]);
+    assert_eq!(
+        segv.total("proc_signal_deaths"),
+        1.0,
+        "child killed by SIGSEGV"
+    );
+    assert_eq!(segv.total("proc_exits_nonzero"), 0.0);
+}
+
 #[test]
 fn exit_code_is_the_commands() {
     let Some(_g) = ebpf_or_skip("exit_code_is_the_commands") else {
