@@ -10,9 +10,18 @@
 //! At the agent's start, `recover` rolls back what a killed agent left
 //! unfinished and reports each as `Interrupted` through the same outbox.
 //!
+//! The agent keeps the controller's rule itself: one deployment per root
+//! at a time, nested roots included (two would fight over dpkg's lock,
+//! and the outer one's restore would undo the inner one's install). The
+//! controller refuses such a deployment before sending it; the agent
+//! refuses it again, so that a controller's bug, or a second controller
+//! the host was enrolled with, cannot turn a restore against another
+//! deployment's install.
+//!
 //! A child module of `run` (for its outbox).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use backstop_common::deploy as wire;
@@ -29,6 +38,27 @@ use crate::deploy::{self, DeployEvent, Order, Outcome, Plan};
 struct Entry {
     orders: UnboundedSender<Order>,
     events: UnboundedSender<DeployEvent>,
+    root: PathBuf,
+}
+
+/// Whether two roots are one tree or one holds the other, as given or as
+/// they resolve now (a symlink between them is one tree; resolving is
+/// only read here, never acted on).
+pub(super) fn roots_overlap(a: &Path, b: &Path) -> bool {
+    let nested = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    nested(a, b) || nested(&real(a), &real(b))
+}
+
+/// Why deployment `id` on `root` cannot start beside `running`; None
+/// when it can.
+fn refusal(running: &HashMap<String, Entry>, root: &Path) -> Option<String> {
+    let (other, e) = running.iter().find(|(_, e)| roots_overlap(&e.root, root))?;
+    Some(format!(
+        "this agent already runs deployment {other} on root {}, which overlaps root {}: one deployment per root (nested roots included) at a time",
+        e.root.display(),
+        root.display()
+    ))
 }
 
 /// The deployments this agent runs, and whether it has a session with its
@@ -48,7 +78,33 @@ impl Default for Running {
     }
 }
 
+/// What [`Running::admit`] made of a deployment.
+#[derive(Debug, PartialEq)]
+enum Admit {
+    /// Entered: it may run.
+    Started,
+    /// Its id runs already.
+    AlreadyRunning,
+    /// Its root overlaps a running one's: why.
+    Refused(String),
+}
+
 impl Running {
+    /// Enter deployment `id` unless it runs already or its root overlaps a
+    /// running deployment's; one lock for the check and the entry, so two
+    /// starts cannot both pass.
+    fn admit(&self, id: &str, entry: Entry) -> Admit {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.contains_key(id) {
+            return Admit::AlreadyRunning;
+        }
+        if let Some(reason) = refusal(&map, &entry.root) {
+            return Admit::Refused(reason);
+        }
+        map.insert(id.to_string(), entry);
+        Admit::Started
+    }
+
     /// How many deployments run now (for `/metrics`).
     pub(super) fn len(&self) -> usize {
         self.map
@@ -103,17 +159,33 @@ pub(super) fn start(
     let (otx, orx) = unbounded_channel();
     let (etx, mut erx) = unbounded_channel();
     let connected = running.connected.subscribe();
-    running
-        .map
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(
-            id.clone(),
-            Entry {
-                orders: otx,
-                events: etx.clone(),
-            },
-        );
+    let entry = Entry {
+        orders: otx,
+        events: etx.clone(),
+        root: plan.root.clone(),
+    };
+    match running.admit(&id, entry) {
+        Admit::Started => {}
+        Admit::AlreadyRunning => {
+            // Its events carry seqs from 0 already: a second run would
+            // only collide with them.
+            tracing::warn!(
+                deployment = id,
+                "already running; a second start is ignored"
+            );
+            return;
+        }
+        Admit::Refused(reason) => {
+            tracing::warn!(deployment = id, "refused: {reason}");
+            let msg = AgentMsg::Deployment {
+                deployment: id,
+                seq: 0,
+                event: Box::new(wire::DeployEvent::Refused { reason }),
+            };
+            tokio::spawn(async move { outbox.push_outcome(msg).await });
+            return;
+        }
+    }
     let out = outbox.clone();
     let fid = id.clone();
     let forwarder = tokio::spawn(async move {
@@ -275,4 +347,63 @@ fn convert(ev: DeployEvent, live_window: u64) -> Option<wire::DeployEvent> {
         },
         DeployEvent::Window { .. } | DeployEvent::Process { .. } => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(root: &str) -> Entry {
+        Entry {
+            orders: unbounded_channel().0,
+            events: unbounded_channel().0,
+            root: root.into(),
+        }
+    }
+
+    #[test]
+    fn roots_overlap_when_one_holds_the_other_not_when_they_share_a_prefix() {
+        let o = |a: &str, b: &str| roots_overlap(Path::new(a), Path::new(b));
+        assert!(o("/", "/srv/app") && o("/srv/app", "/"));
+        assert!(o("/srv/app", "/srv/app"));
+        assert!(o("/srv/app/inner", "/srv/app"));
+        assert!(!o("/srv/app", "/srv/application"));
+        assert!(!o("/srv/a", "/srv/b"));
+        // A root reached through a symlink is the tree it points into.
+        let dir = std::env::temp_dir().join(format!("backstop-roots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real/inner")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        assert!(roots_overlap(&dir.join("link/inner"), &dir.join("real")));
+        assert!(!roots_overlap(&dir.join("link"), &dir.join("other")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_deployment_on_a_running_ones_root_is_refused_naming_it_and_never_entered() {
+        let running = Running::default();
+        assert_eq!(running.admit("a", entry("/srv/app")), Admit::Started);
+        // Nested either way, or the same id again: not entered.
+        for (id, root) in [("b", "/srv/app/inner"), ("c", "/srv"), ("d", "/")] {
+            let Admit::Refused(why) = running.admit(id, entry(root)) else {
+                panic!("{id} on {root} was not refused");
+            };
+            assert!(
+                why.contains("deployment a on root /srv/app")
+                    && why.contains(&format!("overlaps root {root}")),
+                "{why}"
+            );
+        }
+        assert_eq!(running.admit("a", entry("/opt")), Admit::AlreadyRunning);
+        assert_eq!(running.len(), 1);
+        // Beside it, on a tree of its own: entered; and once a ends, its
+        // root is free again.
+        assert_eq!(
+            running.admit("e", entry("/srv/application")),
+            Admit::Started
+        );
+        running.map.lock().unwrap().remove("a");
+        assert_eq!(running.admit("b", entry("/srv/app/inner")), Admit::Started);
+        assert_eq!(running.len(), 2);
+    }
 }
