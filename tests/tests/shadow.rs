@@ -500,6 +500,40 @@ fn a_shadow_with_a_relative_data_dir_runs_and_leaves_nothing() {
 }
 
 #[test]
+fn a_shadow_under_a_symlinked_data_dir_runs_and_leaves_nothing() {
+    let Some(_g) = ebpf_or_skip("a_shadow_under_a_symlinked_data_dir") else {
+        return;
+    };
+    let Some(root) = rootfs() else { return };
+    let data = Data::new("symlinked");
+    // /var/lib/backstop on another disk through a link is an ordinary
+    // setup. The kernel lists mounts by their resolved path; a teardown
+    // that looked for them under the link's found none, left them
+    // mounted, and walked the mounted overlay to delete it.
+    let real = data.0.join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let link = data.0.join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = Command::new(agent())
+        .args(["shadow", "--json", "--data"])
+        .arg(&link)
+        .args(["run", "--root"])
+        .arg(&root)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    data.note(&report);
+    data.assert_clean("after a shadow under a symlinked --data");
+    Data(real, data.1.clone()).assert_clean("after a shadow under a symlinked --data");
+}
+
+#[test]
 fn a_shadow_root_is_volatile_unless_durable() {
     let Some(_g) = ebpf_or_skip("a_shadow_root_is_volatile_unless_durable") else {
         return;

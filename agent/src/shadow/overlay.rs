@@ -164,9 +164,15 @@ pub fn umount(target: &Path, flags: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Mount points at or under `dir`, deepest first.
+/// Mount points at or under `dir`, deepest first, by their resolved
+/// paths. The kernel lists mounts resolved, so `dir` is resolved too: a
+/// data directory reached through a symlink (an ordinary way to put it
+/// on another disk) otherwise matched none, and its shadows' mounts
+/// outlived them. A `dir` that is gone is taken as it is, made absolute.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let dir = &std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut v: Vec<PathBuf> = info
         .lines()
