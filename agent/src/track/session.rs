@@ -141,18 +141,31 @@ impl<'a> Session<'a> {
     }
 }
 
-/// One reading of the slot's counters, threads and host.
+/// One reading of the slot's counters, threads and host. The probes'
+/// lock is held for the maps alone: /proc and statvfs are read after it
+/// is released, since every tree's window timer, registration and ring
+/// reader waits on that lock, and a big tree's /proc takes milliseconds.
 fn read(probes: &SharedProbes, slot: u32, sampler: &HostSampler) -> Result<Reading> {
-    let mut p = lock(probes);
-    let at_ns = monotonic_ns();
+    let (totals, threads, anon_peak_bytes, tids, at_ns, recursion_misses) = {
+        let mut p = lock(probes);
+        let at_ns = monotonic_ns();
+        (
+            p.totals(slot)?,
+            p.threads_now(slot, at_ns),
+            p.take_anon_peak(slot)?,
+            p.tree_tids(slot),
+            at_ns,
+            p.recursion_misses(),
+        )
+    };
     Ok(Reading {
-        totals: p.totals(slot)?,
-        threads: p.threads_now(slot, at_ns),
-        anon_peak_bytes: p.take_anon_peak(slot)?,
+        totals,
+        threads,
+        anon_peak_bytes,
         host: sampler.sample()?,
-        tree: crate::treestat::read(std::path::Path::new("/proc"), &p.tree_tids(slot)),
+        tree: crate::treestat::read(std::path::Path::new("/proc"), &tids),
         at_ns,
-        recursion_misses: p.recursion_misses(),
+        recursion_misses,
     })
 }
 
