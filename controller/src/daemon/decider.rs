@@ -9,8 +9,9 @@
 //! the stored live and shadow windows before every decision, and a batch
 //! of windows is a trigger too (`after_windows`), so a deployment is
 //! decided within the window that carries the evidence, not at its next
-//! event. Decisions run one at a time (`ModelSlot::serial`), so two
-//! triggers never both store one. The fleet's history of the package is
+//! event. A deployment's decisions run one at a time
+//! (`ModelSlot::deciding`), so two triggers never both store one; other
+//! deployments decide beside it. The fleet's history of the package is
 //! read before every decision (`history.rs`). An acted rollback fires an
 //! alert (`alerting.rs`), after its order is sent.
 
@@ -166,7 +167,8 @@ async fn decide_now(
     id: &str,
     finished: bool,
 ) -> Result<Progress, StoreError> {
-    let _one_at_a_time = daemon.model.serial.lock().await;
+    let turn = daemon.model.deciding(id);
+    let _one_at_a_time = turn.lock().await;
     let (row_, manifest) = daemon.store.deploy(id).await?;
     let mut progress = Progress {
         decided: true,

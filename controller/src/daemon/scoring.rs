@@ -13,8 +13,9 @@
 //! Inference runs in `spawn_blocking`: a slow model never stalls the agents'
 //! sessions on the async runtime.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use backstop_common::control::{ProbeStatus, Progress};
 use backstop_common::window::{Stream, Window};
@@ -38,11 +39,31 @@ pub struct ModelSlot {
     model: OnceLock<Option<Arc<Scorer>>>,
     /// Why there is none (the load's error), said in every decision.
     why_none: OnceLock<String>,
-    /// Held by the decider while it decides: one decision at a time.
-    pub(super) serial: tokio::sync::Mutex<()>,
+    /// Held by the decider while it decides a deployment: one decision
+    /// at a time per deployment ([`ModelSlot::deciding`]).
+    serial: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl ModelSlot {
+    /// The lock deployment `id`'s decisions take turns on: two triggers of
+    /// one deployment never both store a decision, while other
+    /// deployments decide beside it (one serial lock for all of them let a
+    /// long stream's scoring hold up every other deployment's rollback).
+    /// A lock nobody holds is dropped from the map at the next call.
+    pub(super) fn deciding(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .serial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, w| w.strong_count() > 0);
+        if let Some(l) = map.get(id).and_then(Weak::upgrade) {
+            return l;
+        }
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(id.to_string(), Arc::downgrade(&l));
+        l
+    }
+
     /// Load the current model of `data`; with none, log that deployments
     /// decide without it.
     pub fn load(&self, data: &Path) {
@@ -254,121 +275,5 @@ pub(super) async fn progress(
 }
 
 #[cfg(test)]
-mod tests {
-    use backstop_common::window::Window;
-
-    use super::*;
-    use crate::learn::corpus::synthetic;
-    use crate::learn::train::{TrainConfig, train};
-
-    fn windows(s: Stream, rows: &[Vec<f64>]) -> Vec<Window> {
-        rows.iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let mut w = Window::new(s, i as u64 + 1, 0, 1);
-                w.features = r.clone();
-                w
-            })
-            .collect()
-    }
-
-    /// A generated corpus and a model trained on it in two epochs.
-    fn tiny() -> (Vec<crate::learn::corpus::Record>, Model) {
-        let all = synthetic(5, 4, 4);
-        let cfg = TrainConfig {
-            epochs: 2,
-            ..Default::default()
-        };
-        let model = train(&all, &all, &cfg, "x".into()).expect("a tiny model trains");
-        (all, model)
-    }
-
-    #[test]
-    fn scoring_gives_each_live_window_both_streams_p_and_the_threshold() {
-        let (all, model) = tiny();
-        let failing = all.iter().find(|r| r.failing()).expect("a failing record");
-        let healthy = all.iter().find(|r| !r.failing()).expect("a healthy record");
-        // Live: the failing install; shadow: a healthy one, shorter.
-        let shadow_rows = &healthy.windows[..healthy.windows.len().min(5)];
-        let mut stored = windows(Stream::Shadow, shadow_rows);
-        // Out of order and once redelivered: scoring must not care.
-        let mut live = windows(Stream::Live, &failing.windows);
-        live.reverse();
-        live.push(live[0].clone());
-        stored.extend(live);
-        let ev = score(&model, &stored).expect("scores");
-        assert_eq!(ev.len(), failing.windows.len(), "one entry per live window");
-        let want = model.predict(&failing.windows).expect("predicts");
-        let want_shadow = model.predict(shadow_rows).expect("predicts");
-        for (t, w) in ev.iter().enumerate() {
-            assert_eq!(w.index, t as u64 + 1);
-            assert_eq!(w.live_p, want[t], "window {t}");
-            assert_eq!(w.shadow_p, want_shadow.get(t).copied(), "window {t}");
-            assert_eq!(w.threshold, model.meta.threshold);
-            assert_eq!(w.divergence.is_some(), t < shadow_rows.len());
-        }
-        assert!(score(&model, &[]).expect("no windows").is_empty());
-    }
-
-    /// Every window that alarms against the threshold in force carries
-    /// what drove it; no other window does.
-    #[test]
-    fn alarming_windows_are_explained_against_the_threshold_in_force() {
-        let (all, model) = tiny();
-        let failing = all.iter().find(|r| r.failing()).expect("a failing record");
-        let stored = windows(Stream::Live, &failing.windows);
-        // A threshold in the middle of this install's scores: some windows
-        // alarm, some do not.
-        let mut ps = model.predict(&failing.windows).expect("predicts");
-        ps.sort_by(f64::total_cmp);
-        let thr = ps[ps.len() / 2];
-        let ev = score_explained(&model, &stored, thr).expect("scores");
-        let mut explained = 0;
-        for w in &ev {
-            let alarms = w.live_p > thr || w.beyond.is_some();
-            assert_eq!(!w.drivers.is_empty(), alarms, "window {}: {w:?}", w.index);
-            explained += usize::from(alarms);
-        }
-        assert!(
-            explained > 0 && explained < ev.len(),
-            "{explained} of {}",
-            ev.len()
-        );
-    }
-    /// The shipped model's envelope, through the daemon's own scoring: a
-    /// tree that computes with syscalls is inside it; the same tree
-    /// stuck in a loop that never enters the kernel is beyond it from a
-    /// few windows on, named as a spin.
-    #[test]
-    fn the_shipped_model_names_a_loop_without_syscalls_a_spin() {
-        use crate::predict::envelope::SPIN_NAME;
-        use backstop_common::features::{FEATURES, feature};
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let model = Model::load(&root.join("models/default")).expect("the shipped model loads");
-        let computing = |syscalls: f64| {
-            let mut w = vec![0.0; FEATURES.len()];
-            w[feature::SCHED_ON_CPU_NS] = 240e6;
-            w[feature::SYSCALLS_TOTAL] = syscalls;
-            w[feature::SYSCALLS_FILE] = syscalls;
-            w[feature::TREE_PROCESSES] = 3.0;
-            w[feature::TREE_OPEN_FDS] = 12.0;
-            w
-        };
-        let busy = vec![computing(400.0); 40];
-        let ev = score(&model, &windows(Stream::Live, &busy)).expect("scores");
-        assert!(ev.iter().all(|w| w.beyond.is_none()), "{ev:?}");
-        let mut stuck = vec![computing(400.0); 4];
-        stuck.extend(vec![computing(0.0); 36]);
-        let ev = score(&model, &windows(Stream::Live, &stuck)).expect("scores");
-        let first = ev
-            .iter()
-            .position(|w| w.beyond.is_some())
-            .expect("a spin alarms");
-        // Past the floor's second times the factor, well before the end.
-        assert!((8..20).contains(&first), "first beyond at window {first}");
-        for w in &ev[first..] {
-            let b = w.beyond.as_ref().expect("stays beyond while it spins");
-            assert_eq!(b.feature, SPIN_NAME, "{b:?}");
-        }
-    }
-}
+#[path = "scoring_tests.rs"]
+mod tests;

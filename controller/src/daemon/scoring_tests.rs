@@ -1,0 +1,140 @@
+//! Scoring a deployment's windows, and the turns decisions take.
+
+use backstop_common::window::Window;
+
+use super::*;
+use crate::learn::corpus::synthetic;
+use crate::learn::train::{TrainConfig, train};
+
+fn windows(s: Stream, rows: &[Vec<f64>]) -> Vec<Window> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut w = Window::new(s, i as u64 + 1, 0, 1);
+            w.features = r.clone();
+            w
+        })
+        .collect()
+}
+
+/// A generated corpus and a model trained on it in two epochs.
+fn tiny() -> (Vec<crate::learn::corpus::Record>, Model) {
+    let all = synthetic(5, 4, 4);
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..Default::default()
+    };
+    let model = train(&all, &all, &cfg, "x".into()).expect("a tiny model trains");
+    (all, model)
+}
+
+#[test]
+fn scoring_gives_each_live_window_both_streams_p_and_the_threshold() {
+    let (all, model) = tiny();
+    let failing = all.iter().find(|r| r.failing()).expect("a failing record");
+    let healthy = all.iter().find(|r| !r.failing()).expect("a healthy record");
+    // Live: the failing install; shadow: a healthy one, shorter.
+    let shadow_rows = &healthy.windows[..healthy.windows.len().min(5)];
+    let mut stored = windows(Stream::Shadow, shadow_rows);
+    // Out of order and once redelivered: scoring must not care.
+    let mut live = windows(Stream::Live, &failing.windows);
+    live.reverse();
+    live.push(live[0].clone());
+    stored.extend(live);
+    let ev = score(&model, &stored).expect("scores");
+    assert_eq!(ev.len(), failing.windows.len(), "one entry per live window");
+    let want = model.predict(&failing.windows).expect("predicts");
+    let want_shadow = model.predict(shadow_rows).expect("predicts");
+    for (t, w) in ev.iter().enumerate() {
+        assert_eq!(w.index, t as u64 + 1);
+        assert_eq!(w.live_p, want[t], "window {t}");
+        assert_eq!(w.shadow_p, want_shadow.get(t).copied(), "window {t}");
+        assert_eq!(w.threshold, model.meta.threshold);
+        assert_eq!(w.divergence.is_some(), t < shadow_rows.len());
+    }
+    assert!(score(&model, &[]).expect("no windows").is_empty());
+}
+
+/// Every window that alarms against the threshold in force carries
+/// what drove it; no other window does.
+#[test]
+fn alarming_windows_are_explained_against_the_threshold_in_force() {
+    let (all, model) = tiny();
+    let failing = all.iter().find(|r| r.failing()).expect("a failing record");
+    let stored = windows(Stream::Live, &failing.windows);
+    // A threshold in the middle of this install's scores: some windows
+    // alarm, some do not.
+    let mut ps = model.predict(&failing.windows).expect("predicts");
+    ps.sort_by(f64::total_cmp);
+    let thr = ps[ps.len() / 2];
+    let ev = score_explained(&model, &stored, thr).expect("scores");
+    let mut explained = 0;
+    for w in &ev {
+        let alarms = w.live_p > thr || w.beyond.is_some();
+        assert_eq!(!w.drivers.is_empty(), alarms, "window {}: {w:?}", w.index);
+        explained += usize::from(alarms);
+    }
+    assert!(
+        explained > 0 && explained < ev.len(),
+        "{explained} of {}",
+        ev.len()
+    );
+}
+/// One deployment's decisions take turns; another's do not wait.
+#[tokio::test]
+async fn decisions_take_turns_per_deployment_not_across_them() {
+    let slot = ModelSlot::default();
+    let a = slot.deciding("a");
+    let held = a.lock().await;
+    assert!(
+        slot.deciding("a").try_lock().is_err(),
+        "a's second trigger waits"
+    );
+    assert!(slot.deciding("b").try_lock().is_ok(), "b decides beside a");
+    drop(held);
+    assert!(slot.deciding("a").try_lock().is_ok());
+    // Locks nobody holds do not pile up.
+    drop(a);
+    for i in 0..100 {
+        drop(slot.deciding(&format!("d{i}")));
+    }
+    let _c = slot.deciding("c");
+    assert_eq!(slot.serial.lock().unwrap().len(), 1);
+}
+
+/// The shipped model's envelope, through the daemon's own scoring: a
+/// tree that computes with syscalls is inside it; the same tree
+/// stuck in a loop that never enters the kernel is beyond it from a
+/// few windows on, named as a spin.
+#[test]
+fn the_shipped_model_names_a_loop_without_syscalls_a_spin() {
+    use crate::predict::envelope::SPIN_NAME;
+    use backstop_common::features::{FEATURES, feature};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = Model::load(&root.join("models/default")).expect("the shipped model loads");
+    let computing = |syscalls: f64| {
+        let mut w = vec![0.0; FEATURES.len()];
+        w[feature::SCHED_ON_CPU_NS] = 240e6;
+        w[feature::SYSCALLS_TOTAL] = syscalls;
+        w[feature::SYSCALLS_FILE] = syscalls;
+        w[feature::TREE_PROCESSES] = 3.0;
+        w[feature::TREE_OPEN_FDS] = 12.0;
+        w
+    };
+    let busy = vec![computing(400.0); 40];
+    let ev = score(&model, &windows(Stream::Live, &busy)).expect("scores");
+    assert!(ev.iter().all(|w| w.beyond.is_none()), "{ev:?}");
+    let mut stuck = vec![computing(400.0); 4];
+    stuck.extend(vec![computing(0.0); 36]);
+    let ev = score(&model, &windows(Stream::Live, &stuck)).expect("scores");
+    let first = ev
+        .iter()
+        .position(|w| w.beyond.is_some())
+        .expect("a spin alarms");
+    // Past the floor's second times the factor, well before the end.
+    assert!((8..20).contains(&first), "first beyond at window {first}");
+    for w in &ev[first..] {
+        let b = w.beyond.as_ref().expect("stays beyond while it spins");
+        assert_eq!(b.feature, SPIN_NAME, "{b:?}");
+    }
+}
