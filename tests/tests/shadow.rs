@@ -471,19 +471,16 @@ fn a_shadow_past_its_timeout_is_killed_and_one_past_its_disk_fails_enospc() {
     data.assert_clean("after a full upper layer");
 }
 
-#[test]
-fn a_shadow_with_a_relative_data_dir_runs_and_leaves_nothing() {
-    let Some(_g) = ebpf_or_skip("a_shadow_with_a_relative_data_dir") else {
-        return;
-    };
-    let Some(root) = rootfs() else { return };
-    let data = Data::new("relative");
-    // The overlay is mounted at an absolute path; a teardown that looked
-    // for the relative one left it mounted.
+/// `shadow run --root ROOT -- true` with `--data ARG`, from `data`: it
+/// must succeed, and nothing of it may remain under `data` or under
+/// `real`, the directory `ARG` is in truth.
+fn true_in_a_shadow_leaves_nothing(data: &Data, root: &Path, arg: &Path, real: &Path, what: &str) {
     let out = Command::new(agent())
         .current_dir(&data.0)
-        .args(["shadow", "--json", "--data", "rel", "run", "--root"])
-        .arg(&root)
+        .args(["shadow", "--json", "--data"])
+        .arg(arg)
+        .args(["run", "--root"])
+        .arg(root)
         .args(["--", "true"])
         .output()
         .unwrap();
@@ -494,9 +491,22 @@ fn a_shadow_with_a_relative_data_dir_runs_and_leaves_nothing() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     data.note(&report);
-    data.assert_clean("after a shadow under a relative --data");
-    let rel = Data(data.0.join("rel"), data.1.clone());
-    rel.assert_clean("after a shadow under a relative --data");
+    data.assert_clean(what);
+    Data(real.to_path_buf(), data.1.clone()).assert_clean(what);
+}
+
+#[test]
+fn a_shadow_with_a_relative_data_dir_runs_and_leaves_nothing() {
+    let Some(_g) = ebpf_or_skip("a_shadow_with_a_relative_data_dir") else {
+        return;
+    };
+    let Some(root) = rootfs() else { return };
+    let data = Data::new("relative");
+    // The overlay is mounted at an absolute path; a teardown that looked
+    // for the relative one left it mounted.
+    let rel = data.0.join("rel");
+    let what = "after a shadow under a relative --data";
+    true_in_a_shadow_leaves_nothing(&data, &root, Path::new("rel"), &rel, what);
 }
 
 #[test]
@@ -514,23 +524,8 @@ fn a_shadow_under_a_symlinked_data_dir_runs_and_leaves_nothing() {
     std::fs::create_dir_all(&real).unwrap();
     let link = data.0.join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let out = Command::new(agent())
-        .args(["shadow", "--json", "--data"])
-        .arg(&link)
-        .args(["run", "--root"])
-        .arg(&root)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    data.note(&report);
-    data.assert_clean("after a shadow under a symlinked --data");
-    Data(real, data.1.clone()).assert_clean("after a shadow under a symlinked --data");
+    let what = "after a shadow under a symlinked --data";
+    true_in_a_shadow_leaves_nothing(&data, &root, &link, &real, what);
 }
 
 #[test]
