@@ -50,8 +50,8 @@ pub(super) fn roots_overlap(a: &Path, b: &Path) -> bool {
     nested(a, b) || nested(&real(a), &real(b))
 }
 
-/// Why deployment `id` on `root` cannot start beside `running`; None
-/// when it can.
+/// Why a deployment on `root` cannot start beside `running` (the
+/// running one it overlaps, named); None when it can.
 fn refusal(running: &HashMap<String, Entry>, root: &Path) -> Option<String> {
     let (other, e) = running.iter().find(|(_, e)| roots_overlap(&e.root, root))?;
     Some(format!(

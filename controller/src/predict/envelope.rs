@@ -44,7 +44,7 @@ use super::calibrate::calibrate;
 
 mod running;
 use running::{Running, highest_spin};
-pub use running::{SPIN_FLOOR_MS, SPIN_MIN_CPU_NS, SPIN_NAME, spin_after};
+pub use running::{SPIN_FLOOR_MS, SPIN_MIN_CPU_NS, SPIN_NAME};
 
 /// The features the envelope watches (see the module's docs for why these).
 pub const WATCHED: [usize; 18] = [

@@ -33,7 +33,7 @@ pub const SPIN_NAME: &str = "spin_ms (on CPU, no syscall)";
 /// The spin after a window `w`, the spin before it being `prev`: the CPU
 /// milliseconds of the consecutive windows, up to this one, in which the
 /// tree ran at least [`SPIN_MIN_CPU_NS`] and entered no syscall.
-pub fn spin_after(prev: f64, w: &[f64]) -> f64 {
+fn spin_after(prev: f64, w: &[f64]) -> f64 {
     let at = |i: usize| w.get(i).copied().unwrap_or(0.0);
     let cpu = at(feature::SCHED_ON_CPU_NS);
     if at(feature::SYSCALLS_TOTAL) == 0.0 && cpu >= SPIN_MIN_CPU_NS {
