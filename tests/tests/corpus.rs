@@ -32,14 +32,7 @@ fn a_catalog_of_real_installs_records_outcomes_and_onsets() {
     let base = PathBuf::from("/var/tmp").join(format!("backstop-corpus-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let _cleanup = RemoveOnDrop(base.clone());
-    let debs = base.join("debs/hello");
-    std::fs::create_dir_all(&debs).unwrap();
-    let src = bin_dir().join("../xtask/debs");
-    for e in std::fs::read_dir(&src).unwrap().flatten() {
-        if e.file_name().to_string_lossy().starts_with("hello_") {
-            std::fs::copy(e.path(), debs.join(e.file_name())).unwrap();
-        }
-    }
+    hello_debs(&base);
     let catalog = base.join("catalog.toml");
     std::fs::write(
         &catalog,
@@ -148,6 +141,31 @@ fault = "slow-service"
     // understood, so it is not asserted twice.)
 }
 
+/// BASE/debs/hello: the cached hello .deb, as `corpus run --debs` wants it.
+fn hello_debs(base: &std::path::Path) {
+    let debs = base.join("debs/hello");
+    std::fs::create_dir_all(&debs).unwrap();
+    let src = bin_dir().join("../xtask/debs");
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("hello_") {
+            std::fs::copy(e.path(), debs.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Where the runner puts a busy neighbour's cgroup, and the file that
+/// takes a pid: cgroup v2's root where its cpu controller is, v1's cpu
+/// hierarchy else.
+fn neighbour_cgroups() -> (&'static str, &'static str) {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"));
+    if v2 {
+        ("/sys/fs/cgroup", "cgroup.procs")
+    } else {
+        ("/sys/fs/cgroup/cpu", "tasks")
+    }
+}
+
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -252,16 +270,9 @@ fn a_scenario_named_to_climb_out_is_refused_and_the_sentinel_untouched() {
 struct TestCgroup(PathBuf, std::process::Child);
 
 impl TestCgroup {
-    /// Where the runner puts a busy neighbour's: cgroup v2's root where
-    /// its cpu controller is, v1's cpu hierarchy else.
+    /// Where the runner puts a busy neighbour's ([`neighbour_cgroups`]).
     fn new(name: &str) -> TestCgroup {
-        let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
-            .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"));
-        let (base, procs) = if v2 {
-            ("/sys/fs/cgroup", "cgroup.procs")
-        } else {
-            ("/sys/fs/cgroup/cpu", "tasks")
-        };
+        let (base, procs) = neighbour_cgroups();
         let dir = PathBuf::from(base).join(name);
         std::fs::create_dir(&dir).unwrap();
         let child = Command::new("sleep").arg("600").spawn().unwrap();
@@ -327,4 +338,140 @@ fn a_dead_runners_busy_neighbour_is_swept_and_a_live_ones_kept() {
         None,
         "a live runner's neighbour died"
     );
+}
+
+/// Processes of this test's making under `base`: a command line naming
+/// it (the agent's `--data`) or a root inside it (the shadow's).
+fn processes_under(base: &std::path::Path) -> Vec<String> {
+    let needle = base.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let root = std::fs::read_link(e.path().join("root")).unwrap_or_default();
+        if cmdline.contains(&needle) || root.starts_with(base) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// Mount points under `base`, as the kernel lists them.
+fn mounts_under(base: &std::path::Path) -> Vec<String> {
+    let real = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| std::path::Path::new(m).starts_with(&real))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_runner_stopped_by_sigterm_leaves_nothing_and_the_same_command_resumes() {
+    // Stopped mid-scenario, with a busy neighbour's cgroup made and a
+    // shadow mounted, the runner kills its agent, sweeps the shadow and
+    // removes the cgroup before it exits; run again, it records the rest.
+    let Some(_g) = ebpf_or_skip("a_runner_stopped_by_sigterm_leaves_nothing") else {
+        return;
+    };
+    let root = bin_dir().join("../xtask/rootfs-bookworm-minbase");
+    assert!(
+        root.join(".backstop-complete").exists(),
+        "the rootfs fixture is missing (cargo xtask test builds it)"
+    );
+    let me = std::process::id();
+    let base = PathBuf::from("/var/tmp").join(format!("backstop-corpus-stop-{me}"));
+    let _ = std::fs::remove_dir_all(&base);
+    let _cleanup = RemoveOnDrop(base.clone());
+    hello_debs(&base);
+    let catalog = base.join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[defaults]\nwindow_ms = 250\ntimeout_secs = 6\n\
+         [[scenario]]\nname = \"hang\"\npackage = \"hello\"\nfault = \"lock-hang\"\nhost = \"busy-neighbour\"\n\
+         [[scenario]]\nname = \"ok\"\npackage = \"hello\"\n",
+    )
+    .unwrap();
+    let out = base.join("out");
+    let run = || {
+        let mut c = Command::new(bin_dir().join("backstop"));
+        c.args(["corpus", "run", "--catalog"])
+            .arg(&catalog)
+            .arg("--root")
+            .arg(&root)
+            .arg("--debs")
+            .arg(base.join("debs"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--agent")
+            .arg(support::agent());
+        c
+    };
+    let mut runner = run()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cgroup = PathBuf::from(neighbour_cgroups().0)
+        .join(format!("backstop-neighbour-{}-hang", runner.id()));
+    // The neighbour's cgroup and the shadow's mounts both there: the
+    // scenario is running.
+    let t0 = std::time::Instant::now();
+    while !cgroup.exists() || mounts_under(&out).is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_mins(1),
+            "the hang never got going (cgroup {} exists: {}; mounts {:?})",
+            cgroup.display(),
+            cgroup.exists(),
+            mounts_under(&out)
+        );
+        assert_eq!(runner.try_wait().unwrap(), None, "the runner ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child, still running.
+    unsafe { libc::kill(runner.id().cast_signed(), libc::SIGTERM) };
+    let stopped = runner.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(130), "stderr: {err}");
+    assert!(err.contains("stopped by a signal"), "stderr: {err}");
+    assert!(!cgroup.exists(), "the busy neighbour's cgroup was left");
+    assert_eq!(mounts_under(&out), Vec::<String>::new(), "mounts were left");
+    assert_eq!(
+        processes_under(&base),
+        Vec::<String>::new(),
+        "processes were left"
+    );
+    assert!(
+        !out.join("work").exists(),
+        "the scenario's work directory was left"
+    );
+    // Nothing was recorded of the stopped scenario; run again, both are.
+    let again = run().output().unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let text = std::fs::read_to_string(out.join("deployments.jsonl")).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        ids.iter().any(|i| i.starts_with("hang")) && ids.iter().any(|i| i.starts_with("ok")),
+        "{ids:?}"
+    );
+    assert_eq!(mounts_under(&out), Vec::<String>::new());
 }

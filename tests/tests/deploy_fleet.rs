@@ -26,7 +26,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::agents::{Fleet, Proc};
-use support::deploys::root_walk;
+use support::deploys::{RemoveOnDrop, root_walk};
 use support::{deb_file, ebpf_or_skip, eventually, failing_hello, rootfs};
 
 /// The file the gated deployment's first step waits for, inside its root.
@@ -128,6 +128,7 @@ fn ten_deployments_to_one_agent_each_get_one_decision_and_the_roots_it_says() {
     let Some(cached) = rootfs() else { return };
     let base = PathBuf::from("/var/tmp").join(format!("backstop-e2e-fleet-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
+    let _cleanup = RemoveOnDrop(base.clone());
     std::fs::create_dir_all(&base).unwrap();
     let roots: Vec<PathBuf> = (0..4).map(|i| base.join(format!("root-{i}"))).collect();
     // The four copies at once: on a loaded two-core machine each takes
@@ -456,6 +457,7 @@ fn a_deployment_the_agent_cannot_track_is_rolled_back_at_once() {
     let Some(cached) = rootfs() else { return };
     let base = PathBuf::from("/var/tmp").join(format!("backstop-e2e-slots-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
+    let _cleanup = RemoveOnDrop(base.clone());
     std::fs::create_dir_all(&base).unwrap();
     let root = base.join("root-0");
     let copied = Command::new("cp")

@@ -141,7 +141,18 @@ fn run_catalog(
         out,
     };
     let progress = backstop_common::progress::Reporter::new("backstop: corpus", false);
-    let all = catalog::run(&c, &opts, &progress)?;
+    catalog::stop::on_signals();
+    let all = match catalog::run(&c, &opts, &progress) {
+        Err(catalog::CatalogError::Stopped) => {
+            drop(progress);
+            eprintln!(
+                "backstop: corpus run stopped by a signal: what it recorded is in {}, and the same command resumes",
+                opts.out.display()
+            );
+            return Ok(130);
+        }
+        r => r?,
+    };
     drop(progress);
     let failing = all.iter().filter(|d| d.failing()).count();
     println!(

@@ -105,6 +105,27 @@ impl Drop for Scratch {
     }
 }
 
+/// A test's own directory, removed on drop however the test ends (a
+/// failed run left /var/tmp/backstop-e2e-fleet-PID behind). The shadows
+/// of an agent whose data is DIR/agent-data are swept first, so nothing
+/// is removed through a mount. Declare it before the agent's `Proc`, so
+/// it drops after the agent is gone.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let data = self.0.join("agent-data");
+        if data.exists() {
+            let _ = Command::new(super::agent())
+                .args(["shadow", "--data"])
+                .arg(&data)
+                .arg("sweep")
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The root as a rollback must leave it: a full walk (every entry, its
 /// mode, owner, size, mtime, content and target), without inode numbers.
 pub fn root_walk(root: &Path) -> BTreeMap<String, String> {

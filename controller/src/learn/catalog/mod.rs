@@ -21,6 +21,7 @@ mod inject;
 mod inject_more;
 mod install;
 mod runner;
+pub mod stop;
 
 pub use families::{FamilyInfo, Group};
 pub use host::{HostCondition, sweep_stale};
@@ -38,6 +39,11 @@ pub enum CatalogError {
     },
     #[error("scenario {scenario}: {reason}")]
     Scenario { scenario: String, reason: String },
+    /// A signal asked the run to stop ([`stop`]); what it recorded is kept.
+    #[error(
+        "stopped by a signal; every install recorded so far is kept, and the same command resumes"
+    )]
+    Stopped,
 }
 
 type Result<T> = std::result::Result<T, CatalogError>;

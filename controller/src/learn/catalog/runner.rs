@@ -33,15 +33,13 @@ pub fn run_scenario(catalog: &Catalog, s: &Scenario, o: &RunOptions) -> Result<R
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io(format!("creating {}", work.display())))?;
     let debs = debs_for(s, &pkg_dir, &main, &work)?;
-    let mut cmd = shadow_command(defaults, s, o, &debs);
+    let cmd = shadow_command(defaults, s, o, &debs);
     // The host condition holds from before the install to after it.
     let neighbour = s
         .host
         .map(|c| super::host::Neighbour::start(c, &work, &s.name))
         .transpose()?;
-    let out = cmd
-        .output()
-        .map_err(io(format!("running {}", o.agent.display())))?;
+    let out = super::stop::output(cmd, &o.agent, &o.out.join("agent-data"))?;
     drop(neighbour);
     let report: ShadowReport = serde_json::from_slice(&out.stdout).map_err(|e| {
         fail(format!(
@@ -254,6 +252,9 @@ pub fn run(
         }
     }
     for (i, (s, id)) in catalog.scenarios.iter().zip(ids).enumerate() {
+        if super::stop::requested() {
+            return Err(CatalogError::Stopped);
+        }
         if done.contains_key(&id) {
             bar.advance(1);
             continue;
@@ -267,7 +268,14 @@ pub fn run(
             s.variant()
         ));
         let t0 = std::time::Instant::now();
-        let d = run_scenario(catalog, s, o)?;
+        let d = match run_scenario(catalog, s, o) {
+            Err(CatalogError::Stopped) => {
+                // Its neighbour and shadow are gone; its repacked .debs go.
+                let _ = std::fs::remove_dir_all(o.out.join("work"));
+                return Err(CatalogError::Stopped);
+            }
+            d => d?,
+        };
         // Per install, so a long recording can be planned from a pilot.
         progress(&format!(
             "{}: {:?}, {} windows, {:.1} s",
