@@ -16,23 +16,13 @@ use serde_json::Value;
 use support::{bin_dir, ebpf_or_skip};
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "one end-to-end scenario whose assertions read in the order an SRE checks them"
-)]
 fn a_catalog_of_real_installs_records_outcomes_and_onsets() {
     let Some(_g) = ebpf_or_skip("a_catalog_of_real_installs") else {
         return;
     };
-    let root = bin_dir().join("../xtask/rootfs-bookworm-minbase");
-    assert!(
-        root.join(".backstop-complete").exists(),
-        "the rootfs fixture is missing (cargo xtask test builds it)"
-    );
+    let root = minbase();
     let base = PathBuf::from("/var/tmp").join(format!("backstop-corpus-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    let _cleanup = RemoveOnDrop(base.clone());
-    hello_debs(&base);
+    let _cleanup = hello_scratch(&base);
     let catalog = base.join("catalog.toml");
     std::fs::write(
         &catalog,
@@ -64,19 +54,7 @@ fault = "slow-service"
     )
     .unwrap();
     let out = base.join("corpus");
-    let run = Command::new(bin_dir().join("backstop"))
-        .args(["corpus", "run", "--catalog"])
-        .arg(&catalog)
-        .arg("--root")
-        .arg(&root)
-        .arg("--debs")
-        .arg(base.join("debs"))
-        .arg("--out")
-        .arg(&out)
-        .arg("--agent")
-        .arg(support::agent())
-        .output()
-        .unwrap();
+    let run = corpus_run(&catalog, &root, &base, &out).output().unwrap();
     assert!(
         run.status.success(),
         "{}",
@@ -141,8 +119,43 @@ fault = "slow-service"
     // understood, so it is not asserted twice.)
 }
 
-/// BASE/debs/hello: the cached hello .deb, as `corpus run --debs` wants it.
-fn hello_debs(base: &std::path::Path) {
+/// The cached minbase rootfs `cargo xtask test` builds.
+fn minbase() -> PathBuf {
+    let root = bin_dir().join("../xtask/rootfs-bookworm-minbase");
+    assert!(
+        root.join(".backstop-complete").exists(),
+        "the rootfs fixture is missing (cargo xtask test builds it)"
+    );
+    root
+}
+
+/// `backstop corpus run` of `catalog` on `root`, the .debs under
+/// BASE/debs, into `out`, with the agent under test.
+fn corpus_run(
+    catalog: &std::path::Path,
+    root: &std::path::Path,
+    base: &std::path::Path,
+    out: &std::path::Path,
+) -> Command {
+    let mut c = Command::new(bin_dir().join("backstop"));
+    c.args(["corpus", "run", "--catalog"])
+        .arg(catalog)
+        .arg("--root")
+        .arg(root)
+        .arg("--debs")
+        .arg(base.join("debs"))
+        .arg("--out")
+        .arg(out)
+        .arg("--agent")
+        .arg(support::agent());
+    c
+}
+
+/// BASE, new, with BASE/debs/hello holding the cached hello .deb as
+/// `corpus run --debs` wants it; removed when the guard drops.
+fn hello_scratch(base: &std::path::Path) -> RemoveOnDrop {
+    let _ = std::fs::remove_dir_all(base);
+    let guard = RemoveOnDrop(base.to_path_buf());
     let debs = base.join("debs/hello");
     std::fs::create_dir_all(&debs).unwrap();
     let src = bin_dir().join("../xtask/debs");
@@ -151,6 +164,7 @@ fn hello_debs(base: &std::path::Path) {
             std::fs::copy(e.path(), debs.join(e.file_name())).unwrap();
         }
     }
+    guard
 }
 
 /// Where the runner puts a busy neighbour's cgroup, and the file that
@@ -379,16 +393,10 @@ fn a_runner_stopped_by_sigterm_leaves_nothing_and_the_same_command_resumes() {
     let Some(_g) = ebpf_or_skip("a_runner_stopped_by_sigterm_leaves_nothing") else {
         return;
     };
-    let root = bin_dir().join("../xtask/rootfs-bookworm-minbase");
-    assert!(
-        root.join(".backstop-complete").exists(),
-        "the rootfs fixture is missing (cargo xtask test builds it)"
-    );
+    let root = minbase();
     let me = std::process::id();
     let base = PathBuf::from("/var/tmp").join(format!("backstop-corpus-stop-{me}"));
-    let _ = std::fs::remove_dir_all(&base);
-    let _cleanup = RemoveOnDrop(base.clone());
-    hello_debs(&base);
+    let _cleanup = hello_scratch(&base);
     let catalog = base.join("catalog.toml");
     std::fs::write(
         &catalog,
@@ -398,20 +406,7 @@ fn a_runner_stopped_by_sigterm_leaves_nothing_and_the_same_command_resumes() {
     )
     .unwrap();
     let out = base.join("out");
-    let run = || {
-        let mut c = Command::new(bin_dir().join("backstop"));
-        c.args(["corpus", "run", "--catalog"])
-            .arg(&catalog)
-            .arg("--root")
-            .arg(&root)
-            .arg("--debs")
-            .arg(base.join("debs"))
-            .arg("--out")
-            .arg(&out)
-            .arg("--agent")
-            .arg(support::agent());
-        c
-    };
+    let run = || corpus_run(&catalog, &root, &base, &out);
     let mut runner = run()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
