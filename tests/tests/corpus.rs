@@ -60,11 +60,7 @@ fault = "slow-service"
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let text = std::fs::read_to_string(out.join("deployments.jsonl")).unwrap();
-    let ds: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let ds = records(&out);
     let get = |id: &str| {
         ds.iter()
             .find(|d| d["id"] == id)
@@ -117,6 +113,15 @@ fault = "slow-service"
     // (That the OOM kill shows in the windows is asserted by the shadow
     // tests; here it was missing once in about a dozen runs, not yet
     // understood, so it is not asserted twice.)
+}
+
+/// The records a `corpus run` wrote to OUT/deployments.jsonl.
+fn records(out: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("deployments.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// The cached minbase rootfs `cargo xtask test` builds.
@@ -453,15 +458,9 @@ fn a_runner_stopped_by_sigterm_leaves_nothing_and_the_same_command_resumes() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    let text = std::fs::read_to_string(out.join("deployments.jsonl")).unwrap();
-    let ids: Vec<String> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    let ids: Vec<String> = records(&out)
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(
