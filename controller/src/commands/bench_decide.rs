@@ -43,6 +43,7 @@ pub fn run(model_dir: &Path, installs: usize) -> Result<i32> {
                 history: History::default(),
                 resources: backstop_controller::decide::trend::Resources::default(),
                 no_model: None,
+                window_length: None,
             };
             let decision = decide(&evidence, &params);
             us.push(started.elapsed().as_secs_f64() * 1e6);

@@ -32,6 +32,12 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
         },
         m.meta.healthy_weight
     );
+    match m.meta.window_ms {
+        Some(ms) => println!(
+            "windows: {ms} ms (its figures hold for deployments in {ms} ms windows; a decision notes any other length)"
+        ),
+        None => println!("windows: not recorded (trained before window lengths were)"),
+    }
     match &m.meta.envelope {
         Some(e) => {
             println!(

@@ -58,6 +58,7 @@ pub fn evidence(events: &[DeployEvent], steps: usize) -> Evidence {
         history: History::default(),
         resources: crate::decide::trend::Resources::default(),
         no_model: None,
+        window_length: None,
     };
     for ev in events {
         match ev {
@@ -216,6 +217,7 @@ async fn decide_now(
     let scored = super::scoring::windows(daemon, id, windows, &inputs.params).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     inputs.evidence.no_model = scored.no_model;
+    inputs.evidence.window_length = scored.window_length;
     let decision = decide(&inputs.evidence, &inputs.params);
     let threshold = scored.threshold.map(|t| inputs.params.threshold_for(t));
     super::scoring::progress(daemon, &row_, &inputs.evidence, threshold).await;

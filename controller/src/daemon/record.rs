@@ -95,6 +95,7 @@ mod tests {
                 history: crate::decide::evidence::History::default(),
                 resources: crate::decide::trend::Resources::default(),
                 no_model: None,
+                window_length: None,
             },
             params: Params::from_policy(&backstop_common::manifest::Policy {
                 threshold: None,

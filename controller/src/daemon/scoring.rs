@@ -23,7 +23,7 @@ use backstop_common::window::{Stream, Window};
 use super::state::Daemon;
 use crate::decide::Evidence;
 use crate::decide::divergence::divergence;
-use crate::decide::evidence::WindowEvidence;
+use crate::decide::evidence::{WindowEvidence, WindowLength};
 use crate::predict::model::{Model, ModelError};
 use crate::store::{DeployRow, now_ms};
 
@@ -204,6 +204,24 @@ pub(super) struct Scored {
     pub model: String,
     /// Why no model scored them (said in the decision).
     pub no_model: Option<String>,
+    /// Set when the live windows are not as long as the model's.
+    pub window_length: Option<WindowLength>,
+}
+
+/// The live windows' length against `model_ms`, when it differs by more
+/// than a tenth. The longest live window is the deployment's length (all
+/// but the last are full); with one window it is only a lower bound, so
+/// only a longer one is known to differ.
+pub fn window_length(model_ms: Option<u32>, stored: &[Window]) -> Option<WindowLength> {
+    let model_ms = model_ms?;
+    let live = stored.iter().filter(|w| w.stream == Stream::Live);
+    let n = live.clone().count();
+    let longest = live.map(|w| w.end_ns.saturating_sub(w.start_ns)).max()?;
+    let live_ms = u32::try_from(longest.div_ceil(1_000_000)).unwrap_or(u32::MAX);
+    let tolerance = model_ms / 10;
+    let longer = live_ms > model_ms + tolerance;
+    let shorter = n > 1 && live_ms + tolerance < model_ms;
+    (longer || shorter).then_some(WindowLength { live_ms, model_ms })
 }
 
 /// The scored `stored` windows of deployment `id`, off the async runtime.
@@ -222,6 +240,7 @@ pub(super) async fn windows(
             threshold: None,
             model,
             no_model: Some(daemon.model.why_none()),
+            window_length: None,
         };
     };
     let mut out = Scored {
@@ -229,6 +248,7 @@ pub(super) async fn windows(
         threshold: Some(scorer.model.meta.threshold),
         model: scorer.source.clone(),
         no_model: None,
+        window_length: window_length(scorer.model.meta.window_ms, &stored),
     };
     let threshold = params.threshold_for(scorer.model.meta.threshold);
     let outcome =

@@ -138,3 +138,38 @@ fn the_shipped_model_names_a_loop_without_syscalls_a_spin() {
         assert_eq!(b.feature, SPIN_NAME, "{b:?}");
     }
 }
+
+#[test]
+fn a_window_length_unlike_the_models_is_noted_and_a_partial_last_window_is_not() {
+    let at = |stream, ms: &[u64]| -> Vec<Window> {
+        let mut start = 0;
+        (ms.iter().enumerate())
+            .map(|(i, ms)| {
+                let w = Window::new(stream, i as u64, start, start + ms * 1_000_000);
+                start = w.end_ns;
+                w
+            })
+            .collect()
+    };
+    let note = |m, w: &[Window]| window_length(m, w).map(|w| (w.live_ms, w.model_ms));
+    // 1000 ms windows under a 250 ms model, however short the last one.
+    assert_eq!(
+        note(Some(250), &at(Stream::Live, &[1000, 1000, 310])),
+        Some((1000, 250))
+    );
+    // The model's own length, with a short last window and a few ms of
+    // timer jitter: nothing to say.
+    assert_eq!(note(Some(250), &at(Stream::Live, &[252, 249, 40])), None);
+    // One partial window is a lower bound: 40 ms says nothing, 900 ms does.
+    assert_eq!(note(Some(250), &at(Stream::Live, &[40])), None);
+    assert_eq!(note(Some(250), &at(Stream::Live, &[900])), Some((900, 250)));
+    // Shorter full windows are noted too.
+    assert_eq!(
+        note(Some(1000), &at(Stream::Live, &[250, 250, 250])),
+        Some((250, 1000))
+    );
+    // Only live windows count, and a model that recorded no length (or no
+    // live window at all) says nothing.
+    assert_eq!(note(Some(250), &at(Stream::Shadow, &[1000, 1000])), None);
+    assert_eq!(note(None, &at(Stream::Live, &[1000, 1000])), None);
+}

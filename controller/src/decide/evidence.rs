@@ -58,6 +58,21 @@ pub struct Evidence {
     /// was refused), when none did: every such decision says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_model: Option<String>,
+    /// The live windows' length against the model's training windows',
+    /// when they differ ([`super::range::window_length`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_length: Option<WindowLength>,
+}
+
+/// A deployment whose live windows are not as long as the windows the
+/// model was trained on: its per-window counts and peaks are on another
+/// scale than the calibration measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowLength {
+    /// The longest live window (every window but the last is full length;
+    /// a deployment of one window gives a lower bound).
+    pub live_ms: u32,
+    pub model_ms: u32,
 }
 
 /// One live window as the model and the shadow saw it.
@@ -161,6 +176,18 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    /// How a step ended, as a decision's sentence says it.
+    pub(super) fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepStatus::Running => f.write_str("is still running"),
+            StepStatus::Exited { code } => write!(f, "failed (exit {code})"),
+            StepStatus::Killed { signal: Some(sig) } => write!(f, "was killed by signal {sig}"),
+            StepStatus::Killed { signal: None } => f.write_str("was killed before it exited"),
+            StepStatus::TimedOut => f.write_str("timed out"),
+            StepStatus::OomKilled => f.write_str("was killed by the OOM killer"),
+        }
+    }
+
     /// A finished step's status from the fields an agent's step result and
     /// shadow report carry (`exit_code`, `timed_out`, `oom_killed`): a
     /// timeout wins over the kill it caused, and an OOM kill counts only

@@ -59,6 +59,7 @@ mod tests {
             history: crate::decide::evidence::History::default(),
             resources: r,
             no_model: None,
+            window_length: None,
         }
     }
 

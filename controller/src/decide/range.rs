@@ -57,6 +57,30 @@ pub(super) fn host_outside(e: &Evidence, out: &mut Vec<Finding>) {
     }
 }
 
+/// A note when the live windows are not as long as the model's.
+pub(super) fn window_length(e: &Evidence, out: &mut Vec<Finding>) {
+    if let Some(w) = e.window_length {
+        let reason = Reason::WindowLength {
+            live_ms: w.live_ms,
+            model_ms: w.model_ms,
+        };
+        out.push(Finding::new(Weight::Note, None, reason));
+    }
+}
+
+pub(super) fn fmt_window_length(
+    f: &mut std::fmt::Formatter<'_>,
+    live_ms: u32,
+    model_ms: u32,
+) -> std::fmt::Result {
+    write!(
+        f,
+        "live windows of {live_ms} ms, the model was trained on {model_ms} ms windows: its \
+         false-alarm rate and lead were measured on those (deploy with --window-ms {model_ms} \
+         to score as it was calibrated)"
+    )
+}
+
 /// A note when no model scored the deployment.
 pub(super) fn no_model(e: &Evidence, out: &mut Vec<Finding>) {
     if let Some(why) = &e.no_model {

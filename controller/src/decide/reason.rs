@@ -142,6 +142,12 @@ pub enum Reason {
         min: f64,
         max: f64,
     },
+    /// The live windows are not as long as the model's training windows:
+    /// a note, the vote still counts.
+    WindowLength {
+        live_ms: u32,
+        model_ms: u32,
+    },
     /// No model scored the deployment; the decision rests on the rest.
     NoModel {
         why: String,
@@ -161,17 +167,6 @@ pub enum Reason {
         probes: u32,
         shadow: bool,
     },
-}
-
-fn status(f: &mut fmt::Formatter<'_>, s: &StepStatus) -> fmt::Result {
-    match s {
-        StepStatus::Running => f.write_str("is still running"),
-        StepStatus::Exited { code } => write!(f, "failed (exit {code})"),
-        StepStatus::Killed { signal: Some(sig) } => write!(f, "was killed by signal {sig}"),
-        StepStatus::Killed { signal: None } => f.write_str("was killed before it exited"),
-        StepStatus::TimedOut => f.write_str("timed out"),
-        StepStatus::OomKilled => f.write_str("was killed by the OOM killer"),
-    }
 }
 
 /// A run of live windows: over the threshold, beyond the healthy
@@ -213,15 +208,15 @@ impl fmt::Display for Reason {
         match self {
             Reason::LiveStep { name, status: s } => {
                 write!(f, "live step `{name}` ")?;
-                status(f, s)
+                s.describe(f)
             }
             Reason::ShadowStep { name, status: s } => {
                 write!(f, "shadow step `{name}` ")?;
-                status(f, s)
+                s.describe(f)
             }
             Reason::ShadowTest { name, status: s } => {
                 write!(f, "shadow test `{name}` ")?;
-                status(f, s)
+                s.describe(f)
             }
             Reason::ShadowOom { kills } => {
                 write!(f, "the OOM killer killed {kills} process(es) in the shadow")
@@ -274,6 +269,9 @@ impl fmt::Display for Reason {
                  window {window}: {condition} {value:.3}, trained on {min:.3}..{max:.3} \
                  (its vote still counts: no model input is a host level)"
             ),
+            Reason::WindowLength { live_ms, model_ms } => {
+                super::range::fmt_window_length(f, *live_ms, *model_ms)
+            }
             Reason::NoModel { why } => {
                 write!(
                     f,

@@ -69,6 +69,7 @@ pub(super) fn findings(e: &Evidence, p: &Params) -> Vec<Finding> {
     super::range::out_of_range(e, &mut out);
     super::range::host_outside(e, &mut out);
     super::range::no_model(e, &mut out);
+    super::range::window_length(e, &mut out);
     shadow(e, &mut out);
     shadow_windows(e, p, &mut out);
     history(e, p, &mut out);

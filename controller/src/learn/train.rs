@@ -179,6 +179,19 @@ fn healthy(ds: &[Record]) -> Vec<&[Vec<f64>]> {
         .collect()
 }
 
+/// The window length all of `train` shares: a model of per-window counts
+/// learns one window length, so a corpus that mixes them is refused.
+fn one_window_length(train: &[Record]) -> Result<u32> {
+    let first = train.first().map_or(0, |d| d.window_ms);
+    match train.iter().find(|d| d.window_ms != first) {
+        None => Ok(first),
+        Some(d) => Err(ModelError::Data(format!(
+            "the training split mixes window lengths: {} has {} ms windows, {} has {first} ms; record the corpus with one `window_ms`",
+            d.id, d.window_ms, train[0].id
+        ))),
+    }
+}
+
 /// Train on `train`, calibrate the threshold on `validation` (to the
 /// target share of healthy deployments alarmed at any window).
 pub fn train(
@@ -203,6 +216,7 @@ pub fn train_with(
             "the training split needs both healthy and failing deployments".into(),
         ));
     }
+    let window_ms = one_window_length(train)?;
     let normalizer = Normalizer::fit(train.iter().flat_map(|d| d.windows.iter()));
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -225,6 +239,7 @@ pub fn train_with(
             corpus_digest,
             split_rule: corpus::SPLIT_RULE.into(),
             trained_on: train.len(),
+            window_ms: Some(window_ms),
             host_range: crate::predict::range::HostRange::fit(
                 train.iter().flat_map(|d| d.host.iter()),
             ),
@@ -286,6 +301,26 @@ mod tests {
         let e = Model::load(&dir).err().unwrap().to_string();
         assert!(e.contains("v0") && e.contains("retrain"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_model_records_its_window_length_and_refuses_a_mixed_corpus() {
+        let mut all = corpus::synthetic(4, 4, 4);
+        let cfg = TrainConfig {
+            epochs: 1,
+            ..Default::default()
+        };
+        let m = train(&all, &all, &cfg, "x".into()).unwrap();
+        assert_eq!(m.meta.window_ms, Some(all[0].window_ms));
+        all[2].window_ms = 250;
+        let e = train(&all, &all, &cfg, "x".into())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("mixes window lengths") && e.contains(&all[2].id) && e.contains("250 ms"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub struct ModelMeta {
     #[serde(default)]
     pub split_rule: String,
     pub trained_on: usize,
+    /// The window length of every training deployment, in ms (models from
+    /// before it was recorded: none). The features are per-window counts
+    /// and peaks, so a deployment in other windows is scored outside what
+    /// the calibration measured; a decision notes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u32>,
     /// The host conditions the training corpus ran on (none recorded:
     /// empty); a decision notes a window outside them.
     #[serde(default)]

@@ -67,6 +67,7 @@ pub(super) fn clean(phase: Phase, n: u64) -> Evidence {
         history: History::default(),
         resources: crate::decide::trend::Resources::default(),
         no_model: None,
+        window_length: None,
     }
 }
 

@@ -316,6 +316,34 @@ fn the_model_outside_its_host_range() {
     ]);
 }
 
+#[test]
+fn windows_unlike_the_models_are_noted_and_change_no_verdict() {
+    let p = Params::default;
+    let longer = |mut e: Evidence| {
+        e.window_length = Some(crate::decide::evidence::WindowLength {
+            live_ms: 1000,
+            model_ms: 250,
+        });
+        e
+    };
+    check(&[
+        (
+            "a clean deployment in 1000 ms windows under a 250 ms model commits, and says so",
+            longer(clean(Phase::Done, 10)),
+            p(),
+            Verdict::Commit,
+            "live windows of 1000 ms, the model was trained on 250 ms windows",
+        ),
+        (
+            "two windows over the threshold still roll back",
+            longer(live(clean(Phase::Installing, 10), &[(3, 0.9), (4, 0.9)])),
+            p(),
+            Verdict::Rollback,
+            "--window-ms 250",
+        ),
+    ]);
+}
+
 /// The scope's filesystem: 64 MiB losing 2 MiB a second for 20 windows of
 /// a second, the step still running (as a disk-filling postinst).
 fn filling(mut e: Evidence) -> Evidence {
