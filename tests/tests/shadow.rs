@@ -336,6 +336,36 @@ fn a_killed_agent_leaves_a_shadow_the_sweep_removes() {
     }
 }
 
+/// A shadow directory whose agent died before its container existed (no
+/// youki state): the sweep removes it quietly. It used to print
+/// libcontainer's ERROR "failed to open container state file" for each,
+/// though it succeeded: noise an SRE reading a crash's aftermath should
+/// not have to learn to ignore.
+#[test]
+fn a_shadow_without_container_state_is_swept_without_an_error() {
+    let data = Data::new("stateless");
+    let id = format!("s-stateless-{}", std::process::id());
+    let dir = data.0.join("agent/shadows").join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Owned by a pid that is not running with that start time.
+    std::fs::write(dir.join("owner"), "1 1\n").unwrap();
+    let out = Command::new(agent())
+        .args(["shadow", "--json", "--data"])
+        .arg(&data.0)
+        .arg("sweep")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["swept"], serde_json::json!([id]), "{v}");
+    assert!(!dir.exists(), "the sweep left {}", dir.display());
+    assert!(
+        !stderr.contains("ERROR"),
+        "the sweep logged an error: {stderr}"
+    );
+}
+
 fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
     let data = Data::new(&format!("sweep{hold_ms}"));
     // Killed and reaped when dropped: a test that fails before it kills

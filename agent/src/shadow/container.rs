@@ -140,6 +140,17 @@ pub fn loopback_up(pid: i32) -> Result<()> {
     .map_err(err("bringing up the shadow's loopback"))
 }
 
+/// The container whose state youki keeps in `dir`, if it has any. A
+/// shadow torn down before its container was created has none, and
+/// libcontainer logs an ERROR for every load of one: the sweep printed
+/// one per such leftover, though removing it succeeded.
+pub fn load(dir: &Path) -> Option<Container> {
+    if !dir.join("state.json").exists() {
+        return None;
+    }
+    Container::load(dir.to_path_buf()).ok()
+}
+
 /// Delete the container (killing what runs in it), unmount, remove the
 /// cgroups and the shadow's directory. Best effort, every step tried;
 /// what could not be done is returned. Deleting clones nothing, so the
@@ -147,7 +158,7 @@ pub fn loopback_up(pid: i32) -> Result<()> {
 pub fn teardown(shadows: &Path, l: &Layout) -> Vec<String> {
     let mut problems = Vec::new();
     let youki = youki_root(shadows).join(&l.id);
-    let container = Container::load(youki.clone()).ok();
+    let container = load(&youki);
     // A delete that fails on the cgroups (killed tasks not yet reaped by
     // whoever inherited them) is finished below; only what stays counts.
     if let Some(mut c) = container

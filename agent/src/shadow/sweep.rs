@@ -3,10 +3,8 @@
 
 use std::path::Path;
 
-use libcontainer::container::Container;
-
 use super::cgroups::remove_cgroups;
-use super::container::{Layout, err, teardown, youki_root};
+use super::container::{Layout, err, load, teardown, youki_root};
 use crate::error::Result;
 
 /// Shadows this process is running; a sweep in this process leaves them.
@@ -110,7 +108,7 @@ pub fn sweep(shadows: &Path) -> (Vec<String>, Vec<String>) {
         for e in rd.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
             if !shadows.join(&id).exists() {
-                if let Ok(mut c) = Container::load(e.path())
+                if let Some(mut c) = load(&e.path())
                     && let Err(err) = c.delete(true)
                 {
                     tracing::debug!(%id, "libcontainer delete: {err}; finishing by hand");
