@@ -79,7 +79,9 @@ if [ "$n_need" -gt 0 ]; then
   while IFS=$'\t' read -r nv fn size sha; do
     src="$R/dl/$fn"
     if [ ! -f "$src" ]; then  # filename mismatch: find by hash
-      src=$(cd "$R/dl" && sha256sum -- *.deb | awk -v s="$sha" '$1==s{print $2; exit}')
+      # awk reads to the end: exiting at the match would kill sha256sum
+      # with SIGPIPE, and pipefail would end the whole script with 141.
+      src=$(cd "$R/dl" && sha256sum -- *.deb | awk -v s="$sha" '$1==s && !f{print $2; f=1}')
       [ -n "$src" ] && src="$R/dl/$src"
     fi
     if [ -z "$src" ] || [ ! -f "$src" ] || [ "$(sha256sum < "$src" | cut -d' ' -f1)" != "$sha" ]; then
