@@ -97,6 +97,9 @@ pub(crate) enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+        /// Window length in ms. 1000 lets the trend rule see past a
+        /// writer's pauses; the model's figures hold for the length it was
+        /// trained on (`backstop model`), and a decision notes any other.
         #[arg(long, default_value_t = 1000)]
         window_ms: u32,
     },
