@@ -10,8 +10,10 @@
 //! ended state, so the root is free), after sending the rollback order
 //! if the agent is connected. It restores nothing by itself: an agent
 //! that comes back with the deployment unfinished rolls it back at start
-//! (`agent/src/deploy/recover.rs`) and its report, stored as it comes,
-//! moves the deployment on from `abandoned`.
+//! (`agent/src/deploy/recover.rs`), an agent that kept running it and
+//! reconnects is ordered to roll it back when it says it is back
+//! ([`agent_back`]), and its report, stored as it comes, moves the
+//! deployment on from `abandoned`.
 
 use std::sync::Arc;
 
@@ -68,4 +70,37 @@ pub(super) async fn cancel(
         abandoned: true,
         ordered,
     })
+}
+
+/// The agent of `id` says it is back (`ControllerBack`) with `id` still
+/// running. When an operator abandoned `id` while that agent was away,
+/// no decision will ever come for it (an abandoned deployment is ended
+/// here), and the agent would wait for an order with the root held, so
+/// every later deployment on that root would be refused by the agent.
+/// Abandoning means rolling back, as an agent restarted with the
+/// deployment unfinished does at start: order that now.
+pub(super) async fn agent_back(daemon: &Arc<Daemon>, host: &str, id: &str) {
+    let row = match daemon.store.deploy(id).await {
+        Ok((row, _)) => row,
+        Err(e) => {
+            tracing::error!(deployment = %id, "reading an agent's returning deployment: {e}");
+            return;
+        }
+    };
+    if row.state != DeployState::Abandoned {
+        return;
+    }
+    let order = Order::Rollback {
+        reason: "abandoned by an operator (backstop cancel --force) while its agent was away"
+            .into(),
+    };
+    if let Err(e) = daemon.order(host, id, order).await {
+        tracing::warn!(deployment = %id, host, "ordering an abandoned deployment's rollback: {e}");
+        return;
+    }
+    tracing::warn!(
+        deployment = %id,
+        host,
+        "an abandoned deployment's agent is back with it running: rollback ordered"
+    );
 }

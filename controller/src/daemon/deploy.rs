@@ -202,6 +202,9 @@ pub(super) async fn on_event(
     if new && state.is_none() {
         crate::metrics::evidence(&deployment);
         super::decider::after_event(daemon, &deployment, &event).await?;
+        if super::reconcile::agent_back(&event) {
+            super::abandon::agent_back(daemon, host, &deployment).await;
+        }
     }
     crate::report::bundle::after_end(daemon, &deployment, state.filter(|_| new));
     if new {

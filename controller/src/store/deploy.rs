@@ -243,7 +243,10 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Move a deployment to `state`; an ended one keeps its end.
+    /// Move a deployment to `state`; an ended one keeps its end, but for
+    /// `abandoned`: an operator gave up on it without its agent, so the
+    /// agent's own final report, when one comes, says what became of the
+    /// root (`daemon/abandon.rs`).
     pub async fn set_deploy_state(
         &self,
         id: &str,
@@ -253,7 +256,7 @@ impl Store {
         let ended = state.ended().then(now_ms);
         sqlx::query(
             "UPDATE deploys SET state = ?, reason = COALESCE(?, reason), ended_ms = ?
-             WHERE id = ? AND state IN ('running', 'rolling_back')",
+             WHERE id = ? AND state IN ('running', 'rolling_back', 'abandoned')",
         )
         .bind(state.as_str())
         .bind(reason)
