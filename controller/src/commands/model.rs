@@ -32,12 +32,7 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
         },
         m.meta.healthy_weight
     );
-    match m.meta.window_ms {
-        Some(ms) => println!(
-            "windows: {ms} ms (its figures hold for deployments in {ms} ms windows; a decision notes any other length)"
-        ),
-        None => println!("windows: not recorded (trained before window lengths were)"),
-    }
+    println!("{}", windows(m.meta.window_ms));
     match &m.meta.envelope {
         Some(e) => {
             println!(
@@ -86,4 +81,14 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The line on the model's window length.
+fn windows(window_ms: Option<u32>) -> String {
+    match window_ms {
+        Some(ms) => format!(
+            "windows: {ms} ms (its figures hold for deployments in {ms} ms windows; a decision notes any other length)"
+        ),
+        None => "windows: not recorded (trained before window lengths were)".into(),
+    }
 }

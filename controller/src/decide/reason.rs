@@ -269,9 +269,6 @@ impl fmt::Display for Reason {
                  window {window}: {condition} {value:.3}, trained on {min:.3}..{max:.3} \
                  (its vote still counts: no model input is a host level)"
             ),
-            Reason::WindowLength { live_ms, model_ms } => {
-                super::range::fmt_window_length(f, *live_ms, *model_ms)
-            }
             Reason::NoModel { why } => {
                 write!(
                     f,
@@ -282,7 +279,8 @@ impl fmt::Display for Reason {
             | Reason::Probe { .. }
             | Reason::Performance { .. }
             | Reason::History { .. }
-            | Reason::Clean { .. } => self.fmt_signal(f),
+            | Reason::Clean { .. }
+            | Reason::WindowLength { .. } => self.fmt_signal(f),
         }
     }
 }
@@ -350,6 +348,9 @@ impl Reason {
                     ", no shadow"
                 }
             ),
+            Reason::WindowLength { live_ms, model_ms } => {
+                super::range::fmt_window_length(f, *live_ms, *model_ms)
+            }
             // `fmt` sends only the arms above here.
             other => write!(f, "{other:?}"),
         }
