@@ -349,12 +349,7 @@ fn a_shadow_without_container_state_is_swept_without_an_error() {
     std::fs::create_dir_all(&dir).unwrap();
     // Owned by a pid that is not running with that start time.
     std::fs::write(dir.join("owner"), "1 1\n").unwrap();
-    let out = Command::new(agent())
-        .args(["shadow", "--json", "--data"])
-        .arg(&data.0)
-        .arg("sweep")
-        .output()
-        .unwrap();
+    let out = support::shadow_sweep(&data.0);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -422,12 +417,7 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
     // the init when the agent's end of its stdin closes); the rest (state,
     // cgroups, mounts) is the sweep's.
     assert!(!traces(&data.0, &data.1.borrow()).state.is_empty());
-    let out = Command::new(agent())
-        .args(["shadow", "--json", "--data"])
-        .arg(&data.0)
-        .arg("sweep")
-        .output()
-        .unwrap();
+    let out = support::shadow_sweep(&data.0);
     assert!(
         out.status.success(),
         "{}",

@@ -249,12 +249,7 @@ fn a_killed_agent_takes_its_creator_and_shadow_with_it_and_the_next_sweeps() {
         );
         // The next agent's sweep (what `run` and every `shadow run` do
         // first) removes the rest: state, cgroups, overlay, directories.
-        let out = Command::new(agent())
-            .args(["shadow", "--json", "--data"])
-            .arg(&data.0)
-            .arg("sweep")
-            .output()
-            .unwrap();
+        let out = support::shadow_sweep(&data.0);
         assert!(
             out.status.success(),
             "{}",

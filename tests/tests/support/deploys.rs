@@ -116,11 +116,7 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let data = self.0.join("agent-data");
         if data.exists() {
-            let _ = Command::new(super::agent())
-                .args(["shadow", "--data"])
-                .arg(&data)
-                .arg("sweep")
-                .output();
+            let _ = super::shadow_sweep(&data);
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }

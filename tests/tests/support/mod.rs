@@ -14,7 +14,7 @@ pub mod fleet;
 pub mod leftovers;
 pub mod sentinel;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,6 +38,17 @@ pub fn agent() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// `backstop-agent shadow --json --data DATA sweep`: removes every shadow
+/// under DATA that no running agent holds.
+pub fn shadow_sweep(data: &Path) -> std::process::Output {
+    std::process::Command::new(agent())
+        .args(["shadow", "--json", "--data"])
+        .arg(data)
+        .arg("sweep")
+        .output()
+        .unwrap()
 }
 
 pub fn workload() -> PathBuf {
