@@ -68,6 +68,7 @@ pub(super) fn window_length(e: &Evidence, out: &mut Vec<Finding>) {
     }
 }
 
+/// The note's sentence, as [`Reason::WindowLength`] displays it.
 pub(super) fn fmt_window_length(
     f: &mut std::fmt::Formatter<'_>,
     live_ms: u32,
