@@ -254,7 +254,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
         let ended = state.ended().then(now_ms);
-        sqlx::query(
+        let moved = sqlx::query(
             "UPDATE deploys SET state = ?, reason = COALESCE(?, reason), ended_ms = ?
              WHERE id = ? AND state IN ('running', 'rolling_back', 'abandoned')",
         )
@@ -263,8 +263,11 @@ impl Store {
         .bind(ended)
         .bind(id)
         .execute(&self.pool)
-        .await?;
-        if let Some(at) = ended {
+        .await?
+        .rows_affected()
+            == 1;
+        // The summary row follows only a move the guard above allowed.
+        if let Some(at) = ended.filter(|_| moved) {
             sqlx::query(
                 "UPDATE deployments SET state = ?, reason = ?, finished_ms = ? WHERE id = ?",
             )

@@ -44,6 +44,15 @@ async fn a_deployment_its_events_and_decisions_round_trip() {
     let (row, back) = s.deploy("d1").await.unwrap();
     assert_eq!(back, m, "the manifest comes back as sent");
     assert_eq!(row.state, DeployState::RolledBack, "an ended state stays");
+    // In both tables: a late final event used to rewrite the summary
+    // row's state, reason (to none) and end.
+    let summary = s.deployment("d1").await.unwrap();
+    assert_eq!(
+        summary.reason.as_deref(),
+        Some("shadow test"),
+        "{summary:?}"
+    );
+    assert_eq!(summary.finished_ms, row.ended_ms, "{summary:?}");
     assert!(row.dry_run && row.ended_ms.is_some());
     assert_eq!(row.package.as_deref(), Some("hello"));
     let events = s.deploy_events("d1").await.unwrap();
