@@ -209,18 +209,27 @@ pub(super) struct Scored {
 }
 
 /// The live windows' length against `model_ms`, when it differs by more
-/// than a tenth. The longest live window is the deployment's length (all
-/// but the last are full); with one window it is only a lower bound, so
-/// only a longer one is known to differ.
+/// than a tenth. Every live window but the last is full length, give or
+/// take the timer's jitter, so their median is the deployment's length;
+/// a deployment of one window gives only a lower bound, so only a longer
+/// one is known to differ.
 pub fn window_length(model_ms: Option<u32>, stored: &[Window]) -> Option<WindowLength> {
     let model_ms = model_ms?;
-    let live = stored.iter().filter(|w| w.stream == Stream::Live);
-    let n = live.clone().count();
-    let longest = live.map(|w| w.end_ns.saturating_sub(w.start_ns)).max()?;
-    let live_ms = u32::try_from(longest.div_ceil(1_000_000)).unwrap_or(u32::MAX);
+    let mut live: Vec<&Window> = stored.iter().filter(|w| w.stream == Stream::Live).collect();
+    live.sort_by_key(|w| w.seq);
+    live.dedup_by_key(|w| w.seq);
+    let only = live.len() == 1;
+    let full = &live[..live.len().saturating_sub(1).max(usize::from(only))];
+    let mut ns: Vec<u64> = full
+        .iter()
+        .map(|w| w.end_ns.saturating_sub(w.start_ns))
+        .collect();
+    ns.sort_unstable();
+    let median = *ns.get(ns.len() / 2)?;
+    let live_ms = u32::try_from((median + 500_000) / 1_000_000).unwrap_or(u32::MAX);
     let tolerance = model_ms / 10;
     let longer = live_ms > model_ms + tolerance;
-    let shorter = n > 1 && live_ms + tolerance < model_ms;
+    let shorter = !only && live_ms + tolerance < model_ms;
     (longer || shorter).then_some(WindowLength { live_ms, model_ms })
 }
 
