@@ -87,36 +87,12 @@ impl Drop for Hold {
     }
 }
 
-/// The controller on `addr`, with no model (as `Fleet::serve`).
-fn serve_on(fleet: &Fleet, addr: &str) -> Proc {
-    let p = Proc::spawn(fleet.backstop().args([
-        "--log",
-        "info",
-        "serve",
-        "--listen",
-        addr,
-        "--no-model",
-    ]));
-    assert!(
-        eventually(Duration::from_secs(20), || p.log().contains("listening on")),
-        "controller did not start: {}",
-        p.log()
-    );
-    p
-}
-
-/// A free UDP port on loopback.
-fn free_addr() -> String {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().to_string()
-}
-
 /// `cancel ID --force` while the agent cannot reach its controller
 /// (`serve` stopped, one started where the agent does not look), then the
 /// controller back where the agent finds it; returns that controller.
 fn abandon_while_away(fleet: &Fleet, serve: Proc, agent: &Proc, id: &str) -> Proc {
     drop(serve);
-    let elsewhere = serve_on(fleet, &free_addr());
+    let elsewhere = fleet.serve_at(Fleet::free_addr(), &[]);
     let out = fleet.cli(&["cancel", id, "--force"]);
     assert!(
         out.status.success(),
@@ -125,7 +101,7 @@ fn abandon_while_away(fleet: &Fleet, serve: Proc, agent: &Proc, id: &str) -> Pro
     );
     assert_eq!(state(fleet, id)["deployment"]["state"], "abandoned");
     drop(elsewhere);
-    let serve = serve_on(fleet, &fleet.addr.to_string());
+    let serve = fleet.serve();
     fleet.wait_connected(agent);
     serve
 }

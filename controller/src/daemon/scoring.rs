@@ -218,8 +218,12 @@ pub fn window_length(model_ms: Option<u32>, stored: &[Window]) -> Option<WindowL
     let mut live: Vec<&Window> = stored.iter().filter(|w| w.stream == Stream::Live).collect();
     live.sort_by_key(|w| w.seq);
     live.dedup_by_key(|w| w.seq);
+    let full = match live.len() {
+        0 => return None,
+        1 => &live[..],
+        n => &live[..n - 1],
+    };
     let only = live.len() == 1;
-    let full = &live[..live.len().saturating_sub(1).max(usize::from(only))];
     let mut ns: Vec<u64> = full
         .iter()
         .map(|w| w.end_ns.saturating_sub(w.start_ns))

@@ -95,14 +95,9 @@ impl Fleet {
             std::env::temp_dir().join(format!("backstop-outbox-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let fleet = Fleet {
             data,
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            addr: Fleet::free_addr(),
         };
         let out = fleet.cli(&["init", "--host", "web-1"]);
         assert!(
@@ -145,9 +140,23 @@ impl Fleet {
     /// The model's own path is tested by deploy_model.rs and, with real
     /// installs, by `cargo xtask demo`.
     pub fn serve_with(&self, extra: &[&str]) -> Proc {
+        self.serve_at(self.addr, extra)
+    }
+
+    /// A free UDP port on loopback.
+    pub fn free_addr() -> SocketAddr {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    /// [`Fleet::serve_with`] listening on `addr` instead of the fleet's
+    /// own: a controller its agents cannot find.
+    pub fn serve_at(&self, addr: SocketAddr, extra: &[&str]) -> Proc {
         let p = Proc::spawn(
             self.backstop()
-                .args(["--log", "info", "serve", "--listen", &self.addr.to_string()])
+                .args(["--log", "info", "serve", "--listen", &addr.to_string()])
                 .args(extra)
                 .arg("--no-model"),
         );
