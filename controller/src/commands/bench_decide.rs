@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use backstop_common::window::{Stream, Window};
-use backstop_controller::daemon::scoring::score;
+use backstop_controller::daemon::scoring::{Cache, score, score_cached, score_explained};
 use backstop_controller::decide::evidence::{History, Phase};
 use backstop_controller::decide::{Evidence, Params, Verdict, decide};
 use backstop_controller::learn::corpus;
@@ -56,13 +56,50 @@ pub fn run(model_dir: &Path, installs: usize) -> Result<i32> {
     us.sort_by(f64::total_cmp);
     let at = |q: f64| us[((us.len() - 1) as f64 * q) as usize];
     let window_len_us = f64::from(window_ms) * 1000.0;
+    let (afresh_ms, kept_ms) = long_deployment(&model, &records, LONG_WINDOWS)?;
     println!(
         "{}",
         serde_json::json!({
             "decisions": us.len(), "failing_installs": failing.len(), "rolled_back": rolled_back,
             "window_ms": window_ms, "median_us": at(0.5), "p99_us": at(0.99), "max_us": at(1.0),
             "p99_over_window": at(0.99) / window_len_us,
+            "long_windows": LONG_WINDOWS, "long_afresh_ms": afresh_ms, "long_kept_ms": kept_ms,
         })
     );
     Ok(0)
+}
+
+/// Ten minutes of 250 ms windows, live and shadow.
+const LONG_WINDOWS: usize = 2400;
+
+/// One decision at the last window of a long deployment: every window
+/// scored afresh, against the daemon's way (the scores the decision
+/// before kept); medians of 5, in ms.
+fn long_deployment(model: &Model, records: &[corpus::Record], n: usize) -> Result<(f64, f64)> {
+    let rows: Vec<&Vec<f64>> = records.iter().flat_map(|r| &r.windows).collect();
+    let mut ws: Vec<Window> = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        for s in [Stream::Live, Stream::Shadow] {
+            let mut w = Window::new(s, i as u64 + 1, 0, 0);
+            w.features.clone_from(rows[i % rows.len()]);
+            ws.push(w);
+        }
+    }
+    let threshold = model.meta.threshold;
+    let (mut afresh, mut kept) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let started = Instant::now();
+        score_explained(model, &ws, threshold)?;
+        afresh.push(started.elapsed().as_secs_f64() * 1e3);
+        let mut cache = Cache::default();
+        score_cached(model, &ws[..ws.len() - 2], threshold, &mut cache)?;
+        let started = Instant::now();
+        score_cached(model, &ws, threshold, &mut cache)?;
+        kept.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(afresh), median(kept)))
 }

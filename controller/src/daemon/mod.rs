@@ -22,6 +22,7 @@ pub mod perf;
 pub mod reconcile;
 pub mod record;
 pub mod resources;
+pub mod score_cache;
 pub mod scoring;
 pub mod service;
 mod shadow_wait;

@@ -10,6 +10,9 @@
 //! store holds gives the same evidence whatever the arrival order. It is a
 //! few ms for a deployment's hundreds of windows.
 //!
+//! The net sees only windows it has not scored before: a deployment's
+//! scores are kept between its decisions (`score_cache.rs`).
+//!
 //! Inference runs in `spawn_blocking`: a slow model never stalls the agents'
 //! sessions on the async runtime.
 
@@ -20,6 +23,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use backstop_common::control::{ProbeStatus, Progress};
 use backstop_common::window::{Stream, Window};
 
+pub use super::score_cache::Cache;
+use super::score_cache::Caches;
 use super::state::Daemon;
 use crate::decide::Evidence;
 use crate::decide::divergence::divergence;
@@ -42,6 +47,8 @@ pub struct ModelSlot {
     /// Held by the decider while it decides a deployment: one decision
     /// at a time per deployment ([`ModelSlot::deciding`]).
     serial: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// The scores each deployment's last decision left.
+    caches: std::sync::Mutex<Caches>,
 }
 
 impl ModelSlot {
@@ -98,6 +105,29 @@ impl ModelSlot {
         self.model.get().cloned().flatten()
     }
 
+    /// The window length a deployment that names none is watched in: the
+    /// model's, where its figures were measured; without a model (or one
+    /// that predates `window_ms`), the agent's default.
+    pub fn window_ms(&self) -> u32 {
+        self.get()
+            .and_then(|s| s.model.meta.window_ms)
+            .unwrap_or(backstop_common::window::DEFAULT_WINDOW_MS)
+    }
+
+    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
+        (self.caches.lock()).unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drop deployment `id`'s kept scores: it ended.
+    pub fn forget(&self, id: &str) {
+        self.caches().forget(id);
+    }
+
+    /// How many deployments' scores are kept.
+    pub fn kept(&self) -> usize {
+        self.caches().len()
+    }
+
     /// Why no model scores deployments (only meaningful when [`Self::get`]
     /// gives none).
     pub fn why_none(&self) -> String {
@@ -122,30 +152,28 @@ fn rows(ws: &[&Window]) -> Vec<Vec<f64>> {
     ws.iter().map(|w| w.features.clone()).collect()
 }
 
-fn predict(model: &Model, rows: &[Vec<f64>]) -> Result<Vec<f64>, ModelError> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    model.predict(rows)
-}
-
 /// The evidence of every live window: its P(failure), the shadow's at the
 /// same position (the same seconds since its install started), the
 /// model's calibrated threshold, and the divergence over the model's
 /// normaliser.
 pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, ModelError> {
-    Ok(scored(model, windows)?.0)
+    Ok(scored(model, windows, &mut Cache::default())?.0)
 }
 
-/// [`score`], with the live stream's feature rows it scored.
-fn scored(
-    model: &Model,
-    windows: &[Window],
-) -> Result<(Vec<WindowEvidence>, Vec<Vec<f64>>), ModelError> {
-    let live_ws = ordered(windows, Stream::Live);
-    let (live, shadow) = (rows(&live_ws), rows(&ordered(windows, Stream::Shadow)));
-    let live_p = predict(model, &live)?;
-    let shadow_p = predict(model, &shadow)?;
+/// The evidence, the live rows it scored, how many kept their score.
+type Scoring = (Vec<WindowEvidence>, Vec<Vec<f64>>, usize);
+
+/// [`score`], through `cache`, with the live stream's feature rows it
+/// scored and how many live windows kept their score.
+fn scored(model: &Model, windows: &[Window], cache: &mut Cache) -> Result<Scoring, ModelError> {
+    let (live_ws, shadow_ws) = (
+        ordered(windows, Stream::Live),
+        ordered(windows, Stream::Shadow),
+    );
+    let (live, shadow) = (rows(&live_ws), rows(&shadow_ws));
+    let kept = cache.live.update(model, &live_ws, &live)?;
+    cache.shadow.update(model, &shadow_ws, &shadow)?;
+    let (live_p, shadow_p) = (cache.live.p(), cache.shadow.p());
     let norm = &model.meta.normalizer;
     let mut beyond = model.beyond_all(&live).into_iter();
     let ev = live_p
@@ -164,7 +192,7 @@ fn scored(
             drivers: Vec::new(),
         })
         .collect();
-    Ok((ev, live))
+    Ok((ev, live, kept))
 }
 
 /// Most alarming windows explained per scoring: an explanation is one
@@ -180,14 +208,29 @@ pub fn score_explained(
     windows: &[Window],
     threshold: f64,
 ) -> Result<Vec<WindowEvidence>, ModelError> {
-    let (mut ev, live) = scored(model, windows)?;
+    score_cached(model, windows, threshold, &mut Cache::default())
+}
+
+/// [`score_explained`] through deployment's `cache`: the same evidence,
+/// with the net run only on what the cache did not hold.
+pub fn score_cached(
+    model: &Model,
+    windows: &[Window],
+    threshold: f64,
+    cache: &mut Cache,
+) -> Result<Vec<WindowEvidence>, ModelError> {
+    let (mut ev, live, kept) = scored(model, windows, cache)?;
+    cache.keep_drivers(kept, threshold);
     let alarming = (ev.iter_mut().enumerate())
         .filter(|(_, w)| w.live_p > threshold || w.beyond.is_some())
         .take(EXPLAINED);
     for (t, w) in alarming {
-        w.drivers = (model.explain_alarm(&live, t, 3).into_iter())
-            .map(|(f, _)| f)
-            .collect();
+        let drivers = cache.drivers.entry(t).or_insert_with(|| {
+            (model.explain_alarm(&live, t, 3).into_iter())
+                .map(|(f, _)| f)
+                .collect()
+        });
+        w.drivers.clone_from(drivers);
     }
     Ok(ev)
 }
@@ -264,12 +307,19 @@ pub(super) async fn windows(
         window_length: window_length(scorer.model.meta.window_ms, &stored),
     };
     let threshold = params.threshold_for(scorer.model.meta.threshold);
-    let outcome =
-        tokio::task::spawn_blocking(move || score_explained(&scorer.model, &stored, threshold))
-            .await;
+    let mut cache = daemon.model.caches().take(id);
+    let outcome = tokio::task::spawn_blocking(move || {
+        let ev = score_cached(&scorer.model, &stored, threshold, &mut cache);
+        (ev, cache)
+    })
+    .await;
     match outcome {
-        Ok(Ok(w)) => out.windows = w,
-        Ok(Err(e)) => tracing::error!(deployment = id, "scoring windows: {e}"),
+        Ok((Ok(w), cache)) => {
+            daemon.model.caches().put(id, cache);
+            out.windows = w;
+        }
+        // An error drops the cache: the next decision scores afresh.
+        Ok((Err(e), _)) => tracing::error!(deployment = id, "scoring windows: {e}"),
         Err(e) => tracing::error!(deployment = id, "the scoring task failed: {e}"),
     }
     out

@@ -178,3 +178,86 @@ fn a_window_length_unlike_the_models_is_noted_and_a_partial_last_window_is_not()
     assert_eq!(note(Some(250), &at(Stream::Shadow, &[1000, 1000])), None);
     assert_eq!(note(None, &at(Stream::Live, &[1000, 1000])), None);
 }
+
+/// A deployment's decisions score through its cache: whatever order the
+/// windows arrive in (a late one included, a shadow that ends first),
+/// every decision's evidence is what scoring afresh gives, and the net
+/// sees only the windows past the unchanged prefix.
+#[test]
+fn kept_scores_give_the_evidence_of_scoring_afresh() {
+    let (all, model) = tiny();
+    let failing = all.iter().find(|r| r.failing()).expect("a failing record");
+    let healthy = all.iter().find(|r| !r.failing()).expect("a healthy record");
+    let live = windows(Stream::Live, &failing.windows);
+    let shadow = windows(Stream::Shadow, &healthy.windows[..3]);
+    // Arrival order: live and shadow interleaved, live window 2 late.
+    let mut arrivals: Vec<Window> = Vec::new();
+    for (i, w) in live.iter().enumerate().filter(|(i, _)| *i != 2) {
+        arrivals.push(w.clone());
+        if let Some(s) = shadow.get(i) {
+            arrivals.push(s.clone());
+        }
+        if i == 5 {
+            arrivals.push(live[2].clone());
+        }
+    }
+    let mut ps = model.predict(&failing.windows).expect("predicts");
+    ps.sort_by(f64::total_cmp);
+    let thr = ps[ps.len() / 2];
+    let mut cache = Cache::default();
+    for n in 1..=arrivals.len() {
+        let stored = &arrivals[..n];
+        let cached = score_cached(&model, stored, thr, &mut cache).expect("scores");
+        let fresh = score_explained(&model, stored, thr).expect("scores");
+        assert_eq!(cached.len(), fresh.len(), "after {n} arrivals");
+        for (c, f) in cached.iter().zip(&fresh) {
+            assert!((c.live_p - f.live_p).abs() < 1e-6, "window {}", c.index);
+            let (cs, fs) = (c.shadow_p.unwrap_or(-1.0), f.shadow_p.unwrap_or(-1.0));
+            assert!((cs - fs).abs() < 1e-6, "shadow at {}", c.index);
+            assert_eq!((&c.drivers, &c.beyond), (&f.drivers, &f.beyond));
+            assert_eq!(c.divergence.is_some(), f.divergence.is_some());
+        }
+    }
+    // Live window 2 arrived after window 6: its arrival kept only 0..2.
+    let late = (arrivals.iter())
+        .position(|w| w.stream == Stream::Live && w.seq == 3)
+        .expect("window 2 arrives");
+    let kept = |upto: usize, c: &mut Cache| {
+        let ws = ordered(&arrivals[..upto], Stream::Live);
+        c.live.update(&model, &ws, &rows(&ws)).expect("scores")
+    };
+    let mut c = Cache::default();
+    assert_eq!(kept(late, &mut c), 0, "nothing kept the first time");
+    assert_eq!(
+        kept(late + 1, &mut c),
+        2,
+        "scored again from the late window"
+    );
+    // The next live arrival keeps every live window scored before it.
+    let next = late
+        + 1
+        + arrivals[late + 1..]
+            .iter()
+            .position(|w| w.stream == Stream::Live)
+            .expect("a live window after the late one");
+    let before = ordered(&arrivals[..next], Stream::Live).len();
+    assert_eq!(kept(next + 1, &mut c), before);
+}
+
+#[test]
+fn kept_scores_are_bounded_and_dropped_when_a_deployment_ends() {
+    let slot = ModelSlot::default();
+    for i in 0..super::super::score_cache::KEPT + 10 {
+        let id = format!("d{i}");
+        let c = slot.caches().take(&id);
+        slot.caches().put(&id, c);
+    }
+    let kept = super::super::score_cache::KEPT;
+    assert_eq!(slot.kept(), kept);
+    // The least recently used went first.
+    assert!(!slot.caches().holds("d9") && slot.caches().holds("d10"));
+    assert!(slot.caches().holds(&format!("d{}", kept + 9)));
+    slot.forget("d10");
+    assert!(!slot.caches().holds("d10"));
+    assert_eq!(slot.kept(), kept - 1);
+}

@@ -179,7 +179,17 @@ impl Model {
     /// P(failure) for every window of a stream (one row of feature values
     /// per window, in order).
     pub fn predict(&self, windows: &[Vec<f64>]) -> Result<Vec<f64>> {
-        let ts: Vec<usize> = (0..windows.len()).collect();
+        self.predict_from(windows, 0)
+    }
+
+    /// [`Self::predict`] for the windows from `from` on alone (each still
+    /// seen with the windows before it): a stream scored before up to
+    /// `from` is scored on without the net seeing the prefix again.
+    pub fn predict_from(&self, windows: &[Vec<f64>], from: usize) -> Result<Vec<f64>> {
+        if from >= windows.len() {
+            return Ok(Vec::new());
+        }
+        let ts: Vec<usize> = (from..windows.len()).collect();
         let x = self.inputs(windows, &ts)?;
         let p = candle_nn::ops::sigmoid(&self.forward(&x)?)?.to_vec1::<f32>()?;
         Ok(p.into_iter().map(f64::from).collect())

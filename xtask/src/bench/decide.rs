@@ -33,5 +33,21 @@ pub(super) fn decide(reps: usize) -> Result<()> {
         v["window_ms"],
         f("p99_over_window")
     );
+    println!(
+        "\none decision at the last of {} live and as many shadow windows (ten minutes of 250 ms windows):",
+        v["long_windows"]
+    );
+    println!(
+        "  every window scored afresh   {:>9.1} ms",
+        f("long_afresh_ms")
+    );
+    println!(
+        "  the kept scores (daemon)     {:>9.1} ms",
+        f("long_kept_ms")
+    );
+    println!(
+        "  kept / afresh: {:.3}",
+        f("long_kept_ms") / f("long_afresh_ms")
+    );
     super::onset::restore_race(reps)
 }

@@ -1,0 +1,148 @@
+//! Why a deployment's scores are kept between its decisions: the daemon
+//! scores every stored window again before each decision (see
+//! `scoring.rs` for why), and the net's forward pass is most of that
+//! cost. In the model's 250 ms windows a ten-minute deployment has 2400
+//! live and 2400 shadow windows, about 110 ms through the net, four
+//! decisions a second: half a core for one deployment.
+//!
+//! A window's P(failure) is made of its stream's windows up to it alone
+//! (the first window and the K before it), and an alarm's drivers of the
+//! live stream up to it and the threshold in force. So the scores of a
+//! prefix the last decision scored, unchanged (the same seqs with the same
+//! features), are kept, and only windows past it go through the net. A
+//! window that arrives late (the outbox redelivers) changes the prefix
+//! from its position on, and everything from there is scored again: the
+//! evidence is the same as scoring afresh, whatever the arrival order.
+//!
+//! The cache is the deciding deployment's alone (its decisions take turns,
+//! `ModelSlot::deciding`), is dropped when the deployment ends, and at
+//! most [`KEPT`] deployments are kept, the least recently scored dropped
+//! first.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use backstop_common::window::Window;
+
+use crate::predict::model::{Model, ModelError};
+
+/// Deployments whose scores are kept at once.
+pub const KEPT: usize = 64;
+
+/// A window's identity for the cache: its seq and a hash of its features.
+type Key = (u64, u64);
+
+fn key(w: &Window) -> Key {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in &w.features {
+        f.to_bits().hash(&mut h);
+    }
+    (w.seq, h.finish())
+}
+
+/// One stream's P(failure), per window in seq order, with the windows
+/// they were scored from.
+#[derive(Debug, Default)]
+pub struct StreamScores {
+    keys: Vec<Key>,
+    p: Vec<f64>,
+}
+
+impl StreamScores {
+    /// P(failure) of every window of `ws` (ordered, once each; `rows` their
+    /// features): the kept scores of the unchanged prefix, the net's for
+    /// the rest. Returns how many windows kept their score.
+    pub(super) fn update(
+        &mut self,
+        model: &Model,
+        ws: &[&Window],
+        rows: &[Vec<f64>],
+    ) -> Result<usize, ModelError> {
+        let keys: Vec<Key> = ws.iter().map(|w| key(w)).collect();
+        let kept = common_prefix(&self.keys, &keys);
+        let fresh = model.predict_from(rows, kept)?;
+        self.p.truncate(kept);
+        self.p.extend(fresh);
+        self.keys = keys;
+        Ok(kept)
+    }
+
+    pub fn p(&self) -> &[f64] {
+        &self.p
+    }
+}
+
+fn common_prefix(a: &[Key], b: &[Key]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// What one deployment's last scoring leaves for its next.
+#[derive(Debug, Default)]
+pub struct Cache {
+    pub(super) live: StreamScores,
+    pub(super) shadow: StreamScores,
+    /// Drivers of alarming live windows, by position, for the threshold
+    /// they were explained against; valid below the live stream's kept
+    /// prefix.
+    pub(super) drivers: HashMap<usize, Vec<String>>,
+    drivers_threshold: Option<f64>,
+    /// When it was last used, by [`Caches`]' clock.
+    used: u64,
+}
+
+impl Cache {
+    /// Forget the drivers of windows from `kept` on, and all of them when
+    /// the threshold in force changed.
+    pub(super) fn keep_drivers(&mut self, kept: usize, threshold: f64) {
+        if self.drivers_threshold != Some(threshold) {
+            self.drivers.clear();
+            self.drivers_threshold = Some(threshold);
+        }
+        self.drivers.retain(|&t, _| t < kept);
+    }
+}
+
+/// The kept scores of the deployments being decided.
+#[derive(Default)]
+pub(super) struct Caches {
+    map: HashMap<String, Cache>,
+    clock: u64,
+}
+
+impl Caches {
+    /// Deployment `id`'s cache, taken out while it is scored (an empty one
+    /// the first time).
+    pub fn take(&mut self, id: &str) -> Cache {
+        self.map.remove(id).unwrap_or_default()
+    }
+
+    /// Give `id`'s cache back, dropping the least recently used beyond
+    /// [`KEPT`].
+    pub fn put(&mut self, id: &str, mut c: Cache) {
+        self.clock += 1;
+        c.used = self.clock;
+        self.map.insert(id.to_string(), c);
+        while self.map.len() > KEPT {
+            let Some(oldest) = (self.map.iter())
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
+    }
+
+    pub fn forget(&mut self, id: &str) {
+        self.map.remove(id);
+    }
+
+    #[cfg(test)]
+    pub fn holds(&self, id: &str) -> bool {
+        self.map.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
