@@ -111,7 +111,10 @@ pub struct DeployRequest {
     pub host: String,
     pub manifest: String,
     pub base: Option<std::path::PathBuf>,
-    pub window_ms: u32,
+    /// `None`: the length the daemon's model was trained on, else
+    /// [`DEFAULT_WINDOW_MS`].
+    #[serde(default)]
+    pub window_ms: Option<u32>,
     pub dry_run: bool,
     pub wait: bool,
 }

@@ -97,11 +97,13 @@ pub(crate) enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
-        /// Window length in ms. 1000 lets the trend rule see past a
-        /// writer's pauses; the model's figures hold for the length it was
-        /// trained on (`backstop model`), and a decision notes any other.
-        #[arg(long, default_value_t = 1000)]
-        window_ms: u32,
+        /// Window length in ms. Default: the length the daemon's model was
+        /// trained on (`backstop model`), where its false-alarm rate and
+        /// lead were measured; without a model, 1000. A decision notes a
+        /// length unlike the model's. The disk and memory trend rules read
+        /// at most one window a second, whatever the length.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(i64::from(backstop_common::window::MIN_WINDOW_MS)..))]
+        window_ms: Option<u32>,
     },
     /// One deployment of `backstop deploy`: state, events, decisions.
     Show {

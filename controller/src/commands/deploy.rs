@@ -24,7 +24,7 @@ pub struct DeployArgs<'a> {
     pub wait: bool,
     pub dry_run: bool,
     pub json: bool,
-    pub window_ms: u32,
+    pub window_ms: Option<u32>,
 }
 
 pub async fn run(data: &Path, a: DeployArgs<'_>) -> Result<i32> {

@@ -79,11 +79,12 @@ impl Daemon {
         &self,
         host: &str,
         manifest: Manifest,
-        window_ms: u32,
+        window_ms: Option<u32>,
         dry_run: bool,
         watch: bool,
     ) -> Result<(String, Option<broadcast::Receiver<Reply>>), DeployError> {
         let tx = self.session_tx(host).await?;
+        let window_ms = window_ms.unwrap_or_else(|| self.model.window_ms());
         let id = Self::deployment_id()?;
         self.store.new_deploy(&id, host, &manifest, dry_run).await?;
         let (ptx, prx) = broadcast::channel(PROGRESS_BACKLOG);
@@ -180,6 +181,7 @@ pub(super) async fn on_event(
         .await?;
     let state = DeployState::after(&event);
     if let Some(state) = state {
+        daemon.model.forget(&deployment);
         super::alerting::ended(daemon, &deployment, &event).await;
         let reason = final_reason(&event);
         daemon

@@ -25,6 +25,11 @@
 //!   its timeout anyway.
 //! - A fall smaller than [`MIN_FALL_BYTES`] is measurement noise, and one
 //!   that took less than [`MIN_CONSUMED`] of the room is not projected.
+//! - Read at one sample a second at most ([`SAMPLE_MS`]), whatever the
+//!   window length: a writer's pauses are shorter than a second, so a level
+//!   sampled every 250 ms shows flat steps between its falls, which the
+//!   sustained-fall guard would read as a wobble. Deployments are scored in
+//!   the model's windows; the rule reads them at its own pace.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +49,8 @@ pub const MIN_SAMPLES: usize = 5;
 pub const MIN_CONSUMED: f64 = 1.0 / 3.0;
 /// Most recent samples fitted (the cost is quadratic in it).
 pub const MAX_SAMPLES: usize = 120;
+/// Shortest time between two samples a fall is read from, in ms.
+pub const SAMPLE_MS: f64 = 1000.0;
 /// Smallest fall that counts, in bytes (1 MiB, also the unit reasons are
 /// written in).
 pub const MIN_FALL_BYTES: f64 = 1024.0 * 1024.0;
@@ -148,7 +155,24 @@ pub(super) fn first_held(
     deadline_ms: Option<f64>,
     resource: &str,
 ) -> Option<Exhaustion> {
-    (MIN_SAMPLES..=levels.len()).find_map(|n| project(&levels[..n], deadline_ms, resource))
+    let paced = paced(levels);
+    (MIN_SAMPLES..=paced.len()).find_map(|n| project(&paced[..n], deadline_ms, resource))
+}
+
+/// The first level, then each next one at least [`SAMPLE_MS`] after the
+/// last kept (less a tenth: a window may end a little early); levels
+/// already that far apart are all kept.
+fn paced(levels: &[Level]) -> Vec<Level> {
+    let mut out: Vec<Level> = Vec::with_capacity(levels.len());
+    for l in levels {
+        if out
+            .last()
+            .is_none_or(|k| l.at_ms - k.at_ms >= SAMPLE_MS * 0.9)
+        {
+            out.push(l.clone());
+        }
+    }
+    out
 }
 
 fn project(levels: &[Level], deadline_ms: Option<f64>, resource: &str) -> Option<Exhaustion> {
@@ -328,6 +352,32 @@ mod tests {
         };
         assert_eq!(window, 17);
         assert!((rate_per_s / MB - 2.0).abs() < 0.1, "{rate_per_s}");
+    }
+
+    #[test]
+    fn short_windows_are_read_a_second_apart_so_a_writers_pauses_are_no_wobble() {
+        // 2 MB/s written in the first half of each second: in 250 ms
+        // windows half the steps are flat, which the raw reading takes for
+        // a wobble; paced, it is the steady fill of one-second windows.
+        let quarter: Vec<Level> = (0..132)
+            .map(|q| Level {
+                index: q + 1,
+                at_ms: (q as f64 + 1.0) * 250.0,
+                value: (64.0 - (q / 4 * 2 + (q % 4).min(2)) as f64) * MB,
+            })
+            .collect();
+        let raw = (MIN_SAMPLES..=quarter.len()).find_map(|n| project(&quarter[..n], None, "disk"));
+        assert_eq!(raw, None, "unpaced, the pauses hide the fill");
+        let r = Resources {
+            disk_free: quarter,
+            ..Resources::default()
+        };
+        let e = disk(&r).expect("paced, the fill is projected");
+        let at_s = e.last as f64 / 4.0;
+        assert!(
+            (16.0..=18.0).contains(&at_s),
+            "caught at {at_s} s, as at 1 s windows"
+        );
     }
 
     #[test]

@@ -33,11 +33,6 @@ use anyhow::{Context, Result, bail};
 use super::RemoveOnDrop;
 use crate::{fixtures, util};
 
-/// The agent's default window. With 250 ms windows this writer (1 MiB
-/// every 0.5 s) leaves every other window without a fall, and the trend
-/// rule's guard (3 of 4 windows falling) never holds: the rule needs
-/// windows at least as long as the writer's pauses.
-const WINDOW_MS: u64 = 1000;
 const PKG: &[&str] = &[
     "/usr/bin",
     "/usr/share/doc",
@@ -253,13 +248,13 @@ impl Rig {
         let _ = std::fs::remove_file(&onset_f);
         let _ = std::fs::remove_file(&exit_f);
         let manifest = self.manifest(s, !early)?;
-        let window = WINDOW_MS.to_string();
-        let out = util::output(self.cli().arg("deploy").arg(&manifest).args([
-            "--host",
-            "bench",
-            "--window-ms",
-            &window,
-        ]))?;
+        // No --window-ms: the model's length, as a deployment gets by
+        // default (250 ms for the built-in model; the trend rule reads
+        // one window a second of them, so this writer's half-second
+        // pauses are not mistaken for a wobble).
+        let out = util::output(
+            (self.cli().arg("deploy").arg(&manifest)).args(["--host", "bench"]),
+        )?;
         let id = out.trim().to_string();
         wait(Duration::from_mins(2), "the fault's onset", || {
             stamp(&onset_f).is_some()
@@ -316,7 +311,7 @@ fn report(root: &Path, reps: usize, rows: &[(Scope, Vec<Run>, Vec<Run>)]) {
     let med = |v: &[Run], f: fn(&Run) -> f64| super::median(v.iter().map(f).collect());
     println!(
         "\nbackstop decide (b, c): a fault filling a {FILL_MB} MiB tmpfs in the scope at 2 MiB/s from a known onset until ENOSPC, then exit 1; \
-         window {WINDOW_MS} ms; median of {reps}\n"
+         windows of the built-in model's length; median of {reps}\n"
     );
     println!(
         "  (b) backstop as it runs: the built-in model (if one votes), the free-space trend, and the exit code\n  \
