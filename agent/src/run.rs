@@ -222,10 +222,34 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     };
     tokio::select! {
         _ = connect_loop => {}
+        () = tidy(&opts.data) => {}
         () = shutdown => tracing::info!("shutting down"),
     }
     endpoint.close(0u32.into(), b"agent shutting down");
+    sweep_cgroups(&opts.data).await;
     Ok(())
+}
+
+/// How often the running agent removes the empty cgroups of finished
+/// deployments (a committed install's, once the daemons it started end).
+const TIDY: Duration = Duration::from_secs(5);
+
+async fn tidy(data: &std::path::Path) {
+    let mut tick = tokio::time::interval(TIDY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sweep_cgroups(data).await;
+    }
+}
+
+async fn sweep_cgroups(data: &std::path::Path) {
+    let data = data.to_path_buf();
+    let swept =
+        tokio::task::spawn_blocking(move || crate::deploy::recover::sweep_cgroups(&data)).await;
+    if let Err(e) = swept {
+        tracing::warn!("sweeping deployment cgroups: {e}");
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

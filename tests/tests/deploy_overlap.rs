@@ -17,66 +17,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
 use support::agents::{Fleet, Proc};
-use support::deploys::{Scratch, build_deb};
+use support::deploys::{Scratch, chroot_manifest as manifest, ended, start, state};
 use support::sentinel::{self, Walk};
 use support::{ebpf_or_skip, eventually, rootfs};
-
-/// A manifest on `root` whose one step runs `script` chrooted; no shadow
-/// and no monitoring, so the step's run is the deployment's.
-fn manifest(dir: &Path, name: &str, root: &Path, script: &str, hook: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    // Every manifest carries an artifact; this one is never installed.
-    let deb = build_deb(dir, name, "1.0", &[], None);
-    let text = format!(
-        r#"name = "{name}"
-root = {root:?}
-[artifact]
-debs = [{deb:?}]
-[[steps]]
-name = "work"
-run = ["sh", "-c", {script:?}]
-timeout = "1m"
-[scope]
-paths = ["/etc"]
-[shadow]
-enabled = false
-[monitor]
-period = "0s"
-[[rollback_hooks]]
-name = "after"
-run = ["sh", "-c", {hook:?}]
-timeout = "1m"
-"#,
-        root = root.display().to_string(),
-        deb = deb.display().to_string(),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// `backstop deploy FILE` (no --wait): the deployment's id, or what the
-/// CLI said when it refused.
-fn start(fleet: &Fleet, file: &Path) -> Result<String, String> {
-    let out = fleet.cli(&["deploy", file.to_str().unwrap(), "--host", "web-1"]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// `backstop show ID --json`.
-fn state(fleet: &Fleet, id: &str) -> Value {
-    fleet.json(&["show", id, "--json"])
-}
-
-fn ended(shown: &Value) -> bool {
-    !matches!(
-        shown["deployment"]["state"].as_str(),
-        Some("running" | "rolling_back") | None
-    )
-}
 
 /// Lets the holding step finish when dropped.
 struct Hold(PathBuf);

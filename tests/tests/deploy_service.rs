@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::agents::{Fleet, Proc};
+use support::deploys::v2_root;
 use support::deploys::{
     Deployed, Scratch, assert_replays, build_deb, deploy_until, differences, kind, root_walk,
 };
@@ -37,21 +38,6 @@ use support::{ebpf_or_skip, rootfs};
 
 const FLAG: &str = "etc/busypkg/busy";
 const BASELINE: usize = 10;
-
-/// The cgroup v2 root, as the agent finds it.
-fn v2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .find(|c| {
-            mounts.lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() > 2 && f[1] == **c && f[2] == "cgroup2"
-            })
-        })
-        .map(PathBuf::from)
-        .expect("a cgroup v2 hierarchy")
-}
 
 /// The test's service: a shell in a cgroup of its own, idle until the
 /// flag file exists in `root`, then busy. Killed and its group removed on

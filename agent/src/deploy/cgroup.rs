@@ -181,11 +181,10 @@ pub fn sweep(keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !e.path().is_dir() || keep(&name) {
-            continue;
-        }
         let cg = LiveCgroup { path: e.path() };
-        if cg.populated().unwrap_or(true) {
+        // Populated first: it is one small read, where `keep` may read a
+        // journal, and the running agent sweeps every few seconds.
+        if !e.path().is_dir() || cg.populated().unwrap_or(true) || keep(&name) {
             continue;
         }
         if cg.remove().is_ok() {

@@ -203,8 +203,9 @@ pub(super) fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, Deplo
 }
 
 /// After a commit: an empty live cgroup is removed; one with tasks (the
-/// service the install started) stays until they end, and the next
-/// agent's sweep removes it then.
+/// service the install started) stays until they end, and the running
+/// agent's sweep (`recover::sweep_cgroups`, every few seconds) removes it
+/// then.
 fn release(cgroup: &LiveCgroup) {
     if !cgroup.populated().unwrap_or(true)
         && let Err(e) = cgroup.remove()

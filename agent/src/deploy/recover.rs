@@ -85,14 +85,22 @@ pub async fn recover(data: &Path) -> Result<Vec<Recovered>, DeployError> {
             tracing::warn!("shadow sweep: {p}");
         }
     }
-    // Only this data directory's finished deployments: another agent's
-    // group (another data directory) is not ours to judge, and one just
-    // made is empty for a moment before its runner moves in.
+    sweep_cgroups(data);
+    Ok(out)
+}
+
+/// Remove the empty live cgroups of DATA's finished deployments: at the
+/// start, and from then on by the running agent (`run.rs`), so a
+/// committed install's group goes once the daemons it started end.
+/// Only this data directory's finished deployments: another agent's group
+/// (another data directory) is not ours to judge, and one just made is
+/// empty for a moment before its runner moves in.
+pub fn sweep_cgroups(data: &Path) -> Vec<std::path::PathBuf> {
     let removed = cgroup::sweep(|id| Journal::load(data, id).map_or(true, |j| !j.phase.finished()));
     if !removed.is_empty() {
         tracing::info!(?removed, "removed empty deployment cgroups");
     }
-    Ok(out)
+    removed
 }
 
 fn report_path(data: &Path, id: &str) -> std::path::PathBuf {

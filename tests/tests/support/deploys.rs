@@ -315,3 +315,73 @@ pub fn assert_exhaustion(d: &Value, resource: &str, rate: (f64, f64)) {
         "decided before the step failed: {d}"
     );
 }
+
+/// A manifest on `root` whose one step runs `script` chrooted; no shadow
+/// and no monitoring, so the step's run is the deployment's.
+pub fn chroot_manifest(dir: &Path, name: &str, root: &Path, script: &str, hook: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    // Every manifest carries an artifact; this one is never installed.
+    let deb = build_deb(dir, name, "1.0", &[], None);
+    let text = format!(
+        r#"name = "{name}"
+root = {root:?}
+[artifact]
+debs = [{deb:?}]
+[[steps]]
+name = "work"
+run = ["sh", "-c", {script:?}]
+timeout = "1m"
+[scope]
+paths = ["/etc"]
+[shadow]
+enabled = false
+[monitor]
+period = "0s"
+[[rollback_hooks]]
+name = "after"
+run = ["sh", "-c", {hook:?}]
+timeout = "1m"
+"#,
+        root = root.display().to_string(),
+        deb = deb.display().to_string(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `backstop deploy FILE` (no --wait): the deployment's id, or what the
+/// CLI said when it refused.
+pub fn start(fleet: &Fleet, file: &Path) -> Result<String, String> {
+    let out = fleet.cli(&["deploy", file.to_str().unwrap(), "--host", "web-1"]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `backstop show ID --json`.
+pub fn state(fleet: &Fleet, id: &str) -> Value {
+    fleet.json(&["show", id, "--json"])
+}
+
+pub fn ended(shown: &Value) -> bool {
+    !matches!(
+        shown["deployment"]["state"].as_str(),
+        Some("running" | "rolling_back") | None
+    )
+}
+
+/// The cgroup v2 root, as the agent finds it.
+pub fn v2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .find(|c| {
+            mounts.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 2 && f[1] == **c && f[2] == "cgroup2"
+            })
+        })
+        .map(PathBuf::from)
+        .expect("a cgroup v2 hierarchy")
+}

@@ -252,9 +252,8 @@ impl Rig {
         // default (250 ms for the built-in model; the trend rule reads
         // one window a second of them, so this writer's half-second
         // pauses are not mistaken for a wobble).
-        let out = util::output(
-            (self.cli().arg("deploy").arg(&manifest)).args(["--host", "bench"]),
-        )?;
+        let out =
+            util::output((self.cli().arg("deploy").arg(&manifest)).args(["--host", "bench"]))?;
         let id = out.trim().to_string();
         wait(Duration::from_mins(2), "the fault's onset", || {
             stamp(&onset_f).is_some()
