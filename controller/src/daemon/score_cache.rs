@@ -17,7 +17,9 @@
 //! The cache is the deciding deployment's alone (its decisions take turns,
 //! `ModelSlot::deciding`), is dropped when the deployment ends, and at
 //! most [`KEPT`] deployments are kept, the least recently scored dropped
-//! first.
+//! first (a decision still scoring when its deployment's final event
+//! arrives puts its cache back after the drop; the bound is what removes
+//! that one).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
