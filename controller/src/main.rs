@@ -127,7 +127,9 @@ async fn dispatch(data: PathBuf, data_given: bool, command: Command) -> anyhow::
         } => commands::eval::run(&model, &corpus, (lockbox, all), json),
         Command::Corpus { action } => commands::corpus::run(action),
         Command::BenchPredict { model, calls } => commands::bench_predict::run(&model, calls),
-        Command::BenchDecide { model, installs } => commands::bench_decide::run(&model, installs),
+        Command::BenchDecide { model, installs } => {
+            commands::bench_decide::run(&model, installs).await
+        }
         Command::Model { json } => commands::model::run(&data, json),
         Command::Schema { json } => commands::schema::run(json),
         Command::Manifest { action } => commands::manifest::run(action),

@@ -208,13 +208,14 @@ async fn decide_now(
     super::shadow_wait::expect(&mut inputs.evidence, &manifest);
     inputs.evidence.history =
         super::history::of(&daemon.store, &row_, &manifest, &inputs.params).await?;
-    // Read once: the trends and the model both read every stored window.
-    let windows = daemon.store.windows(id).await.unwrap_or_else(|e| {
+    // The windows stored since its last decision, beside those it read
+    // before: the trends and the model both read every one.
+    let mut cache = daemon.model.take(id);
+    if let Err(e) = cache.refresh(&daemon.store, id).await {
         tracing::error!(deployment = id, "reading the stored windows: {e}");
-        Vec::new()
-    });
-    inputs.evidence.resources = super::resources::resources(&windows, &events, &manifest);
-    let scored = super::scoring::windows(daemon, id, windows, &inputs.params).await;
+    }
+    inputs.evidence.resources = super::resources::resources(&cache.stored, &events, &manifest);
+    let scored = super::scoring::windows(daemon, id, cache, &inputs.params).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     inputs.evidence.no_model = scored.no_model;
     inputs.evidence.window_length = scored.window_length;

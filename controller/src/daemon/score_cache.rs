@@ -1,9 +1,13 @@
-//! Why a deployment's scores are kept between its decisions: the daemon
-//! scores every stored window again before each decision (see
-//! `scoring.rs` for why), and the net's forward pass is most of that
-//! cost. In the model's 250 ms windows a ten-minute deployment has 2400
-//! live and 2400 shadow windows, about 110 ms through the net, four
-//! decisions a second: half a core for one deployment.
+//! Why a deployment's windows and scores are kept between its decisions:
+//! the daemon reads every stored window and scores it again before each
+//! decision (see `scoring.rs` for why). In the model's 250 ms windows a
+//! ten-minute deployment has 2400 live and 2400 shadow windows: about
+//! 30 ms to read them from the store and 130 ms through the net, four
+//! decisions a second or more: more than half a core for one deployment.
+//!
+//! Windows are stored once and a running deployment's are never removed,
+//! so the windows read before are kept and only rows stored since are
+//! read (`Store::windows_since`).
 //!
 //! A window's P(failure) is made of its stream's windows up to it alone
 //! (the first window and the K before it), and an alarm's drivers of the
@@ -27,9 +31,13 @@ use std::hash::{Hash, Hasher};
 use backstop_common::window::Window;
 
 use crate::predict::model::{Model, ModelError};
+use crate::store::{Store, StoreError};
 
-/// Deployments whose scores are kept at once.
+/// Deployments whose windows and scores are kept at once.
 pub const KEPT: usize = 64;
+/// Windows kept across deployments at most (about 50 MB): beyond it the
+/// least recently decided deployments are dropped first.
+pub const KEPT_WINDOWS: usize = 100_000;
 
 /// A window's identity for the cache: its seq and a hash of its features.
 type Key = (u64, u64);
@@ -78,9 +86,38 @@ fn common_prefix(a: &[Key], b: &[Key]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// What one deployment's last scoring leaves for its next.
+/// What one deployment's last decision leaves for its next: the windows
+/// it read and the scores it made of them.
 #[derive(Debug, Default)]
 pub struct Cache {
+    /// The deployment's stored windows, in the order they were stored.
+    pub(super) stored: Vec<Window>,
+    /// The last store row read into `stored`.
+    after: i64,
+    pub(super) scores: Scores,
+    /// When it was last used, by [`Caches`]' clock.
+    used: u64,
+}
+
+impl Cache {
+    /// Read the windows stored since the last read.
+    pub async fn refresh(&mut self, store: &Store, id: &str) -> Result<(), StoreError> {
+        let (new, after) = store.windows_since(id, self.after).await?;
+        self.stored.extend(new);
+        self.after = after;
+        Ok(())
+    }
+
+    /// The windows read so far (in the order they were stored), and the
+    /// scores made of them, which `scoring::score_cached` keeps.
+    pub fn parts(&mut self) -> (&[Window], &mut Scores) {
+        (&self.stored, &mut self.scores)
+    }
+}
+
+/// The scores of one deployment's windows, kept for its next scoring.
+#[derive(Debug, Default)]
+pub struct Scores {
     pub(super) live: StreamScores,
     pub(super) shadow: StreamScores,
     /// Drivers of alarming live windows, by position, for the threshold
@@ -88,11 +125,9 @@ pub struct Cache {
     /// prefix.
     pub(super) drivers: HashMap<usize, Vec<String>>,
     drivers_threshold: Option<f64>,
-    /// When it was last used, by [`Caches`]' clock.
-    used: u64,
 }
 
-impl Cache {
+impl Scores {
     /// Forget the drivers of windows from `kept` on, and all of them when
     /// the threshold in force changed.
     pub(super) fn keep_drivers(&mut self, kept: usize, threshold: f64) {
@@ -119,12 +154,15 @@ impl Caches {
     }
 
     /// Give `id`'s cache back, dropping the least recently used beyond
-    /// [`KEPT`].
+    /// [`KEPT`] deployments or [`KEPT_WINDOWS`] windows (never the one
+    /// given back).
     pub fn put(&mut self, id: &str, mut c: Cache) {
         self.clock += 1;
         c.used = self.clock;
         self.map.insert(id.to_string(), c);
-        while self.map.len() > KEPT {
+        let windows =
+            |m: &HashMap<String, Cache>| m.values().map(|c| c.stored.len()).sum::<usize>();
+        while self.map.len() > KEPT || (self.map.len() > 1 && windows(&self.map) > KEPT_WINDOWS) {
             let Some(oldest) = (self.map.iter())
                 .min_by_key(|(_, c)| c.used)
                 .map(|(k, _)| k.clone())

@@ -23,8 +23,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use backstop_common::control::{ProbeStatus, Progress};
 use backstop_common::window::{Stream, Window};
 
-pub use super::score_cache::Cache;
 use super::score_cache::Caches;
+pub use super::score_cache::{Cache, Scores};
 use super::state::Daemon;
 use crate::decide::Evidence;
 use crate::decide::divergence::divergence;
@@ -114,6 +114,12 @@ impl ModelSlot {
             .unwrap_or(backstop_common::window::DEFAULT_WINDOW_MS)
     }
 
+    /// Deployment `id`'s windows and scores as its last decision left
+    /// them, taken out while it decides (see `score_cache.rs`).
+    pub(super) fn take(&self, id: &str) -> Cache {
+        self.caches().take(id)
+    }
+
     fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
         (self.caches.lock()).unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -157,7 +163,7 @@ fn rows(ws: &[&Window]) -> Vec<Vec<f64>> {
 /// model's calibrated threshold, and the divergence over the model's
 /// normaliser.
 pub fn score(model: &Model, windows: &[Window]) -> Result<Vec<WindowEvidence>, ModelError> {
-    Ok(scored(model, windows, &mut Cache::default())?.0)
+    Ok(scored(model, windows, &mut Scores::default())?.0)
 }
 
 /// The evidence, the live rows it scored, how many kept their score.
@@ -165,7 +171,7 @@ type Scoring = (Vec<WindowEvidence>, Vec<Vec<f64>>, usize);
 
 /// [`score`], through `cache`, with the live stream's feature rows it
 /// scored and how many live windows kept their score.
-fn scored(model: &Model, windows: &[Window], cache: &mut Cache) -> Result<Scoring, ModelError> {
+fn scored(model: &Model, windows: &[Window], cache: &mut Scores) -> Result<Scoring, ModelError> {
     let (live_ws, shadow_ws) = (
         ordered(windows, Stream::Live),
         ordered(windows, Stream::Shadow),
@@ -208,7 +214,7 @@ pub fn score_explained(
     windows: &[Window],
     threshold: f64,
 ) -> Result<Vec<WindowEvidence>, ModelError> {
-    score_cached(model, windows, threshold, &mut Cache::default())
+    score_cached(model, windows, threshold, &mut Scores::default())
 }
 
 /// [`score_explained`] through deployment's `cache`: the same evidence,
@@ -217,7 +223,7 @@ pub fn score_cached(
     model: &Model,
     windows: &[Window],
     threshold: f64,
-    cache: &mut Cache,
+    cache: &mut Scores,
 ) -> Result<Vec<WindowEvidence>, ModelError> {
     let (mut ev, live, kept) = scored(model, windows, cache)?;
     cache.keep_drivers(kept, threshold);
@@ -286,10 +292,11 @@ pub fn window_length(model_ms: Option<u32>, stored: &[Window]) -> Option<WindowL
 pub(super) async fn windows(
     daemon: &Daemon,
     id: &str,
-    stored: Vec<Window>,
+    mut cache: Cache,
     params: &crate::decide::Params,
 ) -> Scored {
     let Some(scorer) = daemon.model.get() else {
+        daemon.model.caches().put(id, cache);
         let model = NO_MODEL.to_string();
         return Scored {
             windows: Vec::new(),
@@ -304,12 +311,11 @@ pub(super) async fn windows(
         threshold: Some(scorer.model.meta.threshold),
         model: scorer.source.clone(),
         no_model: None,
-        window_length: window_length(scorer.model.meta.window_ms, &stored),
+        window_length: window_length(scorer.model.meta.window_ms, &cache.stored),
     };
     let threshold = params.threshold_for(scorer.model.meta.threshold);
-    let mut cache = daemon.model.caches().take(id);
     let outcome = tokio::task::spawn_blocking(move || {
-        let ev = score_cached(&scorer.model, &stored, threshold, &mut cache);
+        let ev = score_cached(&scorer.model, &cache.stored, threshold, &mut cache.scores);
         (ev, cache)
     })
     .await;

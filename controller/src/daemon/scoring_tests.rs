@@ -204,7 +204,7 @@ fn kept_scores_give_the_evidence_of_scoring_afresh() {
     let mut ps = model.predict(&failing.windows).expect("predicts");
     ps.sort_by(f64::total_cmp);
     let thr = ps[ps.len() / 2];
-    let mut cache = Cache::default();
+    let mut cache = Scores::default();
     for n in 1..=arrivals.len() {
         let stored = &arrivals[..n];
         let cached = score_cached(&model, stored, thr, &mut cache).expect("scores");
@@ -222,11 +222,11 @@ fn kept_scores_give_the_evidence_of_scoring_afresh() {
     let late = (arrivals.iter())
         .position(|w| w.stream == Stream::Live && w.seq == 3)
         .expect("window 2 arrives");
-    let kept = |upto: usize, c: &mut Cache| {
+    let kept = |upto: usize, c: &mut Scores| {
         let ws = ordered(&arrivals[..upto], Stream::Live);
         c.live.update(&model, &ws, &rows(&ws)).expect("scores")
     };
-    let mut c = Cache::default();
+    let mut c = Scores::default();
     assert_eq!(kept(late, &mut c), 0, "nothing kept the first time");
     assert_eq!(
         kept(late + 1, &mut c),
@@ -260,4 +260,30 @@ fn kept_scores_are_bounded_and_dropped_when_a_deployment_ends() {
     slot.forget("d10");
     assert!(!slot.caches().holds("d10"));
     assert_eq!(slot.kept(), kept - 1);
+    // Bounded in windows too: the most windows held at once is
+    // KEPT_WINDOWS, the deployment given back is never the one dropped.
+    let big = || {
+        let mut c = Cache::default();
+        c.stored =
+            vec![Window::new(Stream::Live, 1, 0, 1); super::super::score_cache::KEPT_WINDOWS / 2];
+        c
+    };
+    slot.caches().put("big1", big());
+    slot.caches().put("big2", big());
+    assert!(slot.caches().holds("big1") && slot.caches().holds("big2"));
+    assert_eq!(slot.kept(), kept, "at the bound, not over it");
+    // Over it: the least recently used go first (the small ones, then
+    // big1) until it holds.
+    slot.caches().put("big3", big());
+    assert!(!slot.caches().holds("big1") && slot.caches().holds("big2"));
+    assert_eq!(slot.kept(), 2);
+    let mut alone = big();
+    alone.stored.extend(big().stored);
+    alone.stored.push(Window::new(Stream::Live, 2, 0, 1));
+    slot.caches().put("huge", alone);
+    assert!(
+        slot.caches().holds("huge"),
+        "kept though over the bound alone"
+    );
+    assert_eq!(slot.kept(), 1);
 }

@@ -78,39 +78,67 @@ impl Store {
             .bind(deployment)
             .fetch_all(&self.pool)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let stream: String = r.try_get(0)?;
-            let bytes: Vec<u8> = r.try_get(6)?;
-            let mut w = Window::new(
-                if stream == "shadow" {
-                    Stream::Shadow
-                } else {
-                    Stream::Live
-                },
-                r.try_get::<i64, _>(1)? as u64,
-                r.try_get::<i64, _>(2)? as u64,
-                r.try_get::<i64, _>(3)? as u64,
-            );
-            w.lost_events = r.try_get::<i64, _>(4)? as u64;
-            w.schema = r.try_get(5)?;
-            w.features = decode(&bytes);
-            let host: Option<String> = r.try_get(7)?;
-            w.host = host
-                .and_then(|h| serde_json::from_str(&h).ok())
-                .unwrap_or_default();
-            if w.features.len() != FEATURES.len() && w.schema == SCHEMA_VERSION {
-                return Err(StoreError::WindowFeatures {
-                    deployment: deployment.to_string(),
-                    stream: w.stream.as_str(),
-                    seq: w.seq,
-                    count: w.features.len(),
-                });
-            }
-            out.push(w);
-        }
-        Ok(out)
+        rows.iter().map(|r| window(deployment, r)).collect()
     }
+
+    /// The windows of a deployment stored after row `after` (0: all), in
+    /// the order they were stored, and the last row read (`after` when
+    /// none): what a reader that holds the earlier ones needs. Rows only
+    /// grow (a window is stored once and a running deployment's are never
+    /// removed), so every window stored after `after` has a row above it.
+    pub async fn windows_since(
+        &self,
+        deployment: &str,
+        after: i64,
+    ) -> Result<(Vec<Window>, i64), StoreError> {
+        let rows = sqlx::query("SELECT stream, seq, start_ns, end_ns, lost_events, schema, features, host, rowid FROM windows WHERE deployment = ? AND rowid > ? ORDER BY rowid")
+            .bind(deployment)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        let last = match rows.last() {
+            Some(r) => r.try_get(8)?,
+            None => after,
+        };
+        let ws = rows
+            .iter()
+            .map(|r| window(deployment, r))
+            .collect::<Result<_, _>>()?;
+        Ok((ws, last))
+    }
+}
+
+/// One stored window row (stream, seq, start_ns, end_ns, lost_events,
+/// schema, features, host, in that order).
+fn window(deployment: &str, r: &sqlx::sqlite::SqliteRow) -> Result<Window, StoreError> {
+    let stream: String = r.try_get(0)?;
+    let bytes: Vec<u8> = r.try_get(6)?;
+    let mut w = Window::new(
+        if stream == "shadow" {
+            Stream::Shadow
+        } else {
+            Stream::Live
+        },
+        r.try_get::<i64, _>(1)? as u64,
+        r.try_get::<i64, _>(2)? as u64,
+        r.try_get::<i64, _>(3)? as u64,
+    );
+    w.lost_events = r.try_get::<i64, _>(4)? as u64;
+    w.schema = r.try_get(5)?;
+    w.features = decode(&bytes);
+    let host: Option<String> = r.try_get(7)?;
+    w.host = host
+        .and_then(|h| serde_json::from_str(&h).ok())
+        .unwrap_or_default();
+    if w.features.len() != FEATURES.len() && w.schema == SCHEMA_VERSION {
+        return Err(StoreError::WindowFeatures {
+            deployment: deployment.to_string(),
+            stream: w.stream.as_str(),
+            seq: w.seq,
+            count: w.features.len(),
+        });
+    }
+    Ok(w)
 }
 
 #[cfg(test)]
@@ -149,6 +177,24 @@ mod tests {
             "redelivery stores nothing"
         );
         assert_eq!(store.windows("d1").await.unwrap(), ws);
+        // Read since a row: the windows stored after it alone, a late one
+        // (an earlier seq) included; a redelivery is no new row.
+        let (all, first) = store.windows_since("d1", 0).await.unwrap();
+        assert_eq!(all, ws);
+        let more = vec![
+            Window::new(Stream::Shadow, 0, 0, 10),
+            Window::new(Stream::Live, 7, 70, 80),
+        ];
+        store.insert_windows("d1", &more).await.unwrap();
+        store.insert_windows("d1", &ws[..1]).await.unwrap();
+        let (new, last) = store.windows_since("d1", first).await.unwrap();
+        assert_eq!(new, more);
+        assert!(last > first);
+        assert_eq!(
+            store.windows_since("d1", last).await.unwrap(),
+            (vec![], last)
+        );
+        assert!(store.windows_since("d2", 0).await.unwrap().0.is_empty());
         store.host_disconnected("web-1").await.unwrap();
         assert_eq!(store.deployment("d1").await.unwrap().state, "interrupted");
         assert!(!store.hosts().await.unwrap()[0].connected);

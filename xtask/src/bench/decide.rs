@@ -34,7 +34,7 @@ pub(super) fn decide(reps: usize) -> Result<()> {
         f("p99_over_window")
     );
     println!(
-        "\none decision at the last of {} live and as many shadow windows (ten minutes of 250 ms windows):",
+        "\none decision at the last of {} live and as many shadow windows (ten minutes of 250 ms windows) in a SQLite store:",
         v["long_windows"]
     );
     println!(
