@@ -38,11 +38,11 @@ pub(super) fn decide(reps: usize) -> Result<()> {
         v["long_windows"]
     );
     println!(
-        "  every window scored afresh   {:>9.1} ms",
+        "  every window read and scored afresh    {:>9.1} ms",
         f("long_afresh_ms")
     );
     println!(
-        "  the kept scores (daemon)     {:>9.1} ms",
+        "  the kept windows and scores (daemon)   {:>9.1} ms",
         f("long_kept_ms")
     );
     println!(
