@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use backstop_common::control::{DeployRequest, Reply, Request};
+use backstop_common::control::{DeployRequest, Progress, Reply, Request};
 use backstop_common::manifest::Manifest;
 use backstop_controller::daemon::control::socket_path;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -46,6 +46,7 @@ pub async fn run(data: &Path, a: DeployArgs<'_>) -> Result<i32> {
     };
     let mut lines = request(data, &Request::Deploy(req)).await?;
     let mut code = 0;
+    let mut shown: Option<Progress> = None;
     while let Some(line) = lines.next_line().await? {
         let reply: Reply =
             serde_json::from_str(&line).with_context(|| format!("daemon sent {line:?}"))?;
@@ -58,7 +59,12 @@ pub async fn run(data: &Path, a: DeployArgs<'_>) -> Result<i32> {
             _ if a.json => print!("{}", reply.line()),
             Reply::Started { deployment } => println!("{deployment}"),
             Reply::Event(l) => println!("{}", progress_text(&serde_json::to_value(l)?)),
-            Reply::Progress(p) => println!("{}", status_text(p)),
+            Reply::Progress(p) => {
+                if worth_a_line(shown.as_ref(), p) {
+                    println!("{}", status_text(p));
+                    shown = Some(p.clone());
+                }
+            }
             Reply::Missed { count } => {
                 println!("({count} events missed; `backstop show` has them)");
             }
@@ -74,9 +80,26 @@ pub async fn run(data: &Path, a: DeployArgs<'_>) -> Result<i32> {
     Ok(code)
 }
 
+/// Whether a status line is worth printing after `last`: a second since
+/// it, another step, a probe's result changed, or P(failure) over the
+/// threshold. The daemon sends one per window batch scored, four or more
+/// a second in 250 ms windows; `--json` prints every one.
+fn worth_a_line(last: Option<&Progress>, p: &Progress) -> bool {
+    let probes = |p: &Progress| -> Vec<(String, bool)> {
+        p.probes.iter().map(|s| (s.name.clone(), s.ok)).collect()
+    };
+    let alarming = matches!((p.p_failure_live, p.threshold), (Some(v), Some(t)) if v > t);
+    last.is_none_or(|l| {
+        p.elapsed_ms >= l.elapsed_ms + 1000
+            || l.step != p.step
+            || probes(l) != probes(p)
+            || alarming
+    })
+}
+
 /// One status line for a human: P(failure) live and shadow against the
 /// threshold, after each window batch the daemon scored.
-fn status_text(p: &backstop_common::control::Progress) -> String {
+fn status_text(p: &Progress) -> String {
     let p_ = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     let mut s = format!(
         "{:.1} s, step {}: P(failure) live {} shadow {} threshold {}",
@@ -262,6 +285,37 @@ mod tests {
 
     fn line(e: &DeployEvent) -> String {
         super::progress_text(&serde_json::json!({"kind": e.kind(), "event": e}))
+    }
+
+    #[test]
+    fn status_lines_come_once_a_second_unless_something_changed() {
+        use backstop_common::control::{ProbeStatus, Progress};
+        let at = |ms: u64, p: f64| Progress {
+            elapsed_ms: ms,
+            step: Some("install".into()),
+            p_failure_live: Some(p),
+            threshold: Some(0.5),
+            ..Progress::default()
+        };
+        let worth = super::worth_a_line;
+        assert!(worth(None, &at(0, 0.1)), "the first one");
+        assert!(!worth(Some(&at(0, 0.1)), &at(250, 0.1)));
+        assert!(!worth(Some(&at(0, 0.1)), &at(999, 0.2)));
+        assert!(worth(Some(&at(0, 0.1)), &at(1000, 0.1)), "a second on");
+        assert!(
+            worth(Some(&at(0, 0.1)), &at(250, 0.7)),
+            "over the threshold"
+        );
+        let mut configure = at(250, 0.1);
+        configure.step = Some("configure".into());
+        assert!(worth(Some(&at(0, 0.1)), &configure), "another step");
+        let mut probed = at(250, 0.1);
+        probed.probes.push(ProbeStatus {
+            name: "http".into(),
+            ok: false,
+            detail: String::new(),
+        });
+        assert!(worth(Some(&at(0, 0.1)), &probed), "a probe's result");
     }
 
     #[test]
