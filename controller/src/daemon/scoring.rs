@@ -47,7 +47,7 @@ pub struct ModelSlot {
     /// Held by the decider while it decides a deployment: one decision
     /// at a time per deployment ([`ModelSlot::deciding`]).
     serial: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-    /// The scores each deployment's last decision left.
+    /// The windows and scores each deployment's last decision left.
     caches: std::sync::Mutex<Caches>,
 }
 
