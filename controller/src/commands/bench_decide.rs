@@ -9,7 +9,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use backstop_common::deploy::{DeployEvent, MemorySample};
+use backstop_common::manifest::Manifest;
 use backstop_common::window::{Stream, Window};
+use backstop_controller::daemon::decider::evidence;
 use backstop_controller::daemon::scoring::{Cache, score, score_cached, score_explained};
 use backstop_controller::decide::evidence::{History, Phase};
 use backstop_controller::decide::{Evidence, Params, Verdict, decide};
@@ -57,7 +60,7 @@ pub async fn run(model_dir: &Path, installs: usize) -> Result<i32> {
     us.sort_by(f64::total_cmp);
     let at = |q: f64| us[((us.len() - 1) as f64 * q) as usize];
     let window_len_us = f64::from(window_ms) * 1000.0;
-    let (afresh_ms, kept_ms) = long_deployment(&model, &records, LONG_WINDOWS).await?;
+    let (afresh_ms, kept_ms, events) = long_deployment(&model, &records, LONG_WINDOWS).await?;
     println!(
         "{}",
         serde_json::json!({
@@ -65,6 +68,7 @@ pub async fn run(model_dir: &Path, installs: usize) -> Result<i32> {
             "window_ms": window_ms, "median_us": at(0.5), "p99_us": at(0.99), "max_us": at(1.0),
             "p99_over_window": at(0.99) / window_len_us,
             "long_windows": LONG_WINDOWS, "long_afresh_ms": afresh_ms, "long_kept_ms": kept_ms,
+            "long_events_afresh_ms": events.0, "long_events_kept_ms": events.1,
         })
     );
     Ok(0)
@@ -86,12 +90,14 @@ const LONG_WINDOWS: usize = 2400;
 /// a real store (a scratch SQLite file): every window read and scored
 /// afresh, against the daemon's way (the windows and scores the decisions
 /// before kept: only the two windows stored since are read and scored);
-/// medians of 5, in ms.
+/// then its events (a memory sample per live window) read and made into
+/// evidence afresh, against reading only the one stored since; medians of
+/// 5, in ms.
 async fn long_deployment(
     model: &Model,
     records: &[corpus::Record],
     n: usize,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, (f64, f64))> {
     let rows: Vec<&Vec<f64>> = records.iter().flat_map(|r| &r.windows).collect();
     let mut ws: Vec<Window> = Vec::with_capacity(2 * n);
     for i in 0..n {
@@ -128,11 +134,60 @@ async fn long_deployment(
         score_cached(model, stored, threshold, scores)?;
         kept.push(started.elapsed().as_secs_f64() * 1e3);
     }
+    let events = long_events(&store, n).await?;
     drop(store);
     drop(removed);
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    Ok((median(afresh), median(kept), events))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// [`long_deployment`]'s events: `n` memory samples stored, then per
+/// repetition one more, read with the evidence made of all of them,
+/// afresh and through a cache that read the rest before.
+async fn long_events(store: &Store, n: usize) -> Result<(f64, f64)> {
+    // Only stored, never run: a root and an artifact that need not exist.
+    let manifest = Manifest::from_toml(concat!(
+        "name = \"bench\"\nroot = \"/nonexistent\"\n",
+        "[artifact]\ndir = \"/nonexistent-artifact\"\n",
+        "[[steps]]\nname = \"install\"\nrun = [\"true\"]\n",
+        "[scope]\npaths = [\"/opt/bench\"]\n",
+    ))?;
+    store
+        .new_deploy("events", "bench", &manifest, false)
+        .await?;
+    let sample = |i: u64| DeployEvent::LiveMemory {
+        sample: MemorySample {
+            index: i,
+            at_ms: i as f64 * 250.0,
+            current_bytes: 64 << 20,
+            limit_bytes: 1 << 30,
+            oom_kills: 0,
+        },
     };
+    for i in 0..n as u64 {
+        store.add_deploy_event("events", i, &sample(i)).await?;
+    }
+    let mut cache = Cache::default();
+    cache.refresh_events(store, "events").await?;
+    let (mut afresh, mut kept) = (Vec::new(), Vec::new());
+    for rep in 0..5u64 {
+        let seq = n as u64 + rep;
+        store.add_deploy_event("events", seq, &sample(seq)).await?;
+        let started = Instant::now();
+        let all: Vec<DeployEvent> = (store.deploy_events("events").await?)
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
+        std::hint::black_box(evidence(&all, 1));
+        afresh.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        cache.refresh_events(store, "events").await?;
+        std::hint::black_box(evidence(cache.events(), 1));
+        kept.push(started.elapsed().as_secs_f64() * 1e3);
+    }
     Ok((median(afresh), median(kept)))
 }

@@ -9,9 +9,10 @@
 //! the stored live and shadow windows before every decision, and a batch
 //! of windows is a trigger too (`after_windows`), so a deployment is
 //! decided within the window that carries the evidence, not at its next
-//! event. A deployment's decisions run one at a time
-//! (`ModelSlot::deciding`), so two triggers never both store one; other
-//! deployments decide beside it. The fleet's history of the package is
+//! event. A deployment's decisions run one at a time (`turns.rs`), so
+//! two triggers never both store one, and window batches that arrive
+//! while a decision waits for its turn share it; other deployments decide
+//! beside it. The fleet's history of the package is
 //! read before every decision (`history.rs`). An acted rollback fires an
 //! alert (`alerting.rs`), after its order is sent.
 
@@ -114,7 +115,7 @@ pub(super) async fn after_event(
     id: &str,
     event: &DeployEvent,
 ) -> Result<(), StoreError> {
-    let done = decide_now(daemon, id, false).await?;
+    let done = decide_now(daemon, id, Trigger::Event).await?;
     let last_step = matches!(event, DeployEvent::Step { stream: Stream::Live, step }
         if step.passed() && step.index + 1 == done.steps);
     // Back from a time without the controller, with the install over: the
@@ -130,7 +131,7 @@ pub(super) async fn after_event(
                 tracing::warn!(deployment = id, "waiting for the shadow's report: {e}");
             }
             crate::metrics::evidence(&id);
-            if let Err(e) = decide_now(&daemon, &id, true).await {
+            if let Err(e) = decide_now(&daemon, &id, Trigger::Monitored).await {
                 tracing::error!(deployment = id, "deciding after monitoring: {e}");
             }
         });
@@ -140,17 +141,30 @@ pub(super) async fn after_event(
 
 /// After a batch of windows of `id` was stored: decide again, in a task
 /// of its own (scoring must not hold up the agent's session), when `id` is
-/// a deployment running here (an `exec` has no decision).
+/// a deployment running here (an `exec` has no decision) and no decision
+/// triggered by windows already waits for its turn (`turns.rs`).
 pub(super) async fn after_windows(daemon: &Arc<Daemon>, id: &str) {
-    if !daemon.deploys.running(id).await {
+    if !daemon.deploys.running(id).await || !daemon.turns.queue(id) {
         return;
     }
     let (daemon, id) = (daemon.clone(), id.to_string());
     tokio::spawn(async move {
-        if let Err(e) = decide_now(&daemon, &id, false).await {
+        if let Err(e) = decide_now(&daemon, &id, Trigger::Windows).await {
             tracing::error!(deployment = id, "deciding after windows: {e}");
         }
     });
+}
+
+/// What set a decision off.
+#[derive(Clone, Copy, PartialEq)]
+enum Trigger {
+    /// A new event of the deployment.
+    Event,
+    /// A batch of its windows (`after_windows`): queued, shared by the
+    /// batches stored before it starts.
+    Windows,
+    /// The monitoring period is over: phase `done`.
+    Monitored,
 }
 
 struct Progress {
@@ -161,15 +175,19 @@ struct Progress {
     monitor: std::time::Duration,
 }
 
-/// Decide from what is stored (`finished`: the monitoring period is over,
-/// phase `done`), store the first verdict other than `continue`, and act.
+/// Decide from what is stored, store the first verdict other than
+/// `continue`, and act.
 async fn decide_now(
     daemon: &Arc<Daemon>,
     id: &str,
-    finished: bool,
+    trigger: Trigger,
 ) -> Result<Progress, StoreError> {
-    let turn = daemon.model.deciding(id);
+    let finished = trigger == Trigger::Monitored;
+    let turn = daemon.turns.deciding(id);
     let _one_at_a_time = turn.lock().await;
+    if trigger == Trigger::Windows {
+        daemon.turns.started(id);
+    }
     let (row_, manifest) = daemon.store.deploy(id).await?;
     let mut progress = Progress {
         decided: true,
@@ -180,19 +198,18 @@ async fn decide_now(
     if row_.state != DeployState::Running || !daemon.store.decisions(id).await?.is_empty() {
         return Ok(progress);
     }
-    let events: Vec<DeployEvent> = daemon
-        .store
-        .deploy_events(id)
-        .await?
-        .into_iter()
-        .map(|r| r.event)
-        .collect();
-    if super::reconcile::agent_alone(&events) {
+    // The windows and events stored since its last decision, beside those
+    // it read before (`score_cache.rs`). An error below drops them: the
+    // next decision reads everything again.
+    let mut cache = daemon.model.take(id);
+    cache.refresh_events(&daemon.store, id).await?;
+    if super::reconcile::agent_alone(cache.events()) {
+        daemon.model.give_back(id, cache);
         progress.decided = false;
         return Ok(progress);
     }
     let mut inputs = Inputs {
-        evidence: evidence(&events, manifest.steps.len()),
+        evidence: evidence(cache.events(), manifest.steps.len()),
         params: Params::from_policy(&manifest.policy),
         model: String::new(),
     };
@@ -208,13 +225,12 @@ async fn decide_now(
     super::shadow_wait::expect(&mut inputs.evidence, &manifest);
     inputs.evidence.history =
         super::history::of(&daemon.store, &row_, &manifest, &inputs.params).await?;
-    // The windows stored since its last decision, beside those it read
-    // before: the trends and the model both read every one.
-    let mut cache = daemon.model.take(id);
+    // The trends and the model both read every window.
     if let Err(e) = cache.refresh(&daemon.store, id).await {
         tracing::error!(deployment = id, "reading the stored windows: {e}");
     }
-    inputs.evidence.resources = super::resources::resources(&cache.stored, &events, &manifest);
+    inputs.evidence.resources =
+        super::resources::resources(&cache.stored, cache.events(), &manifest);
     let scored = super::scoring::windows(daemon, id, cache, &inputs.params).await;
     (inputs.evidence.windows, inputs.model) = (scored.windows, scored.model);
     inputs.evidence.no_model = scored.no_model;

@@ -28,5 +28,6 @@ pub mod service;
 mod shadow_wait;
 pub mod start;
 mod state;
+mod turns;
 
 pub use state::{Daemon, ExecError, HOST_GONE_GRACE};

@@ -7,7 +7,9 @@
 //!
 //! Windows are stored once and a running deployment's are never removed,
 //! so the windows read before are kept and only rows stored since are
-//! read (`Store::windows_since`).
+//! read (`Store::windows_since`). The same holds for its events, which
+//! grow as fast (a memory sample with every window): only those stored
+//! since are read (`Store::deploy_events_since`).
 //!
 //! A window's P(failure) is made of its stream's windows up to it alone
 //! (the first window and the K before it), and an alarm's drivers of the
@@ -19,7 +21,7 @@
 //! evidence is the same as scoring afresh, whatever the arrival order.
 //!
 //! The cache is the deciding deployment's alone (its decisions take turns,
-//! `ModelSlot::deciding`), is dropped when the deployment ends, and at
+//! `turns.rs`), is dropped when the deployment ends, and at
 //! most [`KEPT`] deployments are kept, the least recently scored dropped
 //! first (a decision still scoring when its deployment's final event
 //! arrives puts its cache back after the drop; the bound is what removes
@@ -28,6 +30,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
+use backstop_common::deploy::DeployEvent;
 use backstop_common::window::Window;
 
 use crate::predict::model::{Model, ModelError};
@@ -35,8 +38,8 @@ use crate::store::{Store, StoreError};
 
 /// Deployments whose windows and scores are kept at once.
 pub const KEPT: usize = 64;
-/// Windows kept across deployments at most (about 50 MB): beyond it the
-/// least recently decided deployments are dropped first.
+/// Windows and events kept across deployments at most (about 50 MB):
+/// beyond it the least recently decided deployments are dropped first.
 pub const KEPT_WINDOWS: usize = 100_000;
 
 /// A window's identity for the cache: its seq and a hash of its features.
@@ -87,13 +90,18 @@ fn common_prefix(a: &[Key], b: &[Key]) -> usize {
 }
 
 /// What one deployment's last decision leaves for its next: the windows
-/// it read and the scores it made of them.
+/// and events it read and the scores it made of them.
 #[derive(Debug, Default)]
 pub struct Cache {
     /// The deployment's stored windows, in the order they were stored.
     pub(super) stored: Vec<Window>,
     /// The last store row read into `stored`.
     after: i64,
+    /// The deployment's events in seq order, and their seqs.
+    events: Vec<DeployEvent>,
+    seqs: Vec<u64>,
+    /// The last store row read into `events`.
+    events_after: i64,
     pub(super) scores: Scores,
     /// When it was last used, by [`Caches`]' clock.
     used: u64,
@@ -106,6 +114,27 @@ impl Cache {
         self.stored.extend(new);
         self.after = after;
         Ok(())
+    }
+
+    /// Read the events stored since the last read, each into its place
+    /// by seq (a late one from the outbox lands where it belongs).
+    pub async fn refresh_events(&mut self, store: &Store, id: &str) -> Result<(), StoreError> {
+        let (new, after) = store.deploy_events_since(id, self.events_after).await?;
+        for row in new {
+            let at = self.seqs.partition_point(|&s| s < row.seq);
+            if self.seqs.get(at) == Some(&row.seq) {
+                continue;
+            }
+            self.seqs.insert(at, row.seq);
+            self.events.insert(at, row.event);
+        }
+        self.events_after = after;
+        Ok(())
+    }
+
+    /// The deployment's events read so far, in seq order.
+    pub fn events(&self) -> &[DeployEvent] {
+        &self.events
     }
 
     /// The windows read so far (in the order they were stored), and the
@@ -160,8 +189,11 @@ impl Caches {
         self.clock += 1;
         c.used = self.clock;
         self.map.insert(id.to_string(), c);
-        let windows =
-            |m: &HashMap<String, Cache>| m.values().map(|c| c.stored.len()).sum::<usize>();
+        let windows = |m: &HashMap<String, Cache>| {
+            (m.values())
+                .map(|c| c.stored.len() + c.events.len())
+                .sum::<usize>()
+        };
         while self.map.len() > KEPT || (self.map.len() > 1 && windows(&self.map) > KEPT_WINDOWS) {
             let Some(oldest) = (self.map.iter())
                 .min_by_key(|(_, c)| c.used)

@@ -16,9 +16,8 @@
 //! Inference runs in `spawn_blocking`: a slow model never stalls the agents'
 //! sessions on the async runtime.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 
 use backstop_common::control::{ProbeStatus, Progress};
 use backstop_common::window::{Stream, Window};
@@ -44,33 +43,11 @@ pub struct ModelSlot {
     model: OnceLock<Option<Arc<Scorer>>>,
     /// Why there is none (the load's error), said in every decision.
     why_none: OnceLock<String>,
-    /// Held by the decider while it decides a deployment: one decision
-    /// at a time per deployment ([`ModelSlot::deciding`]).
-    serial: std::sync::Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     /// The windows and scores each deployment's last decision left.
     caches: std::sync::Mutex<Caches>,
 }
 
 impl ModelSlot {
-    /// The lock deployment `id`'s decisions take turns on: two triggers of
-    /// one deployment never both store a decision, while other
-    /// deployments decide beside it (one serial lock for all of them let a
-    /// long stream's scoring hold up every other deployment's rollback).
-    /// A lock nobody holds is dropped from the map at the next call.
-    pub(super) fn deciding(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self
-            .serial
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(l) = map.get(id).and_then(Weak::upgrade) {
-            return l;
-        }
-        let l = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(id.to_string(), Arc::downgrade(&l));
-        l
-    }
-
     /// Load the current model of `data`; with none, log that deployments
     /// decide without it.
     pub fn load(&self, data: &Path) {
@@ -118,6 +95,11 @@ impl ModelSlot {
     /// them, taken out while it decides (see `score_cache.rs`).
     pub(super) fn take(&self, id: &str) -> Cache {
         self.caches().take(id)
+    }
+
+    /// Give back a cache taken for a decision that scored nothing.
+    pub(super) fn give_back(&self, id: &str, cache: Cache) {
+        self.caches().put(id, cache);
     }
 
     fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {

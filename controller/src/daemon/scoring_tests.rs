@@ -80,28 +80,6 @@ fn alarming_windows_are_explained_against_the_threshold_in_force() {
         ev.len()
     );
 }
-/// One deployment's decisions take turns; another's do not wait.
-#[tokio::test]
-async fn decisions_take_turns_per_deployment_not_across_them() {
-    let slot = ModelSlot::default();
-    let a = slot.deciding("a");
-    let held = a.lock().await;
-    assert!(
-        slot.deciding("a").try_lock().is_err(),
-        "a's second trigger waits"
-    );
-    assert!(slot.deciding("b").try_lock().is_ok(), "b decides beside a");
-    drop(held);
-    assert!(slot.deciding("a").try_lock().is_ok());
-    // Locks nobody holds do not pile up.
-    drop(a);
-    for i in 0..100 {
-        drop(slot.deciding(&format!("d{i}")));
-    }
-    let _c = slot.deciding("c");
-    assert_eq!(slot.serial.lock().unwrap().len(), 1);
-}
-
 /// The shipped model's envelope, through the daemon's own scoring: a
 /// tree that computes with syscalls is inside it; the same tree
 /// stuck in a loop that never enters the kernel is beyond it from a

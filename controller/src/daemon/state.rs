@@ -53,6 +53,8 @@ pub struct Daemon {
     pub(super) deploys: super::deploy::Registry,
     /// The model deployments are scored with (`scoring.rs`), set at start.
     pub model: super::scoring::ModelSlot,
+    /// The turns each deployment's decisions take (`turns.rs`).
+    pub(super) turns: super::turns::Turns,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,7 @@ impl Daemon {
             next_session: AtomicU64::new(1),
             deploys: super::deploy::Registry::default(),
             model: super::scoring::ModelSlot::default(),
+            turns: super::turns::Turns::default(),
         })
     }
 

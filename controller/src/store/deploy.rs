@@ -147,7 +147,7 @@ pub struct DecisionRow {
     pub acted: bool,
 }
 
-fn unusable(what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn unusable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unusable {
         url: "store".into(),
         reason: format!("{what}: {e}"),
@@ -304,26 +304,6 @@ impl Store {
         let manifest =
             serde_json::from_str(&manifest).map_err(|e| unusable("deploys.manifest", e))?;
         Ok((deploy_row(&row)?, manifest))
-    }
-
-    pub async fn deploy_events(&self, id: &str) -> Result<Vec<DeployEventRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, at_ms, detail FROM deploy_events WHERE deployment = ? ORDER BY seq",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(DeployEventRow {
-                    seq: r.try_get::<i64, _>("seq")? as u64,
-                    at_ms: r.try_get("at_ms")?,
-                    event: serde_json::from_str(&detail)
-                        .map_err(|e| unusable("deploy_events.detail", e))?,
-                })
-            })
-            .collect()
     }
 
     pub async fn add_decision(&self, id: &str, d: &DecisionRow) -> Result<(), StoreError> {

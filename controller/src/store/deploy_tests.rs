@@ -3,8 +3,12 @@
 use super::*;
 use backstop_common::deploy::RollbackReport;
 
+/// A store in a directory of its own: tests run beside each other.
 async fn store() -> (Store, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("backstop-store-deploy-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("backstop-store-deploy-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}", dir.join("db.sqlite").display());
@@ -73,5 +77,52 @@ async fn a_deployment_its_events_and_decisions_round_trip() {
         s.deploy("nope").await,
         Err(StoreError::NoDeployment { .. })
     ));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A reader that keeps what it read gets only the events stored since,
+/// and the daemon's cache puts a late one (the outbox redelivers out of
+/// order) where its seq says: the same events, in the same order, as
+/// reading them all again.
+#[tokio::test]
+async fn events_are_read_since_where_a_reader_left_off() {
+    let (s, dir) = store().await;
+    s.new_deploy("d1", "web-1", &manifest(), false)
+        .await
+        .unwrap();
+    let ev = |i: u64| DeployEvent::ShadowFailed {
+        reason: format!("event {i}"),
+    };
+    for seq in [0, 1, 3] {
+        s.add_deploy_event("d1", seq, &ev(seq)).await.unwrap();
+    }
+    let mut cache = crate::daemon::scoring::Cache::default();
+    cache.refresh_events(&s, "d1").await.unwrap();
+    let (first, after) = s.deploy_events_since("d1", 0).await.unwrap();
+    assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 3]);
+    for seq in [4, 2] {
+        s.add_deploy_event("d1", seq, &ev(seq)).await.unwrap();
+    }
+    s.add_deploy_event("d1", 2, &ev(2)).await.unwrap();
+    let (late, last) = s.deploy_events_since("d1", after).await.unwrap();
+    assert_eq!(
+        late.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [4, 2],
+        "only the new rows, in the order stored"
+    );
+    let (none, same) = s.deploy_events_since("d1", last).await.unwrap();
+    assert!(none.is_empty() && same == last, "nothing new");
+    cache.refresh_events(&s, "d1").await.unwrap();
+    cache.refresh_events(&s, "d1").await.unwrap();
+    let all: Vec<DeployEvent> = (s.deploy_events("d1").await.unwrap())
+        .into_iter()
+        .map(|r| r.event)
+        .collect();
+    assert_eq!(all, (0..5).map(ev).collect::<Vec<_>>());
+    assert_eq!(
+        cache.events(),
+        &all[..],
+        "the cache reads what a full read does"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

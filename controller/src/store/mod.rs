@@ -25,6 +25,7 @@ use sqlx::{Row, Sqlite, SqlitePool};
 mod certs;
 mod dash;
 mod deploy;
+mod deploy_events;
 mod deployments;
 mod events;
 mod fleet;
