@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -171,6 +172,14 @@ pub fn check(root: &Path, pool: &Path, dir: &Path, closure: &[&Pkg]) -> Result<V
     let _ = std::fs::remove_dir_all(&s);
     let input = s.join("upper/tmp/backstop-in");
     std::fs::create_dir_all(&input)?;
+    // The upper /tmp hides the root's: give it the root's mode (1777), or
+    // a script that writes there as its own user (sa-compile's
+    // debian-spamd) fails on our check, not on minbase.
+    let tmp_mode = std::fs::metadata(root.join("tmp")).map_or(0o1777, |m| m.permissions().mode());
+    std::fs::set_permissions(
+        s.join("upper/tmp"),
+        std::fs::Permissions::from_mode(tmp_mode),
+    )?;
     for sub in ["work", "merged"] {
         std::fs::create_dir_all(s.join(sub))?;
     }
