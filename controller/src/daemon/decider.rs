@@ -115,6 +115,15 @@ pub(super) async fn after_event(
     id: &str,
     event: &DeployEvent,
 ) -> Result<(), StoreError> {
+    // A sample (one a window, in the model's 250 ms windows) is read like
+    // a batch of windows: its decision may wait and be shared.
+    if matches!(
+        event,
+        DeployEvent::LiveMemory { .. } | DeployEvent::Service { .. }
+    ) {
+        queue(daemon, id);
+        return Ok(());
+    }
     let done = decide_now(daemon, id, Trigger::Event).await?;
     let last_step = matches!(event, DeployEvent::Step { stream: Stream::Live, step }
         if step.passed() && step.index + 1 == done.steps);
@@ -144,13 +153,21 @@ pub(super) async fn after_event(
 /// a deployment running here (an `exec` has no decision) and no decision
 /// triggered by windows already waits for its turn (`turns.rs`).
 pub(super) async fn after_windows(daemon: &Arc<Daemon>, id: &str) {
-    if !daemon.deploys.running(id).await || !daemon.turns.queue(id) {
+    if daemon.deploys.running(id).await {
+        queue(daemon, id);
+    }
+}
+
+/// Queue a decision of `id` in a task of its own, unless one already
+/// waits for its turn (it will read what was just stored).
+fn queue(daemon: &Arc<Daemon>, id: &str) {
+    if !daemon.turns.queue(id) {
         return;
     }
     let (daemon, id) = (daemon.clone(), id.to_string());
     tokio::spawn(async move {
-        if let Err(e) = decide_now(&daemon, &id, Trigger::Windows).await {
-            tracing::error!(deployment = id, "deciding after windows: {e}");
+        if let Err(e) = decide_now(&daemon, &id, Trigger::Queued).await {
+            tracing::error!(deployment = id, "deciding after windows or a sample: {e}");
         }
     });
 }
@@ -160,9 +177,9 @@ pub(super) async fn after_windows(daemon: &Arc<Daemon>, id: &str) {
 enum Trigger {
     /// A new event of the deployment.
     Event,
-    /// A batch of its windows (`after_windows`): queued, shared by the
-    /// batches stored before it starts.
-    Windows,
+    /// A batch of its windows (`after_windows`) or a sample: queued,
+    /// shared by the batches and samples stored before it starts.
+    Queued,
     /// The monitoring period is over: phase `done`.
     Monitored,
 }
@@ -185,7 +202,7 @@ async fn decide_now(
     let finished = trigger == Trigger::Monitored;
     let turn = daemon.turns.deciding(id);
     let _one_at_a_time = turn.lock().await;
-    if trigger == Trigger::Windows {
+    if trigger == Trigger::Queued {
         daemon.turns.started(id);
     }
     let (row_, manifest) = daemon.store.deploy(id).await?;

@@ -8,7 +8,8 @@
 //!
 //! Why window batches share a turn: each batch the agent sends is a
 //! trigger, and in 250 ms windows a deployment sends about eight a second
-//! (live and shadow). A decision reads everything stored when it starts,
+//! (live and shadow), and with a memory limit a sample a window besides
+//! (samples queue the same way). A decision reads everything stored when it starts,
 //! so a trigger that arrives while another waits for its turn adds
 //! nothing but a second wait: it is dropped. A trigger that arrives once
 //! the waiting decision has started reading queues the next one, so no
@@ -20,7 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 #[derive(Default)]
 pub struct Turns {
     serial: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-    /// Deployments with a windows-triggered decision waiting for its turn.
+    /// Deployments with a queued decision (after windows or a sample)
+    /// waiting for its turn.
     queued: Mutex<HashSet<String>>,
 }
 
