@@ -218,10 +218,10 @@ async fn decide_now(
     // The windows and events stored since its last decision, beside those
     // it read before (`score_cache.rs`). An error below drops them: the
     // next decision reads everything again.
-    let mut cache = daemon.model.take(id);
+    let mut cache = daemon.kept.take(id);
     cache.refresh_events(&daemon.store, id).await?;
     if super::reconcile::agent_alone(cache.events()) {
-        daemon.model.give_back(id, cache);
+        daemon.kept.put(id, cache);
         progress.decided = false;
         return Ok(progress);
     }

@@ -181,7 +181,7 @@ pub(super) async fn on_event(
         .await?;
     let state = DeployState::after(&event);
     if let Some(state) = state {
-        daemon.model.forget(&deployment);
+        daemon.kept.forget(&deployment);
         super::alerting::ended(daemon, &deployment, &event).await;
         let reason = final_reason(&event);
         daemon

@@ -28,7 +28,6 @@
 //! that one).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use backstop_common::deploy::DeployEvent;
 use backstop_common::window::Window;
@@ -45,12 +44,18 @@ pub const KEPT_WINDOWS: usize = 100_000;
 /// A window's identity for the cache: its seq and a hash of its features.
 type Key = (u64, u64);
 
+/// A multiply-rotate hash of the features' bits, not SipHash: every
+/// decision keys every window of its deployment (4800 in ten minutes of
+/// 250 ms windows), and SipHash was most of a kept decision's time. No
+/// adversary gains by a collision: the store keeps the first window of a
+/// seq and never replaces it, so a kept prefix's features cannot change
+/// under the same seq; the hash only guards callers that feed windows
+/// by hand.
 fn key(w: &Window) -> Key {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for f in &w.features {
-        f.to_bits().hash(&mut h);
-    }
-    (w.seq, h.finish())
+    let h = (w.features.iter()).fold(0xcbf2_9ce4_8422_2325_u64, |h, f| {
+        (h.rotate_left(5) ^ f.to_bits()).wrapping_mul(0x517c_c1b7_2722_0a95)
+    });
+    (w.seq, h)
 }
 
 /// One stream's P(failure), per window in seq order, with the windows
@@ -168,9 +173,49 @@ impl Scores {
     }
 }
 
-/// The kept scores of the deployments being decided.
+/// What the daemon keeps of its deployments between their decisions:
+/// each one's [`Cache`], with or without a model (the trend rules read
+/// the windows and the evidence the events too).
 #[derive(Default)]
-pub(super) struct Caches {
+pub struct Kept(std::sync::Mutex<Caches>);
+
+impl Kept {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Caches> {
+        (self.0.lock()).unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Deployment `id`'s windows, events and scores as its last decision
+    /// left them, taken out while it decides (an empty cache the first
+    /// time).
+    pub fn take(&self, id: &str) -> Cache {
+        self.lock().take(id)
+    }
+
+    /// Give `id`'s cache back (see [`Caches::put`] for the bound).
+    pub fn put(&self, id: &str, cache: Cache) {
+        self.lock().put(id, cache);
+    }
+
+    /// Drop deployment `id`'s cache: it ended.
+    pub fn forget(&self, id: &str) {
+        self.lock().forget(id);
+    }
+
+    /// How many deployments' caches are kept.
+    #[cfg(test)]
+    fn deployments(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    #[cfg(test)]
+    fn holds(&self, id: &str) -> bool {
+        self.lock().map.contains_key(id)
+    }
+}
+
+/// The caches of the deployments being decided.
+#[derive(Default)]
+struct Caches {
     map: HashMap<String, Cache>,
     clock: u64,
 }
@@ -178,14 +223,14 @@ pub(super) struct Caches {
 impl Caches {
     /// Deployment `id`'s cache, taken out while it is scored (an empty one
     /// the first time).
-    pub fn take(&mut self, id: &str) -> Cache {
+    fn take(&mut self, id: &str) -> Cache {
         self.map.remove(id).unwrap_or_default()
     }
 
     /// Give `id`'s cache back, dropping the least recently used beyond
     /// [`KEPT`] deployments or [`KEPT_WINDOWS`] windows (never the one
     /// given back).
-    pub fn put(&mut self, id: &str, mut c: Cache) {
+    fn put(&mut self, id: &str, mut c: Cache) {
         self.clock += 1;
         c.used = self.clock;
         self.map.insert(id.to_string(), c);
@@ -205,16 +250,73 @@ impl Caches {
         }
     }
 
-    pub fn forget(&mut self, id: &str) {
+    fn forget(&mut self, id: &str) {
         self.map.remove(id);
     }
+}
 
-    #[cfg(test)]
-    pub fn holds(&self, id: &str) -> bool {
-        self.map.contains_key(id)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_common::window::Stream;
+
+    /// A window's key changes with any one feature, its seq, or the order
+    /// of two values, and not otherwise.
+    #[test]
+    fn a_key_changes_with_any_feature_and_the_seq() {
+        let mut w = Window::new(Stream::Live, 7, 0, 1);
+        w.features = (0..50).map(|i| f64::from(i) * 1.5).collect();
+        let same = w.clone();
+        assert_eq!(key(&w), key(&same));
+        for i in 0..w.features.len() {
+            let mut v = w.clone();
+            v.features[i] += 1e-9 * (1.0 + v.features[i]);
+            assert_ne!(key(&w), key(&v), "feature {i}");
+        }
+        let mut swapped = w.clone();
+        swapped.features.swap(3, 4);
+        assert_ne!(key(&w).1, key(&swapped).1, "order counts");
+        let mut later = w.clone();
+        later.seq = 8;
+        assert_ne!(key(&w), key(&later));
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
+    #[test]
+    fn kept_scores_are_bounded_and_dropped_when_a_deployment_ends() {
+        let slot = Kept::default();
+        for i in 0..KEPT + 10 {
+            let id = format!("d{i}");
+            let c = slot.take(&id);
+            slot.put(&id, c);
+        }
+        let kept = KEPT;
+        assert_eq!(slot.deployments(), kept);
+        // The least recently used went first.
+        assert!(!slot.holds("d9") && slot.holds("d10"));
+        assert!(slot.holds(&format!("d{}", kept + 9)));
+        slot.forget("d10");
+        assert!(!slot.holds("d10"));
+        assert_eq!(slot.deployments(), kept - 1);
+        // Bounded in windows too: the most windows held at once is
+        // KEPT_WINDOWS, the deployment given back is never the one dropped.
+        let big = || Cache {
+            stored: vec![Window::new(Stream::Live, 1, 0, 1); KEPT_WINDOWS / 2],
+            ..Cache::default()
+        };
+        slot.put("big1", big());
+        slot.put("big2", big());
+        assert!(slot.holds("big1") && slot.holds("big2"));
+        assert_eq!(slot.deployments(), kept, "at the bound, not over it");
+        // Over it: the least recently used go first (the small ones, then
+        // big1) until it holds.
+        slot.put("big3", big());
+        assert!(!slot.holds("big1") && slot.holds("big2"));
+        assert_eq!(slot.deployments(), 2);
+        let mut alone = big();
+        alone.stored.extend(big().stored);
+        alone.stored.push(Window::new(Stream::Live, 2, 0, 1));
+        slot.put("huge", alone);
+        assert!(slot.holds("huge"), "kept though over the bound alone");
+        assert_eq!(slot.deployments(), 1);
     }
 }

@@ -22,7 +22,6 @@ use std::sync::{Arc, OnceLock};
 use backstop_common::control::{ProbeStatus, Progress};
 use backstop_common::window::{Stream, Window};
 
-use super::score_cache::Caches;
 pub use super::score_cache::{Cache, Scores};
 use super::state::Daemon;
 use crate::decide::Evidence;
@@ -43,8 +42,6 @@ pub struct ModelSlot {
     model: OnceLock<Option<Arc<Scorer>>>,
     /// Why there is none (the load's error), said in every decision.
     why_none: OnceLock<String>,
-    /// The windows and scores each deployment's last decision left.
-    caches: std::sync::Mutex<Caches>,
 }
 
 impl ModelSlot {
@@ -89,31 +86,6 @@ impl ModelSlot {
         self.get()
             .and_then(|s| s.model.meta.window_ms)
             .unwrap_or(backstop_common::window::DEFAULT_WINDOW_MS)
-    }
-
-    /// Deployment `id`'s windows and scores as its last decision left
-    /// them, taken out while it decides (see `score_cache.rs`).
-    pub(super) fn take(&self, id: &str) -> Cache {
-        self.caches().take(id)
-    }
-
-    /// Give back a cache taken for a decision that scored nothing.
-    pub(super) fn give_back(&self, id: &str, cache: Cache) {
-        self.caches().put(id, cache);
-    }
-
-    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
-        (self.caches.lock()).unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Drop deployment `id`'s kept scores: it ended.
-    pub fn forget(&self, id: &str) {
-        self.caches().forget(id);
-    }
-
-    /// How many deployments' scores are kept.
-    pub fn kept(&self) -> usize {
-        self.caches().len()
     }
 
     /// Why no model scores deployments (only meaningful when [`Self::get`]
@@ -278,7 +250,7 @@ pub(super) async fn windows(
     params: &crate::decide::Params,
 ) -> Scored {
     let Some(scorer) = daemon.model.get() else {
-        daemon.model.caches().put(id, cache);
+        daemon.kept.put(id, cache);
         let model = NO_MODEL.to_string();
         return Scored {
             windows: Vec::new(),
@@ -303,7 +275,7 @@ pub(super) async fn windows(
     .await;
     match outcome {
         Ok((Ok(w), cache)) => {
-            daemon.model.caches().put(id, cache);
+            daemon.kept.put(id, cache);
             out.windows = w;
         }
         // An error drops the cache: the next decision scores afresh.

@@ -55,6 +55,9 @@ pub struct Daemon {
     pub model: super::scoring::ModelSlot,
     /// The turns each deployment's decisions take (`turns.rs`).
     pub(super) turns: super::turns::Turns,
+    /// Each deployment's windows, events and scores between its
+    /// decisions (`score_cache.rs`).
+    pub(super) kept: super::score_cache::Kept,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,7 @@ impl Daemon {
             deploys: super::deploy::Registry::default(),
             model: super::scoring::ModelSlot::default(),
             turns: super::turns::Turns::default(),
+            kept: super::score_cache::Kept::default(),
         })
     }
 
