@@ -69,16 +69,26 @@ pub const WATCHED: [usize; 18] = [
 ];
 
 /// The counts the envelope also watches as running totals (see the
-/// module's docs).
-pub const TOTALLED: [usize; 7] = [
+/// module's docs). Not ENOMEM's: its count holds EAGAIN too, which a
+/// healthy program's non-blocking reads return as a matter of course, so
+/// its total grows with the amount of work. Watched until stop 23, it
+/// passed its alarm level on no failing install of the corpus's
+/// non-lockbox records, and on every big healthy install recorded then
+/// (closures of 100-330 packages: 31-59 errors against a limit of 10
+/// times the factor; README, "Benchmarks"). Its per-window count is
+/// still watched.
+pub const TOTALLED: [usize; 6] = [
     feature::SYSCALL_ERRORS_ENOSPC,
-    feature::SYSCALL_ERRORS_ENOMEM,
     feature::SYSCALL_ERRORS_EIO,
     feature::BLOCK_ERRORS,
     feature::PROC_SIGNAL_DEATHS,
     feature::PROC_OOM_KILLS,
     feature::NET_TCP_RETRANSMITS,
 ];
+
+/// Totals an envelope from before stop 23 held, and where ENOMEM's was.
+const LEGACY_TOTALS: usize = 7;
+const LEGACY_ENOMEM_TOTAL: usize = 1;
 
 /// How a running total is named beside its window feature.
 fn total_name(i: usize) -> String {
@@ -300,6 +310,15 @@ impl Envelope {
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         v.truncate(top);
         v
+    }
+
+    /// Fit an envelope from before stop 23 to this build: it watched the
+    /// ENOMEM total as the second of seven ([`TOTALLED`]'s docs say why
+    /// no longer), which is dropped. Any other envelope is left as it is.
+    pub fn upgrade(&mut self) {
+        if self.totals.len() == LEGACY_TOTALS {
+            self.totals.remove(LEGACY_ENOMEM_TOTAL);
+        }
     }
 
     /// Refuse an envelope that does not fit this build's schema.

@@ -340,7 +340,7 @@ impl Model {
     /// A model from its metadata (JSON) and weights (safetensors).
     pub fn from_parts(path: &str, meta_json: &str, weights: &[u8]) -> Result<Model> {
         let path = path.to_string();
-        let meta: ModelMeta = serde_json::from_str(meta_json).map_err(|e| ModelError::Bad {
+        let mut meta: ModelMeta = serde_json::from_str(meta_json).map_err(|e| ModelError::Bad {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -364,7 +364,8 @@ impl Model {
                 ),
             });
         }
-        if let Some(e) = &meta.envelope {
+        if let Some(e) = &mut meta.envelope {
+            e.upgrade();
             e.check().map_err(|reason| ModelError::Bad {
                 path: path.clone(),
                 reason,

@@ -218,3 +218,47 @@ fn a_loop_that_never_enters_the_kernel_alarms_as_a_spin_and_a_key_does_not() {
     bad.spin = Some(0.0);
     assert!(bad.check().is_err());
 }
+
+/// A big install's EAGAINs pile up without alarming (ENOMEM's count holds
+/// them, and its total is not watched); a burst in one window beyond
+/// every healthy install still alarms.
+#[test]
+fn eagain_piling_up_over_a_long_install_is_no_alarm_but_a_burst_is() {
+    let healthy: Vec<Vec<Vec<f64>>> = (0..200)
+        .map(|i| {
+            let mut ws = vec![window(10.0, 10.0); 4];
+            ws[1][feature::SYSCALL_ERRORS_ENOMEM] = f64::from(i % 5);
+            ws
+        })
+        .collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let e = Envelope::fit(&refs, 0.01, false).unwrap();
+    // 300 windows of 3 each: 900 in all, none over the window's limit.
+    let mut long = vec![window(10.0, 10.0); 300];
+    for w in &mut long {
+        w[feature::SYSCALL_ERRORS_ENOMEM] = 3.0;
+    }
+    assert!(e.beyond_all(&long).iter().all(Option::is_none));
+    long[200][feature::SYSCALL_ERRORS_ENOMEM] = 500.0;
+    let b = e.beyond(&long, 200).expect("a burst alarms");
+    assert_eq!(b.feature, "syscall_errors_enomem");
+}
+
+/// A model from before stop 23 carries seven totals, ENOMEM's second:
+/// it loads with that one dropped and the rest where they were.
+#[test]
+fn an_envelope_with_the_enomem_total_loads_without_it() {
+    let healthy: Vec<Vec<Vec<f64>>> = (0..50).map(|i| vec![window(f64::from(i), 10.0)]).collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let mut old = Envelope::fit(&refs, 0.01, false).unwrap();
+    let ours = old.totals.clone();
+    old.totals.insert(1, 10.0);
+    assert!(old.check().is_err(), "seven totals do not fit as they are");
+    old.upgrade();
+    old.check().unwrap();
+    assert_eq!(old.totals, ours);
+    // One that fits already is left alone.
+    let before = old.clone();
+    old.upgrade();
+    assert_eq!(old, before);
+}
