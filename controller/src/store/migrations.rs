@@ -67,6 +67,12 @@ CREATE INDEX certificates_host ON certificates(host);
 ",
     super::deploy::MIGRATION,
     super::windows::HOST_MIGRATION,
+    // A decision reads a deployment's rows stored since its last read
+    // (`deployment = ? AND rowid > ?`): with only the primary keys, SQLite
+    // walked every row of the deployment to find the new ones. An index
+    // on the deployment alone holds the rowid in order after it.
+    "CREATE INDEX windows_since ON windows(deployment);
+     CREATE INDEX deploy_events_since ON deploy_events(deployment);",
 ];
 
 /// Apply every migration the database has not applied yet.
