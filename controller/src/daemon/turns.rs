@@ -9,9 +9,9 @@
 //! Why window batches share a turn: each batch the agent sends is a
 //! trigger, and in 250 ms windows a deployment sends about eight a second
 //! (live and shadow), and with a memory limit a sample a window besides
-//! (samples queue the same way). A decision reads everything stored when it starts,
-//! so a trigger that arrives while another waits for its turn adds
-//! nothing but a second wait: it is dropped. A trigger that arrives once
+//! (samples queue the same way). A decision reads everything stored when
+//! it starts, so a trigger that arrives while another waits for its turn
+//! adds nothing but a second wait: it is dropped. A trigger that arrives once
 //! the waiting decision has started reading queues the next one, so no
 //! stored window goes undecided.
 
@@ -40,9 +40,9 @@ impl Turns {
         l
     }
 
-    /// A batch of `id`'s windows was stored: true when a decision must be
-    /// queued for it, false when one already waits for its turn and will
-    /// read the batch.
+    /// A batch of `id`'s windows or a sample was stored: true when a
+    /// decision must be queued for it, false when one already waits for
+    /// its turn and will read it.
     pub fn queue(&self, id: &str) -> bool {
         let mut q = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
         q.insert(id.to_string())

@@ -74,7 +74,7 @@ pub const WATCHED: [usize; 18] = [
 /// its total grows with the amount of work. Watched until stop 23, it
 /// passed its alarm level on no failing install of the corpus's
 /// non-lockbox records, and on every big healthy install recorded then
-/// (closures of 100-330 packages: 31-59 errors against a limit of 10
+/// (closures of 132-326 packages: 31-59 errors against a limit of 10
 /// times the factor; README, "Benchmarks"). Its per-window count is
 /// still watched.
 pub const TOTALLED: [usize; 6] = [
