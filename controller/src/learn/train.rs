@@ -6,7 +6,7 @@
 //! batches are shuffled with the same RNG. Training twice with one seed
 //! gives the same bytes.
 
-use backstop_common::features::{FEATURES, SCHEMA_VERSION};
+use backstop_common::features::{FEATURES, SCHEMA_VERSION, feature};
 use backstop_common::progress::{Progress, Silent};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
@@ -17,6 +17,21 @@ use super::corpus::{self, Record};
 use crate::predict::calibrate::calibrate_probability;
 use crate::predict::envelope::Envelope;
 use crate::predict::model::{K, Model, ModelError, ModelMeta, Normalizer, Result};
+
+/// Features the net is given as zero, level and change alike: the corpus
+/// cannot teach them. Its installs run without a network (as a shadow
+/// does), so no healthy one opens a TCP connection; the only installs
+/// that did were one fault family's health probes, and a net shown these
+/// learned "a TCP connect means failure": given one 30 ms connect and a
+/// 2 MB download, 8% of healthy installs alarmed (stop 24). A connect
+/// that waits on lost SYNs is still watched, by the envelope
+/// (`predict::envelope`).
+pub const MASKED: [usize; 4] = [
+    feature::NET_TCP_RETRANSMITS,
+    feature::NET_CONNECT_ATTEMPTS,
+    feature::NET_CONNECT_FAILURES,
+    feature::NET_CONNECT_LATENCY_P99_US,
+];
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -240,6 +255,10 @@ pub fn train_with(
             split_rule: corpus::SPLIT_RULE.into(),
             trained_on: train.len(),
             window_ms: Some(window_ms),
+            masked: MASKED
+                .iter()
+                .map(|&i| FEATURES[i].name.to_string())
+                .collect(),
             host_range: crate::predict::range::HostRange::fit(
                 train.iter().flat_map(|d| d.host.iter()),
             ),
@@ -254,6 +273,11 @@ pub fn train_with(
             evaluation: None,
         },
         varmap,
+        mask: FEATURES
+            .iter()
+            .enumerate()
+            .map(|(i, _)| MASKED.contains(&i))
+            .collect(),
     };
     let (x, y, w) = samples(&model, train, cfg)?;
     fit(&model, (&x, &y, &w), cfg, progress)?;

@@ -18,13 +18,32 @@
 //! bytes, CPU time) are left out because a big package legitimately does
 //! more of them; so is run-queue delay, which measures the host's
 //! contention rather than the install. No watched feature is a host level.
-//! Nor are failed connects and network errors: whether they happen says
-//! whether the package talks to the network and whether the host lets it
-//! (a shadow has no network at all), not whether the install is in
-//! trouble. Watched, they set the factor: cross-fitted, the healthy
-//! installs furthest past a limit were all mail and proxy daemons
-//! failing to connect (squid, postfix, sendmail, slapd), and the factor
-//! rose to 10 (README, "Benchmarks").
+//! Nor are failed connects, network errors and TCP retransmits: whether
+//! they happen says whether the package talks to the network and whether
+//! the host's network lets it (a shadow has no network at all), not
+//! whether the install is in trouble. Watched, failed connects set the
+//! factor: cross-fitted, the healthy installs furthest past a limit were
+//! all mail and proxy daemons failing to connect (squid, postfix,
+//! sendmail, slapd), and the factor rose to 10 (README, "Benchmarks").
+//! No healthy install of the corpus opens a TCP connection at all, so
+//! the corpus cannot say how many retransmits a healthy one sees, and
+//! until stop 24 a limit of one alarmed on any three.
+//!
+//! A connect's latency is watched, but above what a healthy network can
+//! take: a limit of at least TCP's initial retransmission timeout
+//! ([`CONNECT_LATENCY_FLOOR_US`]). Fitted to the corpus alone, its limit
+//! was the one-unit floor, and one loopback connect of 0.1 ms alarmed
+//! (stop 24: every healthy install given one did).
+//!
+//! Nor is block I/O latency watched. It runs from a bio's queueing to its
+//! completion, so it measures the device's queue: the host's other
+//! writers build it, and so does the install's own volume (a big
+//! unpack's writes queued for 17 s on healthy installs of 132-326
+//! packages, 3-4 times the factor over its limit). What a slow device
+//! does to the install shows in its own syscall latency and time blocked,
+//! which are watched: without block latency the envelope caught the same
+//! failing installs of the corpus, each at the same window (README,
+//! "Benchmarks").
 //!
 //! Counts of things that should not happen (errors, deaths, kills) are
 //! watched twice: per window, and as a running total since the deployment
@@ -47,20 +66,18 @@ use running::{Running, highest_spin};
 pub use running::{SPIN_FLOOR_MS, SPIN_MIN_CPU_NS, SPIN_NAME};
 
 /// The features the envelope watches (see the module's docs for why these).
-pub const WATCHED: [usize; 18] = [
+pub const WATCHED: [usize; 16] = [
     feature::SYSCALL_ERRORS_ENOSPC,
     feature::SYSCALL_ERRORS_ENOMEM,
     feature::SYSCALL_ERRORS_EIO,
     feature::SYSCALL_LATENCY_P50_US,
     feature::SYSCALL_LATENCY_P99_US,
     feature::BLOCK_ERRORS,
-    feature::BLOCK_LATENCY_P99_US,
     feature::SCHED_BLOCKED_LONGEST_MS,
     feature::SCHED_FUTEX_WAIT_MS,
     feature::SCHED_PIPE_WAIT_MS,
     feature::PROC_SIGNAL_DEATHS,
     feature::PROC_OOM_KILLS,
-    feature::NET_TCP_RETRANSMITS,
     feature::NET_CONNECT_LATENCY_P99_US,
     feature::TREE_PROCESSES,
     feature::TREE_OPEN_FDS,
@@ -76,19 +93,54 @@ pub const WATCHED: [usize; 18] = [
 /// non-lockbox records, and on every big healthy install recorded then
 /// (closures of 132-326 packages: 31-59 errors against a limit of 10
 /// times the factor; README, "Benchmarks"). Its per-window count is
-/// still watched.
-pub const TOTALLED: [usize; 6] = [
+/// still watched. Nor TCP retransmits' (the module's docs say why).
+pub const TOTALLED: [usize; 5] = [
     feature::SYSCALL_ERRORS_ENOSPC,
     feature::SYSCALL_ERRORS_EIO,
     feature::BLOCK_ERRORS,
     feature::PROC_SIGNAL_DEATHS,
     feature::PROC_OOM_KILLS,
-    feature::NET_TCP_RETRANSMITS,
 ];
 
-/// Totals an envelope from before stop 23 held, and where ENOMEM's was.
-const LEGACY_TOTALS: usize = 7;
-const LEGACY_ENOMEM_TOTAL: usize = 1;
+/// The totals earlier builds watched, in their order, by how many there
+/// were: before stop 23 (with ENOMEM's), and stop 23 (without it).
+/// Totals carry no names in a model, so their count says which these are.
+const LEGACY_TOTALLED: [&[usize]; 2] = [
+    &[
+        feature::SYSCALL_ERRORS_ENOSPC,
+        feature::SYSCALL_ERRORS_ENOMEM,
+        feature::SYSCALL_ERRORS_EIO,
+        feature::BLOCK_ERRORS,
+        feature::PROC_SIGNAL_DEATHS,
+        feature::PROC_OOM_KILLS,
+        feature::NET_TCP_RETRANSMITS,
+    ],
+    &[
+        feature::SYSCALL_ERRORS_ENOSPC,
+        feature::SYSCALL_ERRORS_EIO,
+        feature::BLOCK_ERRORS,
+        feature::PROC_SIGNAL_DEATHS,
+        feature::PROC_OOM_KILLS,
+        feature::NET_TCP_RETRANSMITS,
+    ],
+];
+
+/// The least limit of a connect's latency, in µs: TCP's initial
+/// retransmission timeout (RFC 6298, 1 s; Linux's TCP_TIMEOUT_INIT). A
+/// connect slower than that waited for a lost or ignored SYN to be sent
+/// again; any faster one is a network doing its job, near or far.
+pub const CONNECT_LATENCY_FLOOR_US: f64 = 1_000_000.0;
+
+/// The least limit of watched feature `i`: one unit (a feature no healthy
+/// install moved does not make one count, byte or microsecond infinite),
+/// or what a healthy host can show whatever the corpus saw.
+fn floor_of(i: usize) -> f64 {
+    if i == feature::NET_CONNECT_LATENCY_P99_US {
+        CONNECT_LATENCY_FLOOR_US
+    } else {
+        1.0
+    }
+}
 
 /// How a running total is named beside its window feature.
 fn total_name(i: usize) -> String {
@@ -186,7 +238,10 @@ impl Envelope {
         }
         let limits = WATCHED
             .iter()
-            .map(|&i| quantile_of(healthy, |ws| ws.iter().map(|w| w[i]).fold(0.0, f64::max)))
+            .map(|&i| {
+                quantile_of(healthy, |ws| ws.iter().map(|w| w[i]).fold(0.0, f64::max))
+                    .max(floor_of(i))
+            })
             .collect();
         let totals = TOTALLED
             .iter()
@@ -312,12 +367,42 @@ impl Envelope {
         v
     }
 
-    /// Fit an envelope from before stop 23 to this build: it watched the
-    /// ENOMEM total as the second of seven ([`TOTALLED`]'s docs say why
-    /// no longer), which is dropped. Any other envelope is left as it is.
+    /// Fit an envelope of an earlier build to this one: the limits of the
+    /// features this build watches, by name (block latency and TCP
+    /// retransmits are no longer watched: the module's docs say why); the
+    /// totals this build watches, by their old order
+    /// ([`LEGACY_TOTALLED`]); and every limit raised to its floor (a
+    /// connect's latency, [`CONNECT_LATENCY_FLOOR_US`]). An envelope that
+    /// is none of these is left for [`Self::check`] to refuse.
     pub fn upgrade(&mut self) {
-        if self.totals.len() == LEGACY_TOTALS {
-            self.totals.remove(LEGACY_ENOMEM_TOTAL);
+        let limit_of = |name: &str, features: &[String], limits: &[f64]| {
+            let at = features.iter().position(|f| f == name)?;
+            limits.get(at).copied()
+        };
+        let limits: Option<Vec<f64>> = WATCHED
+            .iter()
+            .map(|&i| limit_of(FEATURES[i].name, &self.features, &self.limits))
+            .collect();
+        if let Some(limits) = limits {
+            self.features = WATCHED.iter().map(|&i| FEATURES[i].name.into()).collect();
+            self.limits = limits;
+        }
+        if let Some(old) = LEGACY_TOTALLED
+            .iter()
+            .find(|o| o.len() == self.totals.len())
+        {
+            let totals: Option<Vec<f64>> = TOTALLED
+                .iter()
+                .map(|i| old.iter().position(|o| o == i).map(|at| self.totals[at]))
+                .collect();
+            if let Some(totals) = totals {
+                self.totals = totals;
+            }
+        }
+        if self.limits.len() == WATCHED.len() {
+            for (l, &i) in self.limits.iter_mut().zip(&WATCHED) {
+                *l = l.max(floor_of(i));
+            }
         }
     }
 
@@ -365,8 +450,7 @@ impl Envelope {
 }
 
 /// [`LIMIT_QUANTILE`] of `of` over the healthy installs, floored at one
-/// unit: a feature no healthy install moved does not make one count,
-/// byte or microsecond infinite.
+/// unit (see [`floor_of`]).
 fn quantile_of(healthy: &[&[Vec<f64>]], of: impl Fn(&[Vec<f64>]) -> f64) -> f64 {
     let mut v: Vec<f64> = healthy.iter().map(|ws| of(ws)).collect();
     v.sort_by(f64::total_cmp);

@@ -8,6 +8,7 @@
 
 pub mod calibrate;
 pub mod envelope;
+mod explain;
 pub mod model;
 pub mod normalizer;
 pub mod range;

@@ -24,7 +24,7 @@ pub const K: usize = 8;
 /// log change since the deployment's first window. Levels differ between
 /// packages by orders of magnitude; the change is what a building failure
 /// shows on any package.
-fn channels() -> usize {
+pub(super) fn channels() -> usize {
     2 * FEATURES.len()
 }
 
@@ -93,6 +93,10 @@ pub struct ModelMeta {
     /// empty); a decision notes a window outside them.
     #[serde(default)]
     pub host_range: super::range::HostRange,
+    /// Features the net is given as zero (`learn::train::MASKED` says
+    /// why); models from before stop 24 mask none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<String>,
     /// The healthy envelope (`predict::envelope`); models from before it
     /// have none and alarm on the net alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +115,8 @@ pub struct Model {
     pub(crate) head: candle_nn::Linear,
     pub meta: ModelMeta,
     pub(crate) varmap: VarMap,
+    /// `meta.masked` by feature index.
+    pub(crate) mask: Vec<bool>,
 }
 
 /// The K windows ending at `t`, the first window repeated before the start.
@@ -161,15 +167,16 @@ impl Model {
         let mut v = Vec::with_capacity(ts.len() * K * nc);
         for &t in ts {
             for w in context(windows, t) {
+                let shown = |i: usize, z: f32| if self.mask[i] { 0.0 } else { z };
                 v.extend(
                     w.iter()
                         .enumerate()
-                        .map(|(i, x)| self.meta.normalizer.apply(i, *x)),
+                        .map(|(i, x)| shown(i, self.meta.normalizer.apply(i, *x))),
                 );
                 v.extend(
-                    w.iter()
-                        .zip(first)
-                        .map(|(x, f)| (x.max(0.0).ln_1p() - f.max(0.0).ln_1p()) as f32),
+                    w.iter().zip(first).enumerate().map(|(i, (x, f))| {
+                        shown(i, (x.max(0.0).ln_1p() - f.max(0.0).ln_1p()) as f32)
+                    }),
                 );
             }
         }
@@ -235,44 +242,6 @@ impl Model {
         }
         v.truncate(top);
         v
-    }
-
-    /// The features that drove window `t`'s score most, by occlusion: each
-    /// feature in turn made typical (its level the training mean, no change
-    /// since the first window, over all K windows), and the fall in the
-    /// logit. A level alone (one window of ENOSPC errors) counts as much as
-    /// a trend.
-    pub fn explain(
-        &self,
-        windows: &[Vec<f64>],
-        t: usize,
-        top: usize,
-    ) -> Result<Vec<(String, f64)>> {
-        let (nf, nc) = (FEATURES.len(), channels());
-        let x = self.inputs(windows, &[t])?;
-        let base = self.forward(&x)?.to_vec1::<f32>()?[0];
-        let v = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut batch = Vec::with_capacity(nf * K * nc);
-        for i in 0..nf {
-            let mut c = v.clone();
-            // Both of the feature's channels: its level and its change.
-            for ch in [i, nf + i] {
-                for k in 0..K {
-                    c[k * nc + ch] = 0.0;
-                }
-            }
-            batch.extend(c);
-        }
-        let xb = Tensor::from_vec(batch, (nf, K, nc), &Device::Cpu)?;
-        let l = self.forward(&xb)?.to_vec1::<f32>()?;
-        let mut drops: Vec<(String, f64)> = l
-            .iter()
-            .enumerate()
-            .map(|(i, li)| (FEATURES[i].name.to_string(), f64::from(base - li)))
-            .collect();
-        drops.sort_by(|a, b| b.1.total_cmp(&a.1));
-        drops.truncate(top);
-        Ok(drops)
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
@@ -364,6 +333,10 @@ impl Model {
                 ),
             });
         }
+        let mask = super::normalizer::mask_of(&meta.masked).map_err(|reason| ModelError::Bad {
+            path: path.clone(),
+            reason,
+        })?;
         if let Some(e) = &mut meta.envelope {
             e.upgrade();
             e.check().map_err(|reason| ModelError::Bad {
@@ -393,6 +366,7 @@ impl Model {
             head,
             meta,
             varmap,
+            mask,
         })
     }
 }

@@ -60,6 +60,24 @@ impl Normalizer {
     }
 }
 
+/// Which of this build's features a model names as masked (given to the
+/// net as zero, level and change alike: `learn::train::MASKED` says why),
+/// in feature order; an error names one this build does not have.
+pub fn mask_of(masked: &[String]) -> Result<Vec<bool>, String> {
+    if let Some(m) = masked
+        .iter()
+        .find(|m| !FEATURES.iter().any(|f| f.name == *m))
+    {
+        return Err(format!(
+            "its masked features name {m:?}, which this build does not have"
+        ));
+    }
+    Ok(FEATURES
+        .iter()
+        .map(|f| masked.iter().any(|m| m == f.name))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +108,16 @@ mod tests {
         assert!(z > 0.8 && z < 0.9, "{z}");
         assert_eq!(n.apply(0, 1e30), Z_CLIP as f32);
         assert_eq!(n.apply(0, 0.0), -Z_CLIP as f32);
+    }
+
+    #[test]
+    fn a_mask_names_features_of_this_build_or_is_refused() {
+        let m = mask_of(&["net_connect_attempts".to_string()]).unwrap();
+        assert_eq!(m.len(), FEATURES.len());
+        assert_eq!(m.iter().filter(|x| **x).count(), 1);
+        assert!(m[backstop_common::features::feature::NET_CONNECT_ATTEMPTS]);
+        assert!(mask_of(&[]).unwrap().iter().all(|x| !x));
+        let e = mask_of(&["net_pigeons".to_string()]).unwrap_err();
+        assert!(e.contains("net_pigeons"), "{e}");
     }
 }

@@ -244,21 +244,85 @@ fn eagain_piling_up_over_a_long_install_is_no_alarm_but_a_burst_is() {
     assert_eq!(b.feature, "syscall_errors_enomem");
 }
 
-/// A model from before stop 23 carries seven totals, ENOMEM's second:
-/// it loads with that one dropped and the rest where they were.
+/// An envelope as stop 22 and stop 23 saved it: block latency and TCP
+/// retransmits among the watched features (at their old places), and
+/// the totals of `legacy` (its layout in [`LEGACY_TOTALLED`]).
+fn saved_before_stop_24(e: &Envelope, legacy: usize) -> Envelope {
+    let mut old = e.clone();
+    let at = |n: &str| old.features.iter().position(|f| f == n).unwrap();
+    let (blk, net) = (
+        at("sched_blocked_longest_ms"),
+        at("net_connect_latency_p99_us"),
+    );
+    old.features.insert(net, "net_tcp_retransmits".into());
+    old.limits.insert(net, 1.0);
+    old.features.insert(blk, "block_latency_p99_us".into());
+    old.limits.insert(blk, 5e6);
+    old.totals = LEGACY_TOTALLED[legacy]
+        .iter()
+        .map(|i| match TOTALLED.iter().position(|t| t == i) {
+            Some(at) => e.totals[at],
+            None => 10.0,
+        })
+        .collect();
+    // Fitted then, a connect's limit was the one-unit floor.
+    let connect = old
+        .features
+        .iter()
+        .position(|f| f == "net_connect_latency_p99_us");
+    old.limits[connect.unwrap()] = 1.0;
+    old
+}
+
+/// Models of stop 22 (seven totals, ENOMEM's second) and stop 23 (six)
+/// load as this build's: the features and totals no longer watched are
+/// dropped, the rest keep their limits, and a connect's limit is raised
+/// to its floor.
 #[test]
-fn an_envelope_with_the_enomem_total_loads_without_it() {
+fn envelopes_of_earlier_builds_load_as_this_ones() {
     let healthy: Vec<Vec<Vec<f64>>> = (0..50).map(|i| vec![window(f64::from(i), 10.0)]).collect();
     let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
-    let mut old = Envelope::fit(&refs, 0.01, false).unwrap();
-    let ours = old.totals.clone();
-    old.totals.insert(1, 10.0);
-    assert!(old.check().is_err(), "seven totals do not fit as they are");
-    old.upgrade();
-    old.check().unwrap();
-    assert_eq!(old.totals, ours);
-    // One that fits already is left alone.
-    let before = old.clone();
-    old.upgrade();
-    assert_eq!(old, before);
+    let ours = Envelope::fit(&refs, 0.01, false).unwrap();
+    for legacy in 0..LEGACY_TOTALLED.len() {
+        let mut old = saved_before_stop_24(&ours, legacy);
+        assert!(old.check().is_err(), "an old layout does not fit as it is");
+        old.upgrade();
+        old.check().unwrap();
+        assert_eq!(old, ours, "layout {legacy}");
+        // One that fits already is left alone.
+        old.upgrade();
+        assert_eq!(old, ours);
+    }
+    // One that is no layout at all is still refused.
+    let mut odd = ours.clone();
+    odd.totals.pop();
+    odd.upgrade();
+    assert!(odd.check().is_err());
+}
+
+/// A connect over loopback or a healthy network is no alarm, whatever
+/// the corpus saw (no healthy install of it connects at all); a connect
+/// that waited for its SYN to be sent again, twice, is.
+#[test]
+fn a_connect_alarms_only_when_its_syn_was_sent_again() {
+    let healthy: Vec<Vec<Vec<f64>>> = (0..100).map(|i| vec![window(f64::from(i), 10.0)]).collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let e = Envelope::fit(&refs, 0.01, false).unwrap();
+    let connect = |us: f64, retransmits: f64| {
+        let mut w = window(10.0, 10.0);
+        w[feature::NET_CONNECT_ATTEMPTS] = 1.0;
+        w[feature::NET_CONNECT_LATENCY_P99_US] = us;
+        w[feature::NET_TCP_RETRANSMITS] = retransmits;
+        w
+    };
+    // 0.1 ms on loopback, 80 ms across an ocean, with a lossy path's
+    // retransmits in every window: nothing.
+    let lossy: Vec<Vec<f64>> = (0..40).map(|_| connect(80_000.0, 5.0)).collect();
+    assert!(e.beyond_all(&[connect(100.0, 0.0)])[0].is_none());
+    assert!(e.beyond_all(&lossy).iter().all(Option::is_none));
+    // 1 s + 2 s of SYN retries: beyond.
+    let b = e
+        .beyond(&[connect(3.1e6, 0.0)], 0)
+        .expect("a connect of 3.1 s");
+    assert_eq!(b.feature, "net_connect_latency_p99_us");
 }
