@@ -219,11 +219,12 @@ fn a_loop_that_never_enters_the_kernel_alarms_as_a_spin_and_a_key_does_not() {
     assert!(bad.check().is_err());
 }
 
-/// A big install's EAGAINs pile up without alarming (ENOMEM's count holds
-/// them, and its total is not watched); a burst in one window beyond
-/// every healthy install still alarms.
+/// EAGAINs (ENOMEM's count holds them) are no alarm, piling up over a
+/// long install or in a burst, as a JVM's first run returns them: a
+/// non-blocking program's calls say how busy it is, not that memory ran
+/// out.
 #[test]
-fn eagain_piling_up_over_a_long_install_is_no_alarm_but_a_burst_is() {
+fn eagain_is_no_alarm_in_a_burst_or_piling_up() {
     let healthy: Vec<Vec<Vec<f64>>> = (0..200)
         .map(|i| {
             let mut ws = vec![window(10.0, 10.0); 4];
@@ -233,19 +234,20 @@ fn eagain_piling_up_over_a_long_install_is_no_alarm_but_a_burst_is() {
         .collect();
     let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
     let e = Envelope::fit(&refs, 0.01, false).unwrap();
-    // 300 windows of 3 each: 900 in all, none over the window's limit.
     let mut long = vec![window(10.0, 10.0); 300];
     for w in &mut long {
         w[feature::SYSCALL_ERRORS_ENOMEM] = 3.0;
     }
-    assert!(e.beyond_all(&long).iter().all(Option::is_none));
     long[200][feature::SYSCALL_ERRORS_ENOMEM] = 500.0;
-    let b = e.beyond(&long, 200).expect("a burst alarms");
-    assert_eq!(b.feature, "syscall_errors_enomem");
+    assert!(e.beyond_all(&long).iter().all(Option::is_none));
+    // What is watched still alarms in that stream.
+    long[250][feature::TREE_OPEN_FDS] = 5_000.0;
+    assert_eq!(e.beyond(&long, 250).unwrap().feature, "tree_open_fds");
 }
 
-/// An envelope as stop 22 and stop 23 saved it: block latency and TCP
-/// retransmits among the watched features (at their old places), and
+/// An envelope as stop 22 and stop 23 saved it: ENOMEM errors, block
+/// latency and TCP retransmits among the watched features (at their old
+/// places), and
 /// the totals of `legacy` (its layout in [`LEGACY_TOTALLED`]).
 fn saved_before_stop_24(e: &Envelope, legacy: usize) -> Envelope {
     let mut old = e.clone();
