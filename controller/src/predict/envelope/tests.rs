@@ -245,21 +245,42 @@ fn eagain_is_no_alarm_in_a_burst_or_piling_up() {
     assert_eq!(e.beyond(&long, 250).unwrap().feature, "tree_open_fds");
 }
 
-/// An envelope as stop 22 and stop 23 saved it: ENOMEM errors, block
-/// latency and TCP retransmits among the watched features (at their old
-/// places), and
-/// the totals of `legacy` (its layout in [`LEGACY_TOTALLED`]).
+/// The features stop 22 and stop 23 watched, in their order.
+const WATCHED_BEFORE_STOP_24: [&str; 18] = [
+    "syscall_errors_enospc",
+    "syscall_errors_enomem",
+    "syscall_errors_eio",
+    "syscall_latency_p50_us",
+    "syscall_latency_p99_us",
+    "block_errors",
+    "block_latency_p99_us",
+    "sched_blocked_longest_ms",
+    "sched_futex_wait_ms",
+    "sched_pipe_wait_ms",
+    "proc_signal_deaths",
+    "proc_oom_kills",
+    "net_tcp_retransmits",
+    "net_connect_latency_p99_us",
+    "tree_processes",
+    "tree_open_fds",
+    "tree_rss_growth_bytes",
+    "tree_top_file_growth_bytes",
+];
+
+/// `e` as stop 22 and stop 23 saved it: the features they watched, with
+/// `e`'s limits where this build watches them too, and the totals of
+/// `legacy` (its layout in [`LEGACY_TOTALLED`]).
 fn saved_before_stop_24(e: &Envelope, legacy: usize) -> Envelope {
     let mut old = e.clone();
-    let at = |n: &str| old.features.iter().position(|f| f == n).unwrap();
-    let (blk, net) = (
-        at("sched_blocked_longest_ms"),
-        at("net_connect_latency_p99_us"),
-    );
-    old.features.insert(net, "net_tcp_retransmits".into());
-    old.limits.insert(net, 1.0);
-    old.features.insert(blk, "block_latency_p99_us".into());
-    old.limits.insert(blk, 5e6);
+    old.features = WATCHED_BEFORE_STOP_24.map(String::from).to_vec();
+    old.limits = (WATCHED_BEFORE_STOP_24.iter())
+        .map(|n| match e.features.iter().position(|f| f == n) {
+            // Fitted then, a connect's limit was the one-unit floor.
+            Some(_) if *n == "net_connect_latency_p99_us" => 1.0,
+            Some(at) => e.limits[at],
+            None => 2_900.0,
+        })
+        .collect();
     old.totals = LEGACY_TOTALLED[legacy]
         .iter()
         .map(|i| match TOTALLED.iter().position(|t| t == i) {
@@ -267,12 +288,6 @@ fn saved_before_stop_24(e: &Envelope, legacy: usize) -> Envelope {
             None => 10.0,
         })
         .collect();
-    // Fitted then, a connect's limit was the one-unit floor.
-    let connect = old
-        .features
-        .iter()
-        .position(|f| f == "net_connect_latency_p99_us");
-    old.limits[connect.unwrap()] = 1.0;
     old
 }
 
