@@ -33,6 +33,11 @@ pub const MASKED: [usize; 4] = [
     feature::NET_CONNECT_LATENCY_P99_US,
 ];
 
+/// [`MASKED`] by name, as a model records it.
+fn masked_names() -> Vec<String> {
+    MASKED.iter().map(|&i| FEATURES[i].name.into()).collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub hidden: usize,
@@ -255,10 +260,7 @@ pub fn train_with(
             split_rule: corpus::SPLIT_RULE.into(),
             trained_on: train.len(),
             window_ms: Some(window_ms),
-            masked: MASKED
-                .iter()
-                .map(|&i| FEATURES[i].name.to_string())
-                .collect(),
+            masked: masked_names(),
             host_range: crate::predict::range::HostRange::fit(
                 train.iter().flat_map(|d| d.host.iter()),
             ),
@@ -273,11 +275,7 @@ pub fn train_with(
             evaluation: None,
         },
         varmap,
-        mask: FEATURES
-            .iter()
-            .enumerate()
-            .map(|(i, _)| MASKED.contains(&i))
-            .collect(),
+        mask: (0..FEATURES.len()).map(|i| MASKED.contains(&i)).collect(),
     };
     let (x, y, w) = samples(&model, train, cfg)?;
     fit(&model, (&x, &y, &w), cfg, progress)?;

@@ -14,58 +14,35 @@
 //! The features it watches are chosen by what they measure, not by which
 //! fault families they catch: latencies, errors that mean a resource ran
 //! out, a thread stuck asleep, deaths, and what a tree holds (processes,
-//! descriptors, memory growth, one file's growth). Volumes (syscalls,
-//! bytes, CPU time) are left out because a big package legitimately does
-//! more of them; so is run-queue delay, which measures the host's
-//! contention rather than the install. No watched feature is a host level.
-//! Nor is time in futex and pipe waits (watched until stop 24): summed
-//! over the tree's threads, it is a volume too. A worker pool waits on
-//! its condition variables in every thread (a JVM's first run here: 4.6
-//! s of futex waits in one 250 ms window, from 18 threads; a host with
-//! more cores gives a JVM more), and a shell waits in a pipe read for
-//! every `$(...)` while the command inside works (postfix's healthy
-//! installs passed the alarm level on it in cross-validation). A thread
-//! stuck in one wait, which is what a deadlock or a prompt is, shows as
-//! the longest time asleep in one syscall, which is watched; without
-//! the two sums the envelope caught the same failing installs of the
-//! corpus's non-lockbox records, each at the same window.
-//! Nor are failed connects, network errors and TCP retransmits: whether
-//! they happen says whether the package talks to the network and whether
-//! the host's network lets it (a shadow has no network at all), not
-//! whether the install is in trouble. Watched, failed connects set the
-//! factor: cross-fitted, the healthy installs furthest past a limit were
-//! all mail and proxy daemons failing to connect (squid, postfix,
-//! sendmail, slapd), and the factor rose to 10 (README, "Benchmarks").
-//! No healthy install of the corpus opens a TCP connection at all, so
-//! the corpus cannot say how many retransmits a healthy one sees, and
-//! until stop 24 a limit of one alarmed on any three.
+//! descriptors, memory growth, one file's growth). No watched feature is
+//! a host level. Left out, each for what it measures (README, "train",
+//! has the figures):
+//! - volumes (syscalls, bytes, CPU time): a big package does more;
+//! - run-queue delay and block I/O latency (bio queued to completed):
+//!   the host's contention and the device's queue, which a big unpack's
+//!   own writes build (17 s on healthy closures of 132-326 packages);
+//!   what a slow device does to the install shows in its own syscall
+//!   latency and time blocked;
+//! - time in futex and pipe waits, summed over the tree's threads: a
+//!   volume too (a JVM's first run: 4.6 s of futex waits in one 250 ms
+//!   window from 18 threads; a shell's pipe read for every `$(...)`); a
+//!   deadlock or a prompt shows as the longest time asleep in one call;
+//! - ENOMEM errors, in a window or in total: the count holds EAGAIN,
+//!   which non-blocking calls return as a matter of course (the JVM: 16
+//!   in a window against a limit of 6); memory that runs out shows as
+//!   OOM kills and RSS growth;
+//! - failed connects, network errors and TCP retransmits: they say
+//!   whether the package talks to the network and whether the host's
+//!   network lets it (a shadow has none), not whether the install is in
+//!   trouble. Watched, failed connects set the factor to 10 (mail and
+//!   proxy daemons failing to connect in a shadow).
 //!
-//! A connect's latency is watched, but above what a healthy network can
-//! take: a limit of at least TCP's initial retransmission timeout
-//! ([`CONNECT_LATENCY_FLOOR_US`]). Fitted to the corpus alone, its limit
-//! was the one-unit floor, and one loopback connect of 0.1 ms alarmed
-//! (stop 24: every healthy install given one did).
-//!
-//! Nor are ENOMEM errors, in a window or in total: the count holds
-//! EAGAIN too, which a healthy program's non-blocking calls return as a
-//! matter of course, so it measures how busy such a program is. Its
-//! total grew with the amount of work (31-59 on big healthy installs,
-//! against a limit of 10 times the factor: watched until stop 23), and
-//! a JVM's first run (openjdk-17-jre-headless) returned 16 in one window
-//! against a limit of 6 (watched until stop 24). On the corpus's
-//! non-lockbox records, neither passed its alarm level on any install,
-//! failing or healthy. Memory that runs out shows as OOM kills and RSS
-//! growth, which are watched.
-//!
-//! Nor is block I/O latency watched. It runs from a bio's queueing to its
-//! completion, so it measures the device's queue: the host's other
-//! writers build it, and so does the install's own volume (a big
-//! unpack's writes queued for 17 s on healthy installs of 132-326
-//! packages, 3-4 times the factor over its limit). What a slow device
-//! does to the install shows in its own syscall latency and time blocked,
-//! which are watched: without block latency the envelope caught the same
-//! failing installs of the corpus, each at the same window (README,
-//! "Benchmarks").
+//! Stop 24 dropped block latency, the waits, ENOMEM's window count and
+//! retransmits; on the corpus's non-lockbox records the envelope then
+//! caught the same failing installs, each at the same window. A
+//! connect's latency is watched, but above what a healthy network can
+//! take ([`CONNECT_LATENCY_FLOOR_US`]): no healthy install of the corpus
+//! connects at all, and fitted to it alone, one loopback connect alarmed.
 //!
 //! Counts of things that should not happen (errors, deaths, kills) are
 //! watched twice: per window, and as a running total since the deployment
@@ -84,8 +61,11 @@ use serde::{Deserialize, Serialize};
 use super::calibrate::calibrate;
 
 mod running;
+mod upgrade;
 use running::{Running, highest_spin};
 pub use running::{SPIN_FLOOR_MS, SPIN_MIN_CPU_NS, SPIN_NAME};
+#[cfg(test)]
+use upgrade::LEGACY_TOTALLED;
 
 /// The features the envelope watches (see the module's docs for why these).
 pub const WATCHED: [usize; 13] = [
@@ -114,29 +94,6 @@ pub const TOTALLED: [usize; 5] = [
     feature::PROC_OOM_KILLS,
 ];
 
-/// The totals earlier builds watched, in their order, by how many there
-/// were: before stop 23 (with ENOMEM's), and stop 23 (without it).
-/// Totals carry no names in a model, so their count says which these are.
-const LEGACY_TOTALLED: [&[usize]; 2] = [
-    &[
-        feature::SYSCALL_ERRORS_ENOSPC,
-        feature::SYSCALL_ERRORS_ENOMEM,
-        feature::SYSCALL_ERRORS_EIO,
-        feature::BLOCK_ERRORS,
-        feature::PROC_SIGNAL_DEATHS,
-        feature::PROC_OOM_KILLS,
-        feature::NET_TCP_RETRANSMITS,
-    ],
-    &[
-        feature::SYSCALL_ERRORS_ENOSPC,
-        feature::SYSCALL_ERRORS_EIO,
-        feature::BLOCK_ERRORS,
-        feature::PROC_SIGNAL_DEATHS,
-        feature::PROC_OOM_KILLS,
-        feature::NET_TCP_RETRANSMITS,
-    ],
-];
-
 /// The least limit of a connect's latency, in µs: TCP's initial
 /// retransmission timeout (RFC 6298, 1 s; Linux's TCP_TIMEOUT_INIT). A
 /// connect slower than that waited for a lost or ignored SYN to be sent
@@ -146,7 +103,7 @@ pub const CONNECT_LATENCY_FLOOR_US: f64 = 1_000_000.0;
 /// The least limit of watched feature `i`: one unit (a feature no healthy
 /// install moved does not make one count, byte or microsecond infinite),
 /// or what a healthy host can show whatever the corpus saw.
-fn floor_of(i: usize) -> f64 {
+pub(super) fn floor_of(i: usize) -> f64 {
     if i == feature::NET_CONNECT_LATENCY_P99_US {
         CONNECT_LATENCY_FLOOR_US
     } else {
@@ -377,46 +334,6 @@ impl Envelope {
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         v.truncate(top);
         v
-    }
-
-    /// Fit an envelope of an earlier build to this one: the limits of the
-    /// features this build watches, by name (ENOMEM errors, block latency,
-    /// futex and pipe waits, and TCP retransmits are no longer watched:
-    /// the module's docs say why); the
-    /// totals this build watches, by their old order
-    /// ([`LEGACY_TOTALLED`]); and every limit raised to its floor (a
-    /// connect's latency, [`CONNECT_LATENCY_FLOOR_US`]). An envelope that
-    /// is none of these is left for [`Self::check`] to refuse.
-    pub fn upgrade(&mut self) {
-        let limit_of = |name: &str, features: &[String], limits: &[f64]| {
-            let at = features.iter().position(|f| f == name)?;
-            limits.get(at).copied()
-        };
-        let limits: Option<Vec<f64>> = WATCHED
-            .iter()
-            .map(|&i| limit_of(FEATURES[i].name, &self.features, &self.limits))
-            .collect();
-        if let Some(limits) = limits {
-            self.features = WATCHED.iter().map(|&i| FEATURES[i].name.into()).collect();
-            self.limits = limits;
-        }
-        if let Some(old) = LEGACY_TOTALLED
-            .iter()
-            .find(|o| o.len() == self.totals.len())
-        {
-            let totals: Option<Vec<f64>> = TOTALLED
-                .iter()
-                .map(|i| old.iter().position(|o| o == i).map(|at| self.totals[at]))
-                .collect();
-            if let Some(totals) = totals {
-                self.totals = totals;
-            }
-        }
-        if self.limits.len() == WATCHED.len() {
-            for (l, &i) in self.limits.iter_mut().zip(&WATCHED) {
-                *l = l.max(floor_of(i));
-            }
-        }
     }
 
     /// Refuse an envelope that does not fit this build's schema.
