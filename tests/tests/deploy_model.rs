@@ -386,7 +386,8 @@ fn a_schema_v2_model_is_refused_and_every_decision_says_so() {
 /// shipped corpus's: `train_default.rs` checks the bytes).
 #[test]
 fn the_built_in_default_is_this_schemas_model_of_the_shipped_corpus() {
-    let v = Ctl::new("model-builtin").json(&["model", "--json"]);
+    let ctl = Ctl::new("model-builtin");
+    let v = ctl.json(&["model", "--json"]);
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default/model.json");
     let shipped: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -397,4 +398,15 @@ fn the_built_in_default_is_this_schemas_model_of_the_shipped_corpus() {
         "{v}"
     );
     assert_eq!(v["meta"]["corpus_digest"], shipped["corpus_digest"], "{v}");
+    // The net is blind to TCP (no healthy install of the corpus has a
+    // network), and `backstop model` says so.
+    assert_eq!(v["meta"]["masked"], shipped["masked"], "{v}");
+    let masked = v["meta"]["masked"].as_array().unwrap();
+    assert!(masked.iter().any(|m| m == "net_connect_attempts"), "{v}");
+    let out = ctl.cli(&["model"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = (text.lines())
+        .find(|l| l.starts_with("the net is given as zero"))
+        .unwrap_or_else(|| panic!("no masked line: {text}"));
+    assert!(line.contains("net_connect_attempts"), "{line}");
 }

@@ -33,6 +33,12 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
         m.meta.healthy_weight
     );
     println!("{}", windows(m.meta.window_ms));
+    if !m.meta.masked.is_empty() {
+        println!(
+            "the net is given as zero (its corpus cannot teach them): {}",
+            m.meta.masked.join(", ")
+        );
+    }
     match &m.meta.envelope {
         Some(e) => {
             println!(
