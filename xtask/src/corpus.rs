@@ -102,17 +102,7 @@ pub fn train_default(check: bool, new: bool) -> Result<()> {
                 .to_string(),
         )
     };
-    util::step(
-        "cargo build --release -p backstop-controller",
-        util::cargo(&[
-            "build",
-            "--release",
-            "-p",
-            "backstop-controller",
-            "--bin",
-            "backstop",
-        ]),
-    )?;
+    build_backstop()?;
     let out = if check {
         util::cache_dir().join("train-default-check")
     } else {
@@ -144,9 +134,28 @@ pub fn train_default(check: bool, new: bool) -> Result<()> {
             corpus.display()
         );
     } else {
+        // The binary embeds models/default at build time: built again, it
+        // is the model just trained that `backstop model` and a daemon
+        // without DATA/models/current use, not the one before it.
+        build_backstop()?;
         eprintln!("train-default: {} (commit it)", out.display());
     }
     Ok(())
+}
+
+/// The release `backstop`, which embeds models/default as it is.
+fn build_backstop() -> Result<()> {
+    util::step(
+        "cargo build --release -p backstop-controller",
+        util::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "backstop-controller",
+            "--bin",
+            "backstop",
+        ]),
+    )
 }
 
 /// Cross-validation of the shipped catalog's corpus, once per seed.
