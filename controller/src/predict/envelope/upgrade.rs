@@ -36,11 +36,12 @@ impl Envelope {
     /// Fit an envelope of an earlier build to this one: the limits of the
     /// features this build watches, by name (ENOMEM errors, block latency,
     /// futex and pipe waits, and TCP retransmits are no longer watched:
-    /// the module's docs say why); the
-    /// totals this build watches, by their old order
-    /// ([`LEGACY_TOTALLED`]); and every limit raised to its floor (a
-    /// connect's latency, [`CONNECT_LATENCY_FLOOR_US`]). An envelope that
-    /// is none of these is left for [`Self::check`] to refuse.
+    /// the module's docs say why); the totals this build watches, by
+    /// their old order ([`LEGACY_TOTALLED`]); and every limit raised to
+    /// its floor (a connect's latency,
+    /// [`super::CONNECT_LATENCY_FLOOR_US`]). An envelope that is none of
+    /// these is left for [`Self::check`] to refuse. One that fits this
+    /// build already is left as it is.
     pub fn upgrade(&mut self) {
         let limit_of = |name: &str, features: &[String], limits: &[f64]| {
             let at = features.iter().position(|f| f == name)?;
