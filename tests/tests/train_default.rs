@@ -257,17 +257,18 @@ fn the_shipped_model_lets_big_healthy_installs_be() {
 
 /// A healthy install that talks TCP (a 30 ms connect, a few retransmits,
 /// a 2 MB download, in one window) alarms no more than it did without
-/// it. No healthy install of the corpus connects (its installs run
+/// it (a quarter of the corpus's non-lockbox healthy installs). No healthy install of the corpus connects (its installs run
 /// without a network, as a shadow does): stop 23's model alarmed on
 /// every one of them given a single loopback connect.
 #[test]
 fn a_healthy_install_that_talks_tcp_is_no_alarm() {
     use backstop_common::features::feature;
-    use backstop_controller::learn::corpus;
+    use backstop_controller::learn::{corpus, honest};
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let packed = root.join("corpus/recorded/deployments.jsonl.gz");
+    // Not the lockbox's: no choice, and no test, looks at it.
     let healthy: Vec<corpus::Record> = (corpus::read(&[&packed]).unwrap().into_iter())
-        .filter(|r| !r.failing())
+        .filter(|r| !r.failing() && !honest::in_lockbox(&r.package))
         .step_by(4)
         .collect();
     assert!(healthy.len() > 200, "{} healthy installs", healthy.len());
