@@ -17,6 +17,7 @@ use super::corpus::{self, Record};
 use crate::predict::calibrate::calibrate_probability;
 use crate::predict::envelope::Envelope;
 use crate::predict::model::{K, Model, ModelError, ModelMeta, Normalizer, Result};
+use crate::predict::normalizer::mask_of;
 
 /// Features the net is given as zero, level and change alike: the corpus
 /// cannot teach them. Its installs run without a network (as a shadow
@@ -237,6 +238,8 @@ pub fn train_with(
         ));
     }
     let window_ms = one_window_length(train)?;
+    let masked = masked_names();
+    let mask = mask_of(&masked).map_err(ModelError::Data)?;
     let normalizer = Normalizer::fit(train.iter().flat_map(|d| d.windows.iter()));
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -260,7 +263,7 @@ pub fn train_with(
             split_rule: corpus::SPLIT_RULE.into(),
             trained_on: train.len(),
             window_ms: Some(window_ms),
-            masked: masked_names(),
+            masked,
             host_range: crate::predict::range::HostRange::fit(
                 train.iter().flat_map(|d| d.host.iter()),
             ),
@@ -275,7 +278,7 @@ pub fn train_with(
             evaluation: None,
         },
         varmap,
-        mask: (0..FEATURES.len()).map(|i| MASKED.contains(&i)).collect(),
+        mask,
     };
     let (x, y, w) = samples(&model, train, cfg)?;
     fit(&model, (&x, &y, &w), cfg, progress)?;
