@@ -14,7 +14,7 @@
 //! The features it watches are chosen by what they measure, not by which
 //! fault families they catch: latencies, errors that mean a resource ran
 //! out, a thread stuck asleep, deaths, and what a tree holds (processes,
-//! descriptors, memory growth, one file's growth). No watched feature is
+//! descriptors, memory growth). No watched feature is
 //! a host level. Left out, each for what it measures (README, "train",
 //! has the figures):
 //! - volumes (syscalls, bytes, CPU time): a big package does more;
@@ -27,6 +27,9 @@
 //!   volume too (a JVM's first run: 4.6 s of futex waits in one 250 ms
 //!   window from 18 threads; a shell's pipe read for every `$(...)`); a
 //!   deadlock or a prompt shows as the longest time asleep in one call;
+//! - one file's growth in a window: a volume too (linux-image-amd64
+//!   writes its 68 MB initramfs in one window); a fill shows as ENOSPC,
+//!   and on a live host as the disk trend (`decide::trend`);
 //! - ENOMEM errors, in a window or in total: the count holds EAGAIN,
 //!   which non-blocking calls return as a matter of course (the JVM: 16
 //!   in a window against a limit of 6); memory that runs out shows as
@@ -53,7 +56,9 @@
 //!
 //! A loop that never enters the kernel is watched as a spin
 //! (`running.rs` says why): how long the tree has been on a CPU without
-//! one syscall, in consecutive windows.
+//! one syscall, in consecutive windows. A thread's longest time asleep in
+//! one syscall counts only in a window where the whole tree was idle
+//! (`stall.rs` says why: a shell waits on a pipe while its child works).
 
 use backstop_common::features::{FEATURES, feature};
 use serde::{Deserialize, Serialize};
@@ -61,14 +66,17 @@ use serde::{Deserialize, Serialize};
 use super::calibrate::calibrate;
 
 mod running;
+mod stall;
 mod upgrade;
 use running::{Running, highest_spin};
 pub use running::{SPIN_FLOOR_MS, SPIN_MIN_CPU_NS, SPIN_NAME};
+use stall::watched_value;
+pub use stall::{IDLE_MAX_CPU_NS, IDLE_MAX_SYSCALLS};
 #[cfg(test)]
 use upgrade::LEGACY_TOTALLED;
 
 /// The features the envelope watches (see the module's docs for why these).
-pub const WATCHED: [usize; 13] = [
+pub const WATCHED: [usize; 12] = [
     feature::SYSCALL_ERRORS_ENOSPC,
     feature::SYSCALL_ERRORS_EIO,
     feature::SYSCALL_LATENCY_P50_US,
@@ -81,7 +89,6 @@ pub const WATCHED: [usize; 13] = [
     feature::TREE_PROCESSES,
     feature::TREE_OPEN_FDS,
     feature::TREE_RSS_GROWTH_BYTES,
-    feature::TREE_TOP_FILE_GROWTH_BYTES,
 ];
 
 /// The counts the envelope also watches as running totals (see the
@@ -208,8 +215,10 @@ impl Envelope {
         let limits = WATCHED
             .iter()
             .map(|&i| {
-                quantile_of(healthy, |ws| ws.iter().map(|w| w[i]).fold(0.0, f64::max))
-                    .max(floor_of(i))
+                quantile_of(healthy, |ws| {
+                    ws.iter().map(|w| watched_value(i, w)).fold(0.0, f64::max)
+                })
+                .max(floor_of(i))
             })
             .collect();
         let totals = TOTALLED
@@ -270,7 +279,7 @@ impl Envelope {
         let windowed = WATCHED
             .iter()
             .zip(&self.limits)
-            .map(|(&i, &l)| (w.get(i).copied().unwrap_or(0.0), l));
+            .map(|(&i, &l)| (watched_value(i, w), l));
         windowed
             .chain(run.values(self))
             .enumerate()
