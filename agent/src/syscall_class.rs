@@ -73,15 +73,34 @@ pub fn class(_nr: usize) -> Class {
     Class::Other
 }
 
-/// wait4 and waitid: a thread inside them is waiting for its children,
-/// whose own work the windows show.
+/// Whether a thread asleep in syscall `nr` waits for something other than
+/// a resource it needs to go on, so that however long it sleeps there it
+/// is not stuck (`sched_blocked_longest_ms` leaves it out):
+/// - wait4 and waitid: its children, whose own work the windows show;
+/// - accept, epoll, poll and select, sleeps, pause and signal waits: a
+///   daemon at rest until a client, a timer or a signal comes, or a
+///   deliberate sleep (since stop 25: a service a postinst starts idles
+///   in one of these for as long as it lives, and counted, every healthy
+///   one looked like a hang once its install was quiet).
+///
+/// What stays: a lock (flock, fcntl, futex), a read or an open that
+/// waits for data or a writer (a prompt, a FIFO), a write or sync the
+/// device holds.
 #[cfg(target_arch = "x86_64")]
-pub fn waits_for_children(nr: usize) -> bool {
-    matches!(nr, 61 | 247)
+pub fn waits_on_others(nr: usize) -> bool {
+    matches!(
+        nr,
+        // wait4, waitid
+        61 | 247
+        // poll, select, pause, nanosleep, accept, rt_sigtimedwait,
+        // rt_sigsuspend, clock_nanosleep, epoll_wait, pselect6, ppoll,
+        // epoll_pwait, accept4, epoll_pwait2
+        | 7 | 23 | 34 | 35 | 43 | 128 | 130 | 230 | 232 | 270 | 271 | 281 | 288 | 441
+    )
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub fn waits_for_children(_nr: usize) -> bool {
+pub fn waits_on_others(_nr: usize) -> bool {
     false
 }
 
@@ -100,8 +119,36 @@ mod tests {
         assert_eq!(class(libc::SYS_mmap as usize), Class::Mem);
         assert_eq!(class(libc::SYS_futex as usize), Class::Sync);
         assert_eq!(class(libc::SYS_getrandom as usize), Class::Other);
-        assert!(waits_for_children(libc::SYS_wait4 as usize));
-        assert!(waits_for_children(libc::SYS_waitid as usize));
-        assert!(!waits_for_children(libc::SYS_flock as usize));
+        for nr in [
+            libc::SYS_wait4,
+            libc::SYS_waitid,
+            libc::SYS_poll,
+            libc::SYS_select,
+            libc::SYS_pause,
+            libc::SYS_nanosleep,
+            libc::SYS_accept,
+            libc::SYS_rt_sigtimedwait,
+            libc::SYS_rt_sigsuspend,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_epoll_wait,
+            libc::SYS_pselect6,
+            libc::SYS_ppoll,
+            libc::SYS_epoll_pwait,
+            libc::SYS_accept4,
+            libc::SYS_epoll_pwait2,
+        ] {
+            assert!(waits_on_others(nr as usize), "{nr}");
+        }
+        // A lock, a prompt's read, a FIFO's open, a sync: stuck.
+        for nr in [
+            libc::SYS_flock,
+            libc::SYS_fcntl,
+            libc::SYS_futex,
+            libc::SYS_read,
+            libc::SYS_openat,
+            libc::SYS_fsync,
+        ] {
+            assert!(!waits_on_others(nr as usize), "{nr}");
+        }
     }
 }

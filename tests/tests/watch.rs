@@ -196,31 +196,49 @@ fn a_growing_process_shows_as_a_rising_anon_peak() {
     );
 }
 
+/// A thread stuck on something it needs (a FIFO's writer, here) shows its
+/// age; a thread that waits on others does not: a parent on its children,
+/// a sleep on its timer, a daemon on its clients (stop 25: a service a
+/// postinst started, idle in accept, looked like a hang).
 #[test]
-fn a_blocked_syscall_shows_its_age_and_waiting_for_children_does_not() {
+fn a_blocked_syscall_shows_its_age_and_waiting_on_others_does_not() {
     let Some(_g) = ebpf_or_skip("a_blocked_syscall_shows_its_age") else {
         return;
     };
-    // nanosleep: a thread off the CPU inside one syscall for a second.
-    let w = watch(&["--window-ms", "100"], &["sh", "-c", "sleep 1; true"]);
+    let dir = std::env::temp_dir().join(format!("backstop-blocked-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // cat's open of the FIFO blocks until the writer comes, a second on.
+    let fifo = dir.join("fifo");
+    let script = format!(
+        "mkfifo {f}; (sleep 1; echo x > {f}) & cat {f} >/dev/null; wait",
+        f = fifo.display()
+    );
+    let w = watch(&["--window-ms", "100"], &["sh", "-c", &script]);
     assert_eq!(w.code(), 0, "{}", w.stderr());
     let longest = w.max("sched_blocked_longest_ms");
     assert!(
         (700.0..1500.0).contains(&longest),
-        "sleep 1 blocked for {longest} ms by the windows"
+        "a FIFO's open blocked for {longest} ms by the windows"
     );
-    // The shell waits in wait4 while its child spins on a CPU: no thread
-    // is blocked on anything but its child.
-    let w = watch(
-        &["--window-ms", "100"],
-        &["sh", "-c", &format!("{} spin 800; true", wl())],
-    );
-    assert_eq!(w.code(), 0, "{}", w.stderr());
-    let longest = w.max("sched_blocked_longest_ms");
-    assert!(
-        longest < 300.0,
-        "a parent waiting for its child counted as blocked: {longest} ms"
-    );
+    // The shell waits in wait4 while its child spins on a CPU; a sleep
+    // waits for its timer; a listener waits in accept for a client that
+    // never comes.
+    let listen = "perl -MIO::Socket::INET -e '$l=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1:0\",Listen=>1) or die; alarm 1; $l->accept'";
+    for cmd in [
+        format!("{} spin 800; true", wl()),
+        "sleep 1".to_string(),
+        format!("{listen}; true"),
+    ] {
+        let w = watch(&["--window-ms", "100"], &["sh", "-c", &cmd]);
+        assert_eq!(w.code(), 0, "{cmd}: {}", w.stderr());
+        let longest = w.max("sched_blocked_longest_ms");
+        assert!(
+            longest < 300.0,
+            "{cmd}: waiting on others counted as blocked for {longest} ms"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Schema v4: a FIFO opened with no writer yet, then a thread joined a

@@ -47,7 +47,7 @@ impl Probes {
                 && state.syscall_start_ns <= now_ns
                 && state.on_cpu_since_ns == 0
                 && state.runnable_since_ns == 0
-                && !crate::syscall_class::waits_for_children(state.syscall_nr as usize);
+                && !crate::syscall_class::waits_on_others(state.syscall_nr as usize);
             if !(running || blocked) || self.tracked.get(&tid, 0).ok() != Some(slot) {
                 continue;
             }
