@@ -40,27 +40,7 @@ pub fn run(data: &Path, json: bool) -> Result<i32> {
         );
     }
     match &m.meta.envelope {
-        Some(e) => {
-            println!(
-                "healthy envelope: a window alarms when one of {} watched features (or {} running totals since the deployment began{}) is over {:.2}x the highest value 99% of healthy training installs stayed under (target {:.1}% false alarms); limits:",
-                e.features.len(),
-                e.totals.len(),
-                if e.spin.is_some() {
-                    ", or the spin: ms on a CPU without a syscall"
-                } else {
-                    ""
-                },
-                e.threshold,
-                e.target_fpr * 100.0
-            );
-            for (f, l) in e
-                .names()
-                .iter()
-                .zip(e.limits.iter().chain(&e.totals).chain(&e.spin))
-            {
-                println!("  {f:<32} {l}");
-            }
-        }
+        Some(e) => print_envelope(e),
         None => println!("healthy envelope: none (the net alone decides)"),
     }
     let range = &m.meta.host_range.conditions;
@@ -96,5 +76,28 @@ fn windows(window_ms: Option<u32>) -> String {
             "windows: {ms} ms (its figures hold for deployments in {ms} ms windows; a decision notes any other length)"
         ),
         None => "windows: not recorded (trained before window lengths were)".into(),
+    }
+}
+
+/// The envelope's factor and every limit it watches.
+fn print_envelope(e: &backstop_controller::predict::envelope::Envelope) {
+    println!(
+        "healthy envelope: a window alarms when one of {} watched features (or {} running totals since the deployment began{}) is over {:.2}x the highest value 99% of healthy training installs stayed under (target {:.1}% false alarms); limits:",
+        e.features.len(),
+        e.totals.len(),
+        if e.spin.is_some() {
+            ", or the spin: ms on a CPU without a syscall"
+        } else {
+            ""
+        },
+        e.threshold,
+        e.target_fpr * 100.0
+    );
+    for (f, l) in e
+        .names()
+        .iter()
+        .zip(e.limits.iter().chain(&e.totals).chain(&e.spin))
+    {
+        println!("  {f:<32} {l}");
     }
 }
