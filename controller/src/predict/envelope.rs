@@ -56,9 +56,8 @@
 //!
 //! A loop that never enters the kernel is watched as a spin
 //! (`running.rs` says why): how long the tree has been on a CPU without
-//! one syscall, in consecutive windows. A thread's longest time asleep in
-//! one syscall counts only in a window where the whole tree was idle
-//! (`stall.rs` says why: a shell waits on a pipe while its child works).
+//! one syscall, in consecutive windows. A thread's longest sleep counts
+//! only in a window where the whole tree idled (`stall.rs` says why).
 
 use backstop_common::features::{FEATURES, feature};
 use serde::{Deserialize, Serialize};

@@ -14,6 +14,10 @@ pub(super) fn fault_script(s: &Scenario) -> Option<String> {
         "i=0; end=$(( $(date +%s) + {d} )); while [ $(date +%s) -lt $end ]; do ls -R /usr/share/doc >/dev/null; i=$((i+1)); done\n",
         d = s.delay
     ) + &pause(s.pause);
+    if let Some(f @ (Family::SlowService | Family::CrashLoop)) = s.twin {
+        // A healthy twin of a service family: its service, fault-free.
+        return Some(format!("{work}{}", service(f, m, false)));
+    }
     let fault = match s.fault {
         // A healthy install with the same ordinary work as the faulty ones
         // do before their fault: the work alone must not look like one.
@@ -34,19 +38,7 @@ pub(super) fn fault_script(s: &Scenario) -> Option<String> {
             "mkdir -p /etc/backstop-demo\nprintf 'if [ 1 ; then\\n  echo ok\\n' > /etc/backstop-demo/{p}.conf\nsleep {m}\nsh -n /etc/backstop-demo/{p}.conf || {{ echo 'postinst: configuration error' >&2; exit 1; }}\n",
             p = s.package
         ),
-        Family::SlowService | Family::CrashLoop => {
-            // Started here, probed by the scenario's health test.
-            let body = if s.fault == Family::SlowService {
-                format!(
-                    "perl -MIO::Socket::INET -e '$l=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1:8089\",Listen=>5,ReuseAddr=>1) or die; $n=0; while($c=$l->accept){{ select(undef,undef,undef,0.05*$n*{m}); $n++; print $c \"ok\\n\"; close $c }}' </dev/null >/dev/null 2>&1 &\n"
-                )
-            } else {
-                format!(
-                    "( while :; do perl -e 'open(F, \">/run/backstop-demo.pid\"); print F $$; close F; sleep {m}; kill SEGV => $$'; sleep 0.2; done ) </dev/null >/dev/null 2>&1 &\n"
-                )
-            };
-            body + "sleep 1\n"
-        }
+        Family::SlowService | Family::CrashLoop => service(s.fault, m, true),
         Family::MemoryBlowup => format!(
             "perl -e '$s = \"x\" x (1<<20); @a = (); while (1) {{ push @a, $s . rand(); select(undef,undef,undef,0.03/{m}) }}'\n"
         ),
@@ -64,6 +56,34 @@ pub(super) fn fault_script(s: &Scenario) -> Option<String> {
         ),
     };
     Some(format!("{work}{fault}"))
+}
+
+/// The service of a service family, started here and probed by the
+/// scenario's health test (runner.rs). With `fault`, it answers slower
+/// with each request (`slow-service`) or dies of SIGSEGV every `m`
+/// seconds and is started again (`crash-loop`); without, the same
+/// process answers at once or stays up.
+fn service(f: Family, m: u32, fault: bool) -> String {
+    let body = if f == Family::SlowService {
+        let delay = if fault {
+            format!("0.05*$n*{m}")
+        } else {
+            "0".into()
+        };
+        format!(
+            "perl -MIO::Socket::INET -e '$l=IO::Socket::INET->new(LocalAddr=>\"127.0.0.1:8089\",Listen=>5,ReuseAddr=>1) or die; $n=0; while($c=$l->accept){{ select(undef,undef,undef,{delay}); $n++; print $c \"ok\\n\"; close $c }}' </dev/null >/dev/null 2>&1 &\n"
+        )
+    } else {
+        let life = if fault {
+            format!("sleep {m}; kill SEGV => $$")
+        } else {
+            "sleep 100000".into()
+        };
+        format!(
+            "( while :; do perl -e 'open(F, \">/run/backstop-demo.pid\"); print F $$; close F; {life}'; sleep 0.2; done ) </dev/null >/dev/null 2>&1 &\n"
+        )
+    };
+    body + "sleep 1\n"
 }
 
 /// Idle seconds in the prelude: drawn for healthy and faulty scenarios
@@ -197,6 +217,54 @@ pub(super) fn repack(deb: &Path, fragment: &str, dir: &Path) -> Result<PathBuf> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scenario(text: &str) -> Scenario {
+        let c = super::super::parse(
+            &format!("[[scenario]]\nname = \"s\"\npackage = \"p\"\n{text}"),
+            "c",
+        )
+        .unwrap();
+        c.scenarios[0].clone()
+    }
+
+    /// The shipped corpus was recorded with these faulty services: their
+    /// text must not move. Each twin starts the same process, fault-free.
+    #[test]
+    fn a_healthy_twin_starts_its_service_without_the_fault() {
+        let slow = fault_script(&scenario("fault = \"slow-service\"\nmagnitude = 2\n")).unwrap();
+        assert!(slow.ends_with("while($c=$l->accept){ select(undef,undef,undef,0.05*$n*2); $n++; print $c \"ok\\n\"; close $c }' </dev/null >/dev/null 2>&1 &\nsleep 1\n"), "{slow}");
+        let crash = fault_script(&scenario("fault = \"crash-loop\"\nmagnitude = 3\n")).unwrap();
+        assert!(crash.ends_with("( while :; do perl -e 'open(F, \">/run/backstop-demo.pid\"); print F $$; close F; sleep 3; kill SEGV => $$'; sleep 0.2; done ) </dev/null >/dev/null 2>&1 &\nsleep 1\n"), "{crash}");
+        let twin = fault_script(&scenario("twin = \"slow-service\"\nmagnitude = 2\n")).unwrap();
+        assert_eq!(twin, slow.replace("0.05*$n*2", "0"));
+        let twin = fault_script(&scenario("twin = \"crash-loop\"\nmagnitude = 3\n")).unwrap();
+        assert_eq!(
+            twin,
+            crash.replace("sleep 3; kill SEGV => $$", "sleep 100000")
+        );
+        // The twin of a family that sets nothing up is no twin; a twin is
+        // healthy. The twin of a limit is the healthy install as it is.
+        let plain = fault_script(&scenario("delay = 1\n"));
+        assert_eq!(
+            fault_script(&scenario("twin = \"log-flood\"\ndelay = 1\n")),
+            plain
+        );
+        for bad in [
+            "twin = \"lock-hang\"\n",
+            "fault = \"crash-loop\"\ntwin = \"crash-loop\"\n",
+        ] {
+            let e = super::super::parse(
+                &format!("[[scenario]]\nname = \"s\"\npackage = \"p\"\n{bad}"),
+                "c.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("scenario[0].twin") && e.contains("c.toml"),
+                "{e}"
+            );
+        }
+    }
 
     /// An ar archive of (name, content) members, as dpkg-deb writes one.
     fn ar(members: &[(&str, &[u8])]) -> Vec<u8> {

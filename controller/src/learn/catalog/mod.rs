@@ -200,7 +200,25 @@ pub struct Scenario {
     /// A real failure's cause, as the package's own scripts said it.
     #[serde(default)]
     pub cause: Option<String>,
+    /// On a healthy scenario: set up what this family sets up, without
+    /// its fault ([`TWINNED`]). Only faulty scenarios started a service
+    /// and were probed, ran in 64 MiB, or wrote to a tmpfs upper (no block
+    /// I/O at all), so each of those marked a fault by itself; healthy
+    /// twins take the marks away.
+    #[serde(default)]
+    pub twin: Option<Family>,
 }
+
+/// The families a healthy scenario can be the twin of: those whose fault
+/// comes with a setting of its own (a service and its health probe, the
+/// shadow's memory limit, a tmpfs upper of a given size).
+pub const TWINNED: [Family; 5] = [
+    Family::SlowService,
+    Family::CrashLoop,
+    Family::MemoryBlowup,
+    Family::LogFlood,
+    Family::DiskFull,
+];
 
 fn none() -> Family {
     Family::None
@@ -275,6 +293,15 @@ pub fn parse(text: &str, source: &str) -> Result<Catalog> {
         }
         if !seen.insert(&s.name) {
             return Err(bad(format!("scenario name {:?} appears twice", s.name)));
+        }
+        if let Some(f) = s.twin
+            && (s.fault != Family::None || !TWINNED.contains(&f))
+        {
+            let names: Vec<&str> = TWINNED.iter().map(|f| f.name()).collect();
+            return Err(bad(format!(
+                "scenario[{i}].twin {:?}: only one of {names:?}, on a scenario with fault = \"none\"",
+                f.name()
+            )));
         }
     }
     families::check(&c).map_err(bad)?;

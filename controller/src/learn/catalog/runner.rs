@@ -105,7 +105,9 @@ fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[Pat
         ])
         // Sync calls reach the disk, so the windows' I/O is a live install's.
         .arg("--durable");
-    let memory = if s.fault == Family::MemoryBlowup {
+    // A twin runs in its family's setting: limit, upper, service, probe.
+    let setting = s.twin.unwrap_or(s.fault);
+    let memory = if setting == Family::MemoryBlowup {
         64 << 20
     } else {
         defaults.memory
@@ -116,12 +118,13 @@ fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[Pat
         let size = (total / (2 * u64::from(s.magnitude.max(1)))).max(256 * 1024);
         cmd.args(["--upper-size", &size.to_string()]);
     }
-    if s.fault == Family::LogFlood {
-        // Room for the unpacked package, then a few MiB the log fills.
+    if setting == Family::LogFlood || s.twin == Some(Family::DiskFull) {
+        // Room for the unpacked package, then a few MiB the log fills (a
+        // disk-full's twin: its tmpfs upper, with room for the install).
         let size = total * 6 + (8 << 20) * u64::from(s.magnitude.max(1));
         cmd.args(["--upper-size", &size.to_string()]);
     }
-    let health = match s.fault {
+    let health = match setting {
         Family::SlowService => Some(
             "for i in 1 2 3 4 5 6 7 8; do s=$(date +%s%N); perl -MIO::Socket::INET -e '$c=IO::Socket::INET->new(PeerAddr=>\"127.0.0.1:8089\") or exit 1; <$c>' || exit 1; e=$(date +%s%N); [ $(( (e-s)/1000000 )) -lt 200 ] || exit 1; done",
         ),
@@ -348,6 +351,7 @@ mod tests {
             pause: 0,
             host: None,
             cause: None,
+            twin: None,
         };
         let v = report(6, step(1, 1600.0), vec![]);
         let d = record_from_report(&s, &v, 500).unwrap();

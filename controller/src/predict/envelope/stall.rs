@@ -2,7 +2,8 @@
 //! tree is idle too.
 //!
 //! Why: the envelope watches the longest time a thread of the tree has
-//! been asleep in one syscall (waits for children aside), for the
+//! been asleep in one syscall (waits on others aside: children, timers,
+//! clients; the agent's `syscall_class.rs`), for the
 //! failures that leave a thread waiting on something that never comes: a
 //! lock a stray process holds, a prompt no one answers. A healthy install
 //! also keeps a thread asleep for long, while the tree works: a shell
