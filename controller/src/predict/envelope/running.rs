@@ -1,5 +1,6 @@
 //! What the envelope carries along a deployment, window by window: the
-//! running totals of counts that should not happen, and the spin.
+//! running totals of counts that should not happen, the spin, and the
+//! stall (`stall.rs`).
 //!
 //! Why a spin: a loop that never enters the kernel (a runaway, a retry
 //! loop on a value that never changes) does no I/O and asks for nothing,
@@ -13,6 +14,7 @@
 
 use backstop_common::features::feature;
 
+use super::stall::{Stall, highest_stall};
 use super::{Envelope, TOTALLED};
 
 /// A window counts toward a spin when the tree spent at least this much
@@ -49,6 +51,9 @@ fn spin_after(prev: f64, w: &[f64]) -> f64 {
 pub struct Running {
     pub sums: Vec<f64>,
     pub spin: f64,
+    /// What the envelope reads for `sched_blocked_longest_ms`
+    /// (`stall.rs` says why).
+    pub stall: Stall,
 }
 
 impl Running {
@@ -56,6 +61,7 @@ impl Running {
         Running {
             sums: vec![0.0; e.totals.len()],
             spin: 0.0,
+            stall: Stall::default(),
         }
     }
 
@@ -65,6 +71,7 @@ impl Running {
             *s += w.get(i).copied().unwrap_or(0.0);
         }
         self.spin = spin_after(self.spin, w);
+        self.stall.step(w);
     }
 
     /// After `windows[..=t]`.
@@ -76,10 +83,31 @@ impl Running {
         r
     }
 
+    /// What the envelope reads for watched feature `i` in window `w`, the
+    /// window this was last stepped with: the stall for a thread's
+    /// longest sleep, the window's own value for the rest.
+    pub fn watched(&self, i: usize, w: &[f64]) -> f64 {
+        if i == feature::SCHED_BLOCKED_LONGEST_MS {
+            self.stall.ms
+        } else {
+            w.get(i).copied().unwrap_or(0.0)
+        }
+    }
+
     /// (value, limit) of each running value the envelope has a limit for.
     pub fn values<'a>(&'a self, e: &'a Envelope) -> impl Iterator<Item = (f64, f64)> + 'a {
         let totals = self.sums.iter().copied().zip(e.totals.iter().copied());
         totals.chain(e.spin.map(|l| (self.spin, l)))
+    }
+}
+
+/// The highest value the envelope reads for watched feature `i`
+/// anywhere in one deployment.
+pub fn highest_watched(i: usize, windows: &[Vec<f64>]) -> f64 {
+    if i == feature::SCHED_BLOCKED_LONGEST_MS {
+        highest_stall(windows)
+    } else {
+        windows.iter().map(|w| w[i]).fold(0.0, f64::max)
     }
 }
 

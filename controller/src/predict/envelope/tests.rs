@@ -116,9 +116,18 @@ fn deaths_that_pile_up_alarm_on_their_total_where_one_window_would_not() {
 #[test]
 fn a_cross_fitted_factor_is_the_one_unseen_installs_need() {
     // A heavy tail, in no order: the longest sleeps are rarer than
-    // the installs that set a limit can show.
+    // the installs that set a limit can show (two of 200 sleep a hundred
+    // times longer than the rest). In-sample the two set the limit, and
+    // the factor is the least one ([`MIN_FACTOR`]).
+    let sleep = |k: u32| {
+        if k >= 198 {
+            1e9
+        } else {
+            f64::from(k).powi(3)
+        }
+    };
     let healthy: Vec<Vec<Vec<f64>>> = (0..200u32)
-        .map(|i| vec![window(f64::from((i * 7919) % 200).powi(3), 10.0)])
+        .map(|i| vec![window(sleep((i * 7919) % 200), 10.0)])
         .collect();
     let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
     let inside = Envelope::fit(&refs, 0.005, false).unwrap();
@@ -126,6 +135,7 @@ fn a_cross_fitted_factor_is_the_one_unseen_installs_need() {
     // The same limits; a higher factor, from ratios to limits the
     // measured install did not set.
     assert_eq!(inside.limits, cross.limits);
+    assert_eq!(inside.threshold, MIN_FACTOR);
     assert!(cross.threshold > inside.threshold, "{cross:?} {inside:?}");
     // Too few installs to hold any out: in-sample.
     let few = &refs[..FOLDS];
@@ -190,7 +200,9 @@ fn a_loop_that_never_enters_the_kernel_alarms_as_a_spin_and_a_key_does_not() {
     let b = e.beyond(&run, first).unwrap();
     assert_eq!(b.feature, SPIN_NAME);
     assert!(b.value > e.threshold * SPIN_FLOOR_MS, "{b:?}");
-    assert!(first < 4 + 8, "alarmed only at window {first}");
+    // Past the one-second floor times the least factor: nine windows of
+    // 249 ms on the CPU.
+    assert_eq!(first, 4 + 8, "alarmed at window {first}");
     assert_eq!(e.drivers(&run, first, 1)[0].0, SPIN_NAME);
     let each: Vec<Option<Beyond>> = (0..run.len()).map(|t| e.beyond(&run, t)).collect();
     assert_eq!(e.beyond_all(&run), each);
@@ -379,4 +391,24 @@ fn a_thread_that_waits_while_its_tree_works_is_no_stall() {
         .position(|n| n == "sched_blocked_longest_ms")
         .unwrap();
     assert_eq!(f.limits[at], e.limits[at]);
+    // A thread asleep through the work brings none of its age into the
+    // quiet after it: 20 s asleep while the tree worked, then a second of
+    // quiet, is a stall of a second; ten more quiet seconds alarm.
+    let asleep = |ms: f64, cpu_ms: f64| {
+        let mut w = working(cpu_ms, if cpu_ms > 0.0 { 20_000.0 } else { 0.0 });
+        w[feature::SCHED_BLOCKED_LONGEST_MS] = ms;
+        w
+    };
+    let mut stream: Vec<Vec<f64>> = (1..=80)
+        .map(|k| asleep(f64::from(k) * 250.0, 200.0))
+        .collect();
+    stream.extend((81..=84).map(|k| asleep(f64::from(k) * 250.0, 0.0)));
+    let t = stream.len() - 1;
+    assert_eq!(e.beyond(&stream, t), None, "{:?}", e.drivers(&stream, t, 3));
+    stream.extend((85..=124).map(|k| asleep(f64::from(k) * 250.0, 0.0)));
+    let b = e.beyond(&stream, stream.len() - 1).unwrap();
+    assert_eq!(
+        (b.feature.as_str(), b.value),
+        ("sched_blocked_longest_ms", 11_000.0)
+    );
 }
