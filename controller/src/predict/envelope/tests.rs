@@ -120,11 +120,7 @@ fn a_cross_fitted_factor_is_the_one_unseen_installs_need() {
     // times longer than the rest). In-sample the two set the limit, and
     // the factor is the least one ([`MIN_FACTOR`]).
     let sleep = |k: u32| {
-        if k >= 198 {
-            1e9
-        } else {
-            f64::from(k).powi(3)
-        }
+        if k >= 198 { 1e9 } else { f64::from(k).powi(3) }
     };
     let healthy: Vec<Vec<Vec<f64>>> = (0..200u32)
         .map(|i| vec![window(sleep((i * 7919) % 200), 10.0)])
