@@ -27,15 +27,11 @@ use crate::predict::normalizer::mask_of;
 /// 2 MB download, 8% of healthy installs alarmed (stop 24). A connect
 /// that waits on lost SYNs is still watched, by the envelope
 /// (`predict::envelope`).
-///
-/// And one file's growth in a window: the corpus's healthy installs are
-/// small (closures of at most 20 .debs and 40 MB), so none writes a big
-/// file. Once the fills' tmpfs upper no longer marked them (stop 25's
-/// healthy twins), the net learnt "a big file" as a fill and alarmed on 4
-/// of the 14 big and heavy healthy installs (an initramfs, a JVM's class
-/// archive, a font cache, TeX formats). A fill shows as ENOSPC, which
-/// the envelope watches, and on a live host as the disk trend
-/// (`decide::trend`).
+/// And one file's growth in a window: the corpus's healthy closures are
+/// small (20 .debs, 40 MB), so none writes a big file; without the fills'
+/// tmpfs mark (stop 25's twins) the net learnt "a big file" as a fill and
+/// alarmed on 4 of 14 big healthy installs. A fill shows as ENOSPC (the
+/// envelope) and, live, as the disk trend (`decide::trend`).
 pub const MASKED: [usize; 5] = [
     feature::NET_TCP_RETRANSMITS,
     feature::NET_CONNECT_ATTEMPTS,

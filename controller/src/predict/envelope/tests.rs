@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn window(blocked_ms: f64, fds: f64) -> Vec<f64> {
+pub(super) fn window(blocked_ms: f64, fds: f64) -> Vec<f64> {
     let mut w = vec![0.0; FEATURES.len()];
     w[feature::SCHED_BLOCKED_LONGEST_MS] = blocked_ms;
     w[feature::TREE_OPEN_FDS] = fds;
@@ -350,61 +350,4 @@ fn a_connect_alarms_only_when_its_syn_was_sent_again() {
         .beyond(&[connect(3.1e6, 0.0)], 0)
         .expect("a connect of 3.1 s");
     assert_eq!(b.feature, "net_connect_latency_p99_us");
-}
-
-/// texlive-latex-base's and linux-image-amd64's shape: a shell asleep on
-/// a pipe for 39 s while its children build an initramfs.
-#[test]
-fn a_thread_that_waits_while_its_tree_works_is_no_stall() {
-    let healthy: Vec<Vec<Vec<f64>>> = (0..200)
-        .map(|i| vec![window(f64::from(i) * 10.0, 10.0); 3])
-        .collect();
-    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
-    let e = Envelope::fit(&refs, 0.01, false).unwrap();
-    let working = |cpu_ms: f64, syscalls: f64| {
-        let mut w = window(39_000.0, 10.0);
-        w[feature::SCHED_ON_CPU_NS] = cpu_ms * 1e6;
-        w[feature::SYSCALLS_TOTAL] = syscalls;
-        w
-    };
-    // The children compute, or make syscalls: no alarm.
-    assert_eq!(e.beyond(&[working(200.0, 20_000.0)], 0), None);
-    assert_eq!(e.beyond(&[working(37.0, 5.0)], 0), None);
-    assert_eq!(e.beyond(&[working(6.7, 111.0)], 0), None);
-    // Nothing runs (a lock's holder asleep too): the stall alarms.
-    let b = e.beyond(&[working(0.5, 3.0)], 0).unwrap();
-    assert_eq!(b.feature, "sched_blocked_longest_ms");
-    // A window's gate is its own: a long wait that ends while the tree
-    // is busy does not raise the limit the healthy installs set.
-    let busy_healthy: Vec<Vec<Vec<f64>>> = (0..200)
-        .map(|i| vec![working(200.0, 20_000.0), window(f64::from(i) * 10.0, 10.0)])
-        .collect();
-    let refs: Vec<&[Vec<f64>]> = busy_healthy.iter().map(Vec::as_slice).collect();
-    let f = Envelope::fit(&refs, 0.01, false).unwrap();
-    let at = f
-        .features
-        .iter()
-        .position(|n| n == "sched_blocked_longest_ms")
-        .unwrap();
-    assert_eq!(f.limits[at], e.limits[at]);
-    // A thread asleep through the work brings none of its age into the
-    // quiet after it: 20 s asleep while the tree worked, then a second of
-    // quiet, is a stall of a second; ten more quiet seconds alarm.
-    let asleep = |ms: f64, cpu_ms: f64| {
-        let mut w = working(cpu_ms, if cpu_ms > 0.0 { 20_000.0 } else { 0.0 });
-        w[feature::SCHED_BLOCKED_LONGEST_MS] = ms;
-        w
-    };
-    let mut stream: Vec<Vec<f64>> = (1..=80)
-        .map(|k| asleep(f64::from(k) * 250.0, 200.0))
-        .collect();
-    stream.extend((81..=84).map(|k| asleep(f64::from(k) * 250.0, 0.0)));
-    let t = stream.len() - 1;
-    assert_eq!(e.beyond(&stream, t), None, "{:?}", e.drivers(&stream, t, 3));
-    stream.extend((85..=124).map(|k| asleep(f64::from(k) * 250.0, 0.0)));
-    let b = e.beyond(&stream, stream.len() - 1).unwrap();
-    assert_eq!(
-        (b.feature.as_str(), b.value),
-        ("sched_blocked_longest_ms", 11_000.0)
-    );
 }
