@@ -77,6 +77,17 @@ static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(16384, 0);
 #[map]
 static ANON_PEAK: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 
+/// Per slot, the tgid of the tree's root (the process the agent started
+/// and tracks it from), written by the agent; [`ROOT_GONE`] once that
+/// process has exited. What is still alive then is killed with the tree's
+/// end (a pid namespace dies with its init, a rollback kills a cgroup),
+/// and those SIGKILLs are not the install's deaths (process.rs).
+#[map]
+static ROOTS: Array<u32> = Array::with_max_entries(MAX_SLOTS, 0);
+
+/// A root no pid can be.
+const ROOT_GONE: u32 = u32::MAX;
+
 /// Exec, exit and OOM records.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

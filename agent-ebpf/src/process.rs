@@ -9,13 +9,15 @@ use aya_ebpf::{
 use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, PENDING_EXEC, ProcRecord, counter};
 
 use crate::{
-    CPU_SYSCALL, EVENTS, OFFSETS, THREADS, add, current_tgid, current_tid, lost, now, raw_slot,
+    CPU_SYSCALL, EVENTS, OFFSETS, ROOT_GONE, ROOTS, THREADS, add, current_tgid, current_tid, lost, now, raw_slot,
     read_kernel, set_slot, slot_of, thread_state,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// The signal a writer gets when its pipe's reader has gone.
 const SIGPIPE: i32 = 13;
+/// The signal a pid namespace's end and a cgroup's kill send.
+const SIGKILL: i32 = 9;
 
 /// task:task_newtask runs in the parent's context before the child can run,
 /// so the child is tracked from its first instruction.
@@ -186,7 +188,15 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
     // (`yes | head`): the shell sees a status of 141, not a crash, so it
     // counts as a non-zero exit. Counted as a death, a healthy script
     // looping over `cmd | head` piled deaths up like a crash loop.
-    if signal != 0 && signal != SIGPIPE {
+    // What the root left alive is SIGKILLed when the tree ends: the
+    // kernel kills a pid namespace's processes when its init (a shadow's
+    // root) exits. Counted as deaths, every install that leaves a daemon
+    // running looked, in its last window, like a crash. They still count
+    // as exits.
+    // (`root_gone` also marks the root's own exit: called for every one.)
+    let after_root = root_gone(slot, tgid);
+    let ended_with_root = signal == SIGKILL && after_root;
+    if signal != 0 && signal != SIGPIPE && !ended_with_root {
         add(slot, counter::PROC_SIGNAL_DEATHS, 1);
     } else if signal == SIGPIPE || (code >> 8) & 0xff != 0 {
         add(slot, counter::PROC_EXITS_NONZERO, 1);
@@ -195,6 +205,23 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
         e.submit(0);
     }
     0
+}
+
+/// Whether `slot`'s root had exited before `tgid` did; marks the root
+/// gone when `tgid` is the root.
+#[inline(always)]
+fn root_gone(slot: u32, tgid: u32) -> bool {
+    let Some(r) = ROOTS.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: map value pointer, valid for a u32.
+    let r = unsafe { &mut *r };
+    if *r == tgid {
+        *r = ROOT_GONE;
+        false
+    } else {
+        *r == ROOT_GONE
+    }
 }
 
 /// oom:mark_victim runs in the OOM killer's context; the victim is in the

@@ -80,7 +80,7 @@ features! {
     PROC_EXECS = "proc_execs", "count", "successful execve";
     PROC_EXITS = "proc_exits", "count", "processes that exited (last thread gone)";
     PROC_EXITS_NONZERO = "proc_exits_nonzero", "count", "processes that exited with a non-zero code, or were ended by SIGPIPE (a pipeline's writer whose reader was done: status 141 to the shell)";
-    PROC_SIGNAL_DEATHS = "proc_signal_deaths", "count", "processes killed by a signal other than SIGPIPE";
+    PROC_SIGNAL_DEATHS = "proc_signal_deaths", "count", "processes killed by a signal other than SIGPIPE, but not the SIGKILL that ends what the tree's root left running once the root has exited (a shadow's pid namespace ending)";
     PROC_OOM_KILLS = "proc_oom_kills", "count", "processes chosen by the OOM killer (global or cgroup)";
     MEM_ANON_PEAK_BYTES = "mem_anon_peak_bytes", "bytes", "largest anonymous memory (RSS) a process of the tree reached in the window, seen when it changed (0: none changed)";
     NET_TCP_RETRANSMITS = "net_tcp_retransmits", "count", "TCP segments retransmitted on the tree's sockets";

@@ -288,6 +288,33 @@ fn past_its_memory_limit_a_shadow_command_is_oom_killed_and_its_windows_say_so()
     data.assert_clean("after an OOM kill");
 }
 
+/// A shadow ends when its root does, and the kernel then SIGKILLs what
+/// the install left running (a daemon its postinst started): that is
+/// the shadow's end, not the install's crash, so it is no death. A crash
+/// before it still is one, and every process still counts as an exit.
+#[test]
+fn what_a_shadows_end_kills_is_no_death_but_a_crash_before_it_is() {
+    let Some(_g) = ebpf_or_skip("what_a_shadows_end_kills_is_no_death") else {
+        return;
+    };
+    let Some(root) = rootfs() else { return };
+    let data = Data::new("reaped");
+    let (out, v) = data.shadow(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "sleep 1000 & sleep 2000 & sh -c 'kill -SEGV $$'; exit 0",
+    ]);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["cmd"]["exit_code"], 0, "{v}");
+    assert_eq!(total(&v, "proc_signal_deaths"), 1.0, "only the SIGSEGV: {v}");
+    // The runner, sh, both sleeps and the crashed sh at least.
+    assert!(total(&v, "proc_exits") >= 5.0, "{v}");
+    data.assert_clean("after a shadow's end killed two sleeps");
+}
+
 #[test]
 fn live_and_shadow_at_once_count_only_their_own_work() {
     let Some(_g) = ebpf_or_skip("live_and_shadow_at_once") else {

@@ -45,6 +45,7 @@ impl Probes {
         let events = take(&mut ebpf, "EVENTS")?;
         let changes = take(&mut ebpf, "CHANGES")?;
         let change_slots = take(&mut ebpf, "CHANGE_SLOTS")?;
+        let roots = take(&mut ebpf, "ROOTS")?;
         let threads = take(&mut ebpf, "THREADS")?;
         let anon_peak = take(&mut ebpf, "ANON_PEAK")?;
         let prog_fds = load_programs(&mut ebpf)?;
@@ -56,6 +57,7 @@ impl Probes {
             events,
             changes,
             change_slots,
+            roots,
             threads,
             anon_peak,
             prog_fds,

@@ -122,6 +122,8 @@ pub struct Probes {
     events: RingBuf<MapData>,
     changes: RingBuf<MapData>,
     change_slots: Array<MapData, u32>,
+    /// Per slot, the tgid of its tree's root (main.rs of the probes: ROOTS).
+    roots: Array<MapData, u32>,
     threads: HashMap<MapData, u32, ThreadState>,
     anon_peak: PerCpuArray<MapData, u64>,
     /// Our programs (name, fd), for reading the kernel's count of runs it

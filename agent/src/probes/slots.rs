@@ -65,7 +65,9 @@ impl Probes {
     }
 
     /// Track `pid` (and from then on everything it forks) as `slot`,
-    /// counting from its first exec.
+    /// counting from its first exec. `pid` is the tree's root: once it has
+    /// exited, what it left alive and is SIGKILLed is not counted as a
+    /// death (the probes' process.rs says why).
     pub fn track(&mut self, pid: u32, slot: u32) -> Result<()> {
         if pid >= self.tracked_len {
             return Err(AgentError::PidOutOfRange {
@@ -73,6 +75,9 @@ impl Probes {
                 max: self.tracked_len,
             });
         }
+        self.roots
+            .set(slot, pid, 0)
+            .map_err(|e| map_err("ROOTS", e))?;
         self.tracked
             .set(pid, slot | backstop_common::PENDING_EXEC, 0)
             .map_err(|e| map_err("TRACKED", e))
