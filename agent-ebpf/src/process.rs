@@ -9,8 +9,8 @@ use aya_ebpf::{
 use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, PENDING_EXEC, ProcRecord, counter};
 
 use crate::{
-    CPU_SYSCALL, EVENTS, OFFSETS, ROOT_GONE, ROOTS, THREADS, add, current_tgid, current_tid, lost, now, raw_slot,
-    read_kernel, set_slot, slot_of, thread_state,
+    CPU_SYSCALL, EVENTS, OFFSETS, ROOT_GONE, ROOTS, THREADS, add, current_tgid, current_tid, lost,
+    now, raw_slot, read_kernel, set_slot, slot_of, thread_state,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;

@@ -309,7 +309,11 @@ fn what_a_shadows_end_kills_is_no_death_but_a_crash_before_it_is() {
     ]);
     assert!(out.status.success(), "{v}");
     assert_eq!(v["cmd"]["exit_code"], 0, "{v}");
-    assert_eq!(total(&v, "proc_signal_deaths"), 1.0, "only the SIGSEGV: {v}");
+    assert_eq!(
+        total(&v, "proc_signal_deaths"),
+        1.0,
+        "only the SIGSEGV: {v}"
+    );
     // The runner, sh, both sleeps and the crashed sh at least.
     assert!(total(&v, "proc_exits") >= 5.0, "{v}");
     data.assert_clean("after a shadow's end killed two sleeps");
