@@ -319,6 +319,43 @@ fn what_a_shadows_end_kills_is_no_death_but_a_crash_before_it_is() {
     data.assert_clean("after a shadow's end killed two sleeps");
 }
 
+/// A shadow's disk is its upper layer: what the install writes there is
+/// what its windows say was consumed, and the size they report is the
+/// upper's tmpfs, not the root's filesystem below (where the install's
+/// writes never land, and the host's other work does).
+#[test]
+fn a_shadows_disk_is_its_upper_layer() {
+    let Some(_g) = ebpf_or_skip("a_shadows_disk_is_its_upper_layer") else {
+        return;
+    };
+    let Some(root) = rootfs() else { return };
+    let data = Data::new("upperdisk");
+    let (out, v) = data.shadow(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--upper-size",
+        "64M",
+        "--window-ms",
+        "100",
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/filler bs=1M count=16 2>/dev/null; sleep 0.3",
+    ]);
+    assert!(out.status.success(), "{v}");
+    let windows = v["windows"].as_array().unwrap();
+    for w in windows {
+        assert_eq!(w["host"]["disk_total_bytes"], 64.0 * 1048576.0, "{w}");
+    }
+    let last = &windows.last().unwrap()["features"];
+    let fall = last["host_disk_free_fall_bytes"].as_f64().unwrap();
+    assert!(
+        (16.0 * 1048576.0..20.0 * 1048576.0).contains(&fall),
+        "16 MiB written to the upper, {fall} bytes consumed: {last}"
+    );
+    data.assert_clean("after filling a shadow's upper");
+}
+
 #[test]
 fn live_and_shadow_at_once_count_only_their_own_work() {
     let Some(_g) = ebpf_or_skip("live_and_shadow_at_once") else {

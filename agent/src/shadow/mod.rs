@@ -154,7 +154,7 @@ pub async fn run(
     let result = match frozen::lower_for(data, &root, &l.dir, opts.frozen.as_ref()) {
         Ok((lower, lock)) => {
             _store_lock = lock;
-            let r = run_in(probes, &root, &lower, &l, opts, sink).await;
+            let r = run_in(probes, &lower, &l, opts, sink).await;
             r.map(|s| (s, lower))
         }
         Err(e) => Err(e),
@@ -202,7 +202,6 @@ pub async fn run(
 
 async fn run_in(
     probes: &SharedProbes,
-    root: &Path,
     lower: &Lower,
     l: &container::Layout,
     opts: &ShadowOptions,
@@ -239,7 +238,12 @@ async fn run_in(
     let track_opts = TrackOptions {
         stream: Stream::Shadow,
         window: opts.window,
-        scope: root.to_path_buf(),
+        // The shadow's disk is its upper layer's filesystem: what the
+        // install writes lands there, never on the root below. With a
+        // tmpfs upper, the root's filesystem would show the host's other
+        // work and none of the install's (a log flood filling the tmpfs
+        // read as nothing at all).
+        scope: l.upper.clone(),
         stdout: Stdout::Stderr,
         kill_grace: Duration::from_secs(2),
         changes: None,
