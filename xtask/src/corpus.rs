@@ -102,13 +102,13 @@ pub fn train_default(check: bool, new: bool) -> Result<()> {
                 .to_string(),
         )
     };
-    build_backstop()?;
+    let backstop = util::release_backstop()?;
     let out = if check {
         util::cache_dir().join("train-default-check")
     } else {
         shipped.clone()
     };
-    let mut train = Command::new(util::target_dir().join("release/backstop"));
+    let mut train = Command::new(&backstop);
     train
         .args(["train", "--seed", "1", "--corpus"])
         .arg(&corpus)
@@ -137,29 +137,15 @@ pub fn train_default(check: bool, new: bool) -> Result<()> {
         // The binary embeds models/default at build time: built again, it
         // is the model just trained that `backstop model` and a daemon
         // without DATA/models/current use, not the one before it.
-        build_backstop()?;
+        util::release_backstop()?;
         eprintln!("train-default: {} (commit it)", out.display());
     }
     Ok(())
 }
 
-/// The release `backstop`, which embeds models/default as it is.
-fn build_backstop() -> Result<()> {
-    util::step(
-        "cargo build --release -p backstop-controller",
-        util::cargo(&[
-            "build",
-            "--release",
-            "-p",
-            "backstop-controller",
-            "--bin",
-            "backstop",
-        ]),
-    )
-}
-
 /// Cross-validation of the shipped catalog's corpus, once per seed.
 pub fn crossval(seeds: &[u64]) -> Result<()> {
+    // corpus() built the release binaries it recorded with.
     let corpus = corpus()?;
     for seed in seeds {
         let mut cv = Command::new(util::target_dir().join("release/backstop"));

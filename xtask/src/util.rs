@@ -51,6 +51,24 @@ pub fn step(what: &str, mut cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// Build the release `backstop` (which embeds models/default as the
+/// checkout has it) and return its path: the one build train-default and the
+/// benches go through (the corpus verbs build it with the agent).
+pub fn release_backstop() -> Result<PathBuf> {
+    step(
+        "cargo build --release -p backstop-controller --bin backstop",
+        cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "backstop-controller",
+            "--bin",
+            "backstop",
+        ]),
+    )?;
+    Ok(target_dir().join("release/backstop"))
+}
+
 /// Run a command and return its stdout; fail with its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd

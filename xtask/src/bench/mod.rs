@@ -149,11 +149,7 @@ fn time_cmd(what: &str, cmd: &mut Command) -> Result<f64> {
 /// on a generated corpus (80 packages x 16, seed 5; training seed 1): the
 /// fixture `bench predict` and `bench decide` measure against.
 fn trained_model(name: &str) -> Result<(PathBuf, PathBuf)> {
-    crate::util::step(
-        "cargo build --release (backstop-controller)",
-        crate::util::cargo(&["build", "--release", "-p", "backstop-controller"]),
-    )?;
-    let backstop = crate::util::target_dir().join("release/backstop");
+    let backstop = crate::util::release_backstop()?;
     let base = crate::util::cache_dir().join(name);
     let _ = std::fs::remove_dir_all(&base);
     let synth = ["corpus", "synth", "--packages", "80", "--per-package", "16"];
