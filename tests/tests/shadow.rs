@@ -345,12 +345,12 @@ fn a_shadows_disk_is_its_upper_layer() {
     assert!(out.status.success(), "{v}");
     let windows = v["windows"].as_array().unwrap();
     for w in windows {
-        assert_eq!(w["host"]["disk_total_bytes"], 64.0 * 1048576.0, "{w}");
+        assert_eq!(w["host"]["disk_total_bytes"], f64::from(64u32 << 20), "{w}");
     }
     let last = &windows.last().unwrap()["features"];
     let fall = last["host_disk_free_fall_bytes"].as_f64().unwrap();
     assert!(
-        (16.0 * 1048576.0..20.0 * 1048576.0).contains(&fall),
+        (f64::from(16u32 << 20)..f64::from(20u32 << 20)).contains(&fall),
         "16 MiB written to the upper, {fall} bytes consumed: {last}"
     );
     data.assert_clean("after filling a shadow's upper");
