@@ -107,6 +107,7 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_pid: u32::MAX,
     task_tgid: u32::MAX,
     task_exit_code: u32::MAX,
+    task_runtime: u32::MAX,
     folio_flags: u32::MAX,
     folio_nr_pages: u32::MAX,
     pg_head_bit: u32::MAX,
@@ -219,6 +220,14 @@ fn thread_state(slot: u32, tid: u32) -> Option<&'static mut ThreadState> {
     // SAFETY: the entry exists (just checked or inserted); hash map values
     // stay valid while the program runs.
     THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+}
+
+/// The kernel's own count of the CPU time `task` has had
+/// (`se.sum_exec_runtime`): exact at a switch, up to a tick behind while
+/// the task runs.
+#[inline(always)]
+fn task_runtime(task: *const u8) -> Option<u64> {
+    read_kernel::<u64>(task, OFFSETS.load().task_runtime)
 }
 
 /// Read a kernel value at `base + off`; `None` when the offset is unknown

@@ -10,7 +10,7 @@ use backstop_common::{EVENT_EXEC, EVENT_EXIT, EVENT_OOM_KILL, PENDING_EXEC, Proc
 
 use crate::{
     CPU_SYSCALL, EVENTS, OFFSETS, ROOT_GONE, ROOTS, THREADS, add, current_tgid, current_tid, lost,
-    now, raw_slot, read_kernel, set_slot, slot_of, thread_state,
+    now, raw_slot, read_kernel, set_slot, slot_of, task_runtime, thread_state,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -94,10 +94,17 @@ pub fn bs_sched_process_exec(ctx: TracePointContext) -> u32 {
         // in while pending, so sched_switch did not start its stretch. A
         // command that never sleeps would go uncounted until its first
         // switch (CI once saw 0.4 s of a 0.9 s spin lost that way).
-        if let Some(s) = thread_state(slot, tid)
-            && s.on_cpu_since_ns == 0
-        {
-            s.on_cpu_since_ns = now();
+        if let Some(s) = thread_state(slot, tid) {
+            if s.on_cpu_since_ns == 0 {
+                s.on_cpu_since_ns = now();
+            }
+            // What it ran before its exec (the agent's fork) is not the
+            // command's.
+            // SAFETY: bpf_get_current_task has no preconditions.
+            let task = unsafe { bpf_get_current_task() } as *const u8;
+            if let Some(ran) = task_runtime(task) {
+                s.cpu_seen_ns = ran;
+            }
         }
     }
     // SAFETY: offsets from the tracepoint's format file.
@@ -151,9 +158,17 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
     // tracked, so credit it here.
     if let Some(t) = THREADS.get_ptr(tid) {
         // SAFETY: map value pointer.
-        let since = unsafe { (*t).on_cpu_since_ns };
+        let (since, seen) = unsafe { ((*t).on_cpu_since_ns, (*t).cpu_seen_ns) };
         if since != 0 {
             add(slot, counter::SCHED_ON_CPU_NS, now().saturating_sub(since));
+        } else {
+            // Switched in unseen (see sched.rs): the kernel's runtime,
+            // which lags by at most a tick here.
+            // SAFETY: bpf_get_current_task has no preconditions.
+            let task = unsafe { bpf_get_current_task() } as *const u8;
+            if let Some(ran) = task_runtime(task) {
+                add(slot, counter::SCHED_ON_CPU_NS, ran.saturating_sub(seen));
+            }
         }
     }
     set_slot(tid, 0);

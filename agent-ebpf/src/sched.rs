@@ -7,7 +7,9 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use backstop_common::{counter, hist};
 
-use crate::{CPU_SYSCALL, OFFSETS, add, now, read_kernel, record, slot_of, thread_state};
+use crate::{
+    CPU_SYSCALL, OFFSETS, add, now, read_kernel, record, slot_of, task_runtime, thread_state,
+};
 
 #[inline(always)]
 fn task_pid(task: *const u8) -> u32 {
@@ -47,6 +49,7 @@ pub fn bs_sched_switch(ctx: RawTracePointContext) -> i32 {
                     c.tid = 0;
                 }
             }
+            let ran = task_runtime(prev);
             if s.on_cpu_since_ns != 0 {
                 add(
                     prev_slot,
@@ -54,6 +57,19 @@ pub fn bs_sched_switch(ctx: RawTracePointContext) -> i32 {
                     t.saturating_sub(s.on_cpu_since_ns),
                 );
                 s.on_cpu_since_ns = 0;
+            } else if let Some(ran) = ran {
+                // Its switch onto this CPU went unseen (ThreadState's
+                // cpu_seen_ns says when that happens): the kernel's own
+                // runtime says how long it has run since it was last
+                // credited. Without this, CI lost 0.6 s of a 0.9 s spin.
+                add(
+                    prev_slot,
+                    counter::SCHED_ON_CPU_NS,
+                    ran.saturating_sub(s.cpu_seen_ns),
+                );
+            }
+            if let Some(ran) = ran {
+                s.cpu_seen_ns = ran;
             }
             // Still runnable (preempted or yielding): it waits for a CPU now.
             if prev_state & 0xffff_ffff == 0 {

@@ -26,6 +26,12 @@ pub struct Folder {
     prev_ns: u64,
     /// On-CPU time of threads still running at the previous reading.
     prev_running_ns: u64,
+    /// On-CPU time already reported that the counters have not caught up
+    /// with: a thread left its CPU between the reading of the totals and
+    /// that of the threads, so its stretch counted at the previous reading
+    /// is credited only at the next. Carried, not clipped, so that the
+    /// windows add up to what the tree ran.
+    on_cpu_owed_ns: f64,
     prev_misses: u64,
     seq: u64,
 }
@@ -57,6 +63,7 @@ impl Folder {
             prev_tree: start.tree,
             prev_ns: start.at_ns,
             prev_running_ns: start.threads.running_on_cpu_ns,
+            on_cpu_owed_ns: 0.0,
             prev_misses: start.recursion_misses,
             seq: 0,
         }
@@ -155,11 +162,13 @@ impl Folder {
 
     /// CPU time (with threads on a CPU right now), run-queue delay,
     /// switches, the longest block.
-    fn sched(&self, now: &Totals, threads: &ThreadsNow, v: &mut [f64]) {
+    fn sched(&mut self, now: &Totals, threads: &ThreadsNow, v: &mut [f64]) {
+        let on_cpu = self.delta(now, c::SCHED_ON_CPU_NS) + threads.running_on_cpu_ns as f64
+            - self.prev_running_ns as f64
+            - self.on_cpu_owed_ns;
+        v[f::SCHED_ON_CPU_NS] = on_cpu.max(0.0);
+        self.on_cpu_owed_ns = (-on_cpu).max(0.0);
         let d = |i| self.delta(now, i);
-        v[f::SCHED_ON_CPU_NS] = (d(c::SCHED_ON_CPU_NS) + threads.running_on_cpu_ns as f64
-            - self.prev_running_ns as f64)
-            .max(0.0);
         let runq = self.hist(now, hist::RUNQ_DELAY);
         v[f::SCHED_RUNQ_DELAY_P99_US] = quantile_us(&runq, 0.99);
         v[f::SCHED_CTX_SWITCHES] = d(c::SCHED_CTX_SWITCHES);
@@ -312,9 +321,21 @@ mod tests {
         );
         // The running thread leaves the CPU: the next window gets only the rest.
         now.c[c::SCHED_ON_CPU_NS] = 380;
-        let w = folder.fold(at(now, 0, host, 3_000, 13));
+        let w = folder.fold(at(now.clone(), 0, host, 3_000, 13));
         assert_eq!(w.lost_events, 0);
         assert_eq!(w.features[f::SCHED_ON_CPU_NS], 30.0);
-        assert_eq!(folder.windows(), 2);
+        // It runs again, 40 ns by this reading...
+        let w = folder.fold(at(now.clone(), 40, host, 4_000, 13));
+        assert_eq!(w.features[f::SCHED_ON_CPU_NS], 40.0);
+        // ...and leaves its CPU after the totals were read, before the
+        // threads were: neither shows it, and the 40 already reported
+        // are owed, not taken back as a negative time.
+        let w = folder.fold(at(now.clone(), 0, host, 5_000, 13));
+        assert_eq!(w.features[f::SCHED_ON_CPU_NS], 0.0);
+        // The counter credits its 60 ns stretch: 20 of them are new.
+        now.c[c::SCHED_ON_CPU_NS] = 440;
+        let w = folder.fold(at(now, 0, host, 6_000, 13));
+        assert_eq!(w.features[f::SCHED_ON_CPU_NS], 20.0);
+        assert_eq!(folder.windows(), 5);
     }
 }

@@ -99,6 +99,14 @@ pub struct ThreadState {
     pub on_cpu_since_ns: u64,
     /// When the thread became runnable; 0 when not waiting for a CPU.
     pub runnable_since_ns: u64,
+    /// The kernel's own CPU time of the thread (`se.sum_exec_runtime`)
+    /// when its on-CPU time was last credited. Some switches onto a CPU
+    /// are never traced (seen on Firecracker guests, where every switch
+    /// away from the init's worker threads went unseen, by our program
+    /// and by the kernel's own sched_switch event alike), so a stretch
+    /// can end without having started; the kernel's runtime says what it
+    /// was.
+    pub cpu_seen_ns: u64,
     /// The number of the syscall in flight (valid while
     /// `syscall_start_ns` is not 0): the agent leaves out threads that
     /// only wait for their children when it looks for blocked ones.
@@ -209,6 +217,8 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     pub task_tgid: u32,
     pub task_exit_code: u32,
+    /// task_struct `se` plus sched_entity `sum_exec_runtime` (u64, ns).
+    pub task_runtime: u32,
     pub folio_flags: u32,
     /// Offset of the folio's page count; `u32::MAX` when the kernel has none
     /// (then large folios count as one page).

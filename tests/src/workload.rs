@@ -2,7 +2,8 @@
 //! assert exact counts and benchmarks can time a loop without timing the
 //! process around it.
 //!
-//! Loop timings go to stderr as `elapsed_ns=N`; stdout stays empty.
+//! Loop timings go to stderr as `elapsed_ns=N`, then the process's CPU
+//! time as `cpu_ns=N`; stdout stays empty.
 #![allow(
     clippy::unwrap_used,
     reason = "a test workload: an unwrap that fails aborts the run the test then reports as failed"
@@ -160,6 +161,9 @@ fn main() {
         _ => usage(),
     };
     eprintln!("elapsed_ns={}", start.elapsed().as_nanos());
+    // The kernel's own count of this process's CPU time, for tests that
+    // check the probes' on-CPU time against it.
+    eprintln!("cpu_ns={}", cpu_ns());
     std::process::exit(code)
 }
 

@@ -431,21 +431,51 @@ fn json_lines_are_consecutive_windows() {
         }
         assert!(win["lost_events"].is_u64());
     }
-    let on_cpu = w.total("sched_on_cpu_ns");
-    // Twice in clean-clone CI (0.41 s and 0.51 s, the first 0.4 s
-    // missing): the command was switched in while its slot was pending,
-    // and a spin that never sleeps started its stretch only at its first
-    // switch. The exec tracepoint starts it now; the windows, the summary
-    // and the agent's log say where the time went if it recurs.
-    assert!(
-        (0.6e9..1.3e9).contains(&on_cpu),
-        "a workload that ran until it had 900 ms of CPU should count ~0.9 s on CPU, got {on_cpu} ns; per window {:?}, involuntary switches {:?}; summary {}; agent's log:\n{}",
-        w.series("sched_on_cpu_ns"),
-        w.series("sched_involuntary_switches"),
-        w.summary,
-        w.stderr()
-    );
     assert!(w.total("sched_ctx_switches") >= 1.0);
+}
+
+/// The windows' on-CPU time adds up to the kernel's own count of the
+/// command's CPU time, with a fork loop beside it making the scheduler
+/// switch often. Clean-clone CI lost 0.6 s of a 0.9 s spin: on this
+/// Firecracker guest, switches away from the init's worker threads are
+/// never traced (by our program or by the kernel's own sched_switch
+/// event), so the command went back on its CPU unseen and the stretch
+/// after it was never counted. The probes now take such a stretch from
+/// the kernel's runtime. With two fork loops beside it, the old probes
+/// missed by more than the slack in 8 of 40 runs (up to 132 ms), so six
+/// runs catch them three times in four; the new ones were within 27 ms
+/// in 25 runs.
+#[test]
+fn on_cpu_time_is_the_kernels_count_when_switches_go_unseen() {
+    let Some(_g) = ebpf_or_skip("on_cpu_time_is_the_kernels_count_when_switches_go_unseen") else {
+        return;
+    };
+    let _noise = [
+        KillOnDrop(untracked(&["/bin/true"])),
+        KillOnDrop(untracked(&["/bin/true"])),
+    ];
+    for run in 0..6 {
+        let w = watch(&["--window-ms", "200"], &[&wl(), "cpu", "900"]);
+        assert_eq!(w.code(), 0, "{}", w.stderr());
+        let kernel: f64 = w
+            .stderr()
+            .lines()
+            .find_map(|l| l.strip_prefix("cpu_ns="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("the workload printed no cpu_ns: {}", w.stderr()));
+        let on_cpu = w.total("sched_on_cpu_ns");
+        // The kernel's count includes the agent's fork before the exec,
+        // and ours the exit after the last read of it, and stretches
+        // timed by the clock include interrupts: a few ms either way.
+        let slack = 0.05 * kernel + 20e6;
+        assert!(
+            (on_cpu - kernel).abs() <= slack,
+            "run {run}: the windows count {on_cpu} ns on CPU, the kernel {kernel} ns; per window {:?}, switches {:?}; summary {}",
+            w.series("sched_on_cpu_ns"),
+            w.series("sched_ctx_switches"),
+            w.summary,
+        );
+    }
 }
 
 #[test]

@@ -36,6 +36,8 @@ fn required(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_pid,
         task_tgid,
         task_exit_code,
+        task_runtime: btf.member("task_struct", "se")?.offset
+            + btf.member("sched_entity", "sum_exec_runtime")?.offset,
         folio_flags: u32::MAX,
         folio_nr_pages: u32::MAX,
         pg_head_bit: u32::MAX,
