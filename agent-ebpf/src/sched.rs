@@ -57,16 +57,22 @@ pub fn bs_sched_switch(ctx: RawTracePointContext) -> i32 {
                     t.saturating_sub(s.on_cpu_since_ns),
                 );
                 s.on_cpu_since_ns = 0;
-            } else if let Some(ran) = ran {
+            } else {
                 // Its switch onto this CPU went unseen (ThreadState's
                 // cpu_seen_ns says when that happens): the kernel's own
                 // runtime says how long it has run since it was last
                 // credited. Without this, CI lost 0.6 s of a 0.9 s spin.
-                add(
-                    prev_slot,
-                    counter::SCHED_ON_CPU_NS,
-                    ran.saturating_sub(s.cpu_seen_ns),
-                );
+                if let Some(ran) = ran {
+                    add(
+                        prev_slot,
+                        counter::SCHED_ON_CPU_NS,
+                        ran.saturating_sub(s.cpu_seen_ns),
+                    );
+                }
+                // It ran, so it waits for a CPU no longer: a wait left
+                // open would be recorded at its next switch-in as one
+                // run-queue delay spanning its run and its sleep.
+                s.runnable_since_ns = 0;
             }
             if let Some(ran) = ran {
                 s.cpu_seen_ns = ran;
