@@ -153,6 +153,8 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
     if slot == 0 {
         return 0;
     }
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
     // The tid may be reused by an unrelated task: forget it now. Its last
     // stretch on the CPU ends after this point, when it is no longer
     // tracked, so credit it here.
@@ -164,8 +166,6 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
         } else {
             // Switched in unseen (see sched.rs): the kernel's runtime,
             // which lags by at most a tick here.
-            // SAFETY: bpf_get_current_task has no preconditions.
-            let task = unsafe { bpf_get_current_task() } as *const u8;
             if let Some(ran) = task_runtime(task) {
                 add(slot, counter::SCHED_ON_CPU_NS, ran.saturating_sub(seen));
             }
@@ -193,8 +193,6 @@ pub fn bs_sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     add(slot, counter::PROC_EXITS, 1);
-    // SAFETY: bpf_get_current_task has no preconditions.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
     // do_exit() sets exit_code before this tracepoint: (status << 8) for
     // exit(), or the signal number (| 0x80 with a core dump).
     let code: i32 = read_kernel(task, off.task_exit_code).unwrap_or(0);
