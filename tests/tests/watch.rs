@@ -435,8 +435,8 @@ fn json_lines_are_consecutive_windows() {
 }
 
 /// The windows' on-CPU time adds up to the kernel's own count of the
-/// command's CPU time, with a fork loop beside it making the scheduler
-/// switch often. Clean-clone CI lost 0.6 s of a 0.9 s spin: on this
+/// command's CPU time, with two fork loops beside it making the
+/// scheduler switch often. Clean-clone CI lost 0.6 s of a 0.9 s spin: on this
 /// Firecracker guest, switches away from the init's worker threads are
 /// never traced (by our program or by the kernel's own sched_switch
 /// event), so the command went back on its CPU unseen and the stretch
