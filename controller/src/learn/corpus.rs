@@ -104,13 +104,23 @@ pub enum CorpusError {
         "the corpus's digest is {found}, expected {expected}: this is not the corpus the model was trained on (a record added, dropped or changed)"
     )]
     Digest { expected: String, found: String },
+    #[error(
+        "deployment {id:?} is in {first} and again in {again}: a deployment counted twice would weigh twice in training and in every figure"
+    )]
+    Duplicate {
+        id: String,
+        first: String,
+        again: String,
+    },
 }
 
 /// Read every corpus's deployments: a directory with `deployments.jsonl`
 /// (what `corpus run` writes) or `deployments.jsonl.gz` (what the repo
-/// ships), or such a file named directly.
+/// ships), or such a file named directly. A deployment id read twice, in
+/// one file or across them, is an error.
 pub fn read(dirs: &[&Path]) -> Result<Vec<Record>, CorpusError> {
     let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for dir in dirs {
         let p = super::corpus_file::locate(dir);
         let path = p.display().to_string();
@@ -147,6 +157,14 @@ pub fn read(dirs: &[&Path]) -> Result<Vec<Record>, CorpusError> {
             }
             if d.windows.is_empty() {
                 return Err(bad("no windows".into()));
+            }
+            let here = format!("{path} line {}", i + 1);
+            if let Some(first) = seen.insert(d.id.clone(), here.clone()) {
+                return Err(CorpusError::Duplicate {
+                    id: d.id,
+                    first,
+                    again: here,
+                });
             }
             out.push(d);
         }
@@ -309,6 +327,28 @@ mod tests {
         write(&dir, &bad).unwrap();
         let e = read(&[&dir]).unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("v0"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_deployment_read_twice_is_refused_by_its_id() {
+        let dir = std::env::temp_dir().join(format!("backstop-corpus-dup-{}", std::process::id()));
+        let all = synthetic(4, 2, 2);
+        write(&dir, &all).unwrap();
+        // The same corpus given twice, as `corpus pack --corpus A --corpus A` would.
+        let e = read(&[&dir, &dir]).unwrap_err().to_string();
+        assert!(e.contains(&format!("{:?}", all[0].id)), "{e}");
+        assert!(e.contains("line 1") && e.contains("again"), "{e}");
+        // One file holding one install twice.
+        let mut twice = all.clone();
+        twice.push(all[1].clone());
+        write(&dir, &twice).unwrap();
+        let e = read(&[&dir]).unwrap_err().to_string();
+        let last = format!("line {}", twice.len());
+        assert!(
+            e.contains(&format!("{:?}", all[1].id)) && e.contains(&last),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
