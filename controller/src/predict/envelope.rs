@@ -69,7 +69,7 @@ mod stall;
 mod upgrade;
 use running::{Running, highest_spin, highest_watched};
 pub use running::{SPIN_FLOOR_MS, SPIN_MIN_CPU_NS, SPIN_NAME};
-pub use stall::{IDLE_MAX_CPU_NS, IDLE_MAX_SYSCALLS};
+pub use stall::{IDLE_MAX_CPU_NS, IDLE_MAX_SYSCALLS, STALL_FLOOR_MS};
 #[cfg(test)]
 use upgrade::LEGACY_TOTALLED;
 
@@ -109,10 +109,10 @@ pub const CONNECT_LATENCY_FLOOR_US: f64 = 1_000_000.0;
 /// install moved does not make one count, byte or microsecond infinite),
 /// or what a healthy host can show whatever the corpus saw.
 pub(super) fn floor_of(i: usize) -> f64 {
-    if i == feature::NET_CONNECT_LATENCY_P99_US {
-        CONNECT_LATENCY_FLOOR_US
-    } else {
-        1.0
+    match i {
+        feature::NET_CONNECT_LATENCY_P99_US => CONNECT_LATENCY_FLOOR_US,
+        feature::SCHED_BLOCKED_LONGEST_MS => STALL_FLOOR_MS,
+        _ => 1.0,
     }
 }
 

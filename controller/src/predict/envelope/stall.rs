@@ -43,6 +43,17 @@ pub const IDLE_MAX_CPU_NS: f64 = 20e6;
 /// idle.
 pub const IDLE_MAX_SYSCALLS: f64 = 50.0;
 
+/// The stall's limit is never below this. Why: few healthy installs stall
+/// at all (about 1% of a corpus's: a maintainer script's `sleep 1`, a
+/// trigger waiting on a lock a moment), so the 99th percentile of their
+/// highest stalls can be 0, and a limit of one millisecond would make any
+/// pause of a few a hang. Stop 28 saw it in a re-recorded corpus: one of
+/// the five cross-fitting blocks fitted a stall limit of 1 ms against
+/// about 750 ms in the others, and the factor calibrated on them was 750
+/// (2.24 with this floor). A second asleep while nothing else runs is
+/// what healthy installs do; a hang stays asleep for many.
+pub const STALL_FLOOR_MS: f64 = 1000.0;
+
 /// Whether the tree made no progress in window `w`.
 fn idle(w: &[f64]) -> bool {
     let at = |i: usize| w.get(i).copied().unwrap_or(0.0);

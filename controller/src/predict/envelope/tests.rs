@@ -14,15 +14,15 @@ pub(super) fn window(blocked_ms: f64, fds: f64) -> Vec<f64> {
 
 #[test]
 fn a_window_beyond_every_healthy_install_alarms_naming_its_feature() {
-    // 200 healthy installs: blocked up to 0-199 ms, 10-19 fds.
+    // 200 healthy installs: blocked up to 0-1990 ms, 10-19 fds.
     let healthy: Vec<Vec<Vec<f64>>> = (0..200)
-        .map(|i| vec![window(f64::from(i), f64::from(10 + i % 10)); 3])
+        .map(|i| vec![window(f64::from(i) * 10.0, f64::from(10 + i % 10)); 3])
         .collect();
     let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
     let e = Envelope::fit(&refs, 0.01, false).unwrap();
     e.check().unwrap();
     let at = |n: &str| e.features.iter().position(|f| f == n).unwrap();
-    assert_eq!(e.limits[at("sched_blocked_longest_ms")], 198.0);
+    assert_eq!(e.limits[at("sched_blocked_longest_ms")], 1980.0);
     assert_eq!(e.limits[at("tree_open_fds")], 19.0);
     // At most 1% of the healthy installs it was fitted to alarm.
     let alarmed = refs
@@ -30,8 +30,8 @@ fn a_window_beyond_every_healthy_install_alarms_naming_its_feature() {
         .filter(|ws| (0..ws.len()).any(|t| e.beyond(ws, t).is_some()))
         .count();
     assert!(alarmed <= 2, "{alarmed} healthy installs alarm");
-    // A thread asleep 10 s alarms, named; huge volumes alone do not.
-    let b = e.beyond(&[window(10_000.0, 12.0)], 0).unwrap();
+    // A thread asleep 200 s alarms, named; huge volumes alone do not.
+    let b = e.beyond(&[window(200_000.0, 12.0)], 0).unwrap();
     assert_eq!(b.feature, "sched_blocked_longest_ms");
     assert!(b.ratio > 50.0, "{b:?}");
     let mut busy = window(50.0, 12.0);
@@ -54,7 +54,7 @@ fn the_combined_score_passes_the_nets_threshold_exactly_when_either_alarms() {
     assert_eq!(one(0.05, window(10.0, 10.0)), 0.05);
     assert_eq!(one(0.5, window(10.0, 10.0)), 0.5);
     // Beyond it: above the threshold, below 1, rising with the ratio.
-    let a = one(0.01, window(1_000.0, 10.0));
+    let a = one(0.01, window(3_000.0, 10.0));
     let b = one(0.01, window(100_000.0, 10.0));
     assert!(t < a && a < b && b <= 1.0, "{a} {b}");
     // Nothing healthy to fit: no envelope.
@@ -350,4 +350,30 @@ fn a_connect_alarms_only_when_its_syn_was_sent_again() {
         .beyond(&[connect(3.1e6, 0.0)], 0)
         .expect("a connect of 3.1 s");
     assert_eq!(b.feature, "net_connect_latency_p99_us");
+}
+
+/// A corpus in which about 1% of healthy installs pause at all: the
+/// stall's limit is the floor, in the whole fit and in each cross-fitting
+/// block, so a block that happens to hold no pause does not make a
+/// millisecond's quiet a hang, nor the factor calibrated on it huge.
+#[test]
+fn a_stall_limit_never_falls_below_its_floor() {
+    // The two pauses (750 ms while the tree idled) both fall in the last
+    // cross-fitting block; fitted without it, no install paused.
+    let healthy: Vec<Vec<Vec<f64>>> = (0..200)
+        .map(|i| vec![window(if i >= 198 { 750.0 } else { 0.0 }, 10.0); 3])
+        .collect();
+    let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+    let e = Envelope::fit(&refs, 0.01, true).unwrap();
+    let at = e
+        .features
+        .iter()
+        .position(|n| n == "sched_blocked_longest_ms")
+        .unwrap();
+    assert_eq!(e.limits[at], STALL_FLOOR_MS);
+    assert_eq!(e.threshold, MIN_FACTOR, "{e:?}");
+    // A pause of under twice the floor is none; ten seconds of quiet is.
+    assert_eq!(e.beyond(&[window(1_900.0, 10.0)], 0), None);
+    let b = e.beyond(&[window(10_000.0, 10.0)], 0).unwrap();
+    assert_eq!(b.feature, "sched_blocked_longest_ms");
 }
