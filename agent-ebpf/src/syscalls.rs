@@ -2,7 +2,8 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use backstop_common::{
-    MAX_SYSCALLS, WAITS_FUTEX, WAITS_OPEN, WAITS_PIPE, counter, errno_counter, hist, hist_bucket,
+    MAX_SYSCALLS, WAITS_FUTEX, WAITS_OPEN, WAITS_OTHERS, WAITS_PIPE, counter, errno_counter, hist,
+    hist_bucket, waits_on_others,
 };
 
 use crate::{CPU_SYSCALL, SYSCALL_COUNTS, THREADS, counters, current_tid, now, slot_of};
@@ -44,9 +45,13 @@ pub fn bs_sys_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 /// What syscall `nr` may wait on: a futex, a pipe or FIFO (its fd's inode
-/// is a FIFO), or the other end of a FIFO being opened (known at exit).
+/// is a FIFO), the other end of a FIFO being opened (known at exit), or
+/// another task or time ([`waits_on_others`]).
 #[inline(always)]
 fn waits(ctx: &RawTracePointContext, nr: i64) -> u32 {
+    if nr >= 0 && waits_on_others(nr as u64) {
+        return WAITS_OTHERS;
+    }
     match nr {
         202 | 449 => WAITS_FUTEX,    // futex futex_waitv
         2 | 257 | 437 => WAITS_OPEN, // open openat openat2
@@ -114,12 +119,18 @@ pub fn bs_sys_exit(ctx: RawTracePointContext) -> i32 {
         if waits & WAITS_FUTEX != 0 {
             counters.c[counter::FUTEX_WAIT_NS] += ns;
         }
-        if waits & WAITS_PIPE != 0
-            || (waits & WAITS_OPEN != 0 && ret >= 0 && fd_is_fifo(ret as i32))
-        {
+        let pipe = waits & WAITS_PIPE != 0
+            || (waits & WAITS_OPEN != 0 && ret >= 0 && fd_is_fifo(ret as i32));
+        if pipe {
             counters.c[counter::PIPE_WAIT_NS] += ns;
         }
-        if let Some(h) = counters.hist.get_mut(hist::SYSCALL_LATENCY)
+        // Latency is how long the host made a call take. A wait on another
+        // task (a futex, a pipe's other end, children, clients) or on time
+        // is as long as that task or the caller chose: a daemon's poll, a
+        // script's `sleep 1`, a shell reading its child's output for 39 s.
+        let on_others = pipe || waits & (WAITS_FUTEX | WAITS_OTHERS) != 0;
+        if !on_others
+            && let Some(h) = counters.hist.get_mut(hist::SYSCALL_LATENCY)
             && let Some(b) = h.get_mut(hist_bucket(ns))
         {
             *b += 1;

@@ -73,30 +73,12 @@ pub fn class(_nr: usize) -> Class {
     Class::Other
 }
 
-/// Whether a thread asleep in syscall `nr` waits for something other than
-/// a resource it needs to go on, so that however long it sleeps there it
-/// is not stuck (`sched_blocked_longest_ms` leaves it out):
-/// - wait4 and waitid: its children, whose own work the windows show;
-/// - accept, epoll, poll and select, sleeps, pause and signal waits: a
-///   daemon at rest until a client, a timer or a signal comes, or a
-///   deliberate sleep (since stop 25: a service a postinst starts idles
-///   in one of these for as long as it lives, and counted, every healthy
-///   one looked like a hang once its install was quiet).
-///
-/// What stays: a lock (flock, fcntl, futex), a read or an open that
-/// waits for data or a writer (a prompt, a FIFO), a write or sync the
-/// device holds.
+/// Whether a thread asleep in syscall `nr` waits on others, not on a
+/// resource it needs ([`backstop_common::waits_on_others`] has the list
+/// and why; the probes use the same one).
 #[cfg(target_arch = "x86_64")]
 pub fn waits_on_others(nr: usize) -> bool {
-    matches!(
-        nr,
-        // wait4, waitid
-        61 | 247
-        // poll, select, pause, nanosleep, accept, rt_sigtimedwait,
-        // rt_sigsuspend, clock_nanosleep, epoll_wait, pselect6, ppoll,
-        // epoll_pwait, accept4, epoll_pwait2
-        | 7 | 23 | 34 | 35 | 43 | 128 | 130 | 230 | 232 | 270 | 271 | 281 | 288 | 441
-    )
+    backstop_common::waits_on_others(nr as u64)
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -60,8 +60,8 @@ features! {
     SYSCALL_ERRORS_EIO = "syscall_errors_eio", "count", "errors EIO";
     SYSCALL_ERRORS_NET = "syscall_errors_net", "count", "network errors (refused, reset, unreachable, timed out, address in use)";
     SYSCALL_ERRORS_OTHER = "syscall_errors_other", "count", "every other errno";
-    SYSCALL_LATENCY_P50_US = "syscall_latency_p50_us", "us", "median syscall duration (histogram bucket floor, <=25% low)";
-    SYSCALL_LATENCY_P99_US = "syscall_latency_p99_us", "us", "99th percentile syscall duration";
+    SYSCALL_LATENCY_P50_US = "syscall_latency_p50_us", "us", "median syscall duration (histogram bucket floor, <=25% low); waits on another task or on time left out (futex, pipe, children, clients, sleeps, signals)";
+    SYSCALL_LATENCY_P99_US = "syscall_latency_p99_us", "us", "99th percentile syscall duration; the same waits left out";
     BLOCK_READ_BYTES = "block_read_bytes", "bytes", "bytes of read bios the tree submitted itself (direct I/O, reads, readahead)";
     BLOCK_WRITE_BYTES = "block_write_bytes", "bytes", "bytes of write bios the tree submitted itself (direct I/O, fsync/sync writeback)";
     BLOCK_OPS = "block_ops", "count", "read and write bios the tree submitted";

@@ -88,6 +88,34 @@ pub const WAITS_PIPE: u32 = 2;
 /// An open that may wait for a FIFO's other end (known at exit: the new
 /// fd's inode is S_IFIFO).
 pub const WAITS_OPEN: u32 = 4;
+/// A wait on another task or on time ([`waits_on_others`]).
+pub const WAITS_OTHERS: u32 = 8;
+
+/// Whether a thread asleep in x86_64 syscall `nr` waits for something
+/// other than a resource it needs to go on, so that however long it
+/// sleeps there it is not stuck, nor is the host slow:
+/// - wait4 and waitid: its children, whose own work the windows show;
+/// - accept, epoll, poll and select, sleeps, pause and signal waits: a
+///   daemon at rest until a client, a timer or a signal comes, or a
+///   deliberate sleep.
+///
+/// `sched_blocked_longest_ms` leaves these out (since stop 25: a service
+/// a postinst starts idles in one of them for as long as it lives), and
+/// so does the syscall latency histogram (since stop 29: a sleep's second
+/// or a daemon's poll is no latency of the host's). What stays: a lock
+/// (flock, fcntl), a read or an open that waits for data, a write or sync
+/// the device holds. Kernel and agent share this one list.
+pub const fn waits_on_others(nr: u64) -> bool {
+    matches!(
+        nr,
+        // wait4, waitid
+        61 | 247
+        // poll, select, pause, nanosleep, accept, rt_sigtimedwait,
+        // rt_sigsuspend, clock_nanosleep, epoll_wait, pselect6, ppoll,
+        // epoll_pwait, accept4, epoll_pwait2
+        | 7 | 23 | 34 | 35 | 43 | 128 | 130 | 230 | 232 | 270 | 271 | 281 | 288 | 441
+    )
+}
 
 /// Per-thread state of a tracked thread (keyed by tid).
 #[repr(C)]

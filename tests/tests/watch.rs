@@ -282,6 +282,81 @@ fn waits_on_a_fifo_and_a_futex_are_counted_and_a_sleep_is_not() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Since stop 29 the latency histogram leaves out what the longest sleep
+/// does, and a futex's and a pipe's waits: a wait on another task or on
+/// time is as long as that task or the caller chose, not what the host
+/// made the call take. A flock that waits a second for a lock another
+/// process holds is still a second's syscall.
+#[test]
+fn latency_leaves_out_waits_on_others_and_keeps_a_held_lock() {
+    let Some(_g) = ebpf_or_skip("latency_leaves_out_waits_on_others") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("backstop-latency-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    // A sleep; a FIFO whose writer comes a second late; a thread that
+    // selects for a second, joined; a shell waiting for a child that
+    // spins. Each waits about a second in one call.
+    for cmd in [
+        "sleep 1".to_string(),
+        format!(
+            "mkfifo {f}; (sleep 1; echo x > {f}) & read a < {f}; wait",
+            f = fifo.display()
+        ),
+        "perl -Mthreads -e 'threads->create(sub { select(undef, undef, undef, 1.0) })->join'"
+            .to_string(),
+        format!("{} spin 800; true", wl()),
+    ] {
+        let w = watch(&["--window-ms", "100"], &["sh", "-c", &cmd]);
+        assert_eq!(w.code(), 0, "{cmd}: {}", w.stderr());
+        let p99 = w.max("syscall_latency_p99_us");
+        assert!(
+            p99 < 300_000.0,
+            "{cmd}: a wait on others counted as a syscall of {p99} us"
+        );
+    }
+    // The holder, untracked, takes the lock before the watched tree
+    // starts, and lets it go a second after that tree says it started
+    // (the agent loads its probes first, for as long as that takes).
+    let (lock, held, started) = (dir.join("lock"), dir.join("held"), dir.join("started"));
+    let hold = format!(
+        "touch {h}; while [ ! -e {s} ]; do sleep 0.01; done; sleep 1",
+        h = held.display(),
+        s = started.display()
+    );
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sh", "-c", &hold])
+        .spawn()
+        .expect("starting flock (util-linux)");
+    let t0 = std::time::Instant::now();
+    while !held.exists() {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the holder never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Then the flock's window holds little else (a p99 of many calls is
+    // not their maximum): perl waits a moment, in a select, after it.
+    let wait = format!(
+        "touch {s}; perl -e 'open(my $f, \">\", shift) or die; flock($f, 2) or die; select(undef, undef, undef, 0.3)' {l}",
+        s = started.display(),
+        l = lock.display()
+    );
+    let w = watch(&["--window-ms", "100"], &["sh", "-c", &wait]);
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(w.code(), 0, "{}", w.stderr());
+    let p99 = w.max("syscall_latency_p99_us");
+    assert!(
+        p99 >= 500_000.0,
+        "a flock that waited about a second for a held lock: p99 {p99} us"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A directory on a real block device (not tmpfs/overlay), or None.
 fn block_backed_dir() -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
