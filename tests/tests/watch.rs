@@ -321,14 +321,14 @@ fn latency_leaves_out_waits_on_others_and_keeps_a_held_lock() {
     // starts, and lets it go a second after that tree says it started
     // (the agent loads its probes first, for as long as that takes).
     let (lock, held, started) = (dir.join("lock"), dir.join("held"), dir.join("started"));
-    let hold = format!(
+    let holder_script = format!(
         "touch {h}; while [ ! -e {s} ]; do sleep 0.01; done; sleep 1",
         h = held.display(),
         s = started.display()
     );
     let mut holder = Command::new("flock")
         .arg(&lock)
-        .args(["sh", "-c", &hold])
+        .args(["sh", "-c", &holder_script])
         .spawn()
         .expect("starting flock (util-linux)");
     let t0 = std::time::Instant::now();

@@ -45,12 +45,16 @@ pub async fn until_reported(daemon: &Arc<Daemon>, id: &str) -> Result<(), StoreE
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + bound(&manifest);
+    // Only the events stored since the last look are read: in 250 ms
+    // windows a deployment stores a memory sample with every window.
+    let mut seen = 0;
     while tokio::time::Instant::now() < deadline {
         let (row, _) = daemon.store.deploy(id).await?;
         if row.state != DeployState::Running || !daemon.store.decisions(id).await?.is_empty() {
             return Ok(());
         }
-        let events = daemon.store.deploy_events(id).await?;
+        let (events, last) = daemon.store.deploy_events_since(id, seen).await?;
+        seen = last;
         if events.iter().any(|r| {
             matches!(
                 r.event,
