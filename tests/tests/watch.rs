@@ -319,10 +319,11 @@ fn latency_leaves_out_waits_on_others_and_keeps_a_held_lock() {
     }
     // The holder, untracked, takes the lock before the watched tree
     // starts, and lets it go a second after that tree says it started
-    // (the agent loads its probes first, for as long as that takes).
+    // (the agent loads its probes first, for as long as that takes), or
+    // after 20 s if it never does, so a failed watch leaves no holder.
     let (lock, held, started) = (dir.join("lock"), dir.join("held"), dir.join("started"));
     let holder_script = format!(
-        "touch {h}; while [ ! -e {s} ]; do sleep 0.01; done; sleep 1",
+        "touch {h}; n=0; while [ ! -e {s} ] && [ $n -lt 2000 ]; do sleep 0.01; n=$((n+1)); done; sleep 1",
         h = held.display(),
         s = started.display()
     );
