@@ -251,41 +251,30 @@ fn alarmed(corpus: &Path) -> Vec<String> {
 /// on the JVM, on the EAGAINs of one window; stop 24's on texlive and the
 /// kernel, on a shell asleep on a pipe while its children worked.
 ///
-/// Two known false alarms are left, both the net's, since stop 26's
-/// model (stop 25's had only texlive, on the envelope):
-/// - texlive-latex-base at window 63, and linux-image-amd64 at window
-///   382: in both, one process computes (a whole CPU, 34 and 178
-///   syscalls in the window: TeX building its formats, the initramfs's
-///   compressor), which is how a CPU runaway's windows look to the net.
-///   The explanation names dirtied pages and anonymous memory, but no
-///   value is beyond the corpus: capped at the non-lockbox corpus's
-///   maxima, both still alarm. Models trained with seeds 2 and 3 on the
-///   same corpus alarm on linux-image too.
-/// - texlive's last window but one also exceeds the envelope's p50
-///   syscall latency (75 file syscalls with a median of 3.7 ms, 224
-///   times the limit), as with stop 25's model. Gating latency by a
-///   window's syscall count would lose the runaways and leaks caught in
-///   their last, quiet windows (README, "train").
+/// One known false alarm is left with stop 30's model (trained on the
+/// corpus recorded again with stop 29's probes): lava-server-ok-0 at
+/// window 265, on the envelope's p50 syscall latency, 98 us, 4.0 times
+/// its limit of 24.6 us (two steps of the agent's log2 histogram).
+/// Stop 26's net alarmed on texlive-latex-base and linux-image-amd64,
+/// where one process computes on a whole CPU (TeX building its formats,
+/// the initramfs's compressor), as a CPU runaway's windows look.
 ///
-/// Any other alarm, or either gone, fails.
+/// Any other alarm, or this one gone, fails.
 #[test]
-fn the_shipped_model_lets_big_healthy_installs_be_but_two() {
+fn the_shipped_model_lets_big_healthy_installs_be_but_one() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let big = root.join("corpus/recorded/big-healthy.jsonl.gz");
-    assert_eq!(
-        alarmed(&big),
-        vec![
-            "linux-image-amd64-ok-0-0".to_string(),
-            "texlive-latex-base-ok-0-0".to_string()
-        ]
-    );
+    assert_eq!(alarmed(&big), vec!["lava-server-ok-0-0".to_string()]);
 }
 
 /// A healthy install that talks TCP (a 30 ms connect, a few retransmits,
 /// a 2 MB download, in one window) alarms no more than it did without
-/// it (a quarter of the corpus's non-lockbox healthy installs). No healthy install of the corpus connects (its installs run
-/// without a network, as a shadow does): stop 23's model alarmed on
-/// every one of them given a single loopback connect.
+/// it (a quarter of the corpus's non-lockbox healthy installs). No
+/// healthy install of the corpus connects (its installs run without a
+/// network, as a shadow does): stop 23's model alarmed on every one of
+/// them given a single loopback connect; stop 30's, trained with the
+/// bytes sent and received shown to the net, on 11 more of 278 (see
+/// `learn::train::MASKED`).
 #[test]
 fn a_healthy_install_that_talks_tcp_is_no_alarm() {
     use backstop_common::features::feature;

@@ -82,7 +82,7 @@ fn windows(window_ms: Option<u32>) -> String {
 /// The envelope's factor and every limit it watches.
 fn print_envelope(e: &backstop_controller::predict::envelope::Envelope) {
     println!(
-        "healthy envelope: a window alarms when one of {} watched features (or {} running totals since the deployment began{}) is over {:.2}x the highest value 99% of healthy training installs stayed under (target {:.1}% false alarms); limits:",
+        "healthy envelope: a window alarms when one of {} watched features (or {} running totals since the deployment began{}) is over {:.2}x its limit: the highest value 99% of healthy training installs stayed under, times the rule's scale where its healthy tail reaches further (target {:.1}% false alarms); limits (scale):",
         e.features.len(),
         e.totals.len(),
         if e.spin.is_some() {
@@ -93,11 +93,13 @@ fn print_envelope(e: &backstop_controller::predict::envelope::Envelope) {
         e.threshold,
         e.target_fpr * 100.0
     );
-    for (f, l) in e
-        .names()
-        .iter()
+    for (j, (f, l)) in (e.names().iter())
         .zip(e.limits.iter().chain(&e.totals).chain(&e.spin))
+        .enumerate()
     {
-        println!("  {f:<32} {l}");
+        match e.scales.get(j) {
+            Some(&s) if s > 1.0 => println!("  {f:<32} {} ({l} x {s:.2})", l * s),
+            _ => println!("  {f:<32} {l}"),
+        }
     }
 }

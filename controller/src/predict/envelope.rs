@@ -9,7 +9,8 @@
 //! processes piling up. So the envelope learns only from healthy
 //! installs: for each feature whose high values mean trouble on any
 //! package, how high the healthy ones went, and a window beyond that,
-//! by more than a calibrated factor, alarms.
+//! by more than a calibrated factor, alarms (a rule whose healthy tail
+//! reaches further has its limit scaled first: `fit.rs` says why).
 //!
 //! The features it watches are chosen by what they measure, not by which
 //! fault families they catch: latencies, errors that mean a resource ran
@@ -62,12 +63,11 @@
 use backstop_common::features::{FEATURES, feature};
 use serde::{Deserialize, Serialize};
 
-use super::calibrate::calibrate;
-
+mod fit;
 mod running;
 mod stall;
 mod upgrade;
-use running::{Running, highest_spin, highest_watched};
+use running::Running;
 pub use running::{SPIN_FLOOR_MS, SPIN_MIN_CPU_NS, SPIN_NAME};
 pub use stall::{IDLE_MAX_CPU_NS, IDLE_MAX_SYSCALLS, STALL_FLOOR_MS};
 #[cfg(test)]
@@ -155,6 +155,12 @@ pub struct Envelope {
     /// before the spin was watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spin: Option<f64>,
+    /// Per rule, in [`Self::names`] order: how far the rule's own healthy
+    /// tail reaches past its limit (at least 1; `fit.rs` says why). A
+    /// rule's limit is its fitted limit times its scale. Empty in a model
+    /// from before scales: every scale is 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scales: Vec<f64>,
     /// A window alarms when a watched feature is above `threshold` times
     /// its limit.
     pub threshold: f64,
@@ -168,84 +174,13 @@ pub struct Envelope {
 pub struct Beyond {
     pub feature: String,
     pub value: f64,
+    /// The rule's limit, times its scale.
     pub limit: f64,
     /// `value / limit`; above the envelope's threshold.
     pub ratio: f64,
 }
 
 impl Envelope {
-    /// Fit the limits to `healthy` installs (one row of feature values per
-    /// window each) and calibrate the threshold to `target_fpr`.
-    ///
-    /// `cross_fit`: the threshold is calibrated on each install's ratios
-    /// to limits fitted without it ([`FOLDS`] contiguous blocks; installs
-    /// come sorted by id, so a block holds whole packages but at its
-    /// edges). Why: limits fitted to the very installs they are then
-    /// measured against understate how often a new package passes one
-    /// (in-sample, 0.85% of unseen packages' healthy installs alarmed for
-    /// a 0.5% target in cross-validation: README, "Benchmarks"). Without
-    /// it, the threshold is calibrated on the installs that set the
-    /// limits. Why not on the validation split: its 190-odd healthy
-    /// installs cannot show a 0.5% quantile, and calibrated on them the
-    /// factor swung with whichever package landed there. None without
-    /// healthy installs.
-    pub fn fit(healthy: &[&[Vec<f64>]], target_fpr: f64, cross_fit: bool) -> Option<Envelope> {
-        let mut e = Self::limits(healthy, target_fpr)?;
-        let n = healthy.len();
-        let highest: Vec<f64> = if cross_fit && n >= FOLDS * 2 {
-            (0..FOLDS)
-                .flat_map(|k| {
-                    let (lo, hi) = (k * n / FOLDS, (k + 1) * n / FOLDS);
-                    let rest: Vec<&[Vec<f64>]> = healthy[..lo]
-                        .iter()
-                        .chain(&healthy[hi..])
-                        .copied()
-                        .collect();
-                    let fold = Self::limits(&rest, target_fpr);
-                    healthy[lo..hi]
-                        .iter()
-                        .map(move |ws| fold.as_ref().map_or(0.0, |f| f.highest(ws)))
-                })
-                .collect()
-        } else {
-            healthy.iter().map(|ws| e.highest(ws)).collect()
-        };
-        e.threshold = calibrate(&highest, target_fpr).max(MIN_FACTOR);
-        Some(e)
-    }
-
-    /// The limits fitted to `healthy`, with a threshold of 1.
-    fn limits(healthy: &[&[Vec<f64>]], target_fpr: f64) -> Option<Envelope> {
-        if healthy.is_empty() {
-            return None;
-        }
-        let limits = WATCHED
-            .iter()
-            .map(|&i| quantile_of(healthy, |ws| highest_watched(i, ws)).max(floor_of(i)))
-            .collect();
-        let totals = TOTALLED
-            .iter()
-            .map(|&i| quantile_of(healthy, |ws| ws.iter().map(|w| w[i]).sum()))
-            .collect();
-        let spin = quantile_of(healthy, highest_spin).max(SPIN_FLOOR_MS);
-        Some(Envelope {
-            features: WATCHED.iter().map(|&i| FEATURES[i].name.into()).collect(),
-            limits,
-            totals,
-            spin: Some(spin),
-            threshold: 1.0,
-            target_fpr,
-        })
-    }
-
-    /// The highest ratio to a limit anywhere in one deployment.
-    fn highest(&self, windows: &[Vec<f64>]) -> f64 {
-        self.ratios(windows)
-            .into_iter()
-            .map(|r| r.0)
-            .fold(0.0, f64::max)
-    }
-
     /// Per window of a deployment, in order: the largest ratio of a
     /// watched feature (or running total) to its limit, and which one
     /// (an index into [`Self::names`]).
@@ -282,7 +217,12 @@ impl Envelope {
         windowed
             .chain(run.values(self))
             .enumerate()
-            .map(|(j, (v, l))| (j, v, l))
+            .map(|(j, (v, l))| (j, v, l * self.scale(j)))
+    }
+
+    /// The scale of rule `j` (an index into [`Self::names`]).
+    fn scale(&self, j: usize) -> f64 {
+        self.scales.get(j).copied().unwrap_or(1.0)
     }
 
     /// What [`Self::ratios`]' indices name: the watched features, then
@@ -355,13 +295,16 @@ impl Envelope {
             ));
         }
         let positive = |l: &f64| l.is_finite() && *l > 0.0;
+        let scales_fit = self.scales.is_empty() || self.scales.len() == self.names().len();
         if !(self.threshold.is_finite()
+            && scales_fit
             && self.limits.iter().all(positive)
             && self.totals.iter().all(positive)
-            && self.spin.iter().all(positive))
+            && self.spin.iter().all(positive)
+            && self.scales.iter().all(|s| s.is_finite() && *s >= 1.0))
         {
             return Err(
-                "its envelope has a limit or threshold that is not a positive number".into(),
+                "its envelope has a limit, scale or threshold that is not a positive number (or too few scales)".into(),
             );
         }
         Ok(())
@@ -385,15 +328,6 @@ impl Envelope {
             })
             .collect()
     }
-}
-
-/// [`LIMIT_QUANTILE`] of `of` over the healthy installs, floored at one
-/// unit (see [`floor_of`]).
-fn quantile_of(healthy: &[&[Vec<f64>]], of: impl Fn(&[Vec<f64>]) -> f64) -> f64 {
-    let mut v: Vec<f64> = healthy.iter().map(|ws| of(ws)).collect();
-    v.sort_by(f64::total_cmp);
-    let at = ((v.len() as f64 * LIMIT_QUANTILE) as usize).min(v.len() - 1);
-    v[at].max(1.0)
 }
 
 #[cfg(test)]
