@@ -4,7 +4,11 @@
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(default_model)");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    // Read at run time, not baked in with env!(): cargo may reuse this
+    // script's binary across checkouts sharing a target directory, and a
+    // path baked in by another checkout left its build without a model.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = std::path::Path::new(&manifest).join("../models/default");
     for f in ["model.json", "model.safetensors"] {
         println!("cargo::rerun-if-changed={}", dir.join(f).display());
     }
