@@ -8,7 +8,7 @@
 //! others: the p99 latency of healthy installs (a log2 histogram's
 //! bucket, so a step doubles it) reached 4 to 6 times the limit fitted
 //! without them, the single factor came out at 6.0, and a thread asleep
-//! 6 s with nothing else running, a spin of 5 s or eight times the
+//! 6 s with nothing else running, a spin of 5 s or five times the
 //! healthy median latency no longer alarmed. So each rule first gets a
 //! scale from its own tail: how far past its limit the target share of
 //! healthy installs reach on it, over the least factor ([`MIN_FACTOR`]),
