@@ -97,8 +97,8 @@ fn print_envelope(e: &backstop_controller::predict::envelope::Envelope) {
         .zip(e.limits.iter().chain(&e.totals).chain(&e.spin))
         .enumerate()
     {
-        match e.scales.get(j) {
-            Some(&s) if s > 1.0 => println!("  {f:<32} {} ({l} x {s:.2})", l * s),
+        match e.scale(j) {
+            s if s > 1.0 => println!("  {f:<32} {} ({l} x {s:.2})", l * s),
             _ => println!("  {f:<32} {l}"),
         }
     }

@@ -220,8 +220,9 @@ impl Envelope {
             .map(|(j, (v, l))| (j, v, l * self.scale(j)))
     }
 
-    /// The scale of rule `j` (an index into [`Self::names`]).
-    fn scale(&self, j: usize) -> f64 {
+    /// The scale of rule `j` (an index into [`Self::names`]): 1 in a
+    /// model from before scales.
+    pub fn scale(&self, j: usize) -> f64 {
         self.scales.get(j).copied().unwrap_or(1.0)
     }
 

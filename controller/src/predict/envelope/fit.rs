@@ -171,7 +171,7 @@ mod tests {
     /// alarms: the envelope's factor times the rule's scale.
     fn factor_of(e: &Envelope, name: &str) -> f64 {
         let j = e.names().iter().position(|n| n == name).unwrap();
-        e.threshold * e.scales.get(j).copied().unwrap_or(1.0)
+        e.threshold * e.scale(j)
     }
 
     /// One package's healthy installs reach eight times the p99 latency the
@@ -196,8 +196,8 @@ mod tests {
         let p99 = "syscall_latency_p99_us";
         assert_eq!(factor_of(&e, p99), 8.0, "{e:?}");
         assert_eq!(factor_of(&e, "tree_open_fds"), MIN_FACTOR);
-        // Three times the healthy descriptors: beyond, named, at the scaled
-        // limit of 1 (no scale).
+        // Three times the healthy descriptors: beyond, named, at its
+        // limit unscaled.
         let b = e.beyond(&[window(10.0, 30.0)], 0).unwrap();
         assert_eq!((b.feature.as_str(), b.limit), ("tree_open_fds", 10.0));
         // The latency's own tail is not; eight times past it is, and the
