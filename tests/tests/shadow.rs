@@ -473,10 +473,19 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
             .map(|s| s.lines().filter_map(|l| l.parse::<i32>().ok()).collect())
             .unwrap_or_default()
     };
+    // Past the agent's own bound on creating a container (a minute), so a
+    // creation that hangs fails with the agent's error, not this wait's.
+    // Once, in CI, the init was not in its cgroup 20 s after the shadow's
+    // directory appeared, with nothing logged: the process tree says where
+    // each task was asleep, should that come back.
+    let started = eventually(Duration::from_secs(75), || {
+        !procs_of().is_empty() || !agent_proc.running()
+    });
     assert!(
-        eventually(Duration::from_secs(20), || !procs_of().is_empty()),
-        "the shadow never started; the agent said:\n{}",
-        agent_proc.log()
+        started && !procs_of().is_empty(),
+        "the shadow never started; the agent said:\n{}\nits processes:\n{}",
+        agent_proc.log(),
+        agent_proc.tree()
     );
     let left = procs_of();
     agent_proc.child.kill().unwrap();

@@ -41,6 +41,10 @@ pub const VERB: &str = "shadow-exec";
 /// this is a bound for the unforeseen, not the known hang.
 pub const CREATE_LIMIT: Duration = Duration::from_mins(1);
 
+/// A creation slower than this is logged: the first sign of a host too
+/// loaded for the shadow's deadlines, or of a hang short of CREATE_LIMIT.
+const SLOW_CREATE: Duration = Duration::from_secs(5);
+
 /// A step of the child's work, named in its failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -157,8 +161,15 @@ impl Creator {
             init_pid: 0,
             threads: 0,
         };
+        let began = std::time::Instant::now();
         match c.next(Some(CREATE_LIMIT)).map_err(|e| fail(ctx(), e))? {
             Report::Created { init_pid, threads } => {
+                let took = began.elapsed();
+                if took > SLOW_CREATE {
+                    tracing::warn!(
+                        "creating shadow container {id} took {took:.1?} (it takes well under a second on an idle host)"
+                    );
+                }
                 c.init_pid = init_pid;
                 c.threads = threads;
                 Ok(c)

@@ -70,6 +70,57 @@ impl Proc {
 }
 
 impl Proc {
+    /// This process and its descendants, one line each: pid, name, state,
+    /// and where in the kernel each task sleeps (its wchan and stack).
+    /// For a failure that is a wait that never ended: it says what the
+    /// agent, its creator child and the shadow's init were blocked on.
+    pub fn tree(&self) -> String {
+        use std::fmt::Write as _;
+        let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        // (pid, ppid) of every process, from the fields after the name.
+        let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .filter_map(|pid| {
+                        let s = stat(pid)?;
+                        let ppid = s.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+                        Some((pid, ppid))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut tree = vec![self.child.id()];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+            i += 1;
+        }
+        let mut out = String::new();
+        for pid in tree {
+            let line = stat(pid).unwrap_or_default();
+            // pid (name) state ppid: the rest is numbers no one reads.
+            let head = line.split(' ').take(4).collect::<Vec<_>>().join(" ");
+            let _ = writeln!(out, "{head}");
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for t in tasks {
+                let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+                let stack = read("stack").lines().collect::<Vec<_>>().join(" < ");
+                let _ = writeln!(
+                    out,
+                    "  task {}: {} wchan={} stack: {stack}",
+                    t.file_name().unwrap_or_default().to_string_lossy(),
+                    read("comm").trim_end(),
+                    read("wchan"),
+                );
+            }
+        }
+        out
+    }
+
     /// SIGKILL, then reap: a crash, as the tests that need one mean it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
