@@ -98,6 +98,9 @@ fn print_envelope(e: &backstop_controller::predict::envelope::Envelope) {
         .enumerate()
     {
         match e.scale(j) {
+            _ if e.first_event(j) => {
+                println!("  {f:<32} the first one alarms (no healthy training install had one)");
+            }
             s if s > 1.0 => println!("  {f:<32} {} ({l} x {s:.2})", l * s),
             _ => println!("  {f:<32} {l}"),
         }

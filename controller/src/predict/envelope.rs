@@ -50,10 +50,15 @@
 //!
 //! Counts of things that should not happen (errors, deaths, kills) are
 //! watched twice: per window, and as a running total since the deployment
-//! began. One death or one ENOSPC in a window is what the healthy tail
-//! shows too; a service that dies every second piles them up, and no
-//! healthy install does that. The window maxima alone missed every crash
-//! loop (README, "Benchmarks").
+//! began. A service that dies every second piles them up; the window
+//! maxima alone missed every crash loop (README, "Benchmarks"). Where no
+//! healthy training install had one at all, the first one alarms
+//! ([`FIRST_EVENT`]). Why: a limit floored at one event, times the factor,
+//! let through a crash loop's first two deaths, a memory blow-up's OOM
+//! kill and a fill's first ENOSPC, and stop 30's corpus has none of these
+//! in any of its 1212 healthy installs (nor its big healthy ones). Where a
+//! fleet's own healthy history has them (a postinst that ends its helper
+//! with SIGTERM), the rule is fitted like any other.
 //!
 //! A loop that never enters the kernel is watched as a spin
 //! (`running.rs` says why): how long the tree has been on a CPU without
@@ -136,6 +141,13 @@ pub const LIMIT_QUANTILE: f64 = 0.99;
 /// their exit. Earlier calibrations gave 1.9 to 2.4.
 pub const MIN_FACTOR: f64 = 2.0;
 
+/// Where no healthy training install ever had one of a running count
+/// ([`TOTALLED`]), the count at which it alarms, in events: half of one,
+/// so the first is twice past the factor (and ranks as far past the
+/// envelope as a rule twice past its limit's alarm level). Its scale is
+/// what brings the limit there: below 1, which marks such a rule.
+pub const FIRST_EVENT: f64 = 0.5;
+
 /// Folds of the cross-fitted threshold ([`Envelope::fit`]).
 pub const FOLDS: usize = 5;
 
@@ -156,9 +168,10 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spin: Option<f64>,
     /// Per rule, in [`Self::names`] order: how far the rule's own healthy
-    /// tail reaches past its limit (at least 1; `fit.rs` says why). A
-    /// rule's limit is its fitted limit times its scale. Empty in a model
-    /// from before scales: every scale is 1.
+    /// tail reaches past its limit (at least 1; `fit.rs` says why), or,
+    /// below 1, what brings a count no healthy install had to
+    /// [`FIRST_EVENT`]. A rule's limit is its fitted limit times its
+    /// scale. Empty in a model from before scales: every scale is 1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scales: Vec<f64>,
     /// A window alarms when a watched feature is above `threshold` times
@@ -224,6 +237,12 @@ impl Envelope {
     /// model from before scales.
     pub fn scale(&self, j: usize) -> f64 {
         self.scales.get(j).copied().unwrap_or(1.0)
+    }
+
+    /// Whether rule `j` alarms at its first event: a running count no
+    /// healthy training install had ([`FIRST_EVENT`]).
+    pub fn first_event(&self, j: usize) -> bool {
+        self.scale(j) < 1.0
     }
 
     /// What [`Self::ratios`]' indices name: the watched features, then
@@ -302,7 +321,7 @@ impl Envelope {
             && self.limits.iter().all(positive)
             && self.totals.iter().all(positive)
             && self.spin.iter().all(positive)
-            && self.scales.iter().all(|s| s.is_finite() && *s >= 1.0))
+            && self.scales.iter().all(|s| s.is_finite() && *s > 0.0))
         {
             return Err(
                 "its envelope has a limit, scale or threshold that is not a positive number (or too few scales)".into(),

@@ -14,13 +14,16 @@
 //! healthy installs reach on it, over the least factor ([`MIN_FACTOR`]),
 //! and at least 1. A rule whose tail stays under the least factor keeps
 //! its limit. Then one factor over the scaled limits holds the target for
-//! the rules together, as before.
+//! the rules together, as before. Last, a running count no healthy
+//! install had is scaled to alarm at its first event ([`FIRST_EVENT`]
+//! says why).
 
 use backstop_common::features::FEATURES;
 
 use super::running::{Running, highest_spin, highest_watched};
 use super::{
-    Envelope, FOLDS, LIMIT_QUANTILE, MIN_FACTOR, SPIN_FLOOR_MS, TOTALLED, WATCHED, floor_of,
+    Envelope, FIRST_EVENT, FOLDS, LIMIT_QUANTILE, MIN_FACTOR, SPIN_FLOOR_MS, TOTALLED, WATCHED,
+    floor_of,
 };
 use crate::predict::calibrate::calibrate;
 
@@ -74,6 +77,14 @@ impl Envelope {
             .map(|r| (r.iter().zip(&e.scales)).fold(0.0, |m, (x, s)| f64::max(m, x / s)))
             .collect();
         e.threshold = calibrate(&highest, target_fpr).max(MIN_FACTOR);
+        // A count no healthy install had: its first event alarms. Its
+        // healthy ratios are all 0, so it moved neither its scale nor the
+        // factor above.
+        for (k, &i) in TOTALLED.iter().enumerate() {
+            if healthy.iter().all(|ws| ws.iter().all(|w| w[i] == 0.0)) {
+                e.scales[WATCHED.len() + k] = FIRST_EVENT / (e.totals[k] * e.threshold);
+            }
+        }
         Some(e)
     }
 
@@ -222,7 +233,42 @@ mod tests {
         bad.scales.pop();
         assert!(bad.check().is_err());
         bad = e.clone();
-        bad.scales[0] = 0.5;
+        bad.scales[0] = 0.0;
         assert!(bad.check().is_err());
+    }
+    /// No healthy install had a signal death: the first one alarms (a crash
+    /// loop's first, an OOM kill, a fill's first ENOSPC), named, twice past
+    /// the factor, and its total stays beyond. Where one healthy install
+    /// had one, the rule is fitted like the others and one is within it.
+    #[test]
+    fn a_count_no_healthy_install_had_alarms_at_its_first() {
+        let healthy: Vec<Vec<Vec<f64>>> = (0..200).map(|_| vec![window(10.0, 10.0); 3]).collect();
+        let refs: Vec<&[Vec<f64>]> = healthy.iter().map(Vec::as_slice).collect();
+        let e = Envelope::fit(&refs, 0.005, true).unwrap();
+        e.check().unwrap();
+        let deaths = "proc_signal_deaths (total)";
+        let j = e.names().iter().position(|n| n == deaths).unwrap();
+        assert!(e.first_event(j), "{e:?}");
+        // The other rules keep their limits and factor.
+        assert_eq!(e.threshold, MIN_FACTOR);
+        assert_eq!(factor_of(&e, "tree_open_fds"), MIN_FACTOR);
+        let calm = window(10.0, 10.0);
+        let mut death = calm.clone();
+        death[feature::PROC_SIGNAL_DEATHS] = 1.0;
+        let run = [calm.clone(), death.clone(), calm.clone()];
+        assert_eq!(e.beyond(&run, 0), None);
+        let b = e.beyond(&run, 1).unwrap();
+        assert_eq!(b.feature, deaths);
+        assert!((b.ratio - 2.0 * e.threshold).abs() < 1e-9, "{b:?}");
+        assert!(e.beyond(&run, 2).is_some());
+        let back: Envelope = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+
+        let mut some = healthy.clone();
+        some[7][1][feature::PROC_SIGNAL_DEATHS] = 1.0;
+        let refs: Vec<&[Vec<f64>]> = some.iter().map(Vec::as_slice).collect();
+        let e = Envelope::fit(&refs, 0.005, true).unwrap();
+        assert!(!e.first_event(j), "{e:?}");
+        assert_eq!(e.beyond(&[death], 0), None);
     }
 }
