@@ -136,6 +136,13 @@ async fn alertmanager_gets_a_postable_alert_with_labels_annotations_and_times() 
         ends > OffsetDateTime::now_utc(),
         "a firing alert ends in the future: {body}"
     );
+    // The receiver keeps a request before it answers, and the sender
+    // counts it delivered once the answer is in: a moment later (in CI,
+    // once, the counters still said queued 1 here).
+    until("the sender counted it delivered", || {
+        alerts.counters().delivered == 1
+    })
+    .await;
     let c = alerts.counters();
     assert_eq!((c.delivered, c.failed, c.queued), (1, 0, 0), "{c:?}");
     alerts.shutdown(Duration::from_secs(5)).await;

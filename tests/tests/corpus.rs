@@ -24,6 +24,8 @@ fn a_catalog_of_real_installs_records_outcomes_and_onsets() {
     let base = PathBuf::from("/var/tmp").join(format!("backstop-corpus-{}", std::process::id()));
     let _cleanup = hello_scratch(&base);
     let catalog = base.join("catalog.toml");
+    // The installs that end by themselves have a minute: on a loaded
+    // host (CI, once) hello's install outlived the 5 s the hang needs.
     std::fs::write(
         &catalog,
         r#"
@@ -33,11 +35,13 @@ timeout_secs = 5
 [[scenario]]
 name = "ok"
 package = "hello"
+timeout_secs = 60
 [[scenario]]
 name = "postinst-fails"
 package = "hello"
 fault = "failing-script"
 delay = 1
+timeout_secs = 60
 [[scenario]]
 name = "oom"
 package = "hello"
