@@ -252,9 +252,10 @@ fn alarmed(corpus: &Path) -> Vec<String> {
 /// kernel, on a shell asleep on a pipe while its children worked.
 ///
 /// One known false alarm is left with stop 30's model (trained on the
-/// corpus recorded again with stop 29's probes): lava-server-ok-0 at
-/// window 265, on the envelope's p50 syscall latency, 98 us, 4.0 times
-/// its limit of 24.6 us (two steps of the agent's log2 histogram).
+/// corpus recorded again with stop 29's probes), and with stop 31's
+/// (its factor 3.2): lava-server-ok-0 at window 265, on the envelope's
+/// p50 syscall latency, 98 us, 4.0 times its limit of 24.6 us (two steps
+/// of the agent's log2 histogram).
 /// Stop 26's net alarmed on texlive-latex-base and linux-image-amd64,
 /// where one process computes on a whole CPU (TeX building its formats,
 /// the initramfs's compressor), as a CPU runaway's windows look.
