@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{agent, ebpf_or_skip, eventually, rootfs};
+use support::{agent, children, ebpf_or_skip, eventually, rootfs};
 
 /// A data directory of this test's own, removed at the end.
 struct Data(PathBuf);
@@ -75,19 +75,6 @@ impl Drop for Data {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The children of `pid` (every thread's), from /proc.
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in rd.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-        }
-    }
-    out
 }
 
 /// A `Name:`-style field of /proc/PID/status.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{agent, bin_dir, eventually};
+use super::{agent, bin_dir, children, eventually};
 
 /// A process killed (SIGKILL) when dropped, with its stderr collected.
 pub struct Proc {
@@ -76,30 +76,15 @@ impl Proc {
     /// agent, its creator child and the shadow's init were blocked on.
     pub fn tree(&self) -> String {
         use std::fmt::Write as _;
-        let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        // (pid, ppid) of every process, from the fields after the name.
-        let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                    .filter_map(|pid| {
-                        let s = stat(pid)?;
-                        let ppid = s.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
-                        Some((pid, ppid))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut tree = vec![self.child.id()];
         let mut i = 0;
         while i < tree.len() {
-            let parent = tree[i];
-            tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+            tree.extend(children(tree[i]));
             i += 1;
         }
         let mut out = String::new();
         for pid in tree {
-            let line = stat(pid).unwrap_or_default();
+            let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // pid (name) state ppid: the rest is numbers no one reads.
             let head = line.split(' ').take(4).collect::<Vec<_>>().join(" ");
             let _ = writeln!(out, "{head}");

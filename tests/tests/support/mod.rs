@@ -179,6 +179,19 @@ pub fn parse(output: Output) -> Watched {
 }
 
 /// Poll `pred` until it holds or `timeout` passes; its last answer.
+/// The children of `pid` (every thread's), from /proc.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
 pub fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {

@@ -236,6 +236,7 @@ mod tests {
         bad.scales[0] = 0.0;
         assert!(bad.check().is_err());
     }
+
     /// No healthy install had a signal death: the first one alarms (a crash
     /// loop's first, an OOM kill, a fill's first ENOSPC), named, twice past
     /// the factor, and its total stays beyond. Where one healthy install
