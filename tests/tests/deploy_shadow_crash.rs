@@ -17,19 +17,7 @@ use std::time::Duration;
 
 use support::agents::{Fleet, Proc};
 use support::deploys::{Scratch, differences, root_walk};
-use support::{deb_file, ebpf_or_skip, eventually, rootfs};
-
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in rd.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-        }
-    }
-    out
-}
+use support::{children, deb_file, ebpf_or_skip, eventually, rootfs};
 
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
