@@ -467,17 +467,21 @@ fn hostile_hello(dir: &Path) -> PathBuf {
         .status()
         .unwrap();
     assert!(ok.success());
-    let postinst = work.join("DEBIAN/postinst");
-    std::fs::write(
-        &postinst,
-        format!("#!/bin/sh\necho '{HOSTILE} error' >&2\nexit 1\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &postinst,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // The preinst says it too, before the unpack: with a shadow beside
+    // it, the shadow's failed postinst can roll back (and so end) the
+    // live install before its own postinst runs (CI, once: killed at
+    // 498 ms, while unpacking), and the markup must still be in the
+    // output the page shows.
+    for (script, exit) in [("preinst", 0), ("postinst", 1)] {
+        let path = work.join("DEBIAN").join(script);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho '{HOSTILE} error' >&2\nexit {exit}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
     let deb = dir.join("hello-hostile.deb");
     let built = Command::new("dpkg-deb")
         .arg("-b")
@@ -627,7 +631,8 @@ fn a_browser_shows_a_finished_rollback_and_follows_a_running_deployment() {
     );
     assert!(
         shown["output"].as_str().unwrap().contains(HOSTILE),
-        "the postinst's markup shown as text: {shown}"
+        "the postinst's markup shown as text: {shown}; decided: {}",
+        fleet.json(&["show", &id, "--json"])["decisions"]
     );
     assert_eq!(shown["scripts"], 2, "only plot.js and app.js: {shown}");
     assert_eq!(shown["images"], 0, "the step name's <img> is text: {shown}");
