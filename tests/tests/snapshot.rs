@@ -723,9 +723,13 @@ fn restore_guided_by_the_probes_change_log_is_identical_and_looks_only_there() {
         "the full compare found changes the log did not name: {r}"
     );
     let looked_at = r["looked_at"].as_u64().unwrap();
+    eprintln!("looked at {looked_at} of {} entries", before.len());
+    // Idle, this install's log leads to 118 of 6578 entries; stop 31's
+    // CI once saw 537, which passes alone and under load: the log it
+    // followed is printed on failure, to say which path widened it.
     assert!(
         looked_at * 20 < before.len() as u64,
-        "looked at {looked_at} of {} entries: not proportional to the change",
+        "looked at {looked_at} of {} entries: not proportional to the change; the log:\n{logged}",
         before.len()
     );
     assert_same(&before, &root.walk(), "after a restore from the change log");

@@ -311,9 +311,15 @@ fn latency_leaves_out_waits_on_others_and_keeps_a_held_lock() {
     ] {
         let w = watch(&["--window-ms", "100"], &["sh", "-c", &cmd]);
         assert_eq!(w.code(), 0, "{cmd}: {}", w.stderr());
+        // Each waits 0.8 s or more; counted, that puts the p99 at a
+        // bucket floor of 671 ms or more (quarter octaves: 0.8 s is in
+        // 671..805 ms). Below is room for a loaded host: stop 31's CI,
+        // run beside a release build, saw a p99 of 402 ms (402..470) in
+        // the perl case, which passes alone and under CPU load; which
+        // call took it was not found.
         let p99 = w.max("syscall_latency_p99_us");
         assert!(
-            p99 < 300_000.0,
+            p99 < 600_000.0,
             "{cmd}: a wait on others counted as a syscall of {p99} us"
         );
     }
