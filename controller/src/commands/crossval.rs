@@ -162,5 +162,20 @@ fn by_family(
             .map_or("-".into(), |l| format!("{:.1} s", l / 1000.0)),
         lofo.tells
     );
+    let t = &lofo.with_trend;
+    println!(
+        "with the disk trend (decide::trend, what a live deployment is also rolled back by): recall {:.3} ({}/{}), false alarms {:.3} ({}), before onset {:.3} ({}/{}), median lead {}, tells {}",
+        t.recall,
+        t.caught,
+        lofo.failing,
+        t.false_positive_rate,
+        t.false_alarms,
+        t.build_up_early_share,
+        t.build_up_early,
+        lofo.build_up_failing,
+        t.build_up_lead_median_ms
+            .map_or("-".into(), |l| format!("{:.1} s", l / 1000.0)),
+        t.tells
+    );
     Ok(0)
 }

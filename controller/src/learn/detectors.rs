@@ -112,6 +112,62 @@ impl Detector for ModelOrChecks<'_> {
     }
 }
 
+/// The model together with the disk trend (`decide::trend`, the rule a
+/// live deployment is rolled back by when the scope's free space falls
+/// steadily towards zero), whichever alarms first, as a rollback decision
+/// would use both. Why measure them together: a log flood looks like any
+/// steady writer to the model (an initramfs being written grows one file
+/// as fast), and what tells it apart is the room it is eating, which no
+/// model input holds (free space is a host level). The rule is not
+/// fitted to anything, so it needs no fold. It reads the record's host
+/// levels exactly as the daemon reads a live stream's windows, with no
+/// deadline (the catalog's short step timeouts are a recording budget,
+/// not a live install's), so on a record whose step timed out first it
+/// may alarm where the daemon, knowing the timeout, would have waited.
+pub struct ModelOrTrend<'a>(pub &'a dyn Detector);
+
+impl Detector for ModelOrTrend<'_> {
+    fn name(&self) -> String {
+        "model or the disk trend, whichever alarms first".into()
+    }
+    fn scores(&self, d: &Record) -> Vec<f64> {
+        let from = trend_window(d);
+        (self.0.scores(d).into_iter().enumerate())
+            .map(|(t, m)| {
+                if from.is_some_and(|w| t >= w) {
+                    1.0 + m
+                } else {
+                    m
+                }
+            })
+            .collect()
+    }
+    fn threshold(&self) -> f64 {
+        self.0.threshold()
+    }
+}
+
+/// The first window at which the disk trend holds on a record: its host
+/// levels as the daemon's live samples (`daemon::resources`), each at its
+/// window's end.
+pub fn trend_window(d: &Record) -> Option<usize> {
+    use crate::decide::trend::{Level, Resources, disk};
+    let disk_free = (d.host.iter().enumerate())
+        .filter(|(_, h)| h.disk_total_bytes > 0.0)
+        .map(|(i, h)| Level {
+            index: i as u64,
+            at_ms: (i as f64 + 1.0) * f64::from(d.window_ms),
+            value: h.disk_free_bytes,
+        })
+        .collect();
+    let r = Resources {
+        disk_free,
+        memory_room: Vec::new(),
+        deadline_ms: None,
+    };
+    disk(&r).map(|x| x.last as usize)
+}
+
 /// A detector with the fleet's healthy history of each package as its
 /// noise floor (issue 16, item 5; Diffy and Kayenta judge against a
 /// baseline the same way): a deployment alarms only above the highest
@@ -237,5 +293,79 @@ mod tests {
         let m = eval::evaluate(&both, both.threshold(), &ds);
         assert_eq!((m.recall, m.false_positive_rate), (1.0, 0.5));
         assert_eq!(m.caught_before_onset, 1);
+    }
+
+    #[test]
+    fn model_or_trend_alarms_where_the_disk_would_run_out_and_only_there() {
+        use crate::learn::baselines::tests::{Echo, dep};
+        use backstop_common::hostlevels::HostLevels;
+        const MIB: f64 = 1024.0 * 1024.0;
+        let with_free = |mut d: Record, free: &[f64]| {
+            d.host = (free.iter())
+                .map(|&f| HostLevels {
+                    disk_free_bytes: f * MIB,
+                    disk_total_bytes: 64.0 * MIB,
+                    ..HostLevels::default()
+                })
+                .collect();
+            d
+        };
+        let fill: Vec<f64> = (0..10).map(|i| 10.0 - f64::from(i)).collect();
+        // A quiet model, and the scope losing 1 MiB a second from 10 MiB:
+        // at window 5 (1000 ms windows) 5 MiB are left and it has been
+        // falling for 5 s, so it runs out within the time it fell.
+        let flood = with_free(dep("a", "p", &[0.1; 10], true), &fill);
+        // The same fall that stops at a quarter of the room, and a flat one.
+        let stops = [10.0, 9.5, 9.0, 8.5, 8.0, 7.5, 7.5, 7.5, 7.5, 7.5];
+        let writer = with_free(dep("b", "p", &[0.1; 10], false), &stops);
+        let flat = with_free(dep("c", "p", &[0.1; 10], false), &[10.0; 10]);
+        // No host levels (a corpus from before schema v3): the model alone.
+        let bare = dep("d", "p", &[0.1, 0.9, 0.1], true);
+        let ds = [flood, writer, flat, bare];
+        let both = ModelOrTrend(&Echo);
+        let first = |d: &Record| both.scores(d).iter().position(|&v| v > both.threshold());
+        assert_eq!(trend_window(&ds[0]), Some(5));
+        assert_eq!(first(&ds[0]), Some(5));
+        assert_eq!(first(&ds[1]), None, "a fill that stops is never projected");
+        assert_eq!(first(&ds[2]), None);
+        assert_eq!(trend_window(&ds[3]), None);
+        assert_eq!(first(&ds[3]), Some(1), "the model's own alarm");
+        let m = eval::evaluate(&both, both.threshold(), &ds);
+        assert_eq!((m.recall, m.false_positive_rate), (1.0, 0.0));
+        assert_eq!(m.caught_before_onset, 2, "window 5 of 9, window 1 of 2");
+    }
+
+    /// README, "Stop 32's figures first": on the shipped corpora the disk
+    /// trend alone alarms on 23 of the 30 log floods, 20 of them before
+    /// onset, and on no healthy install (1212 in the corpus, 14 big ones)
+    /// nor any real failure (which fill nothing).
+    #[test]
+    fn the_disk_trend_on_the_shipped_corpora_finds_floods_and_nothing_healthy() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/recorded");
+        let read = |name: &str| {
+            let path = root.join(name);
+            crate::learn::corpus::read(&[path.as_path()]).expect("a shipped corpus")
+        };
+        let corpus = read("deployments.jsonl.gz");
+        let mut healthy = 0;
+        for name in ["big-healthy.jsonl.gz", "real-failures.jsonl.gz"] {
+            for d in read(name) {
+                assert_eq!(trend_window(&d), None, "{}", d.id);
+            }
+        }
+        let (mut floods, mut caught, mut early) = (0, 0, 0);
+        for d in &corpus {
+            let at = trend_window(d);
+            if !d.failing() {
+                healthy += 1;
+                assert_eq!(at, None, "{}: a healthy install projected full", d.id);
+            } else if d.family == "log-flood" {
+                floods += 1;
+                caught += usize::from(at.is_some());
+                early += usize::from(at.zip(d.onset_window).is_some_and(|(a, o)| a < o));
+            }
+        }
+        assert_eq!((healthy, floods), (1212, 30));
+        assert_eq!((caught, early), (23, 20), "the README's figures");
     }
 }

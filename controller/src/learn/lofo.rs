@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::corpus::{self, HEALTHY, Record};
 use super::eval::{self, Metrics};
 use super::train::TrainConfig;
-use super::{FamilyLead, ModelDetector, Scored, alarms_from, by_family};
+use super::{FamilyLead, ModelDetector, ModelOrTrend, Scored, alarms_from, by_family};
 use crate::predict::model;
 
 /// One family kept out: the model trained without it, on its fold's test.
@@ -35,6 +35,9 @@ pub struct FamilyFold {
     /// The model on this family's faulty installs and the fold's healthy.
     pub model: Metrics,
     pub lead: FamilyLead,
+    /// The same model or the disk trend, whichever alarms first
+    /// ([`ModelOrTrend`]): what a live deployment is rolled back by.
+    pub with_trend: Metrics,
 }
 
 /// Every family's fold, and the figures the Must-hold names.
@@ -63,6 +66,21 @@ pub struct Lofo {
     pub build_up_lead_median_ms: Option<f64>,
     /// Silent faults alarmed before their onset (must be 0).
     pub tells: usize,
+    /// The same figures for the model or the disk trend.
+    pub with_trend: Pooled,
+}
+
+/// The pooled figures of one detector over every family's fold.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pooled {
+    pub caught: usize,
+    pub recall: f64,
+    pub false_alarms: usize,
+    pub false_positive_rate: f64,
+    pub build_up_early: usize,
+    pub build_up_early_share: f64,
+    pub build_up_lead_median_ms: Option<f64>,
+    pub tells: usize,
 }
 
 /// Leave each fault family out in turn (see the module doc); `progress`
@@ -85,7 +103,7 @@ pub fn leave_one_family_out(
         )));
     }
     let mut out = Vec::new();
-    let mut leads = Vec::new();
+    let (mut leads, mut trend_leads) = (Vec::new(), Vec::new());
     for (i, family) in families.iter().enumerate() {
         let t = (i % usize::from(folds.k)) as u8;
         let split = folds.split(&all, t);
@@ -122,6 +140,16 @@ pub fn leave_one_family_out(
             });
             leads.extend(early);
         }
+        let both = ModelOrTrend(&scored);
+        let outcomes = eval::outcomes(&both, m.meta.threshold, &test);
+        for (d, o) in test.iter().zip(&outcomes) {
+            if let (true, "build-up", Some(on), Some(a)) =
+                (o.0, d.group.as_str(), d.onset_window, o.2)
+                && a < on
+            {
+                trend_leads.push(((on - a) * d.window_ms as usize) as f64);
+            }
+        }
         let fold = FamilyFold {
             family: (*family).to_string(),
             group: lead.group.clone(),
@@ -130,11 +158,19 @@ pub fn leave_one_family_out(
             threshold: m.meta.threshold,
             model: eval::evaluate(&scored, m.meta.threshold, &test),
             lead,
+            with_trend: eval::evaluate(&both, m.meta.threshold, &test),
         };
         progress(&fold);
         out.push(fold);
     }
-    Ok(pooled(cfg, all.len(), total - all.len(), out, &mut leads))
+    let with_trend = pool(&out, |f| &f.with_trend, &mut trend_leads);
+    Ok(pooled(
+        cfg,
+        (all.len(), total - all.len()),
+        out,
+        &mut leads,
+        with_trend,
+    ))
 }
 
 /// The fault families of `records`, sorted, once each (not "none": a
@@ -151,12 +187,13 @@ fn families(records: &[Record]) -> Vec<&str> {
     v
 }
 
+/// `counts`: records in the folds, and set aside.
 fn pooled(
     cfg: &TrainConfig,
-    records: usize,
-    set_aside: usize,
+    (records, set_aside): (usize, usize),
     families: Vec<FamilyFold>,
     leads: &mut [f64],
+    with_trend: Pooled,
 ) -> Lofo {
     let sum = |f: &dyn Fn(&FamilyFold) -> usize| families.iter().map(f).sum::<usize>();
     let failing = sum(&|f| f.lead.failing);
@@ -194,7 +231,44 @@ fn pooled(
         build_up_early_share: ratio(build_up_early, build_up_failing),
         build_up_lead_median_ms: leads.get(leads.len() / 2).copied(),
         tells,
+        with_trend,
         families,
+    }
+}
+
+/// One detector's figures over every family's fold, from each fold's
+/// metrics of it (`metrics`) and its early alarms' leads.
+fn pool(
+    families: &[FamilyFold],
+    metrics: impl Fn(&FamilyFold) -> &Metrics,
+    leads: &mut [f64],
+) -> Pooled {
+    let count = |share: f64, of: usize| (share * of as f64).round() as usize;
+    let sum = |g: &dyn Fn(&FamilyFold) -> usize| families.iter().map(g).sum::<usize>();
+    let failing = sum(&|f| metrics(f).failing);
+    let healthy = sum(&|f| metrics(f).healthy);
+    let caught = sum(&|f| count(metrics(f).recall, metrics(f).failing));
+    let false_alarms = sum(&|f| count(metrics(f).false_positive_rate, metrics(f).healthy));
+    let build_up = |f: &FamilyFold| f.group == "build-up";
+    let build_up_failing = sum(&|f| if build_up(f) { metrics(f).failing } else { 0 });
+    let build_up_early = sum(&|f| {
+        if build_up(f) {
+            metrics(f).caught_before_onset
+        } else {
+            0
+        }
+    });
+    leads.sort_by(f64::total_cmp);
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Pooled {
+        caught,
+        recall: ratio(caught, failing),
+        false_alarms,
+        false_positive_rate: ratio(false_alarms, healthy),
+        build_up_early,
+        build_up_early_share: ratio(build_up_early, build_up_failing),
+        build_up_lead_median_ms: leads.get(leads.len() / 2).copied(),
+        tells: sum(&|f| metrics(f).tells),
     }
 }
 
@@ -243,6 +317,12 @@ mod tests {
             lofo.families.iter().map(|f| f.lead.failing).sum::<usize>()
         );
         assert!((0.0..=1.0).contains(&lofo.recall));
+        // The disk trend only adds alarms to the model's.
+        for f in &lofo.families {
+            assert!(f.with_trend.recall >= f.model.recall, "{}", f.family);
+            assert!(f.with_trend.caught_before_onset >= f.model.caught_before_onset);
+        }
+        assert!(lofo.with_trend.caught >= lofo.caught);
         assert_eq!(lofo.records + lofo.set_aside, all.len());
     }
 }

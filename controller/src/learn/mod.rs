@@ -32,7 +32,7 @@ use eval::Metrics;
 use train::TrainConfig;
 
 pub use crossval::{CrossValidation, FoldFigures, cross_validate};
-pub use detectors::{ModelDetector, ModelOrChecks, Scored};
+pub use detectors::{ModelDetector, ModelOrChecks, ModelOrTrend, Scored};
 pub use lofo::{FamilyFold, Lofo, leave_one_family_out};
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,13 +187,14 @@ pub(crate) fn score_test(model: &Model, split: &Split) -> [Scored; 4] {
 }
 
 /// The rows of a table: the model, the three baselines, the model or (a),
-/// each measured by `measure`.
+/// the model or the disk trend, each measured by `measure`.
 pub(crate) fn rows(
     scored: &[Scored; 4],
     measure: impl Fn(&dyn Detector) -> Metrics,
 ) -> Vec<Metrics> {
     let mut v: Vec<Metrics> = scored.iter().map(|s| measure(s)).collect();
     v.push(measure(&ModelOrChecks(&scored[0])));
+    v.push(measure(&ModelOrTrend(&scored[0])));
     v
 }
 
