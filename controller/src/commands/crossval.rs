@@ -122,21 +122,33 @@ fn by_family(
         return Ok(0);
     }
     println!(
-        "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>5} {:>10}",
-        "family left out", "group", "failing", "caught", "early", "healthy", "FPR", "lead (ms)"
+        "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>7} {:>5} {:>10}",
+        "family left out",
+        "group",
+        "failing",
+        "caught",
+        "early",
+        "+trend",
+        "healthy",
+        "FPR",
+        "lead (ms)"
     );
     for f in &lofo.families {
+        let early = |m: &learn::eval::Metrics, lead: usize| {
+            if f.group == "silent" {
+                format!("{}t", m.tells)
+            } else {
+                lead.to_string()
+            }
+        };
         println!(
-            "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>5.3} {:>10}",
+            "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>7} {:>5.3} {:>10}",
             f.family,
             f.group,
             f.lead.failing,
             f.lead.caught,
-            if f.group == "silent" {
-                format!("{}t", f.model.tells)
-            } else {
-                f.lead.caught_before_onset.to_string()
-            },
+            early(&f.model, f.lead.caught_before_onset),
+            early(&f.with_trend, f.with_trend.caught_before_onset),
             f.model.healthy,
             f.model.false_positive_rate,
             f.lead
