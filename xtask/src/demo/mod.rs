@@ -161,7 +161,8 @@ fn faulty(rig: &mut Rig, hello: &std::path::Path) -> Result<Value> {
     eprintln!(
         "    the postinst writes 1 MiB every 0.5 s into a {} MiB filesystem ({}) until a write fails;\n    \
          the controller's trend rule (decide/trend.rs) projects when the free space runs out and\n    \
-         rolls back before it does (the model's P(failure) is printed beside each window: `backstop model`)",
+         rolls back before it does (the model's P(failure) is printed beside each window: `backstop model`;\n    \
+         near its threshold on this fill, it now and then decides first)",
         packages::FILL_MB,
         fill.display()
     );
@@ -171,11 +172,26 @@ fn faulty(rig: &mut Rig, hello: &std::path::Path) -> Result<Value> {
     if committed || state != "rolled_back" {
         bail!("demo: the faulty deployment {id} was not rolled back: {state}\n{shown}");
     }
+    // Ahead of the fault: decided before the step would have ended (a
+    // positive lead). The trend rule usually decides; the model's P on
+    // this fill (the tmpfs's pages are memory the host loses) hovers near
+    // its threshold and, in stop 32's CI, crossed it for two windows
+    // first: either is a prediction, and a rollback by the step's own
+    // ENOSPC is neither.
     let d = &shown["decisions"][0];
-    if d["reasons"][0]["kind"] != "exhaustion"
+    let kind = d["reasons"][0]["kind"].as_str().unwrap_or("");
+    if !matches!(kind, "exhaustion" | "live_model")
         || shown["lead"]["lead_ms"].as_i64().unwrap_or(0) <= 0
     {
-        bail!("demo: {id} was rolled back, but not ahead of the fault by the trend rule: {d}");
+        bail!(
+            "demo: {id} was rolled back, but not ahead of the fault by the trend rule or the model: {d}"
+        );
+    }
+    if kind == "live_model" {
+        eprintln!(
+            "    the model decided before the trend rule this time: {}",
+            d["reasons"][0]
+        );
     }
     let left = std::fs::read_dir(&fill)?.count();
     if left != 0 {
