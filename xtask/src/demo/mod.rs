@@ -172,17 +172,23 @@ fn faulty(rig: &mut Rig, hello: &std::path::Path) -> Result<Value> {
     if committed || state != "rolled_back" {
         bail!("demo: the faulty deployment {id} was not rolled back: {state}\n{shown}");
     }
-    // Ahead of the fault: decided before the step would have ended (a
-    // positive lead). The trend rule usually decides; the model's P on
-    // this fill (the tmpfs's pages are memory the host loses) hovers near
-    // its threshold and, in stop 32's CI, crossed it for two windows
-    // first: either is a prediction, and a rollback by the step's own
-    // ENOSPC is neither.
+    // Ahead of the fault. The trend rule usually decides, with a
+    // positive lead to the projected end. The model's P on this fill (the
+    // tmpfs's pages are memory the host loses) hovers near its threshold
+    // and, in stop 32's CI, crossed it for two windows first: then the
+    // rollback killed the step, which has no exit code of its own, so its
+    // end is neither recorded nor projected (no lead). A step that failed
+    // on its own ENOSPC first has a recorded end before the decision (a
+    // negative lead): neither passes.
     let d = &shown["decisions"][0];
     let kind = d["reasons"][0]["kind"].as_str().unwrap_or("");
-    if !matches!(kind, "exhaustion" | "live_model")
-        || shown["lead"]["lead_ms"].as_i64().unwrap_or(0) <= 0
-    {
+    let lead = shown["lead"]["lead_ms"].as_i64();
+    let ahead = match kind {
+        "exhaustion" => lead.is_some_and(|l| l > 0),
+        "live_model" => lead.is_none_or(|l| l > 0),
+        _ => false,
+    };
+    if !ahead {
         bail!(
             "demo: {id} was rolled back, but not ahead of the fault by the trend rule or the model: {d}"
         );
