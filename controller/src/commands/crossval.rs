@@ -158,33 +158,34 @@ fn by_family(
     }
     println!(
         "\nrecall {:.3} ({}/{}); false alarms {:.3} ({}/{} healthy installs of unseen packages, per model)",
-        lofo.recall,
-        lofo.caught,
-        lofo.failing,
-        lofo.false_positive_rate,
-        lofo.false_alarms,
-        lofo.healthy_tested
+        lofo.model.recall,
+        lofo.model.caught,
+        lofo.model.failing,
+        lofo.model.false_positive_rate,
+        lofo.model.false_alarms,
+        lofo.model.healthy_tested
     );
     println!(
         "build-up faults alarmed before onset {:.3} ({}/{}), median lead {}; tells on silent faults {} (\"t\" above)",
-        lofo.build_up_early_share,
-        lofo.build_up_early,
-        lofo.build_up_failing,
-        lofo.build_up_lead_median_ms
+        lofo.model.build_up_early_share,
+        lofo.model.build_up_early,
+        lofo.model.build_up_failing,
+        lofo.model
+            .build_up_lead_median_ms
             .map_or("-".into(), |l| format!("{:.1} s", l / 1000.0)),
-        lofo.tells
+        lofo.model.tells
     );
     let t = &lofo.with_trend;
     println!(
         "with the disk trend (decide::trend, what a live deployment is also rolled back by): recall {:.3} ({}/{}), false alarms {:.3} ({}), before onset {:.3} ({}/{}), median lead {}, tells {}",
         t.recall,
         t.caught,
-        lofo.failing,
+        lofo.model.failing,
         t.false_positive_rate,
         t.false_alarms,
         t.build_up_early_share,
         t.build_up_early,
-        lofo.build_up_failing,
+        lofo.model.build_up_failing,
         t.build_up_lead_median_ms
             .map_or("-".into(), |l| format!("{:.1} s", l / 1000.0)),
         t.tells

@@ -50,6 +50,16 @@ pub struct Lofo {
     pub set_aside: usize,
     pub target_fpr: f64,
     pub families: Vec<FamilyFold>,
+    /// The model's pooled figures (flat in the JSON, as before).
+    #[serde(flatten)]
+    pub model: Pooled,
+    /// The same figures for the model or the disk trend.
+    pub with_trend: Pooled,
+}
+
+/// The pooled figures of one detector over every family's fold.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pooled {
     /// Faulty installs of the family left out, alarmed at any window.
     pub failing: usize,
     pub caught: usize,
@@ -65,21 +75,6 @@ pub struct Lofo {
     /// Median of the build-up families' early alarms' lead (ms).
     pub build_up_lead_median_ms: Option<f64>,
     /// Silent faults alarmed before their onset (must be 0).
-    pub tells: usize,
-    /// The same figures for the model or the disk trend.
-    pub with_trend: Pooled,
-}
-
-/// The pooled figures of one detector over every family's fold.
-#[derive(Debug, Clone, Serialize)]
-pub struct Pooled {
-    pub caught: usize,
-    pub recall: f64,
-    pub false_alarms: usize,
-    pub false_positive_rate: f64,
-    pub build_up_early: usize,
-    pub build_up_early_share: f64,
-    pub build_up_lead_median_ms: Option<f64>,
     pub tells: usize,
 }
 
@@ -195,42 +190,12 @@ fn pooled(
     leads: &mut [f64],
     with_trend: Pooled,
 ) -> Lofo {
-    let sum = |f: &dyn Fn(&FamilyFold) -> usize| families.iter().map(f).sum::<usize>();
-    let failing = sum(&|f| f.lead.failing);
-    let caught = sum(&|f| f.lead.caught);
-    let healthy_tested = sum(&|f| f.model.healthy);
-    let false_alarms = families
-        .iter()
-        .map(|f| (f.model.false_positive_rate * f.model.healthy as f64).round() as usize)
-        .sum();
-    let build = |f: &FamilyFold| f.group == "build-up";
-    let build_up_failing = sum(&|f| if build(f) { f.lead.failing } else { 0 });
-    let build_up_early = sum(&|f| {
-        if build(f) {
-            f.lead.caught_before_onset
-        } else {
-            0
-        }
-    });
-    let tells = sum(&|f| f.model.tells);
-    leads.sort_by(f64::total_cmp);
-    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     Lofo {
         seed: cfg.seed,
         records,
         set_aside,
         target_fpr: cfg.target_fpr,
-        failing,
-        caught,
-        recall: ratio(caught, failing),
-        healthy_tested,
-        false_alarms,
-        false_positive_rate: ratio(false_alarms, healthy_tested),
-        build_up_failing,
-        build_up_early,
-        build_up_early_share: ratio(build_up_early, build_up_failing),
-        build_up_lead_median_ms: leads.get(leads.len() / 2).copied(),
-        tells,
+        model: pool(&families, |f| &f.model, leads),
         with_trend,
         families,
     }
@@ -261,10 +226,13 @@ fn pool(
     leads.sort_by(f64::total_cmp);
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     Pooled {
+        failing,
         caught,
         recall: ratio(caught, failing),
+        healthy_tested: healthy,
         false_alarms,
         false_positive_rate: ratio(false_alarms, healthy),
+        build_up_failing,
         build_up_early,
         build_up_early_share: ratio(build_up_early, build_up_failing),
         build_up_lead_median_ms: leads.get(leads.len() / 2).copied(),
@@ -313,16 +281,16 @@ mod tests {
             );
         }
         assert_eq!(
-            lofo.failing,
+            lofo.model.failing,
             lofo.families.iter().map(|f| f.lead.failing).sum::<usize>()
         );
-        assert!((0.0..=1.0).contains(&lofo.recall));
+        assert!((0.0..=1.0).contains(&lofo.model.recall));
         // The disk trend only adds alarms to the model's.
         for f in &lofo.families {
             assert!(f.with_trend.recall >= f.model.recall, "{}", f.family);
             assert!(f.with_trend.caught_before_onset >= f.model.caught_before_onset);
         }
-        assert!(lofo.with_trend.caught >= lofo.caught);
+        assert!(lofo.with_trend.caught >= lofo.model.caught);
         assert_eq!(lofo.records + lofo.set_aside, all.len());
     }
 }
