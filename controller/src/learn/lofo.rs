@@ -17,6 +17,7 @@
 
 use serde::Serialize;
 
+use super::baselines::Detector;
 use super::corpus::{self, HEALTHY, Record};
 use super::eval::{self, Metrics};
 use super::train::TrainConfig;
@@ -126,25 +127,9 @@ pub fn leave_one_family_out(
             .into_iter()
             .next()
             .unwrap_or_else(|| unreachable!("the family's records are in the test"));
-        for a in &alarms {
-            let early = test.iter().find(|d| d.id == a.record).and_then(|d| {
-                let o = d
-                    .onset_window
-                    .filter(|o| a.window < *o && d.group == "build-up")?;
-                Some(((o - a.window) * d.window_ms as usize) as f64)
-            });
-            leads.extend(early);
-        }
+        leads.extend(build_up_leads(&scored, m.meta.threshold, &test));
         let both = ModelOrTrend(&scored);
-        let outcomes = eval::outcomes(&both, m.meta.threshold, &test);
-        for (d, o) in test.iter().zip(&outcomes) {
-            if let (true, "build-up", Some(on), Some(a)) =
-                (o.0, d.group.as_str(), d.onset_window, o.2)
-                && a < on
-            {
-                trend_leads.push(((on - a) * d.window_ms as usize) as f64);
-            }
-        }
+        trend_leads.extend(build_up_leads(&both, m.meta.threshold, &test));
         let fold = FamilyFold {
             family: (*family).to_string(),
             group: lead.group.clone(),
@@ -166,6 +151,19 @@ pub fn leave_one_family_out(
         &mut leads,
         with_trend,
     ))
+}
+
+/// How long before onset `det` first alarmed (ms), on each build-up
+/// fault of `test` it alarmed on before onset.
+fn build_up_leads(det: &dyn Detector, threshold: f64, test: &[Record]) -> Vec<f64> {
+    let outcomes = eval::outcomes(det, threshold, test);
+    (test.iter().zip(outcomes))
+        .filter_map(|(d, (failing, _, first))| {
+            let (on, at) = (d.onset_window?, first?);
+            (failing && d.group == "build-up" && at < on)
+                .then(|| ((on - at) * d.window_ms as usize) as f64)
+        })
+        .collect()
 }
 
 /// The fault families of `records`, sorted, once each (not "none": a
