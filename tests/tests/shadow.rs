@@ -449,14 +449,17 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
             ]),
     );
     // This test's shadow: the one shadow directory in its own state dir
-    // (beside libcontainer's `youki` root).
+    // (beside libcontainer's `youki` root). Not the `.new-ID` it is made
+    // as and renamed from: a CI run once read that name in the instant
+    // before the rename, then waited 75 s on a cgroup that never existed
+    // while the shadow ran.
     let shadows = data.0.join("agent/shadows");
     let own_id = || -> Option<String> {
         std::fs::read_dir(&shadows)
             .ok()?
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(String::from))
-            .find(|n| n != "youki")
+            .find(|n| n != "youki" && !n.starts_with('.'))
     };
     assert!(
         eventually(Duration::from_secs(20), || own_id().is_some()),
@@ -483,7 +486,8 @@ fn killed_agent_then_sweep(root: &Path, hold_ms: &str) {
     });
     assert!(
         started && !procs_of().is_empty(),
-        "the shadow never started; the agent said:\n{}\nits processes:\n{}",
+        "shadow {id} never started (nothing in {}); the agent said:\n{}\nits processes:\n{}",
+        procs.display(),
         agent_proc.log(),
         agent_proc.tree()
     );
