@@ -146,7 +146,9 @@ pub enum DeployEvent {
     /// An agent found this deployment unfinished when it started (it was
     /// killed mid-install) and rolled it back.
     Interrupted { report: RollbackReport },
-    /// Shadow-first: the shadow failed, so the live install never ran.
+    /// The live install never ran, and nothing on the host changed: the
+    /// shadow failed (shadow-first), the build failed, or the artifact
+    /// does not fit where it unpacks (the agent's room check).
     Refused { reason: String },
     /// The deployment could not start (a bad plan, no room for the
     /// snapshot, a failing build); nothing on the host changed.

@@ -526,3 +526,109 @@ enabled = false
     assert_same_root(&before, &s.root, "after a step timed out");
     s.sentinel_untouched();
 }
+
+/// A tmpfs mounted in the scene's root, lazily unmounted when dropped
+/// (declared after the scene, so it goes first).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs on {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// hello puts 42 translations under /usr/share/locale, 184 KiB in 4 KiB
+/// blocks; with a 64 KiB tmpfs there, dpkg's unpack would die of ENOSPC
+/// in its first moments, before any monitor could see a trend. The room
+/// check reads that from the .deb and refuses before the snapshot, naming
+/// the filesystem; with the guard off the same install runs, fails as
+/// predicted, and is rolled back.
+#[test]
+fn an_artifact_that_cannot_fit_is_refused_before_anything_changes() {
+    let Some(_g) = ebpf_or_skip("deploy room check") else {
+        return;
+    };
+    let Some(s) = Scene::new("room") else {
+        return;
+    };
+    let _small = Tmpfs::mount(&s.root.join("usr/share/locale"), "64k");
+    let manifest = |guard: &str| {
+        s.manifest(&format!(
+            r#"name = "hello"
+[artifact]
+debs = [{:?}]
+[[steps]]
+name = "install"
+run = ["dpkg", "-i", "{{artifact}}"]
+timeout = "2m"
+{HELLO_SCOPE}
+[shadow]
+enabled = false
+[policy.guards]
+exhaustion = {guard}
+"#,
+            deb_file("hello").display().to_string()
+        ))
+    };
+    let before = root_walk(&s.root);
+    let out = s.deploy(&manifest("true")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "refused exits 3\n{stdout}\n{stderr}"
+    );
+    let evs = events(&stdout);
+    assert!(
+        event(&evs, "started").is_none(),
+        "a live install began:\n{stdout}"
+    );
+    let fin = event(&evs, "finished").expect("a finished event");
+    assert_eq!(fin["outcome"]["outcome"], "refused", "{fin}");
+    let reason = fin["outcome"]["reason"].as_str().unwrap();
+    eprintln!("refused: {reason}");
+    assert!(
+        reason.contains("no room") && reason.contains("/usr/share/locale"),
+        "{reason}"
+    );
+    assert_same_root(&before, &s.root, "after a refusal");
+    s.sentinel_untouched();
+
+    // The guard off: the prediction was right.
+    let out = s.deploy(&manifest("false")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "rolled back exits 3\n{stdout}");
+    let evs = events(&stdout);
+    started(&evs);
+    let step = event(&evs, "step").expect("the install step reported");
+    assert!(
+        step["step"]["output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{step}"
+    );
+    assert_same_root(&before, &s.root, "after the rollback of a full disk");
+    s.sentinel_untouched();
+}

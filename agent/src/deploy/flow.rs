@@ -1,6 +1,6 @@
 //! `deploy::run`: one deployment from snapshot to commit or rollback.
 //!
-//! The order: journal, build, snapshot, (shadow-first: the shadow, and a
+//! The order: journal, build, room check, snapshot, (shadow-first: the shadow, and a
 //! stop unless it passed), live cgroup and journal, then the live install
 //! (with the shadow beside it in concurrent mode), the monitoring period,
 //! and the decision (`install.rs`): an order from outside, or the local
@@ -61,6 +61,18 @@ async fn build_artifact(plan: &Plan, tx: &EventTx) -> Option<String> {
     Some(reason)
 }
 
+/// Whether the artifact fits where it unpacks (`room.rs`), asked after
+/// the build (which may make it) and before the snapshot.
+async fn room_refusal(plan: &Plan) -> Option<String> {
+    if plan.room_check.is_empty() {
+        return None;
+    }
+    let (root, paths) = (plan.root.clone(), plan.room_check.clone());
+    tokio::task::spawn_blocking(move || super::room::refusal(&root, &paths))
+        .await
+        .unwrap_or_else(|e| Some(format!("the room check failed: {e}")))
+}
+
 /// `run` for the long-running agent: `connected` says whether it has a
 /// session with its controller, so a hard failure while it has none is
 /// rolled back by the local policy at once (see `policy.rs`).
@@ -84,6 +96,9 @@ pub async fn run_connected(
     };
     j.save(&ctx.data)?;
     if let Some(reason) = build_artifact(plan, &tx).await {
+        return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
+    }
+    if let Some(reason) = room_refusal(plan).await {
         return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
     }
     j.snapshot = Some(take_snapshot(&ctx.data, plan).await?);

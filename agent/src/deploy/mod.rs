@@ -23,6 +23,7 @@ pub mod plan;
 pub mod policy;
 pub mod recover;
 pub mod rollback;
+mod room;
 mod service;
 mod shadowing;
 
@@ -99,6 +100,11 @@ pub struct Plan {
     /// The service's cgroup beneath the v2 root (`service.rs`).
     #[serde(default)]
     pub service_cgroup: Option<PathBuf>,
+    /// The artifact's host paths whose .debs must fit before anything
+    /// changes (`room.rs`); empty with `policy.guards.exhaustion` off, and
+    /// in journals written before it existed.
+    #[serde(default)]
+    pub room_check: Vec<PathBuf>,
 }
 
 /// One step's result (live step, shadow test, rollback hook): the wire's
@@ -113,7 +119,8 @@ pub enum Outcome {
     RolledBack {
         reason: String,
     },
-    /// The shadow failed in shadow-first mode: live never ran.
+    /// Live never ran: the shadow failed in shadow-first mode, the build
+    /// failed, or the artifact does not fit (`room.rs`).
     Refused {
         reason: String,
     },
@@ -282,6 +289,7 @@ pub(crate) mod tests {
             rollback_hooks: vec![cmd("restart-1", &["true"]), cmd("restart-2", &["true"])],
             memory_limit: None,
             service_cgroup: None,
+            room_check: Vec::new(),
         }
     }
 }

@@ -88,6 +88,16 @@ impl Plan {
             rollback_hooks: m.rollback_hooks.iter().map(|s| cmd(s, &art)).collect(),
             memory_limit: m.monitor.memory_limit_mb.map(|mb| mb * 1024 * 1024),
             service_cgroup: m.monitor.service_cgroup.clone(),
+            room_check: if m.policy.guards.exhaustion {
+                m.artifact
+                    .dir
+                    .iter()
+                    .chain(&m.artifact.debs)
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }

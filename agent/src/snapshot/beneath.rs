@@ -59,11 +59,27 @@ impl Root {
     /// `rel` (root-relative; empty: the root) opened beneath the root with
     /// `flags`, no symlink followed on the way or at the end.
     pub fn open_beneath(&self, rel: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+        self.openat2(
+            rel,
+            flags | libc::O_NOFOLLOW,
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+        )
+    }
+
+    /// `rel` opened as a process chrooted to the root would see it:
+    /// symlinks followed, but resolved against the root and never out of
+    /// it (RESOLVE_IN_ROOT). For reading where an install's writes will
+    /// land, never for acting on the tree.
+    pub fn open_in_root(&self, rel: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+        self.openat2(rel, flags, libc::RESOLVE_IN_ROOT)
+    }
+
+    fn openat2(&self, rel: &[u8], flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
         let c = cstr(if rel.is_empty() { b"." } else { rel })?;
         // SAFETY: open_how is plain data; zero is valid for every field.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
+        how.resolve = resolve;
         // SAFETY: valid descriptor, C string and open_how for the call.
         let fd = unsafe {
             libc::syscall(

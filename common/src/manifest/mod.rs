@@ -341,7 +341,9 @@ pub struct Guards {
     /// live install's memory growing to its limit) rolls back by itself;
     /// default (and in manifests stored before it existed) true. Off, only
     /// the step's own failure (ENOSPC, the OOM kill) acts, as with
-    /// exit-code-only rollback.
+    /// exit-code-only rollback. On, the agent also refuses, before the
+    /// snapshot, a .deb artifact whose files do not fit the filesystems
+    /// they unpack to (the agent's `deploy/room.rs`).
     #[serde(default = "read::on")]
     pub exhaustion: bool,
 }
