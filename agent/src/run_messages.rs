@@ -38,16 +38,24 @@ pub(super) async fn on_message(
             deployment,
             manifest,
             window_ms,
-            dry_run: _,
+            dry_run,
         } => {
-            // A dry run needs nothing of the agent: the controller
-            // orders a commit whatever it would have decided.
+            // A dry run needs little of the agent: the controller orders
+            // a commit whatever it would have decided, and the agent skips
+            // the one refusal it makes on its own (the room check).
             let ctx = crate::deploy::Context {
                 probes: probes.clone(),
                 data: opts.data.clone(),
                 window: Duration::from_millis(u64::from(window_ms.max(10))),
             };
-            run_deploy::start(ctx, outbox.clone(), running.clone(), deployment, &manifest);
+            run_deploy::start(
+                ctx,
+                outbox.clone(),
+                running.clone(),
+                deployment,
+                &manifest,
+                dry_run,
+            );
         }
         ControllerMsg::Decision { deployment, order } => {
             if !running.order(&deployment, order) {

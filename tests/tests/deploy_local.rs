@@ -632,3 +632,69 @@ exhaustion = {guard}
     assert_same_root(&before, &s.root, "after the rollback of a full disk");
     s.sentinel_untouched();
 }
+
+/// A shadow whose writable layer (1 MiB) cannot hold the artifact (hello
+/// plus a 2 MiB file) would fail of ENOSPC and count against a healthy
+/// install: the room check refuses it by the manifest's field, before
+/// anything changes.
+#[test]
+fn a_shadow_too_small_for_the_artifact_is_refused_by_its_field() {
+    let Some(_g) = ebpf_or_skip("deploy room check, shadow") else {
+        return;
+    };
+    let Some(s) = Scene::new("room-shadow") else {
+        return;
+    };
+    let work = s.base.join("repack");
+    let ok = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(deb_file("hello"))
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::create_dir_all(work.join("usr/share/hello-big")).unwrap();
+    std::fs::write(work.join("usr/share/hello-big/blob"), vec![7u8; 2 << 20]).unwrap();
+    let deb = s.base.join("hello-big.deb");
+    let built = Command::new("dpkg-deb")
+        .arg("-b")
+        .arg(&work)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let m = s.manifest(&format!(
+        r#"name = "hello-big"
+[artifact]
+debs = [{:?}]
+[[steps]]
+name = "install"
+run = ["dpkg", "-i", "{{artifact}}"]
+timeout = "2m"
+{HELLO_SCOPE}
+[shadow.limits]
+disk_mb = 1
+"#,
+        deb.display().to_string()
+    ));
+    let before = root_walk(&s.root);
+    let out = s.deploy(&m).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "refused exits 3\n{stdout}");
+    let evs = events(&stdout);
+    assert!(
+        event(&evs, "started").is_none(),
+        "a live install began:\n{stdout}"
+    );
+    assert!(event(&evs, "shadow").is_none(), "a shadow ran:\n{stdout}");
+    let fin = event(&evs, "finished").expect("a finished event");
+    assert_eq!(fin["outcome"]["outcome"], "refused", "{fin}");
+    let reason = fin["outcome"]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("shadow.limits.disk_mb"), "{reason}");
+    assert_same_root(&before, &s.root, "after a refusal");
+    s.sentinel_untouched();
+}

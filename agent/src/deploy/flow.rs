@@ -68,7 +68,8 @@ async fn room_refusal(plan: &Plan) -> Option<String> {
         return None;
     }
     let (root, paths) = (plan.root.clone(), plan.room_check.clone());
-    tokio::task::spawn_blocking(move || super::room::refusal(&root, &paths))
+    let upper = plan.shadow.as_ref().and_then(|s| s.upper_bytes);
+    tokio::task::spawn_blocking(move || super::room::refusal(&root, &paths, upper))
         .await
         .unwrap_or_else(|e| Some(format!("the room check failed: {e}")))
 }

@@ -38,10 +38,14 @@ pub struct Shortfall {
     pub free: u64,
 }
 
-/// Why the deployment must not start: a .deb the host cannot read, or a
-/// filesystem it does not fit on. None: it fits, or the check could not
-/// run here (logged as one warning line).
-pub fn refusal(root: &Path, artifact: &[PathBuf]) -> Option<String> {
+/// Why the deployment must not start: a .deb the host cannot read, a
+/// filesystem it does not fit on, or a shadow whose writable layer
+/// (`shadow_upper` bytes, a tmpfs every file the install writes lands on)
+/// is smaller than the files: that shadow would fail for want of room,
+/// not for the install's fault, and its failure would count against a
+/// healthy install. None: it fits, or the check could not run here
+/// (logged as one warning line).
+pub fn refusal(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> Option<String> {
     let debs = match debs_of(artifact) {
         Ok(d) if d.is_empty() => return None,
         Ok(d) => d,
@@ -63,6 +67,9 @@ pub fn refusal(root: &Path, artifact: &[PathBuf]) -> Option<String> {
             }
         }
     }
+    if let Some(why) = shadow_upper.and_then(|u| shadow_too_small(&files, u)) {
+        return Some(why);
+    }
     match shortfalls(root, &files) {
         Ok(s) if s.is_empty() => None,
         Ok(s) => Some(
@@ -81,6 +88,22 @@ pub fn refusal(root: &Path, artifact: &[PathBuf]) -> Option<String> {
         ),
         Err(e) => Some(format!("room check on {}: {e}", root.display())),
     }
+}
+
+fn blocks(size: u64) -> u64 {
+    size.div_ceil(BLOCK) * BLOCK
+}
+
+fn shadow_too_small(files: &[(Vec<u8>, u64)], upper: u64) -> Option<String> {
+    let need: u64 = files.iter().map(|(_, s)| blocks(*s)).sum();
+    (need > upper).then(|| {
+        format!(
+            "shadow.limits.disk_mb: the shadow's writable layer ({}) is smaller than the artifact's files ({}); \
+             the shadow would fail for want of room, not for the install's fault: raise it",
+            human(upper),
+            human(need)
+        )
+    })
 }
 
 /// The .debs among the artifact's paths: files named `*.deb`, and those
@@ -187,7 +210,7 @@ pub fn shortfalls(root: &Path, files: &[(Vec<u8>, u64)]) -> std::io::Result<Vec<
             dev
         };
         if let Some(e) = fs.get_mut(&dev) {
-            e.0 += size.div_ceil(BLOCK) * BLOCK;
+            e.0 += blocks(*size);
         }
     }
     let mut out = Vec::new();
@@ -317,6 +340,15 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_smaller_than_the_files_is_named_by_its_field() {
+        let files = vec![(b"usr/bin/a".to_vec(), 1), (b"usr/bin/b".to_vec(), 4097)];
+        assert_eq!(shadow_too_small(&files, 3 * BLOCK), None);
+        let why = shadow_too_small(&files, 3 * BLOCK - 1).expect("too small");
+        assert!(why.starts_with("shadow.limits.disk_mb"), "{why}");
+        assert!(why.contains("12.0 KiB"), "{why}");
+    }
+
+    #[test]
     fn a_file_that_is_not_a_deb_is_refused_by_name_and_a_plain_file_is_not_checked() {
         let d = scratch("bad");
         let bad = d.join("x.deb");
@@ -330,9 +362,9 @@ mod tests {
             eprintln!("SKIP: no dpkg-deb on this host");
             return;
         }
-        let why = refusal(&d, std::slice::from_ref(&bad)).expect("a refusal");
+        let why = refusal(&d, std::slice::from_ref(&bad), None).expect("a refusal");
         assert!(why.contains(&bad.display().to_string()), "{why}");
-        assert_eq!(refusal(&d, &[d.join("notes.txt")]), None);
+        assert_eq!(refusal(&d, &[d.join("notes.txt")], Some(1)), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
