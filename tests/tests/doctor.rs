@@ -66,7 +66,7 @@ fn doctor(prefix: &[&str], args: &[&str]) -> Output {
 }
 
 /// Every check that must pass on a host that runs the agent.
-const MUST_PASS: [&str; 10] = [
+const MUST_PASS: [&str; 11] = [
     "kernel.version",
     "kernel.btf",
     "tracefs",
@@ -77,6 +77,7 @@ const MUST_PASS: [&str; 10] = [
     "shadow.namespaces",
     "shadow.target",
     "disk.data",
+    "deploy.room_check",
 ];
 
 #[test]

@@ -51,6 +51,7 @@ pub fn refusal(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> 
         Ok(d) => d,
         Err(e) => return Some(e),
     };
+    let t0 = std::time::Instant::now();
     let mut files = Vec::new();
     for deb in &debs {
         match listing(deb) {
@@ -67,6 +68,14 @@ pub fn refusal(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> 
             }
         }
     }
+    // dpkg-deb decompresses each .deb whole: seconds for a large one.
+    tracing::info!(
+        debs = debs.len(),
+        files = files.len(),
+        bytes = files.iter().map(|(_, s)| blocks(*s)).sum::<u64>(),
+        ms = t0.elapsed().as_millis() as u64,
+        "room check: the artifact's files read"
+    );
     if let Some(why) = shadow_upper.and_then(|u| shadow_too_small(&files, u)) {
         return Some(why);
     }

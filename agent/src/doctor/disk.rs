@@ -2,6 +2,7 @@
 //! addressed, so a snapshot costs about what the manifest's scope holds
 //! that no earlier snapshot had. The thresholds are floors for a small
 //! scope (a package's files and /etc), not a promise for a large one.
+//! And the tool a deployment's room check reads .debs with.
 
 use std::path::Path;
 
@@ -45,6 +46,43 @@ pub fn room(data: &Path) -> Check {
         Check::warn(NAME, detail, fix)
     } else {
         Check::ok(NAME, detail)
+    }
+}
+
+/// `dpkg-deb`, which a deployment's room check (deploy/room.rs) reads
+/// the artifact's .debs with: without it the check is skipped.
+pub fn dpkg_deb() -> Check {
+    const NAME: &str = "deploy.room_check";
+    match std::process::Command::new("dpkg-deb")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let version = text
+                .lines()
+                .next()
+                .and_then(|l| l.split(" version ").nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("of unknown version");
+            Check::ok(
+                NAME,
+                format!(
+                    "dpkg-deb {version}: a .deb artifact is checked to fit before a deployment"
+                ),
+            )
+        }
+        Ok(out) => Check::warn(
+            NAME,
+            format!("dpkg-deb --version failed ({})", out.status),
+            "reinstall dpkg; until then a deployment's room check is skipped",
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            format!("no dpkg-deb on PATH ({e}): a deployment's room check is skipped"),
+            "install dpkg, or set policy.guards.exhaustion = false in manifests",
+        ),
     }
 }
 

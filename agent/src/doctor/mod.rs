@@ -164,6 +164,7 @@ fn local_checks(opts: &Options) -> Vec<Check> {
     checks.extend(cgroup::checks());
     checks.extend(shadow::checks(&opts.data, &opts.target));
     checks.push(disk::room(&opts.data));
+    checks.push(disk::dpkg_deb());
     checks
 }
 
