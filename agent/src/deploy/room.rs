@@ -28,16 +28,6 @@ use crate::snapshot::beneath::{Root, fstat};
 /// A block: what the smallest file takes on ext4 or tmpfs.
 const BLOCK: u64 = 4096;
 
-/// One filesystem the artifact does not fit on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shortfall {
-    /// The shallowest directory of the root the artifact writes beneath
-    /// on that filesystem (root-relative, with a leading `/`).
-    pub at: String,
-    pub need: u64,
-    pub free: u64,
-}
-
 /// Why the deployment must not start: a .deb the host cannot read, a
 /// filesystem it does not fit on, or a shadow whose writable layer
 /// (`shadow_upper` bytes, a tmpfs every file the install writes lands on)
@@ -45,6 +35,11 @@ pub struct Shortfall {
 /// not for the install's fault, and its failure would count against a
 /// healthy install. None: it fits, or the check could not run here
 /// (logged as one warning line).
+///
+/// The files are tallied as dpkg-deb streams them and the reading stops
+/// at the first file that does not fit, so a hostile .deb (a compression
+/// bomb, millions of entries) costs at most the room it claims and no
+/// memory per file.
 pub fn refusal(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> Option<String> {
     let debs = match debs_of(artifact) {
         Ok(d) if d.is_empty() => return None,
@@ -52,67 +47,122 @@ pub fn refusal(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> 
         Err(e) => return Some(e),
     };
     let t0 = std::time::Instant::now();
-    let mut files = Vec::new();
+    let mut tally = match Tally::new(root, shadow_upper) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("room check on {}: {e}", root.display())),
+    };
     for deb in &debs {
-        match listing(deb) {
-            Ok(f) => files.extend(f),
-            Err(Listing::NoDpkgDeb) => {
+        match read_into(deb, &mut tally) {
+            Ok(()) => {}
+            Err(Stop::NoDpkgDeb) => {
                 tracing::warn!(
                     "room check skipped: no dpkg-deb on this host to read the artifact's .debs \
                      (install dpkg, or set policy.guards.exhaustion = false to silence this)"
                 );
                 return None;
             }
-            Err(Listing::Bad(reason)) => {
-                return Some(format!("artifact {}: {reason}", deb.display()));
-            }
+            Err(Stop::Bad(reason)) => return Some(format!("artifact {}: {reason}", deb.display())),
+            Err(Stop::Root(e)) => return Some(format!("room check on {}: {e}", root.display())),
+            Err(Stop::Full(why)) => return Some(why),
         }
     }
     // dpkg-deb decompresses each .deb whole: seconds for a large one.
     tracing::info!(
         debs = debs.len(),
-        files = files.len(),
-        bytes = files.iter().map(|(_, s)| blocks(*s)).sum::<u64>(),
+        files = tally.files,
+        bytes = tally.total,
         ms = t0.elapsed().as_millis() as u64,
-        "room check: the artifact's files read"
+        "room check: the artifact fits"
     );
-    if let Some(why) = shadow_upper.and_then(|u| shadow_too_small(&files, u)) {
-        return Some(why);
-    }
-    match shortfalls(root, &files) {
-        Ok(s) if s.is_empty() => None,
-        Ok(s) => Some(
-            s.iter()
-                .map(|s| {
-                    format!(
-                        "no room: the artifact's files need {} on the filesystem of {}, which has {} free",
-                        human(s.need),
-                        s.at,
-                        human(s.free)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-                + " (policy.guards.exhaustion = false installs anyway)",
-        ),
-        Err(e) => Some(format!("room check on {}: {e}", root.display())),
-    }
+    None
 }
 
 fn blocks(size: u64) -> u64 {
     size.div_ceil(BLOCK) * BLOCK
 }
 
-fn shadow_too_small(files: &[(Vec<u8>, u64)], upper: u64) -> Option<String> {
-    let need: u64 = files.iter().map(|(_, s)| blocks(*s)).sum();
-    (need > upper).then(|| {
-        format!(
-            "shadow.limits.disk_mb: the shadow's writable layer ({}) is smaller than the artifact's files ({}); \
-             the shadow would fail for want of room, not for the install's fault: raise it",
-            human(upper),
-            human(need)
-        )
-    })
+/// What the files read so far need, per filesystem they land on.
+struct Tally {
+    root: Root,
+    shadow_upper: Option<u64>,
+    /// The directory of the last file and its filesystem: a tar lists a
+    /// directory's files together, so this spares most lookups.
+    last: Option<(Vec<u8>, u64)>,
+    fs: BTreeMap<u64, Fs>,
+    files: u64,
+    total: u64,
+}
+
+struct Fs {
+    need: u64,
+    free: u64,
+    /// The shallowest directory seen on it (root-relative).
+    at: Vec<u8>,
+}
+
+impl Tally {
+    fn new(root: &Path, shadow_upper: Option<u64>) -> std::io::Result<Tally> {
+        Ok(Tally {
+            root: Root::open(root)?,
+            shadow_upper,
+            last: None,
+            fs: BTreeMap::new(),
+            files: 0,
+            total: 0,
+        })
+    }
+
+    /// Count a regular file (root-relative path, size); the refusal once
+    /// the files no longer fit.
+    fn add(&mut self, path: &[u8], size: u64) -> Result<(), Stop> {
+        let dir = parent(path);
+        let dev = match &self.last {
+            Some((d, dev)) if d == dir => *dev,
+            _ => {
+                let (at, fd) = nearest(&self.root, dir).map_err(Stop::Root)?;
+                let dev = fstat(std::os::fd::AsFd::as_fd(&fd))
+                    .map_err(Stop::Root)?
+                    .st_dev;
+                if let Some(f) = self.fs.get_mut(&dev) {
+                    if depth(&at) < depth(&f.at) {
+                        f.at = at;
+                    }
+                } else {
+                    let free = free_bytes(&fd).map_err(Stop::Root)?;
+                    self.fs.insert(dev, Fs { need: 0, free, at });
+                }
+                self.last = Some((dir.to_vec(), dev));
+                dev
+            }
+        };
+        let b = blocks(size);
+        self.files += 1;
+        self.total = self.total.saturating_add(b);
+        if let Some(upper) = self.shadow_upper.filter(|u| self.total > *u) {
+            return Err(Stop::Full(format!(
+                "shadow.limits.disk_mb: the shadow's writable layer ({}) is smaller than the artifact's files \
+                 (more than that, {} counted when reading stopped); the shadow would fail for want of room, \
+                 not for the install's fault: raise it",
+                human(upper),
+                human(self.total)
+            )));
+        }
+        let f = self
+            .fs
+            .get_mut(&dev)
+            .ok_or(Stop::Bad("internal: no filesystem".into()))?;
+        f.need = f.need.saturating_add(b);
+        if f.need > f.free {
+            return Err(Stop::Full(format!(
+                "no room: the artifact's files need more than the {} free on the filesystem of /{} \
+                 ({} counted when reading stopped; policy.guards.exhaustion = false installs anyway)",
+                human(f.free),
+                String::from_utf8_lossy(&f.at),
+                human(f.need)
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The .debs among the artifact's paths: files named `*.deb`, and those
@@ -137,14 +187,20 @@ fn debs_of(artifact: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-enum Listing {
+/// Why reading an artifact stopped.
+enum Stop {
     NoDpkgDeb,
     Bad(String),
+    /// The root could not be looked at.
+    Root(std::io::Error),
+    /// The files do not fit: the refusal.
+    Full(String),
 }
 
-/// The regular files `deb` unpacks: root-relative path (no leading `/`)
-/// and size, read from `dpkg-deb --fsys-tarfile`.
-fn listing(deb: &Path) -> Result<Vec<(Vec<u8>, u64)>, Listing> {
+/// Tally the regular files `deb` unpacks, read from `dpkg-deb
+/// --fsys-tarfile` as it streams; dpkg-deb is killed when reading stops
+/// early.
+fn read_into(deb: &Path, tally: &mut Tally) -> Result<(), Stop> {
     let mut child = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
@@ -153,87 +209,53 @@ fn listing(deb: &Path) -> Result<Vec<(Vec<u8>, u64)>, Listing> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Listing::NoDpkgDeb,
-            _ => Listing::Bad(format!("running dpkg-deb: {e}")),
+            std::io::ErrorKind::NotFound => Stop::NoDpkgDeb,
+            _ => Stop::Bad(format!("running dpkg-deb: {e}")),
         })?;
     let mut stderr = child.stderr.take();
-    let read = child
-        .stdout
-        .take()
-        .ok_or_else(|| Listing::Bad("dpkg-deb gave no output".into()))
-        .and_then(|out| entries(out).map_err(|e| Listing::Bad(format!("its data: {e}"))));
+    let read = match child.stdout.take() {
+        Some(out) => entries(out, tally),
+        None => Err(Stop::Bad("dpkg-deb gave no output".into())),
+    };
     if read.is_err() {
         let _ = child.kill();
     }
     let status = child
         .wait()
-        .map_err(|e| Listing::Bad(format!("waiting for dpkg-deb: {e}")))?;
-    let files = read?;
+        .map_err(|e| Stop::Bad(format!("waiting for dpkg-deb: {e}")))?;
+    match read {
+        // A refusal, or the root failing us, stands whatever dpkg-deb
+        // said after it was killed.
+        Err(e @ (Stop::Full(_) | Stop::Root(_))) => return Err(e),
+        Err(e) if status.success() => return Err(e),
+        _ => {}
+    }
     if !status.success() {
         let mut msg = String::new();
         if let Some(e) = stderr.as_mut() {
             let _ = e.take(4096).read_to_string(&mut msg);
         }
-        return Err(Listing::Bad(format!(
+        return Err(Stop::Bad(format!(
             "not a .deb dpkg-deb can read ({status}): {}",
             msg.trim()
         )));
     }
-    Ok(files)
+    Ok(())
 }
 
-fn entries(r: impl Read) -> std::io::Result<Vec<(Vec<u8>, u64)>> {
-    let mut out = Vec::new();
-    for e in tar::Archive::new(r).entries()? {
-        let e = e?;
+fn entries(r: impl Read, tally: &mut Tally) -> Result<(), Stop> {
+    let bad = |e: std::io::Error| Stop::Bad(format!("its data: {e}"));
+    for e in tar::Archive::new(r).entries().map_err(bad)? {
+        let e = e.map_err(bad)?;
         if e.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
         let path = e.path_bytes();
         let rel = path.strip_prefix(b"./").unwrap_or(&path);
         let rel = rel.strip_prefix(b"/").unwrap_or(rel);
-        out.push((rel.to_vec(), e.header().size()?));
+        tally.add(rel, e.header().size().map_err(bad)?)?;
     }
-    Ok(out)
-}
-
-/// Each filesystem `files` (root-relative path, size) do not fit on.
-pub fn shortfalls(root: &Path, files: &[(Vec<u8>, u64)]) -> std::io::Result<Vec<Shortfall>> {
-    let r = Root::open(root)?;
-    // Per directory of a file: its filesystem (st_dev). Per filesystem:
-    // the need, the shallowest directory seen, and a descriptor on it.
-    let mut dev_of: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-    let mut fs: BTreeMap<u64, (u64, Vec<u8>, OwnedFd)> = BTreeMap::new();
-    for (path, size) in files {
-        let dir = parent(path);
-        let dev = if let Some(d) = dev_of.get(dir) {
-            *d
-        } else {
-            let (at, fd) = nearest(&r, dir)?;
-            let dev = fstat(std::os::fd::AsFd::as_fd(&fd))?.st_dev;
-            let e = fs.entry(dev).or_insert_with(|| (0, at.clone(), fd));
-            if depth(&at) < depth(&e.1) {
-                e.1 = at;
-            }
-            dev_of.insert(dir.to_vec(), dev);
-            dev
-        };
-        if let Some(e) = fs.get_mut(&dev) {
-            e.0 += blocks(*size);
-        }
-    }
-    let mut out = Vec::new();
-    for (need, at, fd) in fs.into_values() {
-        let free = free_bytes(&fd)?;
-        if need > free {
-            out.push(Shortfall {
-                at: format!("/{}", String::from_utf8_lossy(&at)),
-                need,
-                free,
-            });
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 fn parent(path: &[u8]) -> &[u8] {
@@ -298,82 +320,5 @@ fn human(b: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("backstop-room-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    #[test]
-    fn a_file_lands_on_its_nearest_existing_directorys_filesystem_as_the_root_sees_it() {
-        let root = scratch("links");
-        std::fs::create_dir_all(root.join("usr/share")).unwrap();
-        // Absolute links, as a hostile root would hold them: to the host
-        // they lead to procfs; in the root, to nothing, so the root's own
-        // filesystem is where those files land.
-        std::os::unix::fs::symlink("/proc", root.join("usr/share/locale")).unwrap();
-        std::os::unix::fs::symlink("/proc/self", root.join("usr/lib")).unwrap();
-        let files = vec![
-            (b"usr/share/locale/de/LC_MESSAGES/x.mo".to_vec(), 1),
-            (b"usr/lib/x/y.so".to_vec(), 5000),
-            (b"usr/share/doc/x/copyright".to_vec(), 4097),
-        ];
-        let r = Root::open(&root).unwrap();
-        let root_dev = fstat(std::os::fd::AsFd::as_fd(
-            &r.open_in_root(b"", libc::O_PATH).unwrap(),
-        ))
-        .unwrap()
-        .st_dev;
-        for (path, _) in &files {
-            let (at, fd) = nearest(&r, parent(path)).unwrap();
-            let dev = fstat(std::os::fd::AsFd::as_fd(&fd)).unwrap().st_dev;
-            assert_eq!(
-                dev,
-                root_dev,
-                "{} went off the root via /{}",
-                String::from_utf8_lossy(path),
-                String::from_utf8_lossy(&at)
-            );
-        }
-        // 4 KiB + 8 KiB + 8 KiB on one filesystem that has more free.
-        assert_eq!(shortfalls(&root, &files).unwrap(), Vec::new());
-        let huge = vec![(b"usr/bin/big".to_vec(), u64::MAX / 2)];
-        let s = shortfalls(&root, &huge).unwrap();
-        assert_eq!(s.len(), 1, "{s:?}");
-        assert_eq!(s[0].at, "/usr");
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn a_shadow_smaller_than_the_files_is_named_by_its_field() {
-        let files = vec![(b"usr/bin/a".to_vec(), 1), (b"usr/bin/b".to_vec(), 4097)];
-        assert_eq!(shadow_too_small(&files, 3 * BLOCK), None);
-        let why = shadow_too_small(&files, 3 * BLOCK - 1).expect("too small");
-        assert!(why.starts_with("shadow.limits.disk_mb"), "{why}");
-        assert!(why.contains("12.0 KiB"), "{why}");
-    }
-
-    #[test]
-    fn a_file_that_is_not_a_deb_is_refused_by_name_and_a_plain_file_is_not_checked() {
-        let d = scratch("bad");
-        let bad = d.join("x.deb");
-        std::fs::write(&bad, b"not an ar archive").unwrap();
-        std::fs::write(d.join("notes.txt"), b"x").unwrap();
-        if Command::new("dpkg-deb").arg("--version").output().is_err() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "no dpkg-deb on this host: CI installs dpkg"
-            );
-            eprintln!("SKIP: no dpkg-deb on this host");
-            return;
-        }
-        let why = refusal(&d, std::slice::from_ref(&bad), None).expect("a refusal");
-        assert!(why.contains(&bad.display().to_string()), "{why}");
-        assert_eq!(refusal(&d, &[d.join("notes.txt")], Some(1)), None);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-}
+#[path = "room_tests.rs"]
+mod tests;
