@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::agents::Proc;
 use support::sentinel::{self, Walk};
-use support::{agent, deb_file, ebpf_or_skip, eventually, failing_hello, rootfs};
+use support::{agent, deb_file, ebpf_or_skip, eventually, failing_hello, repacked_hello, rootfs};
 
 /// A scratch directory with a copy of the rootfs, a data directory and a
 /// sentinel beside them; removed when dropped.
@@ -527,6 +527,31 @@ enabled = false
     s.sentinel_untouched();
 }
 
+/// Deploy `manifest`, which must be refused before anything starts (no
+/// live install, no shadow): the reason.
+fn refused(s: &Scene, manifest: &Path) -> String {
+    let out = s.deploy(manifest).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "refused exits 3\n{stdout}\n{stderr}"
+    );
+    let evs = events(&stdout);
+    for kind in ["started", "shadow"] {
+        assert!(
+            event(&evs, kind).is_none(),
+            "{kind} before a refusal:\n{stdout}"
+        );
+    }
+    let fin = event(&evs, "finished").expect("a finished event");
+    assert_eq!(fin["outcome"]["outcome"], "refused", "{fin}");
+    let reason = fin["outcome"]["reason"].as_str().unwrap().to_string();
+    eprintln!("refused: {reason}");
+    reason
+}
+
 /// A tmpfs mounted in the scene's root, lazily unmounted when dropped
 /// (declared after the scene, so it goes first).
 struct Tmpfs(PathBuf);
@@ -591,23 +616,7 @@ exhaustion = {guard}
         ))
     };
     let before = root_walk(&s.root);
-    let out = s.deploy(&manifest("true")).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "refused exits 3\n{stdout}\n{stderr}"
-    );
-    let evs = events(&stdout);
-    assert!(
-        event(&evs, "started").is_none(),
-        "a live install began:\n{stdout}"
-    );
-    let fin = event(&evs, "finished").expect("a finished event");
-    assert_eq!(fin["outcome"]["outcome"], "refused", "{fin}");
-    let reason = fin["outcome"]["reason"].as_str().unwrap();
-    eprintln!("refused: {reason}");
+    let reason = refused(&s, &manifest("true"));
     assert!(
         reason.contains("no room") && reason.contains("/usr/share/locale"),
         "{reason}"
@@ -645,28 +654,10 @@ fn a_shadow_too_small_for_the_artifact_is_refused_by_its_field() {
     let Some(s) = Scene::new("room-shadow") else {
         return;
     };
-    let work = s.base.join("repack");
-    let ok = Command::new("dpkg-deb")
-        .arg("-R")
-        .arg(deb_file("hello"))
-        .arg(&work)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::create_dir_all(work.join("usr/share/hello-big")).unwrap();
-    std::fs::write(work.join("usr/share/hello-big/blob"), vec![7u8; 2 << 20]).unwrap();
-    let deb = s.base.join("hello-big.deb");
-    let built = Command::new("dpkg-deb")
-        .arg("-b")
-        .arg(&work)
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let deb = repacked_hello(&s.base, "hello-big", |work| {
+        std::fs::create_dir_all(work.join("usr/share/hello-big")).unwrap();
+        std::fs::write(work.join("usr/share/hello-big/blob"), vec![7u8; 2 << 20]).unwrap();
+    });
     let m = s.manifest(&format!(
         r#"name = "hello-big"
 [artifact]
@@ -682,18 +673,7 @@ disk_mb = 1
         deb.display().to_string()
     ));
     let before = root_walk(&s.root);
-    let out = s.deploy(&m).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "refused exits 3\n{stdout}");
-    let evs = events(&stdout);
-    assert!(
-        event(&evs, "started").is_none(),
-        "a live install began:\n{stdout}"
-    );
-    assert!(event(&evs, "shadow").is_none(), "a shadow ran:\n{stdout}");
-    let fin = event(&evs, "finished").expect("a finished event");
-    assert_eq!(fin["outcome"]["outcome"], "refused", "{fin}");
-    let reason = fin["outcome"]["reason"].as_str().unwrap();
+    let reason = refused(&s, &m);
     assert!(reason.starts_with("shadow.limits.disk_mb"), "{reason}");
     assert_same_root(&before, &s.root, "after a refusal");
     s.sentinel_untouched();

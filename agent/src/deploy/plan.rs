@@ -55,6 +55,14 @@ impl Plan {
             scope.push("/tmp".into());
         }
         let l = &m.shadow.limits;
+        // The artifact's paths on the host.
+        let host: Vec<PathBuf> = m
+            .artifact
+            .dir
+            .iter()
+            .chain(&m.artifact.debs)
+            .cloned()
+            .collect();
         Plan {
             name: m.name.clone(),
             root: m.root.clone(),
@@ -62,16 +70,7 @@ impl Plan {
             steps: m.steps.iter().map(|s| cmd(s, &art)).collect(),
             scope,
             excludes: m.scope.exclude.clone(),
-            artifact: if staged {
-                m.artifact
-                    .dir
-                    .iter()
-                    .chain(&m.artifact.debs)
-                    .cloned()
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            artifact: if staged { host.clone() } else { Vec::new() },
             staging: staged.then(|| staging(id)),
             build: m.artifact.build.as_ref().map(|b| cmd(b, &[])),
             shadow: m.shadow.enabled.then(|| ShadowPlan {
@@ -89,12 +88,7 @@ impl Plan {
             memory_limit: m.monitor.memory_limit_mb.map(|mb| mb * 1024 * 1024),
             service_cgroup: m.monitor.service_cgroup.clone(),
             room_check: if m.policy.guards.exhaustion {
-                m.artifact
-                    .dir
-                    .iter()
-                    .chain(&m.artifact.debs)
-                    .cloned()
-                    .collect()
+                host
             } else {
                 Vec::new()
             },

@@ -236,7 +236,29 @@ pub fn rootfs() -> Option<PathBuf> {
 
 /// hello repacked with a postinst that exits 1.
 pub fn failing_hello(dir: &std::path::Path) -> PathBuf {
-    let work = dir.join("repack");
+    repacked_hello(dir, "hello-bad", |work| {
+        let postinst = work.join("DEBIAN/postinst");
+        std::fs::write(
+            &postinst,
+            "#!/bin/sh\necho failing on purpose >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &postinst,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .unwrap();
+    })
+}
+
+/// hello's .deb unpacked into `dir`, changed by `edit` (given the
+/// unpacked tree), and built again as `dir/<name>.deb`.
+pub fn repacked_hello(
+    dir: &std::path::Path,
+    name: &str,
+    edit: impl FnOnce(&std::path::Path),
+) -> PathBuf {
+    let work = dir.join(format!("repack-{name}"));
     let ok = Command::new("dpkg-deb")
         .arg("-R")
         .arg(deb_file("hello"))
@@ -244,18 +266,8 @@ pub fn failing_hello(dir: &std::path::Path) -> PathBuf {
         .status()
         .unwrap();
     assert!(ok.success());
-    let postinst = work.join("DEBIAN/postinst");
-    std::fs::write(
-        &postinst,
-        "#!/bin/sh\necho failing on purpose >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &postinst,
-        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
-    )
-    .unwrap();
-    let deb = dir.join("hello-bad.deb");
+    edit(&work);
+    let deb = dir.join(format!("{name}.deb"));
     let built = Command::new("dpkg-deb")
         .arg("-b")
         .arg(&work)
