@@ -19,11 +19,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::snapshot::beneath::{Root, fstat};
+use crate::snapshot::fsops::free_bytes_fd;
 
 /// A block: what the smallest file takes on ext4 or tmpfs.
 const BLOCK: u64 = 4096;
@@ -128,7 +129,7 @@ impl Tally {
                         f.at = at;
                     }
                 } else {
-                    let free = free_bytes(&fd).map_err(Stop::Root)?;
+                    let free = free_bytes_fd(std::os::fd::AsFd::as_fd(&fd)).map_err(Stop::Root)?;
                     self.fs.insert(dev, Fs { need: 0, free, at });
                 }
                 self.last = Some((dir.to_vec(), dev));
@@ -294,17 +295,6 @@ fn nearest(r: &Root, dir: &[u8]) -> std::io::Result<(Vec<u8>, OwnedFd)> {
             }
         }
     }
-}
-
-fn free_bytes(fd: &OwnedFd) -> std::io::Result<u64> {
-    // SAFETY: zeroed statvfs is a valid out-parameter; the descriptor is
-    // open (O_PATH descriptors are accepted by fstatfs since Linux 3.12).
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid descriptor and out-parameter.
-    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &raw mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 fn human(b: u64) -> String {

@@ -24,7 +24,7 @@ pub fn room(data: &Path) -> Check {
             "give --data an absolute path",
         );
     };
-    let free = match free_bytes(existing) {
+    let free = match crate::snapshot::fsops::free_bytes(existing) {
         Ok(f) => f,
         Err(e) => {
             return Check::fail(
@@ -84,18 +84,6 @@ pub fn dpkg_deb() -> Check {
             "install dpkg, or set policy.guards.exhaustion = false in manifests",
         ),
     }
-}
-
-fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: statvfs is plain data; zeroed is a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and a pointer to an initialised statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &raw mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 fn human(bytes: u64) -> String {

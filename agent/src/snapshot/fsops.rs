@@ -142,5 +142,16 @@ pub fn free_bytes(p: &Path) -> io::Result<u64> {
     // SAFETY: zeroed statvfs is a valid out-parameter.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     check(unsafe { libc::statvfs(c.as_ptr(), &raw mut st) })?;
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// `free_bytes` of the filesystem holding `fd`'s file (an O_PATH
+/// descriptor will do: fstatfs takes one since Linux 3.12).
+pub fn free_bytes_fd(fd: std::os::fd::BorrowedFd) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and out-parameter.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &raw mut st) })?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
