@@ -557,14 +557,15 @@ fn refused(s: &Scene, manifest: &Path) -> String {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
+    /// A tmpfs at `at` with `options` (`size=64k`, `nr_inodes=40`).
+    fn mount(at: &Path, options: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
             .args([
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0755"),
+                &format!("{options},mode=0755"),
                 "tmpfs",
             ])
             .arg(at)
@@ -590,13 +591,36 @@ impl Drop for Tmpfs {
 /// predicted, and is rolled back.
 #[test]
 fn an_artifact_that_cannot_fit_is_refused_before_anything_changes() {
+    refused_for_room(
+        "room",
+        "size=64k",
+        "KiB free on the filesystem of /usr/share/locale",
+    );
+}
+
+/// The same translations need 126 inodes there (84 new directories and
+/// 42 files); a tmpfs with room for the bytes but 40 inodes fails the
+/// unpack with the same ENOSPC.
+#[test]
+fn an_artifact_with_more_files_than_inodes_left_is_refused() {
+    refused_for_room(
+        "room-inodes",
+        "size=64m,nr_inodes=40",
+        "inodes free on the filesystem of /usr/share/locale",
+    );
+}
+
+/// hello's install on a root whose /usr/share/locale is a tmpfs mounted
+/// with `options`: refused with `reason` in its words and nothing
+/// changed; then, the guard off, failed with ENOSPC and rolled back.
+fn refused_for_room(name: &str, options: &str, reason: &str) {
     let Some(_g) = ebpf_or_skip("deploy room check") else {
         return;
     };
-    let Some(s) = Scene::new("room") else {
+    let Some(s) = Scene::new(name) else {
         return;
     };
-    let _small = Tmpfs::mount(&s.root.join("usr/share/locale"), "64k");
+    let _small = Tmpfs::mount(&s.root.join("usr/share/locale"), options);
     let manifest = |guard: &str| {
         s.manifest(&format!(
             r#"name = "hello"
@@ -616,11 +640,8 @@ exhaustion = {guard}
         ))
     };
     let before = root_walk(&s.root);
-    let reason = refused(&s, &manifest("true"));
-    assert!(
-        reason.contains("no room") && reason.contains("/usr/share/locale"),
-        "{reason}"
-    );
+    let why = refused(&s, &manifest("true"));
+    assert!(why.starts_with("no room") && why.contains(reason), "{why}");
     assert_same_root(&before, &s.root, "after a refusal");
     s.sentinel_untouched();
 

@@ -61,7 +61,7 @@ async fn build_artifact(plan: &Plan, tx: &EventTx) -> Option<String> {
     Some(reason)
 }
 
-/// Whether the artifact fits where it unpacks (`room.rs`), asked after
+/// Whether the artifact fits where it unpacks (`room/`), asked after
 /// the build (which may make it) and before the snapshot.
 async fn room_refusal(plan: &Plan) -> Option<String> {
     if plan.room_check.is_empty() {

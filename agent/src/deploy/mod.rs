@@ -101,7 +101,7 @@ pub struct Plan {
     #[serde(default)]
     pub service_cgroup: Option<PathBuf>,
     /// The artifact's host paths whose .debs must fit before anything
-    /// changes (`room.rs`); empty with `policy.guards.exhaustion` off, and
+    /// changes (`room/`); empty with `policy.guards.exhaustion` off, and
     /// in journals written before it existed.
     #[serde(default)]
     pub room_check: Vec<PathBuf>,
@@ -120,7 +120,7 @@ pub enum Outcome {
         reason: String,
     },
     /// Live never ran: the shadow failed in shadow-first mode, the build
-    /// failed, or the artifact does not fit (`room.rs`).
+    /// failed, or the artifact does not fit (`room/`).
     Refused {
         reason: String,
     },

@@ -49,7 +49,7 @@ pub fn room(data: &Path) -> Check {
     }
 }
 
-/// `dpkg-deb`, which a deployment's room check (deploy/room.rs) reads
+/// `dpkg-deb`, which a deployment's room check (deploy/room/) reads
 /// the artifact's .debs with: without it the check is skipped.
 pub fn dpkg_deb() -> Check {
     const NAME: &str = "deploy.room_check";

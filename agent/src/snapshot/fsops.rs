@@ -145,13 +145,16 @@ pub fn free_bytes(p: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// `free_bytes` of the filesystem holding `fd`'s file (an O_PATH
-/// descriptor will do: fstatfs takes one since Linux 3.12).
-pub fn free_bytes_fd(fd: std::os::fd::BorrowedFd) -> io::Result<u64> {
+/// What the filesystem holding `fd`'s file has free for unprivileged
+/// users: bytes, and inodes (None where it keeps no fixed number: btrfs
+/// reports f_files = 0). An O_PATH descriptor will do: fstatfs takes one
+/// since Linux 3.12.
+pub fn free_fd(fd: std::os::fd::BorrowedFd) -> io::Result<(u64, Option<u64>)> {
     use std::os::fd::AsRawFd;
     // SAFETY: zeroed statvfs is a valid out-parameter.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid descriptor and out-parameter.
     check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &raw mut st) })?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    let inodes = (st.f_files > 0).then_some(st.f_favail);
+    Ok((st.f_bavail.saturating_mul(st.f_frsize), inodes))
 }

@@ -343,7 +343,7 @@ pub struct Guards {
     /// the step's own failure (ENOSPC, the OOM kill) acts, as with
     /// exit-code-only rollback. On, the agent also refuses, before the
     /// snapshot, a .deb artifact whose files do not fit the filesystems
-    /// they unpack to (the agent's `deploy/room.rs`).
+    /// they unpack to (the agent's `deploy/room/`).
     #[serde(default = "read::on")]
     pub exhaustion: bool,
 }

@@ -13,18 +13,36 @@
 //! chrooted install will resolve it (RESOLVE_IN_ROOT: a symlink the root
 //! holds is followed as the root sees it, never out of it), and that
 //! directory's filesystem. Each filesystem's need is set against what it
-//! has free for unprivileged users (`f_bavail`, the figure the windows'
-//! `host_disk_free_bytes` reports), regular files rounded up to 4 KiB.
-//! Directories and inodes are not counted.
+//! has free for unprivileged users: bytes (`f_bavail`, the figure the
+//! windows' `host_disk_free_bytes` reports) and inodes (`f_favail`; a
+//! filesystem out of inodes fails a write with the same ENOSPC).
+//!
+//! What is counted, in dpkg's order for each .deb:
+//! - its control area, which dpkg extracts to `/var/lib/dpkg/tmp.ci`
+//!   before anything else and keeps (as `info/`) beside the files;
+//! - the copy of its status file dpkg then writes beside that area
+//!   (`status-new`, renamed over `status`): a passing need, checked and
+//!   not kept;
+//! - its files: regular files rounded up to 4 KiB and one inode each,
+//!   one inode per symlink or other node, and one per directory that
+//!   does not exist yet (a directory two .debs of one artifact both
+//!   create counts twice).
+//!
+//! Not counted: directories' blocks, the `.list` file and the triggers
+//! dpkg writes once the files are in place, and what maintainer scripts
+//! write. So but for that one inode the check is a lower bound: what it
+//! refuses cannot fit.
+
+mod debs;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
+use debs::{debs_of, read_into};
 
 use crate::snapshot::beneath::{Root, fstat};
-use crate::snapshot::fsops::free_bytes_fd;
+use crate::snapshot::fsops::free_fd;
 
 /// A block: what the smallest file takes on ext4 or tmpfs.
 const BLOCK: u64 = 4096;
@@ -82,13 +100,25 @@ fn blocks(size: u64) -> u64 {
     size.div_ceil(BLOCK) * BLOCK
 }
 
+/// One entry of a .deb's tar, as the tally counts it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Entry {
+    /// A regular file of that many bytes: its blocks and an inode.
+    File(u64),
+    /// A directory: an inode when it does not exist yet.
+    Dir,
+    /// A symlink, device or FIFO: an inode.
+    Node,
+}
+
 /// What the files read so far need, per filesystem they land on.
 struct Tally {
     root: Root,
     shadow_upper: Option<u64>,
-    /// The directory of the last file and its filesystem: a tar lists a
-    /// directory's files together, so this spares most lookups.
-    last: Option<(Vec<u8>, u64)>,
+    /// The last directory looked up, its filesystem, and whether it
+    /// exists: a tar lists a directory's files together, so this spares
+    /// most lookups.
+    last: Option<(Vec<u8>, u64, bool)>,
     fs: BTreeMap<u64, Fs>,
     files: u64,
     total: u64,
@@ -97,6 +127,9 @@ struct Tally {
 struct Fs {
     need: u64,
     free: u64,
+    inodes: u64,
+    /// None: the filesystem keeps no fixed number of inodes.
+    inodes_free: Option<u64>,
     /// The shallowest directory seen on it (root-relative).
     at: Vec<u8>,
 }
@@ -113,32 +146,50 @@ impl Tally {
         })
     }
 
-    /// Count a regular file (root-relative path, size); the refusal once
-    /// the files no longer fit.
-    fn add(&mut self, path: &[u8], size: u64) -> Result<(), Stop> {
-        let dir = parent(path);
-        let dev = match &self.last {
-            Some((d, dev)) if d == dir => *dev,
-            _ => {
-                let (at, fd) = nearest(&self.root, dir).map_err(Stop::Root)?;
-                let dev = fstat(std::os::fd::AsFd::as_fd(&fd))
-                    .map_err(Stop::Root)?
-                    .st_dev;
-                if let Some(f) = self.fs.get_mut(&dev) {
-                    if depth(&at) < depth(&f.at) {
-                        f.at = at;
-                    }
-                } else {
-                    let free = free_bytes_fd(std::os::fd::AsFd::as_fd(&fd)).map_err(Stop::Root)?;
-                    self.fs.insert(dev, Fs { need: 0, free, at });
-                }
-                self.last = Some((dir.to_vec(), dev));
-                dev
+    /// The filesystem `dir` (root-relative) is on, or would be on once
+    /// made, and whether it exists now.
+    fn locate(&mut self, dir: &[u8]) -> Result<(u64, bool), Stop> {
+        if let Some((d, dev, exists)) = &self.last
+            && d == dir
+        {
+            return Ok((*dev, *exists));
+        }
+        let (at, fd) = nearest(&self.root, dir).map_err(Stop::Root)?;
+        let fd = std::os::fd::AsFd::as_fd(&fd);
+        let dev = fstat(fd).map_err(Stop::Root)?.st_dev;
+        let exists = at == dir;
+        if let Some(f) = self.fs.get_mut(&dev) {
+            if depth(&at) < depth(&f.at) {
+                f.at = at;
             }
+        } else {
+            let (free, inodes_free) = free_fd(fd).map_err(Stop::Root)?;
+            let f = Fs {
+                need: 0,
+                free,
+                inodes: 0,
+                inodes_free,
+                at,
+            };
+            self.fs.insert(dev, f);
+        }
+        self.last = Some((dir.to_vec(), dev, exists));
+        Ok((dev, exists))
+    }
+
+    /// Count an entry (root-relative path); the refusal once the entries
+    /// no longer fit.
+    fn add(&mut self, path: &[u8], entry: Entry) -> Result<(), Stop> {
+        let (dev, bytes) = match entry {
+            Entry::Dir => match self.locate(path)? {
+                (_, true) => return Ok(()),
+                (dev, false) => (dev, 0),
+            },
+            Entry::File(size) => (self.locate(parent(path))?.0, blocks(size)),
+            Entry::Node => (self.locate(parent(path))?.0, 0),
         };
-        let b = blocks(size);
-        self.files += 1;
-        self.total = self.total.saturating_add(b);
+        self.files += u64::from(matches!(entry, Entry::File(_)));
+        self.total = self.total.saturating_add(bytes);
         if let Some(upper) = self.shadow_upper.filter(|u| self.total > *u) {
             return Err(Stop::Full(format!(
                 "shadow.limits.disk_mb: the shadow's writable layer ({}) is smaller than the artifact's files \
@@ -152,40 +203,58 @@ impl Tally {
             .fs
             .get_mut(&dev)
             .ok_or(Stop::Bad("internal: no filesystem".into()))?;
-        f.need = f.need.saturating_add(b);
-        if f.need > f.free {
-            return Err(Stop::Full(format!(
-                "no room: the artifact's files need more than the {} free on the filesystem of /{} \
-                 ({} counted when reading stopped; policy.guards.exhaustion = false installs anyway)",
-                human(f.free),
+        f.need = f.need.saturating_add(bytes);
+        f.inodes += 1;
+        let short = if f.need > f.free {
+            Some((human(f.free), human(f.need)))
+        } else {
+            f.inodes_free
+                .filter(|free| f.inodes > *free)
+                .map(|free| (format!("{free} inodes"), format!("{} inodes", f.inodes)))
+        };
+        match short {
+            Some((free, need)) => Err(Stop::Full(format!(
+                "no room: the artifact's files need more than the {free} free on the filesystem of /{} \
+                 ({need} counted when reading stopped; policy.guards.exhaustion = false installs anyway)",
                 String::from_utf8_lossy(&f.at),
-                human(f.need)
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// dpkg's copy of its status file, written beside what is counted so
+    /// far before a .deb's files are unpacked: checked, not kept (it is
+    /// renamed over the old one).
+    fn status_copy(&mut self) -> Result<(), Stop> {
+        const STATUS: &[u8] = b"var/lib/dpkg/status";
+        let size = match self.root.open_in_root(STATUS, libc::O_PATH) {
+            Ok(fd) => {
+                let st = fstat(std::os::fd::AsFd::as_fd(&fd)).map_err(Stop::Root)?;
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Ok(());
+                }
+                blocks(st.st_size.max(0) as u64)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(());
+            }
+            Err(e) => return Err(Stop::Root(e)),
+        };
+        let (dev, _) = self.locate(parent(STATUS))?;
+        let f = &self.fs[&dev];
+        if f.need.saturating_add(size) > f.free {
+            return Err(Stop::Full(format!(
+                "no room: dpkg copies its status file ({}) before it unpacks, beside the {} counted \
+                 so far on the filesystem of /{}, which has {} free \
+                 (policy.guards.exhaustion = false installs anyway)",
+                human(size),
+                human(f.need),
+                String::from_utf8_lossy(&f.at),
+                human(f.free)
             )));
         }
         Ok(())
     }
-}
-
-/// The .debs among the artifact's paths: files named `*.deb`, and those
-/// directly inside a directory.
-fn debs_of(artifact: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
-    let is_deb = |p: &Path| p.extension().is_some_and(|e| e == "deb");
-    let mut out = Vec::new();
-    for p in artifact {
-        if p.is_dir() {
-            let rd = std::fs::read_dir(p).map_err(|e| format!("artifact {}: {e}", p.display()))?;
-            let mut found: Vec<PathBuf> = rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| is_deb(p) && p.is_file())
-                .collect();
-            found.sort();
-            out.extend(found);
-        } else if is_deb(p) {
-            out.push(p.clone());
-        }
-    }
-    Ok(out)
 }
 
 /// Why reading an artifact stopped.
@@ -196,67 +265,6 @@ enum Stop {
     Root(std::io::Error),
     /// The files do not fit: the refusal.
     Full(String),
-}
-
-/// Tally the regular files `deb` unpacks, read from `dpkg-deb
-/// --fsys-tarfile` as it streams; dpkg-deb is killed when reading stops
-/// early.
-fn read_into(deb: &Path, tally: &mut Tally) -> Result<(), Stop> {
-    let mut child = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Stop::NoDpkgDeb,
-            _ => Stop::Bad(format!("running dpkg-deb: {e}")),
-        })?;
-    let mut stderr = child.stderr.take();
-    let read = match child.stdout.take() {
-        Some(out) => entries(out, tally),
-        None => Err(Stop::Bad("dpkg-deb gave no output".into())),
-    };
-    if read.is_err() {
-        let _ = child.kill();
-    }
-    let status = child
-        .wait()
-        .map_err(|e| Stop::Bad(format!("waiting for dpkg-deb: {e}")))?;
-    match read {
-        // A refusal, or the root failing us, stands whatever dpkg-deb
-        // said after it was killed.
-        Err(e @ (Stop::Full(_) | Stop::Root(_))) => return Err(e),
-        Err(e) if status.success() => return Err(e),
-        _ => {}
-    }
-    if !status.success() {
-        let mut msg = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.take(4096).read_to_string(&mut msg);
-        }
-        return Err(Stop::Bad(format!(
-            "not a .deb dpkg-deb can read ({status}): {}",
-            msg.trim()
-        )));
-    }
-    Ok(())
-}
-
-fn entries(r: impl Read, tally: &mut Tally) -> Result<(), Stop> {
-    let bad = |e: std::io::Error| Stop::Bad(format!("its data: {e}"));
-    for e in tar::Archive::new(r).entries().map_err(bad)? {
-        let e = e.map_err(bad)?;
-        if e.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
-        let path = e.path_bytes();
-        let rel = path.strip_prefix(b"./").unwrap_or(&path);
-        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
-        tally.add(rel, e.header().size().map_err(bad)?)?;
-    }
-    Ok(())
 }
 
 fn parent(path: &[u8]) -> &[u8] {
@@ -310,5 +318,4 @@ fn human(b: u64) -> String {
 }
 
 #[cfg(test)]
-#[path = "room_tests.rs"]
 mod tests;

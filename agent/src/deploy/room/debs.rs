@@ -1,0 +1,113 @@
+//! Reading a .deb's two tars as dpkg-deb streams them, into the tally.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tar::EntryType as T;
+
+use super::{Entry, Stop, Tally};
+
+/// Where dpkg extracts a .deb's control area before it unpacks the files.
+const CONTROL_AREA: &[u8] = b"var/lib/dpkg/tmp.ci";
+
+/// The .debs among the artifact's paths: files named `*.deb`, and those
+/// directly inside a directory.
+pub(super) fn debs_of(artifact: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let is_deb = |p: &Path| p.extension().is_some_and(|e| e == "deb");
+    let mut out = Vec::new();
+    for p in artifact {
+        if p.is_dir() {
+            let rd = std::fs::read_dir(p).map_err(|e| format!("artifact {}: {e}", p.display()))?;
+            let mut found: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| is_deb(p) && p.is_file())
+                .collect();
+            found.sort();
+            out.extend(found);
+        } else if is_deb(p) {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Tally what dpkg writes for `deb` in its order: the control area, the
+/// status file's copy, then the files.
+pub(super) fn read_into(deb: &Path, tally: &mut Tally) -> Result<(), Stop> {
+    stream(deb, "--ctrl-tarfile", CONTROL_AREA, tally)?;
+    tally.status_copy()?;
+    stream(deb, "--fsys-tarfile", b"", tally)
+}
+
+/// Tally the entries of one of `deb`'s tars (`dpkg-deb FLAG`), each under
+/// `under`, as dpkg-deb streams them; dpkg-deb is killed when reading
+/// stops early.
+fn stream(deb: &Path, flag: &str, under: &[u8], tally: &mut Tally) -> Result<(), Stop> {
+    let mut child = Command::new("dpkg-deb")
+        .arg(flag)
+        .arg(deb)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Stop::NoDpkgDeb,
+            _ => Stop::Bad(format!("running dpkg-deb: {e}")),
+        })?;
+    let mut stderr = child.stderr.take();
+    let read = match child.stdout.take() {
+        Some(out) => entries(out, under, tally),
+        None => Err(Stop::Bad("dpkg-deb gave no output".into())),
+    };
+    if read.is_err() {
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Stop::Bad(format!("waiting for dpkg-deb: {e}")))?;
+    match read {
+        // A refusal, or the root failing us, stands whatever dpkg-deb
+        // said after it was killed.
+        Err(e @ (Stop::Full(_) | Stop::Root(_))) => return Err(e),
+        Err(e) if status.success() => return Err(e),
+        _ => {}
+    }
+    if !status.success() {
+        let mut msg = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.take(4096).read_to_string(&mut msg);
+        }
+        return Err(Stop::Bad(format!(
+            "not a .deb dpkg-deb can read ({status}): {}",
+            msg.trim()
+        )));
+    }
+    Ok(())
+}
+
+fn entries(r: impl Read, under: &[u8], tally: &mut Tally) -> Result<(), Stop> {
+    let bad = |e: std::io::Error| Stop::Bad(format!("its data: {e}"));
+    for e in tar::Archive::new(r).entries().map_err(bad)? {
+        let e = e.map_err(bad)?;
+        let entry = match e.header().entry_type() {
+            T::Regular | T::Continuous => Entry::File(e.header().size().map_err(bad)?),
+            T::Directory => Entry::Dir,
+            T::Symlink | T::Char | T::Block | T::Fifo => Entry::Node,
+            // Hard links share an inode; the rest are headers of headers.
+            _ => continue,
+        };
+        let path = e.path_bytes();
+        let rel = path.strip_prefix(b"./").unwrap_or(&path);
+        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+        let rel = rel.strip_suffix(b"/").unwrap_or(rel);
+        let full = match (under.is_empty(), rel.is_empty()) {
+            (true, _) => rel.to_vec(),
+            (false, true) => under.to_vec(),
+            (false, false) => [under, b"/", rel].concat(),
+        };
+        tally.add(&full, entry)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! The room check's own tests: where a file lands, what it costs in
+//! bytes and inodes, dpkg's own writes, the shadow's layer, and artifacts
+//! that are not what they claim.
+
+use super::*;
+use std::process::Command;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("backstop-room-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn a_file_lands_on_its_nearest_existing_directorys_filesystem_as_the_root_sees_it() {
+    let root = scratch("links");
+    std::fs::create_dir_all(root.join("usr/share")).unwrap();
+    // Absolute links, as a hostile root would hold them: to the host
+    // they lead to procfs; in the root, to nothing, so the root's own
+    // filesystem is where those files land.
+    std::os::unix::fs::symlink("/proc", root.join("usr/share/locale")).unwrap();
+    std::os::unix::fs::symlink("/proc/self", root.join("usr/lib")).unwrap();
+    let files = vec![
+        (b"usr/share/locale/de/LC_MESSAGES/x.mo".to_vec(), 1),
+        (b"usr/lib/x/y.so".to_vec(), 5000),
+        (b"usr/share/doc/x/copyright".to_vec(), 4097),
+    ];
+    let r = Root::open(&root).unwrap();
+    let root_dev = fstat(std::os::fd::AsFd::as_fd(
+        &r.open_in_root(b"", libc::O_PATH).unwrap(),
+    ))
+    .unwrap()
+    .st_dev;
+    for (path, _) in &files {
+        let (at, fd) = nearest(&r, parent(path)).unwrap();
+        let dev = fstat(std::os::fd::AsFd::as_fd(&fd)).unwrap().st_dev;
+        assert_eq!(
+            dev,
+            root_dev,
+            "{} went off the root via /{}",
+            String::from_utf8_lossy(path),
+            String::from_utf8_lossy(&at)
+        );
+    }
+    // 4 KiB + 8 KiB + 8 KiB on one filesystem that has more free.
+    let mut t = Tally::new(&root, None).unwrap();
+    for (path, size) in &files {
+        assert!(t.add(path, Entry::File(*size)).is_ok());
+    }
+    assert_eq!((t.files, t.total), (3, 20 * 1024));
+    assert_eq!(t.fs.len(), 1);
+    let Err(Stop::Full(why)) = t.add(b"usr/bin/big", Entry::File(u64::MAX / 2)) else {
+        panic!("a file larger than the disk fits");
+    };
+    assert!(
+        why.starts_with("no room") && why.contains("filesystem of /usr "),
+        "{why}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_shadow_smaller_than_the_files_is_named_by_its_field() {
+    let root = scratch("upper");
+    let mut t = Tally::new(&root, Some(3 * BLOCK - 1)).unwrap();
+    assert!(t.add(b"usr/bin/a", Entry::File(1)).is_ok());
+    let Err(Stop::Full(why)) = t.add(b"usr/bin/b", Entry::File(4097)) else {
+        panic!("12 KiB fit a layer of 12 KiB less a byte");
+    };
+    assert!(why.starts_with("shadow.limits.disk_mb"), "{why}");
+    assert!(why.contains("12.0 KiB counted"), "{why}");
+    let mut t = Tally::new(&root, Some(3 * BLOCK)).unwrap();
+    assert!(
+        t.add(b"usr/bin/a", Entry::File(1)).is_ok()
+            && t.add(b"usr/bin/b", Entry::File(4097)).is_ok()
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// The one filesystem a scratch root's entries have landed on.
+fn only_fs(t: &mut Tally) -> &mut Fs {
+    assert_eq!(t.fs.len(), 1);
+    t.fs.values_mut().next().unwrap()
+}
+
+#[test]
+fn new_directories_and_nodes_cost_an_inode_and_existing_ones_nothing() {
+    let root = scratch("inodes");
+    std::fs::create_dir_all(root.join("usr/share/doc")).unwrap();
+    let mut t = Tally::new(&root, None).unwrap();
+    for (path, e) in [
+        (&b"usr"[..], Entry::Dir),
+        (b"usr/share/doc", Entry::Dir),
+        (b"usr/share/doc/x", Entry::Dir),
+        (b"usr/share/doc/x/copyright", Entry::File(10)),
+        (b"usr/share/doc/x/changelog.gz", Entry::Node),
+    ] {
+        assert!(t.add(path, e).is_ok());
+    }
+    let f = only_fs(&mut t);
+    assert_eq!(
+        (f.inodes, f.need),
+        (3, BLOCK),
+        "one new directory, a file, a link"
+    );
+    assert_eq!(f.at, b"usr".to_vec(), "the shallowest directory seen");
+    // As if the filesystem had one inode left: the next entry is refused
+    // by its inodes, though its bytes fit.
+    f.inodes_free = Some(3);
+    let Err(Stop::Full(why)) = t.add(b"usr/share/doc/x/README", Entry::File(0)) else {
+        panic!("a fourth inode fit three");
+    };
+    assert!(why.contains("more than the 3 inodes free"), "{why}");
+    assert!(why.contains("(4 inodes counted"), "{why}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn dpkg_copying_its_status_file_must_fit_beside_the_control_area() {
+    let root = scratch("status");
+    std::fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+    std::fs::write(
+        root.join("var/lib/dpkg/status"),
+        vec![b'x'; 3 * BLOCK as usize],
+    )
+    .unwrap();
+    let mut t = Tally::new(&root, None).unwrap();
+    assert!(
+        t.add(b"var/lib/dpkg/tmp.ci/control", Entry::File(1))
+            .is_ok()
+    );
+    only_fs(&mut t).free = 4 * BLOCK;
+    assert!(t.status_copy().is_ok(), "3 blocks beside 1 in 4");
+    only_fs(&mut t).free = 4 * BLOCK - 1;
+    let Err(Stop::Full(why)) = t.status_copy() else {
+        panic!("the status copy fit a block short");
+    };
+    assert!(why.contains("status file (12.0 KiB)"), "{why}");
+    assert!(why.contains("filesystem of /var/lib/dpkg"), "{why}");
+    assert_eq!(only_fs(&mut t).need, BLOCK, "the copy is not kept");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_status_file_that_leads_off_the_root_is_not_followed() {
+    let root = scratch("status-link");
+    std::fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+    // To the host, a file far larger than any disk.
+    std::os::unix::fs::symlink("/proc/kcore", root.join("var/lib/dpkg/status")).unwrap();
+    let mut t = Tally::new(&root, None).unwrap();
+    assert!(
+        t.add(b"var/lib/dpkg/tmp.ci/control", Entry::File(1))
+            .is_ok()
+    );
+    only_fs(&mut t).free = 2 * BLOCK;
+    assert!(t.status_copy().is_ok(), "the root has no /proc/kcore");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_file_that_is_not_a_deb_is_refused_by_name_and_a_plain_file_is_not_checked() {
+    let d = scratch("bad");
+    let bad = d.join("x.deb");
+    std::fs::write(&bad, b"not an ar archive").unwrap();
+    std::fs::write(d.join("notes.txt"), b"x").unwrap();
+    if !dpkg_deb_or_skip() {
+        return;
+    }
+    let why = refusal(&d, std::slice::from_ref(&bad), None).expect("a refusal");
+    assert!(why.contains(&bad.display().to_string()), "{why}");
+    assert_eq!(refusal(&d, &[d.join("notes.txt")], Some(1)), None);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+fn dpkg_deb_or_skip() -> bool {
+    if Command::new("dpkg-deb").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no dpkg-deb on this host: CI installs dpkg"
+    );
+    eprintln!("SKIP: no dpkg-deb on this host");
+    false
+}
+
+/// An ar archive of `members` (name, bytes), as a .deb is.
+fn ar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = b"!<arch>\n".to_vec();
+    for (name, data) in members {
+        let header = format!(
+            "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+            name,
+            0,
+            0,
+            0,
+            "100644",
+            data.len()
+        );
+        assert_eq!(header.len(), 60);
+        out.extend(header.as_bytes());
+        out.extend(data);
+        if data.len() % 2 == 1 {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// A tar of one regular file's header claiming `size` bytes, and none of
+/// them: what a compression bomb looks like to a reader that trusts
+/// sizes, at no cost to the test.
+fn tar_claiming(path: &str, size: u64, mut body: Vec<u8>) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(path).unwrap();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.append(&mut body);
+    out
+}
+
+/// A .deb of package `name` whose data.tar is `data`, as dpkg-deb reads
+/// it: a control area of `./` and `./control`.
+fn deb_of(name: &str, data: Vec<u8>) -> Vec<u8> {
+    let mut control = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut control);
+        let text = format!(
+            "Package: {name}\nVersion: 1\nArchitecture: all\nMaintainer: x <x@example.org>\nDescription: x\n"
+        );
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_path("./").unwrap();
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_path("./control").unwrap();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, text.as_bytes()).unwrap();
+        b.finish().unwrap();
+    }
+    ar(&[
+        ("debian-binary", b"2.0\n".to_vec()),
+        ("control.tar", control),
+        ("data.tar", data),
+    ])
+}
+
+#[test]
+fn a_debs_control_area_and_files_are_counted_in_dpkgs_order() {
+    if !dpkg_deb_or_skip() {
+        return;
+    }
+    let d = scratch("order");
+    let mut data = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut data);
+        let mut dir = |path: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_path(path).unwrap();
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        };
+        for p in ["./", "./usr/", "./usr/share/", "./usr/share/t/"] {
+            dir(p);
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_path("./usr/share/t/a").unwrap();
+        h.set_size(5000);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &vec![1u8; 5000][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_path("./usr/share/t/l").unwrap();
+        h.set_link_name("a").unwrap();
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        b.finish().unwrap();
+    }
+    let deb = d.join("t_1_all.deb");
+    std::fs::write(&deb, deb_of("t", data)).unwrap();
+    let root = d.join("root");
+    std::fs::create_dir_all(root.join("usr/share")).unwrap();
+    std::fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+    let mut t = Tally::new(&root, None).unwrap();
+    assert!(read_into(&deb, &mut t).is_ok());
+    assert_eq!(t.files, 2, "./control and usr/share/t/a");
+    let f = only_fs(&mut t);
+    // tmp.ci, its control; usr/share/t, its file and link.
+    assert_eq!((f.inodes, f.need), (5, 3 * BLOCK));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_deb_claiming_a_petabyte_is_refused_at_its_first_header() {
+    if !dpkg_deb_or_skip() {
+        return;
+    }
+    let d = scratch("bomb");
+    // 64 KiB of the claimed petabyte: enough that dpkg-deb is still
+    // streaming when the reader stops.
+    let data = tar_claiming("./usr/share/bomb/blob", 1 << 50, vec![0; 64 << 10]);
+    let deb = d.join("bomb_1_all.deb");
+    std::fs::write(&deb, deb_of("bomb", data)).unwrap();
+    let root = d.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let t0 = std::time::Instant::now();
+    let why = refusal(&root, std::slice::from_ref(&deb), None).expect("a refusal");
+    assert!(why.starts_with("no room"), "{why}");
+    assert!(why.contains("1048576.0 GiB counted"), "{why}");
+    eprintln!("refused in {:?}: {why}", t0.elapsed());
+    // The same claim against a shadow's layer names that field.
+    let why = refusal(&root, std::slice::from_ref(&deb), Some(1 << 20)).expect("a refusal");
+    assert!(why.starts_with("shadow.limits.disk_mb"), "{why}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
