@@ -156,13 +156,12 @@ pub(super) fn start(
     manifest: &Manifest,
     dry_run: bool,
 ) {
-    let mut plan = Plan::from_manifest(manifest, &id);
-    if dry_run {
-        // A dry run never acts, and a refusal would: the install goes on
-        // as if backstop were not there. (What the room check would have
-        // said is not recorded; the wire has no event for it.)
-        plan.room_check.clear();
-    }
+    // A dry run never acts, and a refusal would: the room check's
+    // refusal is sent as `WouldRefuse` and the install goes on.
+    let plan = Plan {
+        dry_run,
+        ..Plan::from_manifest(manifest, &id)
+    };
     let (otx, orx) = unbounded_channel();
     let (etx, mut erx) = unbounded_channel();
     let connected = running.connected.subscribe();
@@ -342,6 +341,7 @@ fn convert(ev: DeployEvent, live_window: u64) -> Option<wire::DeployEvent> {
             }
         }
         DeployEvent::ShadowFailed { reason } => wire::DeployEvent::ShadowFailed { reason },
+        DeployEvent::WouldRefuse { reason } => wire::DeployEvent::WouldRefuse { reason },
         DeployEvent::RolledBack { report, local } => {
             wire::DeployEvent::RolledBack { report, local }
         }

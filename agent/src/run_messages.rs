@@ -41,8 +41,8 @@ pub(super) async fn on_message(
             dry_run,
         } => {
             // A dry run needs little of the agent: the controller orders
-            // a commit whatever it would have decided, and the agent skips
-            // the one refusal it makes on its own (the room check).
+            // a commit whatever it would have decided, and the one refusal
+            // the agent makes on its own (the room check) is only reported.
             let ctx = crate::deploy::Context {
                 probes: probes.clone(),
                 data: opts.data.clone(),

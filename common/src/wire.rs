@@ -23,7 +23,8 @@ use crate::window::Window;
 // 6: Window::host (feature schema v3 keeps the host's levels apart).
 // 7: Manifest policy.guards.exhaustion, ProbeResult::window,
 //    DeployEvent::ShadowFailed.
-pub const PROTOCOL_VERSION: u32 = 7;
+// 8: DeployEvent::WouldRefuse (a dry run's room check).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Frames larger than this are refused before they are read. A batch of
 /// windows is small (a window is ~400 bytes); the limit only bounds memory.

@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::agents::{Fleet, Proc};
-use support::deploys::{assert_replays, kind, root_walk};
+use support::agents::{Fleet, Proc, Tmpfs};
+use support::deploys::{
+    Scratch, assert_replays, deploy_json, hello_manifest, kind, live_step, root_walk,
+};
 use support::leftovers::{ShadowWatch, assert_no_shadow_left};
 use support::sentinel;
 use support::{deb_file, ebpf_or_skip, eventually, failing_hello, rootfs};
@@ -59,6 +61,72 @@ fn a_dry_run_of_a_failing_install_rolls_nothing_back_and_stores_the_decision() {
     let bad = failing_hello(&scratch);
     run(&cached, "dry", Some(&bad), true);
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// A dry run of hello on a root whose /usr/share/locale is a 64 KiB
+/// tmpfs, too small for its translations. A real run would be refused by
+/// the agent's room check before anything changed; a dry run never acts,
+/// so the install runs, fails of ENOSPC and stays. What a real run would
+/// have met is recorded: the would-be refusal as an event, and a decision
+/// that rolls back on it, not acted on.
+#[test]
+fn a_dry_run_that_would_not_fit_runs_and_records_the_refusal() {
+    let Some(_g) = ebpf_or_skip("dry run past the room check") else {
+        return;
+    };
+    let Some(cached) = rootfs() else { return };
+    let s = Scratch::new(&cached, "dry-room");
+    let _small = Tmpfs::with(s.root.join("usr/share/locale"), "size=64k");
+    let manifest = hello_manifest(&s.base, &s.root, &deb_file("hello"));
+    let fleet = Fleet::new("deploy-e2e-dry-room");
+    let _serve = fleet.serve();
+    let agent = Proc::spawn(&mut fleet.agent_cmd(&s.base.join("agent-data")));
+    fleet.wait_connected(&agent);
+    let (_, id) = deploy_json(&fleet, &agent, &manifest, &["--dry-run"]);
+    let ended = eventually(Duration::from_mins(1), || {
+        fleet.json(&["show", &id, "--json"])["deployment"]["state"] == "committed"
+    });
+    let shown = fleet.json(&["show", &id, "--json"]);
+    assert!(
+        ended,
+        "a dry run ends committed: {shown}\nagent: {}",
+        agent.log()
+    );
+    let events = shown["events"].as_array().unwrap();
+    let would: Vec<&str> = events
+        .iter()
+        .filter(|e| kind(e) == "would_refuse")
+        .map(|e| e["event"]["would_refuse"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(would.len(), 1, "{shown}");
+    assert!(
+        would[0].starts_with("no room") && would[0].contains("/usr/share/locale"),
+        "{would:?}"
+    );
+    let (_, step) = live_step(&shown);
+    assert!(
+        step["output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "the install ran, and failed as the check said: {step}"
+    );
+    let decisions = shown["decisions"].as_array().unwrap();
+    assert!(
+        decisions.iter().all(|d| d["acted"] == false),
+        "a dry run acts on nothing: {shown}"
+    );
+    let d = decisions
+        .iter()
+        .find(|d| d["reasons"][0]["kind"] == "no_room")
+        .unwrap_or_else(|| panic!("no decision on the room: {shown}"));
+    assert_eq!(d["verdict"], "rollback", "{d}");
+    // (dpkg backs its own failed unpack out: no hello to look for.)
+    assert!(
+        !events.iter().any(|e| kind(e) == "rolled_back"),
+        "nothing was rolled back: {shown}"
+    );
+    assert_replays(&fleet, &id);
 }
 
 /// Deploy hello (or `bad`, a failing build of it) through a real

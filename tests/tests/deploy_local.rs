@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::agents::Proc;
+use support::agents::{Proc, Tmpfs};
 use support::sentinel::{self, Walk};
 use support::{agent, deb_file, ebpf_or_skip, eventually, failing_hello, repacked_hello, rootfs};
 
@@ -552,37 +552,6 @@ fn refused(s: &Scene, manifest: &Path) -> String {
     reason
 }
 
-/// A tmpfs mounted in the scene's root, lazily unmounted when dropped
-/// (declared after the scene, so it goes first).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// A tmpfs at `at` with `options` (`size=64k`, `nr_inodes=40`).
-    fn mount(at: &Path, options: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("{options},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mounting a tmpfs on {}", at.display());
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// hello puts 42 translations under /usr/share/locale, 184 KiB in 4 KiB
 /// blocks; with a 64 KiB tmpfs there, dpkg's unpack would die of ENOSPC
 /// in its first moments, before any monitor could see a trend. The room
@@ -620,7 +589,7 @@ fn refused_for_room(name: &str, options: &str, reason: &str) {
     let Some(s) = Scene::new(name) else {
         return;
     };
-    let _small = Tmpfs::mount(&s.root.join("usr/share/locale"), options);
+    let _small = Tmpfs::with(s.root.join("usr/share/locale"), options);
     let manifest = |guard: &str| {
         s.manifest(&format!(
             r#"name = "hello"

@@ -154,6 +154,7 @@ fn text(ev: &DeployEvent) -> Option<String> {
             }
         ),
         DeployEvent::ShadowFailed { reason } => format!("shadow could not run: {reason}"),
+        DeployEvent::WouldRefuse { reason } => format!("dry run, going on; would refuse: {reason}"),
         DeployEvent::RolledBack { report, .. } => {
             let restore = match &report.restore {
                 Some(r) => format!(

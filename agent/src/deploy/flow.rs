@@ -100,7 +100,14 @@ pub async fn run_connected(
         return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
     }
     if let Some(reason) = room_refusal(plan).await {
-        return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
+        if !plan.dry_run {
+            return finish(ctx, &mut j, Outcome::Refused { reason }, &tx);
+        }
+        tracing::warn!(
+            deployment = id,
+            "dry run, going on; the room check would refuse: {reason}"
+        );
+        let _ = tx.send(DeployEvent::WouldRefuse { reason });
     }
     j.snapshot = Some(take_snapshot(&ctx.data, plan).await?);
     j.save(&ctx.data)?;

@@ -105,6 +105,11 @@ pub struct Plan {
     /// in journals written before it existed.
     #[serde(default)]
     pub room_check: Vec<PathBuf>,
+    /// A controller's dry run: the room check's refusal is reported
+    /// (`WouldRefuse`) and the deployment goes on, as a dry run never
+    /// acts.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One step's result (live step, shadow test, rollback hook): the wire's
@@ -158,6 +163,10 @@ pub enum DeployEvent {
     },
     /// A concurrent shadow could not run: why (`shadowing.rs`).
     ShadowFailed {
+        reason: String,
+    },
+    /// A dry run's room check would have refused the deployment (`flow.rs`).
+    WouldRefuse {
         reason: String,
     },
     RolledBack {
@@ -290,6 +299,7 @@ pub(crate) mod tests {
             memory_limit: None,
             service_cgroup: None,
             room_check: Vec::new(),
+            dry_run: false,
         }
     }
 }

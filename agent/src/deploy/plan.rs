@@ -92,6 +92,7 @@ impl Plan {
             } else {
                 Vec::new()
             },
+            dry_run: false,
         }
     }
 }

@@ -155,6 +155,10 @@ fn progress_text(v: &serde_json::Value) -> String {
             "the shadow could not run: {}",
             body("shadow_failed")["reason"].as_str().unwrap_or("?")
         ),
+        "would_refuse" => format!(
+            "a real run would be refused here (a dry run goes on): {}",
+            body("would_refuse")["reason"].as_str().unwrap_or("?")
+        ),
         "live_memory" => {
             let m = &body("live_memory")["sample"];
             let mib = |k: &str| m[k].as_f64().unwrap_or(0.0) / 1_048_576.0;
@@ -343,6 +347,13 @@ mod tests {
         assert_eq!(
             line(&failed),
             "the shadow could not run: creating the shadow: EAGAIN"
+        );
+        let would = DeployEvent::WouldRefuse {
+            reason: "no room".into(),
+        };
+        assert_eq!(
+            line(&would),
+            "a real run would be refused here (a dry run goes on): no room"
         );
     }
 }

@@ -14,8 +14,9 @@ use backstop_common::window::{Stream, Window};
 
 use crate::decide::trend::{Level, Resources};
 
-/// One free-space sample per live window (in seq order, once each), and
-/// the deadline in force after the live steps `events` report.
+/// One free-space sample per live window (in seq order, once each), the
+/// deadline in force after the live steps `events` report, and a dry
+/// run's room refusal.
 pub fn resources(windows: &[Window], events: &[DeployEvent], manifest: &Manifest) -> Resources {
     let mut live: Vec<&Window> = windows
         .iter()
@@ -40,6 +41,10 @@ pub fn resources(windows: &[Window], events: &[DeployEvent], manifest: &Manifest
         disk_free,
         memory_room: super::memory::room(events),
         deadline_ms: deadline_ms(events, manifest),
+        no_room: events.iter().find_map(|e| match e {
+            DeployEvent::WouldRefuse { reason } => Some(reason.clone()),
+            _ => None,
+        }),
     }
 }
 
@@ -137,5 +142,35 @@ period = "30s"
         assert_eq!(one.deadline_ms, Some(62_500.0));
         let both = resources(&[], &[step(2500.0), step(500.0)], &m);
         assert_eq!(both.deadline_ms, Some(33_000.0));
+    }
+
+    /// A dry run's room refusal reaches the engine, which rolls back on
+    /// it with the guard on, and not with it off.
+    #[test]
+    fn a_dry_runs_room_refusal_is_a_rollback_under_the_exhaustion_guard() {
+        use crate::decide::{Params, Reason, Verdict, decide, evidence};
+        let why = "no room: the artifact's files need more than the 64.0 KiB free";
+        let events = [DeployEvent::WouldRefuse { reason: why.into() }, step(10.0)];
+        let r = resources(&[], &events, &manifest());
+        assert_eq!(r.no_room.as_deref(), Some(why));
+        let e = evidence::Evidence {
+            resources: r,
+            ..crate::daemon::decider::evidence(&events, 1)
+        };
+        let d = decide(&e, &Params::default());
+        assert_eq!(d.verdict, Verdict::Rollback, "{d:?}");
+        assert_eq!(d.reasons[0], Reason::NoRoom { reason: why.into() });
+        let text = d.reasons[0].to_string();
+        assert!(
+            text.contains("would have refused") && text.ends_with(why),
+            "{text}"
+        );
+        let off = Params {
+            exhaustion: false,
+            ..Params::default()
+        };
+        let d = decide(&e, &off);
+        assert_eq!(d.verdict, Verdict::Continue, "still installing: {d:?}");
+        assert!(!d.reasons.iter().any(|r| matches!(r, Reason::NoRoom { .. })));
     }
 }

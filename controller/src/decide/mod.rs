@@ -47,9 +47,12 @@
 //!   that, `Continue` (with whatever is suspicious so far); at the end,
 //!   `Inconclusive` when something alarmed and nothing confirmed it, with
 //!   where an SRE should look ([`Reason::look_at`]).
+//! - A dry run's room check that would have refused the deployment (its
+//!   .debs do not fit where they unpack; the agent went on, as a dry run
+//!   never acts) rolls back, with `exhaustion` on: the decision a dry run
+//!   records is the one a real run would have met before it began.
 //!
-//! Windows outside the range the model was trained on are not treated
-//! apart yet (issue 16).
+//! Windows outside the range the model was trained on: [`range`].
 
 pub mod divergence;
 pub mod evidence;
@@ -71,6 +74,7 @@ pub use evidence::{
 pub use params::Params;
 pub use reason::{Decision, Reason, Verdict};
 use rules::{Finding, Weight};
+use std::fmt;
 
 /// The decision the evidence supports under these parameters.
 pub fn decide(e: &Evidence, p: &Params) -> Decision {
@@ -189,5 +193,21 @@ fn strength(r: &Reason) -> f64 {
         // The latest run of failures is the one that matters now.
         Reason::Probe { window, .. } => *window as f64,
         _ => 0.0,
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.verdict)?;
+        for (i, r) in self.reasons.iter().enumerate() {
+            write!(f, "{} {r}", if i == 0 { ":" } else { ";" })?;
+        }
+        if self.verdict == Verdict::Inconclusive {
+            let hints: Vec<String> = self.reasons.iter().filter_map(Reason::look_at).collect();
+            if !hints.is_empty() {
+                write!(f, ". Look at: {}", hints.join("; "))?;
+            }
+        }
+        Ok(())
     }
 }

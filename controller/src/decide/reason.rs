@@ -161,6 +161,10 @@ pub enum Reason {
     BadEvidence {
         what: String,
     },
+    /// A dry run's room check would have refused the deployment.
+    NoRoom {
+        reason: String,
+    },
     /// Why a commit is a commit: what was checked and found healthy.
     Clean {
         windows: u64,
@@ -244,7 +248,7 @@ impl fmt::Display for Reason {
                 "shadow P(failure) {p:.2} over threshold {threshold:.2} at window {window}"
             ),
             Reason::Unfinished { what } => write!(f, "not finished when monitoring ended: {what}"),
-            Reason::Exhaustion { .. } => super::trend::fmt_reason(self, f),
+            Reason::Exhaustion { .. } | Reason::NoRoom { .. } => super::trend::fmt_reason(self, f),
             Reason::BadEvidence { what } => write!(f, "unreadable evidence: {what}"),
             Reason::ModelOutOfRange {
                 window,
@@ -377,21 +381,5 @@ impl Reason {
             Reason::BadEvidence { what } => format!("the model and the stored windows: {what}"),
             _ => return None,
         })
-    }
-}
-
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.verdict)?;
-        for (i, r) in self.reasons.iter().enumerate() {
-            write!(f, "{} {r}", if i == 0 { ":" } else { ";" })?;
-        }
-        if self.verdict == Verdict::Inconclusive {
-            let hints: Vec<String> = self.reasons.iter().filter_map(Reason::look_at).collect();
-            if !hints.is_empty() {
-                write!(f, ". Look at: {}", hints.join("; "))?;
-            }
-        }
-        Ok(())
     }
 }

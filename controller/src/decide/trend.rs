@@ -74,6 +74,11 @@ pub struct Resources {
     /// observed fall alone).
     #[serde(default, with = "float::option")]
     pub deadline_ms: Option<f64>,
+    /// Why the agent's room check would have refused the deployment
+    /// before it began: a dry run's, which went on (a real run ends
+    /// `refused` instead, and is never decided on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_room: Option<String>,
 }
 
 /// One sample of a level.
@@ -99,6 +104,12 @@ pub struct Exhaustion {
 /// The engine's finding: a projected exhaustion rolls back by itself, at
 /// the first window it held (see the module doc for the guards).
 pub(super) fn finding(e: &Evidence) -> Option<Finding> {
+    if let Some(reason) = &e.resources.no_room {
+        let reason = Reason::NoRoom {
+            reason: reason.clone(),
+        };
+        return Some(Finding::new(Weight::Hard, None, reason));
+    }
     let x = disk(&e.resources).or_else(|| super::memory::memory(&e.resources))?;
     Some(Finding::new(
         Weight::Hard,
@@ -107,10 +118,17 @@ pub(super) fn finding(e: &Evidence) -> Option<Finding> {
     ))
 }
 
-/// The sentence of a [`Reason::Exhaustion`]: "disk filling: the scope's
+/// The sentence of a [`Reason::Exhaustion`] or [`Reason::NoRoom`]: "disk filling: the scope's
 /// filesystem loses 2.0 MiB/s, 31.5 MiB free, full in 16 s (falling for
 /// 16 s)".
 pub(super) fn fmt_reason(r: &Reason, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if let Reason::NoRoom { reason } = r {
+        return write!(
+            f,
+            "the agent's room check would have refused this deployment before it began \
+             (a dry run, so it went on): {reason}"
+        );
+    }
     let Reason::Exhaustion {
         resource,
         window,

@@ -20,8 +20,8 @@ fn levels(values: &[f64]) -> Vec<Level> {
 fn with(values: &[f64], deadline_ms: Option<f64>) -> Resources {
     Resources {
         disk_free: levels(values),
-        memory_room: Vec::new(),
         deadline_ms,
+        ..Resources::default()
     }
 }
 

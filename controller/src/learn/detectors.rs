@@ -162,8 +162,7 @@ pub fn trend_window(d: &Record) -> Option<usize> {
         .collect();
     let r = Resources {
         disk_free,
-        memory_room: Vec::new(),
-        deadline_ms: None,
+        ..Resources::default()
     };
     disk(&r).map(|x| x.last as usize)
 }

@@ -279,15 +279,27 @@ impl Drop for Fleet {
     }
 }
 
-/// A 1 MiB tmpfs, unmounted (lazily, so a straggler cannot keep it) and
+/// A tmpfs, unmounted (lazily, so a straggler cannot keep it) and
 /// removed when dropped, whatever the test did.
 pub struct Tmpfs(pub PathBuf);
 
 impl Tmpfs {
+    /// 1 MiB at `dir`.
     pub fn mount(dir: PathBuf) -> Tmpfs {
+        Tmpfs::with(dir, "size=1m")
+    }
+
+    /// At `dir`, with mount `options` (`size=64k`, `nr_inodes=40`).
+    pub fn with(dir: PathBuf, options: &str) -> Tmpfs {
         std::fs::create_dir_all(&dir).unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("{options},mode=0755"),
+                "tmpfs",
+            ])
             .arg(&dir)
             .status()
             .unwrap();
