@@ -88,7 +88,12 @@ fn stream(deb: &Path, flag: &str, under: &[u8], tally: &mut Tally) -> Result<(),
 }
 
 fn entries(r: impl Read, under: &[u8], tally: &mut Tally) -> Result<(), Stop> {
-    let bad = |e: std::io::Error| Stop::Bad(format!("its data: {e}"));
+    let what = if under.is_empty() {
+        "its files"
+    } else {
+        "its control area"
+    };
+    let bad = |e: std::io::Error| Stop::Bad(format!("{what}: {e}"));
     for e in tar::Archive::new(r).entries().map_err(bad)? {
         let e = e.map_err(bad)?;
         let entry = match e.header().entry_type() {
