@@ -34,11 +34,12 @@ pub(super) fn debs_of(artifact: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Tally what dpkg writes for `deb` in its order: the control area, the
-/// status file's copy, then the files.
+/// status file's copy, the files, the status file's copy again.
 pub(super) fn read_into(deb: &Path, tally: &mut Tally) -> Result<(), Stop> {
     stream(deb, "--ctrl-tarfile", CONTROL_AREA, tally)?;
     tally.status_copy()?;
-    stream(deb, "--fsys-tarfile", b"", tally)
+    stream(deb, "--fsys-tarfile", b"", tally)?;
+    tally.status_copy_after_files()
 }
 
 /// Tally the entries of one of `deb`'s tars (`dpkg-deb FLAG`), each under

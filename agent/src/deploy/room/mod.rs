@@ -22,11 +22,16 @@
 //!   before anything else and keeps (as `info/`) beside the files;
 //! - the copy of its status file dpkg then writes beside that area
 //!   (`status-new`, renamed over `status`): a passing need, checked and
-//!   not kept;
+//!   not kept. In a shadow, whose root is an overlay's lower layer,
+//!   dpkg's link of the old status to `status-old` copies it up whole
+//!   into the writable layer, where it stays: counted there once;
 //! - its files: regular files rounded up to 4 KiB and one inode each,
 //!   one inode per symlink or other node, and one per directory that
 //!   does not exist yet (a directory two .debs of one artifact both
-//!   create counts twice).
+//!   create counts twice);
+//! - in a shadow, the status file's copy again, which dpkg writes once
+//!   the files are in place (on the host the files they replaced are
+//!   gone by then, which the tally does not count off).
 //!
 //! Not counted: directories' blocks, the `.list` file and the triggers
 //! dpkg writes once the files are in place, and what maintainer scripts
@@ -122,6 +127,10 @@ struct Tally {
     fs: BTreeMap<u64, Fs>,
     files: u64,
     total: u64,
+    /// The status file's copy-up into the shadow's layer is counted.
+    copied_up: bool,
+    /// The status file's size, in blocks (0 before it was looked at).
+    status: u64,
 }
 
 struct Fs {
@@ -143,6 +152,8 @@ impl Tally {
             fs: BTreeMap::new(),
             files: 0,
             total: 0,
+            copied_up: false,
+            status: 0,
         })
     }
 
@@ -190,15 +201,7 @@ impl Tally {
         };
         self.files += u64::from(matches!(entry, Entry::File(_)));
         self.total = self.total.saturating_add(bytes);
-        if let Some(upper) = self.shadow_upper.filter(|u| self.total > *u) {
-            return Err(Stop::Full(format!(
-                "shadow.limits.disk_mb: the shadow's writable layer ({}) is smaller than the artifact's files \
-                 (more than that, {} counted when reading stopped); the shadow would fail for want of room, \
-                 not for the install's fault: raise it",
-                human(upper),
-                human(self.total)
-            )));
-        }
+        self.fits_the_shadow(0)?;
         let f = self
             .fs
             .get_mut(&dev)
@@ -222,9 +225,36 @@ impl Tally {
         }
     }
 
+    /// dpkg's next copy of its status file, once a .deb's files are in
+    /// place. On the host the files it replaced are gone by then, which
+    /// the tally does not count off, so only the shadow's layer, where a
+    /// replaced file of the lower layer frees nothing, is checked.
+    fn status_copy_after_files(&self) -> Result<(), Stop> {
+        self.fits_the_shadow(self.status)
+    }
+
+    /// Whether what is counted, and `passing` bytes more, fit the
+    /// shadow's writable layer.
+    fn fits_the_shadow(&self, passing: u64) -> Result<(), Stop> {
+        let counted = self.total.saturating_add(passing);
+        match self.shadow_upper.filter(|u| counted > *u) {
+            Some(upper) => Err(Stop::Full(format!(
+                "shadow.limits.disk_mb: the shadow's writable layer ({}) is smaller than the artifact's files \
+                 (more than that, {} counted when reading stopped); the shadow would fail for want of room, \
+                 not for the install's fault: raise it",
+                human(upper),
+                human(counted)
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// dpkg's copy of its status file, written beside what is counted so
     /// far before a .deb's files are unpacked: checked, not kept (it is
-    /// renamed over the old one).
+    /// renamed over the old one). In a shadow the root is an overlay's
+    /// lower layer, and dpkg's first checkpoint hard-links the old status
+    /// to `status-old`, which copies the whole file up into the writable
+    /// layer, to stay: counted there once.
     fn status_copy(&mut self) -> Result<(), Stop> {
         const STATUS: &[u8] = b"var/lib/dpkg/status";
         let size = match self.root.open_in_root(STATUS, libc::O_PATH) {
@@ -240,6 +270,12 @@ impl Tally {
             }
             Err(e) => return Err(Stop::Root(e)),
         };
+        self.status = size;
+        if self.shadow_upper.is_some() && !self.copied_up {
+            self.copied_up = true;
+            self.total = self.total.saturating_add(size);
+        }
+        self.fits_the_shadow(size)?;
         let (dev, _) = self.locate(parent(STATUS))?;
         let f = &self.fs[&dev];
         if f.need.saturating_add(size) > f.free {
@@ -258,6 +294,7 @@ impl Tally {
 }
 
 /// Why reading an artifact stopped.
+#[derive(Debug)]
 enum Stop {
     NoDpkgDeb,
     Bad(String),
@@ -317,5 +354,7 @@ fn human(b: u64) -> String {
     }
 }
 
+#[cfg(test)]
+mod measure;
 #[cfg(test)]
 mod tests;

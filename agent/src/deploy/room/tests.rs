@@ -143,6 +143,44 @@ fn dpkg_copying_its_status_file_must_fit_beside_the_control_area() {
 }
 
 #[test]
+fn a_shadow_holds_the_status_files_copy_up_and_its_new_copies() {
+    let root = scratch("status-shadow");
+    std::fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+    std::fs::write(
+        root.join("var/lib/dpkg/status"),
+        vec![b'x'; 3 * BLOCK as usize],
+    )
+    .unwrap();
+    // The control file, the copy-up and the new copy: 7 blocks.
+    for (upper, fits) in [(7 * BLOCK, true), (7 * BLOCK - 1, false)] {
+        let mut t = Tally::new(&root, Some(upper)).unwrap();
+        assert!(
+            t.add(b"var/lib/dpkg/tmp.ci/control", Entry::File(1))
+                .is_ok()
+        );
+        match t.status_copy() {
+            Ok(()) => assert!(fits, "7 blocks fit a layer a byte short"),
+            Err(Stop::Full(why)) => {
+                assert!(!fits, "{why}");
+                assert!(why.starts_with("shadow.limits.disk_mb"), "{why}");
+            }
+            Err(e) => panic!("the root could not be read: {e:?}"),
+        }
+        assert_eq!(t.total, 4 * BLOCK, "the copy-up stays, the new copy passes");
+        if fits {
+            // A second .deb's checkpoint copies nothing up again.
+            assert!(t.status_copy().is_ok());
+            assert_eq!(t.total, 4 * BLOCK);
+            // Once a file is in place, the copy after it no longer fits.
+            assert!(t.status_copy_after_files().is_ok());
+            assert!(t.add(b"usr/bin/x", Entry::File(1)).is_ok());
+            assert!(matches!(t.status_copy_after_files(), Err(Stop::Full(_))));
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
 fn a_status_file_that_leads_off_the_root_is_not_followed() {
     let root = scratch("status-link");
     std::fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
