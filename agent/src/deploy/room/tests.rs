@@ -246,17 +246,53 @@ fn ar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// A tar header for `path` of `kind`, claiming `size` bytes, linking to
+/// `link`.
+fn header(path: &str, kind: tar::EntryType, size: u64, link: Option<&str>) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_path(path).unwrap();
+    h.set_size(size);
+    h.set_mode(if kind == tar::EntryType::Regular {
+        0o644
+    } else {
+        0o755
+    });
+    if let Some(to) = link {
+        h.set_link_name(to).unwrap();
+    }
+    h.set_cksum();
+    h
+}
+
+/// A tar of `entries` (path, content): a path ending in `/` is a
+/// directory, content starting with `->` a symlink to the rest.
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = tar::Builder::new(&mut out);
+    for (path, body) in entries {
+        use tar::EntryType as T;
+        let (h, body): (_, &[u8]) = if path.ends_with('/') {
+            (header(path, T::Directory, 0, None), b"")
+        } else if let Some(to) = body.strip_prefix(b"->") {
+            let to = std::str::from_utf8(to).unwrap();
+            (header(path, T::Symlink, 0, Some(to)), b"")
+        } else {
+            (header(path, T::Regular, body.len() as u64, None), body)
+        };
+        b.append(&h, body).unwrap();
+    }
+    b.into_inner().unwrap();
+    out
+}
+
 /// A tar of one regular file's header claiming `size` bytes, and none of
 /// them: what a compression bomb looks like to a reader that trusts
 /// sizes, at no cost to the test.
 fn tar_claiming(path: &str, size: u64, mut body: Vec<u8>) -> Vec<u8> {
-    let mut h = tar::Header::new_gnu();
-    h.set_path(path).unwrap();
-    h.set_size(size);
-    h.set_mode(0o644);
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_cksum();
-    let mut out = h.as_bytes().to_vec();
+    let mut out = header(path, tar::EntryType::Regular, size, None)
+        .as_bytes()
+        .to_vec();
     out.append(&mut body);
     out
 }
@@ -264,30 +300,15 @@ fn tar_claiming(path: &str, size: u64, mut body: Vec<u8>) -> Vec<u8> {
 /// A .deb of package `name` whose data.tar is `data`, as dpkg-deb reads
 /// it: a control area of `./` and `./control`.
 fn deb_of(name: &str, data: Vec<u8>) -> Vec<u8> {
-    let mut control = Vec::new();
-    {
-        let mut b = tar::Builder::new(&mut control);
-        let text = format!(
-            "Package: {name}\nVersion: 1\nArchitecture: all\nMaintainer: x <x@example.org>\nDescription: x\n"
-        );
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_path("./").unwrap();
-        h.set_mode(0o755);
-        h.set_size(0);
-        h.set_cksum();
-        b.append(&h, &[][..]).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_path("./control").unwrap();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, text.as_bytes()).unwrap();
-        b.finish().unwrap();
-    }
+    let text = format!(
+        "Package: {name}\nVersion: 1\nArchitecture: all\nMaintainer: x <x@example.org>\nDescription: x\n"
+    );
     ar(&[
         ("debian-binary", b"2.0\n".to_vec()),
-        ("control.tar", control),
+        (
+            "control.tar",
+            tar_of(&[("./", b""), ("./control", text.as_bytes())]),
+        ),
         ("data.tar", data),
     ])
 }
@@ -298,37 +319,14 @@ fn a_debs_control_area_and_files_are_counted_in_dpkgs_order() {
         return;
     }
     let d = scratch("order");
-    let mut data = Vec::new();
-    {
-        let mut b = tar::Builder::new(&mut data);
-        let mut dir = |path: &str| {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_path(path).unwrap();
-            h.set_mode(0o755);
-            h.set_size(0);
-            h.set_cksum();
-            b.append(&h, &[][..]).unwrap();
-        };
-        for p in ["./", "./usr/", "./usr/share/", "./usr/share/t/"] {
-            dir(p);
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_path("./usr/share/t/a").unwrap();
-        h.set_size(5000);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, &vec![1u8; 5000][..]).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_path("./usr/share/t/l").unwrap();
-        h.set_link_name("a").unwrap();
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_cksum();
-        b.append(&h, &[][..]).unwrap();
-        b.finish().unwrap();
-    }
+    let data = tar_of(&[
+        ("./", b""),
+        ("./usr/", b""),
+        ("./usr/share/", b""),
+        ("./usr/share/t/", b""),
+        ("./usr/share/t/a", &[1u8; 5000]),
+        ("./usr/share/t/l", b"->a"),
+    ]);
     let deb = d.join("t_1_all.deb");
     std::fs::write(&deb, deb_of("t", data)).unwrap();
     let root = d.join("root");
