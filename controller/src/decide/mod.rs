@@ -54,6 +54,8 @@
 //!
 //! Windows outside the range the model was trained on: [`range`].
 
+use std::fmt;
+
 pub mod divergence;
 pub mod evidence;
 mod float;
@@ -74,7 +76,6 @@ pub use evidence::{
 pub use params::Params;
 pub use reason::{Decision, Reason, Verdict};
 use rules::{Finding, Weight};
-use std::fmt;
 
 /// The decision the evidence supports under these parameters.
 pub fn decide(e: &Evidence, p: &Params) -> Decision {

@@ -118,9 +118,9 @@ pub(super) fn finding(e: &Evidence) -> Option<Finding> {
     ))
 }
 
-/// The sentence of a [`Reason::Exhaustion`] or [`Reason::NoRoom`]: "disk filling: the scope's
+/// The sentence of a [`Reason::Exhaustion`] ("disk filling: the scope's
 /// filesystem loses 2.0 MiB/s, 31.5 MiB free, full in 16 s (falling for
-/// 16 s)".
+/// 16 s)") or of a [`Reason::NoRoom`].
 pub(super) fn fmt_reason(r: &Reason, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     if let Reason::NoRoom { reason } = r {
         return write!(
