@@ -57,7 +57,16 @@ fn stream(deb: &Path, flag: &str, under: &[u8], tally: &mut Tally) -> Result<(),
             std::io::ErrorKind::NotFound => Stop::NoDpkgDeb,
             _ => Stop::Bad(format!("running dpkg-deb: {e}")),
         })?;
-    let mut stderr = child.stderr.take();
+    // Drained aside, so dpkg-deb never blocks on a full stderr pipe while
+    // its stdout is read: its first 4 KiB are kept for the refusal.
+    let stderr = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let _ = e.by_ref().take(4096).read_to_end(&mut kept);
+            let _ = std::io::copy(&mut e, &mut std::io::sink());
+            String::from_utf8_lossy(&kept).into_owned()
+        })
+    });
     let read = match child.stdout.take() {
         Some(out) => entries(out, under, tally),
         None => Err(Stop::Bad("dpkg-deb gave no output".into())),
@@ -76,13 +85,12 @@ fn stream(deb: &Path, flag: &str, under: &[u8], tally: &mut Tally) -> Result<(),
         _ => {}
     }
     if !status.success() {
-        let mut msg = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.take(4096).read_to_string(&mut msg);
-        }
+        // Joined only here: a refusal does not wait on whatever dpkg-deb
+        // left holding the pipe.
+        let said = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
         return Err(Stop::Bad(format!(
             "not a .deb dpkg-deb can read ({status}): {}",
-            msg.trim()
+            said.trim()
         )));
     }
     Ok(())
