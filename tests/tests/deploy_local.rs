@@ -153,6 +153,34 @@ fn started(evs: &[Value]) -> (String, PathBuf) {
     )
 }
 
+/// Deploy `manifest`, which must exit 3 (rolled back or refused): its
+/// events, and its output for messages.
+fn deploy_exits_3(s: &Scene, manifest: &Path) -> (Vec<Value>, String) {
+    let out = s.deploy(manifest).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "rolled back or refused exits 3\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (events(&stdout), stdout)
+}
+
+/// Deploy `manifest`, which must be rolled back after its install step
+/// failed printing `tail`: its events, and the step's.
+fn rolled_back_after(s: &Scene, manifest: &Path, tail: &str) -> (Vec<Value>, Value) {
+    let (evs, _) = deploy_exits_3(s, manifest);
+    let step = event(&evs, "step")
+        .expect("the install step reported")
+        .clone();
+    assert!(
+        step["step"]["output_tail"].as_str().unwrap().contains(tail),
+        "{step}"
+    );
+    (evs, step)
+}
+
 /// The scope hello's files and dpkg's records live in.
 const HELLO_SCOPE: &str = r#"
 [scope]
@@ -260,25 +288,9 @@ run = ["true"]
         deb.display().to_string()
     ));
     let before = root_walk(&s.root);
-    let out = s.deploy(&m).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "rolled back exits 3\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let evs = events(&stdout);
+    let (evs, step) = rolled_back_after(&s, &m, "failing on purpose");
     let (id, cgroup) = started(&evs);
-    let step = event(&evs, "step").expect("the install step reported");
     assert_eq!(step["step"]["exit_code"], 1, "{step}");
-    assert!(
-        step["step"]["output_tail"]
-            .as_str()
-            .unwrap()
-            .contains("failing on purpose"),
-        "{step}"
-    );
     let rb = event(&evs, "rolled_back").expect("a rollback report");
     assert!(
         rb["report"]["problems"].as_array().unwrap().is_empty(),
@@ -359,15 +371,7 @@ enabled = false
         deb_file("hello").display().to_string()
     ));
     let before = root_walk(&s.root);
-    let out = s.deploy(&m).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let evs = events(&stdout);
+    let (evs, _) = deploy_exits_3(&s, &m);
     let pid = daemon_pid(&evs);
     assert!(!alive(pid), "the daemon {pid} outlived the rollback");
     let rb = event(&evs, "rolled_back").expect("a rollback report");
@@ -507,15 +511,7 @@ enabled = false
         deb_file("hello").display().to_string()
     ));
     let before = root_walk(&s.root);
-    let out = s.deploy(&m).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let evs = events(&stdout);
+    let (evs, _) = deploy_exits_3(&s, &m);
     let step = event(&evs, "step").expect("the hanging step reported");
     assert_eq!(step["step"]["timed_out"], true, "{step}");
     let fin = event(&evs, "finished").unwrap();
@@ -530,15 +526,7 @@ enabled = false
 /// Deploy `manifest`, which must be refused before anything starts (no
 /// live install, no shadow): the reason.
 fn refused(s: &Scene, manifest: &Path) -> String {
-    let out = s.deploy(manifest).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "refused exits 3\n{stdout}\n{stderr}"
-    );
-    let evs = events(&stdout);
+    let (evs, stdout) = deploy_exits_3(s, manifest);
     for kind in ["started", "shadow"] {
         assert!(
             event(&evs, kind).is_none(),
@@ -615,19 +603,8 @@ exhaustion = {guard}
     s.sentinel_untouched();
 
     // The guard off: the prediction was right.
-    let out = s.deploy(&manifest("false")).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "rolled back exits 3\n{stdout}");
-    let evs = events(&stdout);
+    let (evs, _) = rolled_back_after(&s, &manifest("false"), "No space left on device");
     started(&evs);
-    let step = event(&evs, "step").expect("the install step reported");
-    assert!(
-        step["step"]["output_tail"]
-            .as_str()
-            .unwrap()
-            .contains("No space left on device"),
-        "{step}"
-    );
     assert_same_root(&before, &s.root, "after the rollback of a full disk");
     s.sentinel_untouched();
 }
