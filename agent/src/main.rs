@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{deploy, doctor, run, shadow, shadow_exec, snapshot, watch};
+use commands::{deploy, doctor, room, run, shadow, shadow_exec, snapshot, watch};
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +73,14 @@ enum Command {
     ///
     /// Example: backstop-agent doctor --controller 10.0.0.5:7870 --bundle /etc/backstop/agent.pem
     Doctor(doctor::Args),
+    /// Will these .debs fit where they unpack? The room check a deployment
+    /// runs before its snapshot: bytes and inodes per filesystem, with
+    /// dpkg's own writes (its control area, its status file's copy).
+    ///
+    /// Exit codes: 0 it fits, 3 refused, 2 the check cannot run here.
+    ///
+    /// Example: backstop-agent room --root / ./hello_2.10-3_amd64.deb
+    Room(room::Args),
     /// The agent's own single-threaded child that creates a shadow's
     /// container (see agent/src/shadow/creator.rs); not for people.
     #[command(name = "shadow-exec", hide = true)]
@@ -113,6 +121,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Deploy(args) => deploy::deploy(args).await,
             Command::Doctor(args) => doctor::doctor(args).await,
+            Command::Room(args) => Ok(room::room(&args)),
         }
     });
     let code = result.unwrap_or_else(|e| {

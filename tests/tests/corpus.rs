@@ -54,6 +54,10 @@ fault = "lock-hang"
 name = "slow"
 package = "hello"
 fault = "slow-service"
+[[scenario]]
+name = "full"
+package = "hello"
+fault = "disk-full"
 "#,
     )
     .unwrap();
@@ -117,6 +121,47 @@ fault = "slow-service"
     // (That the OOM kill shows in the windows is asserted by the shadow
     // tests; here it was missing once in about a dozen runs, not yet
     // understood, so it is not asserted twice.)
+
+    // The room check a live deployment would have met first: hello fits
+    // the host, not a disk-full shadow's 256 KiB layer (it needs 260 KiB
+    // with dpkg's own writes), where it fails at unpack.
+    let full = get("full-0");
+    assert_eq!(full["outcome"], "failed");
+    assert_eq!(full["room"]["verdict"], "refused", "{}", full["room"]);
+    let why = full["room"]["reason"].as_str().unwrap();
+    assert!(why.contains("256.0 KiB"), "{why}");
+    for id in ["ok-0", "postinst-fails-0", "oom-0", "hang-0", "slow-0"] {
+        assert_eq!(get(id)["room"]["verdict"], "fits", "{id}");
+    }
+    // `corpus room` checks a corpus recorded without it as the runner
+    // checked each install: the same verdicts.
+    let packed = base.join("rechecked.jsonl.gz");
+    let recheck = Command::new(bin_dir().join("backstop"))
+        .args(["corpus", "room", "--catalog"])
+        .arg(&catalog)
+        .arg("--corpus")
+        .arg(&out)
+        .arg("--root")
+        .arg(&root)
+        .arg("--debs")
+        .arg(base.join("debs"))
+        .arg("--out")
+        .arg(&packed)
+        .arg("--agent")
+        .arg(support::agent())
+        .output()
+        .unwrap();
+    assert!(recheck.status.success(), "{recheck:?}");
+    let stdout = String::from_utf8_lossy(&recheck.stdout);
+    assert!(stdout.contains("6 checked, 1 refused"), "{stdout}");
+    let rechecked = backstop_controller::learn::corpus::read(&[packed.as_path()]).unwrap();
+    assert_eq!(rechecked.len(), 6);
+    for r in &rechecked {
+        let want: backstop_controller::learn::corpus::Room =
+            serde_json::from_value(get(&r.id)["room"].clone()).unwrap();
+        assert_eq!(r.room.as_ref(), Some(&want), "{}", r.id);
+    }
+    assert!(!base.join("rechecked.jsonl.gz.work").exists());
 }
 
 /// The records a `corpus run` wrote to OUT/deployments.jsonl.

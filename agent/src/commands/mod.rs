@@ -7,6 +7,7 @@
 
 pub mod deploy;
 pub mod doctor;
+pub mod room;
 pub mod run;
 pub mod shadow;
 pub mod shadow_exec;

@@ -23,7 +23,7 @@ pub mod plan;
 pub mod policy;
 pub mod recover;
 pub mod rollback;
-mod room;
+pub mod room;
 mod service;
 mod shadowing;
 

@@ -1,4 +1,4 @@
-//! `backstop corpus run | synth`: corpora for training.
+//! `backstop corpus run | pack | room | synth`: corpora for training.
 
 use std::path::PathBuf;
 
@@ -51,6 +51,32 @@ pub enum Action {
         #[arg(long, value_name = "FILE")]
         catalog: Option<PathBuf>,
     },
+    /// Run the room check (`backstop-agent room`) for each record of a
+    /// corpus recorded before the runner ran it, as the runner would have
+    /// before each install, and write the corpus again with each verdict
+    /// (packed, as `pack`). A refusal is an alarm before window 0 in
+    /// `eval` and `crossval` ("or the room check"). Needs the catalog's
+    /// .debs (corpus/fetch.sh) and the root they were installed on; the
+    /// installs are not run again.
+    ///
+    /// Example: backstop corpus room --catalog corpus/catalog.toml --corpus corpus/recorded/deployments.jsonl.gz --root /srv/rootfs --debs /srv/debs --out deployments.jsonl.gz
+    Room {
+        #[arg(long, value_name = "FILE")]
+        catalog: PathBuf,
+        #[arg(long = "corpus", required = true, value_name = "DIR")]
+        corpus: Vec<PathBuf>,
+        /// The Debian root the installs were recorded on.
+        #[arg(long)]
+        root: PathBuf,
+        /// DEBS/<package>/*.deb, as for `run`.
+        #[arg(long)]
+        debs: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The agent binary (default: backstop-agent beside this binary, else PATH).
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
     /// Write a generated corpus (packages with their own levels, healthy
     /// installs with bursts, faults that build up over time) to DIR. It
     /// exercises train and eval; it is not a substitute for real installs.
@@ -87,7 +113,62 @@ pub fn run(action: Action) -> Result<i32> {
             out,
             catalog,
         } => pack(&corpus, &out, catalog.as_deref()),
+        Action::Room {
+            catalog,
+            corpus,
+            root,
+            debs,
+            out,
+            agent,
+        } => room(&catalog, &corpus, &root, &debs, &out, agent),
     }
+}
+
+fn room(
+    catalog: &std::path::Path,
+    dirs: &[PathBuf],
+    root: &std::path::Path,
+    debs: &std::path::Path,
+    out: &std::path::Path,
+    agent: Option<PathBuf>,
+) -> Result<i32> {
+    let c = catalog::load(catalog)?;
+    let mut all = super::learn::read_corpus(dirs)?;
+    let agent = agent_binary(agent);
+    // The repacked .debs, beside OUT; removed however the check ends.
+    let work = PathBuf::from(format!("{}.work", out.display()));
+    let o = catalog::Recheck {
+        agent: &agent,
+        root,
+        debs,
+        work: &work,
+    };
+    let checked = catalog::recheck(&c, &o, &mut all, &|line| eprintln!("{line}"));
+    let _ = std::fs::remove_dir_all(&work);
+    let checked = checked?;
+    backstop_controller::learn::corpus_file::write_packed(out, &all)?;
+    let refused = (all.iter())
+        .filter(|r| matches!(r.room, Some(corpus::Room::Refused { .. })))
+        .count();
+    println!(
+        "{}: {} records, {checked} checked, {refused} refused, digest {}",
+        out.display(),
+        all.len(),
+        corpus::digest(&backstop_controller::learn::corpus::read(&[out])?)
+    );
+    Ok(0)
+}
+
+/// The agent binary: the one given, else backstop-agent beside this
+/// binary, else PATH's.
+fn agent_binary(agent: Option<PathBuf>) -> PathBuf {
+    agent.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("backstop-agent")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("backstop-agent"))
+    })
 }
 
 fn pack(dirs: &[PathBuf], out: &std::path::Path, catalog: Option<&std::path::Path>) -> Result<i32> {
@@ -116,13 +197,7 @@ fn run_catalog(
     agent: Option<PathBuf>,
     host: Option<&str>,
 ) -> Result<i32> {
-    let agent = agent.unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(|d| d.join("backstop-agent")))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("backstop-agent"))
-    });
+    let agent = agent_binary(agent);
     let mut c = catalog::load(catalog)?;
     if let Some(h) = host {
         let cond: catalog::HostCondition = serde_json::from_value(serde_json::Value::from(h))

@@ -122,13 +122,14 @@ fn by_family(
         return Ok(0);
     }
     println!(
-        "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>7} {:>5} {:>10}",
+        "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>5} {:>10}",
         "family left out",
         "group",
         "failing",
         "caught",
         "early",
         "+trend",
+        "+room",
         "healthy",
         "FPR",
         "lead (ms)"
@@ -142,13 +143,14 @@ fn by_family(
             }
         };
         println!(
-            "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>7} {:>5.3} {:>10}",
+            "{:<24} {:<9} {:>7} {:>7} {:>6} {:>7} {:>6} {:>7} {:>5.3} {:>10}",
             f.family,
             f.group,
             f.lead.failing,
             f.lead.caught,
             early(&f.model, f.lead.caught_before_onset),
             early(&f.with_trend, f.with_trend.caught_before_onset),
+            early(&f.with_room, f.with_room.caught_before_onset),
             f.model.healthy,
             f.model.false_positive_rate,
             f.lead
@@ -175,20 +177,35 @@ fn by_family(
             .map_or("-".into(), |l| format!("{:.1} s", l / 1000.0)),
         lofo.model.tells
     );
-    let t = &lofo.with_trend;
-    println!(
-        "with the disk trend (decide::trend, what a live deployment is also rolled back by): recall {:.3} ({}/{}), false alarms {:.3} ({}), before onset {:.3} ({}/{}), median lead {}, tells {}",
-        t.recall,
-        t.caught,
-        lofo.model.failing,
-        t.false_positive_rate,
-        t.false_alarms,
-        t.build_up_early_share,
-        t.build_up_early,
-        lofo.model.build_up_failing,
-        t.build_up_lead_median_ms
-            .map_or("-".into(), |l| format!("{:.1} s", l / 1000.0)),
-        t.tells
-    );
+    print_detectors(&lofo);
     Ok(0)
+}
+
+/// The pooled lines of the detectors beside the model.
+fn print_detectors(lofo: &learn::lofo::Lofo) {
+    for (t, what) in [
+        (
+            &lofo.with_trend,
+            "with the disk trend (decide::trend, what a live deployment is also rolled back by)",
+        ),
+        (
+            &lofo.with_room,
+            "and with the room check (refusing before the install, where .debs do not fit)",
+        ),
+    ] {
+        println!(
+            "{what}: recall {:.3} ({}/{}), false alarms {:.3} ({}), before onset {:.3} ({}/{}), median lead {}, tells {}",
+            t.recall,
+            t.caught,
+            lofo.model.failing,
+            t.false_positive_rate,
+            t.false_alarms,
+            t.build_up_early_share,
+            t.build_up_early,
+            lofo.model.build_up_failing,
+            t.build_up_lead_median_ms
+                .map_or("-".into(), |l| format!("{:.1} s", l / 1000.0)),
+            t.tells
+        );
+    }
 }

@@ -19,6 +19,11 @@ pub trait Detector {
     fn name(&self) -> String;
     fn scores(&self, d: &Record) -> Vec<f64>;
     fn threshold(&self) -> f64;
+    /// Whether it refuses `d` before its first window, as the room check
+    /// does: an alarm no window holds.
+    fn refuses(&self, _d: &Record) -> bool {
+        false
+    }
 }
 
 /// (a) Only what the install itself says: a failing step's exit code, a
@@ -231,6 +236,7 @@ pub(crate) mod tests {
             host_condition: String::new(),
             cause: None,
             host: Vec::new(),
+            room: None,
         }
     }
 

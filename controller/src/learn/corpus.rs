@@ -73,6 +73,20 @@ pub struct Record {
     /// records (`predict::range`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host: Vec<HostLevels>,
+    /// The room check a deployment runs on its .debs before anything
+    /// changes (`backstop-agent room`), as the install's shadow was sized;
+    /// None where it was not run (corpora from before stop 35).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<Room>,
+}
+
+/// The room check's verdict on a record's .debs. A refusal is an alarm
+/// before window 0: a live deployment would not have started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Room {
+    Fits,
+    Refused { reason: String },
 }
 
 impl Record {
@@ -296,6 +310,7 @@ pub fn synthetic(seed: u64, packages: usize, per_package: usize) -> Vec<Record> 
                 window_ms: 1000,
                 schema: SCHEMA_VERSION.to_string(),
                 host: super::synth_host::levels(&mut rng, &mut windows),
+                room: None,
                 windows,
                 group: if fault { "build-up" } else { "" }.into(),
                 held_out: false,

@@ -37,17 +37,23 @@ pub struct Metrics {
     pub lead_time_p10_ms: Option<f64>,
 }
 
-/// Per deployment: (failing, highest score, first alarm window).
+/// Per deployment: (failing, highest score, first alarm window), where
+/// the first alarm is -1 when the detector refused the deployment before
+/// its first window ([`Detector::refuses`]).
 pub fn outcomes(
     det: &dyn Detector,
     threshold: f64,
     ds: &[Record],
-) -> Vec<(bool, f64, Option<usize>)> {
+) -> Vec<(bool, f64, Option<i64>)> {
     ds.iter()
         .map(|d| {
             let s = det.scores(d);
             let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let first = s.iter().position(|&v| v > threshold);
+            let first = if det.refuses(d) {
+                Some(-1)
+            } else {
+                s.iter().position(|&v| v > threshold).map(|w| w as i64)
+            };
             (d.failing(), max, first)
         })
         .collect()
@@ -59,8 +65,8 @@ pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Record]) -> Metrics {
     let healthy = out.len() - failing;
     let tp = out.iter().filter(|o| o.0 && o.2.is_some()).count();
     let fp = out.iter().filter(|o| !o.0 && o.2.is_some()).count();
-    let early = |d: &Record, o: &(bool, f64, Option<usize>)| {
-        o.0 && matches!((d.onset_window, o.2), (Some(on), Some(a)) if a < on)
+    let early = |d: &Record, o: &(bool, f64, Option<i64>)| {
+        o.0 && matches!((d.onset_window, o.2), (Some(on), Some(a)) if a < on as i64)
     };
     let tells = ds
         .iter()
@@ -73,8 +79,8 @@ pub fn evaluate(det: &dyn Detector, threshold: f64, ds: &[Record]) -> Metrics {
         .zip(&out)
         .filter(|(d, _)| !d.silent())
         .filter_map(|(d, o)| {
-            let (onset, alarm) = (d.onset_window?, o.2?);
-            (o.0 && alarm < onset).then(|| ((onset - alarm) as u64 * u64::from(d.window_ms)) as f64)
+            let (onset, alarm) = (d.onset_window? as i64, o.2?);
+            (o.0 && alarm < onset).then(|| ((onset - alarm) * i64::from(d.window_ms)) as f64)
         })
         .collect();
     leads.sort_by(f64::total_cmp);

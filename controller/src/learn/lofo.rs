@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::baselines::Detector;
 use super::corpus::{self, HEALTHY, Record};
+use super::detectors::WithRoom;
 use super::eval::{self, Metrics};
 use super::train::TrainConfig;
 use super::{FamilyLead, ModelDetector, ModelOrTrend, Scored, alarms_from, by_family};
@@ -39,6 +40,9 @@ pub struct FamilyFold {
     /// The same model or the disk trend, whichever alarms first
     /// ([`ModelOrTrend`]): what a live deployment is rolled back by.
     pub with_trend: Metrics,
+    /// The model or the disk trend, or the room check before the install
+    /// ([`WithRoom`]): everything a live deployment is stopped by.
+    pub with_room: Metrics,
 }
 
 /// Every family's fold, and the figures the Must-hold names.
@@ -56,6 +60,8 @@ pub struct Lofo {
     pub model: Pooled,
     /// The same figures for the model or the disk trend.
     pub with_trend: Pooled,
+    /// And for the model, the disk trend or the room check.
+    pub with_room: Pooled,
 }
 
 /// The pooled figures of one detector over every family's fold.
@@ -99,7 +105,7 @@ pub fn leave_one_family_out(
         )));
     }
     let mut out = Vec::new();
-    let (mut leads, mut trend_leads) = (Vec::new(), Vec::new());
+    let (mut leads, mut trend_leads, mut room_leads) = (Vec::new(), Vec::new(), Vec::new());
     for (i, family) in families.iter().enumerate() {
         let t = (i % usize::from(folds.k)) as u8;
         let split = folds.split(&all, t);
@@ -130,6 +136,8 @@ pub fn leave_one_family_out(
         leads.extend(build_up_leads(&scored, m.meta.threshold, &test));
         let both = ModelOrTrend(&scored);
         trend_leads.extend(build_up_leads(&both, m.meta.threshold, &test));
+        let all_of = WithRoom(&both);
+        room_leads.extend(build_up_leads(&all_of, m.meta.threshold, &test));
         let fold = FamilyFold {
             family: (*family).to_string(),
             group: lead.group.clone(),
@@ -139,17 +147,19 @@ pub fn leave_one_family_out(
             model: eval::evaluate(&scored, m.meta.threshold, &test),
             lead,
             with_trend: eval::evaluate(&both, m.meta.threshold, &test),
+            with_room: eval::evaluate(&all_of, m.meta.threshold, &test),
         };
         progress(&fold);
         out.push(fold);
     }
     let with_trend = pool(&out, |f| &f.with_trend, &mut trend_leads);
+    let with_room = pool(&out, |f| &f.with_room, &mut room_leads);
     Ok(pooled(
         cfg,
         (all.len(), total - all.len()),
         out,
         &mut leads,
-        with_trend,
+        [with_trend, with_room],
     ))
 }
 
@@ -159,9 +169,9 @@ fn build_up_leads(det: &dyn Detector, threshold: f64, test: &[Record]) -> Vec<f6
     let outcomes = eval::outcomes(det, threshold, test);
     (test.iter().zip(outcomes))
         .filter_map(|(d, (failing, _, first))| {
-            let (on, at) = (d.onset_window?, first?);
+            let (on, at) = (d.onset_window? as i64, first?);
             (failing && d.group == "build-up" && at < on)
-                .then(|| ((on - at) * d.window_ms as usize) as f64)
+                .then(|| ((on - at) * i64::from(d.window_ms)) as f64)
         })
         .collect()
 }
@@ -186,7 +196,7 @@ fn pooled(
     (records, set_aside): (usize, usize),
     families: Vec<FamilyFold>,
     leads: &mut [f64],
-    with_trend: Pooled,
+    [with_trend, with_room]: [Pooled; 2],
 ) -> Lofo {
     Lofo {
         seed: cfg.seed,
@@ -195,6 +205,7 @@ fn pooled(
         target_fpr: cfg.target_fpr,
         model: pool(&families, |f| &f.model, leads),
         with_trend,
+        with_room,
         families,
     }
 }

@@ -187,7 +187,8 @@ pub(crate) fn score_test(model: &Model, split: &Split) -> [Scored; 4] {
 }
 
 /// The rows of a table: the model, the three baselines, the model or (a),
-/// the model or the disk trend, each measured by `measure`.
+/// the model or the disk trend, and that or the room check, each measured
+/// by `measure`.
 pub(crate) fn rows(
     scored: &[Scored; 4],
     measure: impl Fn(&dyn Detector) -> Metrics,
@@ -195,6 +196,7 @@ pub(crate) fn rows(
     let mut v: Vec<Metrics> = scored.iter().map(|s| measure(s)).collect();
     v.push(measure(&ModelOrChecks(&scored[0])));
     v.push(measure(&ModelOrTrend(&scored[0])));
+    v.push(measure(&detectors::WithRoom(&ModelOrTrend(&scored[0]))));
     v
 }
 

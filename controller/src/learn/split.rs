@@ -287,6 +287,7 @@ mod tests {
             host_condition: String::new(),
             cause: None,
             host: Vec::new(),
+            room: None,
         };
         let mut all = Vec::new();
         for p in 0..70 {

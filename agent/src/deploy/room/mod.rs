@@ -52,53 +52,95 @@ use crate::snapshot::fsops::free_fd;
 /// A block: what the smallest file takes on ext4 or tmpfs.
 const BLOCK: u64 = 4096;
 
-/// Why the deployment must not start: a .deb the host cannot read, a
-/// filesystem it does not fit on, or a shadow whose writable layer
-/// (`shadow_upper` bytes, a tmpfs every file the install writes lands on)
-/// is smaller than the files: that shadow would fail for want of room,
-/// not for the install's fault, and its failure would count against a
-/// healthy install. None: it fits, or the check could not run here
-/// (logged as one warning line).
+/// What the room check found for an artifact.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Check {
+    /// It fits: `files` entries of `bytes` in all, read in `ms`.
+    Fits {
+        debs: usize,
+        files: u64,
+        bytes: u64,
+        ms: u64,
+    },
+    /// The deployment must not start, and why.
+    Refused { reason: String },
+    /// The check could not run on this host, and why.
+    Unchecked { reason: String },
+}
+
+/// The room check. Refused: a .deb the host cannot read, a filesystem it
+/// does not fit on, or a shadow whose writable layer (`shadow_upper`
+/// bytes, a tmpfs every file the install writes lands on) is smaller
+/// than the files: that shadow would fail for want of room, not for the
+/// install's fault, and its failure would count against a healthy
+/// install. An artifact with no .deb fits: nothing is unpacked.
 ///
 /// The files are tallied as dpkg-deb streams them and the reading stops
 /// at the first file that does not fit, so a hostile .deb (a compression
 /// bomb, millions of entries) costs at most the room it claims and no
 /// memory per file.
-pub fn refusal(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> Option<String> {
+pub fn check(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> Check {
+    let refused = |reason| Check::Refused { reason };
     let debs = match debs_of(artifact) {
-        Ok(d) if d.is_empty() => return None,
         Ok(d) => d,
-        Err(e) => return Some(e),
+        Err(e) => return refused(e),
     };
     let t0 = std::time::Instant::now();
     let mut tally = match Tally::new(root, shadow_upper) {
         Ok(t) => t,
-        Err(e) => return Some(format!("room check on {}: {e}", root.display())),
+        Err(e) => return refused(format!("room check on {}: {e}", root.display())),
     };
     for deb in &debs {
         match read_into(deb, &mut tally) {
             Ok(()) => {}
             Err(Stop::NoDpkgDeb) => {
-                tracing::warn!(
-                    "room check skipped: no dpkg-deb on this host to read the artifact's .debs \
-                     (install dpkg, or set policy.guards.exhaustion = false to silence this)"
-                );
-                return None;
+                return Check::Unchecked {
+                    reason: "no dpkg-deb on this host to read the artifact's .debs (install dpkg)"
+                        .into(),
+                };
             }
-            Err(Stop::Bad(reason)) => return Some(format!("artifact {}: {reason}", deb.display())),
-            Err(Stop::Root(e)) => return Some(format!("room check on {}: {e}", root.display())),
-            Err(Stop::Full(why)) => return Some(why),
+            Err(Stop::Bad(reason)) => {
+                return refused(format!("artifact {}: {reason}", deb.display()));
+            }
+            Err(Stop::Root(e)) => {
+                return refused(format!("room check on {}: {e}", root.display()));
+            }
+            Err(Stop::Full(why)) => return refused(why),
         }
     }
-    // dpkg-deb decompresses each .deb whole: seconds for a large one.
-    tracing::info!(
-        debs = debs.len(),
-        files = tally.files,
-        bytes = tally.total,
-        ms = t0.elapsed().as_millis() as u64,
-        "room check: the artifact fits"
-    );
-    None
+    Check::Fits {
+        debs: debs.len(),
+        files: tally.files,
+        bytes: tally.total,
+        ms: t0.elapsed().as_millis() as u64,
+    }
+}
+
+/// Why the deployment must not start ([`check`]'s refusal), or None: it
+/// fits, or the check could not run here (logged as one warning line).
+pub fn refusal(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> Option<String> {
+    match check(root, artifact, shadow_upper) {
+        Check::Refused { reason } => Some(reason),
+        Check::Unchecked { reason } => {
+            tracing::warn!(
+                "room check skipped: {reason}, or set policy.guards.exhaustion = false to silence this"
+            );
+            None
+        }
+        // dpkg-deb decompresses each .deb whole: seconds for a large one.
+        Check::Fits {
+            debs,
+            files,
+            bytes,
+            ms,
+        } => {
+            if debs > 0 {
+                tracing::info!(debs, files, bytes, ms, "room check: the artifact fits");
+            }
+            None
+        }
+    }
 }
 
 fn blocks(size: u64) -> u64 {

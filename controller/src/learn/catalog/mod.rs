@@ -20,12 +20,14 @@ mod host;
 mod inject;
 mod inject_more;
 mod install;
+mod room;
 mod runner;
 pub mod stop;
 
 pub use families::{FamilyInfo, Group};
 pub use host::{HostCondition, sweep_stale};
 
+pub use room::{Recheck, recheck};
 pub use runner::{RunOptions, record_from_report, run, run_scenario};
 
 #[derive(Debug, thiserror::Error)]

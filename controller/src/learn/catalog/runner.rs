@@ -39,6 +39,10 @@ pub fn run_scenario(catalog: &Catalog, s: &Scenario, o: &RunOptions) -> Result<R
         .host
         .map(|c| super::host::Neighbour::start(c, &work, &s.name))
         .transpose()?;
+    // What a live deployment would have been told first. The install runs
+    // either way: its windows are what the model is measured on.
+    let upper = super::room::upper_size(s, total_size(&debs));
+    let room = super::room::check(&o.agent, &o.root, &debs, upper)?;
     let out = super::stop::output(cmd, &o.agent, &o.out.join("agent-data"))?;
     drop(neighbour);
     let report: ShadowReport = serde_json::from_slice(&out.stdout).map_err(|e| {
@@ -49,6 +53,7 @@ pub fn run_scenario(catalog: &Catalog, s: &Scenario, o: &RunOptions) -> Result<R
     })?;
     let _ = std::fs::remove_dir_all(&work);
     let mut r = record_from_report(s, &report, defaults.window_ms).map_err(fail)?;
+    r.room = Some(room);
     if s.fault == Family::Real && r.outcome == Outcome::Ok {
         // The package's own failure did not happen here: label what did
         // happen (a healthy install), not what the catalog expected.
@@ -64,17 +69,7 @@ pub fn run_scenario(catalog: &Catalog, s: &Scenario, o: &RunOptions) -> Result<R
 /// The .debs to install, sorted, the package's own repacked with the
 /// scenario's fault (only that one when a dependency is left out).
 fn debs_for(s: &Scenario, pkg_dir: &Path, main: &Path, work: &Path) -> Result<Vec<PathBuf>> {
-    let mut debs: Vec<PathBuf> = if s.fault == Family::MissingDependency {
-        vec![main.to_path_buf()]
-    } else {
-        std::fs::read_dir(pkg_dir)
-            .map_err(io(format!("reading {}", pkg_dir.display())))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-            .collect()
-    };
-    debs.sort();
+    let mut debs = super::room::closure(s, pkg_dir)?;
     let repacked = repack(main, &fault_script(s).unwrap_or_default(), work)?;
     for d in &mut debs {
         if *d == main {
@@ -87,11 +82,7 @@ fn debs_for(s: &Scenario, pkg_dir: &Path, main: &Path, work: &Path) -> Result<Ve
 /// The `backstop-agent shadow run` that installs `debs` with the
 /// scenario's limits and health probe.
 fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[PathBuf]) -> Command {
-    let total: u64 = debs
-        .iter()
-        .filter_map(|d| std::fs::metadata(d).ok())
-        .map(|m| m.len())
-        .sum();
+    let total = total_size(debs);
     let mut cmd = Command::new(&o.agent);
     cmd.args(["shadow", "--json", "--data"])
         .arg(o.out.join("agent-data"))
@@ -113,15 +104,7 @@ fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[Pat
         defaults.memory
     };
     cmd.args(["--memory", &memory.to_string()]);
-    if s.fault == Family::DiskFull {
-        // Room for a fraction of what unpacking writes.
-        let size = (total / (2 * u64::from(s.magnitude.max(1)))).max(256 * 1024);
-        cmd.args(["--upper-size", &size.to_string()]);
-    }
-    if setting == Family::LogFlood || s.twin == Some(Family::DiskFull) {
-        // Room for the unpacked package, then a few MiB the log fills (a
-        // disk-full's twin: its tmpfs upper, with room for the install).
-        let size = total * 6 + (8 << 20) * u64::from(s.magnitude.max(1));
+    if let Some(size) = super::room::upper_size(s, total) {
         cmd.args(["--upper-size", &size.to_string()]);
     }
     let health = match setting {
@@ -149,6 +132,14 @@ fn shadow_command(defaults: &Defaults, s: &Scenario, o: &RunOptions, debs: &[Pat
         .collect();
     cmd.arg("--").args(super::install::dpkg_argv(debs, &names));
     cmd
+}
+
+/// The .debs' size in all, as their files are.
+pub(super) fn total_size(debs: &[PathBuf]) -> u64 {
+    (debs.iter())
+        .filter_map(|d| std::fs::metadata(d).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Outcome and onset from a shadow report: the outcome is the report's
@@ -190,6 +181,7 @@ pub fn record_from_report(
         host_condition: s.host.map(|h| h.name().to_string()).unwrap_or_default(),
         cause: s.cause.clone(),
         host: r.windows.iter().map(|w| w.host).collect(),
+        room: None,
     })
 }
 
