@@ -177,3 +177,40 @@ fn a_room_refusal_alarms_before_the_first_window() {
     let plain = eval::evaluate(&Echo, Echo.threshold(), &ds);
     assert_eq!((plain.recall, plain.caught_before_onset), (0.5, 0));
 }
+
+/// README, "Stop 35's figures first": every record of the shipped
+/// corpora carries its room check (`backstop corpus room`), which refuses
+/// 28 of the 30 disk-full installs and no healthy one, nor any other
+/// fault (a log flood's log is no .deb's file).
+#[test]
+fn the_room_check_on_the_shipped_corpora_refuses_disk_fulls_and_nothing_healthy() {
+    use crate::learn::corpus::Room;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus/recorded");
+    let mut refused = std::collections::BTreeMap::<&str, usize>::new();
+    let mut records = 0;
+    for name in [
+        "deployments.jsonl.gz",
+        "big-healthy.jsonl.gz",
+        "real-failures.jsonl.gz",
+    ] {
+        let path = root.join(name);
+        for d in crate::learn::corpus::read(&[path.as_path()]).expect("a shipped corpus") {
+            records += 1;
+            match &d.room {
+                None => panic!("{name} {}: no room check", d.id),
+                Some(Room::Fits) => {}
+                Some(Room::Refused { reason }) => {
+                    assert!(d.failing(), "{}: a healthy install refused: {reason}", d.id);
+                    let family = if d.family == "disk-full" {
+                        "disk-full"
+                    } else {
+                        "other"
+                    };
+                    *refused.entry(family).or_default() += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(records, 1752 + 14 + 4);
+    assert_eq!(refused, [("disk-full", 28)].into_iter().collect());
+}

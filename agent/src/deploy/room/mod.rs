@@ -73,13 +73,10 @@ pub enum Check {
 /// does not fit on, or a shadow whose writable layer (`shadow_upper`
 /// bytes, a tmpfs every file the install writes lands on) is smaller
 /// than the files: that shadow would fail for want of room, not for the
-/// install's fault, and its failure would count against a healthy
-/// install. An artifact with no .deb fits: nothing is unpacked.
-///
+/// install's fault. An artifact with no .deb fits: nothing is unpacked.
 /// The files are tallied as dpkg-deb streams them and the reading stops
-/// at the first file that does not fit, so a hostile .deb (a compression
-/// bomb, millions of entries) costs at most the room it claims and no
-/// memory per file.
+/// at the first that does not fit, so a hostile .deb (a compression
+/// bomb, millions of entries) costs at most the room it claims.
 pub fn check(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> Check {
     let refused = |reason| Check::Refused { reason };
     let debs = match debs_of(artifact) {
@@ -129,15 +126,14 @@ pub fn refusal(root: &Path, artifact: &[PathBuf], shadow_upper: Option<u64>) -> 
             None
         }
         // dpkg-deb decompresses each .deb whole: seconds for a large one.
+        Check::Fits { debs: 0, .. } => None,
         Check::Fits {
             debs,
             files,
             bytes,
             ms,
         } => {
-            if debs > 0 {
-                tracing::info!(debs, files, bytes, ms, "room check: the artifact fits");
-            }
+            tracing::info!(debs, files, bytes, ms, "room check: the artifact fits");
             None
         }
     }
