@@ -122,9 +122,26 @@ fault = "disk-full"
     // tests; here it was missing once in about a dozen runs, not yet
     // understood, so it is not asserted twice.)
 
-    // The room check a live deployment would have met first: hello fits
-    // the host, not a disk-full shadow's 256 KiB layer (it needs 260 KiB
-    // with dpkg's own writes), where it fails at unpack.
+    rooms_as_a_live_deployment_would_meet_them(&ds, &catalog, &root, &base, &out);
+}
+
+/// The room check a live deployment would have met first, as the runner
+/// recorded it: hello fits the host, not a disk-full shadow's 256 KiB
+/// layer (it needs 260 KiB with dpkg's own writes), where it fails at
+/// unpack. `corpus room` checks the same records again to the same
+/// verdicts, as it checks a corpus recorded without them.
+fn rooms_as_a_live_deployment_would_meet_them(
+    ds: &[Value],
+    catalog: &std::path::Path,
+    root: &std::path::Path,
+    base: &std::path::Path,
+    out: &std::path::Path,
+) {
+    let get = |id: &str| {
+        ds.iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("no {id}"))
+    };
     let full = get("full-0");
     assert_eq!(full["outcome"], "failed");
     assert_eq!(full["room"]["verdict"], "refused", "{}", full["room"]);
@@ -133,16 +150,14 @@ fault = "disk-full"
     for id in ["ok-0", "postinst-fails-0", "oom-0", "hang-0", "slow-0"] {
         assert_eq!(get(id)["room"]["verdict"], "fits", "{id}");
     }
-    // `corpus room` checks a corpus recorded without it as the runner
-    // checked each install: the same verdicts.
     let packed = base.join("rechecked.jsonl.gz");
     let recheck = Command::new(bin_dir().join("backstop"))
         .args(["corpus", "room", "--catalog"])
-        .arg(&catalog)
+        .arg(catalog)
         .arg("--corpus")
-        .arg(&out)
+        .arg(out)
         .arg("--root")
-        .arg(&root)
+        .arg(root)
         .arg("--debs")
         .arg(base.join("debs"))
         .arg("--out")
