@@ -215,10 +215,12 @@ pub(super) fn repack(deb: &Path, fragment: &str, dir: &Path) -> Result<PathBuf> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn scenario(text: &str) -> Scenario {
+    /// The one scenario of a catalog with `text` as its fields beside a
+    /// name and a package.
+    pub(in crate::learn::catalog) fn scenario(text: &str) -> Scenario {
         let c = super::super::parse(
             &format!("[[scenario]]\nname = \"s\"\npackage = \"p\"\n{text}"),
             "c",

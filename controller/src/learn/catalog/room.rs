@@ -172,16 +172,8 @@ pub(super) fn closure(s: &Scenario, pkg_dir: &Path) -> Result<Vec<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::inject::tests::scenario;
     use super::*;
-
-    fn scenario(text: &str) -> Scenario {
-        let c = super::super::parse(
-            &format!("[[scenario]]\nname = \"s\"\npackage = \"p\"\n{text}"),
-            "c",
-        )
-        .unwrap();
-        c.scenarios[0].clone()
-    }
 
     /// The layers the shipped corpus was recorded with (runner.rs passed
     /// these sizes before they moved here): they must not move.
