@@ -52,8 +52,10 @@ pub(crate) fn print_eval(e: &learn::Evaluation, json: bool) {
 pub(crate) const EARLY: &str = "early: failing deployments alarmed before their onset, over the failing ones that are not silent; tells: silent faults (nothing observable before their onset) alarmed before it, which is not foresight\n";
 
 pub(crate) fn print_table(rows: &[Metrics]) {
+    // As wide as the longest detector's name: the columns stay aligned.
+    let w = rows.iter().map(|m| m.detector.len()).fold(40, usize::max);
     println!(
-        "{:<40} {:>7} {:>7} {:>7} {:>9} {:>7} {:>5} {:>9} {:>9}",
+        "{:<w$} {:>7} {:>7} {:>7} {:>9} {:>7} {:>5} {:>9} {:>9}",
         "detector",
         "ROC AUC",
         "recall",
@@ -78,7 +80,7 @@ pub(crate) fn print_table(rows: &[Metrics]) {
             ..
         } = m;
         println!(
-            "{detector:<40} {roc_auc:>7.3} {recall:>7.3} {false_positive_rate:>7.3} {precision:>9.3} {recall_before_onset:>7.3} {tells:>5} {:>9} {:>9}",
+            "{detector:<w$} {roc_auc:>7.3} {recall:>7.3} {false_positive_rate:>7.3} {precision:>9.3} {recall_before_onset:>7.3} {tells:>5} {:>9} {:>9}",
             secs(*lead_time_median_ms),
             secs(*lead_time_p10_ms)
         );
