@@ -46,9 +46,14 @@ pub(super) fn read_into(deb: &Path, tally: &mut Tally) -> Result<(), Stop> {
 /// `under`, as dpkg-deb streams them; dpkg-deb is killed when reading
 /// stops early.
 fn stream(deb: &Path, flag: &str, under: &[u8], tally: &mut Tally) -> Result<(), Stop> {
-    let mut child = Command::new("dpkg-deb")
-        .arg(flag)
-        .arg(deb)
+    let mut dpkg_deb = Command::new("dpkg-deb");
+    dpkg_deb.arg(flag).arg(deb);
+    tar_from(dpkg_deb, under, tally)
+}
+
+/// Tally the tar `cmd` (dpkg-deb) writes to its stdout.
+pub(super) fn tar_from(mut cmd: Command, under: &[u8], tally: &mut Tally) -> Result<(), Stop> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -364,3 +364,37 @@ fn a_deb_claiming_a_petabyte_is_refused_at_its_first_header() {
     assert!(why.starts_with("shadow.limits.disk_mb"), "{why}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// dpkg-deb's stderr is drained while its stdout is read: one warning far
+/// past a pipe's 64 KiB before its tar still has it read (else the read
+/// blocks forever); one failing after as many keeps the first 4 KiB.
+#[test]
+fn a_dpkg_deb_that_warns_past_a_pipe_is_still_read() {
+    let root = scratch("stderr");
+    let tar = root.join("t.tar");
+    std::fs::write(&tar, tar_of(&[("usr/", b""), ("usr/f", b"x")])).unwrap();
+    let loud = |then: &str| {
+        let mut c = Command::new("sh");
+        let warn = "yes 'dpkg-deb: warning: loud' | head -c 1048576 >&2";
+        c.arg("-c").arg(format!("{warn}; {then}"));
+        c
+    };
+    let ((tx, rx), r, t) = (std::sync::mpsc::channel(), root.clone(), tar.clone());
+    std::thread::spawn(move || {
+        let mut tally = Tally::new(&r, None).unwrap();
+        let read = debs::tar_from(loud(&format!("cat {}", t.display())), b"", &mut tally)
+            .map(|()| (tally.files, tally.total));
+        let failed = debs::tar_from(loud("exit 2"), b"", &mut tally);
+        let _ = tx.send((read, failed));
+    });
+    let (read, failed) = rx
+        .recv_timeout(std::time::Duration::from_mins(1))
+        .expect("the read blocked on a full stderr pipe");
+    assert_eq!(read.ok(), Some((1, BLOCK)));
+    let Err(Stop::Bad(why)) = failed else {
+        panic!("{failed:?}")
+    };
+    assert!(why.contains("dpkg-deb: warning: loud"), "{why}");
+    assert!(why.len() < 4096 + 200, "{} bytes kept", why.len());
+    std::fs::remove_dir_all(&root).unwrap();
+}
