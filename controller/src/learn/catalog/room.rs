@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::inject::{fault_script, main_deb, repack};
+use super::inject::main_deb;
+use super::runner::{debs_for, total_size};
 use super::{Catalog, CatalogError, Family, Record, Result, Scenario, io};
 use crate::learn::corpus::Room;
 
@@ -111,37 +112,28 @@ pub fn recheck(
 ) -> Result<usize> {
     let scenarios: HashMap<String, &Scenario> =
         catalog.scenarios.iter().map(|s| (s.id(), s)).collect();
-    let mut on_disk: HashMap<String, Room> = HashMap::new();
+    // Keyed by the .debs: a left-out dependency's scenario has fewer.
+    let mut on_disk: HashMap<Vec<PathBuf>, Room> = HashMap::new();
     let mut checked = 0;
     for r in records.iter_mut() {
         let Some(s) = scenarios.get(&scenario_id(&r.id)) else {
             continue;
         };
         let pkg_dir = o.debs.join(&s.package);
-        let mut debs = closure(s, &pkg_dir)?;
-        let room = if upper_size(s, super::runner::total_size(&debs)).is_some() {
-            let main = main_deb(&pkg_dir, &s.package)?;
+        let debs = closure(s, &pkg_dir)?;
+        let room = if upper_size(s, total_size(&debs)).is_some() {
             let work = o.work.join(&s.name);
             std::fs::create_dir_all(&work).map_err(io(format!("creating {}", work.display())))?;
-            let repacked = repack(&main, &fault_script(s).unwrap_or_default(), &work)?;
-            for d in &mut debs {
-                if *d == main {
-                    d.clone_from(&repacked);
-                }
-            }
-            let room = check(
-                o.agent,
-                o.root,
-                &debs,
-                upper_size(s, super::runner::total_size(&debs)),
-            )?;
+            let main = main_deb(&pkg_dir, &s.package)?;
+            let debs = debs_for(s, &pkg_dir, &main, &work)?;
+            let room = check(o.agent, o.root, &debs, upper_size(s, total_size(&debs)))?;
             let _ = std::fs::remove_dir_all(&work);
             room
-        } else if let Some(room) = on_disk.get(&s.package) {
+        } else if let Some(room) = on_disk.get(&debs) {
             room.clone()
         } else {
             let room = check(o.agent, o.root, &debs, None)?;
-            on_disk.insert(s.package.clone(), room.clone());
+            on_disk.insert(debs, room.clone());
             room
         };
         if let Room::Refused { reason } = &room {

@@ -68,7 +68,12 @@ pub fn run_scenario(catalog: &Catalog, s: &Scenario, o: &RunOptions) -> Result<R
 
 /// The .debs to install, sorted, the package's own repacked with the
 /// scenario's fault (only that one when a dependency is left out).
-fn debs_for(s: &Scenario, pkg_dir: &Path, main: &Path, work: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn debs_for(
+    s: &Scenario,
+    pkg_dir: &Path,
+    main: &Path,
+    work: &Path,
+) -> Result<Vec<PathBuf>> {
     let mut debs = super::room::closure(s, pkg_dir)?;
     let repacked = repack(main, &fault_script(s).unwrap_or_default(), work)?;
     for d in &mut debs {
