@@ -160,7 +160,14 @@ mod tests {
         assert_eq!((heard, cv.folds.len()), (3, 3));
         let tested: usize = cv.folds.iter().map(|f| f.split.test).sum();
         assert_eq!(tested + cv.never_tested + cv.set_aside, all.len());
-        assert_eq!(cv.detectors.len(), 6);
+        // The model, three baselines, model or (a), model or the disk
+        // trend, and that or the room check.
+        assert_eq!(cv.detectors.len(), 7);
+        assert!(
+            cv.detectors[6]
+                .detector
+                .ends_with("(or the room check before it)")
+        );
         let model = &cv.detectors[0];
         assert_eq!(model.failing + model.healthy, tested);
         // Pooled, each deployment alarms exactly as it did in its fold at
